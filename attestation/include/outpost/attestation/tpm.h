@@ -1,0 +1,148 @@
+// Tpm: outpost's one way to talk to a TPM 2.0, through ESAPI over a TCTI string
+// ("swtpm:host=127.0.0.1,port=2321", "device:/dev/tpmrm0").
+//
+// Thread-safe. Every command runs on one serial executor owned by the Tpm, so commands from
+// several threads never interleave and never run on a caller's event loop. Every transient
+// object is flushed on every path: a TPM without a resource manager (swtpm through its TCTI,
+// a board without tpm2-abrmd or /dev/tpmrm0) has only a few object slots.
+//
+// The key hierarchy (DESIGN.md "Trust and keys"):
+//   SRK  ECC P-256 storage primary, owner hierarchy, persistent
+//   EK   ECC P-256 from the TCG EK Credential Profile template L-2, endorsement, persistent
+//   AK   restricted ECC P-256 signing primary, endorsement hierarchy, persistent
+//   agent keys: ECC P-256 signing children of the SRK, blobs kept on disk
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "outpost/attestation/types.h"
+#include "outpost/base/crypto.h"
+#include "outpost/base/result.h"
+
+namespace outpost::attestation {
+
+namespace detail {
+class Esys;
+}
+
+enum class PrimaryKey { srk, ek, ak };
+std::string_view primary_key_name(PrimaryKey k);
+
+struct KeyPublic {
+  uint32_t handle = 0;  // persistent handle, 0 for a loaded or unloaded child key
+  Bytes public_area;    // marshalled TPM2B_PUBLIC
+  Bytes name;           // TPM name: nameAlg || H(TPMT_PUBLIC)
+  EcPublicKey key;
+};
+
+// An agent key as it lives on disk: marshalled TPM2B_PUBLIC and TPM2B_PRIVATE. The private
+// part is encrypted and integrity-protected by the SRK; only this TPM can load it.
+struct KeyBlob {
+  Bytes public_area;
+  Bytes private_area;
+  Bytes serialize() const;  // both, back to back
+  static Result<KeyBlob> parse(ByteView bytes);
+};
+
+struct EkCertificate {
+  uint32_t nv_index = 0;
+  Bytes der;
+};
+
+struct TpmInfo {
+  std::string manufacturer;  // four ASCII characters, e.g. "IBM "
+  std::string vendor;        // TPM2_PT_VENDOR_STRING_1..4
+  std::string firmware;      // "major.minor.x.y" from TPM2_PT_FIRMWARE_VERSION_1/2
+  uint32_t spec_revision = 0;
+  std::vector<uint16_t> pcr_banks;  // hash algorithms with at least one PCR allocated
+};
+
+enum class HandleType { transient, session, persistent, nv_index };
+
+class Tpm {
+ public:
+  struct Options {
+    // Flush transient objects and sessions left by a process that died while holding them
+    // (no resource manager cleans up after it). Right for the TPM's one owner: outpostd or a
+    // CLI command while outpostd is not running.
+    bool flush_leftovers = true;
+  };
+
+  // Connects; a TPM that is absent or unreachable gives an error naming the TCTI.
+  static Result<std::unique_ptr<Tpm>> connect(const std::string& tcti, Options options);
+  static Result<std::unique_ptr<Tpm>> connect(const std::string& tcti) { return connect(tcti, Options{}); }
+  ~Tpm();
+  Tpm(const Tpm&) = delete;
+  Tpm& operator=(const Tpm&) = delete;
+
+  const std::string& tcti() const { return tcti_; }
+
+  Result<TpmInfo> info();
+  Result<std::vector<uint32_t>> handles(HandleType type);
+
+  // ---- persistent primaries ----
+  // The key at `handle`; errc::not_found when the handle is empty.
+  Result<KeyPublic> read_persistent(uint32_t handle);
+  // Creates the primary from outpost's template for `kind` and persists it at `handle`.
+  Result<KeyPublic> create_persistent(PrimaryKey kind, uint32_t handle);
+  // Whether a key's public area has the shape outpost's template for `kind` gives it.
+  static Result<void> check_shape(PrimaryKey kind, const KeyPublic& key);
+  // Removes a persistent object (owner or endorsement hierarchy as its handle implies).
+  Result<void> evict(uint32_t handle);
+  // EK certificates in the TCG-reserved NV indices, where the manufacturer put any.
+  Result<std::vector<EkCertificate>> read_ek_certificates();
+
+  // ---- child signing keys ----
+  Result<KeyBlob> create_signing_key(uint32_t parent_handle);
+
+  // A key loaded into the TPM; flushed when this object goes away. Holds a slot, so keep
+  // few alive at once. Must not outlive its Tpm.
+  class LoadedKey {
+   public:
+    LoadedKey(LoadedKey&& o) noexcept : tpm_(o.tpm_), tr_(o.tr_), public_(std::move(o.public_)) { o.tpm_ = nullptr; }
+    LoadedKey& operator=(LoadedKey&&) = delete;
+    LoadedKey(const LoadedKey&) = delete;
+    ~LoadedKey();
+    const KeyPublic& public_key() const { return public_; }
+
+   private:
+    friend class Tpm;
+    LoadedKey(Tpm* tpm, uint32_t tr, KeyPublic pub) : tpm_(tpm), tr_(tr), public_(std::move(pub)) {}
+    Tpm* tpm_;
+    uint32_t tr_;  // ESYS_TR
+    KeyPublic public_;
+  };
+  Result<LoadedKey> load(uint32_t parent_handle, const KeyBlob& blob);
+  Result<RawSignature> sign(const LoadedKey& key, const Digest& digest);
+  // TPM2_Certify of `key` by the AK at `ak_handle`.
+  Result<SignedAttestation> certify(const LoadedKey& key, uint32_t ak_handle, ByteView qualifying_data);
+
+  // ---- PCRs, quotes, clock, counters ----
+  // TPM2_Quote by the AK; the PCR values are read right after, and the quote is retaken if a
+  // PCR changed in between, so the values returned are the ones the quote signs.
+  Result<Quote> quote(uint32_t ak_handle, const PcrSelections& selection, ByteView qualifying_data);
+  Result<PcrValues> pcr_read(const PcrSelections& selection);
+  // Extends a SHA-256 measurement into the sha256 bank of `pcr`.
+  Result<void> pcr_extend(uint32_t pcr, const Digest& measurement);
+  Result<TimeInfo> read_clock();
+
+  // NV monotonic counter (TPM_NT_COUNTER). ensure_counter defines it when missing and gives
+  // it its first value; increment waits out TPM_RC_NV_RATE instead of failing.
+  Result<uint64_t> ensure_counter(uint32_t nv_index);
+  Result<uint64_t> read_counter(uint32_t nv_index);
+  Result<uint64_t> increment_counter(uint32_t nv_index);
+
+ private:
+  Tpm() = default;
+  void flush_loaded(uint32_t tr);
+
+  std::string tcti_;
+  std::unique_ptr<detail::Esys> esys_;
+  struct Queue;
+  std::unique_ptr<Queue> queue_;
+};
+
+}  // namespace outpost::attestation

@@ -1,0 +1,11 @@
+# Writes OUT, a C++ file holding every boards/profiles/*.yaml as a string (script mode).
+file(GLOB profiles "${PROFILE_DIR}/*.yaml")
+list(SORT profiles)
+set(body "")
+foreach(p IN LISTS profiles)
+  get_filename_component(name "${p}" NAME_WE)
+  file(READ "${p}" text)
+  string(APPEND body "    {\"${name}\", R\"outpost_yaml(${text})outpost_yaml\"},\n")
+endforeach()
+file(WRITE "${OUT}.tmp" "// Generated from boards/profiles/*.yaml; do not edit.\n#include \"builtin_profiles.h\"\n\nnamespace outpost::boards::detail {\nnamespace {\nconstexpr BuiltinProfile kProfiles[] = {\n${body}};\n}  // namespace\n\nstd::span<const BuiltinProfile> builtin_profiles() { return kProfiles; }\n\n}  // namespace outpost::boards::detail\n")
+file(COPY_FILE "${OUT}.tmp" "${OUT}" ONLY_IF_DIFFERENT)

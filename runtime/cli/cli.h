@@ -1,0 +1,63 @@
+// Shared plumbing of the `outpost` CLI: option parsing, resolving the board, state directory
+// and TCTI, and the one-line error convention.
+//
+// Exit codes: 0 success, 1 the operation failed (TPM, verification, I/O), 2 bad usage.
+#pragma once
+
+#include <boost/program_options.hpp>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "outpost/attestation/tpm.h"
+#include "outpost/base/result.h"
+#include "outpost/boards/board.h"
+
+namespace outpost::cli {
+
+namespace po = boost::program_options;
+
+// Thrown for bad command lines (before any work starts); main() prints it and exits 2.
+struct UsageError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+constexpr int kExitOk = 0;
+constexpr int kExitFailure = 1;
+constexpr int kExitUsage = 2;
+
+// Prints "outpost: error: <message>" and returns kExitFailure.
+int report(const Error& e);
+
+using Args = std::vector<std::string>;
+
+// Parses `args` against `options` (plus positional names in order); --help prints usage.
+// Returns nullopt when help was printed.
+std::optional<po::variables_map> parse(const Args& args, const std::string& usage, po::options_description options,
+                                       const std::vector<std::string>& positional = {});
+
+// --board, --state and --tcti, which every command that touches the node takes.
+void add_node_options(po::options_description& d);
+
+struct NodeContext {
+  boards::BoardProfile board;
+  std::filesystem::path state_dir;
+  std::string tcti;
+};
+// Board: --board, else the board recorded in the state, else OUTPOST_BOARD, else "sim".
+// State: --state, else OUTPOST_STATE, else the board's state_dir.
+// TCTI: --tcti, else OUTPOST_TCTI, else the board's.
+Result<NodeContext> resolve_node(const po::variables_map& vm);
+
+Result<std::unique_ptr<attestation::Tpm>> connect_tpm(const NodeContext& ctx);
+
+// Command groups.
+int node_command(const Args& args);
+int agent_command(const Args& args);
+int attest_command(const Args& args);
+
+}  // namespace outpost::cli

@@ -1,0 +1,51 @@
+// outpost: the one CLI for operators, the central IAM and incident responders.
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <string>
+
+#include "cli.h"
+#include "outpost/base/log.h"
+
+namespace {
+
+constexpr const char* kUsage = R"(usage: outpost <command> [args] [--help]
+
+operator:
+  node init --board B --state DIR [--tcti T]   provision SRK, EK, AK and the node identity
+  node info [--state DIR] [--json]             print the node identity
+  agent key NAME (--binary P | --measurement H) create or reuse an agent's TPM key, certified
+responder:
+  attest quote --nonce HEX --out DIR           quote the board's PCRs with the AK
+  attest verify DIR --ak ak.pem --nonce HEX    check a quote offline
+
+Every command that touches the node takes --board, --state and --tcti; OUTPOST_BOARD,
+OUTPOST_STATE and OUTPOST_TCTI give defaults. Logs: OUTPOST_LOG=debug|info|warn|error,
+OUTPOST_LOG_FORMAT=json.
+)";
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  outpost::log::configure(outpost::log::Level::warn, outpost::log::Format::human);
+  outpost::log::configure_from_env();
+  if (argc < 2 || std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0) {
+    std::fputs(kUsage, argc < 2 ? stderr : stdout);
+    return argc < 2 ? outpost::cli::kExitUsage : outpost::cli::kExitOk;
+  }
+  const std::string group = argv[1];
+  outpost::cli::Args rest(argv + 2, argv + argc);
+  try {
+    if (group == "node") return outpost::cli::node_command(rest);
+    if (group == "agent") return outpost::cli::agent_command(rest);
+    if (group == "attest") return outpost::cli::attest_command(rest);
+    throw outpost::cli::UsageError("unknown command \"" + group + "\" (see outpost --help)");
+  } catch (const outpost::cli::UsageError& e) {
+    std::fprintf(stderr, "outpost: %s\n", e.what());
+    return outpost::cli::kExitUsage;
+  } catch (const std::exception& e) {
+    // Only reached by a bug: the commands return errors as values.
+    std::fprintf(stderr, "outpost: internal error: %s\n", e.what());
+    return outpost::cli::kExitFailure;
+  }
+}
