@@ -1,0 +1,163 @@
+#include "test_support.h"
+
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <catch2/catch.hpp>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+
+#include "outpost/base/crypto.h"
+#include "outpost/base/files.h"
+
+extern char** environ;
+
+namespace outpost::testing {
+namespace {
+
+std::string read_all(int fd) {
+  std::string out;
+  char buf[4096];
+  for (;;) {
+    ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    out.append(buf, static_cast<size_t>(n));
+  }
+  return out;
+}
+
+}  // namespace
+
+TempDir::TempDir() {
+  const char* base = std::getenv("TMPDIR");
+  std::string tmpl = std::string(base && *base ? base : "/tmp") + "/outpost-test-XXXXXX";
+  REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
+  path_ = tmpl;
+}
+
+TempDir::~TempDir() {
+  std::error_code ec;
+  std::filesystem::remove_all(path_, ec);
+}
+
+Swtpm::Swtpm(std::filesystem::path dir, bool manufacture) : dir_(std::move(dir)), manufacture_(manufacture) {
+  start();
+}
+
+Swtpm::~Swtpm() { stop(); }
+
+void Swtpm::start() {
+  std::vector<std::string> argv = {OUTPOST_SWTPM_SCRIPT, "start", dir_.string()};
+  if (manufacture_) argv.push_back("--manufacture");
+  CommandResult r = run_program(argv);
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  auto env = read_text_file(dir_ / "swtpm.env");
+  REQUIRE(env.has_value());
+  std::string line = *env;
+  line.erase(std::remove(line.begin(), line.end(), '\n'), line.end());
+  REQUIRE(line.rfind("OUTPOST_TCTI=", 0) == 0);
+  tcti_ = line.substr(13);
+  running_ = true;
+}
+
+void Swtpm::stop() {
+  if (!running_) return;
+  run_program({OUTPOST_SWTPM_SCRIPT, "stop", dir_.string()});
+  running_ = false;
+}
+
+std::string fixture_tcti() {
+  const char* t = std::getenv("OUTPOST_TCTI");
+  if (t == nullptr || *t == '\0') FAIL("OUTPOST_TCTI is not set: run this test through ctest (the swtpm fixture)");
+  return t;
+}
+
+CommandResult run_program(const std::vector<std::string>& argv, const std::vector<std::string>& env) {
+  int out_pipe[2], err_pipe[2];
+  REQUIRE(::pipe2(out_pipe, O_CLOEXEC) == 0);
+  REQUIRE(::pipe2(err_pipe, O_CLOEXEC) == 0);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, out_pipe[1], 1);
+  posix_spawn_file_actions_adddup2(&actions, err_pipe[1], 2);
+  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+  std::vector<std::string> envs;
+  for (char** e = environ; *e; ++e) envs.emplace_back(*e);
+  for (const auto& e : env) {
+    std::string key = e.substr(0, e.find('='));
+    envs.erase(std::remove_if(envs.begin(), envs.end(), [&](const std::string& x) { return x.rfind(key + "=", 0) == 0; }),
+               envs.end());
+    envs.push_back(e);
+  }
+  std::vector<char*> cargv, cenv;
+  for (const auto& a : argv) cargv.push_back(const_cast<char*>(a.c_str()));
+  cargv.push_back(nullptr);
+  for (const auto& e : envs) cenv.push_back(const_cast<char*>(e.c_str()));
+  cenv.push_back(nullptr);
+  pid_t pid = -1;
+  int rc = ::posix_spawnp(&pid, cargv[0], &actions, nullptr, cargv.data(), cenv.data());
+  posix_spawn_file_actions_destroy(&actions);
+  ::close(out_pipe[1]);
+  ::close(err_pipe[1]);
+  REQUIRE(rc == 0);
+  CommandResult result;
+  // Outputs here are small; read stderr after stdout (each under the pipe buffer in practice).
+  result.out = read_all(out_pipe[0]);
+  result.err = read_all(err_pipe[0]);
+  ::close(out_pipe[0]);
+  ::close(err_pipe[0]);
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  return result;
+}
+
+CommandResult run_outpost(const std::vector<std::string>& args, const std::vector<std::string>& env) {
+  std::vector<std::string> argv = {OUTPOST_CLI_PATH};
+  argv.insert(argv.end(), args.begin(), args.end());
+  return run_program(argv, env);
+}
+
+std::string tpm_cycle_path() { return OUTPOST_TPM_CYCLE_PATH; }
+
+int unused_port() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  REQUIRE(fd >= 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+  socklen_t len = sizeof addr;
+  REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
+  ::close(fd);  // bound, never listened: nothing accepts on it
+  return ntohs(addr.sin_port);
+}
+
+std::vector<std::pair<std::string, std::string>> snapshot_tree(const std::filesystem::path& dir) {
+  std::vector<std::pair<std::string, std::string>> out;
+  if (!std::filesystem::exists(dir)) return out;
+  for (const auto& e : std::filesystem::recursive_directory_iterator(dir)) {
+    std::string rel = std::filesystem::relative(e.path(), dir).string();
+    if (e.is_regular_file()) {
+      auto bytes = read_file(e.path());
+      REQUIRE(bytes.has_value());
+      out.emplace_back(rel, hex_encode(sha256(*bytes)));
+    } else {
+      out.emplace_back(rel, "dir");
+    }
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+}  // namespace outpost::testing

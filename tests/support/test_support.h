@@ -1,0 +1,65 @@
+// Helpers shared by the tests: temporary directories, a swtpm of a test's own (for tests
+// that restart, clear or swap the TPM), and running the outpost CLI.
+#pragma once
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+namespace outpost::testing {
+
+// A fresh directory under $TMPDIR, removed with everything in it when this goes away.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::filesystem::path& path() const { return path_; }
+  std::filesystem::path operator/(const std::string& p) const { return path_ / p; }
+
+ private:
+  std::filesystem::path path_;
+};
+
+// A swtpm started through tests/support/swtpm.sh on a free loopback port, stopped by its pid.
+class Swtpm {
+ public:
+  explicit Swtpm(std::filesystem::path dir, bool manufacture = false);
+  ~Swtpm();
+  Swtpm(const Swtpm&) = delete;
+  Swtpm& operator=(const Swtpm&) = delete;
+
+  const std::string& tcti() const { return tcti_; }
+  void stop();
+  void start();  // with the same state: a power cycle of the same TPM
+
+ private:
+  std::filesystem::path dir_;
+  bool manufacture_;
+  bool running_ = false;
+  std::string tcti_;
+};
+
+// The TCTI of the swtpm the CTest fixture started (OUTPOST_TCTI); fails the test if unset.
+std::string fixture_tcti();
+
+struct CommandResult {
+  int exit_code = -1;
+  std::string out;
+  std::string err;
+};
+// Runs the outpost CLI built alongside the tests with `args`, `env` added to the environment.
+CommandResult run_outpost(const std::vector<std::string>& args, const std::vector<std::string>& env = {});
+// The tpm_cycle helper program (one cycle of the handle-leak test).
+std::string tpm_cycle_path();
+// Runs any program, capturing its output.
+CommandResult run_program(const std::vector<std::string>& argv, const std::vector<std::string>& env = {});
+
+// A loopback TCP port with nothing listening on it right now.
+int unused_port();
+
+// name -> SHA-256 of content for every file under `dir` (for "nothing changed" checks).
+std::vector<std::pair<std::string, std::string>> snapshot_tree(const std::filesystem::path& dir);
+
+}  // namespace outpost::testing

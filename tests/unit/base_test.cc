@@ -1,0 +1,158 @@
+#include <boost/json.hpp>
+#include <catch2/catch.hpp>
+#include <thread>
+
+#include "outpost/base/bytes.h"
+#include "outpost/base/crypto.h"
+#include "outpost/base/errors.h"
+#include "outpost/base/files.h"
+#include "outpost/base/log.h"
+#include "outpost/base/result.h"
+#include "outpost/base/serial_executor.h"
+#include "test_support.h"
+
+using namespace outpost;
+
+namespace {
+Result<int> parse_positive(int v) {
+  if (v <= 0) return fail(errc::invalid_argument, "not positive");
+  return v;
+}
+Result<int> doubled(int v) {
+  OUTPOST_TRY(int x, parse_positive(v));
+  return 2 * x;
+}
+}  // namespace
+
+TEST_CASE("Result carries a value or an error with context", "[base]") {
+  Result<int> good = doubled(21);
+  REQUIRE(good.has_value());
+  CHECK(*good == 42);
+  Result<int> bad = doubled(-1);
+  REQUIRE_FALSE(bad.has_value());
+  CHECK(bad.error().is(errc::invalid_argument));
+  CHECK(bad.error().wrap("loading").message() == "loading: not positive: invalid argument");
+}
+
+TEST_CASE("TSS2 and mbedTLS codes decode through their own libraries", "[base]") {
+  std::error_code tss = tss2_error(0x0000018b);  // TPM_RC_HANDLE, parameter 1
+  CHECK(tss.category().name() == std::string("tss2"));
+  CHECK_THAT(tss.message(), Catch::Contains("handle") && Catch::Contains("0x0000018b"));
+  std::error_code mbed = mbedtls_error(-0x4E80);  // MBEDTLS_ERR_ECP_VERIFY_FAILED
+  CHECK(mbed.category().name() == std::string("mbedtls"));
+  CHECK_THAT(mbed.message(), Catch::Contains("ECP") && Catch::Contains("-0x4e80"));
+}
+
+TEST_CASE("hex and base64url round trip and reject bad input", "[base]") {
+  Bytes data = {0x00, 0x01, 0xfe, 0xff, 0x7f};
+  CHECK(hex_encode(data) == "0001feff7f");
+  CHECK(*hex_decode("0x0001FEFF7f") == data);
+  CHECK_FALSE(hex_decode("abc").has_value());
+  CHECK_FALSE(hex_decode("zz").has_value());
+  CHECK(base64url_encode(data) == "AAH-_38");
+  CHECK(*base64url_decode("AAH-_38") == data);
+  CHECK_FALSE(base64url_decode("AAH+/38=").has_value());
+  CHECK(equal_constant_time(data, data));
+  CHECK_FALSE(equal_constant_time(data, Bytes{0x00}));
+}
+
+TEST_CASE("SHA-256 matches the FIPS 180-2 vector", "[base][crypto]") {
+  CHECK(hex_encode(sha256(std::string_view("abc"))) ==
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  Sha256 h;
+  h.update(std::string_view("a")).update(std::string_view("bc"));
+  CHECK(h.finish() == sha256(std::string_view("abc")));
+}
+
+TEST_CASE("ECDSA P-256 sign and verify and key formats", "[base][crypto]") {
+  auto key = EcPrivateKey::generate();
+  REQUIRE(key.has_value());
+  Digest d = sha256(std::string_view("message"));
+  auto sig = key->sign(d);
+  REQUIRE(sig.has_value());
+  CHECK(key->public_key().verify(d, *sig).has_value());
+
+  SECTION("RFC 6979 signatures are deterministic") { CHECK(key->sign(d)->concat() == sig->concat()); }
+  SECTION("a different digest fails") {
+    auto r = key->public_key().verify(sha256(std::string_view("other")), *sig);
+    REQUIRE_FALSE(r.has_value());
+    CHECK(r.error().is(errc::verification_failed));
+  }
+  SECTION("DER and raw encodings convert both ways") {
+    auto der = ecdsa_der_from_raw(sig->r, sig->s);
+    REQUIRE(der.has_value());
+    CHECK(key->public_key().verify(d, ByteView(*der)).has_value());
+    auto back = ecdsa_raw_from_der(*der);
+    REQUIRE(back.has_value());
+    CHECK(back->concat() == sig->concat());
+    Bytes trailing = *der;
+    trailing.push_back(0);
+    CHECK_FALSE(ecdsa_raw_from_der(trailing).has_value());
+  }
+  SECTION("PEM, DER and JWK round trip") {
+    const EcPublicKey& pub = key->public_key();
+    CHECK(*EcPublicKey::from_pem(pub.to_pem()) == pub);
+    CHECK(*EcPublicKey::from_der(pub.to_der()) == pub);
+    CHECK(*EcPublicKey::from_jwk(pub.to_jwk("kid-1")) == pub);
+    auto pem = key->to_pem();
+    REQUIRE(pem.has_value());
+    auto again = EcPrivateKey::from_pem(*pem);
+    REQUIRE(again.has_value());
+    CHECK(again->public_key() == pub);
+    CHECK(pub.thumbprint().size() == 43);
+  }
+  SECTION("bad keys are refused") {
+    Bytes zero(32, 0);
+    CHECK_FALSE(EcPublicKey::from_point(zero, zero).has_value());
+    CHECK_FALSE(EcPublicKey::from_pem("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n").has_value());
+    CHECK_FALSE(EcPublicKey::from_jwk(R"({"kty":"RSA","n":"AQAB","e":"AQAB"})").has_value());
+    CHECK_FALSE(EcPublicKey::from_jwk("not json").has_value());
+  }
+}
+
+TEST_CASE("write_file_atomic replaces whole files and read_file bounds size", "[base][files]") {
+  testing::TempDir dir;
+  auto path = dir / "a.txt";
+  REQUIRE(write_file_atomic(path, std::string_view("first")).has_value());
+  REQUIRE(write_file_atomic(path, std::string_view("second")).has_value());
+  CHECK(*read_text_file(path) == "second");
+  auto too_big = read_file(path, 3);
+  REQUIRE_FALSE(too_big.has_value());
+  CHECK(too_big.error().is(errc::invalid_argument));
+  // No temporary files are left behind.
+  CHECK(std::distance(std::filesystem::directory_iterator(dir.path()), {}) == 1);
+  auto missing = write_file_atomic(dir / "no/such/dir/file", std::string_view("x"));
+  REQUIRE_FALSE(missing.has_value());
+  CHECK_THAT(missing.error().message(), Catch::Contains("No such file"));
+}
+
+TEST_CASE("log records render as human text and as JSON", "[base][log]") {
+  std::string human = log::render(log::Level::warn, "tpm.retry", {{"handle", "0x81000001"}, {"why", "a b"}},
+                                  log::Format::human);
+  CHECK_THAT(human, Catch::Contains("warn  tpm.retry handle=0x81000001 why=\"a b\""));
+  std::string json = log::render(log::Level::info, "node.init", {{"node_id", "abc"}}, log::Format::json);
+  auto v = boost::json::parse(json).as_object();
+  CHECK(v["event"].as_string() == "node.init");
+  CHECK(v["level"].as_string() == "info");
+  CHECK(v["node_id"].as_string() == "abc");
+}
+
+TEST_CASE("SerialExecutor runs jobs in order on one thread", "[base]") {
+  SerialExecutor ex;
+  std::vector<int> order;
+  std::thread::id worker;
+  std::vector<std::future<void>> done;
+  for (int i = 0; i < 100; ++i) {
+    done.push_back(ex.submit([&, i] {
+      if (i == 0) worker = std::this_thread::get_id();
+      CHECK(std::this_thread::get_id() == worker);
+      order.push_back(i);
+    }));
+  }
+  for (auto& f : done) f.get();
+  REQUIRE(order.size() == 100);
+  CHECK(std::is_sorted(order.begin(), order.end()));
+  CHECK(worker != std::this_thread::get_id());
+  // A job may run a nested job without deadlocking.
+  CHECK(ex.run([&] { return ex.run([] { return 7; }); }) == 7);
+}

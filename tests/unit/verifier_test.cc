@@ -1,0 +1,229 @@
+// The verifier against attestations built in software (TPMS_ATTEST marshalled with tss2-mu,
+// signed with a software P-256 key): every refusal path, with no TPM involved.
+#include <tss2/tss2_mu.h>
+
+#include <catch2/catch.hpp>
+#include <cstring>
+
+#include "outpost/attestation/quote_files.h"
+#include "outpost/attestation/tpm.h"
+#include "outpost/attestation/verifier.h"
+#include "outpost/base/errors.h"
+
+using namespace outpost;
+using namespace outpost::attestation;
+
+namespace {
+
+Bytes marshal_attest(const TPMS_ATTEST& a) {
+  Bytes out(sizeof(TPMS_ATTEST));
+  size_t off = 0;
+  REQUIRE(Tss2_MU_TPMS_ATTEST_Marshal(&a, out.data(), out.size(), &off) == TSS2_RC_SUCCESS);
+  out.resize(off);
+  return out;
+}
+
+Bytes marshal_sig(const RawSignature& raw) {
+  TPMT_SIGNATURE s{};
+  s.sigAlg = TPM2_ALG_ECDSA;
+  s.signature.ecdsa.hash = TPM2_ALG_SHA256;
+  s.signature.ecdsa.signatureR.size = 32;
+  std::memcpy(s.signature.ecdsa.signatureR.buffer, raw.r.data(), 32);
+  s.signature.ecdsa.signatureS.size = 32;
+  std::memcpy(s.signature.ecdsa.signatureS.buffer, raw.s.data(), 32);
+  Bytes out(sizeof s);
+  size_t off = 0;
+  REQUIRE(Tss2_MU_TPMT_SIGNATURE_Marshal(&s, out.data(), out.size(), &off) == TSS2_RC_SUCCESS);
+  out.resize(off);
+  return out;
+}
+
+PcrValues sample_pcrs() {
+  PcrBank bank;
+  bank.hash_alg = hash_alg::sha256;
+  for (uint32_t pcr : {0u, 1u, 7u, 23u}) bank.values[pcr] = Bytes(32, static_cast<uint8_t>(pcr + 1));
+  return {bank};
+}
+
+TPMS_ATTEST quote_attest(const PcrValues& pcrs, ByteView nonce) {
+  TPMS_ATTEST a{};
+  a.magic = TPM2_GENERATED_VALUE;
+  a.type = TPM2_ST_ATTEST_QUOTE;
+  a.qualifiedSigner.size = 34;
+  a.extraData.size = static_cast<UINT16>(nonce.size());
+  std::memcpy(a.extraData.buffer, nonce.data(), nonce.size());
+  a.clockInfo = {1000, 2, 0, TPM2_YES};
+  auto& q = a.attested.quote;
+  q.pcrSelect.count = 1;
+  q.pcrSelect.pcrSelections[0].hash = TPM2_ALG_SHA256;
+  q.pcrSelect.pcrSelections[0].sizeofSelect = 3;
+  Sha256 h;
+  for (const auto& [pcr, v] : pcrs[0].values) {
+    q.pcrSelect.pcrSelections[0].pcrSelect[pcr / 8] |= static_cast<uint8_t>(1u << (pcr % 8));
+    h.update(v);
+  }
+  Digest d = h.finish();
+  q.pcrDigest.size = 32;
+  std::memcpy(q.pcrDigest.buffer, d.data(), 32);
+  return a;
+}
+
+struct Signed {
+  EcPrivateKey key;
+  SignedAttestation sa;
+};
+
+Signed sign_attest(const TPMS_ATTEST& a) {
+  auto key = EcPrivateKey::generate();
+  REQUIRE(key.has_value());
+  Bytes attest = marshal_attest(a);
+  auto sig = key->sign(sha256(attest));
+  REQUIRE(sig.has_value());
+  return Signed{std::move(*key), SignedAttestation{attest, marshal_sig(*sig)}};
+}
+
+}  // namespace
+
+TEST_CASE("a software-made quote verifies and each alteration is refused with its reason", "[verifier]") {
+  const Bytes nonce = {1, 2, 3, 4};
+  PcrValues pcrs = sample_pcrs();
+  Signed s = sign_attest(quote_attest(pcrs, nonce));
+  const EcPublicKey& ak = s.key.public_key();
+
+  auto good = verify_quote(s.sa, ak, nonce, pcrs);
+  REQUIRE(good.has_value());
+  CHECK(good->clock.reset_count == 2);
+  CHECK(format_pcr_selection(good->pcr_select) == "sha256:0,1,7,23");
+
+  auto reason = [&](const SignedAttestation& sa, ByteView n, const PcrValues& p, const EcPublicKey& k) {
+    auto r = verify_quote(sa, k, n, p);
+    REQUIRE_FALSE(r.has_value());
+    return r.error().message();
+  };
+  SECTION("altered attestation body") {
+    SignedAttestation bad = s.sa;
+    bad.attest[bad.attest.size() - 40] ^= 0x01;
+    CHECK_THAT(reason(bad, nonce, pcrs, ak), Catch::Contains("signature does not verify"));
+  }
+  SECTION("altered magic") {
+    SignedAttestation bad = s.sa;
+    bad.attest[0] ^= 0x01;
+    CHECK_THAT(reason(bad, nonce, pcrs, ak), Catch::Contains("TPM_GENERATED_VALUE"));
+  }
+  SECTION("truncated attestation") {
+    SignedAttestation bad = s.sa;
+    bad.attest.resize(bad.attest.size() - 1);
+    CHECK_THAT(reason(bad, nonce, pcrs, ak), Catch::Contains("Tss2_MU_TPMS_ATTEST_Unmarshal"));
+  }
+  SECTION("altered signature") {
+    SignedAttestation bad = s.sa;
+    bad.signature[10] ^= 0x01;
+    CHECK_THAT(reason(bad, nonce, pcrs, ak), Catch::Contains("signature does not verify"));
+  }
+  SECTION("signature of another algorithm") {
+    SignedAttestation bad = s.sa;
+    bad.signature[1] = 0x1c;  // TPM_ALG_ECSCHNORR: same layout, another scheme
+    CHECK_THAT(reason(bad, nonce, pcrs, ak), Catch::Contains("not ECDSA"));
+  }
+  SECTION("wrong nonce") {
+    CHECK_THAT(reason(s.sa, Bytes{9, 9}, pcrs, ak), Catch::Contains("nonce mismatch"));
+  }
+  SECTION("altered PCR value") {
+    PcrValues bad = pcrs;
+    bad[0].values[7][5] ^= 0x80;
+    CHECK_THAT(reason(s.sa, nonce, bad, ak), Catch::Contains("PCR digest mismatch"));
+  }
+  SECTION("PCR values for another selection") {
+    PcrValues bad = pcrs;
+    bad[0].values.erase(23);
+    CHECK_THAT(reason(s.sa, nonce, bad, ak), Catch::Contains("PCR selection mismatch"));
+  }
+  SECTION("another AK") {
+    auto other = EcPrivateKey::generate();
+    CHECK_THAT(reason(s.sa, nonce, pcrs, other->public_key()), Catch::Contains("signature does not verify"));
+  }
+  SECTION("a certification is not a quote") {
+    TPMS_ATTEST a = quote_attest(pcrs, nonce);
+    a.type = TPM2_ST_ATTEST_CERTIFY;
+    Signed c = sign_attest(a);
+    CHECK_THAT(reason(c.sa, nonce, pcrs, c.key.public_key()), Catch::Contains("not a quote"));
+  }
+}
+
+TEST_CASE("clock infos only go forward", "[verifier]") {
+  ClockInfo base{5000, 3, 1, true};
+  CHECK(check_clock_forward(base, base).has_value());
+  CHECK(check_clock_forward(base, {6000, 3, 1, true}).has_value());
+  CHECK(check_clock_forward(base, {6000, 3, 2, true}).has_value());
+  CHECK(check_clock_forward(base, {100, 4, 0, false}).has_value());  // reset, time lost, flagged unsafe
+
+  auto refused = [&](ClockInfo later, const char* what) {
+    auto r = check_clock_forward(base, later);
+    REQUIRE_FALSE(r.has_value());
+    CHECK(r.error().is(errc::clock_regressed));
+    CHECK_THAT(r.error().message(), Catch::Contains(what));
+  };
+  refused({4000, 3, 1, true}, "clock went backwards");
+  refused({9000, 2, 9, true}, "resetCount went backwards");
+  refused({9000, 3, 0, true}, "restartCount went backwards");
+  refused({100, 4, 0, true}, "clock went backwards");  // reset claims safe yet lost time
+}
+
+TEST_CASE("agent qualifying data binds name and measurement", "[verifier]") {
+  Digest m1 = sha256(std::string_view("binary v1"));
+  Digest m2 = sha256(std::string_view("binary v2"));
+  CHECK(agent_qualifying_data("coder", m1) == agent_qualifying_data("coder", m1));
+  CHECK(agent_qualifying_data("coder", m1) != agent_qualifying_data("coder", m2));
+  CHECK(agent_qualifying_data("coder", m1) != agent_qualifying_data("coder2", m1));
+  // Length-prefixed: moving bytes between name and measurement changes the result.
+  Bytes shifted(m1.begin(), m1.end());
+  shifted.insert(shifted.begin(), 'x');
+  CHECK(agent_qualifying_data("coder", shifted) != agent_qualifying_data("coderx", m1));
+}
+
+TEST_CASE("PCR selections parse in tpm2-tools syntax", "[verifier]") {
+  auto s = parse_pcr_selection("sha256:23,0,1,1+sha1:7");
+  REQUIRE(s.has_value());
+  CHECK(format_pcr_selection(*s) == "sha256:0,1,23+sha1:7");
+  CHECK_FALSE(parse_pcr_selection("sha256:24").has_value());
+  CHECK_FALSE(parse_pcr_selection("md5:1").has_value());
+  CHECK_FALSE(parse_pcr_selection("sha256:").has_value());
+  CHECK_FALSE(parse_pcr_selection("sha256:1+sha256:2").has_value());
+  CHECK_FALSE(parse_pcr_selection("").has_value());
+}
+
+TEST_CASE("tpm2-tools PCR files round trip and malformed ones are refused", "[verifier][files]") {
+  PcrValues values = sample_pcrs();
+  Bytes file = encode_pcrs_tpm2tools(values);
+  CHECK(file.size() == 132 + 4 + 532);  // the size tpm2_quote writes for up to 8 digests
+  CHECK(file[4] == 0x0b);               // little-endian TPM_ALG_SHA256
+  auto back = decode_pcrs_tpm2tools(file);
+  REQUIRE(back.has_value());
+  CHECK(*back == values);
+
+  PcrValues many;
+  many.push_back(PcrBank{hash_alg::sha1, {}});
+  many.push_back(PcrBank{hash_alg::sha256, {}});
+  for (uint32_t i = 0; i < 10; ++i) many[1].values[i] = Bytes(32, static_cast<uint8_t>(i));
+  many[0].values[3] = Bytes(20, 0xaa);
+  Bytes two_lists = encode_pcrs_tpm2tools(many);
+  CHECK(two_lists.size() == 132 + 4 + 2 * 532);
+  CHECK(*decode_pcrs_tpm2tools(two_lists) == many);
+
+  CHECK_FALSE(decode_pcrs_tpm2tools(Bytes(file.begin(), file.end() - 1)).has_value());
+  Bytes wrong_size = file;
+  wrong_size[136 + 4] = 0x10;  // first digest claims 16 bytes
+  CHECK_FALSE(decode_pcrs_tpm2tools(wrong_size).has_value());
+  Bytes absurd = file;
+  absurd[0] = 0xff;  // 255 banks
+  CHECK_FALSE(decode_pcrs_tpm2tools(absurd).has_value());
+
+  std::string yaml = pcrs_yaml(values);
+  CHECK_THAT(yaml, Catch::StartsWith("pcrs:\n  sha256:\n    0 : 0x0101"));
+  CHECK_THAT(yaml, Catch::Contains("    23: 0x1818"));
+}
+
+TEST_CASE("key blobs refuse truncation", "[verifier]") {
+  CHECK_FALSE(KeyBlob::parse(Bytes{}).has_value());
+  CHECK_FALSE(KeyBlob::parse(Bytes{0x00, 0x40, 0x01}).has_value());
+}
