@@ -27,6 +27,7 @@ Bytes marshal(const T& value, F fn) {
 
 template <class T, class F>
 Result<T> unmarshal(ByteView bytes, F fn, const char* what) {
+  quiet_tss_logging();
   T value{};
   size_t offset = 0;
   OUTPOST_TRY_VOID(check_tss2(fn(bytes.data(), bytes.size(), &offset, &value), what));

@@ -1,6 +1,7 @@
 #include "outpost/attestation/node.h"
 
 #include <boost/json.hpp>
+#include <charconv>
 #include <chrono>
 #include <ctime>
 
@@ -43,15 +44,24 @@ Result<Bytes> get_hex(const json::object& o, const char* key) {
   return b;
 }
 
+// "0x81000001" (or decimal) -> handle; anything else is corrupt.
+Result<uint32_t> parse_handle(std::string_view s, const char* key) {
+  int base = 10;
+  if (s.size() > 2 && s[0] == '0' && (s[1] == 'x' || s[1] == 'X')) {
+    s.remove_prefix(2);
+    base = 16;
+  }
+  uint32_t v = 0;
+  auto [ptr, ec] = std::from_chars(s.data(), s.data() + s.size(), v, base);
+  if (s.empty() || ec != std::errc() || ptr != s.data() + s.size()) {
+    return fail(errc::corrupt, std::string("node.json: \"") + key + "\" holds a bad handle");
+  }
+  return v;
+}
+
 Result<uint32_t> get_handle(const json::object& o, const char* key) {
   OUTPOST_TRY(std::string s, get_string(o, key));
-  try {
-    size_t used = 0;
-    unsigned long v = std::stoul(s, &used, 0);
-    if (used == s.size() && v <= 0xffffffffUL) return static_cast<uint32_t>(v);
-  } catch (const std::exception&) {
-  }
-  return fail(errc::corrupt, std::string("node.json: \"") + key + "\" is not a handle");
+  return parse_handle(s, key);
 }
 
 // Finds or creates one persistent primary, refusing a foreign key at the handle.
@@ -141,7 +151,8 @@ Result<NodeIdentity> NodeIdentity::from_json(std::string_view text) {
   if (auto it = o.find("ek_certificates"); it != o.end() && it->value().is_array()) {
     for (const auto& c : it->value().as_array()) {
       if (!c.is_string()) return fail(errc::corrupt, "node.json: ek_certificates holds a non-string");
-      id.ek_certificate_indices.push_back(static_cast<uint32_t>(std::stoul(std::string(c.as_string()), nullptr, 0)));
+      OUTPOST_TRY(uint32_t index, parse_handle(c.as_string(), "ek_certificates"));
+      id.ek_certificate_indices.push_back(index);
     }
   }
   OUTPOST_TRY(id.tpm_manufacturer, get_string(o, "tpm_manufacturer"));

@@ -187,9 +187,7 @@ Result<KeyBlob> KeyBlob::parse(ByteView bytes) {
 }
 
 Result<std::unique_ptr<Tpm>> Tpm::connect(const std::string& tcti, Options options) {
-  // tpm2-tss logs every TPM error to stderr, expected ones too ("no object at this handle").
-  // outpost reports errors itself; TSS2_LOG set by the user still wins.
-  ::setenv("TSS2_LOG", "all+NONE", 0);
+  detail::quiet_tss_logging();
   std::unique_ptr<Tpm> tpm(new Tpm());
   tpm->tcti_ = tcti;
   tpm->queue_ = std::make_unique<Queue>();
@@ -364,7 +362,7 @@ Result<RawSignature> Tpm::sign(const LoadedKey& key, const Digest& digest) {
     OUTPOST_TRY(auto sig, esys_->sign(key.tr_, d));
     if (sig->sigAlg != TPM2_ALG_ECDSA) return fail(errc::unsupported, "TPM returned a non-ECDSA signature");
     const auto& e = sig->signature.ecdsa;
-    RawSignature out;
+    // Through DER: the TPM may drop leading zero bytes of r or s; this normalises to 32.
     OUTPOST_TRY(Bytes der, ecdsa_der_from_raw(ByteView(e.signatureR.buffer, e.signatureR.size),
                                               ByteView(e.signatureS.buffer, e.signatureS.size)));
     return ecdsa_raw_from_der(der);

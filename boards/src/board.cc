@@ -27,6 +27,7 @@ Result<void> only_fields(const Ctx& c, const YAML::Node& map, std::string_view p
                          std::initializer_list<std::string_view> allowed) {
   if (!map.IsMap()) return fail(bad(c, map, std::string(path) + " must be a mapping"));
   for (const auto& kv : map) {
+    if (!kv.first.IsScalar()) return fail(bad(c, kv.first, std::string(path) + " has a key that is not a string"));
     std::string key = kv.first.as<std::string>();
     bool known = false;
     for (auto a : allowed) known = known || a == key;
@@ -65,14 +66,9 @@ std::string BoardProfile::quote_selection() const {
   return s;
 }
 
-Result<BoardProfile> parse_board(std::string_view yaml, std::string_view source) {
-  Ctx c{std::string(source)};
-  YAML::Node root;
-  try {
-    root = YAML::Load(std::string(yaml));
-  } catch (const YAML::ParserException& e) {
-    return fail(errc::invalid_argument, c.source + ":" + std::to_string(e.mark.line + 1) + ": " + e.msg);
-  }
+namespace {
+
+Result<BoardProfile> parse_board_node(const Ctx& c, const YAML::Node& root) {
   BoardProfile b;
   OUTPOST_TRY_VOID(only_fields(c, root, "board", {"name", "description", "tpm", "paths", "identity"}));
   OUTPOST_TRY(b.name, str(c, root, "name", "board"));
@@ -132,6 +128,18 @@ Result<BoardProfile> parse_board(std::string_view yaml, std::string_view source)
   OUTPOST_TRY_VOID(only_fields(c, identity, "identity", {"trust_domain"}));
   OUTPOST_TRY(b.trust_domain, str(c, identity, "trust_domain", "identity"));
   return b;
+}
+
+}  // namespace
+
+Result<BoardProfile> parse_board(std::string_view yaml, std::string_view source) {
+  Ctx c{std::string(source)};
+  // yaml-cpp reports by exception; none may leave this function.
+  try {
+    return parse_board_node(c, YAML::Load(std::string(yaml)));
+  } catch (const YAML::Exception& e) {
+    return fail(errc::invalid_argument, c.source + ":" + std::to_string(e.mark.line + 1) + ": " + e.msg);
+  }
 }
 
 Result<BoardProfile> load_board(std::string_view name_or_path) {

@@ -60,3 +60,13 @@ identity: {trust_domain: example.org}
   REQUIRE_FALSE(unknown.has_value());
   CHECK_THAT(unknown.error().message(), Catch::Contains("built in: "));
 }
+
+TEST_CASE("malformed profiles found by fuzzing give errors, not exceptions", "[boards]") {
+  for (const char* yaml : {"{[a]: 1}", "name: t\ndescription: d\ntpm: {? [x] : 1}", "tpm: !!binary AAAA", "- 1\n- 2",
+                           "name: {a: b}"}) {
+    INFO(yaml);
+    auto r = parse_board(yaml, "f.yaml");
+    REQUIRE_FALSE(r.has_value());
+    CHECK_THAT(r.error().message(), Catch::StartsWith("f.yaml:"));
+  }
+}

@@ -5,6 +5,7 @@
 #include <catch2/catch.hpp>
 #include <cstring>
 
+#include "outpost/attestation/node.h"
 #include "outpost/attestation/quote_files.h"
 #include "outpost/attestation/tpm.h"
 #include "outpost/attestation/verifier.h"
@@ -226,4 +227,23 @@ TEST_CASE("tpm2-tools PCR files round trip and malformed ones are refused", "[ve
 TEST_CASE("key blobs refuse truncation", "[verifier]") {
   CHECK_FALSE(KeyBlob::parse(Bytes{}).has_value());
   CHECK_FALSE(KeyBlob::parse(Bytes{0x00, 0x40, 0x01}).has_value());
+}
+
+TEST_CASE("a node.json with a malformed handle is corrupt, not a crash", "[verifier]") {
+  auto key = EcPrivateKey::generate();
+  std::string pem = key->public_key().to_pem();
+  std::string escaped;
+  for (char c : pem) escaped += c == '\n' ? std::string("\\n") : std::string(1, c);
+  std::string doc = R"({"node_id":"n","trust_domain":"t","spiffe_id":"s","board":"sim","srk_handle":"0x81000001",
+    "ek_handle":"0x81010002","ak_handle":"0x81018000","srk_name":"00","ek_name":"00","ak_name":"00",
+    "ek_public_pem":")" + escaped + R"(","ak_public_pem":")" + escaped + R"(","ak_public_area":"00",
+    "ek_certificates":["EK"],"tpm_manufacturer":"","tpm_vendor":"","tpm_firmware":"","provisioned_at":""})";
+  auto r = NodeIdentity::from_json(doc);
+  REQUIRE_FALSE(r.has_value());
+  CHECK(r.error().is(errc::corrupt));
+  std::string good = doc;
+  good.replace(good.find("\"EK\""), 4, "\"0x01c00002\"");
+  auto ok = NodeIdentity::from_json(good);
+  REQUIRE(ok.has_value());
+  CHECK(ok->ek_certificate_indices == std::vector<uint32_t>{0x01c00002});
 }
