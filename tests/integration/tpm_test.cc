@@ -298,6 +298,14 @@ TEST_CASE("an unreachable TPM gives a one-line error and writes nothing", "[unre
     CHECK(std::count(r.err.begin(), r.err.end(), '\n') == 1);
     CHECK_FALSE(std::filesystem::exists(dir / "state"));
   }
+  SECTION("a TPM device that does not exist") {
+    auto r = testing::run_outpost({"node", "init", "--board", "x86-64", "--state", (dir / "state").string(), "--tcti",
+                                   "device:" + (dir / "no-tpm").string()});
+    CHECK(r.exit_code == 1);
+    CHECK_THAT(r.err, Catch::StartsWith("outpost: error: cannot use the TPM at \"device:"));
+    CHECK(std::count(r.err.begin(), r.err.end(), '\n') == 1);
+    CHECK_FALSE(std::filesystem::exists(dir / "state"));
+  }
   SECTION("commands on a provisioned node") {
     TempDir tpm_dir;
     std::string state = (dir / "state").string();

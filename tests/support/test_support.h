@@ -22,7 +22,7 @@ class TempDir {
   std::filesystem::path path_;
 };
 
-// A swtpm started through tests/support/swtpm.sh on a free loopback port, stopped by its pid.
+// A swtpm started through scripts/swtpm.sh on a free loopback port, stopped by its pid.
 class Swtpm {
  public:
   explicit Swtpm(std::filesystem::path dir, bool manufacture = false);

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Configures and builds one tree. Used by the README's commands; safe to run again.
+#   build.sh DIR [extra cmake args...]
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+dir=$1
+shift
+cmake -S "$root" -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo "$@" >"$dir.configure.log" 2>&1 || {
+  cat "$dir.configure.log" >&2
+  exit 1
+}
+# Two cores here: -j2 keeps the machine responsive.
+cmake --build "$dir" -j2
