@@ -8,7 +8,7 @@ mkdir -p "$root/build"
 "$root/scripts/build.sh" "$root/build" >/dev/null
 work=$(mktemp -d "${TMPDIR:-/tmp}/outpost-bench-XXXXXX")
 trap '"$root/scripts/swtpm.sh" stop "$work/tpm"; rm -rf "$work"' EXIT
-"$root/scripts/swtpm.sh" start "$work/tpm"
+"$root/scripts/swtpm.sh" start "$work/tpm" --fresh
 set -a
 . "$work/tpm/swtpm.env"
 set +a

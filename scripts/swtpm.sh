@@ -1,20 +1,32 @@
 #!/usr/bin/env bash
 # Starts and stops a swtpm TPM 2.0 simulator on a free loopback port pair, by pid.
 #
-#   swtpm.sh start DIR [--manufacture]   state in DIR/state; writes DIR/swtpm.pid and
+#   swtpm.sh start DIR [--fresh] [--manufacture]
+#                                        state in DIR/state; writes DIR/swtpm.pid and
 #                                        DIR/swtpm.env (OUTPOST_TCTI=swtpm:host=127.0.0.1,port=P)
 #   swtpm.sh stop DIR                    stops the swtpm whose pid is in DIR/swtpm.pid and waits
 #                                        until it has exited, so the port and state are free
 #
-# --manufacture runs swtpm_setup first (EK certificates in NV, like a TPM from a factory);
-# it only does so when DIR/state holds no TPM yet, so a restart keeps the same TPM.
+# --fresh discards DIR/state first (a new TPM). --manufacture runs swtpm_setup first (EK
+# certificates in NV, like a TPM from a factory), only when DIR/state holds no TPM yet, so a
+# restart keeps the same TPM.
 # No fixed ports: the kernel here hands out odd ephemeral ports, so we pick a random pair
 # and try again when swtpm cannot bind.
 set -euo pipefail
 
-cmd=${1:?usage: swtpm.sh start|stop DIR [--manufacture]}
-dir=${2:?usage: swtpm.sh start|stop DIR [--manufacture]}
-mkdir -p "$dir/state"
+usage="usage: swtpm.sh start|stop DIR [--fresh] [--manufacture]"
+cmd=${1:?$usage}
+dir=${2:?$usage}
+shift 2
+fresh=0
+manufacture=0
+for opt in "$@"; do
+  case "$opt" in
+    --fresh) fresh=1 ;;
+    --manufacture) manufacture=1 ;;
+    *) echo "$usage" >&2; exit 2 ;;
+  esac
+done
 
 port_answers() {
   (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
@@ -41,7 +53,9 @@ stop() {
 }
 
 start() {
-  if [[ "${3:-}" == "--manufacture" && ! -e "$dir/state/tpm2-00.permall" ]]; then
+  if ((fresh)); then rm -rf "$dir/state"; fi
+  mkdir -p "$dir/state"
+  if ((manufacture)) && [[ ! -e "$dir/state/tpm2-00.permall" ]]; then
     swtpm_setup --tpm2 --tpmstate "$dir/state" --create-ek-cert --lock-nvram --overwrite \
       >"$dir/swtpm_setup.log" 2>&1 || { cat "$dir/swtpm_setup.log" >&2; exit 1; }
   fi
@@ -73,7 +87,7 @@ start() {
 }
 
 case "$cmd" in
-  start) stop; start "$@" ;;
+  start) stop; start ;;
   stop) stop ;;
-  *) echo "usage: swtpm.sh start|stop DIR [--manufacture]" >&2; exit 2 ;;
+  *) echo "$usage" >&2; exit 2 ;;
 esac
