@@ -9,7 +9,7 @@ packages=(
   libmbedtls-dev
   libflatbuffers-dev flatbuffers-compiler
   libboost1.81-dev libboost-json1.81-dev libboost-program-options1.81-dev
-  libyaml-cpp-dev
+  libyaml-cpp-dev libre2-dev
   catch2 libbenchmark-dev
   clang-14 libclang-rt-14-dev
   iproute2 procps
