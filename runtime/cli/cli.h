@@ -59,5 +59,11 @@ Result<std::unique_ptr<attestation::Tpm>> connect_tpm(const NodeContext& ctx);
 int node_command(const Args& args);
 int agent_command(const Args& args);
 int attest_command(const Args& args);
+int keygen_command(const Args& args);
+int trust_command(const Args& args);
+int bundle_command(const Args& args);
+int decide_command(const Args& args);
+int policy_command(const Args& args);
+int status_command(const Args& args);
 
 }  // namespace outpost::cli

@@ -15,6 +15,16 @@ operator:
   node init --board B --state DIR [--tcti T]   provision SRK, EK, AK and the node identity
   node info [--state DIR] [--json]             print the node identity
   agent key NAME (--binary P | --measurement H) create or reuse an agent's TPM key, certified
+  trust pin ROOT.json | trust update ROOT…     the node's bundle trust anchors
+  bundle install B                             verify and install a signed bundle (TPM-bound)
+  status [--json]                              bundle in force, life and offline budget left
+central IAM:
+  keygen --out key.pem                         a bundle-signing key (ECDSA P-256)
+  trust init --key PUB… --threshold K -o T     a root of trust; trust rotate/sign for rotations
+  bundle build POLICY.yaml -o B [--version N]  compile policy source into a bundle
+  bundle sign B --key K | inspect B | verify B --trust T
+  decide --bundle B --request R.json           one decision, as a dry run
+  policy test CASES.yaml --bundle B            expected decisions
 responder:
   attest quote --nonce HEX --out DIR           quote the board's PCRs with the AK
   attest verify DIR --ak ak.pem --nonce HEX    check a quote offline
@@ -39,6 +49,12 @@ int main(int argc, char** argv) {
     if (group == "node") return outpost::cli::node_command(rest);
     if (group == "agent") return outpost::cli::agent_command(rest);
     if (group == "attest") return outpost::cli::attest_command(rest);
+    if (group == "keygen") return outpost::cli::keygen_command(rest);
+    if (group == "trust") return outpost::cli::trust_command(rest);
+    if (group == "bundle") return outpost::cli::bundle_command(rest);
+    if (group == "decide") return outpost::cli::decide_command(rest);
+    if (group == "policy") return outpost::cli::policy_command(rest);
+    if (group == "status") return outpost::cli::status_command(rest);
     throw outpost::cli::UsageError("unknown command \"" + group + "\" (see outpost --help)");
   } catch (const outpost::cli::UsageError& e) {
     std::fprintf(stderr, "outpost: %s\n", e.what());

@@ -1,0 +1,883 @@
+#include "engine.h"
+
+#include <re2/re2.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <mutex>
+
+#include "match.h"
+#include "outpost/base/errors.h"
+
+namespace outpost::policy {
+namespace {
+
+// ---- compiled forms ----
+
+struct PointerToken {
+  std::string key;
+  int64_t index = -1;  // the token read as an array index, or -1
+};
+using Pointer = std::vector<PointerToken>;
+
+struct Dest {
+  std::string host;  // lower-case glob; empty when the destination is a CIDR
+  bool has_cidr = false;
+  Cidr cidr;
+  std::vector<uint16_t> ports;
+};
+
+struct Arg {
+  Pointer pointer;
+  fb::ArgOp op = fb::ArgOp::Prefix;
+  std::vector<std::string> values;
+  std::vector<double> numbers;  // `values` read as numbers (NaN when not one), for OneOf
+  double min = 0, max = 0;
+  uint32_t max_length = 0;
+  bool optional = false;
+  std::unique_ptr<re2::RE2> regex;
+};
+
+struct Window {
+  uint8_t days = 0;
+  uint16_t start = 0, end = 0;
+};
+
+struct Rule {
+  std::string id, reason;
+  bool allow = false, shadow = false;
+  std::vector<std::string> agents, tools, tasks;
+  std::vector<Arg> args;
+  std::vector<Dest> dests;
+  bool within_clearance = false;
+  uint8_t max_sensitivity = 255;
+  std::vector<Window> windows;
+  bool has_rate = false;
+  fb::RateScope rate_scope = fb::RateScope::Agent;
+  uint32_t rate_count = 0, rate_window = 0;
+  uint32_t ttl = 0;
+};
+
+struct Flow {
+  std::string id, reason;
+  fb::FlowKind kind = fb::FlowKind::Taint;
+  std::vector<std::string> agents, tools;
+  uint8_t min_sensitivity = 0;
+  std::vector<Dest> trusted;
+  std::string approval_tool;
+  uint32_t window = 0, max_count = 0;
+  double max_total = 0;
+  Pointer total_pointer;
+};
+
+struct Tool {
+  std::string server, name, full;  // full = "server/name"
+  uint8_t output_sensitivity = 0;
+  std::vector<Dest> dests;
+};
+
+struct Agent {
+  std::string name;
+  uint8_t clearance = 0;
+  uint32_t ttl = 0;
+  std::vector<std::string> tool_globs;
+  bool revoked = false;
+};
+
+// Rules grouped per (agent, tool) pair: [deny..., allow..., shadow...] in bundle order.
+struct RuleSet {
+  std::vector<Rule> rules;
+  std::vector<uint32_t> entries;
+  std::vector<std::array<uint32_t, 4>> pairs;  // start, end of denies, end of allows, end of shadows
+};
+
+// ---- small helpers, none allocating ----
+
+std::string_view str(const flatbuffers::String* s) { return s ? std::string_view(s->data(), s->size()) : std::string_view(); }
+
+template <class V>
+std::vector<std::string> strings(const V* v) {
+  std::vector<std::string> out;
+  if (v != nullptr) {
+    for (const auto* s : *v) out.emplace_back(s->str());
+  }
+  return out;
+}
+
+bool any_glob(const std::vector<std::string>& globs, std::string_view text) {
+  for (const auto& g : globs) {
+    if (glob_match(g, text)) return true;
+  }
+  return false;
+}
+// An empty list means "any".
+bool any_glob_or_empty(const std::vector<std::string>& globs, std::string_view text) {
+  return globs.empty() || any_glob(globs, text);
+}
+
+// "server/name" in a caller's buffer.
+struct ToolName {
+  char buf[512];
+  std::string_view view;
+  ToolName(std::string_view server, std::string_view name) {
+    if (server.size() + name.size() + 1 > sizeof buf) {
+      view = {};
+      return;
+    }
+    std::memcpy(buf, server.data(), server.size());
+    buf[server.size()] = '/';
+    std::memcpy(buf + server.size() + 1, name.data(), name.size());
+    view = std::string_view(buf, server.size() + 1 + name.size());
+  }
+};
+
+struct LowerHost {
+  char buf[256];
+  std::string_view view;
+  bool ok = true;
+  explicit LowerHost(std::string_view host) {
+    if (host.size() >= sizeof buf) {
+      ok = false;
+      return;
+    }
+    for (size_t i = 0; i < host.size(); ++i) {
+      char c = host[i];
+      buf[i] = (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
+    }
+    view = std::string_view(buf, host.size());
+  }
+};
+
+Result<Pointer> parse_pointer(std::string_view p) {
+  Pointer out;
+  if (p.empty()) return out;
+  if (p[0] != '/') return fail(errc::invalid_argument, "JSON pointer \"" + std::string(p) + "\" does not start with '/'");
+  size_t i = 1;
+  for (;;) {
+    size_t next = p.find('/', i);
+    std::string_view raw = p.substr(i, next == std::string_view::npos ? std::string_view::npos : next - i);
+    PointerToken t;
+    for (size_t k = 0; k < raw.size(); ++k) {
+      if (raw[k] == '~') {
+        if (k + 1 >= raw.size() || (raw[k + 1] != '0' && raw[k + 1] != '1')) {
+          return fail(errc::invalid_argument, "JSON pointer \"" + std::string(p) + "\" has a bad '~' escape");
+        }
+        t.key.push_back(raw[k + 1] == '0' ? '~' : '/');
+        ++k;
+      } else {
+        t.key.push_back(raw[k]);
+      }
+    }
+    if (!t.key.empty() && t.key.size() < 10 && std::all_of(t.key.begin(), t.key.end(), [](char c) { return c >= '0' && c <= '9'; }) &&
+        (t.key.size() == 1 || t.key[0] != '0')) {
+      t.index = std::stoll(t.key);
+    }
+    out.push_back(std::move(t));
+    if (next == std::string_view::npos) break;
+    i = next + 1;
+  }
+  return out;
+}
+
+const boost::json::value* resolve(const boost::json::value* v, const Pointer& p) {
+  for (const auto& t : p) {
+    if (v == nullptr) return nullptr;
+    if (v->is_object()) {
+      v = v->as_object().if_contains(t.key);
+    } else if (v->is_array()) {
+      const auto& a = v->as_array();
+      if (t.index < 0 || static_cast<size_t>(t.index) >= a.size()) return nullptr;
+      v = &a[static_cast<size_t>(t.index)];
+    } else {
+      return nullptr;
+    }
+  }
+  return v;
+}
+
+bool as_number(const boost::json::value& v, double& out) {
+  switch (v.kind()) {
+    case boost::json::kind::int64: out = static_cast<double>(v.get_int64()); return true;
+    case boost::json::kind::uint64: out = static_cast<double>(v.get_uint64()); return true;
+    case boost::json::kind::double_: out = v.get_double(); return true;
+    default: return false;
+  }
+}
+
+bool arg_holds(const Arg& a, const boost::json::value* args) {
+  const boost::json::value* v = resolve(args, a.pointer);
+  if (v == nullptr) return a.optional;
+  if (a.op == fb::ArgOp::Range) {
+    double d;
+    return as_number(*v, d) && d >= a.min && d <= a.max;
+  }
+  if (a.op == fb::ArgOp::OneOf) {
+    double d;
+    if (as_number(*v, d)) {
+      for (double n : a.numbers) {
+        if (n == d) return true;
+      }
+      return false;
+    }
+  }
+  if (!v->is_string()) return false;
+  std::string_view s(v->get_string().data(), v->get_string().size());
+  switch (a.op) {
+    case fb::ArgOp::Prefix:
+      for (const auto& p : a.values) {
+        if (s.substr(0, p.size()) == p) return true;
+      }
+      return false;
+    case fb::ArgOp::Glob: return any_glob(a.values, s);
+    case fb::ArgOp::Regex: return a.regex && re2::RE2::FullMatch(s, *a.regex);
+    case fb::ArgOp::OneOf:
+      for (const auto& p : a.values) {
+        if (s == p) return true;
+      }
+      return false;
+    case fb::ArgOp::MaxLength: return s.size() <= a.max_length;
+    case fb::ArgOp::PathPrefix: {
+      PathBuffer buf;
+      auto norm = normalize_path(s, buf);
+      if (!norm) return false;
+      for (const auto& p : a.values) {
+        if (path_under(*norm, p)) return true;
+      }
+      return false;
+    }
+    case fb::ArgOp::Range: return false;
+  }
+  return false;
+}
+
+bool dest_matches(const Dest& d, std::string_view lower_host, uint16_t port) {
+  if (!d.ports.empty() && std::find(d.ports.begin(), d.ports.end(), port) == d.ports.end()) return false;
+  if (d.has_cidr) return cidr_contains(d.cidr, lower_host);
+  return glob_match(d.host, lower_host);
+}
+
+bool any_dest(const std::vector<Dest>& ds, std::string_view host, uint16_t port) {
+  LowerHost h(host);
+  if (!h.ok) return false;
+  for (const auto& d : ds) {
+    if (dest_matches(d, h.view, port)) return true;
+  }
+  return false;
+}
+
+bool in_window(const Window& w, int64_t t) {
+  int64_t days = t >= 0 ? t / 86400 : (t - 86399) / 86400;
+  int64_t minute = (t - days * 86400) / 60;
+  int weekday = static_cast<int>(((days % 7) + 7 + 3) % 7);  // 1970-01-01 was a Thursday; 0 = Monday
+  if (w.days != 0 && !(w.days & (1u << weekday))) return false;
+  if (w.start <= w.end) return minute >= w.start && minute < w.end;
+  return minute >= w.start || minute < w.end;  // wraps past midnight
+}
+
+// Conditions other than the agent and tool globs (the index has checked those).
+bool conditions_hold(const Rule& r, const Request& req, const Agent& agent) {
+  if (!r.tasks.empty() && !any_glob(r.tasks, req.task)) return false;
+  if (r.within_clearance && req.sensitivity > agent.clearance) return false;
+  if (req.sensitivity > r.max_sensitivity) return false;
+  if (!r.windows.empty()) {
+    bool any = false;
+    for (const auto& w : r.windows) any = any || in_window(w, req.time);
+    if (!any) return false;
+  }
+  if (!r.dests.empty() && (req.host.empty() || !any_dest(r.dests, req.host, req.port))) return false;
+  for (const auto& a : r.args) {
+    if (!arg_holds(a, req.args)) return false;
+  }
+  return true;
+}
+
+Result<std::vector<Dest>> compile_dests(const flatbuffers::Vector<flatbuffers::Offset<fb::Destination>>* v) {
+  std::vector<Dest> out;
+  if (v == nullptr) return out;
+  for (const fb::Destination* d : *v) {
+    Dest c;
+    if (d->cidr() != nullptr && d->cidr()->size() > 0) {
+      auto cidr = parse_cidr(str(d->cidr()));
+      if (!cidr) return fail(errc::corrupt, "bad CIDR \"" + d->cidr()->str() + "\"");
+      c.has_cidr = true;
+      c.cidr = *cidr;
+    } else {
+      c.host = d->host() ? d->host()->str() : "*";
+      for (char& ch : c.host) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    }
+    if (d->ports() != nullptr) c.ports.assign(d->ports()->begin(), d->ports()->end());
+    out.push_back(std::move(c));
+  }
+  return out;
+}
+
+Result<Rule> compile_rule(const fb::Rule& r) {
+  Rule c;
+  c.id = str(r.id());
+  c.reason = str(r.reason());
+  c.allow = r.effect() == fb::Effect::Allow;
+  c.shadow = r.shadow();
+  c.agents = strings(r.agents());
+  c.tools = strings(r.tools());
+  c.tasks = strings(r.tasks());
+  c.within_clearance = r.within_clearance();
+  c.max_sensitivity = r.max_sensitivity();
+  c.ttl = r.credential_ttl();
+  OUTPOST_TRY(c.dests, compile_dests(r.destinations()));
+  if (r.time_windows() != nullptr) {
+    for (const fb::TimeWindow* w : *r.time_windows()) c.windows.push_back(Window{w->days(), w->start_minute(), w->end_minute()});
+  }
+  if (r.rate() != nullptr && r.rate()->count() > 0 && r.rate()->window() > 0) {
+    c.has_rate = true;
+    c.rate_scope = r.rate()->scope();
+    c.rate_count = r.rate()->count();
+    c.rate_window = r.rate()->window();
+  }
+  if (r.args() != nullptr) {
+    for (const fb::ArgConstraint* a : *r.args()) {
+      Arg arg;
+      Result<Pointer> p = parse_pointer(str(a->pointer()));
+      if (!p) return fail(p.error().wrap("rule " + c.id));
+      arg.pointer = std::move(*p);
+      arg.op = a->op();
+      arg.values = strings(a->values());
+      arg.min = a->min();
+      arg.max = a->max();
+      arg.max_length = a->max_length();
+      arg.optional = a->optional();
+      for (const auto& v : arg.values) {
+        char* end = nullptr;
+        double d = std::strtod(v.c_str(), &end);
+        arg.numbers.push_back(end != v.c_str() && *end == '\0' ? d : std::nan(""));
+      }
+      if (arg.op == fb::ArgOp::Regex) {
+        if (arg.values.empty()) return fail(errc::corrupt, "rule " + c.id + ": regex constraint without a pattern");
+        re2::RE2::Options opts;
+        opts.set_log_errors(false);
+        arg.regex = std::make_unique<re2::RE2>(arg.values[0], opts);
+        if (!arg.regex->ok()) return fail(errc::corrupt, "rule " + c.id + ": bad RE2 pattern: " + arg.regex->error());
+      }
+      if (arg.op == fb::ArgOp::PathPrefix) {
+        for (auto& v : arg.values) {
+          PathBuffer buf;
+          auto norm = normalize_path(v, buf);
+          if (!norm) return fail(errc::corrupt, "rule " + c.id + ": path prefix \"" + v + "\" is not an absolute path");
+          v = std::string(*norm);
+        }
+      }
+      c.args.push_back(std::move(arg));
+    }
+  }
+  return c;
+}
+
+}  // namespace
+
+// ---- the compiled policy ----
+
+struct Engine::Impl {
+  uint64_t version = 0;
+  std::vector<Agent> agents;
+  std::vector<Tool> tools;
+  std::vector<uint32_t> agents_by_name;  // indices sorted by name
+  std::vector<uint32_t> tools_by_name;   // indices sorted by (server, name)
+  std::vector<uint8_t> granted;          // agents x tools
+  RuleSet normal, safe;
+  std::vector<Flow> flows;
+  std::vector<uint32_t> flow_entries;
+  std::vector<std::array<uint32_t, 2>> flow_pairs;
+
+  size_t pair(uint32_t a, uint32_t t) const { return static_cast<size_t>(a) * tools.size() + t; }
+
+  int64_t find_agent(std::string_view name) const {
+    auto it = std::lower_bound(agents_by_name.begin(), agents_by_name.end(), name,
+                               [&](uint32_t i, std::string_view n) { return agents[i].name < n; });
+    if (it == agents_by_name.end() || agents[*it].name != name) return -1;
+    return *it;
+  }
+  int64_t find_tool(std::string_view server, std::string_view name) const {
+    auto key = std::make_pair(server, name);
+    auto it = std::lower_bound(tools_by_name.begin(), tools_by_name.end(), key,
+                               [&](uint32_t i, const std::pair<std::string_view, std::string_view>& k) {
+                                 return std::make_pair(std::string_view(tools[i].server), std::string_view(tools[i].name)) < k;
+                               });
+    if (it == tools_by_name.end() || tools[*it].server != server || tools[*it].name != name) return -1;
+    return *it;
+  }
+
+  // Agents (or tools) a glob list selects; literal names are looked up, not scanned, so
+  // building the index costs O(rules) for bundles of exact names.
+  void select_agents(const std::vector<std::string>& globs, std::vector<uint32_t>& out) const {
+    out.clear();
+    if (globs.empty()) {
+      for (uint32_t a = 0; a < agents.size(); ++a) out.push_back(a);
+      return;
+    }
+    for (const auto& g : globs) {
+      if (glob_is_literal(g)) {
+        if (int64_t a = find_agent(g); a >= 0) out.push_back(static_cast<uint32_t>(a));
+      } else {
+        for (uint32_t a = 0; a < agents.size(); ++a) {
+          if (glob_match(g, agents[a].name)) out.push_back(a);
+        }
+      }
+    }
+    std::sort(out.begin(), out.end());
+    out.erase(std::unique(out.begin(), out.end()), out.end());
+  }
+  void select_tools(const std::vector<std::string>& globs, std::vector<uint32_t>& out) const {
+    out.clear();
+    if (globs.empty()) {
+      for (uint32_t t = 0; t < tools.size(); ++t) out.push_back(t);
+      return;
+    }
+    for (const auto& g : globs) {
+      size_t slash = g.find('/');
+      if (glob_is_literal(g) && slash != std::string::npos) {
+        if (int64_t t = find_tool(std::string_view(g).substr(0, slash), std::string_view(g).substr(slash + 1)); t >= 0) {
+          out.push_back(static_cast<uint32_t>(t));
+        }
+      } else {
+        for (uint32_t t = 0; t < tools.size(); ++t) {
+          if (glob_match(g, tools[t].full)) out.push_back(t);
+        }
+      }
+    }
+    std::sort(out.begin(), out.end());
+    out.erase(std::unique(out.begin(), out.end()), out.end());
+  }
+
+  // Per pair: the denies, then the allows, then the shadows, each in bundle order.
+  void index(RuleSet& set) const {
+    const size_t npairs = agents.size() * tools.size();
+    std::vector<std::array<std::vector<uint32_t>, 3>> buckets(npairs);
+    std::vector<uint32_t> as, ts;
+    for (uint32_t r = 0; r < set.rules.size(); ++r) {
+      const Rule& rule = set.rules[r];
+      const int kind = rule.shadow ? 2 : rule.allow ? 1 : 0;
+      select_agents(rule.agents, as);
+      select_tools(rule.tools, ts);
+      for (uint32_t a : as) {
+        for (uint32_t t : ts) buckets[pair(a, t)][static_cast<size_t>(kind)].push_back(r);
+      }
+    }
+    set.pairs.assign(npairs, {0, 0, 0, 0});
+    for (size_t pi = 0; pi < npairs; ++pi) {
+      auto& p = set.pairs[pi];
+      p[0] = static_cast<uint32_t>(set.entries.size());
+      for (size_t kind = 0; kind < 3; ++kind) {
+        set.entries.insert(set.entries.end(), buckets[pi][kind].begin(), buckets[pi][kind].end());
+        p[kind + 1] = static_cast<uint32_t>(set.entries.size());
+      }
+    }
+  }
+
+  bool flow_denies(const Flow& f, const Request& req, const Tool& tool) const;
+  Decision decide(const Request& req, Mode mode, RateLimiter* rates, bool indexed) const;
+};
+
+bool Engine::Impl::flow_denies(const Flow& f, const Request& req, const Tool& tool) const {
+  switch (f.kind) {
+    case fb::FlowKind::Taint: {
+      bool tainted = false;
+      for (const auto& e : req.history) {
+        uint8_t label = e.sensitivity;
+        int64_t t = find_tool(e.server, e.tool);
+        if (t >= 0) label = std::max(label, tools[static_cast<size_t>(t)].output_sensitivity);
+        if (label >= f.min_sensitivity) {
+          tainted = true;
+          break;
+        }
+      }
+      if (!tainted) return false;
+      if (!req.host.empty()) return !any_dest(f.trusted, req.host, req.port);
+      // No destination on the request: every place the tool reaches must be trusted.
+      for (const auto& d : tool.dests) {
+        bool trusted = false;
+        for (const auto& tr : f.trusted) {
+          if (d.has_cidr ? (tr.has_cidr && cidr_covers(tr.cidr, d.cidr)) : (!tr.has_cidr && glob_match(tr.host, d.host))) {
+            trusted = true;
+          }
+        }
+        if (!trusted) return true;
+      }
+      return false;
+    }
+    case fb::FlowKind::RequireApproval: {
+      for (const auto& e : req.history) {
+        ToolName n(e.server, e.tool);
+        if (e.time <= req.time && glob_match(f.approval_tool, n.view)) return false;
+      }
+      return true;
+    }
+    case fb::FlowKind::WindowLimit: {
+      uint64_t count = 1;
+      double total = 0;
+      double d;
+      if (const auto* v = resolve(req.args, f.total_pointer); v && as_number(*v, d)) total += d;
+      for (const auto& e : req.history) {
+        if (e.time <= req.time - static_cast<int64_t>(f.window) || e.time > req.time) continue;
+        ToolName n(e.server, e.tool);
+        if (!any_glob_or_empty(f.tools, n.view)) continue;
+        ++count;
+        if (const auto* v = resolve(e.args, f.total_pointer); v && as_number(*v, d)) total += d;
+      }
+      if (f.max_count > 0 && count > f.max_count) return true;
+      if (f.max_total > 0 && total > f.max_total) return true;
+      return false;
+    }
+  }
+  return false;
+}
+
+namespace {
+void push_id(std::array<uint32_t, Decision::kMaxIds>& ids, uint8_t& n, uint32_t id) {
+  if (n < ids.size()) ids[n++] = id;
+}
+}  // namespace
+
+Decision Engine::Impl::decide(const Request& req, Mode mode, RateLimiter* rates, bool indexed) const {
+  Decision d;
+  d.bundle_version = version;
+  d.mode = mode;
+  if (mode == Mode::deny_all) {
+    d.verdict = Verdict::bundle_not_in_force;
+    return d;
+  }
+  int64_t ai = find_agent(req.agent);
+  if (ai < 0) {
+    d.verdict = Verdict::unknown_agent;
+    return d;
+  }
+  const Agent& agent = agents[static_cast<size_t>(ai)];
+  if (agent.revoked) {
+    d.verdict = Verdict::agent_revoked;
+    return d;
+  }
+  int64_t ti = find_tool(req.server, req.tool);
+  if (ti < 0) {
+    d.verdict = Verdict::unknown_tool;
+    return d;
+  }
+  const Tool& tool = tools[static_cast<size_t>(ti)];
+  const size_t pi = pair(static_cast<uint32_t>(ai), static_cast<uint32_t>(ti));
+  if (!granted[pi]) {
+    d.verdict = Verdict::tool_not_granted;
+    return d;
+  }
+  const RuleSet& set = mode == Mode::safe_set ? safe : normal;
+
+  // Candidate rules in the same order either way: denies, allows, shadows, each in bundle order.
+  auto for_each = [&](int kind, auto&& fn) {
+    if (indexed) {
+      const auto& p = set.pairs[pi];
+      for (uint32_t k = p[static_cast<size_t>(kind)]; k < p[static_cast<size_t>(kind) + 1]; ++k) {
+        if (!fn(set.entries[k])) return;
+      }
+      return;
+    }
+    for (uint32_t r = 0; r < set.rules.size(); ++r) {
+      const Rule& rule = set.rules[r];
+      if ((rule.shadow ? 2 : rule.allow ? 1 : 0) != kind) continue;
+      if (!any_glob_or_empty(rule.agents, agent.name) || !any_glob_or_empty(rule.tools, tool.full)) continue;
+      if (!fn(r)) return;
+    }
+  };
+
+  for_each(2, [&](uint32_t r) {
+    if (conditions_hold(set.rules[r], req, agent)) push_id(d.shadow, d.shadow_count, r);
+    return true;
+  });
+  for_each(0, [&](uint32_t r) {
+    if (conditions_hold(set.rules[r], req, agent)) push_id(d.rules, d.rule_count, r);
+    return true;
+  });
+  if (d.rule_count > 0) {
+    d.verdict = Verdict::denied_by_rule;
+    return d;
+  }
+  bool any_allow = false;
+  for_each(1, [&](uint32_t r) {
+    any_allow = conditions_hold(set.rules[r], req, agent);
+    return !any_allow;
+  });
+  if (!any_allow) {
+    d.verdict = Verdict::no_rule_allows;
+    return d;
+  }
+  // Flow rules see the whole session; they apply in either mode.
+  auto flow_check = [&](uint32_t f) {
+    if (flow_denies(flows[f], req, tool)) {
+      d.verdict = Verdict::flow_denied;
+      push_id(d.rules, d.rule_count, kFlowBase + f);
+      return false;
+    }
+    return true;
+  };
+  if (indexed) {
+    const auto& p = flow_pairs[pi];
+    for (uint32_t k = p[0]; k < p[1] && flow_check(flow_entries[k]); ++k) {
+    }
+  } else {
+    for (uint32_t f = 0; f < flows.size(); ++f) {
+      if (any_glob_or_empty(flows[f].agents, agent.name) && any_glob_or_empty(flows[f].tools, tool.full) &&
+          !flow_check(f)) {
+        break;
+      }
+    }
+  }
+  if (d.verdict == Verdict::flow_denied) return d;
+  // The first matching allow rule with room in its rate decides.
+  for_each(1, [&](uint32_t r) {
+    const Rule& rule = set.rules[r];
+    if (!conditions_hold(rule, req, agent)) return true;
+    if (rule.has_rate && rates != nullptr) {
+      std::string_view key = rule.rate_scope == fb::RateScope::Agent ? req.agent
+                             : rule.rate_scope == fb::RateScope::Tool ? std::string_view(tool.full)
+                                                                      : req.task;
+      if (!rates->try_acquire(r | (mode == Mode::safe_set ? 0x40000000u : 0u), key, req.time, rule.rate_count,
+                              rule.rate_window)) {
+        d.rate_limited = true;
+        return true;
+      }
+    }
+    d.allow = true;
+    d.verdict = Verdict::allowed_by_rule;
+    push_id(d.rules, d.rule_count, r);
+    uint32_t ttl = agent.ttl;
+    if (rule.ttl > 0 && (ttl == 0 || rule.ttl < ttl)) ttl = rule.ttl;
+    d.credential_ttl = ttl;
+    return false;
+  });
+  if (!d.allow) d.verdict = Verdict::no_rule_allows;
+  return d;
+}
+
+Engine::Engine() : impl_(std::make_unique<Impl>()) {}
+Engine::~Engine() = default;
+
+uint64_t Engine::version() const { return impl_->version; }
+size_t Engine::rule_count() const { return impl_->normal.rules.size(); }
+
+Result<std::shared_ptr<const Engine>> Engine::build(const fb::Bundle& b) {
+  std::shared_ptr<Engine> p(new Engine());
+  Impl& m = *p->impl_;
+  m.version = b.version();
+  std::vector<std::string> revoked = strings(b.revoked_agents());
+  if (b.agents() != nullptr) {
+    for (const fb::Agent* a : *b.agents()) {
+      Agent c;
+      c.name = str(a->name());
+      c.clearance = a->clearance();
+      c.ttl = a->credential_ttl();
+      c.tool_globs = strings(a->tools());
+      c.revoked = std::find(revoked.begin(), revoked.end(), c.name) != revoked.end();
+      m.agents.push_back(std::move(c));
+    }
+  }
+  if (b.tools() != nullptr) {
+    for (const fb::Tool* t : *b.tools()) {
+      Tool c;
+      c.server = str(t->server());
+      c.name = str(t->name());
+      c.full = c.server + "/" + c.name;
+      c.output_sensitivity = t->output_sensitivity();
+      OUTPOST_TRY(c.dests, compile_dests(t->destinations()));
+      m.tools.push_back(std::move(c));
+    }
+  }
+  for (uint32_t i = 0; i < m.agents.size(); ++i) m.agents_by_name.push_back(i);
+  std::sort(m.agents_by_name.begin(), m.agents_by_name.end(),
+            [&](uint32_t x, uint32_t y) { return m.agents[x].name < m.agents[y].name; });
+  for (size_t i = 1; i < m.agents_by_name.size(); ++i) {
+    if (m.agents[m.agents_by_name[i]].name == m.agents[m.agents_by_name[i - 1]].name) {
+      return fail(errc::corrupt, "bundle declares agent \"" + m.agents[m.agents_by_name[i]].name + "\" twice");
+    }
+  }
+  for (uint32_t i = 0; i < m.tools.size(); ++i) m.tools_by_name.push_back(i);
+  std::sort(m.tools_by_name.begin(), m.tools_by_name.end(), [&](uint32_t x, uint32_t y) {
+    return std::tie(m.tools[x].server, m.tools[x].name) < std::tie(m.tools[y].server, m.tools[y].name);
+  });
+  for (size_t i = 1; i < m.tools_by_name.size(); ++i) {
+    if (m.tools[m.tools_by_name[i]].full == m.tools[m.tools_by_name[i - 1]].full) {
+      return fail(errc::corrupt, "bundle declares tool \"" + m.tools[m.tools_by_name[i]].full + "\" twice");
+    }
+  }
+  m.granted.assign(m.agents.size() * m.tools.size(), 0);
+  for (uint32_t a = 0; a < m.agents.size(); ++a) {
+    for (uint32_t t = 0; t < m.tools.size(); ++t) m.granted[m.pair(a, t)] = any_glob(m.agents[a].tool_globs, m.tools[t].full);
+  }
+  if (b.rules() != nullptr) {
+    for (const fb::Rule* r : *b.rules()) {
+      OUTPOST_TRY(Rule c, compile_rule(*r));
+      m.normal.rules.push_back(std::move(c));
+    }
+  }
+  if (b.safe_set() != nullptr) {
+    for (const fb::Rule* r : *b.safe_set()) {
+      OUTPOST_TRY(Rule c, compile_rule(*r));
+      m.safe.rules.push_back(std::move(c));
+    }
+  }
+  if (b.flow_rules() != nullptr) {
+    for (const fb::FlowRule* f : *b.flow_rules()) {
+      Flow c;
+      c.id = str(f->id());
+      c.reason = str(f->reason());
+      c.kind = f->kind();
+      c.agents = strings(f->agents());
+      c.tools = strings(f->tools());
+      c.min_sensitivity = f->min_sensitivity();
+      OUTPOST_TRY(c.trusted, compile_dests(f->trusted()));
+      c.approval_tool = str(f->approval_tool());
+      c.window = f->window();
+      c.max_count = f->max_count();
+      c.max_total = f->max_total();
+      Result<Pointer> ptr = parse_pointer(str(f->total_pointer()));
+      if (!ptr) return fail(ptr.error().wrap("flow rule " + c.id));
+      c.total_pointer = std::move(*ptr);
+      m.flows.push_back(std::move(c));
+    }
+  }
+  m.index(m.normal);
+  m.index(m.safe);
+  {
+    std::vector<std::vector<uint32_t>> buckets(m.agents.size() * m.tools.size());
+    std::vector<uint32_t> as, ts;
+    for (uint32_t f = 0; f < m.flows.size(); ++f) {
+      m.select_agents(m.flows[f].agents, as);
+      m.select_tools(m.flows[f].tools, ts);
+      for (uint32_t a : as) {
+        for (uint32_t t : ts) buckets[m.pair(a, t)].push_back(f);
+      }
+    }
+    m.flow_pairs.assign(buckets.size(), {0, 0});
+    for (size_t pi = 0; pi < buckets.size(); ++pi) {
+      m.flow_pairs[pi][0] = static_cast<uint32_t>(m.flow_entries.size());
+      m.flow_entries.insert(m.flow_entries.end(), buckets[pi].begin(), buckets[pi].end());
+      m.flow_pairs[pi][1] = static_cast<uint32_t>(m.flow_entries.size());
+    }
+  }
+  return std::shared_ptr<const Engine>(std::move(p));
+}
+
+Decision Engine::decide(const Request& req, Mode mode, RateLimiter* rates) const {
+  return impl_->decide(req, mode, rates, true);
+}
+Decision Engine::decide_unindexed(const Request& req, Mode mode, RateLimiter* rates) const {
+  return impl_->decide(req, mode, rates, false);
+}
+
+std::string Engine::rule_id(uint32_t index) const {
+  if (index >= kFlowBase) {
+    uint32_t f = index - kFlowBase;
+    return f < impl_->flows.size() ? impl_->flows[f].id : "?";
+  }
+  return index < impl_->normal.rules.size() ? impl_->normal.rules[index].id : "?";
+}
+
+std::string_view verdict_name(Verdict v) {
+  switch (v) {
+    case Verdict::allowed_by_rule: return "allowed_by_rule";
+    case Verdict::denied_by_rule: return "denied_by_rule";
+    case Verdict::no_rule_allows: return "no_rule_allows";
+    case Verdict::unknown_agent: return "unknown_agent";
+    case Verdict::agent_revoked: return "agent_revoked";
+    case Verdict::unknown_tool: return "unknown_tool";
+    case Verdict::tool_not_granted: return "tool_not_granted";
+    case Verdict::flow_denied: return "flow_denied";
+    case Verdict::bundle_not_in_force: return "bundle_not_in_force";
+  }
+  return "?";
+}
+
+std::string Engine::explain(const Decision& d, const Request& req) const {
+  const RuleSet& set = d.mode == Mode::safe_set ? impl_->safe : impl_->normal;
+  auto id_of = [&](uint32_t i) -> std::string {
+    if (i >= kFlowBase) return impl_->flows[i - kFlowBase].id;
+    return set.rules[i].id;
+  };
+  auto reason_of = [&](uint32_t i) -> std::string {
+    const std::string& r = i >= kFlowBase ? impl_->flows[i - kFlowBase].reason : set.rules[i].reason;
+    return r.empty() ? std::string() : " (" + r + ")";
+  };
+  std::string call = std::string(req.agent) + " -> " + std::string(req.server) + "/" + std::string(req.tool);
+  std::string out;
+  switch (d.verdict) {
+    case Verdict::allowed_by_rule: out = "allowed by rule " + id_of(d.rules[0]) + reason_of(d.rules[0]); break;
+    case Verdict::denied_by_rule: out = "denied by rule " + id_of(d.rules[0]) + reason_of(d.rules[0]); break;
+    case Verdict::no_rule_allows:
+      out = "no rule allows " + call + " (default deny)";
+      if (d.rate_limited) out += "; a matching allow rule is over its rate limit";
+      break;
+    case Verdict::unknown_agent: out = "agent \"" + std::string(req.agent) + "\" is not in the bundle"; break;
+    case Verdict::agent_revoked: out = "agent \"" + std::string(req.agent) + "\" is revoked"; break;
+    case Verdict::unknown_tool:
+      out = "tool \"" + std::string(req.server) + "/" + std::string(req.tool) + "\" is not in the bundle";
+      break;
+    case Verdict::tool_not_granted: out = "agent \"" + std::string(req.agent) + "\" is not granted " + call; break;
+    case Verdict::flow_denied: out = "denied by flow rule " + id_of(d.rules[0]) + reason_of(d.rules[0]); break;
+    case Verdict::bundle_not_in_force: out = "the policy bundle is not in force: deny all"; break;
+  }
+  if (d.mode == Mode::safe_set) out += " [safe set: the bundle is not in force]";
+  for (uint8_t i = 0; i < d.shadow_count; ++i) out += "; shadow rule " + id_of(d.shadow[i]) + " matched";
+  return out;
+}
+
+// ---- rate limiter ----
+
+struct RateLimiter::Impl {
+  struct Slot {
+    uint64_t key = 0;  // 0 = empty
+    int64_t window_start = 0;
+    uint32_t count = 0;
+  };
+  std::mutex mu;
+  std::vector<Slot> slots;
+};
+
+RateLimiter::RateLimiter(size_t slots) : impl_(std::make_unique<Impl>()) {
+  size_t n = 1;
+  while (n < slots) n <<= 1;
+  impl_->slots.resize(n);
+}
+RateLimiter::~RateLimiter() = default;
+
+bool RateLimiter::try_acquire(uint32_t rule, std::string_view key, int64_t now, uint32_t limit, uint32_t window) {
+  // FNV-1a over rule and key; 0 is reserved for empty slots.
+  uint64_t h = 1469598103934665603ull;
+  auto mix = [&](uint8_t b) { h = (h ^ b) * 1099511628211ull; };
+  for (int i = 0; i < 4; ++i) mix(static_cast<uint8_t>(rule >> (8 * i)));
+  for (char c : key) mix(static_cast<uint8_t>(c));
+  if (h == 0) h = 1;
+  const int64_t start = now - (now % static_cast<int64_t>(window));
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  auto& slots = impl_->slots;
+  const size_t mask = slots.size() - 1;
+  // Linear probing over eight slots. A slot is reused only once its window has passed, so a
+  // crowded table makes limits stricter (the call is refused), never looser.
+  Impl::Slot* victim = nullptr;
+  for (size_t i = 0; i < 8; ++i) {
+    Impl::Slot& s = slots[(h + i) & mask];
+    if (s.key == h) {
+      if (s.window_start != start) {
+        s.window_start = start;
+        s.count = 0;
+      }
+      if (s.count >= limit) return false;
+      ++s.count;
+      return true;
+    }
+    if (s.key == 0) {
+      victim = &s;
+      break;
+    }
+    if (s.window_start < start && (victim == nullptr || s.window_start < victim->window_start)) victim = &s;
+  }
+  if (limit == 0 || victim == nullptr) return false;
+  *victim = Impl::Slot{h, start, 1};
+  return true;
+}
+
+}  // namespace outpost::policy

@@ -1,0 +1,148 @@
+// The request-time decision engine.
+//
+// An Engine is built once from a verified bundle and is immutable: any number of
+// threads decide against it at once, and a new bundle is swapped in atomically (PolicySlot)
+// while readers finish with the old one. decide() performs no heap allocation for requests
+// whose regexes have warmed RE2's cache; its cost depends on the rules that can apply to the
+// request's (agent, tool) pair, not on the size of the bundle: rules are indexed by pair at
+// compile time.
+//
+// Semantics (docs/policy.md): an unknown or revoked agent, an unknown tool, or a tool outside
+// the agent's grant is denied; otherwise any matching deny rule denies; otherwise the first
+// matching allow rule (in bundle order) allows, unless a flow rule over the session denies;
+// otherwise the default is deny. Shadow rules are evaluated and reported, never enforced.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <boost/json/value.hpp>
+
+#include "outpost/base/result.h"
+#include "outpost/fb/bundle_generated.h"
+
+namespace re2 {
+class RE2;
+}
+
+namespace outpost::policy {
+
+// One earlier call of this session, as the broker recorded it.
+struct SessionEvent {
+  std::string_view server;
+  std::string_view tool;
+  int64_t time = 0;
+  uint8_t sensitivity = 0;                   // label of the data the call returned
+  const boost::json::value* args = nullptr;  // its arguments (for window totals)
+};
+
+struct Request {
+  std::string_view agent;
+  std::string_view task;                     // session/task id
+  std::string_view server;
+  std::string_view tool;
+  const boost::json::value* args = nullptr;  // the call's arguments (an object), or none
+  uint8_t sensitivity = 0;                   // sensitivity of the data the call carries
+  std::string_view host;                     // destination; empty when the call has none
+  uint16_t port = 0;
+  std::string_view path;
+  int64_t time = 0;                          // Unix seconds
+  std::span<const SessionEvent> history;
+};
+
+enum class Verdict : uint8_t {
+  allowed_by_rule,
+  denied_by_rule,
+  no_rule_allows,      // default deny
+  unknown_agent,
+  agent_revoked,
+  unknown_tool,
+  tool_not_granted,
+  flow_denied,
+  bundle_not_in_force, // on-expiry deny-all
+};
+
+// Which rules the engine applies: the bundle's rules, or after expiry its signed safe set, or
+// nothing at all (deny all).
+enum class Mode : uint8_t { normal, safe_set, deny_all };
+
+struct Decision {
+  static constexpr size_t kMaxIds = 8;
+  bool allow = false;
+  Verdict verdict = Verdict::no_rule_allows;
+  uint64_t bundle_version = 0;
+  uint32_t credential_ttl = 0;               // seconds; 0 when denied
+  // Deciding rules (indices into the policy's rule table; flow rules are offset by
+  // kFlowBase), and shadow rules that matched.
+  std::array<uint32_t, kMaxIds> rules{};
+  uint8_t rule_count = 0;
+  std::array<uint32_t, kMaxIds> shadow{};
+  uint8_t shadow_count = 0;
+  bool rate_limited = false;                 // an allow rule matched but was over its rate
+  Mode mode = Mode::normal;                  // which rule set `rules` indexes
+};
+inline constexpr uint32_t kFlowBase = 1u << 31;
+
+class RateLimiter;
+
+class Engine {
+ public:
+  // Compiles a verified bundle. Copies what it needs: the bundle buffer may go away.
+  static Result<std::shared_ptr<const Engine>> build(const fb::Bundle& bundle);
+  ~Engine();
+
+  // The decision for `req`. `rates` keeps rate-limit counts between calls (may be null: rate
+  // limits then never trip). Thread-safe for concurrent callers.
+  Decision decide(const Request& req, Mode mode = Mode::normal, RateLimiter* rates = nullptr) const;
+  // The same semantics without the index: every rule in bundle order. For tests and
+  // debugging; allocates nothing either, but scans the whole bundle.
+  Decision decide_unindexed(const Request& req, Mode mode = Mode::normal, RateLimiter* rates = nullptr) const;
+
+  // A sentence for people: "allowed by rule coder-read (coders read their workspace)".
+  std::string explain(const Decision& d, const Request& req) const;
+  std::string rule_id(uint32_t index) const;  // also resolves flow rules (kFlowBase + i)
+
+  uint64_t version() const;
+  size_t rule_count() const;
+
+  struct Impl;
+
+ private:
+  Engine();
+  std::unique_ptr<Impl> impl_;
+};
+
+// Rate-limit counters: fixed windows per (rule, key), in a fixed-size table allocated once.
+// Thread-safe (one mutex; the table is small and the critical section a few loads).
+class RateLimiter {
+ public:
+  explicit RateLimiter(size_t slots = 1 << 14);
+  ~RateLimiter();
+  // Counts one event for (rule, key) at `now` if fewer than `limit` happened in the current
+  // window of `window` seconds; false when over.
+  bool try_acquire(uint32_t rule, std::string_view key, int64_t now, uint32_t limit, uint32_t window);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// The policy in force, swapped atomically when a new bundle is installed.
+class PolicySlot {
+ public:
+  std::shared_ptr<const Engine> get() const { return current_.load(std::memory_order_acquire); }
+  void set(std::shared_ptr<const Engine> p) { current_.store(std::move(p), std::memory_order_release); }
+
+ private:
+  std::atomic<std::shared_ptr<const Engine>> current_;
+};
+
+std::string_view verdict_name(Verdict v);
+
+}  // namespace outpost::policy

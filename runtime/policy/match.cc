@@ -1,0 +1,159 @@
+#include "match.h"
+
+#include <arpa/inet.h>
+#include <sys/socket.h>
+
+#include <cstring>
+
+namespace outpost::policy {
+
+bool glob_match(std::string_view p, std::string_view t) {
+  size_t pi = 0, ti = 0;
+  size_t star = std::string_view::npos, mark = 0;
+  while (ti < t.size()) {
+    if (pi < p.size() && (p[pi] == '?' || p[pi] == t[ti])) {
+      ++pi;
+      ++ti;
+    } else if (pi < p.size() && p[pi] == '*') {
+      star = pi++;
+      mark = ti;
+    } else if (star != std::string_view::npos) {
+      pi = star + 1;
+      ti = ++mark;
+    } else {
+      return false;
+    }
+  }
+  while (pi < p.size() && p[pi] == '*') ++pi;
+  return pi == p.size();
+}
+
+bool glob_valid(std::string_view p) {
+  if (p.empty() || p.size() > 256) return false;
+  for (unsigned char c : p) {
+    if (c < 0x20 || c == 0x7f) return false;
+  }
+  return true;
+}
+
+bool glob_is_literal(std::string_view p) { return p.find_first_of("*?") == std::string_view::npos; }
+
+namespace {
+int hexval(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+}  // namespace
+
+std::optional<std::string_view> normalize_path(std::string_view path, PathBuffer& buf) {
+  // Decode into a scratch area at the end of `buf`, then normalise into its start.
+  if (path.empty() || path.size() > kMaxPath / 2) return std::nullopt;
+  char* dec = buf.data() + kMaxPath / 2;
+  size_t n = 0;
+  for (size_t i = 0; i < path.size(); ++i) {
+    char c = path[i];
+    if (c == '%') {
+      if (i + 2 >= path.size()) return std::nullopt;
+      int hi = hexval(path[i + 1]), lo = hexval(path[i + 2]);
+      if (hi < 0 || lo < 0) return std::nullopt;
+      c = static_cast<char>(hi << 4 | lo);
+      if (c == '%') return std::nullopt;  // double encoding: fail closed
+      i += 2;
+    }
+    if (c == '\0') return std::nullopt;
+    dec[n++] = c;
+  }
+  if (dec[0] != '/') return std::nullopt;
+  // Normalise segment by segment; `out` never overtakes the decoded input.
+  char* out = buf.data();
+  size_t len = 0;
+  size_t i = 0;
+  while (i < n) {
+    while (i < n && dec[i] == '/') ++i;
+    size_t start = i;
+    while (i < n && dec[i] != '/') ++i;
+    std::string_view seg(dec + start, i - start);
+    if (seg.empty() || seg == ".") continue;
+    if (seg == "..") {
+      while (len > 0 && out[len - 1] != '/') --len;
+      if (len > 0) --len;  // drop the '/' too
+      continue;
+    }
+    out[len++] = '/';
+    std::memcpy(out + len, seg.data(), seg.size());
+    len += seg.size();
+  }
+  if (len == 0) out[len++] = '/';
+  return std::string_view(out, len);
+}
+
+bool path_under(std::string_view path, std::string_view prefix) {
+  if (prefix == "/") return !path.empty() && path[0] == '/';
+  if (path.size() < prefix.size() || path.compare(0, prefix.size(), prefix) != 0) return false;
+  return path.size() == prefix.size() || path[prefix.size()] == '/';
+}
+
+namespace {
+bool parse_ip(std::string_view text, int& family, std::array<uint8_t, 16>& out) {
+  char buf[64];
+  if (text.empty() || text.size() >= sizeof buf) return false;
+  std::memcpy(buf, text.data(), text.size());
+  buf[text.size()] = '\0';
+  out.fill(0);
+  if (inet_pton(AF_INET, buf, out.data()) == 1) {
+    family = AF_INET;
+    return true;
+  }
+  if (inet_pton(AF_INET6, buf, out.data()) == 1) {
+    family = AF_INET6;
+    return true;
+  }
+  return false;
+}
+}  // namespace
+
+std::optional<Cidr> parse_cidr(std::string_view text) {
+  Cidr c;
+  size_t slash = text.find('/');
+  if (!parse_ip(text.substr(0, slash), c.family, c.addr)) return std::nullopt;
+  int max = c.family == AF_INET ? 32 : 128;
+  int prefix = max;
+  if (slash != std::string_view::npos) {
+    std::string_view p = text.substr(slash + 1);
+    if (p.empty() || p.size() > 3) return std::nullopt;
+    prefix = 0;
+    for (char ch : p) {
+      if (ch < '0' || ch > '9') return std::nullopt;
+      prefix = prefix * 10 + (ch - '0');
+    }
+    if (prefix > max) return std::nullopt;
+  }
+  c.prefix = static_cast<uint8_t>(prefix);
+  return c;
+}
+
+namespace {
+bool prefix_equal(const std::array<uint8_t, 16>& addr, const Cidr& net) {
+  int full = net.prefix / 8, rest = net.prefix % 8;
+  if (std::memcmp(addr.data(), net.addr.data(), static_cast<size_t>(full)) != 0) return false;
+  if (rest == 0) return true;
+  uint8_t mask = static_cast<uint8_t>(0xff << (8 - rest));
+  return (addr[static_cast<size_t>(full)] & mask) == (net.addr[static_cast<size_t>(full)] & mask);
+}
+}  // namespace
+
+bool cidr_covers(const Cidr& outer, const Cidr& inner) {
+  return outer.family == inner.family && outer.prefix <= inner.prefix && prefix_equal(inner.addr, outer);
+}
+
+bool cidr_contains(const Cidr& net, std::string_view host) {
+  int family = 0;
+  std::array<uint8_t, 16> addr{};
+  if (host.size() > 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  if (!parse_ip(host, family, addr) || family != net.family) return false;
+  return prefix_equal(addr, net);
+}
+
+}  // namespace outpost::policy

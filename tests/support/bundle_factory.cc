@@ -1,0 +1,53 @@
+#include "bundle_factory.h"
+
+#include <catch2/catch.hpp>
+
+namespace outpost::testing {
+
+Bytes make_bundle(const BundleSpec& spec) {
+  fb::BundleT b;
+  b.version = spec.version;
+  b.issued_at = spec.not_before;
+  b.not_before = spec.not_before;
+  b.not_after = spec.not_after;
+  b.max_offline = spec.max_offline;
+  b.scope = std::make_unique<fb::ScopeT>();
+  b.scope->nodes = spec.nodes;
+  b.scope->boards = spec.boards;
+  b.scope->fleets = spec.fleets;
+  auto tool = std::make_unique<fb::ToolT>();
+  tool->server = "fs";
+  tool->name = "read_file";
+  b.tools.push_back(std::move(tool));
+  auto agent = std::make_unique<fb::AgentT>();
+  agent->name = "coder";
+  agent->tools = {"fs/*"};
+  b.agents.push_back(std::move(agent));
+  auto rule = std::make_unique<fb::RuleT>();
+  rule->id = "read";
+  rule->effect = fb::Effect::Allow;
+  b.rules.push_back(std::move(rule));
+  if (spec.safe_set) {
+    b.on_expiry = fb::OnExpiry::SafeSet;
+    auto safe = std::make_unique<fb::RuleT>();
+    safe->id = "safe-read";
+    safe->effect = fb::Effect::Allow;
+    b.safe_set.push_back(std::move(safe));
+  }
+  flatbuffers::FlatBufferBuilder fbb;
+  fbb.Finish(fb::Bundle::Pack(fbb, &b));
+  return offline_cache::SignedBundle::assemble(ByteView(fbb.GetBufferPointer(), fbb.GetSize()), {});
+}
+
+Bytes sign_bundle(Bytes bundle, const std::vector<const EcPrivateKey*>& keys) {
+  for (const EcPrivateKey* k : keys) {
+    auto parsed = offline_cache::SignedBundle::parse(bundle);
+    REQUIRE(parsed.has_value());
+    auto next = parsed->add_signature(*k);
+    REQUIRE(next.has_value());
+    bundle = std::move(*next);
+  }
+  return bundle;
+}
+
+}  // namespace outpost::testing
