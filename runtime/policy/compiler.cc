@@ -122,12 +122,12 @@ class Compiler {
   // The first tool `agent` reaches that is in `a` and in `b`.
   std::optional<uint32_t> first_common_tool(uint32_t agent, const Selection& a, const Selection& b) const;
   void warn_overlaps(const std::vector<RuleFacts>& rules);
-  void warn(int line, const std::string& text) { warnings_.push_back(in_.where(line) + ": " + text); }
+  void warn(int line, const std::string& text) { warnings_.emplace_back(line, in_.where(line) + ": " + text); }
 
   Reader in_;
   const CompileOptions& options_;
   fb::BundleT bundle_;
-  std::vector<std::string> warnings_;
+  std::vector<std::pair<int, std::string>> warnings_;  // (line, text)
   NameIndex agents_;
   NameIndex tools_;
   std::vector<uint64_t> reach_;  // agents_.size() rows of reach_words_ words, bit per tool
@@ -147,7 +147,9 @@ Result<CompiledPolicy> Compiler::run(std::string_view yaml) {
   fbb.Finish(fb::Bundle::Pack(fbb, &bundle_));
   CompiledPolicy out;
   out.payload.assign(fbb.GetBufferPointer(), fbb.GetBufferPointer() + fbb.GetSize());
-  out.warnings = std::move(warnings_);
+  // In source order: the overlap checks run after the rules they compare.
+  std::stable_sort(warnings_.begin(), warnings_.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  for (auto& [line, text] : warnings_) out.warnings.push_back(std::move(text));
   out.version = bundle_.version;
   return out;
 }
@@ -756,10 +758,11 @@ Result<CompiledPolicy> compile_policy(std::string_view yaml, std::string_view so
   try {
     return compiler.run(yaml);
   } catch (const YAML::DeepRecursion& e) {
-    return fail(errc::invalid_argument, std::string(source_name) + ":" + std::to_string(e.mark.line + 1) +
+    return fail(errc::invalid_argument, std::string(source_name) + ":" + std::to_string(std::max(e.mark.line, 0) + 1) +
                                             ": the YAML nests too deeply");
   } catch (const YAML::Exception& e) {
-    return fail(errc::invalid_argument, std::string(source_name) + ":" + std::to_string(e.mark.line + 1) + ": " + e.msg);
+    return fail(errc::invalid_argument,
+                std::string(source_name) + ":" + std::to_string(std::max(e.mark.line, 0) + 1) + ": " + e.msg);
   } catch (const std::bad_alloc&) {
     return fail(errc::invalid_argument, std::string(source_name) + ": out of memory while compiling");
   }

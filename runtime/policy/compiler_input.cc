@@ -137,9 +137,9 @@ Result<Map> Reader::map(const Field& f, std::initializer_list<std::string_view> 
     const int key_line = line_of(k, f.line);
     if (!k.IsScalar()) return fail(Field{k, f.path, key_line}, "a field name must be a plain string");
     const std::string& key = k.Scalar();
+    // A field is named at its key's line: a block list or mapping starts on the next line, and
+    // a missing value's mark points past the key.
     Field value{kv.second, child_path(f.path, key), key_line};
-    // A missing value's mark points past the key; name the key's line instead.
-    if (!kv.second.IsNull()) value.line = line_of(kv.second, key_line);
     bool known = false;
     for (std::string_view a : allowed) known = known || a == key;
     if (!known) return fail(Field{k, child_path(f.path, key), key_line}, "unknown field");

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <map>
 #include <mutex>
 
 #include "match.h"
@@ -36,7 +37,7 @@ struct Arg {
   double min = 0, max = 0;
   uint32_t max_length = 0;
   bool optional = false;
-  std::unique_ptr<re2::RE2> regex;
+  std::shared_ptr<const re2::RE2> regex;  // shared by every rule with the same pattern
 };
 
 struct Window {
@@ -312,7 +313,10 @@ Result<std::vector<Dest>> compile_dests(const flatbuffers::Vector<flatbuffers::O
   return out;
 }
 
-Result<Rule> compile_rule(const fb::Rule& r) {
+// Compiled RE2 patterns by source text: bundles repeat a few patterns over many rules.
+using RegexCache = std::map<std::string, std::shared_ptr<const re2::RE2>, std::less<>>;
+
+Result<Rule> compile_rule(const fb::Rule& r, RegexCache& regexes) {
   Rule c;
   c.id = str(r.id());
   c.reason = str(r.reason());
@@ -353,10 +357,15 @@ Result<Rule> compile_rule(const fb::Rule& r) {
       }
       if (arg.op == fb::ArgOp::Regex) {
         if (arg.values.empty()) return fail(errc::corrupt, "rule " + c.id + ": regex constraint without a pattern");
-        re2::RE2::Options opts;
-        opts.set_log_errors(false);
-        arg.regex = std::make_unique<re2::RE2>(arg.values[0], opts);
-        if (!arg.regex->ok()) return fail(errc::corrupt, "rule " + c.id + ": bad RE2 pattern: " + arg.regex->error());
+        auto cached = regexes.find(arg.values[0]);
+        if (cached == regexes.end()) {
+          re2::RE2::Options opts;
+          opts.set_log_errors(false);
+          auto re = std::make_shared<const re2::RE2>(arg.values[0], opts);
+          if (!re->ok()) return fail(errc::corrupt, "rule " + c.id + ": bad RE2 pattern: " + re->error());
+          cached = regexes.emplace(arg.values[0], std::move(re)).first;
+        }
+        arg.regex = cached->second;
       }
       if (arg.op == fb::ArgOp::PathPrefix) {
         for (auto& v : arg.values) {
@@ -708,15 +717,17 @@ Result<std::shared_ptr<const Engine>> Engine::build(const fb::Bundle& b) {
   for (uint32_t a = 0; a < m.agents.size(); ++a) {
     for (uint32_t t = 0; t < m.tools.size(); ++t) m.granted[m.pair(a, t)] = any_glob(m.agents[a].tool_globs, m.tools[t].full);
   }
+  RegexCache regexes;
   if (b.rules() != nullptr) {
+    m.normal.rules.reserve(b.rules()->size());
     for (const fb::Rule* r : *b.rules()) {
-      OUTPOST_TRY(Rule c, compile_rule(*r));
+      OUTPOST_TRY(Rule c, compile_rule(*r, regexes));
       m.normal.rules.push_back(std::move(c));
     }
   }
   if (b.safe_set() != nullptr) {
     for (const fb::Rule* r : *b.safe_set()) {
-      OUTPOST_TRY(Rule c, compile_rule(*r));
+      OUTPOST_TRY(Rule c, compile_rule(*r, regexes));
       m.safe.rules.push_back(std::move(c));
     }
   }

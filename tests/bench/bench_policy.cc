@@ -2,10 +2,11 @@
 // allocation per decision, flat in the number of unrelated rules; verify + load of a
 // 10,000-rule bundle <= 50 ms).
 //
-// The bundle: 20 agents x 50 tools; `rules` rules spread over the (agent, tool) pairs by exact
-// name (so most are unrelated to any one request), with path-prefix, regex and destination
-// conditions, plus a few glob rules and a taint flow rule that apply everywhere. Requests
-// cycle through pairs and arguments; each decision is timed alone.
+// The bundle: 20 agents x 50 tools and 1,000 rules spread over those (agent, tool) pairs by
+// exact name, with path-prefix, regex and clearance conditions, plus glob rules and a taint
+// flow rule that apply everywhere. BM_decide/N adds N *unrelated* rules: rules for further
+// tools that no request names (the index must make them free). Requests cycle through the
+// 1,000 pairs and four argument sets, with a session history; each decision is timed alone.
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -45,7 +46,9 @@ std::string agent_name(int a) { return "agent-" + std::to_string(a); }
 std::string server_name(int t) { return "srv" + std::to_string(t / 5); }
 std::string tool_name(int t) { return "tool" + std::to_string(t % 5); }
 
-Bytes make_bundle(int rules) {
+constexpr int kRelatedRules = 1000;
+
+Bytes make_bundle(int rules, int unrelated = 0) {
   fbt::BundleT b;
   b.version = 1;
   b.not_before = 0;
@@ -56,6 +59,13 @@ Bytes make_bundle(int rules) {
     tool->server = server_name(t);
     tool->name = tool_name(t);
     tool->output_sensitivity = static_cast<uint8_t>(t % 4);
+    b.tools.push_back(std::move(tool));
+  }
+  const int extra_tools = unrelated > 0 ? std::max(1, unrelated / 100) : 0;
+  for (int t = 0; t < extra_tools; ++t) {
+    auto tool = std::make_unique<fbt::ToolT>();
+    tool->server = "other" + std::to_string(t);
+    tool->name = "op";
     b.tools.push_back(std::move(tool));
   }
   for (int a = 0; a < kAgents; ++a) {
@@ -90,6 +100,19 @@ Bytes make_bundle(int rules) {
     r->within_clearance = true;
     b.rules.push_back(std::move(r));
   }
+  for (int i = 0; i < unrelated; ++i) {
+    auto r = std::make_unique<fbt::RuleT>();
+    r->id = "u" + std::to_string(i);
+    r->agents = {agent_name(static_cast<int>(rng() % kAgents))};
+    r->tools = {"other" + std::to_string(rng() % static_cast<unsigned>(extra_tools)) + "/op"};
+    r->effect = fbt::Effect::Allow;
+    auto arg = std::make_unique<fbt::ArgConstraintT>();
+    arg->pointer = "/path";
+    arg->op = fbt::ArgOp::PathPrefix;
+    arg->values = {"/srv/other"};
+    r->args.push_back(std::move(arg));
+    b.rules.push_back(std::move(r));
+  }
   for (const char* g : {"srv1/*", "*/tool3"}) {
     auto r = std::make_unique<fbt::RuleT>();
     r->id = std::string("glob-") + g;
@@ -122,19 +145,19 @@ struct Fixture {
   std::vector<SessionEvent> history;
 };
 
-Fixture& fixture(int rules) {
+Fixture& fixture(int unrelated) {
   static std::map<int, Fixture> cache;
-  auto it = cache.find(rules);
+  auto it = cache.find(unrelated);
   if (it != cache.end()) return it->second;
   Fixture f;
-  f.payload = make_bundle(rules);
+  f.payload = make_bundle(kRelatedRules, unrelated);
   f.policy = *Engine::build(*flatbuffers::GetRoot<fbt::Bundle>(f.payload.data()));
   for (const char* a : {R"({"path":"/srv/data/x/report.csv"})", R"({"path":"/srv/data/private/../y","ref":"abc1234"})",
                         R"({"path":"/etc/passwd"})", R"({"path":"/srv/data/a/b/c/d","ref":"deadbeef"})"}) {
     f.args.push_back(boost::json::parse(a));
   }
   f.history = {{"srv0", "tool1", 0, 0, nullptr}, {"srv2", "tool0", 0, 1, nullptr}};
-  return cache.emplace(rules, std::move(f)).first->second;
+  return cache.emplace(unrelated, std::move(f)).first->second;
 }
 
 void BM_decide(benchmark::State& state) {
@@ -182,12 +205,14 @@ void BM_decide(benchmark::State& state) {
   // ns.push_back never reallocates (reserved), so every allocation counted is the engine's.
   state.counters["allocs_per_decision"] = static_cast<double>(allocs) / static_cast<double>(i);
   state.counters["allow_ratio"] = static_cast<double>(allowed) / static_cast<double>(i);
+  state.counters["rules"] = static_cast<double>(f.policy->rule_count());
 }
-BENCHMARK(BM_decide)->Arg(100)->Arg(1000)->Arg(10000)->Arg(100000)->Unit(benchmark::kNanosecond);
+// 1,000 related rules plus 0, 100, 1,000, 10,000 and 100,000 unrelated ones.
+BENCHMARK(BM_decide)->Arg(0)->Arg(100)->Arg(1000)->Arg(10000)->Arg(100000)->Unit(benchmark::kNanosecond);
 
 void BM_verify_and_load(benchmark::State& state) {
   const int rules = static_cast<int>(state.range(0));
-  Bytes payload = make_bundle(rules);
+  Bytes payload = make_bundle(rules);  // all related: the heaviest to index
   auto key = EcPrivateKey::generate();
   auto root = offline_cache::TrustRoot::create({key->public_key()}, 1);
   auto unsigned_bundle = offline_cache::SignedBundle::parse(offline_cache::SignedBundle::assemble(payload, {}));

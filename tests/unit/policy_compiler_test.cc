@@ -306,8 +306,10 @@ TEST_CASE("time windows days and ports are checked", "[policy-compiler]") {
 
 TEST_CASE("argument constraints need one valid operator", "[policy-compiler]") {
   const std::string arg = "{pointer: /path, path_prefix: [/srv/workspace]}";
+  refused(replace(kBase, arg, "{pointer: /ref, regex: \"(ab\"}"),
+          "p.yaml:15: rules[0].args[0].regex: invalid RE2 pattern \"(ab\": missing ): (ab");
   refused(replace(kBase, arg, "{pointer: /ref, regex: \"([a-\"}"),
-          "p.yaml:15: rules[0].args[0].regex: invalid RE2 pattern \"([a-\": missing ): ([a-");
+          "p.yaml:15: rules[0].args[0].regex: invalid RE2 pattern \"([a-\": missing ]: [a-");
   refused(replace(kBase, arg, "{pointer: /ref, prefix: [a], regex: b}"),
           "p.yaml:15: rules[0].args[0].regex: a constraint has one operator; this one also has prefix");
   refused(replace(kBase, arg, "{pointer: /ref, optional: true}"), "p.yaml:15: rules[0].args[0]: needs one operator");
