@@ -32,6 +32,11 @@ Result<SignedBundle> SignedBundle::parse(Bytes bytes) {
     return fail(errc::corrupt, "bundle payload is malformed (FlatBuffers verification failed)");
   }
   b.bundle_ = flatbuffers::GetRoot<fb::Bundle>(payload->data());
+  if (b.bundle_->min_reader() > kBundleReaderVersion) {
+    return fail(errc::unsupported, "bundle v" + std::to_string(b.bundle_->version()) + " needs bundle reader " +
+                                       std::to_string(b.bundle_->min_reader()) + "; this outpost reads up to " +
+                                       std::to_string(kBundleReaderVersion) + ": upgrade outpost");
+  }
   if (sb->signatures() != nullptr) {
     for (const fb::Signature* s : *sb->signatures()) {
       if (s->signature()->size() != 64) {

@@ -441,10 +441,10 @@ json::object decision_json(const policy::Engine& e, const policy::Decision& d, c
   o["decision"] = d.allow ? "allow" : "deny";
   o["verdict"] = policy::verdict_name(d.verdict);
   json::array rules;
-  for (uint8_t i = 0; i < d.rule_count; ++i) rules.emplace_back(e.rule_id(d.rules[i]));
+  for (uint8_t i = 0; i < d.rule_count; ++i) rules.emplace_back(e.rule_id(d, d.rules[i]));
   o["rules"] = std::move(rules);
   json::array shadow;
-  for (uint8_t i = 0; i < d.shadow_count; ++i) shadow.emplace_back(e.rule_id(d.shadow[i]));
+  for (uint8_t i = 0; i < d.shadow_count; ++i) shadow.emplace_back(e.rule_id(d, d.shadow[i]));
   o["shadow_rules"] = std::move(shadow);
   o["bundle_version"] = d.bundle_version;
   o["credential_ttl"] = d.credential_ttl;
@@ -535,7 +535,7 @@ int policy_test(const Args& args) {
       for (const auto& r : c["rules"]) want_rules.push_back(r.as<std::string>(""));
     }
     std::vector<std::string> got_rules;
-    for (uint8_t k = 0; k < dec.rule_count; ++k) got_rules.push_back((*engine)->rule_id(dec.rules[k]));
+    for (uint8_t k = 0; k < dec.rule_count; ++k) got_rules.push_back((*engine)->rule_id(dec, dec.rules[k]));
     if (!want_rules.empty() && want_rules != got_rules) ok = false;
     if (ok) {
       ++passed;

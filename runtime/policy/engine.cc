@@ -537,7 +537,7 @@ bool Engine::Impl::flow_denies(const Flow& f, const Request& req, const Tool& to
       return false;
     }
   }
-  return false;
+  return true;  // a flow kind this build does not know: fail closed
 }
 
 namespace {
@@ -780,12 +780,13 @@ Decision Engine::decide_unindexed(const Request& req, Mode mode, RateLimiter* ra
   return impl_->decide(req, mode, rates, false);
 }
 
-std::string Engine::rule_id(uint32_t index) const {
+std::string Engine::rule_id(const Decision& d, uint32_t index) const {
   if (index >= kFlowBase) {
     uint32_t f = index - kFlowBase;
     return f < impl_->flows.size() ? impl_->flows[f].id : "?";
   }
-  return index < impl_->normal.rules.size() ? impl_->normal.rules[index].id : "?";
+  const RuleSet& set = d.mode == Mode::safe_set ? impl_->safe : impl_->normal;
+  return index < set.rules.size() ? set.rules[index].id : "?";
 }
 
 std::string_view verdict_name(Verdict v) {

@@ -106,7 +106,8 @@ class Engine {
 
   // A sentence for people: "allowed by rule coder-read (coders read their workspace)".
   std::string explain(const Decision& d, const Request& req) const;
-  std::string rule_id(uint32_t index) const;  // also resolves flow rules (kFlowBase + i)
+  // The id of a deciding or shadow rule of `d` (flow rules too: kFlowBase + i).
+  std::string rule_id(const Decision& d, uint32_t index) const;
 
   uint64_t version() const;
   size_t rule_count() const;

@@ -11,6 +11,7 @@ Bytes make_bundle(const BundleSpec& spec) {
   b.not_before = spec.not_before;
   b.not_after = spec.not_after;
   b.max_offline = spec.max_offline;
+  b.min_reader = spec.min_reader;
   b.scope = std::make_unique<fb::ScopeT>();
   b.scope->nodes = spec.nodes;
   b.scope->boards = spec.boards;

@@ -19,6 +19,7 @@ struct BundleSpec {
   uint64_t max_offline = 86400;
   std::vector<std::string> nodes, boards, fleets;
   bool safe_set = false;
+  uint32_t min_reader = 1;
 };
 
 // The unsigned SignedBundle bytes of a one-agent, one-rule bundle.

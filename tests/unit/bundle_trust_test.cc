@@ -77,6 +77,13 @@ TEST_CASE("truncated and foreign bytes are not bundles", "[bundle]") {
   CHECK(r.error().is(errc::corrupt));
 }
 
+TEST_CASE("a bundle for a newer reader is refused rather than enforced in part", "[bundle]") {
+  auto r = SignedBundle::parse(testing::make_bundle({.min_reader = kBundleReaderVersion + 1}));
+  REQUIRE_FALSE(r.has_value());
+  CHECK(r.error().is(errc::unsupported));
+  CHECK_THAT(r.error().message(), Catch::Contains("upgrade outpost"));
+}
+
 TEST_CASE("trust files round trip and refuse tampering", "[bundle][trust]") {
   Keys k;
   auto root = TrustRoot::create({k.a.public_key(), k.b.public_key()}, 2);

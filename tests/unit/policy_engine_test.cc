@@ -125,14 +125,14 @@ TEST_CASE("deny overrides allow and the default is deny", "[policy-engine]") {
   auto outside = boost::json::parse(R"({"path":"/etc/shadow"})");
   Decision d = p->decide(call("coder", "fs", "read_file", &ok));
   REQUIRE(d.allow);
-  CHECK(p->rule_id(d.rules[0]) == "read-ws");
+  CHECK(p->rule_id(d, d.rules[0]) == "read-ws");
   CHECK(d.credential_ttl == 300);
   CHECK(d.bundle_version == 42);
   CHECK(p->explain(d, call("coder", "fs", "read_file")) == "allowed by rule read-ws (coders read their workspace)");
   d = p->decide(call("coder", "fs", "read_file", &hook));
   CHECK_FALSE(d.allow);
   CHECK(d.verdict == Verdict::denied_by_rule);
-  CHECK(p->rule_id(d.rules[0]) == "no-hooks");
+  CHECK(p->rule_id(d, d.rules[0]) == "no-hooks");
   d = p->decide(call("coder", "fs", "read_file", &outside));
   CHECK(d.verdict == Verdict::no_rule_allows);
   CHECK_THAT(p->explain(d, call("coder", "fs", "read_file")), Catch::Contains("default deny"));
@@ -314,7 +314,7 @@ TEST_CASE("flow rules see the session", "[policy-engine]") {
   web.history = history;
   Decision d = p->decide(web);
   CHECK(d.verdict == Verdict::flow_denied);
-  CHECK(p->rule_id(d.rules[0]) == "no-exfil");
+  CHECK(p->rule_id(d, d.rules[0]) == "no-exfil");
   Request corp = web;
   corp.host = "wiki.corp.example";
   CHECK(p->decide(corp).allow);
@@ -368,7 +368,7 @@ TEST_CASE("shadow rules are reported and not enforced and the safe set applies a
   Decision d = p->decide(call("coder", "fs", "read_file", &args));
   CHECK(d.allow);
   REQUIRE(d.shadow_count == 1);
-  CHECK(p->rule_id(d.shadow[0]) == "shadow-deny-reads");
+  CHECK(p->rule_id(d, d.shadow[0]) == "shadow-deny-reads");
   CHECK_THAT(p->explain(d, call("coder", "fs", "read_file")), Catch::Contains("shadow rule shadow-deny-reads"));
   auto anywhere = boost::json::parse(R"({"path":"/etc/hosts"})");
   CHECK(p->decide(call("coder", "fs", "read_file", &anywhere), Mode::safe_set).allow);

@@ -24,6 +24,10 @@ struct BundleSignature {
   Bytes signature;     // r || s, 64 bytes
 };
 
+// The bundle semantics this build implements; bundles whose min_reader is higher are refused
+// (docs/bundle-format.md, evolution rule 3).
+inline constexpr uint32_t kBundleReaderVersion = 1;
+
 // Largest bundle accepted (a 100,000-rule bundle is ~20 MiB).
 inline constexpr size_t kMaxBundleBytes = 64u << 20;
 
