@@ -49,4 +49,38 @@ if "$outpost" attest verify "$work/quote" --ak "$OUTPOST_STATE/ak.pem" --nonce 0
   echo "demo: a wrong nonce was accepted" >&2
   exit 1
 fi
+
+step "central IAM: two signing keys, a 2-of-2 trust root, the sample policy compiled and signed"
+iam=$work/iam
+mkdir -p "$iam"
+"$outpost" keygen --out "$iam/k1.pem" >/dev/null
+"$outpost" keygen --out "$iam/k2.pem" >/dev/null
+"$outpost" trust init --key "$iam/k1.pem.pub" "$iam/k2.pem.pub" --threshold 2 -o "$iam/root.json"
+"$outpost" bundle build "$root/examples/policy/edge-agents.yaml" -o "$iam/edge-agents.opb" 2>/dev/null
+"$outpost" bundle sign "$iam/edge-agents.opb" --key "$iam/k1.pem"
+"$outpost" bundle sign "$iam/edge-agents.opb" --key "$iam/k2.pem"
+"$outpost" bundle verify "$iam/edge-agents.opb" --trust "$iam/root.json"
+"$outpost" policy test "$root/examples/policy/cases.yaml" --bundle "$iam/edge-agents.opb" | tail -1
+
+step "the node pins the root and installs the bundle (bound to the TPM's NV counter)"
+"$outpost" trust pin "$iam/root.json"
+"$outpost" bundle install "$iam/edge-agents.opb"
+
+step "the sample agent's calls, decided on the node from the installed bundle"
+decide() {
+  printf '%s' "$1" >"$work/request.json"
+  printf '%-58s ' "$2"
+  "$outpost" decide --request "$work/request.json"
+}
+decide '{"agent":"coder","server":"fs","tool":"read_file","arguments":{"path":"/srv/workspace/src/main.c"}}' \
+  "coder reads its workspace:"
+decide '{"agent":"coder","server":"fs","tool":"read_file","arguments":{"path":"/srv/workspace/%2e%2e/../etc/shadow"}}' \
+  "coder tries to climb out with %2e%2e:"
+decide '{"agent":"coder","server":"fetch","tool":"fetch","arguments":{"url":"https://docs.python.org/3/"},"destination":{"host":"docs.python.org","port":443},"history":[{"server":"secrets","tool":"read_secret","arguments":{"name":"ci/token"}}]}' \
+  "coder fetches a web page after reading a CI secret:"
+decide '{"agent":"hello-agent","server":"fs","tool":"read_file","arguments":{"path":"/srv/workspace/a"}}' \
+  "an agent the bundle does not know:"
+
+step "outpost status"
+"$outpost" status
 printf '\ndemo finished; state was in %s\n' "$work"

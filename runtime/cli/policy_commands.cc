@@ -454,18 +454,39 @@ json::object decision_json(const policy::Engine& e, const policy::Decision& d, c
 
 int decide(const Args& args) {
   po::options_description d("decide");
-  d.add_options()("bundle", po::value<std::string>()->required(), "bundle file")(
+  add_node_options(d);
+  d.add_options()("bundle", po::value<std::string>(), "bundle file (default: the node's installed bundle)")(
       "request", po::value<std::string>()->required(), "request (JSON; - for standard input)")(
       "trust", po::value<std::string>(), "also verify the bundle's signatures")(
-      "mode", po::value<std::string>()->default_value("normal"), "normal, safe_set or deny_all")("json", "print JSON");
-  auto vm = parse(args, "outpost decide --bundle B --request R.json [--trust T] [--json]", d);
+      "mode", po::value<std::string>(), "normal, safe_set or deny_all (default: normal, or what the node's bundle "
+                                        "status dictates)")("json", "print JSON");
+  auto vm = parse(args, "outpost decide [--bundle B] --request R.json [--trust T] [--json]", d);
   if (!vm) return kExitOk;
-  auto mode = mode_of((*vm)["mode"].as<std::string>());
-  if (!mode) return report(mode.error());
-  std::optional<std::string> trust;
-  if (vm->count("trust")) trust = (*vm)["trust"].as<std::string>();
-  auto engine = engine_of((*vm)["bundle"].as<std::string>(), trust);
-  if (!engine) return report(engine.error());
+  std::shared_ptr<const policy::Engine> engine;
+  policy::Mode mode = policy::Mode::normal;
+  if (vm->count("bundle")) {
+    std::optional<std::string> trust;
+    if (vm->count("trust")) trust = (*vm)["trust"].as<std::string>();
+    auto e = engine_of((*vm)["bundle"].as<std::string>(), trust);
+    if (!e) return report(e.error());
+    engine = *e;
+  } else {
+    // The node's own view: the installed bundle, re-verified, with its on-expiry behaviour.
+    auto n = open_node_store(*vm);
+    if (!n) return report(n.error());
+    auto store = store_of(*n);
+    auto loaded = store.load(*n->tpm, n->root, wall_now());
+    if (!loaded) return report(loaded.error());
+    auto e = policy::Engine::build(loaded->bundle.bundle());
+    if (!e) return report(e.error());
+    engine = *e;
+    if (!loaded->status.in_force) mode = loaded->status.safe_set ? policy::Mode::safe_set : policy::Mode::deny_all;
+  }
+  if (vm->count("mode")) {
+    auto m = mode_of((*vm)["mode"].as<std::string>());
+    if (!m) return report(m.error());
+    mode = *m;
+  }
   std::string path = (*vm)["request"].as<std::string>();
   std::string text;
   if (path == "-") {
@@ -480,12 +501,12 @@ int decide(const Args& args) {
   if (ec) return report(usage_error(path + ": not JSON: " + ec.message()));
   auto req = policy::OwnedRequest::parse(v, wall_now());
   if (!req) return report(req.error().wrap(path));
-  policy::Decision dec = (*engine)->decide((*req)->get(), *mode);
-  json::object o = decision_json(**engine, dec, (*req)->get());
+  policy::Decision dec = engine->decide((*req)->get(), mode);
+  json::object o = decision_json(*engine, dec, (*req)->get());
   if (vm->count("json")) {
     std::cout << json::serialize(o) << "\n";
   } else {
-    std::cout << (dec.allow ? "ALLOW" : "DENY") << "  " << o["reason"].as_string() << "\n";
+    std::cout << (dec.allow ? "ALLOW" : "DENY ") << "  " << std::string(o["reason"].as_string()) << "\n";
   }
   return kExitOk;  // a deny is an answer, not a failure
 }
