@@ -3,6 +3,7 @@
 // the refusals an operator sees.
 #include <boost/json.hpp>
 #include <catch2/catch.hpp>
+#include <thread>
 
 #include "outpost/base/files.h"
 #include "test_support.h"
@@ -128,4 +129,41 @@ TEST_CASE("bundle build names file line and field", "[policy-cli]") {
   CHECK(r.exit_code == 1);
   CHECK_THAT(r.err, Catch::Contains("p.yaml:6") && Catch::Contains("colour"));
   CHECK_FALSE(std::filesystem::exists(dir / "b.opb"));
+}
+
+TEST_CASE("once the offline budget is spent the node decides from the signed safe set", "[policy-cli]") {
+  TempDir dir;
+  testing::Swtpm swtpm(dir / "swtpm");
+  auto p = [&](const char* name) { return (dir / name).string(); };
+  const std::vector<std::string> node = {"--state", p("state"), "--tcti", swtpm.tcti()};
+  auto with_node = [&](std::vector<std::string> args) {
+    args.insert(args.end(), node.begin(), node.end());
+    return args;
+  };
+  // The example policy with a two-second offline budget.
+  std::string policy = *read_text_file(example("edge-agents.yaml"));
+  policy.replace(policy.find("max_offline: 72h"), 16, "max_offline: 2s ");
+  REQUIRE(write_file_atomic(dir / "short.yaml", policy).has_value());
+  ok({"keygen", "--out", p("k.pem")});
+  ok({"trust", "init", "--key", p("k.pem.pub"), "--threshold", "1", "-o", p("root.json")});
+  ok({"bundle", "build", p("short.yaml"), "-o", p("b.opb")});
+  ok({"bundle", "sign", p("b.opb"), "--key", p("k.pem")});
+  ok(with_node({"node", "init", "--board", "sim"}));
+  ok(with_node({"trust", "pin", p("root.json")}));
+  ok(with_node({"bundle", "install", p("b.opb")}));
+  REQUIRE(write_file_atomic(dir / "logs.json", std::string_view(
+      R"({"agent":"maint","server":"fs","tool":"read_file","arguments":{"path":"/var/log/syslog"}})")));
+  REQUIRE(write_file_atomic(dir / "ws.json", std::string_view(
+      R"({"agent":"coder","server":"fs","tool":"read_file","arguments":{"path":"/srv/workspace/a"}})")));
+  auto before = boost::json::parse(ok(with_node({"decide", "--request", p("ws.json"), "--json"})).out).as_object();
+  CHECK(before["decision"] == "allow");
+  std::this_thread::sleep_for(std::chrono::milliseconds(2500));
+  auto status = boost::json::parse(ok(with_node({"status", "--json"})).out).as_object();
+  CHECK_FALSE(status["bundle"].as_object()["in_force"].as_bool());
+  CHECK(status["bundle"].as_object()["behaviour"] == "safe_set");
+  auto ws = boost::json::parse(ok(with_node({"decide", "--request", p("ws.json"), "--json"})).out).as_object();
+  CHECK(ws["decision"] == "deny");
+  auto logs = boost::json::parse(ok(with_node({"decide", "--request", p("logs.json"), "--json"})).out).as_object();
+  CHECK(logs["decision"] == "allow");
+  CHECK(logs["rules"].as_array().at(0) == "expired-maint-read-logs");
 }
