@@ -13,3 +13,4 @@ set -a
 . "$work/tpm/swtpm.env"
 set +a
 OUTPOST_LOG=warn "$root/build/tests/bench/bench_tpm" "$@"
+"$root/build/tests/bench/bench_policy" "$@"
