@@ -7,8 +7,9 @@
 
 #include <algorithm>
 #include <array>
-#include <map>
+#include <tuple>
 #include <unordered_map>
+#include <unordered_set>
 
 #include <yaml-cpp/depthguard.h>
 
@@ -45,24 +46,27 @@ class NameIndex {
   const std::string& name(uint32_t i) const { return names_[i]; }
   int line_of(const std::string& name) const { return lines_[index_.at(name)]; }
   bool contains(const std::string& name) const { return index_.count(name) != 0; }
-  // Indices the glob matches, ascending. An exact name is a lookup, a pattern a scan.
-  std::vector<uint32_t> match(std::string_view glob) const {
-    std::vector<uint32_t> out;
+  // Indices the glob matches, ascending. An exact name is a lookup, a pattern a scan (once:
+  // policies repeat their patterns). Call only after every name was added.
+  const std::vector<uint32_t>& match(const std::string& glob) {
+    auto [it, fresh] = matches_.try_emplace(glob);
+    if (!fresh) return it->second;
     if (glob_is_literal(glob)) {
-      auto it = index_.find(std::string(glob));
-      if (it != index_.end()) out.push_back(it->second);
-      return out;
+      auto found = index_.find(glob);
+      if (found != index_.end()) it->second.push_back(found->second);
+      return it->second;
     }
     for (uint32_t i = 0; i < names_.size(); ++i) {
-      if (glob_match(glob, names_[i])) out.push_back(i);
+      if (glob_match(glob, names_[i])) it->second.push_back(i);
     }
-    return out;
+    return it->second;
   }
 
  private:
   std::vector<std::string> names_;
   std::vector<int> lines_;
   std::unordered_map<std::string, uint32_t> index_;
+  std::unordered_map<std::string, std::vector<uint32_t>> matches_;
 };
 
 // The declared agents (or tools) a rule's globs select.
@@ -110,7 +114,7 @@ class Compiler {
 
   // Reads an optional list of agent (or tool) globs into `globs`; each must match a declared
   // one. A missing field selects all.
-  Result<Selection> select(const Map& m, std::string_view key, const NameIndex& names, std::string_view kind,
+  Result<Selection> select(const Map& m, std::string_view key, NameIndex& names, std::string_view kind,
                            std::vector<std::string>& globs);
   Result<void> claim_id(const Field& f, const std::string& id);
   Result<void> check_reachable(const Field& f, std::string_view what, const std::string& id, const Selection& agents,
@@ -235,12 +239,10 @@ Result<void> Compiler::top_level(const Field& root) {
   if (safe_set_mode && bundle_.safe_set.empty()) return in_.fail(*safe_set, "empty, but on_expiry is safe_set");
   if (auto f = top.get("revoked_agents")) {
     OUTPOST_TRY(std::vector<Field> items, in_.list(*f));
+    std::unordered_set<std::string> seen;
     for (const Field& item : items) {
       OUTPOST_TRY(std::string name, in_.agent_name(item));
-      if (std::find(bundle_.revoked_agents.begin(), bundle_.revoked_agents.end(), name) !=
-          bundle_.revoked_agents.end()) {
-        return in_.fail(item, "agent " + in_quotes(name) + " is listed twice");
-      }
+      if (!seen.insert(name).second) return in_.fail(item, "agent " + in_quotes(name) + " is listed twice");
       if (agents_.contains(name)) {
         warn(item.line, "agent " + in_quotes(name) + " is declared and revoked: it is stopped on install");
       }
@@ -291,12 +293,16 @@ Result<std::unique_ptr<fb::DestinationT>> Compiler::destination(const Field& f) 
   auto cidr = m.get("cidr");
   if (host.has_value() == cidr.has_value()) return in_.fail(f, "needs exactly one of host and cidr");
   if (host) {
-    OUTPOST_TRY(d->host, in_.glob(*host));
-    for (char& c : d->host) {
+    OUTPOST_TRY(std::string pattern, in_.glob(*host));
+    for (char c : pattern) {
       if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
-      const bool ok_char = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '-' || c == '_' ||
-                           c == '*' || c == '?';
-      if (!ok_char) return in_.fail(*host, "not a host name pattern: " + in_quotes(d->host) + " (use cidr for addresses)");
+      const bool name_char = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '-' || c == '_' ||
+                             c == '*' || c == '?';
+      if (!name_char) {
+        return in_.fail(*host, "not a host name pattern: " + in_quotes(pattern) +
+                                   " (letters, digits, . - _ * ?; use cidr for addresses)");
+      }
+      d->host += c;  // stored lowercased
     }
   } else {
     OUTPOST_TRY(d->cidr, in_.string(*cidr, 64));
@@ -304,12 +310,12 @@ Result<std::unique_ptr<fb::DestinationT>> Compiler::destination(const Field& f) 
   }
   if (auto p = m.get("ports")) {
     OUTPOST_TRY(std::vector<Field> items, in_.nonempty_list(*p, "any port"));
+    std::vector<bool> seen(65536);
     for (const Field& item : items) {
       OUTPOST_TRY(uint64_t port, in_.unsigned_int(item, 65535));
       if (port == 0) return in_.fail(item, "port must be 1-65535");
-      if (std::find(d->ports.begin(), d->ports.end(), port) != d->ports.end()) {
-        return in_.fail(item, "port " + std::to_string(port) + " listed twice");
-      }
+      if (seen[port]) return in_.fail(item, "port " + std::to_string(port) + " listed twice");
+      seen[port] = true;
       d->ports.push_back(static_cast<uint16_t>(port));
     }
   }
@@ -375,7 +381,7 @@ Result<std::unique_ptr<fb::AgentT>> Compiler::agent(const Field& f) {
   if (globs.empty()) return in_.fail(tools, "empty list: the agent could reach no tool");
   for (const Field& g : globs) {
     OUTPOST_TRY(std::string glob, in_.glob(g));
-    const std::vector<uint32_t> matched = tools_.match(glob);
+    const std::vector<uint32_t>& matched = tools_.match(glob);
     if (matched.empty()) return in_.fail(g, "unknown tool " + in_quotes(glob) + ": no declared tool matches it");
     for (uint32_t t : matched) reach_[row * reach_words_ + t / 64] |= uint64_t{1} << (t % 64);
     a->tools.push_back(std::move(glob));
@@ -392,7 +398,7 @@ Result<std::unique_ptr<fb::AgentT>> Compiler::agent(const Field& f) {
 
 // ---- Cross-references ------------------------------------------------------------------------
 
-Result<Selection> Compiler::select(const Map& m, std::string_view key, const NameIndex& names, std::string_view kind,
+Result<Selection> Compiler::select(const Map& m, std::string_view key, NameIndex& names, std::string_view kind,
                                    std::vector<std::string>& globs) {
   Selection sel;
   auto f = m.get(key);
@@ -403,7 +409,7 @@ Result<Selection> Compiler::select(const Map& m, std::string_view key, const Nam
   OUTPOST_TRY(std::vector<Field> items, in_.nonempty_list(*f, "every " + std::string(kind)));
   for (const Field& item : items) {
     OUTPOST_TRY(std::string glob, in_.glob(item));
-    std::vector<uint32_t> matched = names.match(glob);
+    const std::vector<uint32_t>& matched = names.match(glob);
     if (matched.empty()) {
       return in_.fail(item, "unknown " + std::string(kind) + " " + in_quotes(glob) + ": no declared " + std::string(kind) +
                                 " matches it");
@@ -472,24 +478,34 @@ void Compiler::warn_overlaps(const std::vector<RuleFacts>& rules) {
       for (uint32_t a : rules[r].agents.items) (rules[r].allow ? allow_of : deny_of)[a].push_back(r);
     }
   }
-  std::map<std::pair<uint32_t, uint32_t>, std::pair<uint32_t, uint32_t>> found;  // (allow, deny) → (agent, tool)
+  struct Overlap {
+    uint32_t allow, deny, agent, tool;
+  };
+  std::vector<Overlap> found;
+  std::unordered_set<uint64_t> reported;  // allow << 32 | deny
   for (uint32_t a = 0; a < agent_count; ++a) {
     for (const auto* allows : {&allow_any, &allow_of[a]}) {
       for (uint32_t x : *allows) {
         for (const auto* denies : {&deny_any, &deny_of[a]}) {
           for (uint32_t y : *denies) {
-            if (found.count({x, y}) != 0) continue;
-            if (auto t = first_common_tool(a, rules[x].tools, rules[y].tools)) found[{x, y}] = {a, *t};
+            const uint64_t key = uint64_t{x} << 32 | y;
+            if (reported.count(key) != 0) continue;
+            if (auto t = first_common_tool(a, rules[x].tools, rules[y].tools)) {
+              reported.insert(key);
+              found.push_back({x, y, a, *t});
+            }
           }
         }
       }
     }
   }
-  for (const auto& [pair, where] : found) {
-    const RuleFacts& allow = rules[pair.first];
-    const RuleFacts& deny = rules[pair.second];
+  std::sort(found.begin(), found.end(),
+            [](const Overlap& l, const Overlap& r) { return std::tie(l.allow, l.deny) < std::tie(r.allow, r.deny); });
+  for (const Overlap& o : found) {
+    const RuleFacts& allow = rules[o.allow];
+    const RuleFacts& deny = rules[o.deny];
     warn(deny.line, "rule " + in_quotes(allow.id) + " (allow) and rule " + in_quotes(deny.id) + " (deny) both match " +
-                        agents_.name(where.first) + " \u2192 " + tools_.name(where.second) + "; deny wins");
+                        agents_.name(o.agent) + " \u2192 " + tools_.name(o.tool) + "; deny wins");
   }
 }
 
@@ -711,7 +727,7 @@ Result<std::unique_ptr<fb::FlowRuleT>> Compiler::flow_rule(const Field& f) {
       if (!m.has("tools")) return fail(m.require("tools").error());
       OUTPOST_TRY(Field approval, m.require("approval_tool"));
       OUTPOST_TRY(r->approval_tool, in_.glob(approval));
-      const std::vector<uint32_t> approvers = tools_.match(r->approval_tool);
+      const std::vector<uint32_t>& approvers = tools_.match(r->approval_tool);
       if (approvers.empty()) {
         return in_.fail(approval, "unknown tool " + in_quotes(r->approval_tool) + ": no declared tool matches it");
       }

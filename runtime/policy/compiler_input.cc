@@ -1,5 +1,7 @@
 #include "compiler_input.h"
 
+#include "policy/labels.h"
+
 #include <re2/re2.h>
 
 #include <charconv>
@@ -41,32 +43,6 @@ std::optional<uint64_t> parse_decimal(std::string_view s, uint64_t max) {
 std::optional<int> two_digits(std::string_view s, size_t i) {
   if (i + 1 >= s.size() || !is_digit(s[i]) || !is_digit(s[i + 1])) return std::nullopt;
   return (s[i] - '0') * 10 + (s[i + 1] - '0');
-}
-
-bool leap_year(int y) { return (y % 4 == 0 && y % 100 != 0) || y % 400 == 0; }
-
-std::optional<int64_t> parse_rfc3339_utc(std::string_view s) {
-  // YYYY-MM-DDTHH:MM:SSZ
-  if (s.size() != 20 || s[4] != '-' || s[7] != '-' || (s[10] != 'T' && s[10] != 't') || s[13] != ':' ||
-      s[16] != ':' || (s[19] != 'Z' && s[19] != 'z')) {
-    return std::nullopt;
-  }
-  auto hi = two_digits(s, 0), lo = two_digits(s, 2), mon = two_digits(s, 5), day = two_digits(s, 8),
-       hour = two_digits(s, 11), min = two_digits(s, 14), sec = two_digits(s, 17);
-  if (!hi || !lo || !mon || !day || !hour || !min || !sec) return std::nullopt;
-  const int year = *hi * 100 + *lo;
-  static constexpr int kDays[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
-  if (year < 1970 || *mon < 1 || *mon > 12 || *hour > 23 || *min > 59 || *sec > 59) return std::nullopt;
-  const int days_in_month = kDays[*mon - 1] + (*mon == 2 && leap_year(year) ? 1 : 0);
-  if (*day < 1 || *day > days_in_month) return std::nullopt;
-  std::tm tm{};
-  tm.tm_year = year - 1900;
-  tm.tm_mon = *mon - 1;
-  tm.tm_mday = *day;
-  tm.tm_hour = *hour;
-  tm.tm_min = *min;
-  tm.tm_sec = *sec;
-  return static_cast<int64_t>(timegm(&tm));
 }
 
 }  // namespace
@@ -265,10 +241,7 @@ Result<int64_t> Reader::time(const Field& f) {
 
 Result<uint8_t> Reader::sensitivity(const Field& f) {
   OUTPOST_TRY(std::string_view s, scalar(f, "a sensitivity level"));
-  static constexpr std::string_view kLevels[] = {"public", "internal", "confidential", "secret"};
-  for (size_t i = 0; i < std::size(kLevels); ++i) {
-    if (s == kLevels[i]) return static_cast<uint8_t>(i);
-  }
+  if (auto level = sensitivity_from_name(s)) return *level;
   return fail(f, "must be public, internal, confidential or secret, not " + in_quotes(s));
 }
 

@@ -36,7 +36,7 @@ std::optional<int64_t> parse_rfc3339_utc(std::string_view s) {
     return v;
   };
   auto year = num(0, 4, 1970, 9999), mon = num(5, 2, 1, 12), day = num(8, 2, 1, 31), hour = num(11, 2, 0, 23),
-       min = num(14, 2, 0, 59), sec = num(17, 2, 0, 60);
+       min = num(14, 2, 0, 59), sec = num(17, 2, 0, 59);
   if (!year || !mon || !day || !hour || !min || !sec) return std::nullopt;
   std::tm tm{};
   tm.tm_year = *year - 1900;

@@ -17,7 +17,9 @@ struct BundleSpec {
   int64_t not_before = 0;
   int64_t not_after = 4102444800;  // 2100-01-01
   uint64_t max_offline = 86400;
-  std::vector<std::string> nodes, boards, fleets;
+  std::vector<std::string> nodes = {};
+  std::vector<std::string> boards = {};
+  std::vector<std::string> fleets = {};
   bool safe_set = false;
   uint32_t min_reader = 1;
 };

@@ -493,3 +493,24 @@ TEST_CASE("a policy file that cannot be read is an error", "[policy-compiler]") 
   REQUIRE_FALSE(r.has_value());
   CHECK_THAT(r.error().message(), Catch::Contains("/nonexistent/policy.yaml"));
 }
+
+TEST_CASE("aliases cannot multiply a small source into a huge bundle", "[policy-compiler]") {
+  std::string yaml = "version: 1\nvalid: {not_before: 0, not_after: 10, max_offline: 1}\n"
+                     "tools: [{server: s, name: t}]\nagents:\n  - {name: a0, tools: &g [";
+  for (int i = 0; i < 5000; ++i) yaml += i ? ", \"s/*\"" : "\"s/*\"";
+  yaml += "]}\n";
+  for (int i = 1; i < 1000; ++i) yaml += "  - {name: a" + std::to_string(i) + ", tools: *g}\n";
+  refused(yaml, "the policy is too large: its bundle would exceed 64 MiB");
+}
+
+TEST_CASE("rules with no effect on deny and revoked agents still declared warn", "[policy-compiler]") {
+  auto r = compile(kBase + "  - {id: slow, effect: deny, agents: [viewer], rate: {per: tool, count: 1, window: 1s}}\n"
+                           "revoked_agents: [viewer, gone]\n");
+  REQUIRE(r.has_value());
+  REQUIRE(r->warnings.size() == 2);  // "read" is coder's, "slow" viewer's: no overlap
+  CHECK(r->warnings[0] == "p.yaml:16: rule \"slow\": rate has no effect on a deny rule");
+  CHECK(r->warnings[1] == "p.yaml:17: agent \"viewer\" is declared and revoked: it is stopped on install");
+  const fb::Bundle& b = *decode(r->payload);
+  CHECK(b.revoked_agents()->size() == 2);
+  CHECK(b.rules()->Get(1)->rate()->scope() == fb::RateScope::Tool);
+}

@@ -413,7 +413,8 @@ TEST_CASE("the index decides exactly as a linear scan over random bundles and re
       boost::json::object o;
       o["path"] = pick(paths);
       boost::json::value args(o);
-      Request q = call(rng() % 10 ? pick(agents) : "zz", pick(servers), pick(names), &args);
+      std::string_view agent = rng() % 10 ? std::string_view(pick(agents)) : std::string_view("zz");
+      Request q = call(agent, pick(servers), pick(names), &args);
       q.sensitivity = static_cast<uint8_t>(rng() % 4);
       if (rng() % 2) q.host = rng() % 2 ? "api.example.com" : "db.internal";
       std::vector<SessionEvent> hist;
