@@ -8,6 +8,7 @@
 #include "outpost/base/errors.h"
 #include "outpost/base/files.h"
 #include "outpost/base/log.h"
+#include "outpost/base/time.h"
 
 namespace outpost::attestation {
 namespace {
@@ -17,15 +18,6 @@ namespace json = boost::json;
 std::string hex32(uint32_t v) {
   char buf[16];
   std::snprintf(buf, sizeof buf, "0x%08x", v);
-  return buf;
-}
-
-std::string now_rfc3339() {
-  std::time_t t = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
   return buf;
 }
 
@@ -219,7 +211,7 @@ Result<ProvisionResult> provision_node(Tpm& tpm, const std::filesystem::path& st
   id.tpm_manufacturer = info.manufacturer;
   id.tpm_vendor = info.vendor;
   id.tpm_firmware = info.firmware;
-  id.provisioned_at = now_rfc3339();
+  id.provisioned_at = format_rfc3339_utc(unix_now());
 
   OUTPOST_TRY_VOID(ensure_directory(state_dir, 0700));
   for (const auto& c : certs) {

@@ -149,6 +149,15 @@ Digest sha256(ByteView data) {
   return d;
 }
 
+Digest domain_hash(std::string_view domain, ByteView data) {
+  Sha256 h;
+  h.update(domain);
+  const uint8_t zero = 0;
+  h.update(ByteView(&zero, 1));
+  h.update(data);
+  return h.finish();
+}
+
 void random_bytes(std::span<uint8_t> out) {
   size_t done = 0;
   while (done < out.size()) {

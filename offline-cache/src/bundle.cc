@@ -4,14 +4,7 @@
 
 namespace outpost::offline_cache {
 
-Digest bundle_signing_digest(ByteView payload) {
-  Sha256 h;
-  h.update(std::string_view("outpost/bundle/v1"));
-  const uint8_t zero = 0;
-  h.update(ByteView(&zero, 1));
-  h.update(payload);
-  return h.finish();
-}
+Digest bundle_signing_digest(ByteView payload) { return domain_hash("outpost/bundle/v1", payload); }
 
 Result<SignedBundle> SignedBundle::parse(Bytes bytes) {
   if (bytes.size() > kMaxBundleBytes) {

@@ -7,6 +7,7 @@
 #include "outpost/base/errors.h"
 #include "outpost/base/files.h"
 #include "outpost/base/log.h"
+#include "outpost/base/time.h"
 
 namespace outpost::offline_cache {
 namespace {
@@ -15,15 +16,6 @@ namespace json = boost::json;
 using attestation::ClockInfo;
 using attestation::KeyBlob;
 using attestation::Tpm;
-
-std::string utc(int64_t t) {
-  std::time_t tt = static_cast<std::time_t>(t);
-  std::tm tm{};
-  gmtime_r(&tt, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
 
 template <class Vec>
 bool admits(const Vec* list, const std::string& value) {
@@ -35,12 +27,7 @@ bool admits(const Vec* list, const std::string& value) {
 }
 
 Digest state_digest(const std::string& canonical) {
-  Sha256 h;
-  h.update(std::string_view("outpost/bundle-state/v1"));
-  const uint8_t zero = 0;
-  h.update(ByteView(&zero, 1));
-  h.update(canonical);
-  return h.finish();
+  return domain_hash("outpost/bundle-state/v1", as_bytes(canonical));
 }
 
 Result<int64_t> get_int(const json::object& o, const char* key) {
@@ -144,12 +131,12 @@ BundleStatus evaluate_life(const fb::Bundle& b, const BundleState& state, int64_
   st.offline_left = !clock_ok || offline_ms >= budget_ms ? 0 : static_cast<int64_t>((budget_ms - offline_ms) / 1000);
 
   if (wall_now < b.not_before()) {
-    st.reason = "not valid before " + utc(b.not_before());
+    st.reason = "not valid before " + format_rfc3339_utc(b.not_before());
   } else if (wall_now > b.not_after()) {
-    st.reason = "expired at " + utc(b.not_after());
+    st.reason = "expired at " + format_rfc3339_utc(b.not_after());
   } else if (wall_now + kWallClockSlack < state.wall_high_water) {
-    st.reason = "the wall clock (" + utc(wall_now) + ") is behind the latest time this node has seen (" +
-                utc(state.wall_high_water) + "): wound back?";
+    st.reason = "the wall clock (" + format_rfc3339_utc(wall_now) + ") is behind the latest time this node has seen (" +
+                format_rfc3339_utc(state.wall_high_water) + "): wound back?";
   } else if (!clock_ok) {
     st.reason = "the TPM clock is behind the last hub contact (a cleared TPM or lost time): the offline budget "
                 "cannot be measured until the hub is reached";
@@ -237,10 +224,10 @@ Result<BundleStore::Installed> BundleStore::install(Tpm& tpm, Bytes bytes, const
   const fb::Bundle& b = bundle.bundle();
   if (wall_now < b.not_before()) {
     return fail(errc::verification_failed, "bundle v" + std::to_string(b.version()) + " is not valid before " +
-                                               utc(b.not_before()));
+                                               format_rfc3339_utc(b.not_before()));
   }
   if (wall_now > b.not_after()) {
-    return fail(errc::verification_failed, "bundle v" + std::to_string(b.version()) + " expired at " + utc(b.not_after()));
+    return fail(errc::verification_failed, "bundle v" + std::to_string(b.version()) + " expired at " + format_rfc3339_utc(b.not_after()));
   }
   OUTPOST_TRY(uint64_t counter, tpm.ensure_counter(counter_index_));
   OUTPOST_TRY(std::optional<BundleState> current, read_state(tpm));
@@ -252,7 +239,7 @@ Result<BundleStore::Installed> BundleStore::install(Tpm& tpm, Bytes bytes, const
     }
     if (wall_now + kWallClockSlack < current->wall_high_water) {
       return fail(errc::verification_failed, "the wall clock is behind the latest time this node has seen (" +
-                                                 utc(current->wall_high_water) + "): refusing to install");
+                                                 format_rfc3339_utc(current->wall_high_water) + "): refusing to install");
     }
   }
   const std::string sha = hex_encode(sha256(bundle.bytes()));

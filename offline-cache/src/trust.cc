@@ -55,14 +55,7 @@ std::string TrustRoot::canonical() const {
   return json::serialize(s);
 }
 
-Digest TrustRoot::signing_digest() const {
-  Sha256 h;
-  h.update(std::string_view("outpost/root/v1"));
-  const uint8_t zero = 0;
-  h.update(ByteView(&zero, 1));
-  h.update(canonical());
-  return h.finish();
-}
+Digest TrustRoot::signing_digest() const { return domain_hash("outpost/root/v1", as_bytes(canonical())); }
 
 std::string TrustRoot::to_json() const {
   json::object doc;

@@ -14,6 +14,7 @@
 #include "outpost/offline_cache/trust.h"
 #include "policy/compiler.h"
 #include "policy/engine.h"
+#include "outpost/base/time.h"
 #include "policy/labels.h"
 #include "policy/request_json.h"
 
@@ -23,10 +24,6 @@ namespace {
 namespace json = boost::json;
 using offline_cache::SignedBundle;
 using offline_cache::TrustRoot;
-
-int64_t wall_now() {
-  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
-}
 
 Error usage_error(std::string message) { return Error(make_error_code(errc::invalid_argument), std::move(message)); }
 
@@ -180,7 +177,7 @@ int bundle_build(const Args& args) {
   auto vm = parse(args, "outpost bundle build POLICY.yaml -o B [--version N]", d, {"policy"});
   if (!vm) return kExitOk;
   policy::CompileOptions opts;
-  opts.now = wall_now();
+  opts.now = unix_now();
   if (vm->count("version")) opts.version_override = (*vm)["version"].as<uint64_t>();
   auto compiled = policy::compile_policy_file((*vm)["policy"].as<std::string>(), opts);
   if (!compiled) return report(compiled.error());
@@ -223,9 +220,9 @@ json::object describe(const SignedBundle& b) {
   json::object o;
   o["version"] = x.version();
   o["issuer"] = x.issuer() ? x.issuer()->str() : "";
-  o["issued_at"] = policy::format_rfc3339_utc(x.issued_at());
-  o["not_before"] = policy::format_rfc3339_utc(x.not_before());
-  o["not_after"] = policy::format_rfc3339_utc(x.not_after());
+  o["issued_at"] = format_rfc3339_utc(x.issued_at());
+  o["not_before"] = format_rfc3339_utc(x.not_before());
+  o["not_after"] = format_rfc3339_utc(x.not_after());
   o["max_offline_seconds"] = x.max_offline();
   o["on_expiry"] = x.on_expiry() == fb::OnExpiry::SafeSet ? "safe_set" : "deny_all";
   auto names = [](const auto* v) {
@@ -297,10 +294,10 @@ int bundle_verify(const Args& args) {
   if (auto v = offline_cache::verify_bundle_signatures(*b, *root); !v) return report(v.error());
   auto engine = policy::Engine::build(b->bundle());
   if (!engine) return report(engine.error().wrap("bundle does not load"));
-  const int64_t now = wall_now();
+  const int64_t now = unix_now();
   std::cout << "bundle v" << b->version() << ": signatures meet root v" << root->version << "'s threshold of "
-            << root->threshold << "; valid " << policy::format_rfc3339_utc(b->bundle().not_before()) << " to "
-            << policy::format_rfc3339_utc(b->bundle().not_after())
+            << root->threshold << "; valid " << format_rfc3339_utc(b->bundle().not_before()) << " to "
+            << format_rfc3339_utc(b->bundle().not_after())
             << (now > b->bundle().not_after() ? " (EXPIRED)" : now < b->bundle().not_before() ? " (NOT YET VALID)" : "")
             << "\n";
   return kExitOk;
@@ -336,12 +333,12 @@ void print_status(const offline_cache::BundleStatus& s, int64_t now) {
     std::cout << "why           " << s.reason << "\n"
               << "behaviour     " << (s.safe_set ? "signed safe set" : "deny all") << "\n";
   }
-  std::cout << "installed     " << policy::format_rfc3339_utc(s.installed_at) << " (" << (now - s.installed_at)
+  std::cout << "installed     " << format_rfc3339_utc(s.installed_at) << " (" << (now - s.installed_at)
             << " s ago)\n"
-            << "valid         " << policy::format_rfc3339_utc(s.not_before) << " to "
-            << policy::format_rfc3339_utc(s.not_after) << " (" << std::max<int64_t>(0, s.life_left) << " s left)\n"
+            << "valid         " << format_rfc3339_utc(s.not_before) << " to "
+            << format_rfc3339_utc(s.not_after) << " (" << std::max<int64_t>(0, s.life_left) << " s left)\n"
             << "offline       " << s.offline_left << " s of " << s.max_offline << " s left (last contact "
-            << policy::format_rfc3339_utc(s.last_contact) << ")\n";
+            << format_rfc3339_utc(s.last_contact) << ")\n";
 }
 
 json::object status_json(const offline_cache::BundleStatus& s) {
@@ -350,13 +347,13 @@ json::object status_json(const offline_cache::BundleStatus& s) {
   o["in_force"] = s.in_force;
   o["reason"] = s.reason;
   o["behaviour"] = s.in_force ? "policy" : s.safe_set ? "safe_set" : "deny_all";
-  o["installed_at"] = policy::format_rfc3339_utc(s.installed_at);
-  o["not_before"] = policy::format_rfc3339_utc(s.not_before);
-  o["not_after"] = policy::format_rfc3339_utc(s.not_after);
+  o["installed_at"] = format_rfc3339_utc(s.installed_at);
+  o["not_before"] = format_rfc3339_utc(s.not_before);
+  o["not_after"] = format_rfc3339_utc(s.not_after);
   o["life_left_seconds"] = std::max<int64_t>(0, s.life_left);
   o["offline_left_seconds"] = s.offline_left;
   o["max_offline_seconds"] = s.max_offline;
-  o["last_contact"] = policy::format_rfc3339_utc(s.last_contact);
+  o["last_contact"] = format_rfc3339_utc(s.last_contact);
   return o;
 }
 
@@ -371,7 +368,7 @@ int bundle_install(const Args& args) {
   auto n = open_node_store(*vm);
   if (!n) return report(n.error());
   auto store = store_of(*n);
-  const int64_t now = wall_now();
+  const int64_t now = unix_now();
   auto installed = store.install(*n->tpm, std::move(*bytes), n->root, now);
   if (!installed) return report(installed.error().wrap("bundle install refused"));
   std::cout << "installed bundle v" << installed->state.version << " (rollback counter "
@@ -475,7 +472,7 @@ int decide(const Args& args) {
     auto n = open_node_store(*vm);
     if (!n) return report(n.error());
     auto store = store_of(*n);
-    auto loaded = store.load(*n->tpm, n->root, wall_now());
+    auto loaded = store.load(*n->tpm, n->root, unix_now());
     if (!loaded) return report(loaded.error());
     auto e = policy::Engine::build(loaded->bundle.bundle());
     if (!e) return report(e.error());
@@ -499,7 +496,7 @@ int decide(const Args& args) {
   boost::system::error_code ec;
   json::value v = json::parse(text, ec);
   if (ec) return report(usage_error(path + ": not JSON: " + ec.message()));
-  auto req = policy::OwnedRequest::parse(v, wall_now());
+  auto req = policy::OwnedRequest::parse(v, unix_now());
   if (!req) return report(req.error().wrap(path));
   policy::Decision dec = engine->decide((*req)->get(), mode);
   json::object o = decision_json(*engine, dec, (*req)->get());
@@ -547,7 +544,7 @@ int policy_test(const Args& args) {
     if (!mode) return report(mode.error().wrap(where));
     auto request_json = yaml_to_json(c["request"]);
     if (!request_json) return report(request_json.error().wrap(where));
-    auto req = policy::OwnedRequest::parse(*request_json, wall_now());
+    auto req = policy::OwnedRequest::parse(*request_json, unix_now());
     if (!req) return report(req.error().wrap(where));
     policy::Decision dec = (*engine)->decide((*req)->get(), *mode);
     bool ok = dec.allow == (expect == "allow");
@@ -589,7 +586,7 @@ int status(const Args& args) {
   auto n = open_node_store(*vm);
   if (!n) return report(n.error());
   auto store = store_of(*n);
-  const int64_t now = wall_now();
+  const int64_t now = unix_now();
   auto loaded = store.load(*n->tpm, n->root, now);
   auto tpm_info = n->tpm->read_clock();
   if (vm->count("json")) {

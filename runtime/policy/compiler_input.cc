@@ -1,5 +1,6 @@
 #include "compiler_input.h"
 
+#include "outpost/base/time.h"
 #include "policy/labels.h"
 
 #include <re2/re2.h>

@@ -3,6 +3,7 @@
 #include <boost/json.hpp>
 
 #include "outpost/base/errors.h"
+#include "outpost/base/time.h"
 #include "policy/labels.h"
 
 namespace outpost::policy {

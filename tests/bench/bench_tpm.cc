@@ -98,20 +98,12 @@ void run(const std::vector<std::string>& argv) {
   if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) die(argv[0] + " failed");
 }
 
-// Times `op` once per iteration; reports p50 and p99.
+template <class Op, class Cleanup>
+void timed_tool(benchmark::State& state, Op op, Cleanup cleanup);
+
 template <class Op>
 void timed(benchmark::State& state, Op op) {
-  std::vector<double> us;
-  for (auto _ : state) {
-    auto t0 = Clock::now();
-    op();
-    double s = std::chrono::duration<double>(Clock::now() - t0).count();
-    state.SetIterationTime(s);
-    us.push_back(s * 1e6);
-  }
-  std::sort(us.begin(), us.end());
-  state.counters["p50_us"] = us[us.size() / 2];
-  state.counters["p99_us"] = us[std::min(us.size() - 1, us.size() * 99 / 100)];
+  timed_tool(state, op, [] {});
 }
 
 std::unique_ptr<Tpm> connect() {
@@ -173,7 +165,7 @@ std::string hex(uint32_t v) {
 }
 void flush_transients() { run({"tpm2_flushcontext", "-T", env().tcti, "-t"}); }
 
-// Runs `op` timed, then `cleanup` untimed.
+// Runs `op` timed, then `cleanup` untimed; reports p50 and p99.
 template <class Op, class Cleanup>
 void timed_tool(benchmark::State& state, Op op, Cleanup cleanup) {
   std::vector<double> us;

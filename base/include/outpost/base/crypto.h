@@ -21,6 +21,10 @@ using Digest = std::array<uint8_t, 32>;
 Digest sha256(ByteView data);
 inline Digest sha256(std::string_view s) { return sha256(as_bytes(s)); }
 
+// SHA-256(domain || 0x00 || data): what outpost signs, so that a signature made for one
+// purpose ("outpost/bundle/v1") can never pass for another ("outpost/root/v1").
+Digest domain_hash(std::string_view domain, ByteView data);
+
 // Incremental SHA-256 for data that arrives in pieces (files, framed fields).
 class Sha256 {
  public:
