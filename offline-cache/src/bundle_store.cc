@@ -217,7 +217,8 @@ Result<std::optional<BundleState>> BundleStore::read_state(Tpm& tpm) {
   return std::optional<BundleState>(std::move(state));
 }
 
-Result<BundleStore::Installed> BundleStore::install(Tpm& tpm, Bytes bytes, const TrustRoot& root, int64_t wall_now) {
+Result<BundleStore::Installed> BundleStore::install(Tpm& tpm, Bytes bytes, const TrustRoot& root, int64_t wall_now,
+                                                   InstallOptions options) {
   OUTPOST_TRY(SignedBundle bundle, SignedBundle::parse(std::move(bytes)));
   OUTPOST_TRY_VOID(verify_bundle_signatures(bundle, root));
   OUTPOST_TRY_VOID(check_scope(bundle.bundle(), scope_));
@@ -229,8 +230,15 @@ Result<BundleStore::Installed> BundleStore::install(Tpm& tpm, Bytes bytes, const
   if (wall_now > b.not_after()) {
     return fail(errc::verification_failed, "bundle v" + std::to_string(b.version()) + " expired at " + format_rfc3339_utc(b.not_after()));
   }
+  const bool counter_existed = tpm.read_counter(counter_index_).has_value();
   OUTPOST_TRY(uint64_t counter, tpm.ensure_counter(counter_index_));
   OUTPOST_TRY(std::optional<BundleState> current, read_state(tpm));
+  if (!current && counter_existed && !options.accept_missing_state) {
+    return fail(errc::tpm_mismatch,
+                "the TPM's rollback counter shows bundles were installed on this node before, but " + dir_.string() +
+                    " holds no record: the state was deleted or restored from before the first install (if the "
+                    "node's disk was rebuilt on purpose: bundle install --accept-missing-state)");
+  }
   if (current) {
     counter = current->counter;
     if (b.version() <= current->version) {

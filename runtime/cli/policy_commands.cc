@@ -360,8 +360,9 @@ json::object status_json(const offline_cache::BundleStatus& s) {
 int bundle_install(const Args& args) {
   po::options_description d("bundle install");
   add_node_options(d);
-  d.add_options()("bundle", po::value<std::string>()->required(), "signed bundle file");
-  auto vm = parse(args, "outpost bundle install B [--state DIR] [--tcti T]", d, {"bundle"});
+  d.add_options()("bundle", po::value<std::string>()->required(), "signed bundle file")(
+      "accept-missing-state", "the node's disk was rebuilt on purpose: accept a state directory with no record");
+  auto vm = parse(args, "outpost bundle install B [--state DIR] [--tcti T] [--accept-missing-state]", d, {"bundle"});
   if (!vm) return kExitOk;
   auto bytes = read_file((*vm)["bundle"].as<std::string>(), offline_cache::kMaxBundleBytes);
   if (!bytes) return report(bytes.error());
@@ -369,7 +370,9 @@ int bundle_install(const Args& args) {
   if (!n) return report(n.error());
   auto store = store_of(*n);
   const int64_t now = unix_now();
-  auto installed = store.install(*n->tpm, std::move(*bytes), n->root, now);
+  offline_cache::BundleStore::InstallOptions opts;
+  opts.accept_missing_state = vm->count("accept-missing-state") > 0;
+  auto installed = store.install(*n->tpm, std::move(*bytes), n->root, now, opts);
   if (!installed) return report(installed.error().wrap("bundle install refused"));
   std::cout << "installed bundle v" << installed->state.version << " (rollback counter "
             << installed->state.counter << ")\n";

@@ -20,8 +20,15 @@ namespace {
 
 constexpr int64_t kNow = 1795000000;  // 2026-11-18
 
+// Tests share the fixture's TPM; each node gets a rollback counter of its own.
+uint32_t next_counter_index() {
+  static uint32_t next = 0x01000200;
+  return next++;
+}
+
 struct Node {
   TempDir dir;
+  uint32_t counter_index = next_counter_index();
   std::unique_ptr<attestation::Tpm> tpm;
   attestation::NodeIdentity id;
   boards::BoardProfile board = *boards::load_board("sim");
@@ -40,7 +47,7 @@ struct Node {
     id = p->identity;
   }
   BundleStore store() {
-    return BundleStore(dir / "state", id, board.rollback_counter_index, NodeScope{id.node_id, "sim", ""});
+    return BundleStore(dir / "state", id, counter_index, NodeScope{id.node_id, "sim", ""});
   }
   Bytes bundle(BundleSpec spec) { return testing::sign_bundle(testing::make_bundle(spec), {&k1, &k2}); }
   Result<BundleStore::Installed> install(BundleSpec spec, int64_t now = kNow) {
@@ -156,6 +163,11 @@ TEST_CASE("an edited state record or a corrupt bundle file is refused at start",
   SECTION("the state record deleted: nothing is in force, and the counter blocks a downgrade") {
     std::filesystem::remove(n.dir / "state/bundles/state.json");
     CHECK(n.store().load(*n.tpm, n.root, kNow).error().is(errc::not_found));
+    CHECK_THAT(n.refusal({.version = 1}), Catch::Contains("holds no record"));
+    // An operator who rebuilt the disk on purpose can accept it.
+    BundleStore::InstallOptions accept;
+    accept.accept_missing_state = true;
+    CHECK(n.store().install(*n.tpm, n.bundle({.version = 1}), n.root, kNow, accept).has_value());
   }
 }
 

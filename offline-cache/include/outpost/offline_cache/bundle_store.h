@@ -93,7 +93,19 @@ class BundleStore {
 
   // Verifies (signatures against `root`, scope, version above the installed one, lifetime)
   // and installs atomically. Refusals leave the installed bundle untouched.
-  Result<Installed> install(attestation::Tpm& tpm, Bytes bundle_bytes, const TrustRoot& root, int64_t wall_now);
+  //
+  // A state directory with no record on a TPM whose rollback counter exists means the record
+  // was deleted or the directory restored from before the first install: refused, since any
+  // old bundle would then pass the version check. An operator who rebuilt the node's disk on
+  // purpose says so with `accept_missing_state` (`bundle install --accept-missing-state`).
+  struct InstallOptions {
+    bool accept_missing_state = false;
+  };
+  Result<Installed> install(attestation::Tpm& tpm, Bytes bundle_bytes, const TrustRoot& root, int64_t wall_now,
+                            InstallOptions options);
+  Result<Installed> install(attestation::Tpm& tpm, Bytes bundle_bytes, const TrustRoot& root, int64_t wall_now) {
+    return install(tpm, std::move(bundle_bytes), root, wall_now, InstallOptions{});
+  }
 
   // The installed bundle, re-verified (state signature, TPM counter, bundle hash, signatures,
   // scope) with its status now; raises the wall-clock high-water mark. errc::not_found when
