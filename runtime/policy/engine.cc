@@ -606,41 +606,38 @@ Decision Engine::Impl::decide(const Request& req, Mode mode, RateLimiter* rates,
     d.verdict = Verdict::denied_by_rule;
     return d;
   }
-  bool any_allow = false;
-  for_each(1, [&](uint32_t r) {
-    any_allow = conditions_hold(set.rules[r], req, agent);
-    return !any_allow;
-  });
-  if (!any_allow) {
-    d.verdict = Verdict::no_rule_allows;
-    return d;
-  }
-  // Flow rules see the whole session; they apply in either mode.
-  auto flow_check = [&](uint32_t f) {
-    if (flow_denies(flows[f], req, tool)) {
+  // One pass over the allow rules. The first whose conditions hold brings in the flow rules
+  // (they see the whole session and apply in either mode); if none denies, the first matching
+  // allow rule with room in its rate decides.
+  bool flows_checked = false;
+  auto flows_deny = [&]() {
+    auto check = [&](uint32_t f) {
+      if (!flow_denies(flows[f], req, tool)) return false;
       d.verdict = Verdict::flow_denied;
       push_id(d.rules, d.rule_count, kFlowBase + f);
+      return true;
+    };
+    if (indexed) {
+      const auto& p = flow_pairs[pi];
+      for (uint32_t k = p[0]; k < p[1]; ++k) {
+        if (check(flow_entries[k])) return true;
+      }
       return false;
     }
-    return true;
-  };
-  if (indexed) {
-    const auto& p = flow_pairs[pi];
-    for (uint32_t k = p[0]; k < p[1] && flow_check(flow_entries[k]); ++k) {
-    }
-  } else {
     for (uint32_t f = 0; f < flows.size(); ++f) {
-      if (any_glob_or_empty(flows[f].agents, agent.name) && any_glob_or_empty(flows[f].tools, tool.full) &&
-          !flow_check(f)) {
-        break;
+      if (any_glob_or_empty(flows[f].agents, agent.name) && any_glob_or_empty(flows[f].tools, tool.full) && check(f)) {
+        return true;
       }
     }
-  }
-  if (d.verdict == Verdict::flow_denied) return d;
-  // The first matching allow rule with room in its rate decides.
+    return false;
+  };
   for_each(1, [&](uint32_t r) {
     const Rule& rule = set.rules[r];
     if (!conditions_hold(rule, req, agent)) return true;
+    if (!flows_checked) {
+      flows_checked = true;
+      if (flows_deny()) return false;
+    }
     if (rule.has_rate && rates != nullptr) {
       std::string_view key = rule.rate_scope == fb::RateScope::Agent ? req.agent
                              : rule.rate_scope == fb::RateScope::Tool ? std::string_view(tool.full)
@@ -659,6 +656,7 @@ Decision Engine::Impl::decide(const Request& req, Mode mode, RateLimiter* rates,
     d.credential_ttl = ttl;
     return false;
   });
+  if (d.verdict == Verdict::flow_denied) return d;
   if (!d.allow) d.verdict = Verdict::no_rule_allows;
   return d;
 }
