@@ -3,6 +3,7 @@
 #include <tss2/tss2_rc.h>
 #include <tss2/tss2_tctildr.h>
 
+#include "outpost/base/bytes.h"
 #include "outpost/base/errors.h"
 #include "tss2_check.h"
 #include "outpost/base/log.h"
@@ -75,9 +76,7 @@ Result<Handle> Esys::tr_from_tpm_public(TPM2_HANDLE handle) {
   ESYS_TR tr = ESYS_TR_NONE;
   TSS2_RC rc = Esys_TR_FromTPMPublic(ctx_, handle, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &tr);
   if (base_rc(rc) == TPM2_RC_HANDLE) {
-    char hex[16];
-    std::snprintf(hex, sizeof hex, "0x%08x", handle);
-    return fail(errc::not_found, std::string("TPM handle ") + hex + " is not defined");
+    return fail(errc::not_found, "TPM handle " + hex32(handle) + " is not defined");
   }
   OUTPOST_TRY_VOID(check(rc, "Esys_TR_FromTPMPublic"));
   return Handle(this, tr, Handle::Kind::reference);

@@ -28,12 +28,6 @@ struct Tpm::Queue {
 
 namespace {
 
-std::string hex32(uint32_t v) {
-  char buf[16];
-  std::snprintf(buf, sizeof buf, "0x%08x", v);
-  return buf;
-}
-
 // The ESYS_TR for a persistent object or NV index, from the per-connection cache.
 Result<ESYS_TR> ref(Esys& esys, std::map<uint32_t, Handle>& refs, uint32_t handle) {
   auto it = refs.find(handle);

@@ -2,6 +2,8 @@
 
 #include <mbedtls/base64.h>
 
+#include <cstdio>
+
 #include "outpost/base/errors.h"
 
 namespace outpost {
@@ -17,14 +19,18 @@ std::string hex_encode(ByteView bytes) {
   return out;
 }
 
-namespace {
-int hex_value(char c) {
+std::string hex32(uint32_t value) {
+  char buf[16];
+  std::snprintf(buf, sizeof buf, "0x%08x", value);
+  return buf;
+}
+
+int hex_digit_value(char c) {
   if (c >= '0' && c <= '9') return c - '0';
   if (c >= 'a' && c <= 'f') return c - 'a' + 10;
   if (c >= 'A' && c <= 'F') return c - 'A' + 10;
   return -1;
 }
-}  // namespace
 
 Result<Bytes> hex_decode(std::string_view hex) {
   if (hex.size() >= 2 && hex[0] == '0' && (hex[1] == 'x' || hex[1] == 'X')) hex.remove_prefix(2);
@@ -33,8 +39,8 @@ Result<Bytes> hex_decode(std::string_view hex) {
   }
   Bytes out(hex.size() / 2);
   for (size_t i = 0; i < out.size(); ++i) {
-    int hi = hex_value(hex[2 * i]);
-    int lo = hex_value(hex[2 * i + 1]);
+    int hi = hex_digit_value(hex[2 * i]);
+    int lo = hex_digit_value(hex[2 * i + 1]);
     if (hi < 0 || lo < 0) {
       return fail(errc::invalid_argument,
                   "not a hex digit at position " + std::to_string(hi < 0 ? 2 * i : 2 * i + 1));

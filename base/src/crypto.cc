@@ -176,6 +176,14 @@ Bytes RawSignature::concat() const {
   return out;
 }
 
+Result<RawSignature> RawSignature::from_concat(ByteView rs) {
+  if (rs.size() != 64) return fail(errc::corrupt, "an r||s signature is 64 bytes, not " + std::to_string(rs.size()));
+  RawSignature out;
+  std::copy(rs.begin(), rs.begin() + 32, out.r.begin());
+  std::copy(rs.begin() + 32, rs.end(), out.s.begin());
+  return out;
+}
+
 Result<Bytes> ecdsa_der_from_raw(ByteView r, ByteView s) {
   Mpi mr, ms;
   OUTPOST_TRY_VOID(check(mbedtls_mpi_read_binary(&mr.v, r.data(), r.size()), "mbedtls_mpi_read_binary"));

@@ -192,13 +192,11 @@ Result<std::optional<BundleState>> BundleStore::read_state(Tpm& tpm) {
   if (!is_hex_digest(state.bundle_sha256)) return fail(errc::corrupt, path.string() + ": bad bundle hash");
   OUTPOST_TRY(std::string sig_b64, get_str(v.as_object(), "signature"));
   Result<Bytes> sig = base64url_decode(sig_b64);
-  if (!sig || sig->size() != 64) return fail(errc::corrupt, path.string() + ": bad signature encoding");
+  Result<RawSignature> raw = sig ? RawSignature::from_concat(*sig) : fail(sig.error());
+  if (!raw) return fail(errc::corrupt, path.string() + ": bad signature encoding");
   OUTPOST_TRY(KeyBlob blob, state_key(tpm, false));
   OUTPOST_TRY(EcPublicKey key, attestation::key_of_public(blob.public_area));
-  RawSignature raw;
-  std::copy(sig->begin(), sig->begin() + 32, raw.r.begin());
-  std::copy(sig->begin() + 32, sig->end(), raw.s.begin());
-  if (!key.verify(state_digest(state.canonical()), raw)) {
+  if (!key.verify(state_digest(state.canonical()), *raw)) {
     return fail(errc::verification_failed, path.string() + " is not signed by this node's state key: it was edited");
   }
   Result<uint64_t> tpm_counter = tpm.read_counter(counter_index_);

@@ -150,14 +150,12 @@ SignatureCount count_signatures(const TrustRoot& root, const Digest& digest,
       out.problems.push_back("second signature by key " + s.key_id + " (counted once)");
       continue;
     }
-    RawSignature raw;
-    if (s.signature.size() != 64) {
+    Result<RawSignature> raw = RawSignature::from_concat(s.signature);
+    if (!raw) {
       out.problems.push_back("signature by key " + s.key_id + " is not 64 bytes");
       continue;
     }
-    std::copy(s.signature.begin(), s.signature.begin() + 32, raw.r.begin());
-    std::copy(s.signature.begin() + 32, s.signature.end(), raw.s.begin());
-    if (!k->key.verify(digest, raw)) {
+    if (!k->key.verify(digest, *raw)) {
       out.problems.push_back("signature by key " + s.key_id + " does not verify");
       continue;
     }

@@ -11,12 +11,6 @@ namespace {
 namespace json = boost::json;
 using attestation::NodeIdentity;
 
-std::string hex32(uint32_t v) {
-  char buf[16];
-  std::snprintf(buf, sizeof buf, "0x%08x", v);
-  return buf;
-}
-
 void print_identity(const NodeIdentity& id) {
   std::cout << "node id       " << id.node_id << "\n"
             << "spiffe id     " << id.spiffe_id << "\n"

@@ -5,6 +5,8 @@
 
 #include <cstring>
 
+#include "outpost/base/bytes.h"
+
 namespace outpost::policy {
 
 bool glob_match(std::string_view p, std::string_view t) {
@@ -38,15 +40,6 @@ bool glob_valid(std::string_view p) {
 
 bool glob_is_literal(std::string_view p) { return p.find_first_of("*?") == std::string_view::npos; }
 
-namespace {
-int hexval(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-}  // namespace
-
 std::optional<std::string_view> normalize_path(std::string_view path, PathBuffer& buf) {
   // Decode into a scratch area at the end of `buf`, then normalise into its start.
   if (path.empty() || path.size() > kMaxPath / 2) return std::nullopt;
@@ -56,7 +49,7 @@ std::optional<std::string_view> normalize_path(std::string_view path, PathBuffer
     char c = path[i];
     if (c == '%') {
       if (i + 2 >= path.size()) return std::nullopt;
-      int hi = hexval(path[i + 1]), lo = hexval(path[i + 2]);
+      int hi = hex_digit_value(path[i + 1]), lo = hex_digit_value(path[i + 2]);
       if (hi < 0 || lo < 0) return std::nullopt;
       c = static_cast<char>(hi << 4 | lo);
       if (c == '%') return std::nullopt;  // double encoding: fail closed

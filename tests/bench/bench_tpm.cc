@@ -158,11 +158,6 @@ void BM_outpost_read_clock(benchmark::State& state) {
 // ---- tpm2-tools, one process per operation ----
 
 std::string path(const char* name) { return (env().dir / name).string(); }
-std::string hex(uint32_t v) {
-  char b[16];
-  std::snprintf(b, sizeof b, "0x%08x", v);
-  return b;
-}
 void flush_transients() { run({"tpm2_flushcontext", "-T", env().tcti, "-t"}); }
 
 // Runs `op` timed, then `cleanup` untimed; reports p50 and p99.
@@ -185,20 +180,20 @@ void timed_tool(benchmark::State& state, Op op, Cleanup cleanup) {
 void BM_tools_create_agent_key(benchmark::State& state) {
   const std::string& t = env().tcti;
   timed_tool(state, [&] {
-    run({"tpm2_create", "-T", t, "-C", hex(env().board.srk_handle), "-G", "ecc256:ecdsa-sha256", "-u",
+    run({"tpm2_create", "-T", t, "-C", hex32(env().board.srk_handle), "-G", "ecc256:ecdsa-sha256", "-u",
          path("t.pub"), "-r", path("t.priv")});
   }, flush_transients);
 }
 void BM_tools_load_flush(benchmark::State& state) {
   const std::string& t = env().tcti;
   timed_tool(state, [&] {
-    run({"tpm2_load", "-T", t, "-C", hex(env().board.srk_handle), "-u", path("key.pub"), "-r", path("key.priv"),
+    run({"tpm2_load", "-T", t, "-C", hex32(env().board.srk_handle), "-u", path("key.pub"), "-r", path("key.priv"),
          "-c", path("key.ctx")});
     run({"tpm2_flushcontext", "-T", t, "-t"});
   }, [] {});
 }
 void load_tool_key() {
-  run({"tpm2_load", "-T", env().tcti, "-C", hex(env().board.srk_handle), "-u", path("key.pub"), "-r",
+  run({"tpm2_load", "-T", env().tcti, "-C", hex32(env().board.srk_handle), "-u", path("key.pub"), "-r",
        path("key.priv"), "-c", path("key.ctx")});
   flush_transients();  // key.ctx is a saved context; each tool loads it again
 }
@@ -212,19 +207,19 @@ void BM_tools_sign(benchmark::State& state) {
 void BM_tools_certify(benchmark::State& state) {
   load_tool_key();
   timed_tool(state, [&] {
-    run({"tpm2_certify", "-T", env().tcti, "-c", path("key.ctx"), "-C", hex(env().board.ak_handle), "-g", "sha256",
+    run({"tpm2_certify", "-T", env().tcti, "-c", path("key.ctx"), "-C", hex32(env().board.ak_handle), "-g", "sha256",
          "-o", path("cert.attest"), "-s", path("cert.sig")});
   }, flush_transients);
 }
 void BM_tools_quote(benchmark::State& state) {
   timed_tool(state, [&] {
-    run({"tpm2_quote", "-T", env().tcti, "-c", hex(env().board.ak_handle), "-l", env().board.quote_selection(), "-q",
+    run({"tpm2_quote", "-T", env().tcti, "-c", hex32(env().board.ak_handle), "-l", env().board.quote_selection(), "-q",
          "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a", "-m", path("q.attest"), "-s", path("q.sig"), "-o",
          path("q.pcrs")});
   }, flush_transients);
 }
 void BM_tools_nv_increment(benchmark::State& state) {
-  timed_tool(state, [&] { run({"tpm2_nvincrement", "-T", env().tcti, "-C", hex(kCounter), hex(kCounter)}); }, [] {});
+  timed_tool(state, [&] { run({"tpm2_nvincrement", "-T", env().tcti, "-C", hex32(kCounter), hex32(kCounter)}); }, [] {});
 }
 void BM_tools_read_clock(benchmark::State& state) {
   timed_tool(state, [&] { run({"tpm2_readclock", "-T", env().tcti}); }, [] {});

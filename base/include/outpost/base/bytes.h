@@ -22,6 +22,10 @@ inline std::string_view as_chars(ByteView b) {
 }
 
 std::string hex_encode(ByteView bytes);
+// "0x81000001": how TPM handles and NV indices are written everywhere.
+std::string hex32(uint32_t value);
+// 0..15 for a hex digit (either case), -1 for anything else.
+int hex_digit_value(char c);
 // Accepts upper or lower case and an optional "0x" prefix; an odd length or a non-hex
 // character is an error naming the offending position.
 Result<Bytes> hex_decode(std::string_view hex);

@@ -51,6 +51,7 @@ struct RawSignature {
   std::array<uint8_t, 32> r{};
   std::array<uint8_t, 32> s{};
   Bytes concat() const;  // r||s, 64 bytes, as JWS ES256 wants
+  static Result<RawSignature> from_concat(ByteView rs);  // the reverse; exactly 64 bytes
 };
 Result<RawSignature> ecdsa_raw_from_der(ByteView der);
 
