@@ -13,7 +13,25 @@ packages=(
   catch2 libbenchmark-dev
   clang-14 libclang-rt-14-dev
   iproute2 procps
+  libsystemd-dev
 )
+# The end-to-end peers (the official MCP SDK and reference servers) run on Node.js; Debian's
+# packages only when the machine has no node and npm of its own.
+command -v node >/dev/null 2>&1 || packages+=(nodejs)
+command -v npm >/dev/null 2>&1 || packages+=(npm)
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# npm ci from the committed lock file, again only when the lock file changed since the last one.
+install_e2e() {
+  local dir=$root/tests/e2e stamp=$root/tests/e2e/node_modules/.outpost-lock-sha256
+  [[ -f $dir/package-lock.json ]] || return 0
+  local want
+  want=$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)
+  if [[ -f $stamp && $(cat "$stamp") == "$want" ]]; then return 0; fi
+  echo "setup: npm ci in tests/e2e"
+  (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  echo "$want" >"$stamp"
+}
 
 missing=()
 for p in "${packages[@]}"; do
@@ -24,6 +42,7 @@ done
 
 if ((${#missing[@]} == 0)); then
   echo "setup: all ${#packages[@]} packages present"
+  install_e2e
   exit 0
 fi
 
@@ -33,4 +52,5 @@ if [[ $(id -u) -ne 0 ]]; then sudo_cmd=(sudo); fi
 export DEBIAN_FRONTEND=noninteractive
 "${sudo_cmd[@]}" apt-get update -qq
 "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+install_e2e
 echo "setup: done"

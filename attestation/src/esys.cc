@@ -3,6 +3,8 @@
 #include <tss2/tss2_rc.h>
 #include <tss2/tss2_tctildr.h>
 
+#include <cstring>
+
 #include "outpost/base/bytes.h"
 #include "outpost/base/errors.h"
 #include "tss2_check.h"
@@ -22,6 +24,12 @@ TSS2_RC base_rc(TSS2_RC rc) {
 TSS2_RC rc_of(const Error& e) {
   if (e.code().category() != tss2_category()) return 0;
   return static_cast<TSS2_RC>(e.code().value());
+}
+
+void EsysFreeWiped::operator()(TPM2B_SENSITIVE_DATA* p) const {
+  if (p == nullptr) return;
+  explicit_bzero(p, sizeof *p);
+  Esys_Free(p);
 }
 
 Handle& Handle::operator=(Handle&& o) noexcept {
@@ -154,8 +162,9 @@ Result<EsysPtr<TPM2B_PUBLIC>> Esys::read_public(ESYS_TR object, EsysPtr<TPM2B_NA
   return EsysPtr<TPM2B_PUBLIC>(pub);
 }
 
-Result<CreatedKey> Esys::create(ESYS_TR parent, const TPM2B_PUBLIC& in_public) {
-  TPM2B_SENSITIVE_CREATE sensitive{};
+Result<CreatedKey> Esys::create(ESYS_TR parent, const TPM2B_PUBLIC& in_public,
+                                const TPM2B_SENSITIVE_CREATE* in_sensitive) {
+  const TPM2B_SENSITIVE_CREATE empty{};
   TPM2B_DATA outside{};
   TPML_PCR_SELECTION creation_pcr{};
   TPM2B_PRIVATE* out_private = nullptr;
@@ -163,7 +172,8 @@ Result<CreatedKey> Esys::create(ESYS_TR parent, const TPM2B_PUBLIC& in_public) {
   TPM2B_CREATION_DATA* creation_data = nullptr;
   TPM2B_DIGEST* creation_hash = nullptr;
   TPMT_TK_CREATION* ticket = nullptr;
-  TSS2_RC rc = Esys_Create(ctx_, parent, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &sensitive, &in_public,
+  TSS2_RC rc = Esys_Create(ctx_, parent, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
+                           in_sensitive != nullptr ? in_sensitive : &empty, &in_public,
                            &outside, &creation_pcr, &out_private, &out_public, &creation_data, &creation_hash,
                            &ticket);
   Esys_Free(creation_data);
@@ -179,6 +189,14 @@ Result<Handle> Esys::load(ESYS_TR parent, const TPM2B_PRIVATE& priv, const TPM2B
   OUTPOST_TRY_VOID(check(Esys_Load(ctx_, parent, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &priv, &pub, &tr),
                          "Esys_Load"));
   return Handle(this, tr, Handle::Kind::transient);
+}
+
+Result<SensitiveDataPtr> Esys::unseal(ESYS_TR item) {
+  TPM2B_SENSITIVE_DATA* data = nullptr;
+  TSS2_RC rc = Esys_Unseal(ctx_, item, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &data);
+  SensitiveDataPtr out(data);
+  OUTPOST_TRY_VOID(check(rc, "Esys_Unseal"));
+  return out;
 }
 
 Result<EsysPtr<TPMT_SIGNATURE>> Esys::sign(ESYS_TR key, const TPM2B_DIGEST& digest) {

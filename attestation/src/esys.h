@@ -28,6 +28,12 @@ struct EsysFree {
 template <class T>
 using EsysPtr = std::unique_ptr<T, EsysFree>;
 
+// For unsealed plaintext: wiped before ESAPI's memory is freed.
+struct EsysFreeWiped {
+  void operator()(TPM2B_SENSITIVE_DATA* p) const;
+};
+using SensitiveDataPtr = std::unique_ptr<TPM2B_SENSITIVE_DATA, EsysFreeWiped>;
+
 class Esys;
 
 class Handle {
@@ -98,8 +104,12 @@ class Esys {
   Result<void> evict_control(ESYS_TR auth, const Handle& object, TPM2_HANDLE persistent);
   Result<void> evict_persistent(ESYS_TR auth, Handle& persistent);
   Result<EsysPtr<TPM2B_PUBLIC>> read_public(ESYS_TR object, EsysPtr<TPM2B_NAME>* name);
-  Result<CreatedKey> create(ESYS_TR parent, const TPM2B_PUBLIC& in_public);
+  // `sensitive` carries data to seal (a KEYEDHASH object); null for a key the TPM generates.
+  Result<CreatedKey> create(ESYS_TR parent, const TPM2B_PUBLIC& in_public,
+                            const TPM2B_SENSITIVE_CREATE* sensitive = nullptr);
   Result<Handle> load(ESYS_TR parent, const TPM2B_PRIVATE& priv, const TPM2B_PUBLIC& pub);
+
+  Result<SensitiveDataPtr> unseal(ESYS_TR item);
 
   Result<EsysPtr<TPMT_SIGNATURE>> sign(ESYS_TR key, const TPM2B_DIGEST& digest);
   Result<SignedAttest> certify(ESYS_TR object, ESYS_TR sign_key, const TPM2B_DATA& qualifying);

@@ -87,6 +87,18 @@ TPM2B_PUBLIC signing_key_template() {
   return t;
 }
 
+TPM2B_PUBLIC sealed_data_template() {
+  TPM2B_PUBLIC t{};
+  t.publicArea.type = TPM2_ALG_KEYEDHASH;
+  t.publicArea.nameAlg = TPM2_ALG_SHA256;
+  // No sensitiveDataOrigin (the caller supplies the data), no sign or decrypt (TPM2_Unseal
+  // requires both clear), no authPolicy: userWithAuth with the empty password.
+  t.publicArea.objectAttributes =
+      TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT | TPMA_OBJECT_USERWITHAUTH | TPMA_OBJECT_NODA;
+  t.publicArea.parameters.keyedHashDetail.scheme.scheme = TPM2_ALG_NULL;
+  return t;
+}
+
 ESYS_TR primary_hierarchy(PrimaryKey kind) {
   return kind == PrimaryKey::srk ? ESYS_TR_RH_OWNER : ESYS_TR_RH_ENDORSEMENT;
 }

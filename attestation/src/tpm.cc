@@ -328,6 +328,46 @@ Result<KeyBlob> Tpm::create_signing_key(uint32_t parent_handle) {
   });
 }
 
+Result<KeyBlob> Tpm::seal(uint32_t parent_handle, ByteView secret) {
+  if (secret.empty()) return fail(errc::invalid_argument, "cannot seal an empty secret");
+  if (secret.size() > kMaxSealedBytes) {
+    return fail(errc::invalid_argument, "a secret of " + std::to_string(secret.size()) +
+                                            " bytes is over the TPM's limit of " + std::to_string(kMaxSealedBytes) +
+                                            " bytes for sealed data");
+  }
+  static_assert(kMaxSealedBytes <= sizeof(TPM2B_SENSITIVE_DATA::buffer));
+  return queue_->executor.run([&]() -> Result<KeyBlob> {
+    OUTPOST_TRY(ESYS_TR parent, ref(*esys_, queue_->refs, parent_handle));
+    TPM2B_SENSITIVE_CREATE sensitive{};
+    sensitive.sensitive.data.size = static_cast<UINT16>(secret.size());
+    std::memcpy(sensitive.sensitive.data.buffer, secret.data(), secret.size());
+    Result<detail::CreatedKey> created = esys_->create(parent, detail::sealed_data_template(), &sensitive);
+    explicit_bzero(&sensitive, sizeof sensitive);
+    if (!created) return fail(created.error().wrap("seal under " + hex32(parent_handle)));
+    return KeyBlob{detail::marshal_public(*created->out_public), detail::marshal_private(*created->out_private)};
+  });
+}
+
+Result<Bytes> Tpm::unseal(uint32_t parent_handle, const KeyBlob& blob) {
+  OUTPOST_TRY(TPM2B_PUBLIC pub, detail::unmarshal_public(blob.public_area));
+  OUTPOST_TRY(TPM2B_PRIVATE priv, detail::unmarshal_private(blob.private_area));
+  const TPMA_OBJECT attrs = pub.publicArea.objectAttributes;
+  if (pub.publicArea.type != TPM2_ALG_KEYEDHASH || (attrs & (TPMA_OBJECT_SIGN_ENCRYPT | TPMA_OBJECT_DECRYPT)) != 0) {
+    return fail(errc::invalid_argument, "the blob is not a sealed data object");
+  }
+  return queue_->executor.run([&]() -> Result<Bytes> {
+    OUTPOST_TRY(ESYS_TR parent, ref(*esys_, queue_->refs, parent_handle));
+    Result<Handle> item = esys_->load(parent, priv, pub);
+    if (!item) {
+      return fail(item.error().wrap("the sealed blob does not load under " + hex32(parent_handle) +
+                                    " (sealed by another TPM or parent, or altered)"));
+    }
+    // `data` is wiped and `item` flushed on the way out, errors included.
+    OUTPOST_TRY(detail::SensitiveDataPtr data, esys_->unseal(item->get()));
+    return Bytes(data->buffer, data->buffer + data->size);
+  });
+}
+
 Tpm::LoadedKey::~LoadedKey() {
   if (tpm_ != nullptr) tpm_->flush_loaded(tr_);
 }

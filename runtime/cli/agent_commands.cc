@@ -67,10 +67,11 @@ int key(const Args& args) {
 }  // namespace
 
 int agent_command(const Args& args) {
-  if (args.empty()) throw UsageError("usage: outpost agent key [--help]");
+  if (args.empty()) throw UsageError("usage: outpost agent key|deploy|list|stop|logs [--help]");
   Args rest(args.begin() + 1, args.end());
   if (args[0] == "key") return key(rest);
-  throw UsageError("unknown agent command \"" + args[0] + "\" (key)");
+  if (int r = agent_daemon_command(args[0], rest); r >= 0) return r;
+  throw UsageError("unknown agent command \"" + args[0] + "\" (key, deploy, list, stop, logs)");
 }
 
 }  // namespace outpost::cli

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "outpost/attestation/tpm.h"
+#include "outpost/base/bytes.h"
 #include "outpost/base/result.h"
 #include "outpost/boards/board.h"
 
@@ -65,5 +66,13 @@ int bundle_command(const Args& args);
 int decide_command(const Args& args);
 int policy_command(const Args& args);
 int status_command(const Args& args);
+int token_command(const Args& args);   // token_commands.cc
+int secret_command(const Args& args);  // secret_commands.cc
+int mcp_command(const Args& args);
+// agent deploy/list/stop/logs through outpostd; -1 when `sub` is none of them.
+int agent_daemon_command(const std::string& sub, const Args& rest);
+// Whether outpostd answers on `socket`; installing through it while it owns the TPM.
+bool daemon_running(const std::filesystem::path& socket);
+Result<uint64_t> install_through_daemon(const std::filesystem::path& socket, ByteView bundle);
 
 }  // namespace outpost::cli

@@ -18,6 +18,12 @@ operator:
   trust pin ROOT.json | trust update ROOT…     the node's bundle trust anchors
   bundle install B                             verify and install a signed bundle (TPM-bound)
   status [--json]                              bundle in force, life and offline budget left
+  secret seal NAME [--in FILE] | secret list   tool secrets sealed by the TPM (outpostd stopped)
+  agent deploy MANIFEST | list | stop N | logs N   agents under outpostd
+agent (its MCP configuration runs this):
+  mcp connect SERVER                           the road to an MCP server, through policy
+tool authors:
+  token verify TOKEN (--key PEM | --agent N)   check a call-scoped credential offline
 central IAM:
   keygen --out key.pem                         a bundle-signing key (ECDSA P-256)
   trust init --key PUB… --threshold K -o T     a root of trust; trust rotate/sign for rotations
@@ -55,6 +61,9 @@ int main(int argc, char** argv) {
     if (group == "decide") return outpost::cli::decide_command(rest);
     if (group == "policy") return outpost::cli::policy_command(rest);
     if (group == "status") return outpost::cli::status_command(rest);
+    if (group == "token") return outpost::cli::token_command(rest);
+    if (group == "secret") return outpost::cli::secret_command(rest);
+    if (group == "mcp") return outpost::cli::mcp_command(rest);
     throw outpost::cli::UsageError("unknown command \"" + group + "\" (see outpost --help)");
   } catch (const outpost::cli::UsageError& e) {
     std::fprintf(stderr, "outpost: %s\n", e.what());

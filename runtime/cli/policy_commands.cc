@@ -6,6 +6,7 @@
 #include <iostream>
 
 #include "cli.h"
+#include "daemon/api.h"
 #include "outpost/attestation/node.h"
 #include "outpost/base/errors.h"
 #include "outpost/base/files.h"
@@ -366,6 +367,16 @@ int bundle_install(const Args& args) {
   if (!vm) return kExitOk;
   auto bytes = read_file((*vm)["bundle"].as<std::string>(), offline_cache::kMaxBundleBytes);
   if (!bytes) return report(bytes.error());
+  // While outpostd runs it owns the TPM: the install goes through it (and reaches its agents).
+  if (auto ctx = resolve_node(*vm); ctx && !vm->count("accept-missing-state")) {
+    const std::filesystem::path socket = daemon::default_socket(ctx->state_dir);
+    if (daemon_running(socket)) {
+      auto v = install_through_daemon(socket, *bytes);
+      if (!v) return report(v.error());
+      std::cout << "installed bundle v" << *v << " through outpostd\n";
+      return kExitOk;
+    }
+  }
   auto n = open_node_store(*vm);
   if (!n) return report(n.error());
   auto store = store_of(*n);

@@ -664,6 +664,23 @@ Decision Engine::Impl::decide(const Request& req, Mode mode, RateLimiter* rates,
 Engine::Engine() : impl_(std::make_unique<Impl>()) {}
 Engine::~Engine() = default;
 
+bool Engine::could_allow(std::string_view agent, std::string_view server, std::string_view tool, Mode mode) const {
+  if (mode == Mode::deny_all) return false;
+  const Impl& m = *impl_;
+  int64_t ai = m.find_agent(agent);
+  int64_t ti = m.find_tool(server, tool);
+  if (ai < 0 || ti < 0 || m.agents[static_cast<size_t>(ai)].revoked) return false;
+  const size_t pi = m.pair(static_cast<uint32_t>(ai), static_cast<uint32_t>(ti));
+  if (!m.granted[pi]) return false;
+  const auto& p = (mode == Mode::safe_set ? m.safe : m.normal).pairs[pi];
+  return p[2] > p[1];  // the pair has at least one allow rule
+}
+
+uint8_t Engine::output_sensitivity(std::string_view server, std::string_view tool) const {
+  int64_t ti = impl_->find_tool(server, tool);
+  return ti < 0 ? 0 : impl_->tools[static_cast<size_t>(ti)].output_sensitivity;
+}
+
 uint64_t Engine::version() const { return impl_->version; }
 size_t Engine::rule_count() const { return impl_->normal.rules.size(); }
 

@@ -109,6 +109,13 @@ class Engine {
   // The id of a deciding or shadow rule of `d` (flow rules too: kFlowBase + i).
   std::string rule_id(const Decision& d, uint32_t index) const;
 
+  // Whether some call of `agent` to server/tool could be allowed in `mode`: the agent is known
+  // and not revoked, the tool is declared and granted to it, and at least one enforced allow
+  // rule covers the pair. What the broker shows in tools/list; decide() still rules each call.
+  bool could_allow(std::string_view agent, std::string_view server, std::string_view tool, Mode mode) const;
+  // The label a call's result carries (the tool's output_sensitivity); 0 for unknown tools.
+  uint8_t output_sensitivity(std::string_view server, std::string_view tool) const;
+
   uint64_t version() const;
   size_t rule_count() const;
 

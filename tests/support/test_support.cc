@@ -1,6 +1,7 @@
 #include "test_support.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <netinet/in.h>
 #include <spawn.h>
 #include <sys/socket.h>
@@ -128,6 +129,56 @@ CommandResult run_outpost(const std::vector<std::string>& args, const std::vecto
 }
 
 std::string tpm_cycle_path() { return OUTPOST_TPM_CYCLE_PATH; }
+std::string outpostd_path() { return OUTPOST_DAEMON_PATH; }
+std::string outpost_cli_path() { return OUTPOST_CLI_PATH; }
+
+Background::Background(const std::vector<std::string>& argv, const std::filesystem::path& log,
+                       const std::vector<std::string>& env) {
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_addopen(&actions, 1, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
+  posix_spawn_file_actions_adddup2(&actions, 1, 2);
+  std::vector<std::string> envs;
+  for (char** e = environ; *e; ++e) envs.emplace_back(*e);
+  envs.insert(envs.end(), env.begin(), env.end());
+  std::vector<char*> cargv, cenv;
+  for (const auto& a : argv) cargv.push_back(const_cast<char*>(a.c_str()));
+  cargv.push_back(nullptr);
+  for (const auto& e : envs) cenv.push_back(const_cast<char*>(e.c_str()));
+  cenv.push_back(nullptr);
+  int rc = ::posix_spawn(&pid_, cargv[0], &actions, nullptr, cargv.data(), cenv.data());
+  posix_spawn_file_actions_destroy(&actions);
+  REQUIRE(rc == 0);
+}
+
+Background::~Background() {
+  if (pid_ > 0 && status_ < 0) stop(SIGTERM, 10000);
+}
+
+bool Background::running() {
+  if (status_ >= 0) return false;
+  int st = 0;
+  if (::waitpid(pid_, &st, WNOHANG) == pid_) {
+    status_ = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    return false;
+  }
+  return true;
+}
+
+int Background::stop(int sig, int timeout_ms) {
+  if (!running()) return status_;
+  ::kill(pid_, sig);
+  for (int waited = 0; waited < timeout_ms; waited += 20) {
+    if (!running()) return status_;
+    ::usleep(20000);
+  }
+  ::kill(pid_, SIGKILL);
+  int st = 0;
+  ::waitpid(pid_, &st, 0);
+  status_ = 128 + SIGKILL;
+  return -1;
+}
 
 int unused_port() {
   int fd = ::socket(AF_INET, SOCK_STREAM, 0);

@@ -56,6 +56,29 @@ std::string tpm_cycle_path();
 // Runs any program, capturing its output.
 CommandResult run_program(const std::vector<std::string>& argv, const std::vector<std::string>& env = {});
 
+// A program started in the background (a daemon under test), its output to `log`. Stopped by
+// its pid: SIGTERM, then SIGKILL after a grace period, when this goes away.
+class Background {
+ public:
+  Background(const std::vector<std::string>& argv, const std::filesystem::path& log,
+             const std::vector<std::string>& env = {});
+  ~Background();
+  Background(const Background&) = delete;
+  Background& operator=(const Background&) = delete;
+  int pid() const { return pid_; }
+  bool running();
+  // Sends `sig` and waits up to `timeout_ms` for the exit; the exit code (128+signal), or -1.
+  int stop(int sig = 15, int timeout_ms = 15000);
+
+ private:
+  int pid_ = -1;
+  int status_ = -1;
+};
+
+// The outpostd daemon and the outpost CLI built alongside the tests.
+std::string outpostd_path();
+std::string outpost_cli_path();
+
 // A loopback TCP port with nothing listening on it right now.
 int unused_port();
 

@@ -120,6 +120,20 @@ class Tpm {
   // TPM2_Certify of `key` by the AK at `ak_handle`.
   Result<SignedAttestation> certify(const LoadedKey& key, uint32_t ak_handle, ByteView qualifying_data);
 
+  // ---- sealed data ----
+  // The most one sealed object holds: MAX_SYM_DATA of the TPM 2.0 specification (tss2's
+  // TPM2B_SENSITIVE_DATA has room for more than a TPM accepts).
+  static constexpr size_t kMaxSealedBytes = 128;
+  // TPM2_Create of a KEYEDHASH data object under `parent_handle` holding `secret` (1 to
+  // kMaxSealedBytes bytes). The blob is encrypted and integrity-protected by the parent: only
+  // this TPM, under this parent, can unseal it. The object's auth is the empty password, so
+  // whoever can both talk to this TPM and read the blob can unseal it.
+  Result<KeyBlob> seal(uint32_t parent_handle, ByteView secret);
+  // Load, TPM2_Unseal, flush. A blob of another TPM or parent, or an altered one, fails at Load
+  // (TPM_RC_INTEGRITY); a blob that is not a sealed data object is refused before the TPM sees
+  // it. The copies this function makes are wiped; the caller owns (and should wipe) the result.
+  Result<Bytes> unseal(uint32_t parent_handle, const KeyBlob& blob);
+
   // ---- PCRs, quotes, clock, counters ----
   // TPM2_Quote by the AK; the PCR values are read right after, and the quote is retaken if a
   // PCR changed in between, so the values returned are the ones the quote signs.

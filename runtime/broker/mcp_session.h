@@ -1,0 +1,129 @@
+// The MCP broker's logic for one agent <-> server connection, without I/O.
+//
+// MCP is JSON-RPC 2.0 with one JSON object per line (stdio transport). The broker sits between
+// the agent (the MCP client) and one MCP server and:
+//   * forwards every line unchanged (requests, responses, notifications, progress, server-to-
+//     client requests such as roots/list and sampling) — the bytes the peer sees are the bytes
+//     that were sent, except for the two rewrites below;
+//   * decides every `tools/call` from the client before the server sees it: a denied call is
+//     answered by the broker with a CallToolResult marked isError and the reason, and is never
+//     forwarded; an allowed call whose rule sets a credential TTL carries a call-scoped
+//     credential in params._meta["outpost/credential"] (the one rewrite of a client line);
+//   * filters the result of `tools/list` to tools the policy could allow (the one rewrite of a
+//     server line);
+//   * answers a line that is not JSON with a JSON-RPC parse error (-32700), and a JSON value that
+//     is not a JSON-RPC message with -32600, never forwarding either.
+//
+// Ids are never rewritten: the broker adds no requests of its own, so the client's id space
+// (client -> server requests) and the server's (server -> client requests) stay separate as
+// they are. The broker remembers only the ids of pending tools/list requests, to find their
+// responses; a response is told from a request by having no "method".
+//
+// JSON-RPC batches (arrays; in MCP 2025-03-26 only) are refused with -32600 per element: the
+// SDKs of the versions we support do not send them, and splitting one would reorder responses.
+//
+// Not thread-safe: one session per connection, driven by one strand.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <set>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <boost/json/value.hpp>
+
+#include "outpost/base/result.h"
+#include "policy/engine.h"
+
+namespace outpost::broker {
+
+// What was decided, for the audit log.
+struct DecisionRecord {
+  int64_t time = 0;
+  std::string agent, task, server, tool;
+  bool allow = false;
+  std::string verdict;             // policy::verdict_name
+  std::vector<std::string> rules;  // deciding rule ids
+  std::vector<std::string> shadow; // shadow rules that matched
+  uint64_t bundle_version = 0;
+  std::string args_sha256;         // hex SHA-256 of the canonical arguments
+  std::string reason;              // the engine's explanation
+  bool credential = false;         // a credential was minted for the call
+};
+
+// Where decisions go. The audit log (issue 5) implements it; until then an append-only file.
+// An allowed call whose record cannot be written is denied instead: nothing goes out unrecorded.
+class DecisionSink {
+ public:
+  virtual ~DecisionSink() = default;
+  virtual Result<void> record(const DecisionRecord& r) = 0;
+};
+
+// The policy the session decides against, read at each call (a new bundle applies at once).
+struct PolicyView {
+  std::shared_ptr<const policy::Engine> engine;  // null: no bundle in force -> deny all
+  policy::Mode mode = policy::Mode::deny_all;
+  int64_t not_after = 0;                          // the bundle's end of life (credential TTL cap)
+};
+
+// Mints a call-scoped credential: (decision record, ttl seconds) -> compact JWS.
+using CredentialMinter = std::function<Result<std::string>(const DecisionRecord&, const boost::json::value* args,
+                                                           int64_t ttl)>;
+
+class McpSession {
+ public:
+  struct Options {
+    std::string agent;
+    std::string task;
+    std::string server;
+    size_t max_history = 4096;  // calls remembered for flow rules (the most sensitive one is kept)
+  };
+  McpSession(Options options, std::function<PolicyView()> policy, DecisionSink* sink,
+             CredentialMinter minter = nullptr, std::function<int64_t()> clock = nullptr);
+
+  // One line from the client (without its newline). Appends what goes to the server and what
+  // goes back to the client, each line ending in '\n'.
+  void from_client(std::string_view line, std::string& to_server, std::string& to_client);
+  // One line from the server. Appends what goes to the client.
+  void from_server(std::string_view line, std::string& to_client);
+  // A line longer than the transport's limit, cut off: answered as a parse error.
+  void oversized_from_client(std::string& to_client);
+
+  struct Stats {
+    uint64_t calls_allowed = 0, calls_denied = 0, parse_errors = 0, server_parse_errors = 0, lists_filtered = 0;
+  };
+  const Stats& stats() const { return stats_; }
+
+ private:
+  struct Event {
+    std::string server, tool;
+    int64_t time = 0;
+    uint8_t sensitivity = 0;
+    boost::json::value args;
+  };
+  void handle_call(const boost::json::object& msg, std::string_view line, std::string& to_server,
+                   std::string& to_client);
+  void deny(const boost::json::value& id, DecisionRecord& rec, std::string& to_client);
+  void remember(std::string_view tool, int64_t now, uint8_t sensitivity, const boost::json::value* args);
+
+  Options options_;
+  std::function<PolicyView()> policy_;
+  DecisionSink* sink_;
+  CredentialMinter minter_;
+  std::function<int64_t()> clock_;
+  std::set<std::string> pending_lists_;  // serialized ids of tools/list requests in flight
+  std::deque<Event> history_;
+  std::vector<policy::SessionEvent> history_view_;
+  uint8_t max_sensitivity_ = 0;          // the most sensitive data this session has received
+  Stats stats_;
+};
+
+// Host and port of a URL ("https://h:8443/x" -> h, 8443; default ports by scheme); false when
+// `url` is not one.
+bool parse_url_destination(std::string_view url, std::string& host, uint16_t& port);
+
+}  // namespace outpost::broker

@@ -1,0 +1,165 @@
+// The commands that talk to outpostd over its socket: agent deploy/list/stop/logs, mcp
+// connect, and bundle install while the daemon owns the TPM.
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <iomanip>
+#include <iostream>
+
+#include <boost/json/serialize.hpp>
+
+#include "cli.h"
+#include "daemon/api.h"
+#include "outpost/base/bytes.h"
+#include "outpost/base/errors.h"
+#include "outpost/base/files.h"
+
+namespace outpost::cli {
+namespace json = boost::json;
+namespace fs = std::filesystem;
+
+namespace {
+
+void add_socket_option(po::options_description& d) {
+  d.add_options()("socket", po::value<std::string>(), "outpostd's socket (default: $OUTPOST_SOCKET, else <state>/outpostd.sock)")(
+      "state", po::value<std::string>(), "state directory (default: $OUTPOST_STATE, else the board's)");
+}
+
+fs::path socket_of(const po::variables_map& vm) {
+  if (vm.count("socket")) return vm["socket"].as<std::string>();
+  fs::path state;
+  if (vm.count("state")) {
+    state = vm["state"].as<std::string>();
+  } else if (const char* s = std::getenv("OUTPOST_STATE"); s && *s) {
+    state = s;
+  } else if (auto b = boards::load_board("sim")) {
+    state = b->state_dir;
+  }
+  return daemon::default_socket(state);
+}
+
+int deploy(const Args& args) {
+  po::options_description d("agent deploy");
+  add_socket_option(d);
+  d.add_options()("manifest", po::value<std::string>()->required(), "agent manifest (YAML)");
+  auto vm = parse(args, "outpost agent deploy MANIFEST.yaml [--socket S]", d, {"manifest"});
+  if (!vm) return kExitOk;
+  const fs::path manifest = fs::absolute((*vm)["manifest"].as<std::string>());
+  auto text = read_text_file(manifest, 1 << 20);
+  if (!text) return report(text.error());
+  auto r = daemon::call_api(socket_of(*vm), {{"op", "deploy"}, {"manifest", *text}, {"base_dir", manifest.parent_path().string()}});
+  if (!r) return report(r.error());
+  std::cout << "deployed; session " << std::string(r->at("session").as_string()) << "\n";
+  return kExitOk;
+}
+
+int list(const Args& args) {
+  po::options_description d("agent list");
+  add_socket_option(d);
+  d.add_options()("json", "print JSON");
+  auto vm = parse(args, "outpost agent list [--json]", d);
+  if (!vm) return kExitOk;
+  auto r = daemon::call_api(socket_of(*vm), {{"op", "list"}});
+  if (!r) return report(r.error());
+  if (vm->count("json")) {
+    std::cout << json::serialize(r->at("agents")) << "\n";
+    return kExitOk;
+  }
+  std::cout << std::left << std::setw(16) << "NAME" << std::setw(12) << "STATE" << std::setw(9) << "PID" << std::setw(10)
+            << "RESTARTS" << "SERVERS\n";
+  for (const auto& v : r->at("agents").as_array()) {
+    const auto& a = v.as_object();
+    std::string servers;
+    for (const auto& s : a.at("mcp_servers").as_array()) servers += (servers.empty() ? "" : ",") + std::string(s.as_string());
+    std::cout << std::setw(16) << std::string(a.at("name").as_string()) << std::setw(12)
+              << std::string(a.at("state").as_string()) << std::setw(9) << a.at("pid").as_int64() << std::setw(10)
+              << a.at("restarts").as_int64() << servers << "\n";
+  }
+  return kExitOk;
+}
+
+int stop(const Args& args) {
+  po::options_description d("agent stop");
+  add_socket_option(d);
+  d.add_options()("name", po::value<std::string>()->required(), "agent name");
+  auto vm = parse(args, "outpost agent stop NAME", d, {"name"});
+  if (!vm) return kExitOk;
+  auto r = daemon::call_api(socket_of(*vm), {{"op", "stop"}, {"name", (*vm)["name"].as<std::string>()}});
+  if (!r) return report(r.error());
+  std::cout << "stopping " << (*vm)["name"].as<std::string>() << "\n";
+  return kExitOk;
+}
+
+int logs(const Args& args) {
+  po::options_description d("agent logs");
+  add_socket_option(d);
+  d.add_options()("name", po::value<std::string>()->required(), "agent name")(
+      "bytes", po::value<int64_t>()->default_value(64 << 10), "how much of the end of the log");
+  auto vm = parse(args, "outpost agent logs NAME [--bytes N]", d, {"name"});
+  if (!vm) return kExitOk;
+  auto r = daemon::call_api(socket_of(*vm), {{"op", "logs"}, {"name", (*vm)["name"].as<std::string>()},
+                                             {"bytes", (*vm)["bytes"].as<int64_t>()}});
+  if (!r) return report(r.error());
+  std::cout << std::string(r->at("log").as_string());
+  return kExitOk;
+}
+
+}  // namespace
+
+int agent_daemon_command(const std::string& sub, const Args& rest) {
+  if (sub == "deploy") return deploy(rest);
+  if (sub == "list") return list(rest);
+  if (sub == "stop") return stop(rest);
+  if (sub == "logs") return logs(rest);
+  return -1;
+}
+
+// outpost mcp connect SERVER: run by the agent as its MCP server. Hands its stdin and stdout to
+// outpostd, which brokers them to the real server, then waits for the end and exits with the
+// server's status. No bytes of MCP traffic pass through this process.
+int mcp_command(const Args& args) {
+  if (args.empty() || args[0] != "connect") throw UsageError("usage: outpost mcp connect SERVER");
+  po::options_description d("mcp connect");
+  add_socket_option(d);
+  d.add_options()("server", po::value<std::string>()->required(), "the MCP server's name in the agent's manifest");
+  auto vm = parse(Args(args.begin() + 1, args.end()), "outpost mcp connect SERVER", d, {"server"});
+  if (!vm) return kExitOk;
+  auto fd = daemon::connect_api(socket_of(*vm));
+  if (!fd) return report(fd.error());
+  json::object req{{"op", "mcp"}, {"server", (*vm)["server"].as<std::string>()}};
+  if (auto s = daemon::send_message(*fd, req, {STDIN_FILENO, STDOUT_FILENO}); !s) return report(s.error());
+  auto reply = daemon::recv_message(*fd);
+  if (!reply) return report(reply.error().wrap("outpostd"));
+  const json::object* o = reply->if_object();
+  if (o == nullptr || !o->contains("ok") || !o->at("ok").is_bool() || !o->at("ok").get_bool()) {
+    std::string text = o != nullptr && o->contains("error") && o->at("error").is_string()
+                           ? std::string(o->at("error").get_string()) : "refused";
+    return report(Error(make_error_code(errc::verification_failed), "outpostd: " + text));
+  }
+  // Our copies of the pipes are not needed: outpostd has its own. Closing them means the
+  // agent sees EOF as soon as outpostd closes its side and this process exits.
+  ::close(STDIN_FILENO);
+  ::close(STDOUT_FILENO);
+  auto done = daemon::recv_message(*fd);
+  if (!done) return kExitFailure;  // outpostd went away
+  const json::object* d2 = done->if_object();
+  if (d2 != nullptr && d2->contains("status") && d2->at("status").is_int64()) {
+    return static_cast<int>(d2->at("status").get_int64() & 0xff);
+  }
+  return kExitOk;
+}
+
+// `bundle install` while outpostd runs: the daemon owns the TPM, so it installs.
+Result<uint64_t> install_through_daemon(const fs::path& socket, ByteView bundle) {
+  OUTPOST_TRY(json::object r, daemon::call_api(socket, {{"op", "install"}, {"bundle", base64_encode(bundle)}}));
+  return static_cast<uint64_t>(r.at("version").to_number<uint64_t>());
+}
+
+bool daemon_running(const fs::path& socket) {
+  auto fd = daemon::connect_api(socket);
+  if (!fd) return false;
+  ::close(*fd);
+  return true;
+}
+
+}  // namespace outpost::cli

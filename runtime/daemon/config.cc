@@ -1,0 +1,204 @@
+#include "daemon/config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <set>
+
+#include "outpost/base/errors.h"
+#include "outpost/base/files.h"
+
+namespace outpost::daemon {
+namespace fs = std::filesystem;
+
+namespace {
+
+// Strict reading of one YAML document: every error names "SOURCE:LINE: field.path".
+class Reader {
+ public:
+  explicit Reader(std::string_view source) : source_(source) {}
+
+  Error bad(const YAML::Node& n, const std::string& what) const {
+    return Error(make_error_code(errc::invalid_argument),
+                 source_ + ":" + std::to_string(n.Mark().line + 1) + ": " + what);
+  }
+  Result<void> fields(const YAML::Node& map, const std::string& path, const std::set<std::string>& allowed) const {
+    if (!map.IsMap()) return fail(bad(map, path + " must be a mapping"));
+    for (const auto& kv : map) {
+      if (!kv.first.IsScalar()) return fail(bad(kv.first, path + " has a key that is not a string"));
+      if (!allowed.count(kv.first.Scalar())) return fail(bad(kv.first, "unknown field " + path + "." + kv.first.Scalar()));
+    }
+    return ok();
+  }
+  Result<std::string> text(const YAML::Node& n, const std::string& path) const {
+    if (!n.IsScalar()) return fail(bad(n, path + " must be a string"));
+    return n.Scalar();
+  }
+  template <class T>
+  Result<T> number(const YAML::Node& n, const std::string& path) const {
+    try {
+      if (!n.IsScalar()) throw YAML::Exception(n.Mark(), "");
+      return n.as<T>();
+    } catch (const YAML::Exception&) {
+      return fail(bad(n, path + " must be a non-negative integer"));
+    }
+  }
+  Result<std::vector<std::string>> texts(const YAML::Node& n, const std::string& path) const {
+    if (!n.IsSequence()) return fail(bad(n, path + " must be a list"));
+    std::vector<std::string> out;
+    for (size_t i = 0; i < n.size(); ++i) {
+      OUTPOST_TRY(std::string s, text(n[i], path + "[" + std::to_string(i) + "]"));
+      out.push_back(std::move(s));
+    }
+    return out;
+  }
+  Result<std::vector<std::pair<std::string, std::string>>> env_map(const YAML::Node& n, const std::string& path) const {
+    if (!n.IsMap()) return fail(bad(n, path + " must be a mapping of NAME: value"));
+    std::vector<std::pair<std::string, std::string>> out;
+    for (const auto& kv : n) {
+      OUTPOST_TRY(std::string k, text(kv.first, path));
+      OUTPOST_TRY(std::string v, text(kv.second, path + "." + k));
+      out.emplace_back(std::move(k), std::move(v));
+    }
+    return out;
+  }
+
+ private:
+  std::string source_;
+};
+
+Result<YAML::Node> load_yaml(std::string_view yaml, std::string_view source) {
+  try {
+    YAML::Node root = YAML::Load(std::string(yaml));
+    if (!root.IsMap()) return fail(make_error_code(errc::invalid_argument), std::string(source) + ": not a YAML mapping");
+    return root;
+  } catch (const YAML::Exception& e) {
+    return fail(make_error_code(errc::invalid_argument),
+                std::string(source) + ":" + std::to_string(e.mark.line + 1) + ": " + e.msg);
+  }
+}
+
+fs::path resolve(const fs::path& base, const std::string& p) {
+  fs::path path(p);
+  return (path.is_absolute() ? path : base / path).lexically_normal();
+}
+
+}  // namespace
+
+Result<DaemonConfig> parse_daemon_config(std::string_view yaml, std::string_view source) {
+  OUTPOST_TRY(YAML::Node root, load_yaml(yaml, source));
+  Reader r(source);
+  DaemonConfig c;
+  OUTPOST_TRY_VOID(r.fields(root, "outpostd", {"board", "state_dir", "tcti", "socket", "inbox", "api", "limits", "sandbox",
+                                               "inbox_poll_ms", "life_check_s"}));
+  if (root["board"]) { OUTPOST_TRY(c.board, r.text(root["board"], "board")); }
+  if (root["state_dir"]) { OUTPOST_TRY(std::string s, r.text(root["state_dir"], "state_dir")); c.state_dir = s; }
+  if (root["tcti"]) { OUTPOST_TRY(c.tcti, r.text(root["tcti"], "tcti")); }
+  if (root["socket"]) { OUTPOST_TRY(std::string s, r.text(root["socket"], "socket")); c.socket = s; }
+  if (root["inbox"]) { OUTPOST_TRY(std::string s, r.text(root["inbox"], "inbox")); c.inbox = s; }
+  if (root["inbox_poll_ms"]) { OUTPOST_TRY(c.inbox_poll_ms, r.number<uint32_t>(root["inbox_poll_ms"], "inbox_poll_ms")); }
+  if (root["life_check_s"]) { OUTPOST_TRY(c.life_check_s, r.number<uint32_t>(root["life_check_s"], "life_check_s")); }
+  if (YAML::Node api = root["api"]) {
+    OUTPOST_TRY_VOID(r.fields(api, "api", {"allow_uids", "allow_gids"}));
+    auto ids = [&](const char* key, std::vector<uint32_t>& out) -> Result<void> {
+      if (!api[key]) return ok();
+      if (!api[key].IsSequence()) return fail(r.bad(api[key], std::string("api.") + key + " must be a list"));
+      out.clear();
+      for (const auto& n : api[key]) {
+        OUTPOST_TRY(uint32_t id, r.number<uint32_t>(n, std::string("api.") + key));
+        out.push_back(id);
+      }
+      return ok();
+    };
+    OUTPOST_TRY_VOID(ids("allow_uids", c.allow_uids));
+    OUTPOST_TRY_VOID(ids("allow_gids", c.allow_gids));
+  }
+  if (YAML::Node l = root["limits"]) {
+    OUTPOST_TRY_VOID(r.fields(l, "limits", {"max_agents", "max_binary_bytes", "max_line_bytes", "max_log_bytes"}));
+    if (l["max_agents"]) { OUTPOST_TRY(c.max_agents, r.number<uint32_t>(l["max_agents"], "limits.max_agents")); }
+    if (l["max_binary_bytes"]) { OUTPOST_TRY(c.max_binary_bytes, r.number<uint64_t>(l["max_binary_bytes"], "limits.max_binary_bytes")); }
+    if (l["max_line_bytes"]) { OUTPOST_TRY(c.max_line_bytes, r.number<uint64_t>(l["max_line_bytes"], "limits.max_line_bytes")); }
+    if (l["max_log_bytes"]) { OUTPOST_TRY(c.max_log_bytes, r.number<uint64_t>(l["max_log_bytes"], "limits.max_log_bytes")); }
+    if (c.max_line_bytes < (1u << 20)) return fail(r.bad(l, "limits.max_line_bytes must be at least 1 MiB"));
+  }
+  if (YAML::Node s = root["sandbox"]) {
+    OUTPOST_TRY_VOID(r.fields(s, "sandbox", {"system_read_only"}));
+    if (s["system_read_only"]) {
+      OUTPOST_TRY(auto paths, r.texts(s["system_read_only"], "sandbox.system_read_only"));
+      c.system_read_only.assign(paths.begin(), paths.end());
+      for (const auto& p : c.system_read_only) {
+        if (!p.is_absolute()) return fail(r.bad(s, "sandbox.system_read_only: " + p.string() + " is not absolute"));
+      }
+    }
+  }
+  return c;
+}
+
+Result<DaemonConfig> load_daemon_config(const fs::path& file) {
+  OUTPOST_TRY(std::string text, read_text_file(file, 1 << 20));
+  return parse_daemon_config(text, file.string());
+}
+
+Result<AgentManifest> parse_manifest(std::string_view yaml, std::string_view source, const fs::path& base_dir) {
+  OUTPOST_TRY(YAML::Node root, load_yaml(yaml, source));
+  Reader r(source);
+  AgentManifest m;
+  m.source = std::string(yaml);
+  m.base_dir = base_dir;
+  OUTPOST_TRY_VOID(r.fields(root, "agent", {"name", "command", "args", "binary", "workdir", "read_only", "env_allow", "env",
+                                            "task", "restart", "mcp_servers"}));
+  if (!root["name"]) return fail(r.bad(root, "missing field agent.name"));
+  OUTPOST_TRY(m.name, r.text(root["name"], "name"));
+  if (!root["command"]) return fail(r.bad(root, "missing field agent.command"));
+  OUTPOST_TRY(std::string command, r.text(root["command"], "command"));
+  m.command = resolve(base_dir, command);
+  if (root["args"]) { OUTPOST_TRY(m.args, r.texts(root["args"], "args")); }
+  if (root["binary"]) { OUTPOST_TRY(std::string b, r.text(root["binary"], "binary")); m.binary = resolve(base_dir, b); }
+  else m.binary = m.command;
+  if (root["workdir"]) { OUTPOST_TRY(std::string w, r.text(root["workdir"], "workdir")); m.workdir = resolve(base_dir, w); }
+  if (root["read_only"]) {
+    OUTPOST_TRY(auto ro, r.texts(root["read_only"], "read_only"));
+    for (const auto& p : ro) m.read_only.push_back(resolve(base_dir, p));
+  }
+  if (root["env_allow"]) { OUTPOST_TRY(m.env_allow, r.texts(root["env_allow"], "env_allow")); }
+  if (root["env"]) { OUTPOST_TRY(m.env, r.env_map(root["env"], "env")); }
+  if (root["task"]) { OUTPOST_TRY(m.task, r.text(root["task"], "task")); }
+  if (root["restart"]) {
+    OUTPOST_TRY(std::string s, r.text(root["restart"], "restart"));
+    if (s == "never") m.restart = RestartPolicy::never;
+    else if (s == "on-failure") m.restart = RestartPolicy::on_failure;
+    else if (s == "always") m.restart = RestartPolicy::always;
+    else return fail(r.bad(root["restart"], "restart must be never, on-failure or always"));
+  }
+  if (YAML::Node servers = root["mcp_servers"]) {
+    if (!servers.IsMap()) return fail(r.bad(servers, "mcp_servers must be a mapping of NAME: {command, args, ...}"));
+    for (const auto& kv : servers) {
+      McpServerSpec s;
+      OUTPOST_TRY(s.name, r.text(kv.first, "mcp_servers"));
+      const std::string path = "mcp_servers." + s.name;
+      const YAML::Node& n = kv.second;
+      OUTPOST_TRY_VOID(r.fields(n, path, {"command", "args", "env_allow", "env", "secrets", "cwd"}));
+      if (!n["command"]) return fail(r.bad(n, "missing field " + path + ".command"));
+      OUTPOST_TRY(std::string cmd, r.text(n["command"], path + ".command"));
+      s.command = resolve(base_dir, cmd);
+      if (n["args"]) { OUTPOST_TRY(s.args, r.texts(n["args"], path + ".args")); }
+      if (n["env_allow"]) { OUTPOST_TRY(s.env_allow, r.texts(n["env_allow"], path + ".env_allow")); }
+      if (n["env"]) { OUTPOST_TRY(s.env, r.env_map(n["env"], path + ".env")); }
+      if (n["cwd"]) { OUTPOST_TRY(std::string c, r.text(n["cwd"], path + ".cwd")); s.cwd = resolve(base_dir, c); }
+      if (n["secrets"]) {
+        if (!n["secrets"].IsSequence()) return fail(r.bad(n["secrets"], path + ".secrets must be a list"));
+        for (const auto& sn : n["secrets"]) {
+          OUTPOST_TRY_VOID(r.fields(sn, path + ".secrets[]", {"name", "env"}));
+          if (!sn["name"] || !sn["env"]) return fail(r.bad(sn, path + ".secrets[] needs name and env"));
+          SecretRef ref;
+          OUTPOST_TRY(ref.name, r.text(sn["name"], path + ".secrets[].name"));
+          OUTPOST_TRY(ref.env, r.text(sn["env"], path + ".secrets[].env"));
+          s.secrets.push_back(std::move(ref));
+        }
+      }
+      m.mcp_servers.push_back(std::move(s));
+    }
+  }
+  return m;
+}
+
+}  // namespace outpost::daemon

@@ -1,0 +1,72 @@
+// outpostd's configuration file and the agent manifest, both YAML. Unknown fields are errors
+// (a typo must not silently weaken a sandbox); errors name the file, line and field.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "outpost/base/result.h"
+
+namespace outpost::daemon {
+
+struct DaemonConfig {
+  std::string board = "sim";              // a built-in board name or a profile file
+  std::filesystem::path state_dir;        // default: the board's
+  std::string tcti;                       // default: the board's
+  std::filesystem::path socket;           // the CLI and agent API (default <state>/outpostd.sock)
+  std::filesystem::path inbox;            // bundles dropped here are installed (default <state>/inbox)
+  std::vector<uint32_t> allow_uids{0};    // who may use the operator API (SO_PEERCRED)
+  std::vector<uint32_t> allow_gids;
+  uint32_t max_agents = 32;
+  uint64_t max_binary_bytes = 512ull << 20;  // measuring an agent binary reads at most this
+  uint64_t max_line_bytes = 16ull << 20;     // one MCP message
+  uint64_t max_log_bytes = 8ull << 20;       // an agent's log is rotated at this size
+  std::vector<std::filesystem::path> system_read_only{"/usr", "/lib", "/lib64", "/bin", "/sbin", "/etc"};
+  uint32_t inbox_poll_ms = 1000;
+  uint32_t life_check_s = 10;             // how often the bundle's life is re-evaluated
+};
+
+Result<DaemonConfig> parse_daemon_config(std::string_view yaml, std::string_view source);
+Result<DaemonConfig> load_daemon_config(const std::filesystem::path& file);
+
+struct SecretRef {
+  std::string name;  // a sealed secret in <state>/secrets/
+  std::string env;   // the variable the tool's process receives it in
+};
+
+struct McpServerSpec {
+  std::string name;
+  std::filesystem::path command;  // absolute after resolution
+  std::vector<std::string> args;
+  std::vector<std::string> env_allow;                     // from outpostd's own environment
+  std::vector<std::pair<std::string, std::string>> env;   // set explicitly
+  std::vector<SecretRef> secrets;                         // unsealed into the tool, never the agent
+  std::filesystem::path cwd;
+};
+
+enum class RestartPolicy { never, on_failure, always };
+
+struct AgentManifest {
+  std::string name;
+  std::filesystem::path command;           // absolute after resolution
+  std::vector<std::string> args;           // "$OUTPOST_MCP_CONFIG" is replaced by the generated config's path
+  std::filesystem::path binary;            // what is measured (default: command)
+  std::filesystem::path workdir;           // read-write; default <state>/agents/<name>/work
+  std::vector<std::filesystem::path> read_only;  // extra read-only paths (the agent's code)
+  std::vector<std::string> env_allow;
+  std::vector<std::pair<std::string, std::string>> env;
+  std::string task;                        // the task its calls are decided under
+  RestartPolicy restart = RestartPolicy::on_failure;
+  std::vector<McpServerSpec> mcp_servers;
+  std::string source;                      // the manifest text, kept for redeploy at restart
+  std::filesystem::path base_dir;          // relative paths resolve against this
+};
+
+// Relative paths resolve against `base_dir` (the manifest's folder).
+Result<AgentManifest> parse_manifest(std::string_view yaml, std::string_view source,
+                                     const std::filesystem::path& base_dir);
+
+}  // namespace outpost::daemon

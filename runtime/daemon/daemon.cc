@@ -1,0 +1,1038 @@
+#include "daemon/daemon.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <systemd/sd-daemon.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <map>
+#include <mutex>
+#include <future>
+#include <thread>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/local/stream_protocol.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/json/parse.hpp>
+#include <boost/json/serialize.hpp>
+
+#include "broker/decision_log.h"
+#include "broker/mcp_session.h"
+#include "broker/relay.h"
+#include "credentials/jws.h"
+#include "daemon/api.h"
+#include "outpost/attestation/agent_keys.h"
+#include "outpost/attestation/node.h"
+#include "outpost/attestation/secrets.h"
+#include "outpost/attestation/tpm.h"
+#include "outpost/base/bytes.h"
+#include "outpost/base/errors.h"
+#include "outpost/base/files.h"
+#include "outpost/base/log.h"
+#include "outpost/base/time.h"
+#include "outpost/boards/board.h"
+#include "outpost/offline_cache/bundle_store.h"
+#include "outpost/offline_cache/trust.h"
+#include "policy/engine.h"
+#include "sandbox/sandbox.h"
+
+#define OUTPOST_NOTE(level, msg) ::outpost::log::level("outpostd", {{"msg", (msg)}})
+
+namespace outpost::daemon {
+
+namespace fs = std::filesystem;
+namespace json = boost::json;
+namespace asio = boost::asio;
+using attestation::Tpm;
+
+namespace {
+
+#ifndef SO_PEERPIDFD
+#define SO_PEERPIDFD 77
+#endif
+
+int send_signal(int pidfd, int sig) { return static_cast<int>(::syscall(SYS_pidfd_send_signal, pidfd, sig, nullptr, 0)); }
+
+// Waits up to `ms` for the process behind `pidfd` to exit.
+bool wait_exit(int pidfd, int ms) {
+  pollfd p{pidfd, POLLIN, 0};
+  for (;;) {
+    int r = ::poll(&p, 1, ms);
+    if (r < 0 && errno == EINTR) continue;
+    return r > 0;
+  }
+}
+
+// Ends a child we launched: TERM, then KILL after `grace_ms`; reaps it. Its exit code, or
+// 128+signal.
+int terminate_and_reap(pid_t pid, int pidfd, int grace_ms) {
+  if (!wait_exit(pidfd, 0)) {
+    send_signal(pidfd, SIGTERM);
+    if (!wait_exit(pidfd, grace_ms)) {
+      send_signal(pidfd, SIGKILL);
+      wait_exit(pidfd, 5000);
+    }
+  }
+  int status = 0;
+  if (::waitpid(pid, &status, 0) != pid) return -1;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+json::object error_reply(const std::string& text) { return json::object{{"ok", false}, {"error", text}}; }
+
+std::string str(const json::object& o, std::string_view key) {
+  auto it = o.find(key);
+  return it != o.end() && it->value().is_string() ? std::string(it->value().get_string()) : std::string();
+}
+
+fs::path self_dir() {
+  std::error_code ec;
+  fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  return ec ? fs::path("/usr/bin") : exe.parent_path();
+}
+
+}  // namespace
+
+// ---- agents ----
+
+enum class AgentState { running, backoff, stopped, refused, revoked };
+
+std::string_view state_name(AgentState s) {
+  switch (s) {
+    case AgentState::running: return "running";
+    case AgentState::backoff: return "restarting";
+    case AgentState::stopped: return "stopped";
+    case AgentState::refused: return "refused";
+    case AgentState::revoked: return "revoked";
+  }
+  return "?";
+}
+
+struct Agent {
+  AgentManifest manifest;
+  fs::path dir;        // <state>/agents/<name>
+  fs::path workdir;
+  std::string spiffe_id;
+  std::string measurement;
+  AgentState state = AgentState::stopped;
+  pid_t pid = -1;
+  int pidfd = -1;
+  uint64_t start_time = 0;
+  int64_t started_at = 0;
+  std::string session;
+  uint32_t restarts = 0;
+  int last_exit = 0;
+  bool stop_requested = false;
+  std::unique_ptr<asio::steady_timer> timer;
+};
+
+struct Connection {
+  std::string agent;
+  std::string server;
+  int wake = -1;  // eventfd
+};
+
+struct Daemon::Impl {
+  DaemonConfig config;
+  boards::BoardProfile board;
+  attestation::NodeIdentity node;
+  std::unique_ptr<Tpm> tpm;
+  std::unique_ptr<offline_cache::BundleStore> store;
+  std::optional<offline_cache::TrustRoot> trust;
+  std::unique_ptr<broker::JsonlDecisionLog> log;
+  fs::path cli_path;
+
+  // The policy in force, swapped whole.
+  struct Policy {
+    std::shared_ptr<const policy::Engine> engine;
+    std::optional<offline_cache::BundleStore::Installed> installed;
+    policy::Mode mode = policy::Mode::deny_all;
+    std::string reason;
+  };
+  std::atomic<std::shared_ptr<const Policy>> policy{std::make_shared<const Policy>()};
+  std::mutex install_mu;  // one install at a time
+
+  asio::io_context io;
+  std::optional<asio::local::stream_protocol::acceptor> acceptor;
+  asio::signal_set signals{io};
+  asio::steady_timer inbox_timer{io}, life_timer{io}, sync_timer{io};
+
+  std::mutex mu;  // agents, connections, threads
+  std::map<std::string, std::unique_ptr<Agent>> agents;
+  std::vector<std::string> launch_order;
+  std::map<uint64_t, Connection> connections;
+  uint64_t next_connection = 1;
+  size_t api_threads = 0;
+  std::condition_variable threads_done;
+  std::atomic<bool> stopping{false};
+  std::thread::id io_thread = std::this_thread::get_id();
+
+  // ---- policy ----
+  broker::PolicyView view() const {
+    auto p = policy.load();
+    broker::PolicyView v;
+    v.engine = p->engine;
+    v.mode = p->engine ? p->mode : policy::Mode::deny_all;
+    v.not_after = p->installed ? p->installed->bundle.bundle().not_after() : 0;
+    return v;
+  }
+
+  void set_policy(offline_cache::BundleStore::Installed installed) {
+    auto p = std::make_shared<Policy>();
+    auto engine = policy::Engine::build(installed.bundle.bundle());
+    if (!engine) {
+      OUTPOST_NOTE(error, "bundle v" + std::to_string(installed.state.version) + " does not load: " +
+                             engine.error().message() + "; denying every call");
+      policy.store(p);
+      return;
+    }
+    p->engine = std::move(*engine);
+    p->mode = installed.status.in_force ? policy::Mode::normal
+              : installed.status.safe_set ? policy::Mode::safe_set
+                                          : policy::Mode::deny_all;
+    p->reason = installed.status.reason;
+    p->installed = std::move(installed);
+    policy.store(p);
+  }
+
+  Result<void> load_policy() {
+    if (!trust) return ok();
+    auto installed = store->load(*tpm, *trust, unix_now());
+    if (!installed) {
+      if (installed.error().code() == make_error_code(errc::not_found)) return ok();
+      return fail(installed.error().wrap("the installed bundle does not verify"));
+    }
+    set_policy(std::move(*installed));
+    return ok();
+  }
+
+  // Re-evaluates the bundle's life (expiry, offline budget) from the TPM clock.
+  void check_life() {
+    auto p = policy.load();
+    if (!p->installed) return;
+    auto clock = tpm->read_clock();
+    if (!clock) {
+      OUTPOST_NOTE(error, "TPM clock unreadable: " + clock.error().message() + "; denying every call");
+      auto q = std::make_shared<Policy>(*p);
+      q->mode = policy::Mode::deny_all;
+      policy.store(q);
+      return;
+    }
+    auto status = offline_cache::evaluate_life(p->installed->bundle.bundle(), p->installed->state, unix_now(), clock->clock);
+    policy::Mode mode = status.in_force ? policy::Mode::normal
+                        : status.safe_set ? policy::Mode::safe_set
+                                          : policy::Mode::deny_all;
+    if (mode != p->mode) {
+      OUTPOST_NOTE(warn, "bundle v" + std::to_string(status.version) + ": " +
+                               (status.in_force ? "in force" : status.reason) + "; mode now " +
+                               (mode == policy::Mode::normal ? "normal" : mode == policy::Mode::safe_set ? "safe set" : "deny all"));
+      auto q = std::make_shared<Policy>(*p);
+      q->mode = mode;
+      q->reason = status.reason;
+      q->installed->status = status;
+      policy.store(q);
+    }
+  }
+
+  Result<uint64_t> install_bundle(Bytes bytes, const std::string& origin) {
+    std::lock_guard lock(install_mu);
+    if (!trust) return fail(make_error_code(errc::not_found), "no trust root pinned (outpost trust pin ROOT.json)");
+    auto installed = store->install(*tpm, std::move(bytes), *trust, unix_now());
+    if (!installed) {
+      (void)log->record_event("bundle_refused", {{"origin", origin}, {"error", installed.error().message()}});
+      return fail(installed.error().wrap("bundle install refused"));
+    }
+    uint64_t version = installed->state.version;
+    std::vector<std::string> revoked;
+    if (const auto* r = installed->bundle.bundle().revoked_agents()) {
+      for (const auto* s : *r) revoked.push_back(s->str());
+    }
+    set_policy(std::move(*installed));
+    (void)log->record_event("bundle_install", {{"origin", origin}, {"version", version}});
+    OUTPOST_NOTE(info, "installed bundle v" + std::to_string(version) + " from " + origin);
+    for (const auto& name : revoked) revoke(name);
+    return version;
+  }
+
+  // ---- agents ----
+  Result<std::string> deploy(const std::string& manifest_text, const fs::path& base_dir);
+  Result<void> launch(Agent& a);  // with mu held
+  void on_exit(Agent& a, int status);
+  void schedule_restart(Agent& a);
+  void stop_agent(Agent& a, bool kill_now);
+  void revoke(const std::string& name);
+  void wake_connections(const std::string& agent);
+  void reap();
+  json::object agent_json(const Agent& a) const;
+
+  // ---- API ----
+  void accept();
+  void serve(int fd);
+  json::object handle(const json::object& req, const ucred& peer, bool is_agent, const std::string& agent_name);
+  void serve_mcp(int fd, const json::object& req, const std::string& agent_name, std::vector<int> fds);
+  // The launched agent `pid` belongs to (itself or a descendant), or "".
+  std::string agent_of(pid_t pid);
+
+  void poll_inbox();
+  void shutdown();
+};
+
+// ---- deploy and launch ----
+
+Result<std::string> Daemon::Impl::deploy(const std::string& manifest_text, const fs::path& base_dir) {
+  if (stopping) return fail(make_error_code(errc::unsupported), "outpostd is shutting down");
+  OUTPOST_TRY(AgentManifest m, parse_manifest(manifest_text, "manifest", base_dir));
+  OUTPOST_TRY_VOID(attestation::AgentKeyStore::validate_name(m.name));
+  if (m.task.empty()) m.task = "default";
+  auto refuse = [&](const std::string& why) -> Failure {
+    (void)log->record_event("agent_refused", {{"agent", m.name}, {"error", why}});
+    OUTPOST_NOTE(warn, "deploy of " + m.name + " refused: " + why);
+    return fail(make_error_code(errc::verification_failed), why);
+  };
+
+  // What the bundle says of this agent: revoked, and the binary it expects.
+  auto p = policy.load();
+  std::optional<Digest> expected;
+  if (p->installed) {
+    const fb::Bundle& b = p->installed->bundle.bundle();
+    if (b.revoked_agents() != nullptr) {
+      for (const auto* s : *b.revoked_agents()) {
+        if (s->string_view() == m.name) return refuse("agent " + m.name + " is revoked by bundle v" + std::to_string(b.version()));
+      }
+    }
+    if (b.agents() != nullptr) {
+      for (const auto* a : *b.agents()) {
+        if (a->name()->string_view() != m.name || a->measurement() == nullptr || a->measurement()->size() != 32) continue;
+        Digest d;
+        std::copy(a->measurement()->begin(), a->measurement()->end(), d.begin());
+        expected = d;
+      }
+    }
+  }
+  auto measured = attestation::measure_file(m.binary, config.max_binary_bytes);
+  if (!measured) return refuse("cannot measure " + m.binary.string() + ": " + measured.error().message());
+  if (expected && *expected != *measured) {
+    return refuse("measurement of " + m.binary.string() + " is " + hex_encode(*measured) + ", bundle expects " +
+                  hex_encode(*expected));
+  }
+  attestation::AgentKeyStore keys(config.state_dir, node);
+  OUTPOST_TRY(attestation::AgentKey key, keys.ensure(*tpm, m.name, *measured));
+
+  std::unique_lock lock(mu);
+  auto it = agents.find(m.name);
+  if (it != agents.end() && (it->second->state == AgentState::running || it->second->pid > 0)) {
+    return fail(make_error_code(errc::already_exists), "agent " + m.name + " is running; stop it first");
+  }
+  if (it == agents.end() && agents.size() >= config.max_agents) {
+    return fail(make_error_code(errc::invalid_argument), "limit of " + std::to_string(config.max_agents) + " agents reached");
+  }
+  auto a = std::make_unique<Agent>();
+  a->dir = config.state_dir / "agents" / m.name;
+  a->workdir = m.workdir.empty() ? a->dir / "work" : m.workdir;
+  a->spiffe_id = key.spiffe_id;
+  a->measurement = hex_encode(*measured);
+  a->manifest = std::move(m);
+  // Kept for a restart of outpostd: the manifest and where its relative paths point.
+  json::object deployed{{"base_dir", base_dir.string()}, {"manifest", manifest_text}};
+  OUTPOST_TRY_VOID(write_file_atomic(a->dir / "deployed.json", as_bytes(json::serialize(deployed))));
+  const std::string name = a->manifest.name;
+  agents[name] = std::move(a);
+  std::erase(launch_order, name);
+  launch_order.push_back(name);
+  lock.unlock();
+  // Launched from the Asio thread: the agent's parent-death signal is tied to the thread that
+  // forked it, and that thread lives as long as outpostd.
+  auto do_launch = [this, name]() -> Result<std::string> {
+    std::lock_guard l(mu);
+    auto found = agents.find(name);
+    if (found == agents.end()) return fail(make_error_code(errc::not_found), "agent " + name + " went away");
+    OUTPOST_TRY_VOID(launch(*found->second));
+    return found->second->session;
+  };
+  if (std::this_thread::get_id() == io_thread) return do_launch();
+  std::promise<Result<std::string>> done;
+  auto result = done.get_future();
+  asio::post(io, [&] { done.set_value(do_launch()); });
+  return result.get();
+}
+
+Result<void> Daemon::Impl::launch(Agent& a) {
+  const AgentManifest& m = a.manifest;
+  std::error_code ec;
+  fs::create_directories(a.workdir, ec);
+  if (ec) return fail(errno_error("create " + a.workdir.string(), ec.value()));
+  fs::create_directories(a.workdir / ".outpost", ec);
+
+  // The agent's MCP configuration: every server it may reach is `outpost mcp connect NAME`.
+  json::object servers;
+  for (const auto& s : m.mcp_servers) {
+    servers[s.name] = json::object{{"command", cli_path.string()}, {"args", json::array{"mcp", "connect", s.name}}};
+  }
+  const fs::path mcp_config = a.workdir / ".outpost" / "mcp.json";
+  OUTPOST_TRY_VOID(write_file_atomic(mcp_config, as_bytes(json::serialize(json::object{{"mcpServers", servers}}))));
+
+  Bytes sid(12);
+  random_bytes(sid);
+  a.session = base64url_encode(sid);
+  std::vector<std::pair<std::string, std::string>> set = m.env;
+  set.emplace_back("OUTPOST_SOCKET", config.socket.string());
+  set.emplace_back("OUTPOST_AGENT", m.name);
+  set.emplace_back("OUTPOST_SESSION", a.session);
+  set.emplace_back("OUTPOST_MCP_CONFIG", mcp_config.string());
+  set.emplace_back("HOME", a.workdir.string());
+  if (std::find(m.env_allow.begin(), m.env_allow.end(), "PATH") == m.env_allow.end()) {
+    set.emplace_back("PATH", "/usr/local/bin:/usr/bin:/bin");
+  }
+  OUTPOST_TRY(auto env, sandbox::scrub_environment(m.env_allow, set));
+
+  sandbox::SandboxPolicy sp;
+  sp.read_write.push_back(a.workdir);
+  for (const auto& p : config.system_read_only) sp.read_only.push_back(p);
+  for (const auto& p : m.read_only) sp.read_only.push_back(p);
+  sp.read_only.push_back(cli_path.parent_path());  // `outpost mcp connect`
+  sp.read_only.push_back(m.command);
+  sp.read_only.push_back(m.binary);
+  OUTPOST_TRY(auto ruleset, sandbox::Ruleset::prepare(sp));
+
+  // Logs: rotated at the configured size, one generation kept.
+  const fs::path logfile = a.dir / "agent.log";
+  if (fs::file_size(logfile, ec) > config.max_log_bytes) fs::rename(logfile, a.dir / "agent.log.1", ec);
+  int logfd = ::open(logfile.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+  if (logfd < 0) return fail(errno_error("open " + logfile.string(), errno));
+
+  sandbox::SpawnSpec spec;
+  spec.argv.push_back(m.command.string());
+  for (const auto& arg : m.args) spec.argv.push_back(arg == "$OUTPOST_MCP_CONFIG" ? mcp_config.string() : arg);
+  spec.env = std::move(env);
+  spec.cwd = a.workdir;
+  spec.stdout_fd = logfd;
+  spec.stderr_fd = logfd;
+  spec.sandbox = &ruleset;
+  auto child = sandbox::spawn(spec);
+  ::close(logfd);
+  if (!child) {
+    a.state = AgentState::refused;
+    (void)log->record_event("agent_failed", {{"agent", m.name}, {"error", child.error().message()}});
+    return fail(child.error().wrap("launch " + m.name));
+  }
+  a.pid = child->pid;
+  a.pidfd = child->pidfd.release();
+  a.start_time = child->start_time;
+  a.started_at = unix_now();
+  a.state = AgentState::running;
+  a.stop_requested = false;
+  (void)log->record_event("agent_start", {{"agent", m.name}, {"pid", a.pid}, {"session", a.session},
+                                          {"measurement", a.measurement}, {"spiffe_id", a.spiffe_id}});
+  OUTPOST_NOTE(info, "agent " + m.name + " started, pid " + std::to_string(a.pid));
+  return ok();
+}
+
+void Daemon::Impl::reap() {
+  std::lock_guard lock(mu);
+  for (auto& [name, a] : agents) {
+    if (a->pid <= 0) continue;
+    int status = 0;
+    if (::waitpid(a->pid, &status, WNOHANG) == a->pid) on_exit(*a, status);
+  }
+}
+
+void Daemon::Impl::on_exit(Agent& a, int status) {
+  a.last_exit = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  ::close(a.pidfd);
+  a.pidfd = -1;
+  a.pid = -1;
+  (void)log->record_event("agent_exit", {{"agent", a.manifest.name}, {"status", a.last_exit}});
+  OUTPOST_NOTE(info, "agent " + a.manifest.name + " exited with " + std::to_string(a.last_exit));
+  wake_connections(a.manifest.name);
+  if (a.state == AgentState::revoked || a.stop_requested || stopping) {
+    if (a.state == AgentState::running) a.state = AgentState::stopped;
+    return;
+  }
+  const bool failed = a.last_exit != 0;
+  if (a.manifest.restart == RestartPolicy::always || (a.manifest.restart == RestartPolicy::on_failure && failed)) {
+    schedule_restart(a);
+  } else {
+    a.state = AgentState::stopped;
+  }
+}
+
+void Daemon::Impl::schedule_restart(Agent& a) {
+  if (unix_now() - a.started_at > 60) a.restarts = 0;  // it ran a while: start the back-off again
+  const uint32_t delay = std::min<uint32_t>(60, 1u << std::min<uint32_t>(a.restarts, 6));
+  ++a.restarts;
+  a.state = AgentState::backoff;
+  a.timer = std::make_unique<asio::steady_timer>(io, std::chrono::seconds(delay));
+  const std::string name = a.manifest.name;
+  a.timer->async_wait([this, name](const boost::system::error_code& ec) {
+    if (ec || stopping) return;
+    std::lock_guard lock(mu);
+    auto it = agents.find(name);
+    if (it == agents.end() || it->second->state != AgentState::backoff) return;
+    if (auto r = launch(*it->second); !r) OUTPOST_NOTE(error, r.error().message());
+  });
+}
+
+void Daemon::Impl::stop_agent(Agent& a, bool kill_now) {
+  a.stop_requested = true;
+  if (a.timer) a.timer->cancel();
+  if (a.state == AgentState::backoff) a.state = AgentState::stopped;
+  if (a.pidfd < 0) return;
+  send_signal(a.pidfd, kill_now ? SIGKILL : SIGTERM);
+  if (!kill_now) {
+    // KILL after a grace period if it is still there.
+    auto t = std::make_shared<asio::steady_timer>(io, std::chrono::seconds(5));
+    const pid_t pid = a.pid;
+    const std::string name = a.manifest.name;
+    t->async_wait([this, t, pid, name](const boost::system::error_code&) {
+      std::lock_guard lock(mu);
+      auto it = agents.find(name);
+      if (it != agents.end() && it->second->pid == pid && it->second->pidfd >= 0) send_signal(it->second->pidfd, SIGKILL);
+    });
+  }
+}
+
+void Daemon::Impl::revoke(const std::string& name) {
+  std::lock_guard lock(mu);
+  auto it = agents.find(name);
+  if (it == agents.end()) return;
+  it->second->state = AgentState::revoked;
+  stop_agent(*it->second, true);
+  wake_connections(name);
+  (void)log->record_event("agent_revoked", {{"agent", name}});
+  OUTPOST_NOTE(warn, "agent " + name + " revoked by the bundle: stopped");
+}
+
+void Daemon::Impl::wake_connections(const std::string& agent) {
+  for (auto& [id, c] : connections) {
+    if (agent.empty() || c.agent == agent) {
+      uint64_t one = 1;
+      (void)!::write(c.wake, &one, sizeof one);
+    }
+  }
+}
+
+json::object Daemon::Impl::agent_json(const Agent& a) const {
+  json::object o{{"name", a.manifest.name},
+                 {"state", state_name(a.state)},
+                 {"pid", a.pid},
+                 {"session", a.session},
+                 {"task", a.manifest.task},
+                 {"spiffe_id", a.spiffe_id},
+                 {"measurement", a.measurement},
+                 {"restarts", a.restarts},
+                 {"last_exit", a.last_exit},
+                 {"started_at", a.started_at ? format_rfc3339_utc(a.started_at) : ""}};
+  json::array servers;
+  for (const auto& s : a.manifest.mcp_servers) servers.push_back(json::value(s.name));
+  o["mcp_servers"] = std::move(servers);
+  return o;
+}
+
+std::string Daemon::Impl::agent_of(pid_t pid) {
+  for (const auto& [name, a] : agents) {
+    if (a->pid > 0 && a->state == AgentState::running && sandbox::is_same_or_descendant(pid, a->pid, a->start_time)) {
+      return name;
+    }
+  }
+  return {};
+}
+
+// ---- the API ----
+
+void Daemon::Impl::accept() {
+  acceptor->async_accept([this](const boost::system::error_code& ec, asio::local::stream_protocol::socket s) {
+    if (ec || stopping) return;
+    int fd = s.release();
+    {
+      std::lock_guard lock(mu);
+      if (api_threads >= 256) {
+        ::close(fd);
+        accept();
+        return;
+      }
+      ++api_threads;
+    }
+    std::thread([this, fd] {
+      serve(fd);
+      std::lock_guard lock(mu);
+      --api_threads;
+      threads_done.notify_all();
+    }).detach();
+    accept();
+  });
+}
+
+void Daemon::Impl::serve(int fd) {
+  ucred peer{};
+  socklen_t len = sizeof peer;
+  if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &peer, &len) != 0) {
+    ::close(fd);
+    return;
+  }
+  // The peer as a pidfd, taken when it connected (SO_PEERPIDFD, Linux 6.5+) or now: while it
+  // is alive its pid cannot be reused, so the ancestry check below is about this process.
+  int peer_pidfd = -1;
+  len = sizeof peer_pidfd;
+  if (::getsockopt(fd, SOL_SOCKET, SO_PEERPIDFD, &peer_pidfd, &len) != 0) {
+    peer_pidfd = static_cast<int>(::syscall(SYS_pidfd_open, peer.pid, 0));
+  }
+  timeval tv{30, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  std::vector<int> fds;
+  auto msg = recv_message(fd, &fds);
+  std::string agent_name;
+  {
+    std::lock_guard lock(mu);
+    agent_name = agent_of(peer.pid);
+  }
+  const bool alive = peer_pidfd >= 0 && send_signal(peer_pidfd, 0) == 0;
+  if (peer_pidfd >= 0) ::close(peer_pidfd);
+  if (!alive) agent_name.clear();
+
+  auto close_fds = [&] {
+    for (int f : fds) ::close(f);
+    fds.clear();
+  };
+  if (!msg || !msg->is_object()) {
+    (void)send_message(fd, error_reply(msg ? "a request is a JSON object" : msg.error().message()));
+    close_fds();
+    ::close(fd);
+    return;
+  }
+  const json::object& req = msg->as_object();
+  if (str(req, "op") == "mcp") {
+    if (agent_name.empty()) {
+      (void)log->record_event("api_refused", {{"op", "mcp"}, {"pid", peer.pid}, {"uid", peer.uid},
+                                              {"error", "not a process of a launched agent"}});
+      (void)send_message(fd, error_reply("refused: pid " + std::to_string(peer.pid) +
+                                         " is not a process of an agent outpostd launched"));
+      close_fds();
+      ::close(fd);
+      return;
+    }
+    timeval none{0, 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &none, sizeof none);
+    serve_mcp(fd, req, agent_name, std::move(fds));
+    ::close(fd);
+    return;
+  }
+  close_fds();
+  json::object reply;
+  const bool operator_uid = std::find(config.allow_uids.begin(), config.allow_uids.end(), peer.uid) != config.allow_uids.end() ||
+                            std::find(config.allow_gids.begin(), config.allow_gids.end(), peer.gid) != config.allow_gids.end();
+  if (!agent_name.empty() || !operator_uid) {
+    // An agent never drives the operator API, whatever its uid.
+    (void)log->record_event("api_refused", {{"op", str(req, "op")}, {"pid", peer.pid}, {"uid", peer.uid},
+                                            {"agent", agent_name}});
+    reply = error_reply(agent_name.empty() ? "refused: uid " + std::to_string(peer.uid) + " may not use the outpostd API"
+                                           : "refused: agents may only use mcp connect");
+  } else {
+    reply = handle(req, peer, false, "");
+  }
+  (void)send_message(fd, reply);
+  ::close(fd);
+}
+
+json::object Daemon::Impl::handle(const json::object& req, const ucred& peer, bool, const std::string&) {
+  const std::string op = str(req, "op");
+  if (op == "deploy") {
+    auto session = deploy(str(req, "manifest"), str(req, "base_dir"));
+    if (!session) return error_reply(session.error().message());
+    (void)peer;
+    return json::object{{"ok", true}, {"session", *session}};
+  }
+  if (op == "list") {
+    std::lock_guard lock(mu);
+    json::array list;
+    for (const auto& name : launch_order) list.push_back(agent_json(*agents.at(name)));
+    return json::object{{"ok", true}, {"agents", std::move(list)}};
+  }
+  if (op == "stop") {
+    std::lock_guard lock(mu);
+    auto it = agents.find(str(req, "name"));
+    if (it == agents.end()) return error_reply("no agent named " + str(req, "name"));
+    stop_agent(*it->second, false);
+    std::error_code ec;
+    fs::remove(it->second->dir / "deployed.json", ec);  // stays stopped across a restart
+    (void)log->record_event("agent_stop", {{"agent", it->first}, {"uid", peer.uid}});
+    return json::object{{"ok", true}};
+  }
+  if (op == "logs") {
+    std::string name = str(req, "name");
+    if (!attestation::AgentKeyStore::validate_name(name)) return error_reply("bad agent name");
+    auto text = read_text_file(config.state_dir / "agents" / name / "agent.log", config.max_log_bytes + 1);
+    if (!text) return error_reply(text.error().message());
+    size_t max = 64 << 10;
+    if (auto it = req.find("bytes"); it != req.end() && it->value().is_int64()) max = static_cast<size_t>(it->value().get_int64());
+    std::string tail = text->size() > max ? text->substr(text->size() - max) : *text;
+    return json::object{{"ok", true}, {"log", tail}};
+  }
+  if (op == "install") {
+    auto bytes = base64_decode(str(req, "bundle"));
+    if (!bytes) return error_reply("bundle: " + bytes.error().message());
+    auto v = install_bundle(std::move(*bytes), "api uid " + std::to_string(peer.uid));
+    if (!v) return error_reply(v.error().message());
+    return json::object{{"ok", true}, {"version", *v}};
+  }
+  if (op == "status") {
+    auto p = policy.load();
+    json::object o{{"ok", true}, {"node_id", node.node_id}, {"board", board.name}};
+    if (p->installed) {
+      const auto& s = p->installed->status;
+      o["bundle"] = json::object{{"version", p->installed->state.version},
+                                 {"mode", p->mode == policy::Mode::normal ? "normal"
+                                          : p->mode == policy::Mode::safe_set ? "safe_set" : "deny_all"},
+                                 {"reason", p->reason},
+                                 {"not_after", format_rfc3339_utc(s.not_after)},
+                                 {"offline_left_s", s.offline_left}};
+    } else {
+      o["bundle"] = nullptr;
+    }
+    std::lock_guard lock(mu);
+    o["agents"] = agents.size();
+    o["connections"] = connections.size();
+    o["decisions"] = log->records();
+    return o;
+  }
+  return error_reply("unknown op \"" + op + "\"");
+}
+
+void Daemon::Impl::serve_mcp(int fd, const json::object& req, const std::string& agent_name, std::vector<int> fds) {
+  auto close_fds = [&] {
+    for (int f : fds) ::close(f);
+  };
+  const std::string server_name = str(req, "server");
+  McpServerSpec spec;
+  std::string task;
+  fs::path workdir, logdir;
+  {
+    std::lock_guard lock(mu);
+    const Agent& a = *agents.at(agent_name);
+    auto it = std::find_if(a.manifest.mcp_servers.begin(), a.manifest.mcp_servers.end(),
+                           [&](const McpServerSpec& s) { return s.name == server_name; });
+    if (it == a.manifest.mcp_servers.end()) {
+      (void)send_message(fd, error_reply("agent " + agent_name + " has no MCP server \"" + server_name + "\""));
+      close_fds();
+      return;
+    }
+    spec = *it;
+    task = a.manifest.task;
+    workdir = a.workdir;
+    logdir = a.dir / "servers";
+  }
+  if (fds.size() != 2) {
+    (void)send_message(fd, error_reply("mcp needs the client's stdin and stdout"));
+    close_fds();
+    return;
+  }
+
+  // The server: a scrubbed environment plus its sealed secrets, which only it receives.
+  std::vector<std::pair<std::string, std::string>> set = spec.env;
+  if (std::find(spec.env_allow.begin(), spec.env_allow.end(), "PATH") == spec.env_allow.end()) {
+    set.emplace_back("PATH", "/usr/local/bin:/usr/bin:/bin");
+  }
+  attestation::SecretStore secrets(config.state_dir, node);
+  for (const auto& ref : spec.secrets) {
+    auto value = secrets.unseal(*tpm, ref.name);
+    if (!value) {
+      (void)send_message(fd, error_reply("secret " + ref.name + ": " + value.error().message()));
+      close_fds();
+      return;
+    }
+    set.emplace_back(ref.env, std::string(as_chars(*value)));
+    std::fill(value->begin(), value->end(), 0);
+  }
+  auto env = sandbox::scrub_environment(spec.env_allow, set);
+  for (auto& [k, v] : set) std::fill(v.begin(), v.end(), '\0');
+  if (!env) {
+    (void)send_message(fd, error_reply(env.error().message()));
+    close_fds();
+    return;
+  }
+  int in_pipe[2], out_pipe[2];
+  if (::pipe2(in_pipe, O_CLOEXEC) != 0 || ::pipe2(out_pipe, O_CLOEXEC) != 0) {
+    (void)send_message(fd, error_reply("pipe: " + std::string(std::strerror(errno))));
+    close_fds();
+    return;
+  }
+  std::error_code ec;
+  fs::create_directories(logdir, ec);
+  int logfd = ::open((logdir / (server_name + ".log")).c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+  sandbox::SpawnSpec ss;
+  ss.argv.push_back(spec.command.string());
+  ss.argv.insert(ss.argv.end(), spec.args.begin(), spec.args.end());
+  ss.env = std::move(*env);
+  ss.cwd = spec.cwd.empty() ? workdir : spec.cwd;
+  ss.stdin_fd = in_pipe[0];
+  ss.stdout_fd = out_pipe[1];
+  ss.stderr_fd = logfd;
+  ss.die_with_parent = true;  // this thread lives until the server is reaped
+  auto child = sandbox::spawn(ss);
+  for (auto& e : ss.env) std::fill(e.begin(), e.end(), '\0');
+  ::close(in_pipe[0]);
+  ::close(out_pipe[1]);
+  if (logfd >= 0) ::close(logfd);
+  if (!child) {
+    ::close(in_pipe[1]);
+    ::close(out_pipe[0]);
+    (void)send_message(fd, error_reply(child.error().message()));
+    close_fds();
+    return;
+  }
+  (void)send_message(fd, json::object{{"ok", true}});
+
+  uint64_t id;
+  int wake = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  {
+    std::lock_guard lock(mu);
+    id = next_connection++;
+    connections[id] = Connection{agent_name, server_name, wake};
+  }
+  (void)log->record_event("mcp_connect", {{"agent", agent_name}, {"server", server_name}, {"pid", child->pid}});
+
+  // Credentials: signed by the agent's TPM key, loaded for the signature and flushed.
+  broker::CredentialMinter minter = [this, agent_name](const broker::DecisionRecord& rec, const json::value* args,
+                                                       int64_t ttl) -> Result<std::string> {
+    attestation::AgentKeyStore keys(config.state_dir, node);
+    OUTPOST_TRY(attestation::AgentKey key, keys.read(agent_name));
+    credentials::CallClaims c;
+    c.iss = node.spiffe_id;
+    c.sub = key.spiffe_id;
+    c.aud = rec.server + "/" + rec.tool;
+    c.agent = rec.agent;
+    c.task = rec.task;
+    OUTPOST_TRY(c.args_sha256, credentials::args_sha256(args != nullptr ? *args : json::value(json::object())));
+    c.bundle_version = rec.bundle_version;
+    c.iat = c.nbf = rec.time;
+    c.exp = rec.time + ttl;
+    c.jti = credentials::new_jti();
+    OUTPOST_TRY(Tpm::LoadedKey loaded, keys.load(*tpm, key));
+    return credentials::mint(c, key.public_key, [&](const Digest& d) { return tpm->sign(loaded, d); });
+  };
+  broker::McpSession session(broker::McpSession::Options{agent_name, task, server_name, 4096},
+                             [this] { return view(); }, log.get(), minter);
+  broker::RelayFds rf{fds[0], fds[1], in_pipe[1], out_pipe[0], fd, wake};
+  broker::RelayEnd end = broker::run_relay(rf, session, config.max_line_bytes);
+  if (rf.server_in >= 0) ::close(rf.server_in);  // EOF to the server: the MCP stdio shutdown
+  int status = terminate_and_reap(child->pid, child->pidfd.get(), 2000);
+  ::close(out_pipe[0]);
+  close_fds();
+  {
+    std::lock_guard lock(mu);
+    ::close(connections[id].wake);
+    connections.erase(id);
+  }
+  const auto& st = session.stats();
+  (void)log->record_event("mcp_disconnect", {{"agent", agent_name}, {"server", server_name}, {"status", status},
+                                             {"allowed", st.calls_allowed}, {"denied", st.calls_denied},
+                                             {"parse_errors", st.parse_errors},
+                                             {"end", end == broker::RelayEnd::finished ? "finished"
+                                                     : end == broker::RelayEnd::woken ? "stopped by outpostd"
+                                                     : end == broker::RelayEnd::control_closed ? "client gone" : "io error"}});
+  (void)send_message(fd, json::object{{"done", true}, {"status", status}});
+}
+
+// ---- inbox, shutdown ----
+
+void Daemon::Impl::poll_inbox() {
+  std::error_code ec;
+  std::vector<fs::path> files;
+  for (const auto& e : fs::directory_iterator(config.inbox, ec)) {
+    if (e.is_regular_file() && e.path().extension() == ".opb") files.push_back(e.path());
+  }
+  std::sort(files.begin(), files.end());
+  for (const auto& f : files) {
+    auto bytes = read_file(f, offline_cache::kMaxBundleBytes);
+    Result<uint64_t> v = bytes ? install_bundle(std::move(*bytes), "inbox " + f.filename().string())
+                               : Result<uint64_t>(fail(bytes.error()));
+    if (v) {
+      fs::remove(f, ec);
+      continue;
+    }
+    fs::create_directories(config.inbox / "rejected", ec);
+    fs::rename(f, config.inbox / "rejected" / f.filename(), ec);
+    (void)write_file_atomic(config.inbox / "rejected" / (f.filename().string() + ".error"),
+                            as_bytes(v.error().message() + "\n"));
+    OUTPOST_NOTE(warn, "inbox: " + f.filename().string() + " rejected: " + v.error().message());
+  }
+}
+
+void Daemon::Impl::shutdown() {
+  if (stopping.exchange(true)) return;
+  sd_notify(0, "STOPPING=1");
+  OUTPOST_NOTE(info, "shutting down");
+  boost::system::error_code ec;
+  acceptor->close(ec);
+  inbox_timer.cancel();
+  life_timer.cancel();
+  sync_timer.cancel();
+  signals.cancel();
+  std::vector<std::pair<pid_t, int>> order;
+  {
+    std::lock_guard lock(mu);
+    wake_connections("");
+    // Agents in reverse launch order, each given its grace period.
+    for (auto it = launch_order.rbegin(); it != launch_order.rend(); ++it) {
+      Agent& a = *agents.at(*it);
+      if (a.timer) a.timer->cancel();
+      a.stop_requested = true;
+      if (a.pidfd >= 0) order.emplace_back(a.pid, a.pidfd);
+    }
+  }
+  for (auto [pid, pidfd] : order) {
+    int status = terminate_and_reap(pid, pidfd, 5000);
+    std::lock_guard lock(mu);
+    for (auto& [name, a] : agents) {
+      if (a->pid != pid) continue;
+      (void)log->record_event("agent_exit", {{"agent", name}, {"status", status}});
+      ::close(a->pidfd);
+      a->pidfd = -1;
+      a->pid = -1;
+      a->state = AgentState::stopped;
+    }
+  }
+  {
+    std::unique_lock lock(mu);
+    threads_done.wait_for(lock, std::chrono::seconds(5), [&] { return api_threads == 0; });
+  }
+  (void)log->record_event("daemon_stop", {});
+  (void)log->sync();
+  std::error_code fec;
+  fs::remove(config.socket, fec);
+  io.stop();
+}
+
+// ---- start ----
+
+Daemon::Daemon(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Daemon::~Daemon() = default;
+
+Result<std::unique_ptr<Daemon>> Daemon::create(DaemonConfig config) {
+  auto m = std::make_unique<Impl>();
+  OUTPOST_TRY(m->board, boards::load_board(config.board));
+  if (config.state_dir.empty()) config.state_dir = m->board.state_dir;
+  if (config.tcti.empty()) config.tcti = m->board.tcti;
+  if (config.socket.empty()) config.socket = config.state_dir / "outpostd.sock";
+  if (config.inbox.empty()) config.inbox = config.state_dir / "inbox";
+  m->config = std::move(config);
+  const DaemonConfig& c = m->config;
+  m->cli_path = self_dir() / "outpost";
+
+  OUTPOST_TRY(m->node, attestation::load_identity(c.state_dir));
+  OUTPOST_TRY(m->tpm, Tpm::connect(c.tcti));
+  OUTPOST_TRY_VOID(attestation::check_tpm_matches(*m->tpm, m->node));
+  m->store = std::make_unique<offline_cache::BundleStore>(c.state_dir, m->node, m->board.rollback_counter_index,
+                                                          offline_cache::NodeScope{m->node.node_id, m->node.board, ""});
+  if (auto text = read_text_file(c.state_dir / "trust" / "root.json", 1 << 20)) {
+    auto root = offline_cache::TrustRoot::parse(*text);
+    if (!root) return fail(root.error().wrap("trust/root.json"));
+    m->trust = std::move(*root);
+  }
+  OUTPOST_TRY(m->log, broker::JsonlDecisionLog::open(c.state_dir / "audit" / "decisions.jsonl"));
+  OUTPOST_TRY_VOID(m->load_policy());
+  std::error_code ec;
+  fs::create_directories(c.inbox, ec);
+  return std::unique_ptr<Daemon>(new Daemon(std::move(m)));
+}
+
+Result<void> Daemon::run() {
+  Impl& m = *impl_;
+  m.io_thread = std::this_thread::get_id();
+  const DaemonConfig& c = m.config;
+  ::signal(SIGPIPE, SIG_IGN);
+
+  // The socket: a stale file from a dead daemon is replaced; a live daemon is not.
+  if (fs::exists(c.socket)) {
+    if (auto probe = connect_api(c.socket)) {
+      ::close(*probe);
+      return fail(make_error_code(errc::already_exists), "another outpostd serves " + c.socket.string());
+    }
+    std::error_code ec;
+    fs::remove(c.socket, ec);
+  }
+  std::error_code ec;
+  fs::create_directories(c.socket.parent_path(), ec);
+  boost::system::error_code bec;
+  m.acceptor.emplace(m.io);
+  m.acceptor->open(asio::local::stream_protocol(), bec);
+  if (!bec) m.acceptor->bind(asio::local::stream_protocol::endpoint(c.socket.string()), bec);
+  if (!bec) m.acceptor->listen(64, bec);
+  if (bec) return fail(bec, "listen on " + c.socket.string());
+  // Anyone may connect; SO_PEERCRED and the ancestry check decide what they may do.
+  ::chmod(c.socket.c_str(), 0666);
+
+  // Agents that were deployed when outpostd last stopped come back, measured and checked again.
+  for (const auto& e : fs::directory_iterator(c.state_dir / "agents", ec)) {
+    auto text = read_text_file(e.path() / "deployed.json", 4 << 20);
+    if (!text) continue;
+    boost::system::error_code jec;
+    json::value v = json::parse(*text, jec);
+    if (jec || !v.is_object()) continue;
+    if (auto r = m.deploy(str(v.as_object(), "manifest"), str(v.as_object(), "base_dir")); !r) {
+      OUTPOST_NOTE(error, "redeploy of " + e.path().filename().string() + " failed: " + r.error().message());
+    }
+  }
+
+  m.signals.add(SIGTERM);
+  m.signals.add(SIGINT);
+  m.signals.add(SIGCHLD);
+  std::function<void()> wait_signal = [&] {
+    m.signals.async_wait([&](const boost::system::error_code& e, int sig) {
+      if (e) return;
+      if (sig == SIGCHLD) {
+        m.reap();
+        wait_signal();
+        return;
+      }
+      m.shutdown();
+    });
+  };
+  wait_signal();
+
+  std::function<void()> inbox = [&] {
+    m.inbox_timer.expires_after(std::chrono::milliseconds(c.inbox_poll_ms));
+    m.inbox_timer.async_wait([&](const boost::system::error_code& e) {
+      if (e || m.stopping) return;
+      m.poll_inbox();
+      inbox();
+    });
+  };
+  std::function<void()> life = [&] {
+    m.life_timer.expires_after(std::chrono::seconds(c.life_check_s));
+    m.life_timer.async_wait([&](const boost::system::error_code& e) {
+      if (e || m.stopping) return;
+      m.check_life();
+      life();
+    });
+  };
+  std::function<void()> sync = [&] {
+    m.sync_timer.expires_after(std::chrono::milliseconds(200));
+    m.sync_timer.async_wait([&](const boost::system::error_code& e) {
+      if (e || m.stopping) return;
+      if (auto r = m.log->sync(); !r) OUTPOST_NOTE(error, r.error().message());
+      sync();
+    });
+  };
+  m.poll_inbox();
+  inbox();
+  life();
+  sync();
+  m.accept();
+  (void)m.log->record_event("daemon_start", {{"node_id", m.node.node_id}, {"socket", c.socket.string()}});
+  OUTPOST_NOTE(info, "outpostd ready on " + c.socket.string() + " (node " + m.node.node_id + ")");
+  sd_notify(0, "READY=1");
+  m.io.run();
+  return ok();
+}
+
+}  // namespace outpost::daemon

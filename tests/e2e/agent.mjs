@@ -1,0 +1,241 @@
+#!/usr/bin/env node
+// A scripted MCP agent built on the official SDK client, for outpost's end-to-end tests and demo.
+//
+//   node agent.mjs CONFIG.json STEPS.json
+//
+// CONFIG is shaped like a common MCP client configuration:
+//   {"mcpServers": {"fs": {"command": "outpost", "args": ["mcp", "connect", "fs"],
+//                          "env": {...}, "cwd": "..."}},
+//    "roots": ["file:///tmp/work", {"uri": "file:///tmp/other", "name": "other"}]}
+// Each server's child gets PATH, HOME and every OUTPOST_* variable of this process's own
+// environment, then the server's "env" on top (the SDK alone would pass only its allowlist).
+// The client declares the roots capability and answers every roots/list with CONFIG.roots.
+//
+// STEPS is a JSON array; each step prints one JSON line on stdout:
+//   {"server":"fs","op":"list"}
+//       -> {"step":i,"server":"fs","op":"list","ok":true,"tools":["read_file",...]}
+//   {"server":"fs","op":"call","tool":"read_text_file","arguments":{...},
+//    "progress":true?, "timeoutMs":N?}
+//       -> {"step":i,"server":"fs","op":"call","ok":true,"isError":false,"content":[...],
+//           "structuredContent":{...}?, "progress":N, "progressHandled":M}
+//       progress/progressHandled only with "progress":true (onprogress is passed to callTool):
+//       N counts the call's notifications/progress as received on the wire, M those that
+//       reached onprogress (the SDK drops one that arrives in the same read as the result).
+//   {"op":"roots", "atLeast":N?, "timeoutMs":N?}
+//       -> {"step":i,"op":"roots","ok":true,"rootsRequests":N,"byServer":{"fs":N}}
+//          (with atLeast, first waits up to timeoutMs (default 5000) until N were answered)
+//   {"op":"sleep","ms":N}
+//       -> {"step":i,"op":"sleep","ok":true}
+// server-filesystem asks for roots/list right after initialization and then REPLACES its
+// command-line directories with the valid roots, some milliseconds after the answer; a test
+// that depends on that waits with {"op":"roots","atLeast":1} then {"op":"sleep","ms":300}.
+// With no "roots" in CONFIG the client answers an empty list and the server keeps its args.
+// A step that throws prints {"step":i,"server":..,"op":..,"ok":false,"error":"message"} and the
+// run goes on. A server is connected on the first step that names it; a failed connection
+// fails every step that names that server. At the end: {"done":true,"rootsRequests":N}, and
+// every client is closed. Exit status 0, or 2 when CONFIG or STEPS cannot be read.
+
+import { readFileSync } from 'node:fs';
+import process from 'node:process';
+import { Client } from '@modelcontextprotocol/sdk/client/index.js';
+import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
+import { ListRootsRequestSchema } from '@modelcontextprotocol/sdk/types.js';
+
+function out(obj) {
+  process.stdout.write(JSON.stringify(obj) + '\n');
+}
+
+function readJson(path, what) {
+  try {
+    return JSON.parse(readFileSync(path, 'utf8'));
+  } catch (e) {
+    process.stderr.write(`agent: cannot read ${what} ${path}: ${e.message}\n`);
+    process.exit(2);
+  }
+}
+
+if (process.argv.length !== 4) {
+  process.stderr.write('usage: node agent.mjs CONFIG.json STEPS.json\n');
+  process.exit(2);
+}
+const config = readJson(process.argv[2], 'config');
+const steps = readJson(process.argv[3], 'steps');
+if (!config || typeof config.mcpServers !== 'object' || config.mcpServers === null) {
+  process.stderr.write('agent: config has no "mcpServers" object\n');
+  process.exit(2);
+}
+if (!Array.isArray(steps)) {
+  process.stderr.write('agent: steps must be a JSON array\n');
+  process.exit(2);
+}
+
+const roots = (config.roots ?? []).map((r) => (typeof r === 'string' ? { uri: r } : r));
+const rootsByServer = {};
+let rootsRequests = 0;
+let rootsWaiters = [];
+
+function noteRootsRequest(name) {
+  rootsRequests += 1;
+  rootsByServer[name] = (rootsByServer[name] ?? 0) + 1;
+  const waiting = rootsWaiters;
+  rootsWaiters = [];
+  for (const w of waiting) w();
+}
+
+function childEnv(extra) {
+  const env = {};
+  for (const [k, v] of Object.entries(process.env)) {
+    if (v !== undefined && (k.startsWith('OUTPOST_') || k === 'PATH' || k === 'HOME')) env[k] = v;
+  }
+  for (const [k, v] of Object.entries(extra ?? {})) env[k] = String(v);
+  return env;
+}
+
+const clients = new Map(); // name -> Promise<Client>
+
+function connect(name) {
+  if (clients.has(name)) return clients.get(name);
+  const p = (async () => {
+    const spec = config.mcpServers[name];
+    if (!spec || typeof spec.command !== 'string') {
+      throw new Error(`no server "${name}" in config`);
+    }
+    const client = new Client(
+      { name: 'outpost-e2e-agent', version: '1.0.0' },
+      { capabilities: { roots: { listChanged: true } } },
+    );
+    client.setRequestHandler(ListRootsRequestSchema, async () => {
+      noteRootsRequest(name);
+      return { roots };
+    });
+    client.onerror = (e) => process.stderr.write(`agent: ${name}: ${e?.message ?? e}\n`);
+    const transport = new StdioClientTransport({
+      command: spec.command,
+      args: spec.args ?? [],
+      env: childEnv(spec.env),
+      cwd: spec.cwd,
+      stderr: 'inherit',
+    });
+    try {
+      await client.connect(transport);
+    } catch (e) {
+      await client.close().catch(() => {});
+      throw e;
+    }
+    // Count progress notifications as they come off the wire. The SDK runs notification
+    // handlers a microtask late but settles responses at once, so a last progress
+    // notification that arrives in the same read as the result never reaches onprogress.
+    const wire = { lastCallId: undefined, progress: new Map() };
+    const onmessage = transport.onmessage;
+    transport.onmessage = (msg, extra) => {
+      if (msg?.method === 'notifications/progress') {
+        const token = msg.params?.progressToken;
+        wire.progress.set(token, (wire.progress.get(token) ?? 0) + 1);
+      }
+      onmessage?.(msg, extra);
+    };
+    const send = transport.send.bind(transport);
+    transport.send = (msg, opts) => {
+      if (msg?.method === 'tools/call') wire.lastCallId = msg.id;
+      return send(msg, opts);
+    };
+    client.outpostWire = wire;
+    return client;
+  })();
+  p.catch(() => {}); // reported by the step that awaits it
+  clients.set(name, p);
+  return p;
+}
+
+function waitForRoots(atLeast, timeoutMs) {
+  if (rootsRequests >= atLeast) return Promise.resolve();
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, timeoutMs);
+    const check = () => {
+      if (rootsRequests >= atLeast) {
+        clearTimeout(timer);
+        resolve();
+      } else {
+        rootsWaiters.push(check);
+      }
+    };
+    rootsWaiters.push(check);
+  });
+}
+
+async function runStep(step) {
+  const op = step?.op;
+  switch (op) {
+    case 'list': {
+      const client = await connect(step.server);
+      const tools = [];
+      let cursor;
+      do {
+        const res = await client.listTools(cursor ? { cursor } : {});
+        for (const t of res.tools) tools.push(t.name);
+        cursor = res.nextCursor;
+      } while (cursor);
+      return { tools };
+    }
+    case 'call': {
+      if (typeof step.tool !== 'string') throw new Error('call step has no "tool"');
+      const client = await connect(step.server);
+      let progress = 0;
+      const options = {};
+      if (step.progress) {
+        options.onprogress = () => {
+          progress += 1;
+        };
+        options.resetTimeoutOnProgress = true;
+      }
+      if (step.timeoutMs) options.timeout = step.timeoutMs;
+      const res = await client.callTool(
+        { name: step.tool, arguments: step.arguments ?? {} },
+        undefined,
+        options,
+      );
+      const r = { isError: res.isError === true, content: res.content ?? [] };
+      if (res.structuredContent !== undefined) r.structuredContent = res.structuredContent;
+      if (step.progress) {
+        const wire = client.outpostWire;
+        r.progress = wire.progress.get(wire.lastCallId) ?? 0;
+        wire.progress.delete(wire.lastCallId);
+        r.progressHandled = progress;
+      }
+      return r;
+    }
+    case 'roots': {
+      if (step.atLeast) await waitForRoots(step.atLeast, step.timeoutMs ?? 5000);
+      return { rootsRequests, byServer: { ...rootsByServer } };
+    }
+    case 'sleep': {
+      await new Promise((resolve) => setTimeout(resolve, step.ms ?? 0));
+      return {};
+    }
+    default:
+      throw new Error(`unknown op ${JSON.stringify(op)}`);
+  }
+}
+
+for (let i = 0; i < steps.length; i++) {
+  const step = steps[i] ?? {};
+  const head = { step: i };
+  if (step.server !== undefined) head.server = step.server;
+  if (step.op !== undefined) head.op = step.op;
+  try {
+    const r = await runStep(step);
+    out({ ...head, ok: true, ...r });
+  } catch (e) {
+    out({ ...head, ok: false, error: e instanceof Error ? e.message : String(e) });
+  }
+}
+
+out({ done: true, rootsRequests });
+for (const p of clients.values()) {
+  try {
+    const client = await p;
+    await client.close();
+  } catch {
+    // a client that never connected has nothing to close
+  }
+}
