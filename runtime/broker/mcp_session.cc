@@ -20,6 +20,7 @@ namespace {
 
 constexpr int kParseError = -32700;
 constexpr int kInvalidRequest = -32600;
+constexpr size_t kMaxKeptArgs = 1024;
 
 void append_line(std::string& out, std::string_view line) {
   out.append(line);
@@ -172,7 +173,7 @@ void McpSession::handle_call(const json::object& msg, std::string_view line, std
   req.tool = tool;
   req.args = args;
   req.time = now;
-  req.history = history_view_;
+  req.history = std::span<const policy::SessionEvent>(history_view_).subspan(view_start_);
   // The data the call can carry: whatever this session already received, or more if the
   // agent labels it so in _meta (it can raise the label, never lower it).
   req.sensitivity = max_sensitivity_;
@@ -276,19 +277,39 @@ void McpSession::deny(const json::value& id, DecisionRecord& rec, std::string& t
 
 void McpSession::remember(std::string_view tool, int64_t now, uint8_t sensitivity, const json::value* args) {
   max_sensitivity_ = std::max(max_sensitivity_, sensitivity);
-  history_.push_back(Event{options_.server, std::string(tool), now, sensitivity, args ? *args : json::value()});
+  // Arguments are kept for window-limit totals, but only small ones: a session of large writes
+  // must not hold every payload it sent.
+  json::value kept;
+  if (args != nullptr && args->is_object() && args->as_object().size() <= 16) {
+    size_t approx = 0;
+    for (const auto& kv : args->as_object()) {
+      approx += kv.key().size() + (kv.value().is_string() ? kv.value().get_string().size() : 16);
+    }
+    if (approx <= kMaxKeptArgs) kept = *args;
+  }
+  history_.push_back(Event{options_.server, std::string(tool), now, sensitivity, std::move(kept)});
+  // deque::push_back keeps references to the other elements valid: append the one new view.
+  const Event& e = history_.back();
+  history_view_.push_back(policy::SessionEvent{e.server, e.tool, e.time, e.sensitivity, e.args.is_null() ? nullptr : &e.args});
   if (history_.size() > options_.max_history) {
     // Drop the oldest call, unless it is the most sensitive one: then the next oldest, so a
     // long session cannot wash out its taint.
-    auto victim = history_.begin();
-    if (victim->sensitivity == max_sensitivity_ && max_sensitivity_ > 0) ++victim;
-    history_.erase(victim);
+    if (history_.front().sensitivity == max_sensitivity_ && max_sensitivity_ > 0) {
+      history_.erase(history_.begin() + 1);
+      view_start_ = 0;
+      history_view_.clear();
+      for (const auto& h : history_) {
+        history_view_.push_back(
+            policy::SessionEvent{h.server, h.tool, h.time, h.sensitivity, h.args.is_null() ? nullptr : &h.args});
+      }
+    } else {
+      history_.pop_front();  // references to the rest stay valid
+      ++view_start_;         // the view's dead prefix is cut in bulk below, O(1) amortised
+    }
   }
-  history_view_.clear();
-  history_view_.reserve(history_.size());
-  for (const auto& e : history_) {
-    history_view_.push_back(policy::SessionEvent{e.server, e.tool, e.time, e.sensitivity,
-                                                 e.args.is_null() ? nullptr : &e.args});
+  if (view_start_ > options_.max_history) {
+    history_view_.erase(history_view_.begin(), history_view_.begin() + static_cast<ptrdiff_t>(view_start_));
+    view_start_ = 0;
   }
 }
 

@@ -117,7 +117,8 @@ class McpSession {
   std::function<int64_t()> clock_;
   std::set<std::string> pending_lists_;  // serialized ids of tools/list requests in flight
   std::deque<Event> history_;
-  std::vector<policy::SessionEvent> history_view_;
+  std::vector<policy::SessionEvent> history_view_;  // [view_start_, end) mirrors history_
+  size_t view_start_ = 0;
   uint8_t max_sensitivity_ = 0;          // the most sensitive data this session has received
   Stats stats_;
 };

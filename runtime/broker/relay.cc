@@ -7,6 +7,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <memory>
 
 #include "outpost/base/log.h"
 
@@ -93,14 +94,15 @@ struct Inbox {
   }
 };
 
-// Reads what is there now. Returns false on EOF or error.
+// Reads what is there now. Returns false on EOF or error. Reads land in a per-thread chunk
+// and only the bytes read are appended (resizing the line buffer by a whole chunk first would
+// zero-fill it on every read).
 bool fill(int fd, Inbox& in) {
+  thread_local std::unique_ptr<char[]> chunk(new char[kReadChunk]);
   for (;;) {
-    size_t old = in.buf.size();
-    in.buf.resize(old + kReadChunk);
-    ssize_t n = ::read(fd, in.buf.data() + old, kReadChunk);
-    in.buf.resize(old + (n > 0 ? static_cast<size_t>(n) : 0));
+    ssize_t n = ::read(fd, chunk.get(), kReadChunk);
     if (n > 0) {
+      in.buf.append(chunk.get(), static_cast<size_t>(n));
       if (static_cast<size_t>(n) < kReadChunk) return true;
       continue;
     }

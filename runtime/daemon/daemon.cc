@@ -397,6 +397,8 @@ Result<void> Daemon::Impl::launch(Agent& a) {
 
   sandbox::SandboxPolicy sp;
   sp.read_write.push_back(a.workdir);
+  sp.read_write.push_back("/dev/null");  // shells and runtimes redirect there
+  sp.read_only.push_back("/dev/urandom");
   for (const auto& p : config.system_read_only) sp.read_only.push_back(p);
   for (const auto& p : m.read_only) sp.read_only.push_back(p);
   sp.read_only.push_back(cli_path.parent_path());  // `outpost mcp connect`

@@ -387,7 +387,6 @@ Result<std::unique_ptr<fb::AgentT>> Compiler::agent(const Field& f) {
     a->tools.push_back(std::move(glob));
   }
   if (auto c = m.get("clearance")) { OUTPOST_TRY(a->clearance, in_.sensitivity(*c)); }
-  a->credential_ttl = 300;
   if (auto t = m.get("credential_ttl")) {
     OUTPOST_TRY(uint64_t ttl, in_.duration(*t, kMaxU32));
     a->credential_ttl = static_cast<uint32_t>(ttl);

@@ -325,6 +325,8 @@ TEST_CASE("outpostd brokers the official MCP SDK client to the reference servers
       if (r.at("kind") != "decision") continue;
       (r.at("allow").as_bool() ? allowed : denied)++;
       if (r.at("tool") == "write_file" && r.at("allow").as_bool()) credential = r.contains("credential");
+      // Only the rule that asks for credentials gets them minted.
+      if (r.at("tool") == "read_text_file") CHECK_FALSE(r.contains("credential"));
     }
     CHECK(denied == 3);
     CHECK(allowed >= 6);

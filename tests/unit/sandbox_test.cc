@@ -174,7 +174,7 @@ TEST_CASE("a sandboxed process reads and writes its work directory and nothing e
   write_text(other / "granted.txt", "granted");
   write_text(ro / "ro.txt", "readable");
   SandboxPolicy policy = system_policy();
-  policy.read_write = {work.path()};
+  policy.read_write = {work.path(), "/dev/null"};  // a file: only file rights apply
   policy.read_only.push_back(ro.path());
   policy.read_only.push_back(other / "granted.txt");  // a single file, not a directory
   policy.read_only.push_back("/nonexistent-outpost-path");
@@ -206,6 +206,10 @@ TEST_CASE("a sandboxed process reads and writes its work directory and nothing e
   Run write_rw = run(sandboxed(rs, {"/bin/bash", "-c", "echo x > " + (work / "new.txt").string()}));
   CHECK(write_rw.exit_code == 0);
   CHECK(fs::exists(work / "new.txt"));
+
+  Run devnull = run(sandboxed(rs, {"/bin/bash", "-c", "echo x > /dev/null"}));
+  CHECK(devnull.exit_code == 0);
+  CHECK(devnull.err.empty());
 }
 
 TEST_CASE("a sandboxed process connects only to listed TCP ports and binds only when allowed", "[sandbox]") {

@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# The MCP broker benchmark: added latency per tools/call with the official SDK client against
+# @modelcontextprotocol/server-everything's `echo`, in alternating rounds of
+#   direct   the client spawns the server itself
+#   pump     a plain byte-pump proxy in between (tests/bench/pump.cc: two pipes, poll, no parsing)
+#   outpost  the client is an agent launched by outpostd and runs `outpost mcp connect everything`
+# then outpostd's RSS with 10 agents running and a 10,000-rule bundle installed.
+# Usage: scripts/bench-mcp.sh [CALLS] [ROUNDS]   (figures: docs/benchmarks.md)
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+calls=${1:-2000}
+rounds=${2:-3}
+"$root/scripts/setup.sh" >/dev/null
+mkdir -p "$root/build"
+"$root/scripts/build.sh" "$root/build" >/dev/null
+outpost=$root/build/runtime/outpost
+outpostd=$root/build/runtime/outpostd
+pump=$root/build/tests/bench/mcp_pump
+e2e=$root/tests/e2e
+everything=$e2e/node_modules/@modelcontextprotocol/server-everything/dist/index.js
+node=$(readlink -f "$(command -v node)")
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/outpost-bench-mcp-XXXXXX")
+daemon_pid=
+cleanup() {
+  [[ -n $daemon_pid ]] && kill "$daemon_pid" 2>/dev/null && wait "$daemon_pid" 2>/dev/null || true
+  "$root/scripts/swtpm.sh" stop "$work/tpm" >/dev/null
+  rm -rf "$work"
+}
+[[ -n ${BENCH_KEEP:-} ]] || trap cleanup EXIT
+"$root/scripts/swtpm.sh" start "$work/tpm" --fresh >/dev/null
+set -a
+. "$work/tpm/swtpm.env"
+set +a
+state=$work/state
+sock=$work/outpostd.sock
+
+# A bundle with the bench agent's rule among 10,000 others (20 agents x 50 tools of filler).
+{
+  cat <<YAML
+version: 1
+issuer: bench
+valid: {not_before: 2026-01-01T00:00:00Z, not_after: 2099-01-01T00:00:00Z, max_offline: 72h}
+tools:
+  - {server: everything, name: echo}
+YAML
+  for t in $(seq 0 49); do echo "  - {server: filler, name: tool$t}"; done
+  echo "agents:"
+  echo "  - {name: bench, tools: [\"everything/*\"]}"
+  for a in $(seq 0 9); do echo "  - {name: idle$a, tools: [\"filler/*\"]}"; done
+  for a in $(seq 0 19); do echo "  - {name: filler$a, tools: [\"filler/*\"]}"; done
+  echo "rules:"
+  echo "  - {id: echo, effect: allow, agents: [bench], tools: [everything/echo], args: [{pointer: /message, max_length: 65536}]}"
+  for i in $(seq 0 9998); do
+    echo "  - {id: r$i, effect: allow, agents: [filler$((i % 20))], tools: [filler/tool$((i % 50))], args: [{pointer: /path, prefix: [/data/$i/]}]}"
+  done
+} >"$work/policy.yaml"
+"$outpost" keygen --out "$work/k.pem" >/dev/null
+"$outpost" trust init --key "$work/k.pem.pub" --threshold 1 -o "$work/root.json" >/dev/null
+"$outpost" bundle build "$work/policy.yaml" -o "$work/b.opb" >/dev/null 2>&1
+"$outpost" bundle sign "$work/b.opb" --key "$work/k.pem" >/dev/null
+"$outpost" node init --board sim --state "$state" >/dev/null
+"$outpost" trust pin "$work/root.json" --state "$state" >/dev/null
+"$outpost" bundle install "$work/b.opb" --state "$state" >/dev/null
+
+printf 'board: sim\nstate_dir: %s\nsocket: %s\ntcti: "%s"\n' "$state" "$sock" "$OUTPOST_TCTI" >"$work/outpostd.yaml"
+OUTPOST_LOG=warn "$outpostd" --config "$work/outpostd.yaml" >"$work/outpostd.log" 2>&1 &
+daemon_pid=$!
+for _ in $(seq 100); do "$outpost" agent list --socket "$sock" >/dev/null 2>&1 && break; sleep 0.1; done
+export OUTPOST_SOCKET=$sock
+
+bench_agent() {  # runs bench-latency.mjs as an agent of outpostd; prints its JSON line
+  cat >"$work/bench.yaml" <<YAML
+name: bench
+command: $node
+args: ["$e2e/bench-latency.mjs", "--calls", "$calls", "--label", "outpost", "--", "$outpost", "mcp", "connect", "everything"]
+binary: $e2e/bench-latency.mjs
+workdir: $work/bench-work
+read_only: ["$e2e"]
+restart: never
+mcp_servers:
+  everything: {command: $node, args: ["$everything", stdio]}
+YAML
+  "$outpost" agent deploy "$work/bench.yaml" >/dev/null
+  for _ in $(seq 600); do
+    "$outpost" agent list --json | grep -q '"name":"bench","state":"stopped"' && break
+    sleep 0.2
+  done
+  "$outpost" agent logs bench --bytes 100000 | grep '"label":"outpost"' | tail -1
+}
+
+echo "# MCP tools/call latency, SDK client -> server-everything echo, $calls calls per run"
+for r in $(seq "$rounds"); do
+  (cd "$e2e" && node bench-latency.mjs --calls "$calls" --label direct -- "$node" "$everything" stdio)
+  (cd "$e2e" && node bench-latency.mjs --calls "$calls" --label pump -- "$pump" "$node" "$everything" stdio)
+  bench_agent
+done
+
+echo "# outpostd memory: 10 more agents running, 10,000-rule bundle in force"
+for a in $(seq 0 9); do
+  printf 'name: idle%s\ncommand: /bin/sleep\nargs: ["600"]\nrestart: never\n' "$a" >"$work/idle$a.yaml"
+  "$outpost" agent deploy "$work/idle$a.yaml" >/dev/null
+done
+sleep 1
+running=$("$outpost" agent list --json | grep -o '"state":"running"' | wc -l)
+rss=$(awk '/VmRSS/ {print $2}' "/proc/$daemon_pid/status")
+hwm=$(awk '/VmHWM/ {print $2}' "/proc/$daemon_pid/status")
+echo "{\"agents_running\":$running,\"rules\":10000,\"outpostd_rss_kb\":$rss,\"outpostd_peak_rss_kb\":$hwm}"
