@@ -2,7 +2,9 @@
 # The README's first command: installs what is missing, builds, and runs the main job on the
 # embedded default board `sim`: a swtpm TPM simulator on a free loopback port with its own
 # state, node provisioning (twice, to show it is idempotent), an agent's TPM key certified by
-# the AK, and a quote taken and verified (by outpost and by tpm2-tools).
+# the AK, a quote taken and verified (by outpost and by tpm2-tools), a signed bundle installed,
+# then outpostd hosting a sample agent (the official MCP SDK client) that calls two official
+# reference MCP servers through outpost: some calls allowed, some denied with the reason.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 "$root/scripts/setup.sh"
@@ -11,7 +13,14 @@ mkdir -p "$root/build"
 outpost=$root/build/runtime/outpost
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/outpost-demo-XXXXXX")
-cleanup() { "$root/scripts/swtpm.sh" stop "$work/tpm"; }
+daemon_pid=
+cleanup() {
+  if [[ -n $daemon_pid ]] && kill -0 "$daemon_pid" 2>/dev/null; then
+    kill "$daemon_pid"
+    wait "$daemon_pid" || true
+  fi
+  "$root/scripts/swtpm.sh" stop "$work/tpm"
+}
 trap cleanup EXIT
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
@@ -83,4 +92,69 @@ decide '{"agent":"hello-agent","server":"fs","tool":"read_file","arguments":{"pa
 
 step "outpost status"
 "$outpost" status
+
+# ---- outpostd: a sample MCP agent, brokered through policy ----
+e2e=$root/tests/e2e
+node=$(readlink -f "$(command -v node)")
+ws=$work/workspace
+mkdir -p "$ws/reports" "$work/demo-agent"
+printf 'sensor-1 ok\nsensor-2 ok\nsensor-3 battery low\n' >"$ws/notes.txt"
+fill() {
+  sed -e "s|@WORKSPACE@|$ws|g" -e "s|@WORK@|$work|g" -e "s|@E2E@|$e2e|g" -e "s|@NODE@|$node|g" \
+    -e "s|@MEASUREMENT@|$(sha256sum "$e2e/agent.mjs" | cut -d' ' -f1)|g" "$1"
+}
+
+step "IAM: bundle v2 for the MCP agent (its script's SHA-256 pinned), signed 2 of 2"
+fill "$root/examples/agents/mcp-demo-policy.yaml.in" >"$iam/mcp-demo.yaml"
+"$outpost" bundle build "$iam/mcp-demo.yaml" -o "$iam/mcp-demo.opb"
+"$outpost" bundle sign "$iam/mcp-demo.opb" --key "$iam/k1.pem" >/dev/null
+"$outpost" bundle sign "$iam/mcp-demo.opb" --key "$iam/k2.pem" >/dev/null
+
+step "outpostd starts: it owns the TPM from now on, the CLI talks to it"
+printf 'board: sim\nstate_dir: %s\ntcti: "%s"\nsocket: %s\n' "$OUTPOST_STATE" "$OUTPOST_TCTI" "$work/outpostd.sock" \
+  >"$work/outpostd.yaml"
+export OUTPOST_SOCKET=$work/outpostd.sock
+"$root/build/runtime/outpostd" --config "$work/outpostd.yaml" >"$work/outpostd.log" 2>&1 &
+daemon_pid=$!
+for _ in $(seq 100); do "$outpost" agent list >/dev/null 2>&1 && break; sleep 0.1; done
+head -1 "$work/outpostd.log"
+"$outpost" bundle install "$iam/mcp-demo.opb"
+
+step "outpost agent deploy: measured, TPM key, Landlock sandbox, scrubbed environment"
+fill "$root/examples/agents/mcp-demo-agent.yaml.in" >"$work/demo-agent/manifest.yaml"
+fill "$root/examples/agents/mcp-demo-steps.json.in" >"$work/demo-agent/steps.json"
+printf '{"mcpServers":{"files":{"command":"%s","args":["mcp","connect","files"]},"everything":{"command":"%s","args":["mcp","connect","everything"]}}}\n' \
+  "$outpost" "$outpost" >"$work/demo-agent/config.json"
+SSH_AUTH_SOCK=/tmp/not-for-agents "$outpost" agent deploy "$work/demo-agent/manifest.yaml"
+for _ in $(seq 300); do
+  "$outpost" agent list --json | grep -q '"state":"stopped"' && break
+  sleep 0.2
+done
+"$outpost" agent list
+
+step "what the agent saw (outpost agent logs demo-agent)"
+"$outpost" agent logs demo-agent | node "$root/examples/agents/show-steps.mjs" "$work/demo-agent/steps.json"
+echo "  reports/summary.txt now holds: $(cat "$ws/reports/summary.txt")"
+echo "  notes.txt is untouched:         $(head -1 "$ws/notes.txt")"
+
+step "the decisions outpostd recorded (state/audit/decisions.jsonl)"
+grep '"kind":"decision"' "$OUTPOST_STATE/audit/decisions.jsonl" |
+  node -e 'require("readline").createInterface({input: process.stdin}).on("line", (l) => {
+    const d = JSON.parse(l);
+    console.log(`  ${d.allow ? "allow" : "DENY "} ${d.server}/${d.tool}  ${d.reason}${d.credential ? "  [credential minted]" : ""}`);
+  })'
+
+step "a process that is not the launched agent cannot use its road to the tools"
+if "$outpost" mcp connect files </dev/null; then
+  echo "demo: an impostor was let through" >&2
+  exit 1
+fi
+
+step "outpost status (through outpostd)"
+"$outpost" status
+
+step "SIGTERM: outpostd stops its agents in order and exits cleanly"
+kill "$daemon_pid"
+wait "$daemon_pid" && echo "outpostd exited 0"
+daemon_pid=
 printf '\ndemo finished; state was in %s\n' "$work"

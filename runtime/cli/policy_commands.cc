@@ -597,6 +597,33 @@ int status(const Args& args) {
   d.add_options()("json", "print JSON");
   auto vm = parse(args, "outpost status [--state DIR] [--json]", d);
   if (!vm) return kExitOk;
+  // While outpostd runs it owns the TPM and knows the agents: ask it.
+  if (auto ctx = resolve_node(*vm)) {
+    const std::filesystem::path socket = daemon::default_socket(ctx->state_dir);
+    if (daemon_running(socket)) {
+      auto r = daemon::call_api(socket, {{"op", "status"}});
+      if (!r) return report(r.error());
+      r->erase("ok");
+      if (vm->count("json")) {
+        std::cout << json::serialize(*r) << "\n";
+        return kExitOk;
+      }
+      std::cout << "node          " << std::string(r->at("node_id").as_string()) << " (board "
+                << std::string(r->at("board").as_string()) << "), served by outpostd\n";
+      if (r->at("bundle").is_object()) {
+        const auto& b = r->at("bundle").as_object();
+        std::cout << "bundle        v" << b.at("version").to_number<uint64_t>() << ", mode " << std::string(b.at("mode").as_string())
+                  << ", valid until " << std::string(b.at("not_after").as_string()) << ", offline budget left "
+                  << b.at("offline_left_s").to_number<int64_t>() / 3600 << " h"
+                  << (b.at("reason").as_string().empty() ? "" : " (" + std::string(b.at("reason").as_string()) + ")") << "\n";
+      } else {
+        std::cout << "bundle        none installed: every tool call is denied\n";
+      }
+      std::cout << "agents        " << r->at("agents").to_number<int64_t>() << ", MCP connections " << r->at("connections").to_number<int64_t>()
+                << ", audit records " << r->at("decisions").to_number<int64_t>() << "\n";
+      return kExitOk;
+    }
+  }
   auto n = open_node_store(*vm);
   if (!n) return report(n.error());
   auto store = store_of(*n);

@@ -1,8 +1,9 @@
 // outpost secret seal | list: tool secrets sealed by the node's TPM.
 //
 // `seal` talks to the TPM directly, as `agent key` does, so it runs before outpostd starts or
-// while it is stopped: a TPM without a resource manager (swtpm, a board without /dev/tpmrm0)
-// serves one client at a time. `list` reads the state directory only.
+// while it is stopped (it refuses when outpostd answers on its socket): a TPM without a
+// resource manager (swtpm, a board without /dev/tpmrm0) serves one client at a time. `list`
+// reads the state directory only.
 #include <unistd.h>
 
 #include <boost/json.hpp>
@@ -10,6 +11,7 @@
 #include <iostream>
 
 #include "cli.h"
+#include "daemon/api.h"
 #include "outpost/attestation/node.h"
 #include "outpost/attestation/secrets.h"
 #include "outpost/base/errors.h"
@@ -68,6 +70,10 @@ int seal(const Args& args) {
   if (!ctx) return report(ctx.error());
   auto id = attestation::load_identity(ctx->state_dir);
   if (!id) return report(id.error());
+  if (const auto socket = daemon::default_socket(ctx->state_dir); daemon_running(socket)) {
+    return report(Error(make_error_code(errc::tpm_unavailable),
+                        "outpostd is running (" + socket.string() + ") and owns the TPM: stop it, seal, start it again"));
+  }
 
   WipedBytes secret;
   if (auto r = read_secret((*vm)["in"].as<std::string>(), secret.bytes); !r) return report(r.error());
