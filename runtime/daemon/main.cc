@@ -1,4 +1,6 @@
 // outpostd --config FILE: the node daemon (see daemon.h).
+#include <malloc.h>
+
 #include <cstring>
 #include <iostream>
 
@@ -6,6 +8,10 @@
 #include "outpost/base/log.h"
 
 int main(int argc, char** argv) {
+  // One malloc arena: the daemon's threads are few and mostly waiting, and per-thread arenas
+  // would each keep their own free memory resident (docs/benchmarks.md: the RSS budget).
+  mallopt(M_ARENA_MAX, 1);
+  outpost::log::configure_from_env();
   std::string config_path;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
