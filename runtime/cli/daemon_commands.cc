@@ -118,6 +118,7 @@ int agent_daemon_command(const std::string& sub, const Args& rest) {
 // outpostd, which brokers them to the real server, then waits for the end and exits with the
 // server's status. No bytes of MCP traffic pass through this process.
 int mcp_command(const Args& args) {
+  if (!args.empty() && args[0] == "serve-local") return mcp_serve_local(Args(args.begin() + 1, args.end()));
   if (args.empty() || args[0] != "connect") throw UsageError("usage: outpost mcp connect SERVER");
   po::options_description d("mcp connect");
   add_socket_option(d);

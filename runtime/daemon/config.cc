@@ -176,10 +176,19 @@ Result<AgentManifest> parse_manifest(std::string_view yaml, std::string_view sou
       OUTPOST_TRY(s.name, r.text(kv.first, "mcp_servers"));
       const std::string path = "mcp_servers." + s.name;
       const YAML::Node& n = kv.second;
-      OUTPOST_TRY_VOID(r.fields(n, path, {"command", "args", "env_allow", "env", "secrets", "cwd"}));
-      if (!n["command"]) return fail(r.bad(n, "missing field " + path + ".command"));
-      OUTPOST_TRY(std::string cmd, r.text(n["command"], path + ".command"));
-      s.command = resolve(base_dir, cmd);
+      OUTPOST_TRY_VOID(r.fields(n, path, {"command", "args", "env_allow", "env", "secrets", "cwd", "local"}));
+      if (n["local"]) {
+        OUTPOST_TRY(std::string l, r.text(n["local"], path + ".local"));
+        if (l != "true" && l != "false") return fail(r.bad(n["local"], path + ".local must be true or false"));
+        s.local = l == "true";
+      }
+      if (s.local == static_cast<bool>(n["command"])) {
+        return fail(r.bad(n, path + " needs either a command or local: true (and not both)"));
+      }
+      if (!s.local) {
+        OUTPOST_TRY(std::string cmd, r.text(n["command"], path + ".command"));
+        s.command = resolve(base_dir, cmd);
+      }
       if (n["args"]) { OUTPOST_TRY(s.args, r.texts(n["args"], path + ".args")); }
       if (n["env_allow"]) { OUTPOST_TRY(s.env_allow, r.texts(n["env_allow"], path + ".env_allow")); }
       if (n["env"]) { OUTPOST_TRY(s.env, r.env_map(n["env"], path + ".env")); }

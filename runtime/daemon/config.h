@@ -39,7 +39,10 @@ struct SecretRef {
 
 struct McpServerSpec {
   std::string name;
-  std::filesystem::path command;  // absolute after resolution
+  // Local command tools: outpostd serves the bundle's `local_command` tools of this server
+  // itself (`outpost mcp serve-local`); the executables come from the signed bundle.
+  bool local = false;
+  std::filesystem::path command;  // absolute after resolution; empty when local
   std::vector<std::string> args;
   std::vector<std::string> env_allow;                     // from outpostd's own environment
   std::vector<std::pair<std::string, std::string>> env;   // set explicitly

@@ -775,8 +775,21 @@ void Daemon::Impl::serve_mcp(int fd, const json::object& req, const std::string&
   fs::create_directories(logdir, ec);
   int logfd = ::open((logdir / (server_name + ".log")).c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
   sandbox::SpawnSpec ss;
-  ss.argv.push_back(spec.command.string());
-  ss.argv.insert(ss.argv.end(), spec.args.begin(), spec.args.end());
+  if (spec.local) {
+    // The bundle names the executables of local command tools; the agent's manifest cannot.
+    ss.argv = {cli_path.string(), "mcp", "serve-local"};
+    auto p = policy.load();
+    if (p->installed && p->installed->bundle.bundle().tools() != nullptr) {
+      for (const auto* t : *p->installed->bundle.bundle().tools()) {
+        if (t->kind() != fb::ToolKind::LocalCommand || t->server()->string_view() != server_name || t->command() == nullptr) continue;
+        ss.argv.push_back("--tool");
+        ss.argv.push_back(t->name()->str() + "=" + t->command()->str());
+      }
+    }
+  } else {
+    ss.argv.push_back(spec.command.string());
+    ss.argv.insert(ss.argv.end(), spec.args.begin(), spec.args.end());
+  }
   ss.env = std::move(*env);
   ss.cwd = spec.cwd.empty() ? workdir : spec.cwd;
   ss.stdin_fd = in_pipe[0];

@@ -140,7 +140,8 @@ struct Node {
         {"mcpServers",
          {{"fs", {{"command", testing::outpost_cli_path()},
                   {"args", {"mcp", "connect", "fs"}}}},
-          {"everything", {{"command", testing::outpost_cli_path()}, {"args", {"mcp", "connect", "everything"}}}}}},
+          {"everything", {{"command", testing::outpost_cli_path()}, {"args", {"mcp", "connect", "everything"}}}},
+          {"ops", {{"command", testing::outpost_cli_path()}, {"args", {"mcp", "connect", "ops"}}}}}},
         {"roots", {"file://" + allowed.string()}}};
     write_text(adir / "config.json", json::serialize(config));
     write_text(adir / "steps.json", json::serialize(steps));
@@ -160,7 +161,8 @@ struct Node {
         "    args: [\"" + (nm / "server-filesystem" / "dist" / "index.js").string() + "\", \"" + allowed.string() + "\"]\n"
         "  everything:\n"
         "    command: " + node + "\n"
-        "    args: [\"" + (nm / "server-everything" / "dist" / "index.js").string() + "\", stdio]\n";
+        "    args: [\"" + (nm / "server-everything" / "dist" / "index.js").string() + "\", stdio]\n"
+        "  ops: {local: true}\n";
     write_text(adir / "manifest.yaml", manifest);
     return adir / "manifest.yaml";
   }
@@ -234,6 +236,8 @@ TEST_CASE("outpostd brokers the official MCP SDK client to the reference servers
       step("everything", "echo", {{"message", "through outpost"}}),
       step("everything", "get-env", {}),
       step("everything", "get-roots-list", {}),
+      step("ops", "say", {{"args", {"hello"}}}),
+      step("ops", "say", {{"args", {"rm", "-rf", "/"}}}),
   };
   ok({"agent", "deploy", n.agent("e2e-agent", steps).string()}, n.env());
   REQUIRE(eventually([&] { return n.agent_state("e2e-agent", "stopped"); }, 90));
@@ -313,6 +317,16 @@ TEST_CASE("outpostd brokers the official MCP SDK client to the reference servers
     REQUIRE(sroots != nullptr);
     CHECK_THAT(content_text(*sroots), Catch::Contains(n.allowed.string()));
   }
+  {  // local command tools: the bundle's executable, decided like any tool
+    const auto* hello = find_step(out, 13);
+    const auto* rm = find_step(out, 14);
+    REQUIRE(hello != nullptr);
+    REQUIRE(rm != nullptr);
+    CHECK(hello->at("isError") == false);
+    CHECK(content_text(*hello) == "hello\n");
+    CHECK(rm->at("isError") == true);
+    CHECK_THAT(content_text(*rm), Catch::Contains("outpost denied this call"));
+  }
   {  // operator secrets reach neither the agent nor its tools
     const auto* env = find_step(out, 11);
     REQUIRE(env != nullptr);
@@ -328,7 +342,7 @@ TEST_CASE("outpostd brokers the official MCP SDK client to the reference servers
       // Only the rule that asks for credentials gets them minted.
       if (r.at("tool") == "read_text_file") CHECK_FALSE(r.contains("credential"));
     }
-    CHECK(denied == 3);
+    CHECK(denied == 4);
     CHECK(allowed >= 6);
     CHECK(credential);
   }
