@@ -50,7 +50,7 @@ struct DecisionRecord {
   std::vector<std::string> rules;  // deciding rule ids
   std::vector<std::string> shadow; // shadow rules that matched
   uint64_t bundle_version = 0;
-  std::string args_sha256;         // hex SHA-256 of the canonical arguments
+  std::string args_sha256;         // base64url SHA-256 of the canonical arguments (credentials::args_sha256)
   std::string reason;              // the engine's explanation
   bool credential = false;         // a credential was minted for the call
 };

@@ -7,7 +7,9 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <poll.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 // GCC 12 reports boost::json's initializer-list constructors as dangling (a known false
@@ -19,6 +21,7 @@
 #include <boost/json.hpp>
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <cstring>
 #include <thread>
 
 #include "outpost/base/bytes.h"
@@ -117,6 +120,9 @@ struct Node {
     ok(with({"node", "init", "--board", "sim"}));
     ok(with({"trust", "pin", p("root.json")}));
     ok(with({"bundle", "install", p("b.opb")}));
+    // A tool secret, sealed by this TPM before outpostd takes it over.
+    write_text(dir / "token.txt", "s3cr3t-for-the-tool-only");
+    ok(with({"secret", "seal", "demo-token", "--in", p("token.txt")}));
   }
 
   void start_daemon() {
@@ -162,6 +168,7 @@ struct Node {
         "  everything:\n"
         "    command: " + node + "\n"
         "    args: [\"" + (nm / "server-everything" / "dist" / "index.js").string() + "\", stdio]\n"
+        "    secrets: [{name: demo-token, env: DEMO_TOKEN}]\n"
         "  ops: {local: true}\n";
     write_text(adir / "manifest.yaml", manifest);
     return adir / "manifest.yaml";
@@ -327,10 +334,12 @@ TEST_CASE("outpostd brokers the official MCP SDK client to the reference servers
     CHECK(rm->at("isError") == true);
     CHECK_THAT(content_text(*rm), Catch::Contains("outpost denied this call"));
   }
-  {  // operator secrets reach neither the agent nor its tools
+  {  // operator secrets reach neither the agent nor its tools; the sealed one reaches the tool
     const auto* env = find_step(out, 11);
     REQUIRE(env != nullptr);
     CHECK_THAT(content_text(*env), !Catch::Contains("operator-secret") && !Catch::Contains("operator-agent.sock"));
+    CHECK_THAT(content_text(*env), Catch::Contains("s3cr3t-for-the-tool-only"));
+    CHECK_THAT(content_text(*env), !Catch::Contains("OUTPOST_SESSION"));  // the agent's own variables stay with it
   }
   {  // every decision is recorded with its rule, and the write carried a credential
     int allowed = 0, denied = 0;
@@ -380,7 +389,7 @@ TEST_CASE("a sandboxed agent can neither read outside its work directory nor ope
   const std::string script = "cat " + (n.outside / "secret.txt").string() + "; echo read_rc=$?; " +
                              "(exec 3<>/dev/tcp/127.0.0.1/" + std::to_string(port) + ") ; echo tcp_rc=$?; " +
                              "echo ok > $HOME/mine.txt; echo write_rc=$?; " +
-                             "echo ssh=${SSH_AUTH_SOCK:-none} aws=${AWS_SECRET_ACCESS_KEY:-none}";
+                             "echo ssh=${SSH_AUTH_SOCK:-none} aws=${AWS_SECRET_ACCESS_KEY:-none} token=${DEMO_TOKEN:-none}";
   write_text(n.dir / "sandboxed.yaml", "name: sandboxed\ncommand: /bin/bash\nargs: [\"-c\", " +
                                            json::serialize(json::value(script)) + "]\nrestart: never\n");
   ok({"agent", "deploy", (n.dir / "sandboxed.yaml").string()}, n.env());
@@ -391,10 +400,65 @@ TEST_CASE("a sandboxed agent can neither read outside its work directory nor ope
   CHECK_THAT(log.out, Catch::Contains("read_rc=1"));
   CHECK_THAT(log.out, Catch::Contains("tcp_rc=1"));
   CHECK_THAT(log.out, Catch::Contains("write_rc=0"));
-  CHECK_THAT(log.out, Catch::Contains("ssh=none aws=none"));
+  CHECK_THAT(log.out, Catch::Contains("ssh=none aws=none token=none"));
   CHECK(::accept(lsock, nullptr, nullptr) < 0);  // nothing ever connected
   ::close(lsock);
+
+  {  // a failing agent is restarted with back-off (1 s, 2 s, ...)
+    write_text(n.dir / "crashy.yaml", "name: crashy\ncommand: /bin/sh\nargs: [\"-c\", \"echo started; exit 3\"]\nrestart: on-failure\n");
+    ok({"agent", "deploy", (n.dir / "crashy.yaml").string()}, n.env());
+    REQUIRE(eventually([&] { return n.agent_entry("crashy").at("restarts").to_number<int64_t>() >= 2; }, 15));
+    CHECK(n.agent_entry("crashy").at("last_exit") == 3);
+    ok({"agent", "stop", "crashy"}, n.env());
+    REQUIRE(eventually([&] { return n.agent_state("crashy", "stopped"); }, 10));
+  }
+  {  // bundles dropped into the inbox: a stale one is rejected with the reason, a new one installed
+    const fs::path inbox = n.state / "inbox";
+    fs::copy_file(n.dir / "b.opb", inbox / "01-old.opb");
+    REQUIRE(eventually([&] { return fs::exists(inbox / "rejected" / "01-old.opb.error"); }, 10));
+    CHECK_THAT(*read_text_file(inbox / "rejected" / "01-old.opb.error"), Catch::Contains("is not newer than the installed v1"));
+    std::string policy = replace_all(*read_text_file(n.dir / "policy.yaml"), "version: 1\n", "version: 5\n");
+    write_text(n.dir / "policy5.yaml", policy);
+    ok({"bundle", "build", (n.dir / "policy5.yaml").string(), "-o", (n.dir / "b5.opb").string()});
+    ok({"bundle", "sign", (n.dir / "b5.opb").string(), "--key", (n.dir / "k.pem").string()});
+    fs::copy_file(n.dir / "b5.opb", inbox / "02-new.opb.tmp");
+    fs::rename(inbox / "02-new.opb.tmp", inbox / "02-new.opb");  // dropped whole, as a deploy tool would
+    REQUIRE(eventually([&] { return !fs::exists(inbox / "02-new.opb"); }, 10));
+    auto status = ok({"status", "--json", "--state", n.state.string()}, n.env());
+    CHECK(json::parse(status.out).at("bundle").at("version") == 5);
+  }
   CHECK(n.daemon->stop(SIGTERM) == 0);
+  CHECK_THAT(*read_text_file(n.dir / "outpostd.log"), Catch::Contains("outpostd ready"));
+}
+
+TEST_CASE("outpostd tells systemd when it is ready and when it stops", "[e2e]") {
+  Node n;
+  n.provision();
+  // A notify socket like systemd's: datagrams on a Unix socket named by NOTIFY_SOCKET.
+  const fs::path notify = n.dir / "notify.sock";
+  int ns = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, notify.c_str(), sizeof addr.sun_path - 1);
+  REQUIRE(::bind(ns, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+  write_text(n.dir / "outpostd.yaml", "board: sim\nstate_dir: " + n.state.string() + "\ntcti: \"" + n.swtpm.tcti() +
+                                          "\"\nsocket: " + n.socket.string() + "\n");
+  testing::Background daemon({testing::outpostd_path(), "--config", (n.dir / "outpostd.yaml").string()},
+                             n.dir / "outpostd.log", {"NOTIFY_SOCKET=" + notify.string()});
+  auto next = [&](int timeout_s) {
+    pollfd p{ns, POLLIN, 0};
+    if (::poll(&p, 1, timeout_s * 1000) <= 0) return std::string();
+    char buf[512];
+    ssize_t k = ::recv(ns, buf, sizeof buf, 0);
+    return k > 0 ? std::string(buf, static_cast<size_t>(k)) : std::string();
+  };
+  CHECK_THAT(next(30), Catch::Contains("READY=1"));
+  // Ready means serving: the API answers at once.
+  CHECK(testing::run_outpost({"agent", "list"}, n.env()).exit_code == 0);
+  ::kill(daemon.pid(), SIGTERM);
+  CHECK_THAT(next(30), Catch::Contains("STOPPING=1"));
+  CHECK(daemon.stop(SIGTERM) == 0);
+  ::close(ns);
 }
 
 TEST_CASE("killing either side of an MCP connection ends the other cleanly", "[e2e]") {
