@@ -3,6 +3,7 @@
 #include <boost/json.hpp>
 #include <boost/json/basic_parser_impl.hpp>
 #include <algorithm>
+#include <cstring>
 #include <array>
 #include <charconv>
 #include <cmath>
@@ -172,13 +173,44 @@ std::optional<std::u16string> utf16_of(std::string_view s) {
   return out;
 }
 
+// Strict UTF-8 check without building anything; runs of ASCII are skipped eight bytes at a time
+// (arguments are mostly ASCII, and this runs over every byte of every call's arguments).
+bool valid_utf8(std::string_view s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    while (i + 8 <= s.size()) {
+      uint64_t w;
+      std::memcpy(&w, s.data() + i, 8);
+      if ((w & 0x8080808080808080ull) != 0) break;
+      i += 8;
+    }
+    if (i >= s.size()) break;
+    if (static_cast<unsigned char>(s[i]) < 0x80) {
+      ++i;
+      continue;
+    }
+    // A multi-byte sequence: the strict decoder decides.
+    size_t len = 0;
+    const auto b0 = static_cast<unsigned char>(s[i]);
+    len = b0 >= 0xF0 ? 4 : b0 >= 0xE0 ? 3 : 2;
+    if (!utf16_of(s.substr(i, std::min(len, s.size() - i)))) return false;
+    i += len;
+  }
+  return true;
+}
+
 Result<void> append_string(std::string& out, std::string_view s) {
-  if (!utf16_of(s)) return fail(errc::invalid_argument, "a JSON string is not valid UTF-8");
+  if (!valid_utf8(s)) return fail(errc::invalid_argument, "a JSON string is not valid UTF-8");
   static constexpr char kHex[] = "0123456789abcdef";
+  out.reserve(out.size() + s.size() + 2);
   out.push_back('"');
-  for (char c : s) {
-    const auto u = static_cast<unsigned char>(c);
-    switch (c) {
+  size_t run = 0;  // start of the pending run of characters that need no escape
+  for (size_t i = 0; i < s.size(); ++i) {
+    const auto u = static_cast<unsigned char>(s[i]);
+    if (u >= 0x20 && u != '"' && u != '\\') continue;
+    out.append(s.data() + run, i - run);
+    run = i + 1;
+    switch (u) {
       case '"': out += "\\\""; break;
       case '\\': out += "\\\\"; break;
       case '\b': out += "\\b"; break;
@@ -187,15 +219,12 @@ Result<void> append_string(std::string& out, std::string_view s) {
       case '\f': out += "\\f"; break;
       case '\r': out += "\\r"; break;
       default:
-        if (u < 0x20) {
-          out += "\\u00";
-          out.push_back(kHex[u >> 4]);
-          out.push_back(kHex[u & 0xF]);
-        } else {
-          out.push_back(c);
-        }
+        out += "\\u00";
+        out.push_back(kHex[u >> 4]);
+        out.push_back(kHex[u & 0xF]);
     }
   }
+  out.append(s.data() + run, s.size() - run);
   out.push_back('"');
   return ok();
 }
