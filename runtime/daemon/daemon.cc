@@ -24,6 +24,7 @@
 #include <boost/asio/local/stream_protocol.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <boost/asio/thread_pool.hpp>
 #include <boost/json/parse.hpp>
 #include <boost/json/serialize.hpp>
 
@@ -167,6 +168,9 @@ struct Daemon::Impl {
   std::optional<asio::local::stream_protocol::acceptor> acceptor;
   asio::signal_set signals{io};
   asio::steady_timer inbox_timer{io}, life_timer{io}, sync_timer{io};
+  // TPM and disk work the timers start (inbox installs, the bundle's life, fdatasync) runs here,
+  // never on the event loop's thread.
+  asio::thread_pool worker{1};
 
   std::mutex mu;  // agents, connections, threads
   std::map<std::string, std::unique_ptr<Agent>> agents;
@@ -895,6 +899,7 @@ void Daemon::Impl::shutdown() {
   inbox_timer.cancel();
   life_timer.cancel();
   sync_timer.cancel();
+  worker.join();  // an install in progress finishes (it is atomic either way)
   signals.cancel();
   std::vector<std::pair<pid_t, int>> order;
   {
@@ -1022,24 +1027,31 @@ Result<void> Daemon::run() {
     m.inbox_timer.expires_after(std::chrono::milliseconds(c.inbox_poll_ms));
     m.inbox_timer.async_wait([&](const boost::system::error_code& e) {
       if (e || m.stopping) return;
-      m.poll_inbox();
-      inbox();
+      // Installing talks to the TPM: off the event loop, then the next poll is scheduled.
+      asio::post(m.worker, [&] {
+        m.poll_inbox();
+        asio::post(m.io, inbox);
+      });
     });
   };
   std::function<void()> life = [&] {
     m.life_timer.expires_after(std::chrono::seconds(c.life_check_s));
     m.life_timer.async_wait([&](const boost::system::error_code& e) {
       if (e || m.stopping) return;
-      m.check_life();
-      life();
+      asio::post(m.worker, [&] {
+        m.check_life();  // reads the TPM clock
+        asio::post(m.io, life);
+      });
     });
   };
   std::function<void()> sync = [&] {
     m.sync_timer.expires_after(std::chrono::milliseconds(200));
     m.sync_timer.async_wait([&](const boost::system::error_code& e) {
       if (e || m.stopping) return;
-      if (auto r = m.log->sync(); !r) OUTPOST_NOTE(error, r.error().message());
-      sync();
+      asio::post(m.worker, [&] {
+        if (auto r = m.log->sync(); !r) OUTPOST_NOTE(error, r.error().message());
+        asio::post(m.io, sync);
+      });
     });
   };
   m.poll_inbox();
