@@ -68,7 +68,7 @@ Result<Digest> measure_file(const std::filesystem::path& path, uint64_t max_byte
   return h.finish();
 }
 
-Result<void> AgentKeyStore::validate_name(std::string_view name) {
+Result<void> validate_component_name(std::string_view what, std::string_view name) {
   auto ok_char = [](char c) {
     return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-';
   };
@@ -76,11 +76,13 @@ Result<void> AgentKeyStore::validate_name(std::string_view name) {
               name[0] != '-';
   for (char c : name) good = good && ok_char(c);
   if (!good) {
-    return fail(errc::invalid_argument, "agent name \"" + std::string(name) +
+    return fail(errc::invalid_argument, std::string(what) + " \"" + std::string(name) +
                                             "\" must be 1-63 characters of a-z 0-9 . _ -, starting with a letter or digit");
   }
   return ok();
 }
+
+Result<void> AgentKeyStore::validate_name(std::string_view name) { return validate_component_name("agent name", name); }
 
 Result<AgentKey> AgentKeyStore::read(std::string_view name) const {
   OUTPOST_TRY_VOID(validate_name(name));

@@ -1,5 +1,7 @@
 #include "outpost/attestation/secrets.h"
 
+#include "outpost/attestation/agent_keys.h"
+
 #include <algorithm>
 #include <system_error>
 
@@ -15,19 +17,7 @@ constexpr std::string_view kSuffix = ".sealed";
 
 }  // namespace
 
-Result<void> SecretStore::validate_name(std::string_view name) {
-  auto ok_char = [](char c) {
-    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-';
-  };
-  bool good = !name.empty() && name.size() <= 63 && ok_char(name[0]) && name[0] != '.' && name[0] != '_' &&
-              name[0] != '-';
-  for (char c : name) good = good && ok_char(c);
-  if (!good) {
-    return fail(errc::invalid_argument, "secret name \"" + std::string(name) +
-                                            "\" must be 1-63 characters of a-z 0-9 . _ -, starting with a letter or digit");
-  }
-  return ok();
-}
+Result<void> SecretStore::validate_name(std::string_view name) { return validate_component_name("secret name", name); }
 
 Result<void> SecretStore::seal(Tpm& tpm, std::string_view name, ByteView secret, bool* replaced) {
   OUTPOST_TRY_VOID(validate_name(name));

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <optional>
 
 #include <boost/json/parse.hpp>
 #include <boost/json/serialize.hpp>
@@ -226,32 +227,18 @@ void McpSession::handle_call(const json::object& msg, std::string_view line, std
   }
 
   const int64_t ttl = credentials::credential_ttl(d.credential_ttl, now, view.not_after);
+  std::optional<std::string> token;
   if (ttl > 0 && minter_) {
-    auto token = minter_(rec, args, ttl);
-    if (!token) {
+    auto minted = minter_(rec, args, ttl);
+    if (!minted) {
       // Fail closed: a call whose rule wants a credential does not go out without one.
       rec.allow = false;
-      rec.reason = "could not mint the call's credential: " + token.error().message();
+      rec.reason = "could not mint the call's credential: " + minted.error().message();
       deny(id, rec, to_client);
       return;
     }
+    token = std::move(*minted);
     rec.credential = true;
-    if (sink_ != nullptr) {
-      if (auto r = sink_->record(rec); !r) {
-        rec.allow = false;
-        rec.reason = "the decision could not be recorded: " + r.error().message();
-        deny(id, rec, to_client);
-        return;
-      }
-    }
-    json::object copy = msg;
-    json::value& meta = copy["params"].as_object()["_meta"];
-    if (!meta.is_object()) meta = json::object();
-    meta.as_object()["outpost/credential"] = *token;
-    ++stats_.calls_allowed;
-    remember(tool, now, view.engine->output_sensitivity(options_.server, tool), args);
-    append_value(to_server, copy);
-    return;
   }
   if (sink_ != nullptr) {
     if (auto r = sink_->record(rec); !r) {
@@ -263,7 +250,15 @@ void McpSession::handle_call(const json::object& msg, std::string_view line, std
   }
   ++stats_.calls_allowed;
   remember(tool, now, view.engine->output_sensitivity(options_.server, tool), args);
-  append_line(to_server, line);
+  if (!token) {
+    append_line(to_server, line);  // forwarded as sent
+    return;
+  }
+  json::object copy = msg;
+  json::value& meta = copy["params"].as_object()["_meta"];
+  if (!meta.is_object()) meta = json::object();
+  meta.as_object()["outpost/credential"] = *token;
+  append_value(to_server, copy);
 }
 
 void McpSession::deny(const json::value& id, DecisionRecord& rec, std::string& to_client) {

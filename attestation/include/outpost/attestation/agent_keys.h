@@ -33,6 +33,11 @@ struct AgentKey {
   std::string to_json() const;     // what `outpost agent key --json` prints
 };
 
+// Names of agents, secrets and the like: 1..63 of [a-z0-9._-], starting with a letter or
+// digit, since they become a path component (and part of a SPIFFE ID). `what` names the kind
+// in the error ("agent name", "secret name").
+Result<void> validate_component_name(std::string_view what, std::string_view name);
+
 // SHA-256 of a file, refusing files over `max_bytes` (an agent binary must not be able to
 // make outpost read forever).
 Result<Digest> measure_file(const std::filesystem::path& path, uint64_t max_bytes = 512ull << 20);
