@@ -455,6 +455,13 @@ TEST_CASE("outpostd tells systemd when it is ready and when it stops", "[e2e]") 
   CHECK_THAT(next(30), Catch::Contains("READY=1"));
   // Ready means serving: the API answers at once.
   CHECK(testing::run_outpost({"agent", "list"}, n.env()).exit_code == 0);
+  // A uid the config does not allow is refused by SO_PEERCRED (the socket itself is 0666).
+  fs::permissions(n.dir.path(), fs::perms::owner_all | fs::perms::group_exec | fs::perms::others_exec);
+  fs::permissions(n.socket.parent_path(), fs::perms::owner_all | fs::perms::group_exec | fs::perms::others_exec);
+  auto nobody = testing::run_program({"/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                                      testing::outpost_cli_path(), "agent", "list", "--socket", n.socket.string()});
+  CHECK(nobody.exit_code == 1);
+  CHECK_THAT(nobody.err, Catch::Contains("uid 65534 may not use the outpostd API"));
   ::kill(daemon.pid(), SIGTERM);
   CHECK_THAT(next(30), Catch::Contains("STOPPING=1"));
   CHECK(daemon.stop(SIGTERM) == 0);
