@@ -438,7 +438,9 @@ Result<std::vector<std::string>> scrub_environment(const std::vector<std::string
     if (std::any_of(vars.begin(), vars.end(), [&](const auto& v) { return v.first == name; })) continue;
     vars.emplace_back(std::string(name), std::string(entry.substr(eq + 1)));
   }
-  for (const auto& [name, value] : set) {
+  for (const auto& kv : set) {  // not a structured binding: clang 14 cannot capture one
+    const std::string& name = kv.first;
+    const std::string& value = kv.second;
     if (!valid_name(name) || value.find('\0') != std::string::npos) {
       return fail(errc::invalid_argument, "environment: invalid variable '" + name + "'");
     }
