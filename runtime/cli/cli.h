@@ -69,6 +69,7 @@ int status_command(const Args& args);
 int token_command(const Args& args);   // token_commands.cc
 int secret_command(const Args& args);  // secret_commands.cc
 int mcp_command(const Args& args);
+int eventlog_command(const Args& args);  // eventlog_commands.cc
 int mcp_serve_local(const Args& args);  // the MCP server of local command tools (mcp_local.cc)
 // agent deploy/list/stop/logs through outpostd; -1 when `sub` is none of them.
 int agent_daemon_command(const std::string& sub, const Args& rest);

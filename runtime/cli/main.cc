@@ -34,6 +34,7 @@ central IAM:
 responder:
   attest quote --nonce HEX --out DIR           quote the board's PCRs with the AK
   attest verify DIR --ak ak.pem --nonce HEX    check a quote offline
+  eventlog show|replay [FILE] [--json]         the boot event log, listed or replayed to PCRs
 
 Every command that touches the node takes --board, --state and --tcti; OUTPOST_BOARD,
 OUTPOST_STATE and OUTPOST_TCTI give defaults. Logs: OUTPOST_LOG=debug|info|warn|error,
@@ -64,6 +65,7 @@ int main(int argc, char** argv) {
     if (group == "token") return outpost::cli::token_command(rest);
     if (group == "secret") return outpost::cli::secret_command(rest);
     if (group == "mcp") return outpost::cli::mcp_command(rest);
+    if (group == "eventlog") return outpost::cli::eventlog_command(rest);
     throw outpost::cli::UsageError("unknown command \"" + group + "\" (see outpost --help)");
   } catch (const outpost::cli::UsageError& e) {
     std::fprintf(stderr, "outpost: %s\n", e.what());
