@@ -229,7 +229,7 @@ void McpSession::handle_call(const json::object& msg, std::string_view line, std
   const int64_t ttl = credentials::credential_ttl(d.credential_ttl, now, view.not_after);
   std::optional<std::string> token;
   if (ttl > 0 && minter_) {
-    auto minted = minter_(rec, args, ttl);
+    auto minted = minter_(rec, ttl);
     if (!minted) {
       // Fail closed: a call whose rule wants a credential does not go out without one.
       rec.allow = false;

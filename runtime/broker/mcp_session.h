@@ -70,9 +70,9 @@ struct PolicyView {
   int64_t not_after = 0;                          // the bundle's end of life (credential TTL cap)
 };
 
-// Mints a call-scoped credential: (decision record, ttl seconds) -> compact JWS.
-using CredentialMinter = std::function<Result<std::string>(const DecisionRecord&, const boost::json::value* args,
-                                                           int64_t ttl)>;
+// Mints a call-scoped credential: (decision record, ttl seconds) -> compact JWS. The record
+// carries everything the claims need, the arguments' hash included.
+using CredentialMinter = std::function<Result<std::string>(const DecisionRecord&, int64_t ttl)>;
 
 class McpSession {
  public:

@@ -142,11 +142,8 @@ RelayEnd run_relay(RelayFds& fds, McpSession& session, size_t max_line) {
       ::close(fds.server_in);
       fds.server_in = -1;
     }
-    if (!client_gone && !to_client.flush(fds.client_out)) {
-      client_gone = true;
-      to_client = Outbox{};
-    }
-    if (client_gone) to_client = Outbox{};
+    if (!client_gone && !to_client.flush(fds.client_out)) client_gone = true;
+    if (client_gone) to_client = Outbox{};  // nothing more can reach the agent: drop it
     // The client's EOF reaches the server once everything before it has.
     if (from_client.eof && fds.server_in >= 0 && to_server.pending() == 0) {
       ::close(fds.server_in);

@@ -10,7 +10,6 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
-#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -70,7 +69,7 @@ Result<RunResult> run_tool(const std::string& exe, const std::vector<std::string
     if (r.out.size() < kMaxOutput) r.out.append(buf, std::min(static_cast<size_t>(n), kMaxOutput - r.out.size()));
   }
   ::close(out[0]);
-  if (r.timed_out) ::syscall(SYS_pidfd_send_signal, child->pidfd.get(), SIGKILL, nullptr, 0);
+  if (r.timed_out) sandbox::pidfd_signal(child->pidfd.get(), SIGKILL);
   int st = 0;
   ::waitpid(child->pid, &st, 0);
   r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);

@@ -7,7 +7,6 @@
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
@@ -16,6 +15,7 @@
 #include <condition_variable>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <future>
 #include <thread>
 
@@ -63,8 +63,6 @@ namespace {
 #define SO_PEERPIDFD 77
 #endif
 
-int send_signal(int pidfd, int sig) { return static_cast<int>(::syscall(SYS_pidfd_send_signal, pidfd, sig, nullptr, 0)); }
-
 // Waits up to `ms` for the process behind `pidfd` to exit.
 bool wait_exit(int pidfd, int ms) {
   pollfd p{pidfd, POLLIN, 0};
@@ -79,9 +77,9 @@ bool wait_exit(int pidfd, int ms) {
 // 128+signal.
 int terminate_and_reap(pid_t pid, int pidfd, int grace_ms) {
   if (!wait_exit(pidfd, 0)) {
-    send_signal(pidfd, SIGTERM);
+    sandbox::pidfd_signal(pidfd, SIGTERM);
     if (!wait_exit(pidfd, grace_ms)) {
-      send_signal(pidfd, SIGKILL);
+      sandbox::pidfd_signal(pidfd, SIGKILL);
       wait_exit(pidfd, 5000);
     }
   }
@@ -497,7 +495,7 @@ void Daemon::Impl::stop_agent(Agent& a, bool kill_now) {
   if (a.timer) a.timer->cancel();
   if (a.state == AgentState::backoff) a.state = AgentState::stopped;
   if (a.pidfd < 0) return;
-  send_signal(a.pidfd, kill_now ? SIGKILL : SIGTERM);
+  sandbox::pidfd_signal(a.pidfd, kill_now ? SIGKILL : SIGTERM);
   if (!kill_now) {
     // KILL after a grace period if it is still there.
     auto t = std::make_shared<asio::steady_timer>(io, std::chrono::seconds(5));
@@ -506,7 +504,7 @@ void Daemon::Impl::stop_agent(Agent& a, bool kill_now) {
     t->async_wait([this, t, pid, name](const boost::system::error_code&) {
       std::lock_guard lock(mu);
       auto it = agents.find(name);
-      if (it != agents.end() && it->second->pid == pid && it->second->pidfd >= 0) send_signal(it->second->pidfd, SIGKILL);
+      if (it != agents.end() && it->second->pid == pid && it->second->pidfd >= 0) sandbox::pidfd_signal(it->second->pidfd, SIGKILL);
     });
   }
 }
@@ -591,10 +589,13 @@ void Daemon::Impl::serve(int fd) {
   }
   // The peer as a pidfd, taken when it connected (SO_PEERPIDFD, Linux 6.5+) or now: while it
   // is alive its pid cannot be reused, so the ancestry check below is about this process.
-  int peer_pidfd = -1;
-  len = sizeof peer_pidfd;
-  if (::getsockopt(fd, SOL_SOCKET, SO_PEERPIDFD, &peer_pidfd, &len) != 0) {
-    peer_pidfd = static_cast<int>(::syscall(SYS_pidfd_open, peer.pid, 0));
+  sandbox::UniqueFd peer_pidfd;
+  int raw_pidfd = -1;
+  len = sizeof raw_pidfd;
+  if (::getsockopt(fd, SOL_SOCKET, SO_PEERPIDFD, &raw_pidfd, &len) == 0) {
+    peer_pidfd = sandbox::UniqueFd(raw_pidfd);
+  } else if (auto opened = sandbox::pidfd_open(peer.pid)) {
+    peer_pidfd = std::move(*opened);
   }
   timeval tv{30, 0};
   ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
@@ -605,9 +606,8 @@ void Daemon::Impl::serve(int fd) {
     std::lock_guard lock(mu);
     agent_name = agent_of(peer.pid);
   }
-  const bool alive = peer_pidfd >= 0 && send_signal(peer_pidfd, 0) == 0;
-  if (peer_pidfd >= 0) ::close(peer_pidfd);
-  if (!alive) agent_name.clear();
+  if (!peer_pidfd || !sandbox::pidfd_alive(peer_pidfd.get())) agent_name.clear();
+  peer_pidfd.reset();
 
   auto close_fds = [&] {
     for (int f : fds) ::close(f);
@@ -824,17 +824,23 @@ void Daemon::Impl::serve_mcp(int fd, const json::object& req, const std::string&
   (void)log->record_event("mcp_connect", {{"agent", agent_name}, {"server", server_name}, {"pid", child->pid}});
 
   // Credentials: signed by the agent's TPM key, loaded for the signature and flushed.
-  broker::CredentialMinter minter = [this, agent_name](const broker::DecisionRecord& rec, const json::value* args,
-                                                       int64_t ttl) -> Result<std::string> {
+  // The agent's key material is read from disk once per connection, not per credential.
+  std::optional<attestation::AgentKey> agent_key;
+  broker::CredentialMinter minter = [this, agent_name, &agent_key](const broker::DecisionRecord& rec,
+                                                                   int64_t ttl) -> Result<std::string> {
     attestation::AgentKeyStore keys(config.state_dir, node);
-    OUTPOST_TRY(attestation::AgentKey key, keys.read(agent_name));
+    if (!agent_key) {
+      OUTPOST_TRY(attestation::AgentKey read, keys.read(agent_name));
+      agent_key = std::move(read);
+    }
+    const attestation::AgentKey& key = *agent_key;
     credentials::CallClaims c;
     c.iss = node.spiffe_id;
     c.sub = key.spiffe_id;
     c.aud = rec.server + "/" + rec.tool;
     c.agent = rec.agent;
     c.task = rec.task;
-    OUTPOST_TRY(c.args_sha256, credentials::args_sha256(args != nullptr ? *args : json::value(json::object())));
+    c.args_sha256 = rec.args_sha256;  // the broker hashed the arguments for the record already
     c.bundle_version = rec.bundle_version;
     c.iat = c.nbf = rec.time;
     c.exp = rec.time + ttl;

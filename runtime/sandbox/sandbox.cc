@@ -511,9 +511,11 @@ Result<UniqueFd> pidfd_open(pid_t pid) {
   return UniqueFd(static_cast<int>(fd));
 }
 
+bool pidfd_signal(int pidfd, int sig) { return ::syscall(SYS_pidfd_send_signal, pidfd, sig, nullptr, 0) == 0; }
+
 bool pidfd_alive(int pidfd) {
   // Signal 0 checks without sending; EPERM still means there is a process to refuse us.
-  return ::syscall(SYS_pidfd_send_signal, pidfd, 0, nullptr, 0) == 0 || errno == EPERM;
+  return pidfd_signal(pidfd, 0) || errno == EPERM;
 }
 
 }  // namespace outpost::sandbox

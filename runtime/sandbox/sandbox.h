@@ -156,5 +156,8 @@ Result<UniqueFd> pidfd_open(pid_t pid);
 // True until the process behind `pidfd` has been reaped (a zombie still counts: its pid cannot
 // be reused yet).
 bool pidfd_alive(int pidfd);
+// Sends `sig` to the process behind `pidfd` (pidfd_send_signal); false with errno set when it
+// could not, e.g. ESRCH once the process has been reaped.
+bool pidfd_signal(int pidfd, int sig);
 
 }  // namespace outpost::sandbox

@@ -48,7 +48,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }();
   static NullSink sink;
   broker::McpSession session({"a", "t", "fs", 16}, [] { return broker::PolicyView{engine, policy::Mode::normal, 4102444800}; },
-                             &sink, [](const broker::DecisionRecord&, const boost::json::value*, int64_t) -> Result<std::string> {
+                             &sink, [](const broker::DecisionRecord&, int64_t) -> Result<std::string> {
                                return std::string("token");
                              });
   std::string_view in(reinterpret_cast<const char*>(data), size);

@@ -222,7 +222,7 @@ TEST_CASE("broker taint flow denies a fetch after confidential data", "[broker]"
 TEST_CASE("broker attaches a minted credential and fails closed without one", "[broker]") {
   Sink sink;
   int64_t seen_ttl = 0;
-  auto s = session(sink, "fs", [&](const broker::DecisionRecord& r, const json::value*, int64_t ttl) -> Result<std::string> {
+  auto s = session(sink, "fs", [&](const broker::DecisionRecord& r, int64_t ttl) -> Result<std::string> {
     seen_ttl = ttl;
     return "token-for-" + r.tool;
   });
@@ -235,7 +235,7 @@ TEST_CASE("broker attaches a minted credential and fails closed without one", "[
   CHECK(sink.records.back().credential);
 
   Sink sink2;
-  auto s2 = session(sink2, "fs", [](const broker::DecisionRecord&, const json::value*, int64_t) -> Result<std::string> {
+  auto s2 = session(sink2, "fs", [](const broker::DecisionRecord&, int64_t) -> Result<std::string> {
     return fail(make_error_code(errc::tpm_unavailable), "TPM gone");
   });
   to_server.clear();
