@@ -37,6 +37,8 @@ step "outpost node init --board sim"
 "$outpost" node init --board sim --state "$OUTPOST_STATE"
 step "outpost node init again: idempotent"
 "$outpost" node init --board sim --state "$OUTPOST_STATE" | head -2
+step "outpost node check --board sim: the device against its board profile"
+"$outpost" node check --board sim --state "$OUTPOST_STATE"
 
 step "outpost agent key: a TPM-resident key for the sample agent, certified by the AK"
 "$outpost" agent key hello-agent --binary "$root/examples/agents/hello-agent.sh"
@@ -110,9 +112,12 @@ fill "$root/examples/agents/mcp-demo-policy.yaml.in" >"$iam/mcp-demo.yaml"
 "$outpost" bundle sign "$iam/mcp-demo.opb" --key "$iam/k1.pem" >/dev/null
 "$outpost" bundle sign "$iam/mcp-demo.opb" --key "$iam/k2.pem" >/dev/null
 
-step "outpostd starts: it owns the TPM from now on, the CLI talks to it"
 printf 'board: sim\nstate_dir: %s\ntcti: "%s"\nsocket: %s\n' "$OUTPOST_STATE" "$OUTPOST_TCTI" "$work/outpostd.sock" \
   >"$work/outpostd.yaml"
+step "the pre-start hook (systemd's ExecStartPre): outpostd and its config measured into PCR 23"
+"$outpost" node measure --config "$work/outpostd.yaml"
+
+step "outpostd starts: it owns the TPM from now on, the CLI talks to it"
 export OUTPOST_SOCKET=$work/outpostd.sock
 "$root/build/runtime/outpostd" --config "$work/outpostd.yaml" >"$work/outpostd.log" 2>&1 &
 daemon_pid=$!
@@ -143,6 +148,14 @@ grep '"kind":"decision"' "$OUTPOST_STATE/audit/decisions.jsonl" |
     const d = JSON.parse(l);
     console.log(`  ${d.allow ? "allow" : "DENY "} ${d.server}/${d.tool}  ${d.reason}${d.credential ? "  [credential minted]" : ""}`);
   })'
+
+step "a responder checks outpost's own launches against a quote (runtime measurement log, PCR 23)"
+"$outpost" eventlog show "$OUTPOST_STATE/measurements/runtime.log"
+rnonce=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+"$outpost" attest quote --nonce "$rnonce" --out "$work/launch-quote" >/dev/null
+"$outpost" eventlog verify --quote "$work/launch-quote" --ak "$work/launch-quote/ak.pem" --nonce "$rnonce" \
+  --runtime "$OUTPOST_STATE/measurements/runtime.log" \
+  --expect "agent/demo-agent=$(sha256sum "$e2e/agent.mjs" | cut -d' ' -f1)"
 
 step "a process that is not the launched agent cannot use its road to the tools"
 if "$outpost" mcp connect files </dev/null; then

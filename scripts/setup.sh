@@ -14,6 +14,7 @@ packages=(
   clang-14 libclang-rt-14-dev
   iproute2 procps
   libsystemd-dev
+  systemd file dpkg-dev  # tests/install: systemd-analyze, -sysusers, -tmpfiles; CPack DEB's dpkg-shlibdeps
 )
 # The end-to-end peers (the official MCP SDK and reference servers) run on Node.js; Debian's
 # packages only when the machine has no node and npm of its own.

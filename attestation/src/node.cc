@@ -63,6 +63,13 @@ Result<KeyPublic> ensure_primary(Tpm& tpm, PrimaryKey kind, uint32_t handle, std
     actions.push_back("reused " + std::string(primary_key_name(kind)) + " at " + hex32(handle));
     return existing;
   }
+  if (existing.error().is(errc::unsupported)) {
+    // read_persistent refuses what it cannot read as an ECC key (an RSA key, a storage key of
+    // another scheme): the handle is taken by something that is not outpost's.
+    return fail(existing.error().wrap("handle " + hex32(handle) + " holds a key that is not outpost's " +
+                                      std::string(primary_key_name(kind)) +
+                                      "; evict it or choose another handle in the board profile"));
+  }
   if (!existing.error().is(errc::not_found)) return fail(existing.error());
   OUTPOST_TRY(KeyPublic created, tpm.create_persistent(kind, handle));
   actions.push_back("created " + std::string(primary_key_name(kind)) + " at " + hex32(handle));

@@ -1,5 +1,6 @@
 #include "outpost/attestation/tpm.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -253,6 +254,39 @@ Result<TpmInfo> Tpm::info() {
   });
 }
 
+Result<TpmAlgorithms> Tpm::algorithms() {
+  return queue_->executor.run([&]() -> Result<TpmAlgorithms> {
+    TpmAlgorithms out;
+    for (uint32_t next = TPM2_ALG_FIRST;;) {
+      bool more = false;
+      OUTPOST_TRY(auto cap, esys_->get_capability(TPM2_CAP_ALGS, next, TPM2_MAX_CAP_ALGS, &more));
+      const TPML_ALG_PROPERTY& a = cap->data.algorithms;
+      for (UINT32 i = 0; i < a.count; ++i) out.algorithms.push_back(a.algProperties[i].alg);
+      if (!more || a.count == 0) break;
+      next = a.algProperties[a.count - 1].alg + 1u;
+    }
+    for (uint32_t next = 0;;) {
+      bool more = false;
+      OUTPOST_TRY(auto cap, esys_->get_capability(TPM2_CAP_ECC_CURVES, next, TPM2_MAX_ECC_CURVES, &more));
+      const TPML_ECC_CURVE& c = cap->data.eccCurves;
+      for (UINT32 i = 0; i < c.count; ++i) out.ecc_curves.push_back(c.eccCurves[i]);
+      if (!more || c.count == 0) break;
+      next = c.eccCurves[c.count - 1] + 1u;
+    }
+    return out;
+  });
+}
+
+std::vector<std::string> TpmAlgorithms::missing_for_outpost() const {
+  auto has = [](const std::vector<uint16_t>& v, uint16_t x) { return std::find(v.begin(), v.end(), x) != v.end(); };
+  std::vector<std::string> missing;
+  if (!has(algorithms, TPM2_ALG_ECC)) missing.emplace_back("ECC");
+  if (!has(algorithms, TPM2_ALG_ECDSA)) missing.emplace_back("ECDSA");
+  if (!has(algorithms, TPM2_ALG_SHA256)) missing.emplace_back("SHA-256");
+  if (!has(ecc_curves, TPM2_ECC_NIST_P256)) missing.emplace_back("ECC NIST P-256");
+  return missing;
+}
+
 Result<std::vector<uint32_t>> Tpm::handles(HandleType type) {
   return queue_->executor.run([&] { return list_handles(*esys_, type); });
 }
@@ -460,6 +494,11 @@ Result<TimeInfo> Tpm::read_clock() {
 
 namespace {
 
+// outpost's NV counters: anyone may read and increment them, nobody can lower them, and a
+// wrong guess at their (empty) password never counts towards dictionary-attack lockout.
+constexpr TPMA_NV kCounterAttributes = (TPM2_NT_COUNTER << TPMA_NV_TPM2_NT_SHIFT) | TPMA_NV_AUTHWRITE |
+                                       TPMA_NV_AUTHREAD | TPMA_NV_OWNERREAD | TPMA_NV_NO_DA;
+
 Result<uint64_t> read_counter_value(Esys& esys, ESYS_TR tr) {
   OUTPOST_TRY(auto data, esys.nv_read(tr, tr, 8, 0));
   if (data->size != 8) return fail(errc::corrupt, "NV counter returned " + std::to_string(data->size) + " bytes");
@@ -482,8 +521,7 @@ Result<uint64_t> Tpm::ensure_counter(uint32_t nv_index) {
       TPM2B_NV_PUBLIC pub{};
       pub.nvPublic.nvIndex = nv_index;
       pub.nvPublic.nameAlg = TPM2_ALG_SHA256;
-      pub.nvPublic.attributes = (TPM2_NT_COUNTER << TPMA_NV_TPM2_NT_SHIFT) | TPMA_NV_AUTHWRITE |
-                                TPMA_NV_AUTHREAD | TPMA_NV_OWNERREAD | TPMA_NV_NO_DA;
+      pub.nvPublic.attributes = kCounterAttributes;
       pub.nvPublic.dataSize = 8;
       OUTPOST_TRY(Handle h, esys_->nv_define_space(ESYS_TR_RH_OWNER, pub));
       ESYS_TR tr = h.get();
@@ -509,6 +547,20 @@ Result<uint64_t> Tpm::read_counter(uint32_t nv_index) {
     OUTPOST_TRY(ESYS_TR tr, ref(*esys_, queue_->refs, nv_index));
     return read_counter_value(*esys_, tr);
   });
+}
+
+Result<NvIndexPublic> Tpm::nv_public(uint32_t nv_index) {
+  return queue_->executor.run([&]() -> Result<NvIndexPublic> {
+    OUTPOST_TRY(ESYS_TR tr, ref(*esys_, queue_->refs, nv_index));
+    OUTPOST_TRY(auto pub, esys_->nv_read_public(tr));
+    return NvIndexPublic{nv_index, pub->nvPublic.attributes, pub->nvPublic.dataSize};
+  });
+}
+
+bool NvIndexPublic::is_outpost_counter() const {
+  // The state bits the TPM sets as the index is used are not part of its shape.
+  constexpr uint32_t kState = TPMA_NV_WRITTEN | TPMA_NV_READLOCKED | TPMA_NV_WRITELOCKED;
+  return (attributes & ~kState) == kCounterAttributes && data_size == 8;
 }
 
 Result<uint64_t> Tpm::increment_counter(uint32_t nv_index) {

@@ -3,6 +3,7 @@
 #include <iostream>
 
 #include "cli.h"
+#include "daemon/api.h"
 #include "outpost/attestation/node.h"
 #include "outpost/attestation/quote_files.h"
 #include "outpost/attestation/verifier.h"
@@ -13,15 +14,6 @@ namespace outpost::cli {
 namespace {
 
 namespace json = boost::json;
-
-Result<Bytes> parse_nonce(const std::string& hex) {
-  Result<Bytes> nonce = hex_decode(hex);
-  if (!nonce) return fail(nonce.error().wrap("--nonce"));
-  if (nonce->empty() || nonce->size() > 64) {
-    return fail(errc::invalid_argument, "--nonce must be 1 to 64 bytes of hex");
-  }
-  return nonce;
-}
 
 void print_clock(const attestation::ClockInfo& c) {
   std::cout << "clock         " << c.clock << " ms, resetCount " << c.reset_count << ", restartCount "
@@ -43,6 +35,16 @@ int quote(const Args& args) {
   std::string sel_text = vm->count("pcrs") ? (*vm)["pcrs"].as<std::string>() : ctx->board.quote_selection();
   auto selection = attestation::parse_pcr_selection(sel_text);
   if (!selection) return report(selection.error().wrap("--pcrs"));
+  const std::filesystem::path out = (*vm)["out"].as<std::string>();
+  if (const auto socket = daemon::default_socket(ctx->state_dir); daemon_running(socket)) {
+    if (auto r = quote_through_daemon(socket, *nonce, attestation::format_pcr_selection(*selection), out); !r) {
+      return report(r.error().wrap("attest quote (through outpostd)"));
+    }
+    std::cout << "quote written to " << out.string() << " (taken by outpostd)\n"
+              << "pcrs          " << attestation::format_pcr_selection(*selection) << "\n"
+              << "nonce         " << hex_encode(*nonce) << "\n";
+    return kExitOk;
+  }
   auto id = attestation::load_identity(ctx->state_dir);
   if (!id) return report(id.error());
   auto tpm = connect_tpm(*ctx);
@@ -50,7 +52,6 @@ int quote(const Args& args) {
   if (auto match = attestation::check_tpm_matches(**tpm, *id); !match) return report(match.error());
   auto q = (*tpm)->quote(id->handles.ak, *selection, *nonce);
   if (!q) return report(q.error().wrap("attest quote"));
-  const std::filesystem::path out = (*vm)["out"].as<std::string>();
   if (auto w = attestation::write_quote_dir(out, {q->signed_attest, q->pcrs}, id->ak_public); !w) {
     return report(w.error());
   }

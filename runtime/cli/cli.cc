@@ -73,4 +73,13 @@ Result<std::unique_ptr<attestation::Tpm>> connect_tpm(const NodeContext& ctx) {
   return attestation::Tpm::connect(ctx.tcti);
 }
 
+Result<Bytes> parse_nonce(const std::string& hex) {
+  Result<Bytes> nonce = hex_decode(hex);
+  if (!nonce) return fail(nonce.error().wrap("--nonce"));
+  if (nonce->empty() || nonce->size() > 64) {
+    return fail(errc::invalid_argument, "--nonce must be 1 to 64 bytes of hex");
+  }
+  return nonce;
+}
+
 }  // namespace outpost::cli

@@ -56,8 +56,12 @@ Result<NodeContext> resolve_node(const po::variables_map& vm);
 
 Result<std::unique_ptr<attestation::Tpm>> connect_tpm(const NodeContext& ctx);
 
+// A quote's nonce (qualifying data): 1 to 64 bytes of hex.
+Result<Bytes> parse_nonce(const std::string& hex);
+
 // Command groups.
 int node_command(const Args& args);
+int node_check_command(const Args& args);  // node_check.cc
 int agent_command(const Args& args);
 int attest_command(const Args& args);
 int keygen_command(const Args& args);
@@ -70,11 +74,15 @@ int token_command(const Args& args);   // token_commands.cc
 int secret_command(const Args& args);  // secret_commands.cc
 int mcp_command(const Args& args);
 int eventlog_command(const Args& args);  // eventlog_commands.cc
+int node_measure_command(const Args& args);  // measure_commands.cc: the pre-start hook
 int mcp_serve_local(const Args& args);  // the MCP server of local command tools (mcp_local.cc)
 // agent deploy/list/stop/logs through outpostd; -1 when `sub` is none of them.
 int agent_daemon_command(const std::string& sub, const Args& rest);
 // Whether outpostd answers on `socket`; installing through it while it owns the TPM.
 bool daemon_running(const std::filesystem::path& socket);
 Result<uint64_t> install_through_daemon(const std::filesystem::path& socket, ByteView bundle);
+// `attest quote` while outpostd owns the TPM: outpostd quotes, the files are written here.
+Result<void> quote_through_daemon(const std::filesystem::path& socket, ByteView nonce, const std::string& pcrs,
+                                  const std::filesystem::path& out);
 
 }  // namespace outpost::cli

@@ -10,6 +10,7 @@
 
 #include "cli.h"
 #include "daemon/api.h"
+#include "outpost/attestation/quote_files.h"
 #include "outpost/base/bytes.h"
 #include "outpost/base/errors.h"
 #include "outpost/base/files.h"
@@ -154,6 +155,24 @@ int mcp_command(const Args& args) {
 Result<uint64_t> install_through_daemon(const fs::path& socket, ByteView bundle) {
   OUTPOST_TRY(json::object r, daemon::call_api(socket, {{"op", "install"}, {"bundle", base64_encode(bundle)}}));
   return static_cast<uint64_t>(r.at("version").to_number<uint64_t>());
+}
+
+Result<void> quote_through_daemon(const fs::path& socket, ByteView nonce, const std::string& pcrs, const fs::path& out) {
+  OUTPOST_TRY(json::object r, daemon::call_api(socket, {{"op", "quote"}, {"nonce", hex_encode(nonce)}, {"pcrs", pcrs}}));
+  auto field = [&](const char* key) -> Result<Bytes> {
+    const json::value* v = r.if_contains(key);
+    if (v == nullptr || !v->is_string()) return fail(make_error_code(errc::corrupt), std::string("outpostd's reply lacks ") + key);
+    return base64_decode(v->as_string());
+  };
+  attestation::QuoteFiles files;
+  OUTPOST_TRY(files.quote.attest, field("attest"));
+  OUTPOST_TRY(files.quote.signature, field("signature"));
+  OUTPOST_TRY(Bytes pcrs_bin, field("pcrs"));
+  OUTPOST_TRY(files.pcrs, attestation::decode_pcrs_tpm2tools(pcrs_bin));
+  const json::value* ak = r.if_contains("ak");
+  if (ak == nullptr || !ak->is_string()) return fail(make_error_code(errc::corrupt), "outpostd's reply lacks ak");
+  OUTPOST_TRY(EcPublicKey key, EcPublicKey::from_pem(ak->as_string()));
+  return attestation::write_quote_dir(out, files, key);
 }
 
 bool daemon_running(const fs::path& socket) {

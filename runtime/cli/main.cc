@@ -14,6 +14,7 @@ constexpr const char* kUsage = R"(usage: outpost <command> [args] [--help]
 operator:
   node init --board B --state DIR [--tcti T]   provision SRK, EK, AK and the node identity
   node info [--state DIR] [--json]             print the node identity
+  node check --board B [--tcti T] [--json]     validate this device against its board profile
   agent key NAME (--binary P | --measurement H) create or reuse an agent's TPM key, certified
   trust pin ROOT.json | trust update ROOT…     the node's bundle trust anchors
   bundle install B                             verify and install a signed bundle (TPM-bound)

@@ -82,11 +82,13 @@ int info(const Args& args) {
 }  // namespace
 
 int node_command(const Args& args) {
-  if (args.empty()) throw UsageError("usage: outpost node init|info [--help]");
+  if (args.empty()) throw UsageError("usage: outpost node init|info|check [--help]");
   Args rest(args.begin() + 1, args.end());
   if (args[0] == "init") return init(rest);
   if (args[0] == "info") return info(rest);
-  throw UsageError("unknown node command \"" + args[0] + "\" (init, info)");
+  if (args[0] == "check") return node_check_command(rest);
+  if (args[0] == "measure") return node_measure_command(rest);
+  throw UsageError("unknown node command \"" + args[0] + "\" (init, info, check)");
 }
 
 }  // namespace outpost::cli

@@ -135,7 +135,12 @@ Result<DaemonConfig> parse_daemon_config(std::string_view yaml, std::string_view
 
 Result<DaemonConfig> load_daemon_config(const fs::path& file) {
   OUTPOST_TRY(std::string text, read_text_file(file, 1 << 20));
-  return parse_daemon_config(text, file.string());
+  OUTPOST_TRY(DaemonConfig c, parse_daemon_config(text, file.string()));
+  std::error_code ec;
+  c.source_file = fs::canonical(file, ec);
+  if (ec) c.source_file = fs::absolute(file);
+  c.source_text = std::move(text);
+  return c;
 }
 
 Result<AgentManifest> parse_manifest(std::string_view yaml, std::string_view source, const fs::path& base_dir) {

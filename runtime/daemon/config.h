@@ -27,6 +27,11 @@ struct DaemonConfig {
   std::vector<std::filesystem::path> system_read_only{"/usr", "/lib", "/lib64", "/bin", "/sbin", "/etc"};
   uint32_t inbox_poll_ms = 1000;
   uint32_t life_check_s = 10;             // how often the bundle's life is re-evaluated
+
+  // Set by load_daemon_config: the file and the exact bytes read, which outpostd measures
+  // into the runtime PCR before it acts on them.
+  std::filesystem::path source_file;
+  std::string source_text;
 };
 
 Result<DaemonConfig> parse_daemon_config(std::string_view yaml, std::string_view source);

@@ -35,6 +35,7 @@
 #include "daemon/api.h"
 #include "outpost/attestation/agent_keys.h"
 #include "outpost/attestation/node.h"
+#include "outpost/attestation/quote_files.h"
 #include "outpost/attestation/secrets.h"
 #include "outpost/attestation/tpm.h"
 #include "outpost/base/bytes.h"
@@ -43,6 +44,7 @@
 #include "outpost/base/log.h"
 #include "outpost/base/time.h"
 #include "outpost/boards/board.h"
+#include "outpost/firmware_hooks/runtime_log.h"
 #include "outpost/offline_cache/bundle_store.h"
 #include "outpost/offline_cache/trust.h"
 #include "policy/engine.h"
@@ -151,6 +153,10 @@ struct Daemon::Impl {
   std::optional<offline_cache::TrustRoot> trust;
   std::unique_ptr<broker::JsonlDecisionLog> log;
   fs::path cli_path;
+  // The runtime measurement log (firmware-hooks): outpostd, its config, each bundle in force
+  // and each agent binary go into the board's runtime PCR before they act or run.
+  std::unique_ptr<firmware_hooks::RuntimeLogWriter> measurements;
+  std::mutex measure_mu;
 
   // The policy in force, swapped whole.
   struct Policy {
@@ -211,6 +217,57 @@ struct Daemon::Impl {
     malloc_trim(0);
   }
 
+  // ---- runtime measurements ----
+  Result<void> measure(std::string_view kind, std::string_view name, const Digest& digest) {
+    std::lock_guard lock(measure_mu);
+    OUTPOST_TRY(bool extended, measurements->measure(kind, name, digest));
+    if (extended) {
+      (void)log->record_event("measured", {{"kind", kind}, {"name", name}, {"sha256", hex_encode(digest)},
+                                           {"pcr", board.runtime_pcr}});
+    }
+    return ok();
+  }
+
+  // Opens the log and measures outpostd and its configuration, before anything else acts.
+  Result<void> open_measurements() {
+    const fs::path path = config.state_dir / "measurements" / "runtime.log";
+    auto w = firmware_hooks::RuntimeLogWriter::open(path, *tpm, board.runtime_pcr);
+    if (!w) return fail(w.error().wrap("runtime measurement log"));
+    measurements = std::move(*w);
+    const auto& r = measurements->open_report();
+    if (r.cut_torn_tail) (void)log->record_event("measurement_log_repaired", {{"detail", "a torn last line was cut"}});
+    if (r.completed_last) {
+      (void)log->record_event("measurement_log_repaired", {{"detail", "the last entry had not been extended; it is now"}});
+    }
+    if (!r.replays) {
+      // Not fatal: outpostd keeps measuring truthfully, and every verifier will flag the PCR.
+      (void)log->record_event("measurement_log_diverges", {{"detail", r.detail}});
+      OUTPOST_NOTE(error, "runtime measurement log: " + r.detail);
+    }
+    std::error_code ec;
+    fs::path self = fs::canonical("/proc/self/exe", ec);
+    if (ec) return fail(errno_error("resolve /proc/self/exe", ec.value()));
+    OUTPOST_TRY(Digest self_digest, attestation::measure_file(self, config.max_binary_bytes));
+    OUTPOST_TRY_VOID(measure(firmware_hooks::runtime_kind::outpostd, self.string(), self_digest));
+    if (!config.source_file.empty()) {
+      OUTPOST_TRY_VOID(measure(firmware_hooks::runtime_kind::config, config.source_file.string(), sha256(config.source_text)));
+    }
+    return ok();
+  }
+
+  // A bundle about to be put in force. A failure is audited, not fatal: the bundle is data
+  // the TPM already anchors (its counter and the signed state), unlike code about to run.
+  void measure_bundle(const offline_cache::BundleStore::Installed& installed) {
+    auto digest = hex_decode(installed.state.bundle_sha256);
+    Digest d{};
+    if (digest && digest->size() == d.size()) std::copy(digest->begin(), digest->end(), d.begin());
+    auto r = measure(firmware_hooks::runtime_kind::bundle, "v" + std::to_string(installed.state.version), d);
+    if (!r) {
+      (void)log->record_event("measurement_failed", {{"kind", "bundle"}, {"error", r.error().message()}});
+      OUTPOST_NOTE(error, "bundle measurement failed: " + r.error().message());
+    }
+  }
+
   Result<void> load_policy() {
     if (!trust) return ok();
     auto installed = store->load(*tpm, *trust, unix_now());
@@ -218,6 +275,7 @@ struct Daemon::Impl {
       if (installed.error().code() == make_error_code(errc::not_found)) return ok();
       return fail(installed.error().wrap("the installed bundle does not verify"));
     }
+    measure_bundle(*installed);
     set_policy(std::move(*installed));
     return ok();
   }
@@ -263,6 +321,7 @@ struct Daemon::Impl {
     if (const auto* r = installed->bundle.bundle().revoked_agents()) {
       for (const auto* s : *r) revoked.push_back(s->str());
     }
+    measure_bundle(*installed);
     set_policy(std::move(*installed));
     (void)log->record_event("bundle_install", {{"origin", origin}, {"version", version}});
     OUTPOST_NOTE(info, "installed bundle v" + std::to_string(version) + " from " + origin);
@@ -330,6 +389,10 @@ Result<std::string> Daemon::Impl::deploy(const std::string& manifest_text, const
   if (expected && *expected != *measured) {
     return refuse("measurement of " + m.binary.string() + " is " + hex_encode(*measured) + ", bundle expects " +
                   hex_encode(*expected));
+  }
+  // Into the runtime PCR before it ever runs; an agent that cannot be measured does not run.
+  if (auto r = measure(firmware_hooks::runtime_kind::agent, m.name, *measured); !r) {
+    return refuse("cannot record the measurement of " + m.name + ": " + r.error().message());
   }
   attestation::AgentKeyStore keys(config.state_dir, node);
   OUTPOST_TRY(attestation::AgentKey key, keys.ensure(*tpm, m.name, *measured));
@@ -481,12 +544,31 @@ void Daemon::Impl::schedule_restart(Agent& a) {
   a.state = AgentState::backoff;
   a.timer = std::make_unique<asio::steady_timer>(io, std::chrono::seconds(delay));
   const std::string name = a.manifest.name;
-  a.timer->async_wait([this, name](const boost::system::error_code& ec) {
+  const fs::path binary = a.manifest.binary;
+  const std::string expected = a.measurement;
+  a.timer->async_wait([this, name, binary, expected](const boost::system::error_code& ec) {
     if (ec || stopping) return;
-    std::lock_guard lock(mu);
-    auto it = agents.find(name);
-    if (it == agents.end() || it->second->state != AgentState::backoff) return;
-    if (auto r = launch(*it->second); !r) OUTPOST_NOTE(error, r.error().message());
+    // The binary is measured again before it runs again (off the event loop: it may be large).
+    // One that changed since deploy is not restarted: only a deploy measures new code in.
+    asio::post(worker, [this, name, binary, expected] {
+      auto now = attestation::measure_file(binary, config.max_binary_bytes);
+      std::string error;
+      if (!now) error = "cannot measure " + binary.string() + ": " + now.error().message();
+      else if (hex_encode(*now) != expected) error = binary.string() + " changed since deploy (now " + hex_encode(*now) + "); deploy it again";
+      asio::post(io, [this, name, error] {
+        if (stopping) return;
+        std::lock_guard lock(mu);
+        auto it = agents.find(name);
+        if (it == agents.end() || it->second->state != AgentState::backoff) return;
+        if (!error.empty()) {
+          it->second->state = AgentState::refused;
+          (void)log->record_event("agent_refused", {{"agent", name}, {"error", error}});
+          OUTPOST_NOTE(error, "agent " + name + " not restarted: " + error);
+          return;
+        }
+        if (auto r = launch(*it->second); !r) OUTPOST_NOTE(error, r.error().message());
+      });
+    });
   });
 }
 
@@ -693,6 +775,21 @@ json::object Daemon::Impl::handle(const json::object& req, const ucred& peer, bo
     auto v = install_bundle(std::move(*bytes), "api uid " + std::to_string(peer.uid));
     if (!v) return error_reply(v.error().message());
     return json::object{{"ok", true}, {"version", *v}};
+  }
+  if (op == "quote") {
+    // `outpost attest quote` while outpostd owns the TPM: the AK quotes the selection asked for.
+    auto nonce = hex_decode(str(req, "nonce"));
+    if (!nonce || nonce->empty() || nonce->size() > 64) return error_reply("nonce must be 1 to 64 bytes of hex");
+    auto selection = attestation::parse_pcr_selection(str(req, "pcrs").empty() ? board.quote_selection() : str(req, "pcrs"));
+    if (!selection) return error_reply("pcrs: " + selection.error().message());
+    std::lock_guard lock(measure_mu);  // a quote between a log append and its extend would look torn
+    auto q = tpm->quote(node.handles.ak, *selection, *nonce);
+    if (!q) return error_reply(q.error().message());
+    return json::object{{"ok", true},
+                        {"attest", base64_encode(q->signed_attest.attest)},
+                        {"signature", base64_encode(q->signed_attest.signature)},
+                        {"pcrs", base64_encode(attestation::encode_pcrs_tpm2tools(q->pcrs))},
+                        {"ak", node.ak_public.to_pem()}};
   }
   if (op == "status") {
     auto p = policy.load();
@@ -969,6 +1066,7 @@ Result<std::unique_ptr<Daemon>> Daemon::create(DaemonConfig config) {
     m->trust = std::move(*root);
   }
   OUTPOST_TRY(m->log, broker::JsonlDecisionLog::open(c.state_dir / "audit" / "decisions.jsonl"));
+  OUTPOST_TRY_VOID(m->open_measurements());
   OUTPOST_TRY_VOID(m->load_policy());
   std::error_code ec;
   fs::create_directories(c.inbox, ec);

@@ -25,6 +25,7 @@
 #include "outpost/base/files.h"
 #include "outpost/base/log.h"
 #include "outpost/boards/board.h"
+#include "outpost/firmware_hooks/runtime_log.h"
 
 extern char** environ;
 
@@ -155,6 +156,57 @@ void BM_outpost_read_clock(benchmark::State& state) {
   timed(state, [&] { must(tpm->read_clock()); });
 }
 
+// The runtime measurement log: one new measurement (flock, re-read and parse the log, append,
+// fdatasync, PCR_Extend), and one already in the log (no TPM command). The log grows by one
+// entry per iteration, as it would with that many distinct agents.
+void BM_outpost_runtime_measure(benchmark::State& state) {
+  auto tpm = connect();
+  const auto log = env().dir / ("runtime-" + std::to_string(state.iterations()) + ".log");
+  std::filesystem::remove(log);
+  auto opened = firmware_hooks::RuntimeLogWriter::open(log, *tpm, env().board.runtime_pcr);
+  if (!opened) die(opened.error().message());
+  auto& w = *opened;
+  uint64_t i = 0;
+  timed(state, [&] {
+    must(w->measure(firmware_hooks::runtime_kind::agent, "agent-" + std::to_string(i++), sha256(std::string_view("b"))));
+  });
+}
+void BM_outpost_runtime_measure_unchanged(benchmark::State& state) {
+  auto tpm = connect();
+  const auto log = env().dir / "runtime-unchanged.log";
+  std::filesystem::remove(log);
+  auto opened = firmware_hooks::RuntimeLogWriter::open(log, *tpm, env().board.runtime_pcr);
+  if (!opened) die(opened.error().message());
+  auto& w = *opened;
+  for (int i = 0; i < 20; ++i) {
+    must(w->measure(firmware_hooks::runtime_kind::agent, "agent-" + std::to_string(i), sha256(std::string_view("b"))));
+  }
+  timed(state, [&] { must(w->measure(firmware_hooks::runtime_kind::agent, "agent-7", sha256(std::string_view("b")))); });
+}
+// A responder's check of a 1,000-entry log against a quoted value (no TPM).
+void BM_verify_runtime_log_1000(benchmark::State& state) {
+  firmware_hooks::RuntimeLog log;
+  std::string text = firmware_hooks::format_runtime_header(log.header) + "\n";
+  for (uint64_t i = 1; i <= 1000; ++i) {
+    firmware_hooks::RuntimeMeasurement m;
+    m.seq = i;
+    m.kind = "agent";
+    m.name = "agent-" + std::to_string(i);
+    m.digest = sha256(m.name);
+    m.template_hash = firmware_hooks::runtime_template_hash(m.kind, m.name, m.digest);
+    m.time = "2026-11-28T00:00:00Z";
+    text += firmware_hooks::format_runtime_entry(m) + "\n";
+  }
+  auto parsed = must(firmware_hooks::parse_runtime_log(text));
+  Digest v = firmware_hooks::replay_runtime_log(parsed);
+  PcrValues quoted{{hash_alg::sha256, {{23u, Bytes(v.begin(), v.end())}}}};
+  timed(state, [&] {
+    auto log2 = must(firmware_hooks::parse_runtime_log(text));
+    auto verdict = firmware_hooks::verify_runtime_log(log2, quoted, std::nullopt, {});
+    if (!verdict.ok()) die("runtime log does not verify");
+  });
+}
+
 // ---- tpm2-tools, one process per operation ----
 
 std::string path(const char* name) { return (env().dir / name).string(); }
@@ -221,6 +273,12 @@ void BM_tools_quote(benchmark::State& state) {
 void BM_tools_nv_increment(benchmark::State& state) {
   timed_tool(state, [&] { run({"tpm2_nvincrement", "-T", env().tcti, "-C", hex32(kCounter), hex32(kCounter)}); }, [] {});
 }
+void BM_tools_pcr_extend(benchmark::State& state) {
+  timed_tool(state, [&] {
+    run({"tpm2_pcrextend", "-T", env().tcti,
+         "23:sha256=0000000000000000000000000000000000000000000000000000000000000001"});
+  }, [] {});
+}
 void BM_tools_read_clock(benchmark::State& state) {
   timed_tool(state, [&] { run({"tpm2_readclock", "-T", env().tcti}); }, [] {});
 }
@@ -245,6 +303,10 @@ OUTPOST_BENCH(BM_outpost_nv_increment, 200);
 OUTPOST_BENCH(BM_tools_nv_increment, 50);
 OUTPOST_BENCH(BM_outpost_read_clock, 200);
 OUTPOST_BENCH(BM_tools_read_clock, 50);
+OUTPOST_BENCH(BM_outpost_runtime_measure, 200);
+OUTPOST_BENCH(BM_tools_pcr_extend, 50);
+OUTPOST_BENCH(BM_outpost_runtime_measure_unchanged, 200);
+OUTPOST_BENCH(BM_verify_runtime_log_1000, 50);
 
 }  // namespace
 

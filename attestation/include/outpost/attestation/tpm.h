@@ -60,7 +60,27 @@ struct TpmInfo {
   std::vector<uint16_t> pcr_banks;  // hash algorithms with at least one PCR allocated
 };
 
+// What a TPM implements (TPM2_CAP_ALGS, TPM2_CAP_ECC_CURVES), so that a device can be
+// checked before provisioning fails halfway (`outpost node check`).
+struct TpmAlgorithms {
+  std::vector<uint16_t> algorithms;  // TPM_ALG_ID
+  std::vector<uint16_t> ecc_curves;  // TPM_ECC_CURVE
+  // What outpost's keys need and this TPM lacks, by name ("ECC NIST P-256"); empty when
+  // nothing is missing (DESIGN.md "Trust and keys": ECC P-256, ECDSA, SHA-256).
+  std::vector<std::string> missing_for_outpost() const;
+};
+
 enum class HandleType { transient, session, persistent, nv_index };
+
+// The public area of an NV index (TPM2_NV_ReadPublic).
+struct NvIndexPublic {
+  uint32_t index = 0;
+  uint32_t attributes = 0;  // TPMA_NV
+  uint16_t data_size = 0;
+  // Whether it has the shape ensure_counter gives outpost's counters. Reading an index of any
+  // other shape with an empty password could count against the TPM's dictionary-attack lockout.
+  bool is_outpost_counter() const;
+};
 
 class Tpm {
  public:
@@ -81,6 +101,7 @@ class Tpm {
   const std::string& tcti() const { return tcti_; }
 
   Result<TpmInfo> info();
+  Result<TpmAlgorithms> algorithms();
   Result<std::vector<uint32_t>> handles(HandleType type);
 
   // ---- persistent primaries ----
@@ -147,6 +168,8 @@ class Tpm {
   // it its first value; increment waits out TPM_RC_NV_RATE instead of failing.
   Result<uint64_t> ensure_counter(uint32_t nv_index);
   Result<uint64_t> read_counter(uint32_t nv_index);
+  // errc::not_found when the index is not defined.
+  Result<NvIndexPublic> nv_public(uint32_t nv_index);
   Result<uint64_t> increment_counter(uint32_t nv_index);
 
  private:
