@@ -5,7 +5,7 @@
 #   pump     a plain byte-pump proxy in between (tests/bench/pump.cc: two pipes, poll, no parsing)
 #   outpost  the client is an agent launched by outpostd and runs `outpost mcp connect everything`
 # then outpostd's RSS with 10 agents running and a 10,000-rule bundle installed.
-# Usage: scripts/bench-mcp.sh [CALLS] [ROUNDS]   (figures: docs/benchmarks.md)
+# Usage: [BENCH_DURABLE=false] scripts/bench-mcp.sh [CALLS] [ROUNDS]   (figures: docs/benchmarks.md)
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 calls=${1:-2000}
@@ -64,6 +64,8 @@ YAML
 "$outpost" bundle install "$work/b.opb" --state "$state" >/dev/null
 
 printf 'board: sim\nstate_dir: %s\nsocket: %s\ntcti: "%s"\n' "$state" "$sock" "$OUTPOST_TCTI" >"$work/outpostd.yaml"
+# BENCH_DURABLE=false: decisions queued for the next group commit instead of fdatasync'ed first.
+printf 'audit: {durable_decisions: %s}\n' "${BENCH_DURABLE:-true}" >>"$work/outpostd.yaml"
 OUTPOST_LOG=warn "$outpostd" --config "$work/outpostd.yaml" >"$work/outpostd.log" 2>&1 &
 daemon_pid=$!
 for _ in $(seq 100); do "$outpost" agent list --socket "$sock" >/dev/null 2>&1 && break; sleep 0.1; done

@@ -14,3 +14,4 @@ set -a
 set +a
 OUTPOST_LOG=warn "$root/build/tests/bench/bench_tpm" "$@"
 "$root/build/tests/bench/bench_policy" "$@"
+"$root/build/tests/bench/bench_audit" "$@"

@@ -142,10 +142,10 @@ step "what the agent saw (outpost agent logs demo-agent)"
 echo "  reports/summary.txt now holds: $(cat "$ws/reports/summary.txt")"
 echo "  notes.txt is untouched:         $(head -1 "$ws/notes.txt")"
 
-step "the decisions outpostd recorded (state/audit/decisions.jsonl)"
-grep '"kind":"decision"' "$OUTPOST_STATE/audit/decisions.jsonl" |
+step "the decisions outpostd recorded (outpost audit tail: chained, TPM-checkpointed records)"
+"$outpost" audit tail -n 0 --json | grep '"kind":"decision"' |
   node -e 'require("readline").createInterface({input: process.stdin}).on("line", (l) => {
-    const d = JSON.parse(l);
+    const d = JSON.parse(l).detail;
     console.log(`  ${d.allow ? "allow" : "DENY "} ${d.server}/${d.tool}  ${d.reason}${d.credential ? "  [credential minted]" : ""}`);
   })'
 
@@ -170,4 +170,8 @@ step "SIGTERM: outpostd stops its agents in order and exits cleanly"
 kill "$daemon_pid"
 wait "$daemon_pid" && echo "outpostd exited 0"
 daemon_pid=
+
+step "outpost audit verify: the chain, no gaps, and every checkpoint's TPM quote checked with the AK"
+"$outpost" audit verify
+"$outpost" audit tail -n 3
 printf '\ndemo finished; state was in %s\n' "$work"

@@ -1,10 +1,5 @@
 #include "broker/decision_log.h"
 
-#include <fcntl.h>
-#include <unistd.h>
-
-#include <cerrno>
-
 #include <boost/json/serialize.hpp>
 
 #include "outpost/base/errors.h"
@@ -14,7 +9,7 @@ namespace outpost::broker {
 
 namespace json = boost::json;
 
-std::string to_json_line(const DecisionRecord& r) {
+std::string decision_json(const DecisionRecord& r) {
   json::object o;
   o["kind"] = "decision";
   o["time"] = format_rfc3339_utc(r.time);
@@ -31,46 +26,48 @@ std::string to_json_line(const DecisionRecord& r) {
   o["args_sha256"] = r.args_sha256;
   o["reason"] = r.reason;
   if (r.credential) o["credential"] = true;
-  return json::serialize(o) + "\n";
+  return json::serialize(o);
 }
 
-Result<std::unique_ptr<JsonlDecisionLog>> JsonlDecisionLog::open(const std::filesystem::path& file) {
-  std::error_code ec;
-  std::filesystem::create_directories(file.parent_path(), ec);
-  int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-  if (fd < 0) return fail(errno_error("open " + file.string(), errno));
-  return std::unique_ptr<JsonlDecisionLog>(new JsonlDecisionLog(fd, file));
+Result<std::unique_ptr<AuditDecisionLog>> AuditDecisionLog::open(const std::filesystem::path& dir,
+                                                                offline_cache::AuditLogOptions options,
+                                                                bool durable_decisions) {
+  OUTPOST_TRY(auto log, offline_cache::AuditLog::open(dir, options));
+  return std::unique_ptr<AuditDecisionLog>(new AuditDecisionLog(std::move(log), durable_decisions));
 }
 
-JsonlDecisionLog::~JsonlDecisionLog() {
-  (void)sync();
-  ::close(fd_);
-}
-
-Result<void> JsonlDecisionLog::append(std::string line) {
-  std::lock_guard lock(mu_);
-  ssize_t n = ::write(fd_, line.data(), line.size());
-  if (n < 0) return fail(errno_error("write " + file_.string(), errno));
-  if (static_cast<size_t>(n) != line.size()) {
-    // A short write (full disk): the torn line is cut at the next open by readers; report it.
-    return fail(make_error_code(errc::io), "short write to " + file_.string() + " (disk full?)");
+Result<void> AuditDecisionLog::record(const DecisionRecord& r) {
+  offline_cache::AuditEntry e;
+  e.kind = offline_cache::RecordKind::decision;
+  e.event = "decision";
+  e.agent = r.agent;
+  e.bundle_version = r.bundle_version;
+  e.detail = decision_json(r);
+  e.time_ms = r.time * 1000;
+  if (durable_) {
+    OUTPOST_TRY_VOID(log_->append_durable(std::move(e)));
+  } else {
+    OUTPOST_TRY_VOID(log_->append(std::move(e)));
   }
-  ++records_;
+  if (!r.allow) denies_.fetch_add(1);
   return {};
 }
 
-Result<void> JsonlDecisionLog::record(const DecisionRecord& r) { return append(to_json_line(r)); }
-
-Result<void> JsonlDecisionLog::record_event(std::string_view kind, const json::object& fields) {
+Result<void> AuditDecisionLog::record_event(std::string_view kind, const json::object& fields) {
+  offline_cache::AuditEntry e;
+  e.kind = kind.starts_with("bundle") ? offline_cache::RecordKind::bundle_install
+           : kind == "measured" || kind.starts_with("measurement") ? offline_cache::RecordKind::attestation
+                                                                   : offline_cache::RecordKind::lifecycle;
+  e.event = std::string(kind);
+  if (const auto* a = fields.if_contains("agent"); a != nullptr && a->is_string()) e.agent = std::string(a->get_string());
   json::object o = fields;
   o["kind"] = kind;
   if (!o.contains("time")) o["time"] = format_rfc3339_utc(unix_now());
-  return append(json::serialize(o) + "\n");
-}
-
-Result<void> JsonlDecisionLog::sync() {
-  if (::fdatasync(fd_) != 0) return fail(errno_error("fdatasync " + file_.string(), errno));
+  e.detail = json::serialize(o);
+  OUTPOST_TRY_VOID(log_->append(std::move(e)));
   return {};
 }
+
+Result<void> AuditDecisionLog::sync() { return log_->wait_durable(log_->last_seq()); }
 
 }  // namespace outpost::broker

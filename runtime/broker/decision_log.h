@@ -1,37 +1,45 @@
-// The interim audit sink: decisions appended to a file, one JSON object per line. The
-// tamper-evident, TPM-anchored audit log (issue 5) replaces it behind DecisionSink.
-//
-// Each record is one write(2) to an O_APPEND descriptor, so concurrent sessions never
-// interleave within a line and a crash of outpostd loses nothing the kernel accepted; sync()
-// (called by the daemon on a timer and at shutdown) makes it durable across power loss.
+// The broker's DecisionSink on the node's audit log (offline-cache/audit_log.h): every decision
+// and every lifecycle event becomes a chained, group-committed record. By default a decision is
+// recorded durably (fdatasync'ed) before record() returns, so the call it allows goes out only
+// once its record would survive power loss; lifecycle events are queued and ride the next commit.
 #pragma once
 
+#include <atomic>
 #include <filesystem>
-#include <mutex>
+#include <memory>
+
+#include <boost/json/object.hpp>
 
 #include "broker/mcp_session.h"
+#include "outpost/offline_cache/audit_log.h"
 
 namespace outpost::broker {
 
-class JsonlDecisionLog : public DecisionSink {
+class AuditDecisionLog : public DecisionSink {
  public:
-  static Result<std::unique_ptr<JsonlDecisionLog>> open(const std::filesystem::path& file);
-  ~JsonlDecisionLog() override;
+  // durable_decisions: record() returns once the decision is fdatasync'ed (else once queued).
+  static Result<std::unique_ptr<AuditDecisionLog>> open(const std::filesystem::path& dir,
+                                                        offline_cache::AuditLogOptions options,
+                                                        bool durable_decisions = true);
   Result<void> record(const DecisionRecord& r) override;
-  // Also records events other than decisions (agent lifecycle, refused deployments).
+  // Events other than decisions: agent lifecycle, refused deployments, bundle installs.
   Result<void> record_event(std::string_view kind, const boost::json::object& fields);
+  // Waits until everything queued so far is durable.
   Result<void> sync();
-  uint64_t records() const { return records_; }
+  uint64_t records() const { return log_->last_seq(); }
+  offline_cache::AuditLog& log() { return *log_; }
+  // Decisions that were denies since the last call (the daemon checkpoints on a deny).
+  uint64_t take_denies() { return denies_.exchange(0); }
 
  private:
-  JsonlDecisionLog(int fd, std::filesystem::path file) : fd_(fd), file_(std::move(file)) {}
-  Result<void> append(std::string line);
-  int fd_;
-  std::filesystem::path file_;
-  std::mutex mu_;
-  uint64_t records_ = 0;
+  AuditDecisionLog(std::unique_ptr<offline_cache::AuditLog> log, bool durable)
+      : log_(std::move(log)), durable_(durable) {}
+  std::unique_ptr<offline_cache::AuditLog> log_;
+  bool durable_;
+  std::atomic<uint64_t> denies_{0};
 };
 
-std::string to_json_line(const DecisionRecord& r);
+// The decision as the JSON object a record's detail holds.
+std::string decision_json(const DecisionRecord& r);
 
 }  // namespace outpost::broker

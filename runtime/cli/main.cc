@@ -15,6 +15,7 @@ operator:
   node init --board B --state DIR [--tcti T]   provision SRK, EK, AK and the node identity
   node info [--state DIR] [--json]             print the node identity
   node check --board B [--tcti T] [--json]     validate this device against its board profile
+  node measure --config FILE                   the pre-start hook: outpostd and config into PCR 23
   agent key NAME (--binary P | --measurement H) create or reuse an agent's TPM key, certified
   trust pin ROOT.json | trust update ROOT…     the node's bundle trust anchors
   bundle install B                             verify and install a signed bundle (TPM-bound)
@@ -35,7 +36,10 @@ central IAM:
 responder:
   attest quote --nonce HEX --out DIR           quote the board's PCRs with the AK
   attest verify DIR --ak ak.pem --nonce HEX    check a quote offline
-  eventlog show|replay [FILE] [--json]         the boot event log, listed or replayed to PCRs
+  eventlog show|replay [FILE] [--json]         a boot or runtime measurement log, listed or replayed
+  eventlog verify --quote Q --ak A --nonce N --runtime LOG [--boot LOG] [--expect agent/N=H]
+                                               both logs against one quote, offline
+  audit tail [-n N] [--json] | audit verify [--ak ak.pem]   the node's audit log
 
 Every command that touches the node takes --board, --state and --tcti; OUTPOST_BOARD,
 OUTPOST_STATE and OUTPOST_TCTI give defaults. Logs: OUTPOST_LOG=debug|info|warn|error,
@@ -67,6 +71,7 @@ int main(int argc, char** argv) {
     if (group == "secret") return outpost::cli::secret_command(rest);
     if (group == "mcp") return outpost::cli::mcp_command(rest);
     if (group == "eventlog") return outpost::cli::eventlog_command(rest);
+    if (group == "audit") return outpost::cli::audit_command(rest);
     throw outpost::cli::UsageError("unknown command \"" + group + "\" (see outpost --help)");
   } catch (const outpost::cli::UsageError& e) {
     std::fprintf(stderr, "outpost: %s\n", e.what());

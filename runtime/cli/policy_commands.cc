@@ -621,6 +621,17 @@ int status(const Args& args) {
       }
       std::cout << "agents        " << r->at("agents").to_number<int64_t>() << ", MCP connections " << r->at("connections").to_number<int64_t>()
                 << ", audit records " << r->at("decisions").to_number<int64_t>() << "\n";
+      if (const auto* a = r->if_contains("audit"); a != nullptr && a->is_object()) {
+        const auto& o = a->as_object();
+        std::cout << "audit log     " << o.at("durable_seq").to_number<uint64_t>() << " records durable, last checkpoint at "
+                  << o.at("checkpoint_seq").to_number<uint64_t>() << ", " << o.at("disk_bytes").to_number<uint64_t>() / 1024
+                  << " KiB of " << o.at("budget_bytes").to_number<uint64_t>() / 1024 << " KiB";
+        if (!o.at("refusing").as_string().empty()) {
+          std::cout << "; REFUSING RECORDS: " << std::string(o.at("refusing").as_string())
+                    << (o.at("agents_paused").as_bool() ? " (agents paused)" : "");
+        }
+        std::cout << "\n";
+      }
       return kExitOk;
     }
   }

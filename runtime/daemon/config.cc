@@ -89,7 +89,7 @@ Result<DaemonConfig> parse_daemon_config(std::string_view yaml, std::string_view
   Reader r(source);
   DaemonConfig c;
   OUTPOST_TRY_VOID(r.fields(root, "outpostd", {"board", "state_dir", "tcti", "socket", "inbox", "api", "limits", "sandbox",
-                                               "inbox_poll_ms", "life_check_s"}));
+                                               "inbox_poll_ms", "life_check_s", "audit"}));
   if (root["board"]) { OUTPOST_TRY(c.board, r.text(root["board"], "board")); }
   if (root["state_dir"]) { OUTPOST_TRY(std::string s, r.text(root["state_dir"], "state_dir")); c.state_dir = s; }
   if (root["tcti"]) { OUTPOST_TRY(c.tcti, r.text(root["tcti"], "tcti")); }
@@ -97,6 +97,14 @@ Result<DaemonConfig> parse_daemon_config(std::string_view yaml, std::string_view
   if (root["inbox"]) { OUTPOST_TRY(std::string s, r.text(root["inbox"], "inbox")); c.inbox = s; }
   if (root["inbox_poll_ms"]) { OUTPOST_TRY(c.inbox_poll_ms, r.number<uint32_t>(root["inbox_poll_ms"], "inbox_poll_ms")); }
   if (root["life_check_s"]) { OUTPOST_TRY(c.life_check_s, r.number<uint32_t>(root["life_check_s"], "life_check_s")); }
+  if (YAML::Node audit = root["audit"]) {
+    OUTPOST_TRY_VOID(r.fields(audit, "audit", {"durable_decisions"}));
+    if (audit["durable_decisions"]) {
+      OUTPOST_TRY(std::string d, r.text(audit["durable_decisions"], "audit.durable_decisions"));
+      if (d != "true" && d != "false") return fail(r.bad(audit["durable_decisions"], "audit.durable_decisions must be true or false"));
+      c.durable_decisions = d == "true";
+    }
+  }
   if (YAML::Node api = root["api"]) {
     OUTPOST_TRY_VOID(r.fields(api, "api", {"allow_uids", "allow_gids"}));
     auto ids = [&](const char* key, std::vector<uint32_t>& out) -> Result<void> {

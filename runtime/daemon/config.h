@@ -27,6 +27,10 @@ struct DaemonConfig {
   std::vector<std::filesystem::path> system_read_only{"/usr", "/lib", "/lib64", "/bin", "/sbin", "/etc"};
   uint32_t inbox_poll_ms = 1000;
   uint32_t life_check_s = 10;             // how often the bundle's life is re-evaluated
+  // A decision's audit record is fdatasync'ed before the call goes on (true), or queued and
+  // made durable by the next group commit (false: less latency, a crash can lose the records
+  // of the last commit interval). docs/audit.md.
+  bool durable_decisions = true;
 
   // Set by load_daemon_config: the file and the exact bytes read, which outpostd measures
   // into the runtime PCR before it acts on them.

@@ -151,7 +151,14 @@ struct Daemon::Impl {
   std::unique_ptr<Tpm> tpm;
   std::unique_ptr<offline_cache::BundleStore> store;
   std::optional<offline_cache::TrustRoot> trust;
-  std::unique_ptr<broker::JsonlDecisionLog> log;
+  std::unique_ptr<broker::AuditDecisionLog> log;
+  // Checkpoints and the disk budget (worker thread): the last checkpoint's head and time, and
+  // whether agents are paused because the audit log refuses records.
+  uint64_t checkpoint_seq = 0;
+  std::chrono::steady_clock::time_point checkpoint_at = std::chrono::steady_clock::now();
+  std::atomic<bool> agents_paused{false};
+  std::string last_checkpoint_error;
+  std::mutex checkpoint_mu;
   fs::path cli_path;
   // The runtime measurement log (firmware-hooks): outpostd, its config, each bundle in force
   // and each agent binary go into the board's runtime PCR before they act or run.
@@ -171,7 +178,7 @@ struct Daemon::Impl {
   asio::io_context io;
   std::optional<asio::local::stream_protocol::acceptor> acceptor;
   asio::signal_set signals{io};
-  asio::steady_timer inbox_timer{io}, life_timer{io}, sync_timer{io};
+  asio::steady_timer inbox_timer{io}, life_timer{io}, audit_timer{io};
   // TPM and disk work the timers start (inbox installs, the bundle's life, fdatasync) runs here,
   // never on the event loop's thread.
   asio::thread_pool worker{1};
@@ -215,6 +222,55 @@ struct Daemon::Impl {
     // Compiling a large bundle leaves freed heap behind; give it back to the system so the
     // daemon's resident size reflects what it keeps (docs/benchmarks.md: RSS budget).
     malloc_trim(0);
+  }
+
+  // ---- audit checkpoints and the disk budget (worker thread) ----
+  // A TPM2_Quote over the chain head every N records, every T seconds with new records, and
+  // after a deny (the board's cadence). Records keep flowing while the TPM quotes.
+  void maybe_checkpoint(bool force = false) {
+    std::lock_guard checkpoint_lock(checkpoint_mu);
+    auto& l = log->log();
+    const uint64_t denies = log->take_denies();
+    const auto [seq, head] = l.head();
+    if (seq == 0 || seq == checkpoint_seq) return;
+    const auto& cadence = board.checkpoint;
+    const bool due = force || seq - checkpoint_seq >= cadence.every_records ||
+                     std::chrono::steady_clock::now() - checkpoint_at >= std::chrono::seconds(cadence.every_seconds) ||
+                     (cadence.on_deny && denies > 0);
+    if (!due) return;
+    auto sel = attestation::parse_pcr_selection(board.quote_selection());
+    Result<attestation::Quote> q = sel ? tpm->quote(node.handles.ak, *sel, offline_cache::checkpoint_qualifying_data(seq, head))
+                                       : Result<attestation::Quote>(fail(sel.error()));
+    Result<uint64_t> c = q ? l.append_checkpoint(seq, head, q->signed_attest, attestation::encode_pcrs_tpm2tools(q->pcrs))
+                           : Result<uint64_t>(fail(q.error()));
+    if (!c) {
+      if (c.error().message() != last_checkpoint_error) OUTPOST_NOTE(error, "audit checkpoint: " + c.error().message());
+      last_checkpoint_error = c.error().message();
+      return;
+    }
+    last_checkpoint_error.clear();
+    // The checkpoint record itself is the next head; it needs no checkpoint of its own.
+    checkpoint_seq = *c;
+    checkpoint_at = std::chrono::steady_clock::now();
+  }
+
+  // Fail closed at the disk budget (or a failing disk): agents are paused (SIGSTOP to their
+  // process groups) until the log accepts records again; status says why.
+  void enforce_audit_budget() {
+    const std::string why = log->log().refusing();
+    const bool pause = !why.empty();
+    if (pause == agents_paused.load()) return;
+    std::lock_guard lock(mu);
+    for (auto& [name, a] : agents) {
+      if (a->pid > 0) ::kill(-a->pid, pause ? SIGSTOP : SIGCONT);
+    }
+    agents_paused = pause;
+    if (pause) {
+      OUTPOST_NOTE(error, "audit log refuses records (" + why + "): agents paused");
+    } else {
+      OUTPOST_NOTE(info, "audit log accepts records again: agents resumed");
+    }
+    (void)log->record_event(pause ? "agents_paused" : "agents_resumed", {{"reason", why}});
   }
 
   // ---- runtime measurements ----
@@ -794,6 +850,11 @@ json::object Daemon::Impl::handle(const json::object& req, const ucred& peer, bo
   if (op == "status") {
     auto p = policy.load();
     json::object o{{"ok", true}, {"node_id", node.node_id}, {"board", board.name}};
+    auto& l = log->log();
+    o["audit"] = json::object{{"last_seq", l.last_seq()},         {"durable_seq", l.durable_seq()},
+                              {"checkpoint_seq", checkpoint_seq}, {"disk_bytes", l.disk_bytes()},
+                              {"budget_bytes", board.audit_log_bytes}, {"refusing", l.refusing()},
+                              {"agents_paused", agents_paused.load()}};
     if (p->installed) {
       const auto& s = p->installed->status;
       o["bundle"] = json::object{{"version", p->installed->state.version},
@@ -994,6 +1055,13 @@ void Daemon::Impl::poll_inbox() {
 }
 
 void Daemon::Impl::shutdown() {
+  if (agents_paused) {
+    // Paused agents must run to receive their SIGTERM.
+    std::lock_guard lock(mu);
+    for (auto& [name, a] : agents) {
+      if (a->pid > 0) ::kill(-a->pid, SIGCONT);
+    }
+  }
   if (stopping.exchange(true)) return;
   sd_notify(0, "STOPPING=1");
   OUTPOST_NOTE(info, "shutting down");
@@ -1001,7 +1069,7 @@ void Daemon::Impl::shutdown() {
   acceptor->close(ec);
   inbox_timer.cancel();
   life_timer.cancel();
-  sync_timer.cancel();
+  audit_timer.cancel();
   worker.join();  // an install in progress finishes (it is atomic either way)
   signals.cancel();
   std::vector<std::pair<pid_t, int>> order;
@@ -1033,6 +1101,7 @@ void Daemon::Impl::shutdown() {
     threads_done.wait_for(lock, std::chrono::seconds(5), [&] { return api_threads == 0; });
   }
   (void)log->record_event("daemon_stop", {});
+  maybe_checkpoint(true);  // the last records are anchored before outpostd goes
   (void)log->sync();
   std::error_code fec;
   fs::remove(config.socket, fec);
@@ -1065,7 +1134,14 @@ Result<std::unique_ptr<Daemon>> Daemon::create(DaemonConfig config) {
     if (!root) return fail(root.error().wrap("trust/root.json"));
     m->trust = std::move(*root);
   }
-  OUTPOST_TRY(m->log, broker::JsonlDecisionLog::open(c.state_dir / "audit" / "decisions.jsonl"));
+  offline_cache::AuditLogOptions audit_options;
+  audit_options.max_bytes = m->board.audit_log_bytes;
+  audit_options.segment_bytes = std::min<uint64_t>(8ull << 20, std::max<uint64_t>(4096, audit_options.max_bytes / 8));
+  OUTPOST_TRY(m->log, broker::AuditDecisionLog::open(c.state_dir / "audit" / "log", audit_options, c.durable_decisions));
+  if (const auto& rec = m->log->log().recovery(); rec.cut_torn_tail) {
+    OUTPOST_NOTE(warn, "audit log: " + rec.cut_detail);
+    (void)m->log->record_event("audit_log_repaired", {{"detail", rec.cut_detail}});
+  }
   OUTPOST_TRY_VOID(m->open_measurements());
   OUTPOST_TRY_VOID(m->load_policy());
   std::error_code ec;
@@ -1148,20 +1224,23 @@ Result<void> Daemon::run() {
       });
     });
   };
-  std::function<void()> sync = [&] {
-    m.sync_timer.expires_after(std::chrono::milliseconds(200));
-    m.sync_timer.async_wait([&](const boost::system::error_code& e) {
+  // Group commit makes records durable on its own; this tick takes checkpoints (a TPM quote)
+  // and enforces the audit log's disk budget, on the worker.
+  std::function<void()> audit = [&] {
+    m.audit_timer.expires_after(std::chrono::milliseconds(200));
+    m.audit_timer.async_wait([&](const boost::system::error_code& e) {
       if (e || m.stopping) return;
       asio::post(m.worker, [&] {
-        if (auto r = m.log->sync(); !r) OUTPOST_NOTE(error, r.error().message());
-        asio::post(m.io, sync);
+        m.enforce_audit_budget();
+        m.maybe_checkpoint();
+        asio::post(m.io, audit);
       });
     });
   };
   m.poll_inbox();
   inbox();
   life();
-  sync();
+  audit();
   m.accept();
   (void)m.log->record_event("daemon_start", {{"node_id", m.node.node_id}, {"socket", c.socket.string()}});
   OUTPOST_NOTE(info, "outpostd ready on " + c.socket.string() + " (node " + m.node.node_id + ")");

@@ -189,9 +189,13 @@ struct Node {
     return agent_entry(name).at("state") == want;
   }
 
+  // Every audit record's detail (decisions and events), read with `outpost audit tail`.
   std::vector<json::object> audit() {
-    auto text = read_text_file(state / "audit" / "decisions.jsonl");
-    return text ? json_lines(*text) : std::vector<json::object>{};
+    auto r = testing::run_outpost({"audit", "tail", "-n", "0", "--json", "--state", state.string()});
+    REQUIRE(r.exit_code == 0);
+    std::vector<json::object> out;
+    for (auto& o : json_lines(r.out)) out.push_back(o.at("detail").as_object());
+    return out;
   }
 
   std::vector<json::object> agent_output(const std::string& name) {
@@ -369,6 +373,15 @@ TEST_CASE("outpostd brokers the official MCP SDK client to the reference servers
     CHECK(audited);
   }
   CHECK(n.daemon->stop(SIGTERM) == 0);
+  {  // the audit log outpostd kept: chained, no gaps, checkpoints (on the denies, at shutdown) quoted by the AK
+    auto v = testing::run_outpost({"audit", "verify", "--json", "--state", n.state.string()});
+    INFO(v.out << v.err);
+    CHECK(v.exit_code == 0);
+    const json::value rep = json::parse(v.out);
+    CHECK(rep.at("ok").as_bool());
+    CHECK(rep.at("checkpoints").as_int64() >= 2);
+    CHECK(rep.at("checkpoints_verified") == rep.at("checkpoints"));
+  }
 }
 
 TEST_CASE("a sandboxed agent can neither read outside its work directory nor open TCP", "[e2e]") {

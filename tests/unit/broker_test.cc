@@ -21,6 +21,7 @@
 #include "broker/relay.h"
 #include "outpost/base/errors.h"
 #include "outpost/base/files.h"
+#include "daemon/config.h"
 #include "policy/compiler.h"
 #include "test_support.h"
 
@@ -356,9 +357,9 @@ TEST_CASE("broker relay over pipes with a real child process", "[broker]") {
   ::close(s2b[0]);
 }
 
-TEST_CASE("broker decision log appends one JSON line per record", "[broker]") {
+TEST_CASE("the broker's decision sink writes chained audit records", "[broker]") {
   outpost::testing::TempDir dir;
-  auto log = broker::JsonlDecisionLog::open(dir / "audit" / "decisions.jsonl");
+  auto log = broker::AuditDecisionLog::open(dir / "audit" / "log", offline_cache::AuditLogOptions{});
   REQUIRE(log);
   broker::DecisionRecord r;
   r.time = 1800000000;
@@ -367,12 +368,41 @@ TEST_CASE("broker decision log appends one JSON line per record", "[broker]") {
   r.allow = true;
   r.rules = {"read-ws"};
   REQUIRE((*log)->record(r));
+  CHECK((*log)->log().durable_seq() == 1);  // a decision is durable before record() returns
+  r.allow = false;
+  REQUIRE((*log)->record(r));
+  CHECK((*log)->take_denies() == 1);
+  CHECK((*log)->take_denies() == 0);
   REQUIRE((*log)->record_event("agent_start", {{"agent", "coder"}}));
   REQUIRE((*log)->sync());
-  auto text = read_text_file(dir / "audit" / "decisions.jsonl");
-  REQUIRE(text);
-  CHECK(std::count(text->begin(), text->end(), '\n') == 2);
-  auto first = json::parse(text->substr(0, text->find('\n')));
+  std::vector<offline_cache::AuditRecord> records;
+  REQUIRE(offline_cache::read_audit_log(dir / "audit" / "log", 0, [&](const offline_cache::AuditRecord& rec) {
+    records.push_back(rec);
+    return true;
+  }));
+  REQUIRE(records.size() == 3);
+  CHECK(records[0].kind == offline_cache::RecordKind::decision);
+  CHECK(records[0].agent == "coder");
+  CHECK(records[0].time_ms == 1800000000000);
+  auto first = json::parse(records[0].detail);
   CHECK(first.at("kind") == "decision");
   CHECK(first.at("rules").at(0) == "read-ws");
+  CHECK(records[2].kind == offline_cache::RecordKind::lifecycle);
+  CHECK(records[2].event == "agent_start");
+  CHECK(records[2].agent == "coder");
+}
+
+TEST_CASE("outpostd's config: audit.durable_decisions, strictly", "[broker]") {
+  auto d = daemon::parse_daemon_config("board: sim\n", "t.yaml");
+  REQUIRE(d);
+  CHECK(d->durable_decisions);  // the default: fdatasync'ed before the call goes on
+  auto q = daemon::parse_daemon_config("board: sim\naudit: {durable_decisions: false}\n", "t.yaml");
+  REQUIRE(q);
+  CHECK_FALSE(q->durable_decisions);
+  auto bad = daemon::parse_daemon_config("audit: {durable_decisions: maybe}\n", "t.yaml");
+  REQUIRE_FALSE(bad);
+  CHECK_THAT(bad.error().message(), Catch::Contains("t.yaml:1") && Catch::Contains("true or false"));
+  auto typo = daemon::parse_daemon_config("audit: {durable: false}\n", "t.yaml");
+  REQUIRE_FALSE(typo);
+  CHECK_THAT(typo.error().message(), Catch::Contains("durable"));
 }
