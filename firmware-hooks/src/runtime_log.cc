@@ -26,10 +26,29 @@ bool known_kind(std::string_view k) {
 
 // Printable ASCII or UTF-8 continuation bytes; no control characters, so a name can never
 // smuggle a 0x00 into the template and collide with another (kind, name) split.
+// Also well-formed UTF-8 (JSON parsers refuse anything else, which would make the log unreadable).
 bool printable_name(std::string_view s) {
   if (s.empty() || s.size() > kMaxNameBytes) return false;
-  for (unsigned char c : s) {
-    if (c < 0x20 || c == 0x7f) return false;
+  for (size_t i = 0; i < s.size();) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    if (c < 0x80) {
+      if (c < 0x20 || c == 0x7f) return false;
+      ++i;
+      continue;
+    }
+    size_t len = c >= 0xf0 && c <= 0xf4 ? 4 : c >= 0xe0 ? 3 : c >= 0xc2 && c <= 0xdf ? 2 : 0;
+    if (len == 0 || (len == 3 && c > 0xef) || i + len > s.size()) return false;
+    uint32_t cp = c & (len == 2 ? 0x1f : len == 3 ? 0x0f : 0x07);
+    for (size_t k = 1; k < len; ++k) {
+      const auto cc = static_cast<unsigned char>(s[i + k]);
+      if ((cc & 0xc0) != 0x80) return false;
+      cp = (cp << 6) | (cc & 0x3f);
+    }
+    // Overlong forms, surrogates and values past U+10FFFF.
+    if ((len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10ffff)) || (cp >= 0xd800 && cp <= 0xdfff)) {
+      return false;
+    }
+    i += len;
   }
   return true;
 }
@@ -84,7 +103,7 @@ Result<void> validate_runtime_entry(std::string_view kind, std::string_view name
   if (!known_kind(kind)) return fail(make_error_code(errc::invalid_argument), "unknown kind \"" + std::string(kind) + "\"");
   if (!printable_name(name)) {
     return fail(make_error_code(errc::invalid_argument), "name is empty, longer than " + std::to_string(kMaxNameBytes) +
-                                                             " bytes or has control characters");
+                                                             " bytes, is not UTF-8 or has control characters");
   }
   return ok();
 }

@@ -195,6 +195,20 @@ Result<bool> RuntimeLogWriter::measure(std::string_view kind, std::string_view n
   // Another writer (the pre-start hook) may have appended since open: this is the log as it is.
   Result<RuntimeLog> log = parse_runtime_log(text);
   if (!log) return fail(log.error().wrap(path_.string()));
+  // The PCR must hold what the log says before anything is added or skipped as a duplicate: a
+  // line whose extend failed earlier is extended now, and a PCR the log does not explain
+  // fails closed (a duplicate found in such a log would let code run unmeasured).
+  OUTPOST_TRY(Digest current, read_pcr(tpm_, pcr_));
+  if (replay_runtime_log(*log) != current) {
+    if (!log->entries.empty() && replay_runtime_log(*log, log->entries.size() - 1) == current) {
+      OUTPOST_TRY_VOID(tpm_.pcr_extend(pcr_, log->entries.back().template_hash));
+    } else {
+      return fail(make_error_code(errc::verification_failed),
+                  path_.string() + " does not replay to sha256 PCR " + std::to_string(pcr_) + " (" +
+                      hex_encode(replay_runtime_log(*log)) + " vs " + hex_encode(current) +
+                      "): something else extended or reset the PCR; nothing more is measured until the TPM restarts");
+    }
+  }
   for (const auto& e : log->entries) {
     if (e.kind == kind && e.name == name && e.digest == digest) return false;
   }

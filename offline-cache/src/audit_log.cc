@@ -252,6 +252,9 @@ Result<void> AuditLog::recover() {
       recovery_.records += p.records.size();
     } else if (!is_last) {
       return fail(corrupt("audit log: " + path.string() + " is empty but is not the last segment"));
+    } else if (head && first != last_seq + 1) {
+      return fail(corrupt("audit log: " + path.string() + " is empty and named for record " + std::to_string(first) +
+                          " but the log ends at record " + std::to_string(last_seq)));
     }
     if (p.end == SegmentParse::End::torn) {
       const uint64_t cut = bytes.size() - p.good_bytes;
@@ -274,7 +277,7 @@ Result<void> AuditLog::recover() {
   durable_seq_ = next_seq_ - 1;
   if (!segments.empty()) {
     segment_path_ = segments.back().second;
-    fd_ = ::open(segment_path_.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
+    fd_ = ::open(segment_path_.c_str(), O_WRONLY | O_CLOEXEC);
     if (fd_ < 0) return fail(errno_error("open " + segment_path_.string(), errno));
     struct stat st{};
     if (::fstat(fd_, &st) != 0) return fail(errno_error("stat " + segment_path_.string(), errno));
@@ -285,7 +288,7 @@ Result<void> AuditLog::recover() {
 
 Result<void> AuditLog::open_segment(uint64_t first_seq) {
   const fs::path path = dir_ / segment_name(first_seq);
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC, 0600);
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
   if (fd < 0) return fail(errno_error("create " + path.string(), errno));
   int dfd = ::open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dfd >= 0) {
@@ -374,7 +377,10 @@ Result<uint64_t> AuditLog::append_checkpoint(uint64_t head_seq, const Digest& he
 
 Result<void> AuditLog::wait_durable(uint64_t seq) {
   std::unique_lock lock(mu_);
-  durable_cv_.wait(lock, [&] { return durable_seq_ >= seq || !write_error_.empty() || stop_; });
+  // While a failed write is being retried (a full disk that may free up), wait a while: a
+  // record reported as not durable may still land later, so give the retry its chance first.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  durable_cv_.wait_until(lock, deadline, [&] { return durable_seq_ >= seq || broken_ || stop_; });
   if (durable_seq_ >= seq) return ok();
   if (!write_error_.empty()) return fail(errc::io, "audit record " + std::to_string(seq) + " not durable: " + write_error_);
   return fail(errc::unsupported, "audit log closed before record " + std::to_string(seq) + " was durable");
@@ -409,11 +415,23 @@ std::string AuditLog::refusing() const {
   return {};
 }
 
-Result<void> AuditLog::write_batch(const std::vector<std::pair<uint64_t, Bytes>>& frames) {
+// Writes `frames` at the end of the segment (pwrite at segment_size_, so a retry never appends
+// after leftovers), rotating as needed. *durable counts the frames that are written and synced:
+// on an error they stay written and the caller queues only the rest. A failed ftruncate or
+// fdatasync leaves the file in a state a retry must not build on: *fatal is set.
+Result<void> AuditLog::write_batch(const std::vector<std::pair<uint64_t, Bytes>>& frames, size_t* durable, bool* fatal) {
+  *durable = 0;
+  *fatal = false;
   size_t i = 0;
   while (i < frames.size()) {
     if (fd_ < 0 || (segment_size_ > 0 && segment_size_ + frames[i].second.size() > options_.segment_bytes)) {
-      if (fd_ >= 0 && ::fdatasync(fd_) != 0) return fail(errno_error("fdatasync " + segment_path_.string(), errno));
+      if (fd_ >= 0) {
+        if (::fdatasync(fd_) != 0) {
+          *fatal = true;
+          return fail(errno_error("fdatasync " + segment_path_.string(), errno));
+        }
+        *durable = i;  // everything before the rotation is on disk
+      }
       OUTPOST_TRY_VOID(open_segment(frames[i].first));
     }
     // As many frames as fit this segment, in one write.
@@ -427,12 +445,12 @@ Result<void> AuditLog::write_batch(const std::vector<std::pair<uint64_t, Bytes>>
     }
     size_t done = 0;
     while (done < chunk.size()) {
-      ssize_t n = ::write(fd_, chunk.data() + done, chunk.size() - done);
+      ssize_t n = ::pwrite(fd_, chunk.data() + done, chunk.size() - done, static_cast<off_t>(segment_size_ + done));
       if (n < 0 && errno == EINTR) continue;
       if (n < 0) {
         int err = errno;
         // No partial frame stays behind: the segment goes back to its last whole frame.
-        (void)::ftruncate(fd_, static_cast<off_t>(segment_size_));
+        if (::ftruncate(fd_, static_cast<off_t>(segment_size_)) != 0) *fatal = true;
         return fail(errno_error("write " + segment_path_.string(), err));
       }
       done += static_cast<size_t>(n);
@@ -440,7 +458,12 @@ Result<void> AuditLog::write_batch(const std::vector<std::pair<uint64_t, Bytes>>
     segment_size_ = size;
     i = j;
   }
-  if (::fdatasync(fd_) != 0) return fail(errno_error("fdatasync " + segment_path_.string(), errno));
+  if (::fdatasync(fd_) != 0) {
+    // Linux may have dropped the dirty pages it could not write: what is on disk is unknown.
+    *fatal = true;
+    return fail(errno_error("fdatasync " + segment_path_.string(), errno));
+  }
+  *durable = frames.size();
   return ok();
 }
 
@@ -459,22 +482,33 @@ void AuditLog::commit_loop() {
     uint64_t bytes = 0;
     for (const auto& f : batch) bytes += f.second.size();
     lock.unlock();
-    const uint64_t before = segment_size_;
-    Result<void> r = write_batch(batch);
+    size_t written = 0;
+    bool fatal = false;
+    Result<void> r = write_batch(batch, &written, &fatal);
     lock.lock();
+    uint64_t written_bytes = 0;
+    for (size_t k = 0; k < written; ++k) written_bytes += batch[k].second.size();
+    if (written > 0) {
+      durable_seq_ = batch[written - 1].first;
+      disk_bytes_ += written_bytes;
+      queued_bytes_ -= written_bytes;
+    }
     if (r) {
-      durable_seq_ = batch.back().first;
-      disk_bytes_ += bytes;
-      queued_bytes_ -= bytes;
       write_error_.clear();
       durable_cv_.notify_all();
       continue;
     }
-    // Keep the batch (ahead of anything queued since) and retry; appends are refused meanwhile.
-    (void)before;
-    write_error_ = r.error().message();
-    queue_.insert(queue_.begin(), std::make_move_iterator(batch.begin()), std::make_move_iterator(batch.end()));
+    // Keep what was not written (ahead of anything queued since) and retry; appends are
+    // refused meanwhile. After a failed fdatasync or ftruncate the file cannot be trusted:
+    // no retry, until the log is reopened and recovered.
+    write_error_ = r.error().message() + (fatal ? " (the log must be reopened to recover)" : "");
+    queue_.insert(queue_.begin(), std::make_move_iterator(batch.begin() + static_cast<std::ptrdiff_t>(written)),
+                  std::make_move_iterator(batch.end()));
     durable_cv_.notify_all();
+    if (fatal) {
+      broken_ = true;
+      break;
+    }
     if (stop_) break;
     work_cv_.wait_for(lock, std::chrono::milliseconds(200), [&] { return stop_; });
     if (stop_) break;
@@ -488,8 +522,18 @@ Result<size_t> AuditLog::release_acknowledged(uint64_t acked_seq) {
     std::lock_guard lock(mu_);
     current = segment_path_;
   }
+  // The newest segment that holds records is kept whatever the hub acknowledged: recovery
+  // takes the chain head from it (a later, empty segment carries no hash).
+  size_t keep_from = segments.size();
+  for (size_t k = segments.size(); k-- > 0;) {
+    std::error_code ec;
+    if (fs::file_size(segments[k].second, ec) > 0 && !ec) {
+      keep_from = k;
+      break;
+    }
+  }
   size_t removed = 0;
-  for (size_t i = 0; i + 1 < segments.size(); ++i) {
+  for (size_t i = 0; i + 1 < segments.size() && i < keep_from; ++i) {
     const uint64_t last_in_segment = segments[i + 1].first - 1;
     if (last_in_segment > acked_seq || segments[i].second == current) break;
     std::error_code ec;

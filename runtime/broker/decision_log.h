@@ -30,6 +30,7 @@ class AuditDecisionLog : public DecisionSink {
   offline_cache::AuditLog& log() { return *log_; }
   // Decisions that were denies since the last call (the daemon checkpoints on a deny).
   uint64_t take_denies() { return denies_.exchange(0); }
+  void add_denies(uint64_t n) { denies_.fetch_add(n); }
 
  private:
   AuditDecisionLog(std::unique_ptr<offline_cache::AuditLog> log, bool durable)

@@ -64,6 +64,22 @@ int quote(const Args& args) {
   return kExitOk;
 }
 
+}  // namespace
+
+Result<CheckedQuote> read_and_verify_quote(const std::string& dir, const std::string& ak_pem, ByteView nonce) {
+  OUTPOST_TRY(std::string pem, read_text_file(ak_pem, 64 << 10));
+  auto ak = EcPublicKey::from_pem(pem);
+  if (!ak) return fail(ak.error().wrap("--ak"));
+  CheckedQuote out;
+  OUTPOST_TRY(out.files, attestation::read_quote_dir(dir));
+  auto parsed = attestation::verify_quote(out.files.quote, *ak, nonce, out.files.pcrs);
+  if (!parsed) return fail(parsed.error().wrap("quote rejected"));
+  out.attest = std::move(*parsed);
+  return out;
+}
+
+namespace {
+
 int verify(const Args& args) {
   po::options_description d("attest verify");
   d.add_options()("dir", po::value<std::string>()->required(), "quote directory")(
@@ -74,14 +90,9 @@ int verify(const Args& args) {
   if (!vm) return kExitOk;
   auto nonce = parse_nonce((*vm)["nonce"].as<std::string>());
   if (!nonce) return report(nonce.error());
-  auto pem = read_text_file((*vm)["ak"].as<std::string>(), 64 << 10);
-  if (!pem) return report(pem.error());
-  auto ak = EcPublicKey::from_pem(*pem);
-  if (!ak) return report(ak.error().wrap("--ak"));
-  auto files = attestation::read_quote_dir((*vm)["dir"].as<std::string>());
-  if (!files) return report(files.error());
-  auto result = attestation::verify_quote(files->quote, *ak, *nonce, files->pcrs);
-  if (!result) return report(result.error().wrap("quote rejected"));
+  auto checked = read_and_verify_quote((*vm)["dir"].as<std::string>(), (*vm)["ak"].as<std::string>(), *nonce);
+  if (!checked) return report(checked.error());
+  const attestation::ParsedAttest* result = &checked->attest;
   if (vm->count("json")) {
     json::object o;
     o["verified"] = true;

@@ -13,7 +13,9 @@
 #include <string>
 #include <vector>
 
+#include "outpost/attestation/quote_files.h"
 #include "outpost/attestation/tpm.h"
+#include "outpost/attestation/verifier.h"
 #include "outpost/base/bytes.h"
 #include "outpost/base/result.h"
 #include "outpost/boards/board.h"
@@ -58,6 +60,14 @@ Result<std::unique_ptr<attestation::Tpm>> connect_tpm(const NodeContext& ctx);
 
 // A quote's nonce (qualifying data): 1 to 64 bytes of hex.
 Result<Bytes> parse_nonce(const std::string& hex);
+
+// A quote directory (outpost attest quote --out) checked offline against the AK in `ak_pem`
+// and `nonce`: the files, and what the verified TPMS_ATTEST says.
+struct CheckedQuote {
+  attestation::QuoteFiles files;
+  attestation::ParsedAttest attest;
+};
+Result<CheckedQuote> read_and_verify_quote(const std::string& dir, const std::string& ak_pem, ByteView nonce);
 
 // Command groups.
 int node_command(const Args& args);

@@ -235,14 +235,10 @@ int verify(const Args& args) {
   auto expected = parse_expectations(vm->count("expect") ? (*vm)["expect"].as<std::vector<std::string>>()
                                                          : std::vector<std::string>{});
   if (!expected) return report(expected.error());
-  auto pem = read_text_file((*vm)["ak"].as<std::string>(), 64 << 10);
-  if (!pem) return report(pem.error());
-  auto ak = EcPublicKey::from_pem(*pem);
-  if (!ak) return report(ak.error().wrap("--ak"));
-  auto files = attestation::read_quote_dir((*vm)["quote"].as<std::string>());
-  if (!files) return report(files.error());
-  auto quote = attestation::verify_quote(files->quote, *ak, *nonce, files->pcrs);
-  if (!quote) return report(quote.error().wrap("quote rejected"));
+  auto checked = read_and_verify_quote((*vm)["quote"].as<std::string>(), (*vm)["ak"].as<std::string>(), *nonce);
+  if (!checked) return report(checked.error());
+  const attestation::QuoteFiles* files = &checked->files;
+  const attestation::ParsedAttest* quote = &checked->attest;
 
   const bool as_json = vm->count("json") > 0;
   bool all_ok = true;

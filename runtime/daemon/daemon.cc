@@ -154,7 +154,7 @@ struct Daemon::Impl {
   std::unique_ptr<broker::AuditDecisionLog> log;
   // Checkpoints and the disk budget (worker thread): the last checkpoint's head and time, and
   // whether agents are paused because the audit log refuses records.
-  uint64_t checkpoint_seq = 0;
+  std::atomic<uint64_t> checkpoint_seq{0};
   std::chrono::steady_clock::time_point checkpoint_at = std::chrono::steady_clock::now();
   std::atomic<bool> agents_paused{false};
   std::string last_checkpoint_error;
@@ -234,7 +234,7 @@ struct Daemon::Impl {
     const auto [seq, head] = l.head();
     if (seq == 0 || seq == checkpoint_seq) return;
     const auto& cadence = board.checkpoint;
-    const bool due = force || seq - checkpoint_seq >= cadence.every_records ||
+    const bool due = force || seq - checkpoint_seq.load() >= cadence.every_records ||
                      std::chrono::steady_clock::now() - checkpoint_at >= std::chrono::seconds(cadence.every_seconds) ||
                      (cadence.on_deny && denies > 0);
     if (!due) return;
@@ -244,6 +244,7 @@ struct Daemon::Impl {
     Result<uint64_t> c = q ? l.append_checkpoint(seq, head, q->signed_attest, attestation::encode_pcrs_tpm2tools(q->pcrs))
                            : Result<uint64_t>(fail(q.error()));
     if (!c) {
+      log->add_denies(denies);  // the deny still wants its checkpoint: the next tick retries
       if (c.error().message() != last_checkpoint_error) OUTPOST_NOTE(error, "audit checkpoint: " + c.error().message());
       last_checkpoint_error = c.error().message();
       return;
@@ -257,6 +258,7 @@ struct Daemon::Impl {
   // Fail closed at the disk budget (or a failing disk): agents are paused (SIGSTOP to their
   // process groups) until the log accepts records again; status says why.
   void enforce_audit_budget() {
+    if (stopping) return;
     const std::string why = log->log().refusing();
     const bool pause = !why.empty();
     if (pause == agents_paused.load()) return;
@@ -296,9 +298,11 @@ struct Daemon::Impl {
       (void)log->record_event("measurement_log_repaired", {{"detail", "the last entry had not been extended; it is now"}});
     }
     if (!r.replays) {
-      // Not fatal: outpostd keeps measuring truthfully, and every verifier will flag the PCR.
+      // outpostd still starts (status and the audit log stay reachable), but nothing more is
+      // measured, so no agent is launched, until the TPM restarts and the PCR starts afresh.
       (void)log->record_event("measurement_log_diverges", {{"detail", r.detail}});
-      OUTPOST_NOTE(error, "runtime measurement log: " + r.detail);
+      OUTPOST_NOTE(error, "runtime measurement log: " + r.detail + "; agents will not be launched");
+      return ok();
     }
     std::error_code ec;
     fs::path self = fs::canonical("/proc/self/exe", ec);
@@ -493,6 +497,12 @@ Result<std::string> Daemon::Impl::deploy(const std::string& manifest_text, const
 
 Result<void> Daemon::Impl::launch(Agent& a) {
   const AgentManifest& m = a.manifest;
+  if (agents_paused) {
+    // Fail closed: nothing starts while its decisions could not be recorded.
+    a.state = AgentState::refused;
+    return fail(make_error_code(errc::io), "not launching " + m.name + ": the audit log refuses records (" +
+                                               log->log().refusing() + ")");
+  }
   std::error_code ec;
   fs::create_directories(a.workdir, ec);
   if (ec) return fail(errno_error("create " + a.workdir.string(), ec.value()));
@@ -852,7 +862,7 @@ json::object Daemon::Impl::handle(const json::object& req, const ucred& peer, bo
     json::object o{{"ok", true}, {"node_id", node.node_id}, {"board", board.name}};
     auto& l = log->log();
     o["audit"] = json::object{{"last_seq", l.last_seq()},         {"durable_seq", l.durable_seq()},
-                              {"checkpoint_seq", checkpoint_seq}, {"disk_bytes", l.disk_bytes()},
+                              {"checkpoint_seq", checkpoint_seq.load()}, {"disk_bytes", l.disk_bytes()},
                               {"budget_bytes", board.audit_log_bytes}, {"refusing", l.refusing()},
                               {"agents_paused", agents_paused.load()}};
     if (p->installed) {
@@ -1055,13 +1065,6 @@ void Daemon::Impl::poll_inbox() {
 }
 
 void Daemon::Impl::shutdown() {
-  if (agents_paused) {
-    // Paused agents must run to receive their SIGTERM.
-    std::lock_guard lock(mu);
-    for (auto& [name, a] : agents) {
-      if (a->pid > 0) ::kill(-a->pid, SIGCONT);
-    }
-  }
   if (stopping.exchange(true)) return;
   sd_notify(0, "STOPPING=1");
   OUTPOST_NOTE(info, "shutting down");
@@ -1071,6 +1074,13 @@ void Daemon::Impl::shutdown() {
   life_timer.cancel();
   audit_timer.cancel();
   worker.join();  // an install in progress finishes (it is atomic either way)
+  if (agents_paused) {
+    // Paused agents must run to receive their SIGTERM (the worker, which pauses, has stopped).
+    std::lock_guard lock(mu);
+    for (auto& [name, a] : agents) {
+      if (a->pid > 0) ::kill(-a->pid, SIGCONT);
+    }
+  }
   signals.cancel();
   std::vector<std::pair<pid_t, int>> order;
   {

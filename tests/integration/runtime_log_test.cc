@@ -312,6 +312,15 @@ TEST_CASE("a crash between the log append and the PCR extend is completed; a tor
   INFO(r.out << r.err);
   CHECK(r.exit_code == 0);
 
+  // Something outside outpost extends PCR 23: the log no longer explains it, and nothing more
+  // is measured (so nothing more launched) on this TPM boot, not even what is already logged.
+  auto foreign = testing::run_program({"tpm2_pcrextend", "-T", n.swtpm.tcti(),
+                                       "23:sha256=00000000000000000000000000000000000000000000000000000000000000aa"});
+  REQUIRE(foreign.exit_code == 0);
+  auto refused = testing::run_outpost({"node", "measure", "--config", n.config.string()});
+  CHECK(refused.exit_code == 1);
+  CHECK(refused.err.find("something else extended or reset the PCR") != std::string::npos);
+
   // A log outpost did not write (altered in place) is refused at open and left as it is.
   std::string text = *read_text_file(n.log);
   text.replace(text.find("pending"), 7, "PENDING");

@@ -119,6 +119,10 @@ TEST_CASE("malformed runtime logs are refused naming the line", "[runtime-log]")
   CHECK_FALSE(validate_runtime_entry("agent", ""));
   CHECK_FALSE(validate_runtime_entry("agent", std::string(1025, 'a')));
   CHECK(validate_runtime_entry("agent", "writer"));
+  CHECK(validate_runtime_entry("config", "/etc/outpost/ägent-配置.yaml"));
+  CHECK_FALSE(validate_runtime_entry("config", "/etc/\xff\xfe.yaml"));   // not UTF-8
+  CHECK_FALSE(validate_runtime_entry("config", "/etc/\xc0\xaf.yaml"));   // overlong "/"
+  CHECK_FALSE(validate_runtime_entry("config", "/etc/\xed\xa0\x80"));   // a surrogate
 }
 
 TEST_CASE("the verifier names what does not match the quote or the reference", "[runtime-log]") {

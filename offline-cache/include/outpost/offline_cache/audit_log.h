@@ -146,7 +146,7 @@ class AuditLog {
   Result<void> recover();
   Result<void> open_segment(uint64_t first_seq);
   void commit_loop();
-  Result<void> write_batch(const std::vector<std::pair<uint64_t, Bytes>>& frames);
+  Result<void> write_batch(const std::vector<std::pair<uint64_t, Bytes>>& frames, size_t* durable, bool* fatal);
   Result<uint64_t> append_locked(AuditEntry& e);
 
   std::filesystem::path dir_;
@@ -162,6 +162,7 @@ class AuditLog {
   uint64_t durable_seq_ = 0;
   uint64_t disk_bytes_ = 0;  // whole frames in the segments
   std::string write_error_;
+  bool broken_ = false;  // a failed fdatasync/ftruncate: refuse until reopened
   bool stop_ = false;
 
   // Segment state: only the committer touches these after open.
