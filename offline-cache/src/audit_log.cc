@@ -479,8 +479,6 @@ void AuditLog::commit_loop() {
     }
     std::vector<std::pair<uint64_t, Bytes>> batch;
     batch.swap(queue_);
-    uint64_t bytes = 0;
-    for (const auto& f : batch) bytes += f.second.size();
     lock.unlock();
     size_t written = 0;
     bool fatal = false;
