@@ -27,14 +27,14 @@ class Fd {
   int fd_;
 };
 
+}  // namespace
+
 Result<void> fsync_directory(const std::filesystem::path& dir) {
   Fd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (fd.get() < 0) return errno_error("open " + dir.string(), errno);
   if (::fsync(fd.get()) != 0) return errno_error("fsync " + dir.string(), errno);
   return ok();
 }
-
-}  // namespace
 
 Result<Bytes> read_file(const std::filesystem::path& path, size_t max_bytes) {
   Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));

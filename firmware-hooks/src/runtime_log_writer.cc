@@ -106,14 +106,19 @@ Result<Digest> read_pcr(attestation::Tpm& tpm, uint32_t pcr) {
   return fail(make_error_code(errc::unsupported), "the TPM has no sha256 PCR " + std::to_string(pcr));
 }
 
-Result<void> sync_directory(const fs::path& dir) {
-  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return fail(errno_error("open " + dir.string(), errno));
-  int rc = ::fsync(fd);
-  int err = errno;
-  ::close(fd);
-  if (rc != 0) return fail(errno_error("fsync " + dir.string(), err));
-  return ok();
+enum class PcrState { matches, completed_last, diverges };
+
+// Whether `pcr` holds what `log` replays to. A PCR equal to the replay of all lines but the
+// last is a line logged whose extend never happened (a crash, a failed extend): it is
+// extended now. Anything else is a PCR the log does not explain.
+Result<PcrState> reconcile(attestation::Tpm& tpm, uint32_t pcr, const RuntimeLog& log, Digest* current) {
+  OUTPOST_TRY(*current, read_pcr(tpm, pcr));
+  if (replay_runtime_log(log) == *current) return PcrState::matches;
+  if (!log.entries.empty() && replay_runtime_log(log, log.entries.size() - 1) == *current) {
+    OUTPOST_TRY_VOID(tpm.pcr_extend(pcr, log.entries.back().template_hash));
+    return PcrState::completed_last;
+  }
+  return PcrState::diverges;
 }
 
 }  // namespace
@@ -167,19 +172,15 @@ Result<std::unique_ptr<RuntimeLogWriter>> RuntimeLogWriter::open(const fs::path&
     h.restart_count = now.clock.restart_count;
     h.started = format_rfc3339_utc(unix_now());
     OUTPOST_TRY_VOID(target.append(format_runtime_header(h)));
-    OUTPOST_TRY_VOID(sync_directory(path.parent_path()));
+    OUTPOST_TRY_VOID(fsync_directory(path.parent_path()));
     w->report_.new_log = true;
     log = RuntimeLog{h, {}};
   }
 
-  OUTPOST_TRY(Digest current, read_pcr(tpm, pcr));
-  if (replay_runtime_log(*log) == current) return w;
-  if (!log->entries.empty() && replay_runtime_log(*log, log->entries.size() - 1) == current) {
-    // Logged, then the process died before the extend: finish what it started.
-    OUTPOST_TRY_VOID(tpm.pcr_extend(pcr, log->entries.back().template_hash));
-    w->report_.completed_last = true;
-    return w;
-  }
+  Digest current{};
+  OUTPOST_TRY(PcrState state, reconcile(tpm, pcr, *log, &current));
+  if (state == PcrState::completed_last) w->report_.completed_last = true;
+  if (state != PcrState::diverges) return w;
   w->report_.replays = false;
   w->report_.detail = "the log replays sha256 PCR " + std::to_string(pcr) + " to " + hex_encode(replay_runtime_log(*log)) +
                       " but the TPM holds " + hex_encode(current) +
@@ -198,16 +199,13 @@ Result<bool> RuntimeLogWriter::measure(std::string_view kind, std::string_view n
   // The PCR must hold what the log says before anything is added or skipped as a duplicate: a
   // line whose extend failed earlier is extended now, and a PCR the log does not explain
   // fails closed (a duplicate found in such a log would let code run unmeasured).
-  OUTPOST_TRY(Digest current, read_pcr(tpm_, pcr_));
-  if (replay_runtime_log(*log) != current) {
-    if (!log->entries.empty() && replay_runtime_log(*log, log->entries.size() - 1) == current) {
-      OUTPOST_TRY_VOID(tpm_.pcr_extend(pcr_, log->entries.back().template_hash));
-    } else {
-      return fail(make_error_code(errc::verification_failed),
-                  path_.string() + " does not replay to sha256 PCR " + std::to_string(pcr_) + " (" +
-                      hex_encode(replay_runtime_log(*log)) + " vs " + hex_encode(current) +
-                      "): something else extended or reset the PCR; nothing more is measured until the TPM restarts");
-    }
+  Digest current{};
+  OUTPOST_TRY(PcrState state, reconcile(tpm_, pcr_, *log, &current));
+  if (state == PcrState::diverges) {
+    return fail(make_error_code(errc::verification_failed),
+                path_.string() + " does not replay to sha256 PCR " + std::to_string(pcr_) + " (" +
+                    hex_encode(replay_runtime_log(*log)) + " vs " + hex_encode(current) +
+                    "): something else extended or reset the PCR; nothing more is measured until the TPM restarts");
   }
   for (const auto& e : log->entries) {
     if (e.kind == kind && e.name == name && e.digest == digest) return false;

@@ -290,11 +290,7 @@ Result<void> AuditLog::open_segment(uint64_t first_seq) {
   const fs::path path = dir_ / segment_name(first_seq);
   int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
   if (fd < 0) return fail(errno_error("create " + path.string(), errno));
-  int dfd = ::open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    (void)::fsync(dfd);
-    ::close(dfd);
-  }
+  (void)fsync_directory(dir_);
   if (fd_ >= 0) ::close(fd_);
   fd_ = fd;
   segment_size_ = 0;
@@ -601,21 +597,16 @@ Result<void> read_audit_log(const fs::path& dir, uint64_t from_seq, const std::f
   std::optional<std::string> first_problem;
   bool torn = false;
   size_t segments = 0;
-  bool stopped_by_problem = false;
   walk(
       dir,
       [&](const AuditRecord& r) {
-        if (first_problem) {
-          stopped_by_problem = true;
-          return false;
-        }
+        if (first_problem) return false;
         return r.seq < from_seq || each(r);
       },
       [&](const std::string& p) {
         if (!first_problem) first_problem = p;
       },
       &torn, &segments);
-  (void)stopped_by_problem;
   if (first_problem) return fail(corrupt("audit log " + dir.string() + ": " + *first_problem));
   return ok();
 }

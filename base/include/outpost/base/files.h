@@ -26,6 +26,9 @@ inline Result<void> write_file_atomic(const std::filesystem::path& path, std::st
 // directory it creates.
 Result<void> ensure_directory(const std::filesystem::path& path, unsigned mode = 0700);
 
+// fsync(2) of a directory: makes a file created or renamed in it survive power loss.
+Result<void> fsync_directory(const std::filesystem::path& dir);
+
 bool file_exists(const std::filesystem::path& path);
 
 }  // namespace outpost
