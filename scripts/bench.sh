@@ -15,3 +15,4 @@ set +a
 OUTPOST_LOG=warn "$root/build/tests/bench/bench_tpm" "$@"
 "$root/build/tests/bench/bench_policy" "$@"
 "$root/build/tests/bench/bench_audit" "$@"
+"$root/build/tests/bench/bench_hub" "$@"

@@ -4,7 +4,9 @@
 # state, node provisioning (twice, to show it is idempotent), an agent's TPM key certified by
 # the AK, a quote taken and verified (by outpost and by tpm2-tools), a signed bundle installed,
 # then outpostd hosting a sample agent (the official MCP SDK client) that calls two official
-# reference MCP servers through outpost: some calls allowed, some denied with the reason.
+# reference MCP servers through outpost: some calls allowed, some denied with the reason. It
+# ends with outpost-hub on loopback: a bundle published to the node, the node's audit log
+# synced, and a responder pulling the node's evidence from the hub and verifying it.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 "$root/scripts/setup.sh"
@@ -14,11 +16,14 @@ outpost=$root/build/runtime/outpost
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/outpost-demo-XXXXXX")
 daemon_pid=
+hub_pid=
 cleanup() {
-  if [[ -n $daemon_pid ]] && kill -0 "$daemon_pid" 2>/dev/null; then
-    kill "$daemon_pid"
-    wait "$daemon_pid" || true
-  fi
+  for pid in $daemon_pid $hub_pid; do
+    if kill -0 "$pid" 2>/dev/null; then
+      kill "$pid"
+      wait "$pid" || true
+    fi
+  done
   "$root/scripts/swtpm.sh" stop "$work/tpm"
 }
 trap cleanup EXIT
@@ -112,8 +117,18 @@ fill "$root/examples/agents/mcp-demo-policy.yaml.in" >"$iam/mcp-demo.yaml"
 "$outpost" bundle sign "$iam/mcp-demo.opb" --key "$iam/k1.pem" >/dev/null
 "$outpost" bundle sign "$iam/mcp-demo.opb" --key "$iam/k2.pem" >/dev/null
 
-printf 'board: sim\nstate_dir: %s\ntcti: "%s"\nsocket: %s\n' "$OUTPOST_STATE" "$OUTPOST_TCTI" "$work/outpostd.sock" \
-  >"$work/outpostd.yaml"
+step "outpost-hub on loopback: a development CA and certificate, the IAM's trust root for publishing"
+"$root/build/hub/outpost-hub" init "$work/hub" --bundle-trust "$iam/root.json"
+sed -i 's/^listen: .*/listen: 127.0.0.1:0/' "$work/hub/hub.yaml"
+"$root/build/hub/outpost-hub" --config "$work/hub/hub.yaml" --port-file "$work/hub/port" >"$work/hub.log" 2>&1 &
+hub_pid=$!
+for _ in $(seq 100); do [[ -s $work/hub/port ]] && break; sleep 0.1; done
+hub_url=https://127.0.0.1:$(cat "$work/hub/port")
+echo "outpost-hub listening at $hub_url"
+
+printf 'board: sim\nstate_dir: %s\ntcti: "%s"\nsocket: %s\nhub:\n  url: %s\n  pin_sha256: %s\n  bundle_wait_s: 5\n' \
+  "$OUTPOST_STATE" "$OUTPOST_TCTI" "$work/outpostd.sock" "$hub_url" "$(cat "$work/hub/server.pin")" >"$work/outpostd.yaml"
+echo "outpostd.yaml pins the hub's key: $(cat "$work/hub/server.pin")"
 step "the pre-start hook (systemd's ExecStartPre): outpostd and its config measured into PCR 23"
 "$outpost" node measure --config "$work/outpostd.yaml"
 
@@ -163,8 +178,23 @@ if "$outpost" mcp connect files </dev/null; then
   exit 1
 fi
 
-step "outpost status (through outpostd)"
+step "central IAM publishes bundle v3 to the hub; the node's long poll installs it"
+"$outpost" bundle build "$iam/mcp-demo.yaml" -o "$iam/mcp-demo-v3.opb" --version 3
+"$outpost" bundle sign "$iam/mcp-demo-v3.opb" --key "$iam/k1.pem" >/dev/null
+"$outpost" bundle sign "$iam/mcp-demo-v3.opb" --key "$iam/k2.pem" >/dev/null
+"$outpost" bundle publish "$iam/mcp-demo-v3.opb" --hub "$hub_url" --ca "$work/hub/ca.pem"
+for _ in $(seq 100); do "$outpost" status --json | grep -q '"version":3' && break; sleep 0.1; done
+"$outpost" status --json | grep -q '"version":3' && echo "the node runs bundle v3"
+
+step "the audit log syncs to the hub (outpost status: backlog, last contact)"
+for _ in $(seq 300); do "$outpost" status --json | grep -q '"backlog":0,' && break; sleep 0.1; done
 "$outpost" status
+
+step "a responder pulls the node's evidence from the hub and verifies it offline"
+node_id=$("$outpost" node info --json | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).node_id))')
+"$outpost" node info --json | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>process.stdout.write(JSON.parse(s).ak_public_pem))' >"$work/node-ak.pem"
+"$outpost" evidence pull --hub "$hub_url" --ca "$work/hub/ca.pem" --node "$node_id" --out "$work/evidence.pkg"
+"$outpost" evidence verify "$work/evidence.pkg" --trust "$work/node-ak.pem"
 
 step "SIGTERM: outpostd stops its agents in order and exits cleanly"
 kill "$daemon_pid"

@@ -10,6 +10,7 @@ packages=(
   libflatbuffers-dev flatbuffers-compiler
   libboost1.81-dev libboost-json1.81-dev libboost-program-options1.81-dev
   libyaml-cpp-dev libre2-dev
+  libsqlite3-dev  # outpost-hub's default store
   catch2 libbenchmark-dev
   clang-14 libclang-rt-14-dev
   iproute2 procps

@@ -15,15 +15,13 @@
 #include <cstring>
 
 #include "outpost/base/errors.h"
+#include "mbedtls_check.h"
 
 namespace outpost {
 namespace {
 
-// The one place an mbedTLS return code becomes an Error.
-Result<void> check(int rc, const char* function) {
-  if (rc == 0) return ok();
-  return fail(mbedtls_error(rc), function);
-}
+using check_fn = Result<void> (*)(int, const char*);
+constexpr check_fn check = detail::mbedtls_check;
 
 int rng_callback(void*, unsigned char* out, size_t len) {
   random_bytes({out, len});

@@ -11,12 +11,11 @@
 #include <cstdio>
 #include <cstring>
 
-#include "outpost/attestation/quote_files.h"
-#include "outpost/attestation/verifier.h"
 #include "outpost/base/bytes.h"
 #include "outpost/base/errors.h"
 #include "outpost/base/files.h"
 #include "outpost/fb/audit_generated.h"
+#include "outpost/offline_cache/chain_verifier.h"
 
 namespace outpost::offline_cache {
 namespace {
@@ -167,6 +166,13 @@ SegmentParse parse_segment(ByteView b, std::string_view name) {
     Digest hash = sha256(payload);
     if (!std::equal(hash.begin(), hash.end(), b.data() + pos + kFrameHeader + len)) {
       return stop("frame hash does not match its record (the record was altered or the write was torn)", false), out;
+    }
+    // FlatBuffers reads scalars in place. The writer keeps frames 8-byte aligned; a payload at
+    // an odd address (crafted bytes, a frame cut out of a package) is read from an aligned copy.
+    Bytes aligned;
+    if (reinterpret_cast<uintptr_t>(payload.data()) % alignof(uint64_t) != 0) {
+      aligned.assign(payload.begin(), payload.end());
+      payload = aligned;
     }
     flatbuffers::Verifier verifier(payload.data(), payload.size());
     if (!fba::VerifyRecordBuffer(verifier)) return stop("record is not a valid FlatBuffer", false), out;
@@ -613,52 +619,48 @@ Result<void> read_audit_log(const fs::path& dir, uint64_t from_seq, const std::f
 
 AuditVerifyReport verify_audit_log(const fs::path& dir, const std::optional<EcPublicKey>& ak) {
   AuditVerifyReport rep;
-  std::optional<attestation::ClockInfo> last_clock;
-  // The hashes of the last kCheckpointWindow records, by seq: what a checkpoint's head must be.
+  // The hashes of the last kCheckpointWindow records, by seq. After a problem the chain is
+  // picked up again at the next record, by a new ChainVerifier; a checkpoint after the damage
+  // may still name a head before it.
   std::vector<std::pair<uint64_t, Digest>> recent(kCheckpointWindow);
+  auto older = [&recent](uint64_t seq) -> std::optional<Digest> {
+    const auto& known = recent[seq % kCheckpointWindow];
+    if (known.first != seq) return std::nullopt;
+    return known.second;
+  };
+  std::optional<ChainVerifier> chain;
+  size_t verified_before = 0;  // by the verifiers replaced after a problem
+  bool walk_problem = false;   // the walk reported damage or a broken link since the last record
+  auto restart = [&](ChainState from) {
+    if (chain) verified_before += chain->checkpoints_verified();
+    chain.emplace(ak, std::move(from), older);
+  };
   walk(
       dir,
       [&](const AuditRecord& r) {
         if (rep.records == 0) rep.first_seq = r.seq;
         ++rep.records;
         rep.last_seq = r.seq;
+        if (r.kind == RecordKind::checkpoint) ++rep.checkpoints;
+        // The walk reports broken links itself (with file and offset): start over from here.
+        if (!chain || walk_problem) {
+          const bool first = !chain;
+          restart(ChainState{0, {}, first && r.seq == 1, chain ? chain->state().last_clock : std::nullopt});
+          walk_problem = false;
+        }
+        if (Result<void> fed = chain->feed(r); !fed) {
+          rep.problems.push_back(r.segment + " at offset " + std::to_string(r.offset) + ": " + fed.error().message());
+          restart(ChainState{r.seq, r.hash, true, chain->state().last_clock});
+        }
         recent[r.seq % kCheckpointWindow] = {r.seq, r.hash};
-        if (r.kind != RecordKind::checkpoint) return true;
-        ++rep.checkpoints;
-        const std::string where = r.segment + " at offset " + std::to_string(r.offset) + ": checkpoint " + std::to_string(r.seq);
-        const auto& known = recent[r.head_seq % kCheckpointWindow];
-        if (r.head_seq >= r.seq || known.first != r.head_seq) {
-          rep.problems.push_back(where + " names head " + std::to_string(r.head_seq) +
-                                 ", which is not one of the records before it in this log");
-          return true;
-        }
-        if (known.second != r.head_hash) {
-          rep.problems.push_back(where + " names head " + std::to_string(r.head_seq) +
-                                 " with a hash that is not that record's (the record or the checkpoint was altered)");
-          return true;
-        }
-        if (!ak) return true;
-        auto pcrs = attestation::decode_pcrs_tpm2tools(r.quote_pcrs);
-        if (!pcrs) {
-          rep.problems.push_back(where + ": its PCR values do not parse: " + pcrs.error().message());
-          return true;
-        }
-        Digest q = checkpoint_qualifying_data(r.head_seq, r.head_hash);
-        auto parsed = attestation::verify_quote(r.quote, *ak, q, *pcrs);
-        if (!parsed) {
-          rep.problems.push_back(where + ": quote rejected: " + parsed.error().message());
-          return true;
-        }
-        if (last_clock) {
-          if (auto fwd = attestation::check_clock_forward(*last_clock, parsed->clock); !fwd) {
-            rep.problems.push_back(where + ": " + fwd.error().message());
-          }
-        }
-        last_clock = parsed->clock;
-        ++rep.checkpoints_verified;
         return true;
       },
-      [&](const std::string& p) { rep.problems.push_back(p); }, &rep.torn_tail, &rep.segments);
+      [&](const std::string& p) {
+        rep.problems.push_back(p);
+        walk_problem = true;
+      },
+      &rep.torn_tail, &rep.segments);
+  rep.checkpoints_verified = verified_before + (chain ? chain->checkpoints_verified() : 0);
   return rep;
 }
 

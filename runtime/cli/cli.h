@@ -86,6 +86,9 @@ int mcp_command(const Args& args);
 int eventlog_command(const Args& args);  // eventlog_commands.cc
 int node_measure_command(const Args& args);  // measure_commands.cc: the pre-start hook
 int audit_command(const Args& args);         // audit_commands.cc
+int evidence_command(const Args& args);        // evidence_commands.cc
+int bundle_publish_command(const Args& args);  // hub_commands.cc
+int evidence_pull_command(const Args& args);   // hub_commands.cc
 int mcp_serve_local(const Args& args);  // the MCP server of local command tools (mcp_local.cc)
 // agent deploy/list/stop/logs through outpostd; -1 when `sub` is none of them.
 int agent_daemon_command(const std::string& sub, const Args& rest);

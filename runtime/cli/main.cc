@@ -31,6 +31,7 @@ central IAM:
   trust init --key PUB… --threshold K -o T     a root of trust; trust rotate/sign for rotations
   bundle build POLICY.yaml -o B [--version N]  compile policy source into a bundle
   bundle sign B --key K | inspect B | verify B --trust T
+  bundle publish B --hub URL (--ca CA | --pin H)  push a signed bundle to outpost-hub for its nodes
   decide --bundle B --request R.json           one decision, as a dry run
   policy test CASES.yaml --bundle B            expected decisions
 responder:
@@ -40,6 +41,8 @@ responder:
   eventlog verify --quote Q --ak A --nonce N --runtime LOG [--boot LOG] [--expect agent/N=H]
                                                both logs against one quote, offline
   audit tail [-n N] [--json] | audit verify [--ak ak.pem]   the node's audit log
+  evidence export --out PKG [--since T] [--until T] | verify PKG --trust AK.pem   evidence packages
+  evidence pull --hub URL --node N --out PKG [--since T] [--until T] (--ca CA | --pin H)   from outpost-hub
 
 Every command that touches the node takes --board, --state and --tcti; OUTPOST_BOARD,
 OUTPOST_STATE and OUTPOST_TCTI give defaults. Logs: OUTPOST_LOG=debug|info|warn|error,
@@ -72,6 +75,10 @@ int main(int argc, char** argv) {
     if (group == "mcp") return outpost::cli::mcp_command(rest);
     if (group == "eventlog") return outpost::cli::eventlog_command(rest);
     if (group == "audit") return outpost::cli::audit_command(rest);
+    if (group == "evidence" && !rest.empty() && rest[0] == "pull") {
+      return outpost::cli::evidence_pull_command(outpost::cli::Args(rest.begin() + 1, rest.end()));
+    }
+    if (group == "evidence") return outpost::cli::evidence_command(rest);
     throw outpost::cli::UsageError("unknown command \"" + group + "\" (see outpost --help)");
   } catch (const outpost::cli::UsageError& e) {
     std::fprintf(stderr, "outpost: %s\n", e.what());

@@ -632,6 +632,19 @@ int status(const Args& args) {
         }
         std::cout << "\n";
       }
+      if (const auto* sv = r->if_contains("sync"); sv != nullptr && sv->is_object()) {
+        const auto& o = sv->as_object();
+        const std::string contact(o.at("last_contact").as_string()), error(o.at("last_error").as_string());
+        std::cout << "hub           " << std::string(o.at("hub").as_string()) << ": backlog "
+                  << o.at("backlog").to_number<uint64_t>() << " records (acknowledged through "
+                  << o.at("acked_seq").to_number<uint64_t>() << "), last contact " << (contact.empty() ? "never" : contact);
+        if (!error.empty()) {
+          std::cout << "; failing: " << error << " (next attempt " << std::string(o.at("next_attempt").as_string()) << ")";
+        }
+        std::cout << "\n";
+      } else {
+        std::cout << "hub           none configured (records stay on this node)\n";
+      }
       return kExitOk;
     }
   }
@@ -684,14 +697,15 @@ int trust_command(const Args& args) {
 }
 
 int bundle_command(const Args& args) {
-  if (args.empty()) throw UsageError("usage: outpost bundle build|sign|inspect|verify|install [--help]");
+  if (args.empty()) throw UsageError("usage: outpost bundle build|sign|inspect|verify|install|publish [--help]");
   Args rest(args.begin() + 1, args.end());
   if (args[0] == "build") return bundle_build(rest);
   if (args[0] == "sign") return bundle_sign(rest);
   if (args[0] == "inspect") return bundle_inspect(rest);
   if (args[0] == "verify") return bundle_verify(rest);
   if (args[0] == "install") return bundle_install(rest);
-  throw UsageError("unknown bundle command \"" + args[0] + "\" (build, sign, inspect, verify, install)");
+  if (args[0] == "publish") return bundle_publish_command(rest);
+  throw UsageError("unknown bundle command \"" + args[0] + "\" (build, sign, inspect, verify, install, publish)");
 }
 
 int decide_command(const Args& args) { return decide(args); }

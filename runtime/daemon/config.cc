@@ -89,7 +89,7 @@ Result<DaemonConfig> parse_daemon_config(std::string_view yaml, std::string_view
   Reader r(source);
   DaemonConfig c;
   OUTPOST_TRY_VOID(r.fields(root, "outpostd", {"board", "state_dir", "tcti", "socket", "inbox", "api", "limits", "sandbox",
-                                               "inbox_poll_ms", "life_check_s", "audit"}));
+                                               "inbox_poll_ms", "life_check_s", "audit", "hub"}));
   if (root["board"]) { OUTPOST_TRY(c.board, r.text(root["board"], "board")); }
   if (root["state_dir"]) { OUTPOST_TRY(std::string s, r.text(root["state_dir"], "state_dir")); c.state_dir = s; }
   if (root["tcti"]) { OUTPOST_TRY(c.tcti, r.text(root["tcti"], "tcti")); }
@@ -103,6 +103,26 @@ Result<DaemonConfig> parse_daemon_config(std::string_view yaml, std::string_view
       OUTPOST_TRY(std::string d, r.text(audit["durable_decisions"], "audit.durable_decisions"));
       if (d != "true" && d != "false") return fail(r.bad(audit["durable_decisions"], "audit.durable_decisions must be true or false"));
       c.durable_decisions = d == "true";
+    }
+  }
+  if (YAML::Node h = root["hub"]) {
+    OUTPOST_TRY_VOID(r.fields(h, "hub", {"url", "pin_sha256", "ca", "batch_records", "batch_bytes", "bandwidth_bytes_per_s",
+                                         "backoff_initial_ms", "backoff_max_ms", "idle_poll_ms", "bundle_wait_s"}));
+    auto& hub = c.hub;
+    if (!h["url"]) return fail(r.bad(h, "hub.url is required"));
+    OUTPOST_TRY(hub.url, r.text(h["url"], "hub.url"));
+    if (h["pin_sha256"]) { OUTPOST_TRY(hub.pin_sha256, r.text(h["pin_sha256"], "hub.pin_sha256")); }
+    if (h["ca"]) { OUTPOST_TRY(std::string ca, r.text(h["ca"], "hub.ca")); hub.ca = ca; }
+    if (hub.pin_sha256.empty() && hub.ca.empty()) return fail(r.bad(h, "hub: pin_sha256 or ca is required (the hub must be authenticated)"));
+    if (h["batch_records"]) { OUTPOST_TRY(hub.batch_records, r.number<uint32_t>(h["batch_records"], "hub.batch_records")); }
+    if (h["batch_bytes"]) { OUTPOST_TRY(hub.batch_bytes, r.number<uint64_t>(h["batch_bytes"], "hub.batch_bytes")); }
+    if (h["bandwidth_bytes_per_s"]) { OUTPOST_TRY(hub.bandwidth_bytes_per_s, r.number<uint64_t>(h["bandwidth_bytes_per_s"], "hub.bandwidth_bytes_per_s")); }
+    if (h["backoff_initial_ms"]) { OUTPOST_TRY(hub.backoff_initial_ms, r.number<uint32_t>(h["backoff_initial_ms"], "hub.backoff_initial_ms")); }
+    if (h["backoff_max_ms"]) { OUTPOST_TRY(hub.backoff_max_ms, r.number<uint32_t>(h["backoff_max_ms"], "hub.backoff_max_ms")); }
+    if (h["idle_poll_ms"]) { OUTPOST_TRY(hub.idle_poll_ms, r.number<uint32_t>(h["idle_poll_ms"], "hub.idle_poll_ms")); }
+    if (h["bundle_wait_s"]) { OUTPOST_TRY(hub.bundle_wait_s, r.number<uint32_t>(h["bundle_wait_s"], "hub.bundle_wait_s")); }
+    if (hub.batch_records == 0 || hub.batch_bytes == 0 || hub.backoff_initial_ms == 0 || hub.backoff_max_ms < hub.backoff_initial_ms) {
+      return fail(r.bad(h, "hub: batch sizes and backoff must be positive, backoff_max_ms at least backoff_initial_ms"));
     }
   }
   if (YAML::Node api = root["api"]) {

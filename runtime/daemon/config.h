@@ -32,6 +32,20 @@ struct DaemonConfig {
   // of the last commit interval). docs/audit.md.
   bool durable_decisions = true;
 
+  // Sync with outpost-hub (runtime/sync/sync_client.h); no sync when url is empty.
+  struct Hub {
+    std::string url;                  // https://host:port
+    std::string pin_sha256;           // SHA-256 of the hub certificate's public key (hex)
+    std::filesystem::path ca;         // a CA that issued the hub's certificate (the host is checked)
+    uint32_t batch_records = 10000;
+    uint64_t batch_bytes = 4ull << 20;
+    uint64_t bandwidth_bytes_per_s = 0;  // 0: unlimited
+    uint32_t backoff_initial_ms = 500;
+    uint32_t backoff_max_ms = 60000;
+    uint32_t idle_poll_ms = 1000;
+    uint32_t bundle_wait_s = 25;
+  } hub;
+
   // Set by load_daemon_config: the file and the exact bytes read, which outpostd measures
   // into the runtime PCR before it acts on them.
   std::filesystem::path source_file;

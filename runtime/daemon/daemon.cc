@@ -33,6 +33,7 @@
 #include "broker/relay.h"
 #include "credentials/jws.h"
 #include "daemon/api.h"
+#include "sync/sync_client.h"
 #include "outpost/attestation/agent_keys.h"
 #include "outpost/attestation/node.h"
 #include "outpost/attestation/quote_files.h"
@@ -40,6 +41,7 @@
 #include "outpost/attestation/tpm.h"
 #include "outpost/base/bytes.h"
 #include "outpost/base/errors.h"
+#include "outpost/offline_cache/evidence.h"
 #include "outpost/base/files.h"
 #include "outpost/base/log.h"
 #include "outpost/base/time.h"
@@ -152,6 +154,7 @@ struct Daemon::Impl {
   std::unique_ptr<offline_cache::BundleStore> store;
   std::optional<offline_cache::TrustRoot> trust;
   std::unique_ptr<broker::AuditDecisionLog> log;
+  std::unique_ptr<sync::SyncClient> sync;  // when a hub is configured
   // Checkpoints and the disk budget (worker thread): the last checkpoint's head and time, and
   // whether agents are paused because the audit log refuses records.
   std::atomic<uint64_t> checkpoint_seq{0};
@@ -410,7 +413,49 @@ struct Daemon::Impl {
 
   void poll_inbox();
   void shutdown();
+  Result<void> start_sync();
 };
+
+// ---- sync with the hub ----
+
+Result<void> Daemon::Impl::start_sync() {
+  const auto& h = config.hub;
+  if (h.url.empty()) return ok();
+  OUTPOST_TRY(sync::HubEndpoint ep, sync::parse_hub_url(h.url));
+  ep.pin_sha256 = h.pin_sha256;
+  if (!h.ca.empty()) { OUTPOST_TRY(ep.ca_pem, read_text_file(h.ca, 1 << 20)); }
+  sync::SyncSettings s;
+  s.hub = std::move(ep);
+  s.batch_records = h.batch_records;
+  s.batch_bytes = h.batch_bytes;
+  s.bandwidth_bytes_per_s = h.bandwidth_bytes_per_s;
+  s.backoff_initial = std::chrono::milliseconds(h.backoff_initial_ms);
+  s.backoff_max = std::chrono::milliseconds(h.backoff_max_ms);
+  s.idle_poll = std::chrono::milliseconds(h.idle_poll_ms);
+  s.bundle_wait = std::chrono::seconds(h.bundle_wait_s);
+  if (board.checkpoint.every_records >= s.batch_records) {
+    OUTPOST_NOTE(warn, "hub.batch_records (" + std::to_string(s.batch_records) + ") is not above the board's checkpoint cadence (" +
+                           std::to_string(board.checkpoint.every_records) + " records): uploads may find no checkpoint");
+  }
+  sync::SyncHooks hooks;
+  hooks.install_bundle = [this](Bytes b) { return install_bundle(std::move(b), "hub"); };
+  hooks.bundle_version = [this]() -> uint64_t {
+    auto p = policy.load();
+    return p->installed ? p->installed->state.version : 0;
+  };
+  hooks.request_checkpoint = [this] {
+    if (!stopping) asio::post(worker, [this] { maybe_checkpoint(true); });
+  };
+  hooks.evidence_state = [this]() -> Result<Bytes> {
+    OUTPOST_TRY(auto pkg, offline_cache::collect_node_evidence(config.state_dir, board.event_log));
+    return offline_cache::encode_evidence_package(pkg);
+  };
+  auto node_json = read_text_file(config.state_dir / "node.json", 1 << 20);
+  if (!node_json) return fail(node_json.error());
+  OUTPOST_TRY(sync, sync::SyncClient::start(std::move(s), std::move(*node_json), node.node_id, log->log(), std::move(hooks)));
+  OUTPOST_NOTE(info, "syncing with " + h.url);
+  return ok();
+}
 
 // ---- deploy and launch ----
 
@@ -865,6 +910,20 @@ json::object Daemon::Impl::handle(const json::object& req, const ucred& peer, bo
                               {"checkpoint_seq", checkpoint_seq.load()}, {"disk_bytes", l.disk_bytes()},
                               {"budget_bytes", board.audit_log_bytes}, {"refusing", l.refusing()},
                               {"agents_paused", agents_paused.load()}};
+    if (sync) {
+      auto st = sync->status();
+      o["sync"] = json::object{{"hub", st.hub},
+                               {"enrolled", st.enrolled},
+                               {"acked_seq", st.acked_seq},
+                               {"backlog", st.backlog()},
+                               {"uploaded_records", st.uploaded_records},
+                               {"last_contact", st.last_contact_ms ? format_rfc3339_utc(st.last_contact_ms / 1000) : ""},
+                               {"last_error", st.last_error},
+                               {"next_attempt", st.next_attempt_ms ? format_rfc3339_utc(st.next_attempt_ms / 1000) : ""},
+                               {"bundles_installed", st.bundles_installed}};
+    } else {
+      o["sync"] = nullptr;
+    }
     if (p->installed) {
       const auto& s = p->installed->status;
       o["bundle"] = json::object{{"version", p->installed->state.version},
@@ -1073,6 +1132,7 @@ void Daemon::Impl::shutdown() {
   inbox_timer.cancel();
   life_timer.cancel();
   audit_timer.cancel();
+  if (sync) sync->stop();  // an install it started finishes first
   worker.join();  // an install in progress finishes (it is atomic either way)
   if (agents_paused) {
     // Paused agents must run to receive their SIGTERM (the worker, which pauses, has stopped).
@@ -1253,6 +1313,7 @@ Result<void> Daemon::run() {
   audit();
   m.accept();
   (void)m.log->record_event("daemon_start", {{"node_id", m.node.node_id}, {"socket", c.socket.string()}});
+  if (auto s = m.start_sync(); !s) OUTPOST_NOTE(error, "sync with the hub not started: " + s.error().message());
   OUTPOST_NOTE(info, "outpostd ready on " + c.socket.string() + " (node " + m.node.node_id + ")");
   sd_notify(0, "READY=1");
   m.io.run();

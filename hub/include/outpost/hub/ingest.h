@@ -1,0 +1,34 @@
+// What the hub does with an uploaded run of audit frames, apart from storing it: parse every
+// frame, compare records the hub already holds (equal: duplicates; different: a fork), check
+// that new records continue the node's chain with no gap and that each checkpoint's quote is
+// the node's AK's, and keep the records through the last verified checkpoint (the anchored
+// ones). Pure: the caller supplies the node's chain state and a lookup of stored hashes, which
+// is also what the fuzz target drives.
+#pragma once
+
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "outpost/base/crypto.h"
+#include "outpost/hub/store.h"
+
+namespace outpost::hub {
+
+struct UploadPlan {
+  enum class Verdict { store, fork, refused };
+  Verdict verdict = Verdict::store;
+  std::string reason;                 // for fork and refused: what, at which seq
+  std::vector<RecordRow> rows;        // new anchored records, in order, to store
+  std::optional<attestation::ClockInfo> clock;  // the chain's clock after them
+  uint64_t duplicates = 0;            // records the hub held already, byte for byte
+  size_t pending = 0;                 // new records after the last checkpoint: not stored
+};
+
+// `stored_hash(seq)`: the hash of a record the hub holds for this node (nullopt: none, or the
+// lookup failed).
+UploadPlan plan_upload(ByteView body, const NodeRow& node, const EcPublicKey& ak,
+                       const std::function<std::optional<Digest>(uint64_t)>& stored_hash);
+
+}  // namespace outpost::hub

@@ -1,0 +1,94 @@
+// outpost-hub's storage: enrolled nodes with the chain state the hub has verified up to,
+// their audit records (the exact frames the node wrote), the latest evidence state each node
+// sent, published bundles and alerts (refused forks and rollbacks).
+//
+// The interface is narrow so that a second backend (PostgreSQL, for hubs that scale out on one
+// database) implements the same contract; commit_records is the one write that must be atomic
+// and conditional: it succeeds only if the node's acknowledged sequence is still the one the
+// caller verified against, so two hub instances can never both append after the same record.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "outpost/attestation/types.h"
+#include "outpost/base/bytes.h"
+#include "outpost/base/crypto.h"
+#include "outpost/base/result.h"
+
+namespace outpost::hub {
+
+struct NodeRow {
+  std::string node_id;
+  std::string identity_json;  // node.json as enrolled
+  std::string ak_pem;
+  std::string enrolled_at;    // RFC 3339
+  uint64_t acked_seq = 0;     // the last record stored (all before it are, with no gap)
+  Digest acked_hash{};
+  std::optional<attestation::ClockInfo> last_clock;  // of the last verified checkpoint
+  int64_t last_contact_ms = 0;
+};
+
+struct RecordRow {
+  uint64_t seq = 0;
+  int64_t time_ms = 0;
+  uint8_t kind = 0;
+  Digest hash{};
+  Bytes frame;  // magic | length | payload | SHA-256, as in the node's segment
+};
+
+struct BundleRow {
+  uint64_t version = 0;
+  std::string sha256;  // hex, also the ETag
+  Bytes bytes;
+  std::string published_at;
+};
+
+struct AlertRow {
+  std::string node_id;
+  std::string kind;  // "fork", "rollback", ...
+  std::string detail;
+  std::string at;
+};
+
+class Store {
+ public:
+  virtual ~Store() = default;
+
+  virtual Result<std::optional<NodeRow>> node(const std::string& node_id) = 0;
+  virtual Result<std::vector<NodeRow>> nodes() = 0;
+  // Inserts a node; errc::already_exists if it is there.
+  virtual Result<void> enroll(const NodeRow& node) = 0;
+  // Appends `rows` (consecutive, starting at expect_acked + 1) and moves the node's chain state
+  // to the last of them, in one transaction; errc::already_exists (nothing written) when the
+  // stored acked_seq is no longer expect_acked.
+  virtual Result<void> commit_records(const std::string& node_id, uint64_t expect_acked, const std::vector<RecordRow>& rows,
+                                      const std::optional<attestation::ClockInfo>& last_clock) = 0;
+  virtual Result<std::optional<Digest>> record_hash(const std::string& node_id, uint64_t seq) = 0;
+  // Records with seq >= from_seq in order, to `each` (false stops).
+  virtual Result<void> scan_records(const std::string& node_id, uint64_t from_seq,
+                                    const std::function<bool(const RecordRow&)>& each) = 0;
+  // The first seq whose time is at least `time_ms` (0 when none).
+  virtual Result<uint64_t> first_seq_at(const std::string& node_id, int64_t time_ms) = 0;
+  virtual Result<void> touch(const std::string& node_id, int64_t now_ms) = 0;
+
+  virtual Result<void> put_evidence_state(const std::string& node_id, const Bytes& package, const std::string& at) = 0;
+  virtual Result<std::optional<Bytes>> evidence_state(const std::string& node_id) = 0;
+
+  virtual Result<void> put_bundle(const BundleRow& bundle) = 0;
+  virtual Result<std::optional<BundleRow>> latest_bundle() = 0;
+
+  virtual Result<void> add_alert(const AlertRow& alert) = 0;
+  virtual Result<std::vector<AlertRow>> alerts(const std::string& node_id) = 0;
+};
+
+// SQLite in WAL mode with synchronous=FULL: a commit the hub acknowledged survives power loss
+// (the node deletes what the hub acknowledged).
+Result<std::unique_ptr<Store>> open_sqlite_store(const std::filesystem::path& file);
+
+}  // namespace outpost::hub

@@ -1,0 +1,337 @@
+// The SQLite backend of hub/store.h. Every sqlite3_* return code is checked by check() below,
+// the one place they become Errors (naming the function and sqlite3_errmsg).
+#include <sqlite3.h>
+
+#include <cstring>
+
+#include "outpost/base/errors.h"
+#include "outpost/hub/store.h"
+
+namespace outpost::hub {
+namespace {
+
+const char* kSchema = R"sql(
+CREATE TABLE IF NOT EXISTS nodes (
+  node_id TEXT PRIMARY KEY,
+  identity_json TEXT NOT NULL,
+  ak_pem TEXT NOT NULL,
+  enrolled_at TEXT NOT NULL,
+  acked_seq INTEGER NOT NULL DEFAULT 0,
+  acked_hash BLOB NOT NULL,
+  clock INTEGER, reset_count INTEGER, restart_count INTEGER, safe INTEGER,
+  last_contact_ms INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS records (
+  node_id TEXT NOT NULL,
+  seq INTEGER NOT NULL,
+  time_ms INTEGER NOT NULL,
+  kind INTEGER NOT NULL,
+  hash BLOB NOT NULL,
+  frame BLOB NOT NULL,
+  PRIMARY KEY (node_id, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS records_time ON records (node_id, time_ms);
+CREATE TABLE IF NOT EXISTS evidence_state (
+  node_id TEXT PRIMARY KEY,
+  package BLOB NOT NULL,
+  received_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS bundles (
+  version INTEGER PRIMARY KEY,
+  sha256 TEXT NOT NULL,
+  bytes BLOB NOT NULL,
+  published_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS alerts (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  node_id TEXT NOT NULL,
+  kind TEXT NOT NULL,
+  detail TEXT NOT NULL,
+  at TEXT NOT NULL
+);
+)sql";
+
+class SqliteStore;
+
+Result<void> check(sqlite3* db, int rc, const char* function) {
+  if (rc == SQLITE_OK || rc == SQLITE_ROW || rc == SQLITE_DONE) return ok();
+  std::string msg = db ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
+  return fail(rc == SQLITE_FULL ? std::error_code(ENOSPC, std::generic_category()) : make_error_code(errc::io),
+              std::string(function) + ": " + msg);
+}
+
+class Stmt {
+ public:
+  Stmt(sqlite3* db, const char* sql) : db_(db) {
+    int rc = sqlite3_prepare_v2(db, sql, -1, &s_, nullptr);
+    OUTPOST_CHECK(rc == SQLITE_OK, "a constant SQL statement must prepare");
+  }
+  ~Stmt() { sqlite3_finalize(s_); }
+  Stmt(const Stmt&) = delete;
+  Stmt& operator=(const Stmt&) = delete;
+
+  Stmt& bind(int i, int64_t v) { sqlite3_bind_int64(s_, i, v); return *this; }
+  Stmt& bind(int i, const std::string& v) { sqlite3_bind_text(s_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT); return *this; }
+  Stmt& bind(int i, ByteView v) { sqlite3_bind_blob(s_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT); return *this; }
+  Stmt& bind_null(int i) { sqlite3_bind_null(s_, i); return *this; }
+  void reset() {
+    sqlite3_reset(s_);
+    sqlite3_clear_bindings(s_);
+  }
+  // SQLITE_ROW -> true, SQLITE_DONE -> false.
+  Result<bool> step() {
+    int rc = sqlite3_step(s_);
+    OUTPOST_TRY_VOID(check(db_, rc, "sqlite3_step"));
+    return rc == SQLITE_ROW;
+  }
+  Result<void> run() {
+    OUTPOST_TRY(bool row, step());
+    (void)row;
+    return ok();
+  }
+  int64_t i64(int c) const { return sqlite3_column_int64(s_, c); }
+  bool null(int c) const { return sqlite3_column_type(s_, c) == SQLITE_NULL; }
+  std::string text(int c) const {
+    auto* p = sqlite3_column_text(s_, c);
+    return p ? std::string(reinterpret_cast<const char*>(p), static_cast<size_t>(sqlite3_column_bytes(s_, c))) : std::string();
+  }
+  Bytes blob(int c) const {
+    auto* p = static_cast<const uint8_t*>(sqlite3_column_blob(s_, c));
+    return p ? Bytes(p, p + sqlite3_column_bytes(s_, c)) : Bytes();
+  }
+
+ private:
+  sqlite3* db_;
+  sqlite3_stmt* s_ = nullptr;
+};
+
+Digest to_digest(const Bytes& b) {
+  Digest d{};
+  if (b.size() == d.size()) std::memcpy(d.data(), b.data(), d.size());
+  return d;
+}
+
+NodeRow node_of(const Stmt& s) {
+  NodeRow n;
+  n.node_id = s.text(0);
+  n.identity_json = s.text(1);
+  n.ak_pem = s.text(2);
+  n.enrolled_at = s.text(3);
+  n.acked_seq = static_cast<uint64_t>(s.i64(4));
+  n.acked_hash = to_digest(s.blob(5));
+  if (!s.null(6)) {
+    attestation::ClockInfo c;
+    c.clock = static_cast<uint64_t>(s.i64(6));
+    c.reset_count = static_cast<uint32_t>(s.i64(7));
+    c.restart_count = static_cast<uint32_t>(s.i64(8));
+    c.safe = s.i64(9) != 0;
+    n.last_clock = c;
+  }
+  n.last_contact_ms = s.i64(10);
+  return n;
+}
+
+constexpr const char* kNodeColumns =
+    "SELECT node_id, identity_json, ak_pem, enrolled_at, acked_seq, acked_hash, clock, reset_count, restart_count, safe, "
+    "last_contact_ms FROM nodes";
+
+class SqliteStore final : public Store {
+ public:
+  explicit SqliteStore(sqlite3* db) : db_(db) {}
+  ~SqliteStore() override { sqlite3_close(db_); }
+
+  Result<void> exec(const char* sql) {
+    char* err = nullptr;
+    int rc = sqlite3_exec(db_, sql, nullptr, nullptr, &err);
+    if (err) sqlite3_free(err);
+    return check(db_, rc, "sqlite3_exec");
+  }
+
+  Result<std::optional<NodeRow>> node(const std::string& id) override {
+    Stmt s(db_, (std::string(kNodeColumns) + " WHERE node_id = ?").c_str());
+    s.bind(1, id);
+    OUTPOST_TRY(bool row, s.step());
+    if (!row) return std::optional<NodeRow>();
+    return std::optional<NodeRow>(node_of(s));
+  }
+
+  Result<std::vector<NodeRow>> nodes() override {
+    Stmt s(db_, (std::string(kNodeColumns) + " ORDER BY node_id").c_str());
+    std::vector<NodeRow> out;
+    for (;;) {
+      OUTPOST_TRY(bool row, s.step());
+      if (!row) break;
+      out.push_back(node_of(s));
+    }
+    return out;
+  }
+
+  Result<void> enroll(const NodeRow& n) override {
+    Stmt s(db_, "INSERT INTO nodes (node_id, identity_json, ak_pem, enrolled_at, acked_seq, acked_hash) VALUES (?,?,?,?,0,?)");
+    s.bind(1, n.node_id).bind(2, n.identity_json).bind(3, n.ak_pem).bind(4, n.enrolled_at).bind(5, ByteView(n.acked_hash));
+    auto r = s.run();
+    if (!r && sqlite3_extended_errcode(db_) == SQLITE_CONSTRAINT_PRIMARYKEY) {
+      return fail(errc::already_exists, "node " + n.node_id + " is already enrolled");
+    }
+    return r;
+  }
+
+  Result<void> commit_records(const std::string& node_id, uint64_t expect_acked, const std::vector<RecordRow>& rows,
+                              const std::optional<attestation::ClockInfo>& last_clock) override {
+    if (rows.empty()) return ok();
+    OUTPOST_TRY_VOID(exec("BEGIN IMMEDIATE"));
+    auto r = commit_locked(node_id, expect_acked, rows, last_clock);
+    if (!r) {
+      (void)exec("ROLLBACK");
+      return r;
+    }
+    return exec("COMMIT");
+  }
+
+  Result<std::optional<Digest>> record_hash(const std::string& node_id, uint64_t seq) override {
+    Stmt s(db_, "SELECT hash FROM records WHERE node_id = ? AND seq = ?");
+    s.bind(1, node_id).bind(2, static_cast<int64_t>(seq));
+    OUTPOST_TRY(bool row, s.step());
+    if (!row) return std::optional<Digest>();
+    return std::optional<Digest>(to_digest(s.blob(0)));
+  }
+
+  Result<void> scan_records(const std::string& node_id, uint64_t from_seq,
+                            const std::function<bool(const RecordRow&)>& each) override {
+    Stmt s(db_, "SELECT seq, time_ms, kind, hash, frame FROM records WHERE node_id = ? AND seq >= ? ORDER BY seq");
+    s.bind(1, node_id).bind(2, static_cast<int64_t>(from_seq));
+    for (;;) {
+      OUTPOST_TRY(bool row, s.step());
+      if (!row) return ok();
+      RecordRow r;
+      r.seq = static_cast<uint64_t>(s.i64(0));
+      r.time_ms = s.i64(1);
+      r.kind = static_cast<uint8_t>(s.i64(2));
+      r.hash = to_digest(s.blob(3));
+      r.frame = s.blob(4);
+      if (!each(r)) return ok();
+    }
+  }
+
+  Result<uint64_t> first_seq_at(const std::string& node_id, int64_t time_ms) override {
+    Stmt s(db_, "SELECT MIN(seq) FROM records WHERE node_id = ? AND time_ms >= ?");
+    s.bind(1, node_id).bind(2, time_ms);
+    OUTPOST_TRY(bool row, s.step());
+    if (!row || s.null(0)) return uint64_t{0};
+    return static_cast<uint64_t>(s.i64(0));
+  }
+
+  Result<void> touch(const std::string& node_id, int64_t now_ms) override {
+    Stmt s(db_, "UPDATE nodes SET last_contact_ms = ? WHERE node_id = ?");
+    s.bind(1, now_ms).bind(2, node_id);
+    return s.run();
+  }
+
+  Result<void> put_evidence_state(const std::string& node_id, const Bytes& package, const std::string& at) override {
+    Stmt s(db_, "INSERT OR REPLACE INTO evidence_state (node_id, package, received_at) VALUES (?,?,?)");
+    s.bind(1, node_id).bind(2, ByteView(package)).bind(3, at);
+    return s.run();
+  }
+
+  Result<std::optional<Bytes>> evidence_state(const std::string& node_id) override {
+    Stmt s(db_, "SELECT package FROM evidence_state WHERE node_id = ?");
+    s.bind(1, node_id);
+    OUTPOST_TRY(bool row, s.step());
+    if (!row) return std::optional<Bytes>();
+    return std::optional<Bytes>(s.blob(0));
+  }
+
+  Result<void> put_bundle(const BundleRow& b) override {
+    Stmt s(db_, "INSERT INTO bundles (version, sha256, bytes, published_at) VALUES (?,?,?,?)");
+    s.bind(1, static_cast<int64_t>(b.version)).bind(2, b.sha256).bind(3, ByteView(b.bytes)).bind(4, b.published_at);
+    auto r = s.run();
+    if (!r && sqlite3_extended_errcode(db_) == SQLITE_CONSTRAINT_PRIMARYKEY) {
+      return fail(errc::already_exists, "bundle v" + std::to_string(b.version) + " is already published");
+    }
+    return r;
+  }
+
+  Result<std::optional<BundleRow>> latest_bundle() override {
+    Stmt s(db_, "SELECT version, sha256, bytes, published_at FROM bundles ORDER BY version DESC LIMIT 1");
+    OUTPOST_TRY(bool row, s.step());
+    if (!row) return std::optional<BundleRow>();
+    BundleRow b;
+    b.version = static_cast<uint64_t>(s.i64(0));
+    b.sha256 = s.text(1);
+    b.bytes = s.blob(2);
+    b.published_at = s.text(3);
+    return std::optional<BundleRow>(std::move(b));
+  }
+
+  Result<void> add_alert(const AlertRow& a) override {
+    Stmt s(db_, "INSERT INTO alerts (node_id, kind, detail, at) VALUES (?,?,?,?)");
+    s.bind(1, a.node_id).bind(2, a.kind).bind(3, a.detail).bind(4, a.at);
+    return s.run();
+  }
+
+  Result<std::vector<AlertRow>> alerts(const std::string& node_id) override {
+    Stmt s(db_, "SELECT node_id, kind, detail, at FROM alerts WHERE node_id = ? ORDER BY id");
+    s.bind(1, node_id);
+    std::vector<AlertRow> out;
+    for (;;) {
+      OUTPOST_TRY(bool row, s.step());
+      if (!row) return out;
+      out.push_back({s.text(0), s.text(1), s.text(2), s.text(3)});
+    }
+  }
+
+ private:
+  Result<void> commit_locked(const std::string& node_id, uint64_t expect_acked, const std::vector<RecordRow>& rows,
+                             const std::optional<attestation::ClockInfo>& clock) {
+    Stmt cur(db_, "SELECT acked_seq FROM nodes WHERE node_id = ?");
+    cur.bind(1, node_id);
+    OUTPOST_TRY(bool found, cur.step());
+    if (!found) return fail(errc::not_found, "node " + node_id + " is not enrolled");
+    if (static_cast<uint64_t>(cur.i64(0)) != expect_acked) {
+      return fail(errc::already_exists, "node " + node_id + ": records after seq " + std::to_string(expect_acked) +
+                                            " were stored meanwhile");
+    }
+    Stmt ins(db_, "INSERT INTO records (node_id, seq, time_ms, kind, hash, frame) VALUES (?,?,?,?,?,?)");
+    for (const auto& r : rows) {
+      ins.reset();
+      ins.bind(1, node_id).bind(2, static_cast<int64_t>(r.seq)).bind(3, r.time_ms).bind(4, int64_t{r.kind});
+      ins.bind(5, ByteView(r.hash)).bind(6, ByteView(r.frame));
+      OUTPOST_TRY_VOID(ins.run());
+    }
+    Stmt up(db_,
+            "UPDATE nodes SET acked_seq = ?, acked_hash = ?, clock = ?, reset_count = ?, restart_count = ?, safe = ? "
+            "WHERE node_id = ?");
+    up.bind(1, static_cast<int64_t>(rows.back().seq)).bind(2, ByteView(rows.back().hash));
+    if (clock) {
+      up.bind(3, static_cast<int64_t>(clock->clock)).bind(4, int64_t{clock->reset_count});
+      up.bind(5, int64_t{clock->restart_count}).bind(6, int64_t{clock->safe ? 1 : 0});
+    } else {
+      up.bind_null(3).bind_null(4).bind_null(5).bind_null(6);
+    }
+    up.bind(7, node_id);
+    return up.run();
+  }
+
+  sqlite3* db_;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<Store>> open_sqlite_store(const std::filesystem::path& file) {
+  sqlite3* db = nullptr;
+  int rc = sqlite3_open_v2(file.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
+  if (rc != SQLITE_OK) {
+    auto err = check(db, rc, "sqlite3_open_v2");
+    sqlite3_close(db);
+    return fail(err.error().wrap(file.string()));
+  }
+  auto store = std::make_unique<SqliteStore>(db);
+  sqlite3_busy_timeout(db, 5000);
+  for (const char* sql : {"PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL", "PRAGMA foreign_keys=ON", kSchema}) {
+    auto r = store->exec(sql);
+    if (!r) return fail(r.error().wrap(file.string()));
+  }
+  return std::unique_ptr<Store>(std::move(store));
+}
+
+}  // namespace outpost::hub

@@ -1,0 +1,347 @@
+#include "sync/sync_client.h"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/json.hpp>
+#include <deque>
+#include <random>
+
+#include "outpost/base/errors.h"
+#include "outpost/base/log.h"
+#include "outpost/offline_cache/audit_frames.h"
+
+namespace outpost::sync {
+
+namespace asio = boost::asio;
+namespace json = boost::json;
+using namespace std::chrono_literals;
+
+namespace {
+
+constexpr auto kNoThrow = asio::as_tuple(asio::use_awaitable);
+
+int64_t now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+Result<uint64_t> acked_of(const HubResponse& r) {
+  boost::system::error_code ec;
+  json::value v = json::parse(r.body, ec);
+  if (ec || !v.is_object() || !v.as_object().contains("acked_seq") || !v.as_object().at("acked_seq").is_number()) {
+    return fail(errc::corrupt, "hub reply without acked_seq: " + r.body.substr(0, 200));
+  }
+  return v.as_object().at("acked_seq").to_number<uint64_t>();
+}
+
+}  // namespace
+
+struct SyncClient::Impl {
+  SyncSettings settings;
+  std::string node_json, node_id;
+  offline_cache::AuditLog& log;
+  SyncHooks hooks;
+  asio::io_context io{1};
+  std::shared_ptr<tls::Context> tls;
+  asio::steady_timer wake{io};
+  std::thread thread;
+  std::mt19937_64 rng{std::random_device{}()};
+
+  mutable std::mutex mu;
+  SyncStatus st;
+  offline_cache::FrameReaderCache frames;  // the segment being uploaded, read and hashed once
+  Digest evidence_sent{};
+  bool evidence_sent_once = false;
+  std::chrono::steady_clock::time_point last_checkpoint_request{};
+
+  Impl(SyncSettings s, std::string nj, std::string id, offline_cache::AuditLog& l, SyncHooks h)
+      : settings(std::move(s)), node_json(std::move(nj)), node_id(std::move(id)), log(l), hooks(std::move(h)) {}
+
+  template <class F>
+  void update(F&& f) {
+    std::lock_guard lock(mu);
+    f(st);
+  }
+  uint64_t acked() const {
+    std::lock_guard lock(mu);
+    return st.acked_seq;
+  }
+
+  // Full jitter over the upper half: a fleet that lost its hub at once does not return at once.
+  std::chrono::milliseconds jittered(std::chrono::milliseconds backoff) {
+    std::uniform_int_distribution<int64_t> d(backoff.count() / 2, backoff.count());
+    return std::chrono::milliseconds(d(rng));
+  }
+
+  asio::awaitable<void> sleep(std::chrono::steady_clock::duration d, asio::steady_timer* timer = nullptr) {
+    asio::steady_timer local(io);
+    asio::steady_timer& t = timer ? *timer : local;
+    t.expires_after(d);
+    co_await t.async_wait(kNoThrow);
+  }
+
+  void maybe_request_checkpoint() {
+    auto now = std::chrono::steady_clock::now();
+    if (now - last_checkpoint_request < settings.checkpoint_min_interval) return;
+    last_checkpoint_request = now;
+    if (hooks.request_checkpoint) hooks.request_checkpoint();
+  }
+
+  struct Batch {
+    std::string body;
+    size_t anchored_bytes = 0;
+    size_t records = 0;     // through the last checkpoint; 0: none yet
+    uint64_t last_seq = 0;
+  };
+  Result<Batch> read_batch(uint64_t from, uint64_t durable);
+  asio::awaitable<Result<bool>> upload_round(HubConnection& c);
+  asio::awaitable<void> upload_loop();
+  asio::awaitable<void> bundle_loop();
+};
+
+// One round: enrol if needed, send the evidence state if it changed, upload one batch.
+// Returns whether the hub has caught up with what is durable here.
+asio::awaitable<Result<bool>> SyncClient::Impl::upload_round(HubConnection& c) {
+  bool enrolled;
+  {
+    std::lock_guard lock(mu);
+    enrolled = st.enrolled;
+  }
+  if (!enrolled) {
+    auto r = co_await c.request({"POST", "/v1/enroll", node_json});
+    if (!r) co_return fail(r.error());
+    if (r->status != 200) co_return fail(hub_error(*r, "enrol"));
+    auto a = acked_of(*r);
+    if (!a) co_return fail(a.error());
+    update([&](SyncStatus& s) {
+      s.enrolled = true;
+      s.acked_seq = *a;
+    });
+    log::info("sync.enrolled", {{"hub", settings.hub.url()}, {"acked_seq", std::to_string(*a)}});
+  }
+  if (hooks.evidence_state) {
+    auto pkg = hooks.evidence_state();
+    if (!pkg) {
+      log::warn("sync.evidence", {{"error", pkg.error().message()}});
+    } else if (Digest d = sha256(*pkg); !evidence_sent_once || d != evidence_sent) {
+      HubRequest req{"PUT", "/v1/nodes/" + node_id + "/evidence", std::string(as_chars(*pkg)), "application/vnd.outpost.evidence"};
+      auto r = co_await c.request(std::move(req));
+      if (!r) co_return fail(r.error());
+      if (r->status == 404) update([](SyncStatus& s) { s.enrolled = false; });
+      if (r->status != 200) co_return fail(hub_error(*r, "evidence state"));
+      evidence_sent = d;
+      evidence_sent_once = true;
+    }
+  }
+
+  // Up to two uploads in flight on the connection: the next batch is read and sent while the
+  // hub verifies and stores the one before. A failure drops both; the next round resumes from
+  // what the hub acknowledged (it refuses a gap, so nothing is stored out of order).
+  struct InFlight {
+    uint64_t last_seq;
+    size_t records, bytes;
+    std::chrono::steady_clock::time_point sent;
+  };
+  std::deque<InFlight> inflight;
+  uint64_t next = acked() + 1;
+  bool drained = false;  // nothing more to send now (caught up, or the tail waits for a checkpoint)
+  for (;;) {
+    while (!drained && inflight.size() < 2) {
+      const uint64_t durable = log.durable_seq();
+      update([&](SyncStatus& s) { s.durable_seq = durable; });
+      if (next > durable) {
+        drained = true;
+        break;
+      }
+      auto batch = read_batch(next, durable);
+      if (!batch) co_return fail(batch.error());
+      if (batch->records == 0) {
+        drained = true;
+        break;
+      }
+      HubRequest req{"POST", "/v1/nodes/" + node_id + "/records", std::move(batch->body), "application/vnd.outpost.audit-frames"};
+      req.timeout = 120s;
+      const size_t bytes = req.body.size();
+      auto sent = co_await c.send(req);
+      if (!sent) co_return fail(sent.error());
+      inflight.push_back({batch->last_seq, batch->records, bytes, std::chrono::steady_clock::now()});
+      next = batch->last_seq + 1;
+    }
+    if (inflight.empty()) co_return true;
+    auto r = co_await c.receive(120s);
+    if (!r) co_return fail(r.error());
+    const InFlight done = inflight.front();
+    inflight.pop_front();
+    if (r->status == 404) update([](SyncStatus& s) { s.enrolled = false; });
+    if (r->status != 200) {
+      c.close();
+      co_return fail(hub_error(*r, "upload through seq " + std::to_string(done.last_seq)));
+    }
+    auto a = acked_of(*r);
+    if (!a) co_return fail(a.error());
+    update([&](SyncStatus& s) {
+      s.acked_seq = *a;
+      s.uploaded_records += done.records;
+      s.uploaded_bytes += done.bytes;
+    });
+    auto released = log.release_acknowledged(*a);
+    if (!released) log::warn("sync.release", {{"error", released.error().message()}});
+    if (settings.bandwidth_bytes_per_s > 0) {
+      const auto budget = std::chrono::microseconds(done.bytes * 1000000 / settings.bandwidth_bytes_per_s);
+      const auto spent = std::chrono::steady_clock::now() - done.sent;
+      if (budget > spent) co_await sleep(budget - spent);
+    }
+  }
+}
+
+// The next upload: records from `from`, the configured batch size and then on to the next
+// checkpoint (the hub stores through the last one), up to a hard cap. No records when the
+// tail has no checkpoint yet (one is asked for).
+Result<SyncClient::Impl::Batch> SyncClient::Impl::read_batch(uint64_t from, uint64_t durable) {
+  Batch b;
+  size_t count = 0;
+  const uint64_t hard_cap = std::max<uint64_t>(settings.batch_bytes * 8, 16ull << 20);
+  auto read = offline_cache::read_audit_frames(
+      log.dir(), from, durable,
+      [&](const offline_cache::AuditFrame& f) {
+        if (count == 0 && f.seq != from) return false;  // released already: the hub is behind what is kept here
+        b.body.append(as_chars(f.frame));
+        ++count;
+        if (f.kind == offline_cache::RecordKind::checkpoint) {
+          b.anchored_bytes = b.body.size();
+          b.records = count;
+          b.last_seq = f.seq;
+        }
+        const bool target = count >= settings.batch_records || b.body.size() >= settings.batch_bytes;
+        return !(target && b.records > 0) && b.body.size() < hard_cap;
+      },
+      &frames);
+  if (!read) return fail(read.error().wrap("read the audit log"));
+  if (count == 0) {
+    return fail(errc::not_found, "the hub acknowledged up to seq " + std::to_string(from - 1) +
+                                     " but this node no longer has seq " + std::to_string(from));
+  }
+  if (b.records < count && b.body.size() < hard_cap) maybe_request_checkpoint();
+  if (b.records == 0 && b.body.size() >= hard_cap) {
+    return fail(errc::invalid_argument, "no checkpoint within " + std::to_string(hard_cap >> 20) + " MiB of records from seq " +
+                                            std::to_string(from) + ": the board's checkpoint cadence is too sparse");
+  }
+  b.body.resize(b.anchored_bytes);
+  return b;
+}
+
+asio::awaitable<void> SyncClient::Impl::upload_loop() {
+  HubConnection c(io.get_executor(), settings.hub, tls);
+  auto backoff = settings.backoff_initial;
+  for (;;) {
+    auto r = co_await upload_round(c);
+    if (!r) {
+      const auto wait = jittered(backoff);
+      const std::string msg = r.error().message();
+      bool first;
+      {
+        std::lock_guard lock(mu);
+        first = st.last_error.empty();
+        st.last_error = msg;
+        st.next_attempt_ms = now_ms() + wait.count();
+      }
+      if (first) log::warn("sync.failed", {{"hub", settings.hub.url()}, {"error", msg}});
+      c.close();
+      co_await sleep(wait);
+      backoff = std::min(backoff * 2, settings.backoff_max);
+      continue;
+    }
+    bool recovered;
+    {
+      std::lock_guard lock(mu);
+      recovered = !st.last_error.empty();
+      st.last_error.clear();
+      st.next_attempt_ms = 0;
+      st.last_contact_ms = now_ms();
+    }
+    if (recovered) log::info("sync.restored", {{"hub", settings.hub.url()}});
+    backoff = settings.backoff_initial;
+    if (*r) co_await sleep(settings.idle_poll, &wake);
+  }
+}
+
+asio::awaitable<void> SyncClient::Impl::bundle_loop() {
+  HubConnection c(io.get_executor(), settings.hub, tls);
+  std::string etag;
+  auto backoff = settings.backoff_initial;
+  for (;;) {
+    HubRequest req{"GET", "/v1/bundle?wait=" + std::to_string(settings.bundle_wait.count()), ""};
+    if (!etag.empty()) req.headers["If-None-Match"] = etag;
+    req.timeout = settings.bundle_wait + 15s;
+    auto r = co_await c.request(std::move(req));
+    if (!r || (r->status != 200 && r->status != 304 && r->status != 404)) {
+      if (r) c.close();
+      co_await sleep(jittered(backoff));
+      backoff = std::min(backoff * 2, settings.backoff_max);
+      continue;
+    }
+    backoff = settings.backoff_initial;
+    update([](SyncStatus& s) { s.last_contact_ms = now_ms(); });
+    if (r->status == 404) continue;  // none published; the hub held the poll
+    if (r->status == 304) continue;
+    etag = r->header("etag");
+    uint64_t version = 0;
+    try {
+      version = std::stoull(r->header("x-outpost-bundle-version"));
+    } catch (...) {
+    }
+    if (hooks.bundle_version && version != 0 && version <= hooks.bundle_version()) continue;
+    auto installed = hooks.install_bundle ? hooks.install_bundle(Bytes(r->body.begin(), r->body.end()))
+                                          : Result<uint64_t>(fail(errc::unsupported, "no installer"));
+    if (!installed) {
+      log::warn("sync.bundle", {{"version", std::to_string(version)}, {"error", installed.error().message()}});
+      continue;  // the ETag is kept: the same bundle is not fetched again until another is published
+    }
+    update([](SyncStatus& s) { ++s.bundles_installed; });
+    log::info("sync.bundle_installed", {{"version", std::to_string(*installed)}});
+  }
+}
+
+SyncClient::SyncClient(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+SyncClient::~SyncClient() { stop(); }
+
+Result<std::unique_ptr<SyncClient>> SyncClient::start(SyncSettings settings, std::string node_json, std::string node_id,
+                                                      offline_cache::AuditLog& log, SyncHooks hooks) {
+  if (settings.batch_records == 0 || settings.batch_bytes == 0) {
+    return fail(errc::invalid_argument, "hub.batch_records and hub.batch_bytes must be positive");
+  }
+  OUTPOST_TRY(auto tls, HubConnection::make_tls(settings.hub));
+  auto impl = std::make_unique<Impl>(std::move(settings), std::move(node_json), std::move(node_id), log, std::move(hooks));
+  impl->tls = std::move(tls);
+  impl->st.hub = impl->settings.hub.url();
+  impl->st.durable_seq = log.durable_seq();
+  Impl* m = impl.get();
+  asio::co_spawn(m->io, m->upload_loop(), asio::detached);
+  asio::co_spawn(m->io, m->bundle_loop(), asio::detached);
+  m->thread = std::thread([m] { m->io.run(); });
+  return std::unique_ptr<SyncClient>(new SyncClient(std::move(impl)));
+}
+
+void SyncClient::stop() {
+  if (!impl_ || !impl_->thread.joinable()) return;
+  impl_->io.stop();
+  impl_->thread.join();
+}
+
+SyncStatus SyncClient::status() const {
+  std::lock_guard lock(impl_->mu);
+  SyncStatus s = impl_->st;
+  s.durable_seq = impl_->log.durable_seq();
+  return s;
+}
+
+void SyncClient::notify() {
+  asio::post(impl_->io, [m = impl_.get()] { m->wake.cancel(); });
+}
+
+}  // namespace outpost::sync

@@ -1,0 +1,348 @@
+// outpost-hub and the node's sync over loopback TLS (docs/benchmarks.md "Hub and sync"). The hub
+// is the real outpost-hub process (SQLite store) in a fresh directory per benchmark; nodes are
+// simulated above the TPM seam (tests/support/soft_tpm.h: a software AK signs the checkpoint
+// quotes in the TPM's formats, so the hub verifies them as it would a TPM's).
+//
+//   BM_backlog_sync/N          a node's backlog of N records (checkpoint every 100) synced by the
+//                              real SyncClient: wall time, records/s, the node process's RSS growth
+//                              while syncing, the hub's peak RSS
+//   BM_hub_ingest/K/R          K nodes enrol and upload R records each at once (batches of 100
+//                              ending in a checkpoint), one TLS connection each: records/s, upload
+//                              latency p50/p99, hub peak RSS
+//   BM_publish_latency/P       P nodes long-poll GET /v1/bundle; a bundle is published: time from
+//                              the publish request until each poller has the new bundle (p50, p99, max)
+//
+// OUTPOST_BENCH_SCALE=small shrinks every size (the CTest smoke run); figures are printed, never judged.
+#include <benchmark/benchmark.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/json.hpp>
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "bundle_factory.h"
+#include "outpost/attestation/quote_files.h"
+#include "outpost/base/files.h"
+#include "outpost/hub/hub.h"
+#include "outpost/offline_cache/audit_frames.h"
+#include "outpost/offline_cache/audit_log.h"
+#include "outpost/offline_cache/trust.h"
+#include "soft_tpm.h"
+#include "sync/hub_client.h"
+#include "sync/sync_client.h"
+
+extern char** environ;
+
+namespace {
+
+using namespace outpost;
+namespace asio = boost::asio;
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+bool small() {
+  const char* s = std::getenv("OUTPOST_BENCH_SCALE");
+  return s && std::string(s) == "small";
+}
+int64_t scaled(int64_t n, int64_t small_n) { return small() ? small_n : n; }
+
+fs::path bench_dir(const std::string& what) {
+  const char* d = std::getenv("OUTPOST_BENCH_DIR");
+  fs::path dir = fs::path(d ? d : "/var/tmp") / ("outpost-bench-" + what + "-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir;
+}
+
+// kB from /proc/<pid>/status.
+int64_t proc_status_kb(pid_t pid, const char* field) {
+  std::ifstream f("/proc/" + (pid ? std::to_string(pid) : std::string("self")) + "/status");
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.rfind(field, 0) == 0) return std::atoll(line.c_str() + std::strlen(field) + 1);
+  }
+  return 0;
+}
+
+void percentiles(benchmark::State& state, std::vector<double> ms, const std::string& prefix) {
+  if (ms.empty()) return;
+  std::sort(ms.begin(), ms.end());
+  state.counters[prefix + "p50_ms"] = ms[ms.size() / 2];
+  state.counters[prefix + "p99_ms"] = ms[std::min(ms.size() - 1, ms.size() * 99 / 100)];
+  state.counters[prefix + "max_ms"] = ms.back();
+}
+
+// The real outpost-hub in a fresh directory; the IAM key its bundle trust holds.
+struct HubProcess {
+  fs::path dir;
+  EcPrivateKey iam = std::move(*EcPrivateKey::generate());
+  sync::HubEndpoint endpoint;
+  pid_t pid = -1;
+
+  explicit HubProcess(const std::string& what) : dir(bench_dir(what)) {
+    auto root = offline_cache::TrustRoot::create({iam.public_key()}, 1);
+    OUTPOST_CHECK(root.has_value(), "trust root");
+    OUTPOST_CHECK(write_file_atomic(dir / "trust.json", root->to_json()).has_value(), "write trust");
+    auto init = hub::init_hub_dir(dir / "hub", {}, dir / "trust.json");
+    OUTPOST_CHECK(init.has_value(), "outpost-hub init");
+    auto yaml = read_text_file(init->config);
+    std::string y = *yaml;
+    y.replace(y.find("127.0.0.1:8443"), 14, "127.0.0.1:0");
+    OUTPOST_CHECK(write_file_atomic(init->config, y).has_value(), "hub.yaml");
+    const std::string port_file = (dir / "port").string(), config = init->config.string();
+    const char* argv[] = {OUTPOST_HUB_BIN, "--config", config.c_str(), "--port-file", port_file.c_str(), nullptr};
+    setenv("OUTPOST_LOG", "error", 1);
+    OUTPOST_CHECK(posix_spawn(&pid, OUTPOST_HUB_BIN, nullptr, nullptr, const_cast<char**>(argv), environ) == 0, "spawn outpost-hub");
+    for (int i = 0; i < 200 && !file_exists(port_file); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(25));
+    auto port = read_text_file(port_file);
+    OUTPOST_CHECK(port.has_value(), "outpost-hub did not start");
+    endpoint.host = "127.0.0.1";
+    endpoint.port = static_cast<uint16_t>(std::stoi(*port));
+    endpoint.pin_sha256 = init->pin_sha256;
+  }
+  ~HubProcess() {
+    ::kill(pid, SIGTERM);
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    fs::remove_all(dir);
+  }
+  int64_t peak_rss_kb() const { return proc_status_kb(pid, "VmHWM:"); }
+  // User + system CPU seconds the hub has used.
+  double cpu_seconds() const {
+    std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+    std::string stat((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    std::istringstream rest(stat.substr(stat.rfind(')') + 2));
+    std::string field;
+    double ticks = 0;
+    for (int i = 3; i <= 15 && rest >> field; ++i) {
+      if (i == 14 || i == 15) ticks += std::stod(field);
+    }
+    return ticks / static_cast<double>(sysconf(_SC_CLK_TCK));
+  }
+};
+
+offline_cache::AuditEntry decision(uint64_t i) {
+  offline_cache::AuditEntry e;
+  e.kind = offline_cache::RecordKind::decision;
+  e.event = "decision";
+  e.agent = "agent-07";
+  e.bundle_version = 12;
+  e.detail = R"({"task":"report","server":"fs","tool":"write_file","allow":true,"verdict":"allow",)"
+             R"("rules":["write-allowed"],"args_sha256":"mQ2rYl0cJmGk3m9mE5oXk1bq2q3XzF2oN0ZbV6Jt8yQ","i":)" +
+             std::to_string(i) + "}";
+  return e;
+}
+
+// A node's log: n records with a checkpoint quoted by `ak` after every `every` (and at the end).
+std::unique_ptr<offline_cache::AuditLog> make_log(const fs::path& dir, const testing::SoftAk& ak, uint64_t n, uint64_t every) {
+  offline_cache::AuditLogOptions o;
+  o.max_bytes = 1ull << 40;
+  o.linger = std::chrono::microseconds(2000);
+  auto log = offline_cache::AuditLog::open(dir, o);
+  OUTPOST_CHECK(log.has_value(), "open the node's log");
+  attestation::PcrBank bank;
+  bank.values[23] = Bytes(32, 0);
+  const attestation::PcrValues pcrs{bank};
+  const Bytes pcr_file = attestation::encode_pcrs_tpm2tools(pcrs);
+  uint64_t clock = 1000;
+  auto checkpoint = [&] {
+    auto [seq, head] = (*log)->head();
+    auto q = ak.quote(offline_cache::checkpoint_qualifying_data(seq, head), pcrs, {clock += 10, 1, 0, true});
+    OUTPOST_CHECK((*log)->append_checkpoint(seq, head, q, pcr_file).has_value(), "checkpoint");
+  };
+  for (uint64_t i = 1; i <= n; ++i) {
+    OUTPOST_CHECK((*log)->append(decision(i)).has_value(), "append");
+    if (i % every == 0) checkpoint();
+  }
+  if (n % every != 0) checkpoint();
+  OUTPOST_CHECK((*log)->wait_durable((*log)->last_seq()).has_value(), "durable");
+  return std::move(*log);
+}
+
+void BM_backlog_sync(benchmark::State& state) {
+  const uint64_t n = static_cast<uint64_t>(scaled(state.range(0), 20000));
+  for (auto _ : state) {
+    HubProcess hub("sync");
+    testing::SoftAk ak;
+    const auto node = testing::soft_identity(ak.pub());
+    auto log = make_log(hub.dir / "node-log", ak, n, static_cast<uint64_t>(state.range(1)));
+    const uint64_t last = log->last_seq();
+    const int64_t rss_before = proc_status_kb(0, "VmRSS:");
+    int64_t rss_peak = rss_before;
+    sync::SyncSettings s;
+    s.hub = hub.endpoint;
+    s.idle_poll = std::chrono::milliseconds(20);
+    const auto t0 = Clock::now();
+    auto client = sync::SyncClient::start(s, node.to_json(), node.node_id, *log, {});
+    OUTPOST_CHECK(client.has_value(), "sync start");
+    while ((*client)->status().acked_seq < last) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      rss_peak = std::max(rss_peak, proc_status_kb(0, "VmRSS:"));
+      if (!(*client)->status().last_error.empty() && Clock::now() - t0 > std::chrono::minutes(5)) {
+        state.SkipWithError((*client)->status().last_error.c_str());
+        break;
+      }
+    }
+    const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+    state.SetIterationTime(secs);
+    (*client)->stop();
+    state.counters["records"] = static_cast<double>(last);
+    state.counters["records_per_s"] = static_cast<double>(last) / secs;
+    state.counters["MB_per_s"] = static_cast<double>((*client)->status().uploaded_bytes) / secs / 1e6;
+    state.counters["node_rss_growth_MB"] = static_cast<double>(rss_peak - rss_before) / 1024.0;
+    state.counters["hub_peak_rss_MB"] = static_cast<double>(hub.peak_rss_kb()) / 1024.0;
+    state.counters["hub_cpu_s"] = hub.cpu_seconds();
+  }
+}
+
+asio::awaitable<void> upload_node(asio::io_context& io, const sync::HubEndpoint& ep, std::shared_ptr<tls::Context> tls,
+                                  std::string identity, std::string node_id, const std::vector<std::string>& batches,
+                                  std::vector<double>& latencies_ms, int& failures) {
+  sync::HubConnection c(io.get_executor(), ep, tls);
+  auto e = co_await c.request({"POST", "/v1/enroll", std::move(identity)});
+  if (!e || e->status != 200) {
+    ++failures;
+    co_return;
+  }
+  for (const auto& b : batches) {
+    const auto t0 = Clock::now();
+    sync::HubRequest req("POST", "/v1/nodes/" + node_id + "/records", b, "application/octet-stream");
+    req.timeout = std::chrono::minutes(5);
+    auto r = co_await c.request(std::move(req));
+    if (!r || r->status != 200) {
+      ++failures;
+      co_return;
+    }
+    latencies_ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+  }
+}
+
+void BM_hub_ingest(benchmark::State& state) {
+  const int64_t nodes = scaled(state.range(0), 20);
+  const uint64_t per_node = static_cast<uint64_t>(scaled(state.range(1), 200));
+  for (auto _ : state) {
+    HubProcess hub("ingest");
+    testing::SoftAk ak;  // one software AK for every simulated node: the hub's work per node is the same
+    auto log = make_log(hub.dir / "node-log", ak, per_node - per_node / 100, 99);
+    std::vector<std::string> batches(1);
+    OUTPOST_CHECK(offline_cache::read_audit_frames(log->dir(), 1, log->last_seq(), [&](const offline_cache::AuditFrame& f) {
+      batches.back().append(as_chars(f.frame));
+      if (f.kind == offline_cache::RecordKind::checkpoint) batches.emplace_back();
+      return true;
+    }).has_value(), "read frames");
+    if (batches.back().empty()) batches.pop_back();
+    std::vector<attestation::NodeIdentity> ids;
+    for (int64_t i = 0; i < nodes; ++i) ids.push_back(testing::soft_identity(ak.pub()));
+    auto tls = sync::HubConnection::make_tls(hub.endpoint);
+    OUTPOST_CHECK(tls.has_value(), "tls");
+    asio::io_context io;
+    std::vector<double> latencies;
+    int failures = 0;
+    const auto t0 = Clock::now();
+    for (const auto& id : ids) {
+      asio::co_spawn(io, upload_node(io, hub.endpoint, *tls, id.to_json(), id.node_id, batches, latencies, failures), asio::detached);
+    }
+    io.run();
+    const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+    state.SetIterationTime(secs);
+    if (failures) state.SkipWithError((std::to_string(failures) + " nodes failed").c_str());
+    const double records = static_cast<double>(log->last_seq()) * static_cast<double>(nodes);
+    state.counters["records"] = records;
+    state.counters["records_per_s"] = records / secs;
+    percentiles(state, latencies, "upload_");
+    state.counters["hub_peak_rss_MB"] = static_cast<double>(hub.peak_rss_kb()) / 1024.0;
+    state.counters["hub_cpu_s"] = hub.cpu_seconds();
+  }
+}
+
+void BM_publish_latency(benchmark::State& state) {
+  const int64_t pollers = scaled(state.range(0), std::min<int64_t>(state.range(0), 10));
+  for (auto _ : state) {
+    HubProcess hub("publish");
+    auto tls = sync::HubConnection::make_tls(hub.endpoint);
+    OUTPOST_CHECK(tls.has_value(), "tls");
+    auto v1 = testing::sign_bundle(testing::make_bundle({.version = 1}), {&hub.iam});
+    auto v2 = testing::sign_bundle(testing::make_bundle({.version = 2}), {&hub.iam});
+    auto first = sync::hub_request_blocking(hub.endpoint, {"POST", "/v1/bundles", std::string(as_chars(v1)), "application/octet-stream"});
+    OUTPOST_CHECK(first.has_value() && first->status == 200, "publish v1");
+    auto got = sync::hub_request_blocking(hub.endpoint, {"GET", "/v1/bundle"});
+    const std::string etag = got->header("etag");
+    asio::io_context io;
+    std::vector<double> latencies;
+    int connected = 0, failures = 0;
+    Clock::time_point published{};
+    for (int64_t i = 0; i < pollers; ++i) {
+      asio::co_spawn(io, [&]() -> asio::awaitable<void> {
+        sync::HubConnection c(io.get_executor(), hub.endpoint, *tls);
+        auto hello = co_await c.request({"GET", "/v1/nodes"});  // connected and handshaken before the poll
+        if (!hello) {
+          ++failures;
+          co_return;
+        }
+        ++connected;
+        sync::HubRequest req("GET", "/v1/bundle?wait=55");
+        req.headers["If-None-Match"] = etag;
+        req.timeout = std::chrono::seconds(70);
+        auto r = co_await c.request(std::move(req));
+        if (!r || r->status != 200) {
+          ++failures;
+          co_return;
+        }
+        latencies.push_back(std::chrono::duration<double, std::milli>(Clock::now() - published).count());
+      }, asio::detached);
+    }
+    asio::co_spawn(io, [&]() -> asio::awaitable<void> {
+      asio::steady_timer t(io);
+      while (connected + failures < pollers) {
+        t.expires_after(std::chrono::milliseconds(20));
+        co_await t.async_wait(asio::use_awaitable);
+      }
+      t.expires_after(std::chrono::milliseconds(300));  // every poll request has reached the hub
+      co_await t.async_wait(asio::use_awaitable);
+      sync::HubConnection c(io.get_executor(), hub.endpoint, *tls);
+      published = Clock::now();
+      auto r = co_await c.request({"POST", "/v1/bundles", std::string(as_chars(v2)), "application/octet-stream"});
+      if (!r || r->status != 200) ++failures;
+    }, asio::detached);
+    io.run();
+    if (failures) state.SkipWithError((std::to_string(failures) + " pollers failed").c_str());
+    state.SetIterationTime(latencies.empty() ? 0 : *std::max_element(latencies.begin(), latencies.end()) / 1000.0);
+    state.counters["pollers"] = static_cast<double>(pollers);
+    percentiles(state, latencies, "");
+    state.counters["hub_peak_rss_MB"] = static_cast<double>(hub.peak_rss_kb()) / 1024.0;
+  }
+}
+
+// Enough descriptors for 1,000 connections on each side.
+[[maybe_unused]] const bool kFiles = [] {
+  rlimit r{};
+  if (getrlimit(RLIMIT_NOFILE, &r) == 0) {
+    r.rlim_cur = r.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &r);
+  }
+  return true;
+}();
+
+}  // namespace
+
+BENCHMARK(BM_backlog_sync)->Args({100000, 100})->Args({100000, 1000})->Args({1000000, 1000})->UseManualTime()->Iterations(1)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_hub_ingest)->Args({1000, 200})->UseManualTime()->Iterations(1)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_publish_latency)->Arg(1)->Arg(100)->Arg(1000)->UseManualTime()->Iterations(1)->Unit(benchmark::kMillisecond);
+
+BENCHMARK_MAIN();

@@ -1,0 +1,384 @@
+// outpost-hub and the node's sync, end to end with real parts: a swtpm per case, outpost node
+// init, outpostd syncing its audit log to an outpost-hub over loopback TLS, the CLI publishing
+// bundles and pulling evidence. Faults: the hub down for the whole run, a proxy that cuts
+// connections mid-upload, the hub restarted mid-sync, replayed and forked uploads.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <boost/json.hpp>
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <filesystem>
+#include <thread>
+
+#include "outpost/base/files.h"
+#include "outpost/offline_cache/audit_frames.h"
+#include "sync/hub_client.h"
+#include "test_support.h"
+
+namespace fs = std::filesystem;
+namespace json = boost::json;
+using namespace outpost;
+using outpost::testing::TempDir;
+
+namespace {
+
+testing::CommandResult ok(const std::vector<std::string>& args, const std::vector<std::string>& env = {}) {
+  auto r = testing::run_outpost(args, env);
+  INFO("outpost " << args[0] << " " << (args.size() > 1 ? args[1] : "") << "\n" << r.out << r.err);
+  REQUIRE(r.exit_code == 0);
+  return r;
+}
+
+void write_text(const fs::path& p, const std::string& text) {
+  fs::create_directories(p.parent_path());
+  REQUIRE(write_file_atomic(p, std::string_view(text)));
+}
+
+template <class Pred>
+bool eventually(Pred pred, int seconds) {
+  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
+  while (std::chrono::steady_clock::now() < end) {
+    if (pred()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return pred();
+}
+
+// A loopback TCP proxy that cuts each of its first `max_cuts` connections once `cut_after`
+// bytes went towards the server: an upload broken off in the middle.
+class CuttingProxy {
+ public:
+  CuttingProxy(int target_port, size_t cut_after, int max_cuts)
+      : target_(target_port), cut_after_(cut_after), max_cuts_(max_cuts) {
+    listen_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    int one = 1;
+    ::setsockopt(listen_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::bind(listen_, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+    REQUIRE(::listen(listen_, 64) == 0);
+    socklen_t len = sizeof a;
+    ::getsockname(listen_, reinterpret_cast<sockaddr*>(&a), &len);
+    port_ = ntohs(a.sin_port);
+    acceptor_ = std::thread([this] { accept_loop(); });
+  }
+  ~CuttingProxy() {
+    stop_ = true;
+    ::shutdown(listen_, SHUT_RDWR);
+    ::close(listen_);
+    acceptor_.join();
+    for (auto& t : pumps_) t.join();
+  }
+  int port() const { return port_; }
+  int cuts() const { return cuts_; }
+
+ private:
+  void accept_loop() {
+    while (!stop_) {
+      int c = ::accept(listen_, nullptr, nullptr);
+      if (c < 0) return;
+      int s = ::socket(AF_INET, SOCK_STREAM, 0);
+      sockaddr_in a{};
+      a.sin_family = AF_INET;
+      a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+      a.sin_port = htons(static_cast<uint16_t>(target_));
+      if (::connect(s, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+        ::close(s);
+        ::close(c);
+        continue;
+      }
+      pumps_.emplace_back([this, c, s] { pump(c, s); });
+    }
+  }
+  void pump(int c, int s) {
+    size_t up = 0;
+    const bool cut = cuts_started_++ < max_cuts_;
+    char buf[16384];
+    while (!stop_) {
+      pollfd p[2] = {{c, POLLIN, 0}, {s, POLLIN, 0}};
+      if (::poll(p, 2, 200) <= 0) continue;
+      bool done = false;
+      for (int i = 0; i < 2 && !done; ++i) {
+        if (!(p[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+        ssize_t n = ::read(p[i].fd, buf, sizeof buf);
+        if (n <= 0 || ::write(p[1 - i].fd, buf, static_cast<size_t>(n)) != n) {
+          done = true;
+          break;
+        }
+        if (i == 0) up += static_cast<size_t>(n);
+        if (cut && up > cut_after_) {
+          ++cuts_;
+          done = true;
+        }
+      }
+      if (done) break;
+    }
+    ::close(c);
+    ::close(s);
+  }
+
+  int target_;
+  size_t cut_after_;
+  int max_cuts_;
+  int listen_ = -1;
+  int port_ = 0;
+  std::atomic<bool> stop_{false};
+  std::atomic<int> cuts_{0}, cuts_started_{0};
+  std::thread acceptor_;
+  std::vector<std::thread> pumps_;
+};
+
+struct HubNode {
+  TempDir dir;
+  testing::Swtpm swtpm{dir / "swtpm"};
+  fs::path state = dir / "state";
+  fs::path socket = dir / "run" / "outpostd.sock";
+  fs::path hubdir = dir / "hub";
+  int hub_port = testing::unused_port();
+  std::string pin;
+  std::string node_id;
+  std::unique_ptr<testing::Background> daemon, hub;
+
+  std::string p(const char* n) const { return (dir / n).string(); }
+  std::vector<std::string> env() const { return {"OUTPOST_SOCKET=" + socket.string()}; }
+  std::vector<std::string> with_node(std::vector<std::string> a) const {
+    a.insert(a.end(), {"--state", state.string(), "--tcti", swtpm.tcti()});
+    return a;
+  }
+
+  void provision() {
+    ok({"keygen", "--out", p("k.pem")});
+    ok({"trust", "init", "--key", p("k.pem.pub"), "--threshold", "1", "-o", p("root.json")});
+    const std::string policy = std::string(OUTPOST_SOURCE_DIR) + "/examples/policy/edge-agents.yaml";
+    for (int v : {1, 2}) {
+      const std::string b = p(("b" + std::to_string(v) + ".opb").c_str());
+      ok({"bundle", "build", policy, "-o", b, "--version", std::to_string(v)});
+      ok({"bundle", "sign", b, "--key", p("k.pem")});
+    }
+    ok(with_node({"node", "init", "--board", "sim"}));
+    ok(with_node({"trust", "pin", p("root.json")}));
+    ok(with_node({"bundle", "install", p("b1.opb")}));
+    auto info = ok(with_node({"node", "info", "--json"}));
+    json::value v = json::parse(info.out);
+    node_id = std::string(v.at("node_id").as_string());
+    write_text(dir / "ak.pem", std::string(v.at("ak_public_pem").as_string()));
+    // The hub: its development PKI, the bundle trust, a fixed port the node is told about.
+    auto init = testing::run_program({OUTPOST_HUB_BIN, "init", hubdir.string(), "--bundle-trust", p("root.json")});
+    INFO(init.out << init.err);
+    REQUIRE(init.exit_code == 0);
+    auto yaml = read_text_file(hubdir / "hub.yaml");
+    REQUIRE(yaml);
+    std::string y = *yaml;
+    y.replace(y.find("127.0.0.1:8443"), 14, "127.0.0.1:" + std::to_string(hub_port));
+    write_text(hubdir / "hub.yaml", y);
+    auto pinfile = read_text_file(hubdir / "server.pin");
+    REQUIRE(pinfile);
+    pin = pinfile->substr(0, 64);
+  }
+
+  void start_hub() {
+    hub = std::make_unique<testing::Background>(
+        std::vector<std::string>{OUTPOST_HUB_BIN, "--config", (hubdir / "hub.yaml").string()}, dir / "hub.log");
+    REQUIRE(eventually([&] { return hub_get("/v1/nodes").status == 200; }, 20));
+  }
+  void stop_hub() {
+    REQUIRE(hub->stop() == 0);
+    hub.reset();
+  }
+
+  void start_daemon(int port, const std::string& extra = "") {
+    write_text(dir / "outpostd.yaml",
+               "board: sim\nstate_dir: " + state.string() + "\ntcti: \"" + swtpm.tcti() + "\"\nsocket: " + socket.string() +
+                   "\ninbox_poll_ms: 100\nhub:\n  url: https://127.0.0.1:" + std::to_string(port) + "\n  pin_sha256: " + pin +
+                   "\n  idle_poll_ms: 100\n  backoff_initial_ms: 100\n  backoff_max_ms: 800\n  bundle_wait_s: 5\n" + extra);
+    daemon = std::make_unique<testing::Background>(
+        std::vector<std::string>{testing::outpostd_path(), "--config", (dir / "outpostd.yaml").string()}, dir / "outpostd.log");
+    bool up = eventually([&] { return testing::run_outpost({"status", "--json"}, env()).exit_code == 0; }, 30);
+    INFO(*read_text_file(dir / "outpostd.log"));
+    REQUIRE(up);
+  }
+
+  json::object status() {
+    auto r = testing::run_outpost({"status", "--json"}, env());
+    REQUIRE(r.exit_code == 0);
+    return json::parse(r.out).as_object();
+  }
+  json::object sync_status() { return status().at("sync").as_object(); }
+
+  // `n` records: each a refused "bundle" dropped in outpostd's inbox.
+  void make_records(int n) {
+    fs::create_directories(state / "inbox");
+    for (int i = 0; i < n; ++i) write_text(state / "inbox" / ("junk-" + std::to_string(10000 + i) + ".opb"), "not a bundle");
+    REQUIRE(eventually([&] {
+      for (const auto& e : fs::directory_iterator(state / "inbox")) {
+        if (e.path().extension() == ".opb") return false;
+      }
+      return true;
+    }, 60));
+  }
+
+  sync::HubResponse hub_request(sync::HubRequest req) {
+    sync::HubEndpoint ep;
+    ep.host = "127.0.0.1";
+    ep.port = static_cast<uint16_t>(hub_port);
+    ep.pin_sha256 = pin;
+    auto r = sync::hub_request_blocking(ep, std::move(req));
+    if (!r) return {};
+    return *r;
+  }
+  sync::HubResponse hub_get(const std::string& target) { return hub_request({"GET", target}); }
+
+  // Waits until the hub acknowledged everything durable; returns that sequence number.
+  uint64_t wait_caught_up(int seconds) {
+    uint64_t acked = 0;
+    bool done = eventually([&] {
+      auto s = status();
+      const auto& y = s.at("sync").as_object();
+      acked = y.at("acked_seq").to_number<uint64_t>();
+      return y.at("backlog").to_number<uint64_t>() == 0 && acked > 0 &&
+             acked == s.at("audit").as_object().at("durable_seq").to_number<uint64_t>();
+    }, seconds);
+    INFO(json::serialize(status()));
+    INFO(*read_text_file(dir / "outpostd.log"));
+    REQUIRE(done);
+    return acked;
+  }
+
+  // Pulls the node's evidence from the hub and verifies it offline; returns the report.
+  json::object pull_and_verify(const std::string& name) {
+    ok({"evidence", "pull", "--hub", "https://127.0.0.1:" + std::to_string(hub_port), "--pin", pin, "--node", node_id, "--out", p(name.c_str())});
+    auto v = testing::run_outpost({"evidence", "verify", p(name.c_str()), "--trust", p("ak.pem"), "--json"});
+    INFO(v.out << v.err);
+    REQUIRE(v.exit_code == 0);
+    return json::parse(v.out).as_object();
+  }
+};
+
+}  // namespace
+
+TEST_CASE("the hub down for the whole run, then up: every record arrives exactly once, in order", "[hub]") {
+  HubNode n;
+  n.provision();
+  n.start_daemon(n.hub_port);  // nothing listens there yet
+  n.make_records(250);
+  REQUIRE(eventually([&] { return !n.sync_status().at("last_error").as_string().empty(); }, 20));
+  auto s = n.status();
+  CHECK(s.at("sync").as_object().at("backlog").to_number<uint64_t>() > 250);
+  CHECK(s.at("sync").as_object().at("last_contact").as_string() == "");
+
+  n.start_hub();
+  const uint64_t acked = n.wait_caught_up(60);
+  CHECK(n.sync_status().at("last_error").as_string() == "");
+  auto report = n.pull_and_verify("pulled.pkg");
+  CHECK(report.at("first_seq").to_number<uint64_t>() == 1);
+  CHECK(report.at("last_seq").to_number<uint64_t>() >= acked);
+  CHECK(report.at("records").to_number<uint64_t>() == report.at("last_seq").to_number<uint64_t>());
+  CHECK(report.at("checkpoints_verified").to_number<uint64_t>() >= 1);
+  CHECK(report.at("checkpoints_verified") == report.at("checkpoints"));
+  // The hub holds each record once: its records equal the node's, byte for byte.
+  Bytes local;
+  REQUIRE(offline_cache::read_audit_frames(n.state / "audit" / "log", 1, acked, [&](const offline_cache::AuditFrame& f) {
+    local.insert(local.end(), f.frame.begin(), f.frame.end());
+    return true;
+  }));
+  auto info = n.hub_get("/v1/nodes/" + n.node_id);
+  REQUIRE(info.status == 200);
+  CHECK(json::parse(info.body).at("acked_seq").to_number<uint64_t>() == acked);
+
+  SECTION("a replayed upload is deduplicated, a forked one and a gap refused, an unknown node refused") {
+    auto replay = n.hub_request({"POST", "/v1/nodes/" + n.node_id + "/records", std::string(as_chars(local)), "application/octet-stream"});
+    INFO(replay.body);
+    REQUIRE(replay.status == 200);
+    CHECK(json::parse(replay.body).at("stored").to_number<uint64_t>() == 0);
+    CHECK(json::parse(replay.body).at("duplicates").to_number<uint64_t>() == acked);
+
+    // Seq 2 rewritten (a valid frame, another payload): a fork of what the hub holds.
+    offline_cache::SegmentParse parsed = offline_cache::parse_segment(local, "local");
+    REQUIRE(parsed.records.size() >= 3);
+    Bytes forked(local.begin(), local.begin() + static_cast<ptrdiff_t>(parsed.records[2].offset));
+    const size_t start = parsed.records[1].offset + 8;
+    const uint32_t len = forked[start - 4] | forked[start - 3] << 8 | forked[start - 2] << 16 | uint32_t(forked[start - 1]) << 24;
+    // Flip the case of a letter in the record's text (a valid record, another hash).
+    size_t at = start;
+    while (at < start + len && !(forked[at] >= 'a' && forked[at] <= 'z' && forked[at + 1] >= 'a' && forked[at + 1] <= 'z')) ++at;
+    REQUIRE(at < start + len);
+    forked[at] ^= 0x20;
+    Digest h = sha256(ByteView(forked.data() + start, len));
+    std::copy(h.begin(), h.end(), forked.begin() + static_cast<ptrdiff_t>(start + len));
+    auto fork = n.hub_request({"POST", "/v1/nodes/" + n.node_id + "/records", std::string(as_chars(forked)), "application/octet-stream"});
+    CHECK(fork.status == 409);
+    CHECK(fork.body.find("fork at seq 2") != std::string::npos);
+    auto after = n.hub_get("/v1/nodes/" + n.node_id);
+    CHECK(after.body.find("\"kind\":\"fork\"") != std::string::npos);
+
+    // Records from acked+2 on (one missing): a gap.
+    Bytes more;
+    REQUIRE(offline_cache::read_audit_frames(n.state / "audit" / "log", acked + 2, acked + 5, [&](const offline_cache::AuditFrame& f) {
+      more.insert(more.end(), f.frame.begin(), f.frame.end());
+      return true;
+    }));
+    if (!more.empty()) {
+      auto gap = n.hub_request({"POST", "/v1/nodes/" + n.node_id + "/records", std::string(as_chars(more)), "application/octet-stream"});
+      CHECK(gap.status == 422);
+    }
+    auto unknown = n.hub_request({"POST", "/v1/nodes/00112233445566778899aabbccddeeff/records", std::string(as_chars(local)),
+                                  "application/octet-stream"});
+    CHECK(unknown.status == 404);
+  }
+
+  SECTION("a published bundle reaches the node by its long poll; a rollback and a foreign signature are refused") {
+    ok({"bundle", "publish", n.p("b2.opb"), "--hub", "https://127.0.0.1:" + std::to_string(n.hub_port), "--ca",
+        (n.hubdir / "ca.pem").string()});
+    REQUIRE(eventually([&] {
+      auto b = n.status().at("bundle");
+      return b.is_object() && b.as_object().at("version").to_number<uint64_t>() == 2;
+    }, 20));
+    auto rollback = testing::run_outpost({"bundle", "publish", n.p("b1.opb"), "--hub", "https://127.0.0.1:" + std::to_string(n.hub_port),
+                                          "--pin", n.pin});
+    CHECK(rollback.exit_code != 0);
+    CHECK(rollback.err.find("rollback refused") != std::string::npos);
+    ok({"keygen", "--out", n.p("other.pem")});
+    ok({"bundle", "build", std::string(OUTPOST_SOURCE_DIR) + "/examples/policy/edge-agents.yaml", "-o", n.p("b3.opb"), "--version", "3"});
+    ok({"bundle", "sign", n.p("b3.opb"), "--key", n.p("other.pem")});
+    auto foreign = testing::run_outpost({"bundle", "publish", n.p("b3.opb"), "--hub", "https://127.0.0.1:" + std::to_string(n.hub_port),
+                                         "--pin", n.pin});
+    CHECK(foreign.exit_code != 0);
+    CHECK(foreign.err.find("HTTP 422") != std::string::npos);
+    // A client pinning another key does not talk to this hub.
+    auto wrong_pin = testing::run_outpost({"evidence", "pull", "--hub", "https://127.0.0.1:" + std::to_string(n.hub_port), "--pin",
+                                           std::string(64, 'a'), "--node", n.node_id, "--out", n.p("x.pkg")});
+    CHECK(wrong_pin.exit_code != 0);
+    CHECK(wrong_pin.err.find("not the pinned one") != std::string::npos);
+  }
+}
+
+TEST_CASE("uploads cut mid-way and a hub restarted mid-sync lose and duplicate nothing", "[hub]") {
+  HubNode n;
+  n.provision();
+  n.start_hub();
+  // Small batches through a proxy that cuts the first 6 connections after 24 KiB upstream.
+  CuttingProxy proxy(n.hub_port, 24 << 10, 6);
+  n.start_daemon(proxy.port(), "  batch_bytes: 32768\n  batch_records: 400\n");
+  n.make_records(1200);
+  // The hub goes away and comes back while the node is still uploading.
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  n.stop_hub();
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  n.start_hub();
+  const uint64_t acked = n.wait_caught_up(120);
+  CHECK(proxy.cuts() >= 1);
+  auto report = n.pull_and_verify("pulled.pkg");
+  CHECK(report.at("first_seq").to_number<uint64_t>() == 1);
+  CHECK(report.at("records").to_number<uint64_t>() == report.at("last_seq").to_number<uint64_t>());
+  CHECK(report.at("last_seq").to_number<uint64_t>() >= acked);
+  // The node released what the hub holds (whole segments only) and still verifies.
+  auto v = testing::run_outpost({"audit", "verify", "--state", n.state.string()});
+  INFO(v.out << v.err);
+  CHECK(v.exit_code == 0);
+}
