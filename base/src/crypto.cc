@@ -22,6 +22,8 @@ namespace {
 
 using check_fn = Result<void> (*)(int, const char*);
 constexpr check_fn check = detail::mbedtls_check;
+using detail::Mpi;
+using detail::Pk;
 
 int rng_callback(void*, unsigned char* out, size_t len) {
   random_bytes({out, len});
@@ -29,14 +31,6 @@ int rng_callback(void*, unsigned char* out, size_t len) {
 }
 
 // RAII holders for the mbedTLS structures used here.
-struct Mpi {
-  Mpi() { mbedtls_mpi_init(&v); }
-  ~Mpi() { mbedtls_mpi_free(&v); }
-  Mpi(const Mpi&) = delete;
-  Mpi& operator=(const Mpi&) = delete;
-  mbedtls_mpi v;
-};
-
 struct Group {
   Group() {
     mbedtls_ecp_group_init(&g);
@@ -55,14 +49,6 @@ struct Point {
   Point(const Point&) = delete;
   Point& operator=(const Point&) = delete;
   mbedtls_ecp_point p;
-};
-
-struct Pk {
-  Pk() { mbedtls_pk_init(&ctx); }
-  ~Pk() { mbedtls_pk_free(&ctx); }
-  Pk(const Pk&) = delete;
-  Pk& operator=(const Pk&) = delete;
-  mbedtls_pk_context ctx;
 };
 
 // Writes `in` (big-endian, up to 32 bytes, leading zeros allowed beyond) into a 32-byte field.

@@ -26,6 +26,8 @@ namespace {
 
 namespace asio = boost::asio;
 using detail::mbedtls_check;
+using detail::Mpi;
+using detail::Pk;
 constexpr auto kNoThrow = asio::as_tuple(asio::use_awaitable);
 
 // TLS 1.2 ECDHE-ECDSA with AES-GCM only; P-256 only; SHA-256/384 signatures only.
@@ -50,14 +52,6 @@ struct Crt {
   Crt& operator=(const Crt&) = delete;
   mbedtls_x509_crt v;
 };
-struct Pk {
-  Pk() { mbedtls_pk_init(&v); }
-  ~Pk() { mbedtls_pk_free(&v); }
-  Pk(const Pk&) = delete;
-  Pk& operator=(const Pk&) = delete;
-  mbedtls_pk_context v;
-};
-
 // mbedTLS parses PEM only with the terminating NUL counted in the length.
 Result<void> parse_crt(Crt& crt, std::string_view pem, const char* what) {
   std::string z(pem);
@@ -108,11 +102,11 @@ Result<std::shared_ptr<Context>> Context::server(const ServerConfig& config) {
   OUTPOST_TRY_VOID(impl->common(MBEDTLS_SSL_IS_SERVER));
   OUTPOST_TRY_VOID(parse_crt(impl->own_cert, config.cert_chain_pem, "server certificate"));
   std::string key(config.key_pem);
-  auto parsed = mbedtls_check(mbedtls_pk_parse_key(&impl->own_key.v, reinterpret_cast<const unsigned char*>(key.c_str()),
+  auto parsed = mbedtls_check(mbedtls_pk_parse_key(&impl->own_key.ctx, reinterpret_cast<const unsigned char*>(key.c_str()),
                                                    key.size() + 1, nullptr, 0),
                               "mbedtls_pk_parse_key");
   if (!parsed) return parsed.error().wrap("server key");
-  OUTPOST_TRY_VOID(mbedtls_check(mbedtls_ssl_conf_own_cert(&impl->conf, &impl->own_cert.v, &impl->own_key.v),
+  OUTPOST_TRY_VOID(mbedtls_check(mbedtls_ssl_conf_own_cert(&impl->conf, &impl->own_cert.v, &impl->own_key.ctx),
                                  "mbedtls_ssl_conf_own_cert"));
   return std::shared_ptr<Context>(new Context(std::move(impl)));
 }
@@ -281,23 +275,15 @@ struct CrtWrite {
   CrtWrite& operator=(const CrtWrite&) = delete;
   mbedtls_x509write_cert v;
 };
-struct Mpi {
-  Mpi() { mbedtls_mpi_init(&v); }
-  ~Mpi() { mbedtls_mpi_free(&v); }
-  Mpi(const Mpi&) = delete;
-  Mpi& operator=(const Mpi&) = delete;
-  mbedtls_mpi v;
-};
-
 Result<void> generate_key(Pk& pk) {
-  OUTPOST_TRY_VOID(mbedtls_check(mbedtls_pk_setup(&pk.v, mbedtls_pk_info_from_type(MBEDTLS_PK_ECKEY)), "mbedtls_pk_setup"));
-  return mbedtls_check(mbedtls_ecp_gen_key(MBEDTLS_ECP_DP_SECP256R1, mbedtls_pk_ec(pk.v), rng, nullptr),
+  OUTPOST_TRY_VOID(mbedtls_check(mbedtls_pk_setup(&pk.ctx, mbedtls_pk_info_from_type(MBEDTLS_PK_ECKEY)), "mbedtls_pk_setup"));
+  return mbedtls_check(mbedtls_ecp_gen_key(MBEDTLS_ECP_DP_SECP256R1, mbedtls_pk_ec(pk.ctx), rng, nullptr),
                        "mbedtls_ecp_gen_key");
 }
 
 Result<std::string> key_pem(Pk& pk) {
   std::string buf(4096, '\0');
-  OUTPOST_TRY_VOID(mbedtls_check(mbedtls_pk_write_key_pem(&pk.v, reinterpret_cast<unsigned char*>(buf.data()), buf.size()),
+  OUTPOST_TRY_VOID(mbedtls_check(mbedtls_pk_write_key_pem(&pk.ctx, reinterpret_cast<unsigned char*>(buf.data()), buf.size()),
                                  "mbedtls_pk_write_key_pem"));
   buf.resize(std::strlen(buf.c_str()));
   return buf;
@@ -345,8 +331,8 @@ Result<std::string> issue(Pk& subject_key, const std::string& subject, Pk& issue
   CrtWrite crt;
   mbedtls_x509write_crt_set_version(&crt.v, MBEDTLS_X509_CRT_VERSION_3);
   mbedtls_x509write_crt_set_md_alg(&crt.v, MBEDTLS_MD_SHA256);
-  mbedtls_x509write_crt_set_subject_key(&crt.v, &subject_key.v);
-  mbedtls_x509write_crt_set_issuer_key(&crt.v, &issuer_key.v);
+  mbedtls_x509write_crt_set_subject_key(&crt.v, &subject_key.ctx);
+  mbedtls_x509write_crt_set_issuer_key(&crt.v, &issuer_key.ctx);
   Mpi serial;
   uint8_t serial_bytes[16];
   random_bytes(serial_bytes);

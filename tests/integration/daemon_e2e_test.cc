@@ -36,6 +36,12 @@ using outpost::testing::TempDir;
 
 namespace {
 
+using testing::eventually;
+using testing::write_text;
+testing::CommandResult ok(const std::vector<std::string>& args, const std::vector<std::string>& env = {}) {
+  return testing::expect_ok(args, env);
+}
+
 const fs::path kE2e = fs::path(OUTPOST_SOURCE_DIR) / "tests" / "e2e";
 
 std::string node_binary() {
@@ -43,18 +49,6 @@ std::string node_binary() {
   REQUIRE(r.exit_code == 0);
   std::string p = r.out.substr(0, r.out.find('\n'));
   return fs::canonical(p).string();
-}
-
-testing::CommandResult ok(const std::vector<std::string>& args, const std::vector<std::string>& env = {}) {
-  auto r = testing::run_outpost(args, env);
-  INFO("outpost " << args[0] << " " << (args.size() > 1 ? args[1] : "") << "\n" << r.out << r.err);
-  REQUIRE(r.exit_code == 0);
-  return r;
-}
-
-void write_text(const fs::path& p, const std::string& text) {
-  fs::create_directories(p.parent_path());
-  REQUIRE(write_file_atomic(p, std::string_view(text)));
 }
 
 std::string replace_all(std::string s, const std::string& from, const std::string& to) {
@@ -71,17 +65,6 @@ std::vector<json::object> json_lines(const std::string& text) {
     if (!ec && v.is_object()) out.push_back(v.as_object());
   }
   return out;
-}
-
-// Polls `pred` every 50 ms for at most `seconds`.
-template <class Pred>
-bool eventually(Pred pred, int seconds) {
-  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
-  while (std::chrono::steady_clock::now() < end) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  return pred();
 }
 
 struct Node {

@@ -24,6 +24,8 @@
 namespace outpost {
 namespace {
 
+using testing::write_text;
+
 namespace fs = std::filesystem;
 namespace json = boost::json;
 namespace oc = offline_cache;
@@ -33,11 +35,6 @@ testing::CommandResult ok(const std::vector<std::string>& args) {
   INFO("outpost " << args[0] << " " << (args.size() > 1 ? args[1] : "") << "\n" << r.out << r.err);
   REQUIRE(r.exit_code == 0);
   return r;
-}
-
-void write_text(const fs::path& p, const std::string& text) {
-  fs::create_directories(p.parent_path());
-  std::ofstream(p, std::ios::binary | std::ios::trunc) << text;
 }
 
 constexpr const char* kPolicy = R"(version: 1

@@ -28,26 +28,10 @@ using outpost::testing::TempDir;
 namespace {
 
 testing::CommandResult ok(const std::vector<std::string>& args, const std::vector<std::string>& env = {}) {
-  auto r = testing::run_outpost(args, env);
-  INFO("outpost " << args[0] << " " << (args.size() > 1 ? args[1] : "") << "\n" << r.out << r.err);
-  REQUIRE(r.exit_code == 0);
-  return r;
+  return testing::expect_ok(args, env);
 }
-
-void write_text(const fs::path& p, const std::string& text) {
-  fs::create_directories(p.parent_path());
-  REQUIRE(write_file_atomic(p, std::string_view(text)));
-}
-
-template <class Pred>
-bool eventually(Pred pred, int seconds) {
-  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
-  while (std::chrono::steady_clock::now() < end) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
-  return pred();
-}
+using testing::eventually;
+using testing::write_text;
 
 // A loopback TCP proxy that cuts each of its first `max_cuts` connections once `cut_after`
 // bytes went towards the server: an upload broken off in the middle.

@@ -22,6 +22,8 @@
 namespace outpost {
 namespace {
 
+using testing::eventually;
+
 namespace fs = std::filesystem;
 namespace json = boost::json;
 namespace fh = firmware_hooks;
@@ -38,16 +40,6 @@ void write_text(const fs::path& p, const std::string& text, fs::perms perms = fs
   fs::create_directories(p.parent_path());
   std::ofstream(p, std::ios::binary | std::ios::trunc) << text;
   fs::permissions(p, perms);
-}
-
-template <typename Pred>
-bool eventually(Pred pred, int seconds) {
-  auto end = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
-  while (std::chrono::steady_clock::now() < end) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  return pred();
 }
 
 constexpr const char* kPolicy = R"(version: 1

@@ -9,6 +9,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
+#include <thread>
 #include <catch2/catch.hpp>
 #include <cstdlib>
 #include <fstream>
@@ -178,6 +180,27 @@ int Background::stop(int sig, int timeout_ms) {
   ::waitpid(pid_, &st, 0);
   status_ = 128 + SIGKILL;
   return -1;
+}
+
+CommandResult expect_ok(const std::vector<std::string>& args, const std::vector<std::string>& env) {
+  auto r = run_outpost(args, env);
+  INFO("outpost " << (args.empty() ? "" : args[0]) << " " << (args.size() > 1 ? args[1] : "") << "\n" << r.out << r.err);
+  REQUIRE(r.exit_code == 0);
+  return r;
+}
+
+void write_text(const std::filesystem::path& p, const std::string& text) {
+  std::filesystem::create_directories(p.parent_path());
+  REQUIRE(write_file_atomic(p, std::string_view(text)));
+}
+
+bool eventually(const std::function<bool()>& pred, int seconds, int poll_ms) {
+  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
+  while (std::chrono::steady_clock::now() < end) {
+    if (pred()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(poll_ms));
+  }
+  return pred();
 }
 
 int unused_port() {

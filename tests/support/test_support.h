@@ -3,6 +3,7 @@
 #pragma once
 
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -51,6 +52,12 @@ struct CommandResult {
 };
 // Runs the outpost CLI built alongside the tests with `args`, `env` added to the environment.
 CommandResult run_outpost(const std::vector<std::string>& args, const std::vector<std::string>& env = {});
+// run_outpost that REQUIREs exit 0, showing the command's output when it fails.
+CommandResult expect_ok(const std::vector<std::string>& args, const std::vector<std::string>& env = {});
+// Writes `text` to `p` (atomically, parents created), REQUIRing success.
+void write_text(const std::filesystem::path& p, const std::string& text);
+// Polls `pred` every `poll_ms` for at most `seconds`; the last answer.
+bool eventually(const std::function<bool()>& pred, int seconds, int poll_ms = 50);
 // The tpm_cycle helper program (one cycle of the handle-leak test).
 std::string tpm_cycle_path();
 // Runs any program, capturing its output.

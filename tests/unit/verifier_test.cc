@@ -1,7 +1,5 @@
-// The verifier against attestations built in software (TPMS_ATTEST marshalled with tss2-mu,
-// signed with a software P-256 key): every refusal path, with no TPM involved.
-#include <tss2/tss2_mu.h>
-
+// The verifier against attestations built in software (tests/support/soft_tpm.h: TPMS_ATTEST
+// marshalled with tss2-mu, signed with a software P-256 key): every refusal path, no TPM.
 #include <catch2/catch.hpp>
 #include <cstring>
 
@@ -10,34 +8,12 @@
 #include "outpost/attestation/tpm.h"
 #include "outpost/attestation/verifier.h"
 #include "outpost/base/errors.h"
+#include "soft_tpm.h"
 
 using namespace outpost;
 using namespace outpost::attestation;
 
 namespace {
-
-Bytes marshal_attest(const TPMS_ATTEST& a) {
-  Bytes out(sizeof(TPMS_ATTEST));
-  size_t off = 0;
-  REQUIRE(Tss2_MU_TPMS_ATTEST_Marshal(&a, out.data(), out.size(), &off) == TSS2_RC_SUCCESS);
-  out.resize(off);
-  return out;
-}
-
-Bytes marshal_sig(const RawSignature& raw) {
-  TPMT_SIGNATURE s{};
-  s.sigAlg = TPM2_ALG_ECDSA;
-  s.signature.ecdsa.hash = TPM2_ALG_SHA256;
-  s.signature.ecdsa.signatureR.size = 32;
-  std::memcpy(s.signature.ecdsa.signatureR.buffer, raw.r.data(), 32);
-  s.signature.ecdsa.signatureS.size = 32;
-  std::memcpy(s.signature.ecdsa.signatureS.buffer, raw.s.data(), 32);
-  Bytes out(sizeof s);
-  size_t off = 0;
-  REQUIRE(Tss2_MU_TPMT_SIGNATURE_Marshal(&s, out.data(), out.size(), &off) == TSS2_RC_SUCCESS);
-  out.resize(off);
-  return out;
-}
 
 PcrValues sample_pcrs() {
   PcrBank bank;
@@ -46,52 +22,16 @@ PcrValues sample_pcrs() {
   return {bank};
 }
 
-TPMS_ATTEST quote_attest(const PcrValues& pcrs, ByteView nonce) {
-  TPMS_ATTEST a{};
-  a.magic = TPM2_GENERATED_VALUE;
-  a.type = TPM2_ST_ATTEST_QUOTE;
-  a.qualifiedSigner.size = 34;
-  a.extraData.size = static_cast<UINT16>(nonce.size());
-  std::memcpy(a.extraData.buffer, nonce.data(), nonce.size());
-  a.clockInfo = {1000, 2, 0, TPM2_YES};
-  auto& q = a.attested.quote;
-  q.pcrSelect.count = 1;
-  q.pcrSelect.pcrSelections[0].hash = TPM2_ALG_SHA256;
-  q.pcrSelect.pcrSelections[0].sizeofSelect = 3;
-  Sha256 h;
-  for (const auto& [pcr, v] : pcrs[0].values) {
-    q.pcrSelect.pcrSelections[0].pcrSelect[pcr / 8] |= static_cast<uint8_t>(1u << (pcr % 8));
-    h.update(v);
-  }
-  Digest d = h.finish();
-  q.pcrDigest.size = 32;
-  std::memcpy(q.pcrDigest.buffer, d.data(), 32);
-  return a;
-}
-
-struct Signed {
-  EcPrivateKey key;
-  SignedAttestation sa;
-};
-
-Signed sign_attest(const TPMS_ATTEST& a) {
-  auto key = EcPrivateKey::generate();
-  REQUIRE(key.has_value());
-  Bytes attest = marshal_attest(a);
-  auto sig = key->sign(sha256(attest));
-  REQUIRE(sig.has_value());
-  return Signed{std::move(*key), SignedAttestation{attest, marshal_sig(*sig)}};
-}
-
 }  // namespace
 
 TEST_CASE("a software-made quote verifies and each alteration is refused with its reason", "[verifier]") {
   const Bytes nonce = {1, 2, 3, 4};
   PcrValues pcrs = sample_pcrs();
-  Signed s = sign_attest(quote_attest(pcrs, nonce));
-  const EcPublicKey& ak = s.key.public_key();
+  const testing::SoftAk soft;
+  const SignedAttestation quote = soft.quote(nonce, pcrs, {1000, 2, 0, true});
+  const EcPublicKey& ak = soft.pub();
 
-  auto good = verify_quote(s.sa, ak, nonce, pcrs);
+  auto good = verify_quote(quote, ak, nonce, pcrs);
   REQUIRE(good.has_value());
   CHECK(good->clock.reset_count == 2);
   CHECK(format_pcr_selection(good->pcr_select) == "sha256:0,1,7,23");
@@ -102,52 +42,50 @@ TEST_CASE("a software-made quote verifies and each alteration is refused with it
     return r.error().message();
   };
   SECTION("altered attestation body") {
-    SignedAttestation bad = s.sa;
+    SignedAttestation bad = quote;
     bad.attest[bad.attest.size() - 40] ^= 0x01;
     CHECK_THAT(reason(bad, nonce, pcrs, ak), Catch::Contains("signature does not verify"));
   }
   SECTION("altered magic") {
-    SignedAttestation bad = s.sa;
+    SignedAttestation bad = quote;
     bad.attest[0] ^= 0x01;
     CHECK_THAT(reason(bad, nonce, pcrs, ak), Catch::Contains("TPM_GENERATED_VALUE"));
   }
   SECTION("truncated attestation") {
-    SignedAttestation bad = s.sa;
+    SignedAttestation bad = quote;
     bad.attest.resize(bad.attest.size() - 1);
     CHECK_THAT(reason(bad, nonce, pcrs, ak), Catch::Contains("Tss2_MU_TPMS_ATTEST_Unmarshal"));
   }
   SECTION("altered signature") {
-    SignedAttestation bad = s.sa;
+    SignedAttestation bad = quote;
     bad.signature[10] ^= 0x01;
     CHECK_THAT(reason(bad, nonce, pcrs, ak), Catch::Contains("signature does not verify"));
   }
   SECTION("signature of another algorithm") {
-    SignedAttestation bad = s.sa;
+    SignedAttestation bad = quote;
     bad.signature[1] = 0x1c;  // TPM_ALG_ECSCHNORR: same layout, another scheme
     CHECK_THAT(reason(bad, nonce, pcrs, ak), Catch::Contains("not ECDSA"));
   }
   SECTION("wrong nonce") {
-    CHECK_THAT(reason(s.sa, Bytes{9, 9}, pcrs, ak), Catch::Contains("nonce mismatch"));
+    CHECK_THAT(reason(quote, Bytes{9, 9}, pcrs, ak), Catch::Contains("nonce mismatch"));
   }
   SECTION("altered PCR value") {
     PcrValues bad = pcrs;
     bad[0].values[7][5] ^= 0x80;
-    CHECK_THAT(reason(s.sa, nonce, bad, ak), Catch::Contains("PCR digest mismatch"));
+    CHECK_THAT(reason(quote, nonce, bad, ak), Catch::Contains("PCR digest mismatch"));
   }
   SECTION("PCR values for another selection") {
     PcrValues bad = pcrs;
     bad[0].values.erase(23);
-    CHECK_THAT(reason(s.sa, nonce, bad, ak), Catch::Contains("PCR selection mismatch"));
+    CHECK_THAT(reason(quote, nonce, bad, ak), Catch::Contains("PCR selection mismatch"));
   }
   SECTION("another AK") {
     auto other = EcPrivateKey::generate();
-    CHECK_THAT(reason(s.sa, nonce, pcrs, other->public_key()), Catch::Contains("signature does not verify"));
+    CHECK_THAT(reason(quote, nonce, pcrs, other->public_key()), Catch::Contains("signature does not verify"));
   }
   SECTION("a certification is not a quote") {
-    TPMS_ATTEST a = quote_attest(pcrs, nonce);
-    a.type = TPM2_ST_ATTEST_CERTIFY;
-    Signed c = sign_attest(a);
-    CHECK_THAT(reason(c.sa, nonce, pcrs, c.key.public_key()), Catch::Contains("not a quote"));
+    SignedAttestation c = soft.certify(testing::ecc_public_area(ak), nonce);
+    CHECK_THAT(reason(c, nonce, pcrs, ak), Catch::Contains("not a quote"));
   }
 }
 
