@@ -4,6 +4,7 @@
 
 #include "outpost/base/errors.h"
 #include "outpost/base/files.h"
+#include "segment_files.h"
 
 namespace outpost::offline_cache {
 
@@ -14,18 +15,7 @@ Result<void> read_audit_frames(const fs::path& dir, uint64_t from_seq, uint64_t 
   FrameReaderCache local;
   FrameReaderCache& held = cache ? *cache : local;
   if (from_seq > to_seq) return ok();
-  // seg-<20 digits>.oal, named by their first sequence number.
-  std::vector<std::pair<uint64_t, fs::path>> segments;
-  std::error_code ec;
-  for (const auto& e : fs::directory_iterator(dir, ec)) {
-    const std::string n = e.path().filename().string();
-    if (n.size() != 28 || !n.starts_with("seg-") || !n.ends_with(".oal")) continue;
-    auto digits = n.substr(4, 20);
-    if (!std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; })) continue;
-    segments.emplace_back(std::stoull(digits), e.path());
-  }
-  if (ec) return fail(errno_error("list " + dir.string(), ec.value()));
-  std::sort(segments.begin(), segments.end());
+  OUTPOST_TRY(auto segments, detail::list_segments(dir));
   for (size_t i = 0; i < segments.size(); ++i) {
     if (segments[i].first > to_seq) break;
     if (i + 1 < segments.size() && segments[i + 1].first <= from_seq) continue;

@@ -1,6 +1,8 @@
 // The audit log: framing, recovery, group commit, reading and verification. See audit_log.h.
 #include "outpost/offline_cache/audit_log.h"
 
+#include "segment_files.h"
+
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -47,26 +49,6 @@ std::string segment_name(uint64_t first_seq) {
   char name[48];
   std::snprintf(name, sizeof name, "seg-%020" PRIu64 ".oal", first_seq);
   return name;
-}
-
-// Segments in sequence order, with the first sequence number their name promises.
-Result<std::vector<std::pair<uint64_t, fs::path>>> list_segments(const fs::path& dir) {
-  std::vector<std::pair<uint64_t, fs::path>> out;
-  std::error_code ec;
-  for (const auto& e : fs::directory_iterator(dir, ec)) {
-    const std::string n = e.path().filename().string();
-    if (n.size() != 28 || !n.starts_with("seg-") || !n.ends_with(".oal")) continue;
-    uint64_t first = 0;
-    bool digits = true;
-    for (char c : n.substr(4, 20)) {
-      if (c < '0' || c > '9') digits = false;
-      first = first * 10 + static_cast<uint64_t>(c - '0');
-    }
-    if (digits) out.emplace_back(first, e.path());
-  }
-  if (ec) return fail(errno_error("list " + dir.string(), ec.value()));
-  std::sort(out.begin(), out.end());
-  return out;
 }
 
 // Whether a whole, valid frame starts anywhere after `from`: tells a torn tail (nothing valid
@@ -231,7 +213,7 @@ Result<std::unique_ptr<AuditLog>> AuditLog::open(const fs::path& dir, AuditLogOp
 }
 
 Result<void> AuditLog::recover() {
-  OUTPOST_TRY(auto segments, list_segments(dir_));
+  OUTPOST_TRY(auto segments, detail::list_segments(dir_));
   std::optional<Digest> head;
   uint64_t last_seq = 0;
   for (size_t i = 0; i < segments.size(); ++i) {
@@ -516,7 +498,7 @@ void AuditLog::commit_loop() {
 }
 
 Result<size_t> AuditLog::release_acknowledged(uint64_t acked_seq) {
-  OUTPOST_TRY(auto segments, list_segments(dir_));
+  OUTPOST_TRY(auto segments, detail::list_segments(dir_));
   fs::path current;
   {
     std::lock_guard lock(mu_);
@@ -556,7 +538,7 @@ namespace {
 // Problems go to `problem`; returns false if the walk had to stop early.
 void walk(const fs::path& dir, const std::function<bool(const AuditRecord&)>& each,
           const std::function<void(const std::string&)>& problem, bool* torn_tail, size_t* segment_count) {
-  auto segments = list_segments(dir);
+  auto segments = detail::list_segments(dir);
   if (!segments) {
     problem(segments.error().message());
     return;
@@ -662,6 +644,25 @@ AuditVerifyReport verify_audit_log(const fs::path& dir, const std::optional<EcPu
       &rep.torn_tail, &rep.segments);
   rep.checkpoints_verified = verified_before + (chain ? chain->checkpoints_verified() : 0);
   return rep;
+}
+
+Result<std::vector<std::pair<uint64_t, fs::path>>> detail::list_segments(const fs::path& dir) {
+  std::vector<std::pair<uint64_t, fs::path>> out;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    const std::string n = e.path().filename().string();
+    if (n.size() != 28 || !n.starts_with("seg-") || !n.ends_with(".oal")) continue;
+    uint64_t first = 0;
+    bool digits = true;
+    for (char c : n.substr(4, 20)) {
+      if (c < '0' || c > '9') digits = false;
+      first = first * 10 + static_cast<uint64_t>(c - '0');
+    }
+    if (digits) out.emplace_back(first, e.path());
+  }
+  if (ec) return fail(errno_error("list " + dir.string(), ec.value()));
+  std::sort(out.begin(), out.end());
+  return out;
 }
 
 }  // namespace outpost::offline_cache

@@ -4,6 +4,7 @@
 #include <boost/json.hpp>
 
 #include "frame_scan.h"
+#include "segment_files.h"
 #include "outpost/attestation/agent_keys.h"
 #include "outpost/attestation/node.h"
 #include "outpost/base/errors.h"
@@ -83,22 +84,6 @@ Result<void> collect_bundle_state(const fs::path& state_dir, EvidencePackage& p)
   return ok();
 }
 
-// seg-<first seq, 20 digits>.oal in a log directory, in sequence order (the names sort so).
-Result<std::vector<std::pair<uint64_t, fs::path>>> segments_of(const fs::path& dir) {
-  std::vector<std::pair<uint64_t, fs::path>> out;
-  std::error_code ec;
-  for (const auto& e : fs::directory_iterator(dir, ec)) {
-    const std::string n = e.path().filename().string();
-    if (n.size() != 28 || !n.starts_with("seg-") || !n.ends_with(".oal")) continue;
-    const std::string digits = n.substr(4, 20);
-    if (!std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; })) continue;
-    out.emplace_back(std::stoull(digits), e.path());
-  }
-  if (ec) return fail(errno_error("list the audit log " + dir.string(), ec.value()));
-  std::sort(out.begin(), out.end());
-  return out;
-}
-
 }  // namespace
 
 Result<EvidencePackage> collect_node_evidence(const fs::path& state_dir, const fs::path& boot_event_log) {
@@ -129,7 +114,7 @@ Result<EvidencePackage> collect_node_evidence(const fs::path& state_dir, const f
 
 Result<RecordSelection> select_audit_records(const fs::path& log_dir, int64_t since_ms, int64_t until_ms,
                                              const std::function<void(uint64_t, uint64_t)>& progress) {
-  OUTPOST_TRY(auto segments, segments_of(log_dir));
+  OUTPOST_TRY(auto segments, detail::list_segments(log_dir));
   uint64_t total = 0, done = 0;
   for (const auto& s : segments) {
     std::error_code ec;
