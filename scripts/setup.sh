@@ -11,6 +11,9 @@ packages=(
   libboost1.81-dev libboost-json1.81-dev libboost-program-options1.81-dev
   libyaml-cpp-dev libre2-dev
   libsqlite3-dev  # outpost-hub's default store
+  # outpost-hub's PostgreSQL store (libpq), and the server its tests and benchmark start
+  # themselves (initdb and postgres from /usr/lib/postgresql/15/bin; no system cluster is used)
+  postgresql-15 libpq-dev
   catch2 libbenchmark-dev
   clang-14 libclang-rt-14-dev
   iproute2 procps

@@ -32,6 +32,12 @@ void EsysFreeWiped::operator()(TPM2B_SENSITIVE_DATA* p) const {
   Esys_Free(p);
 }
 
+void EsysFreeWiped::operator()(TPM2B_DIGEST* p) const {
+  if (p == nullptr) return;
+  explicit_bzero(p, sizeof *p);
+  Esys_Free(p);
+}
+
 Handle& Handle::operator=(Handle&& o) noexcept {
   if (this != &o) {
     reset();
@@ -196,6 +202,40 @@ Result<SensitiveDataPtr> Esys::unseal(ESYS_TR item) {
   TSS2_RC rc = Esys_Unseal(ctx_, item, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &data);
   SensitiveDataPtr out(data);
   OUTPOST_TRY_VOID(check(rc, "Esys_Unseal"));
+  return out;
+}
+
+Result<Handle> Esys::start_policy_session() {
+  TPMT_SYM_DEF symmetric{};
+  symmetric.algorithm = TPM2_ALG_NULL;
+  ESYS_TR session = ESYS_TR_NONE;
+  OUTPOST_TRY_VOID(check(Esys_StartAuthSession(ctx_, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
+                                               ESYS_TR_NONE, nullptr, TPM2_SE_POLICY, &symmetric, TPM2_ALG_SHA256,
+                                               &session),
+                         "Esys_StartAuthSession"));
+  return Handle(this, session, Handle::Kind::transient);
+}
+
+Result<void> Esys::policy_secret(ESYS_TR auth, ESYS_TR session) {
+  const TPM2B_NONCE nonce_tpm{};
+  const TPM2B_DIGEST cp_hash{};
+  const TPM2B_NONCE policy_ref{};
+  TPM2B_TIMEOUT* timeout = nullptr;
+  TPMT_TK_AUTH* ticket = nullptr;
+  TSS2_RC rc = Esys_PolicySecret(ctx_, auth, session, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &nonce_tpm,
+                                 &cp_hash, &policy_ref, 0, &timeout, &ticket);
+  Esys_Free(timeout);
+  Esys_Free(ticket);
+  return check(rc, "Esys_PolicySecret");
+}
+
+Result<SecretDigestPtr> Esys::activate_credential(ESYS_TR object, ESYS_TR key, ESYS_TR key_session,
+                                                  const TPM2B_ID_OBJECT& blob, const TPM2B_ENCRYPTED_SECRET& secret) {
+  TPM2B_DIGEST* cert_info = nullptr;
+  TSS2_RC rc = Esys_ActivateCredential(ctx_, object, key, ESYS_TR_PASSWORD, key_session, ESYS_TR_NONE, &blob,
+                                       &secret, &cert_info);
+  SecretDigestPtr out(cert_info);
+  OUTPOST_TRY_VOID(check(rc, "Esys_ActivateCredential"));
   return out;
 }
 

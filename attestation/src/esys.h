@@ -28,11 +28,13 @@ struct EsysFree {
 template <class T>
 using EsysPtr = std::unique_ptr<T, EsysFree>;
 
-// For unsealed plaintext: wiped before ESAPI's memory is freed.
+// For unsealed plaintext and activated credentials: wiped before ESAPI's memory is freed.
 struct EsysFreeWiped {
   void operator()(TPM2B_SENSITIVE_DATA* p) const;
+  void operator()(TPM2B_DIGEST* p) const;
 };
 using SensitiveDataPtr = std::unique_ptr<TPM2B_SENSITIVE_DATA, EsysFreeWiped>;
+using SecretDigestPtr = std::unique_ptr<TPM2B_DIGEST, EsysFreeWiped>;
 
 class Esys;
 
@@ -110,6 +112,15 @@ class Esys {
   Result<Handle> load(ESYS_TR parent, const TPM2B_PRIVATE& priv, const TPM2B_PUBLIC& pub);
 
   Result<SensitiveDataPtr> unseal(ESYS_TR item);
+
+  // A policy session (SHA-256; unbound, unsalted, no parameter encryption). The Handle
+  // flushes it; ESAPI keeps continueSession set, so a command using it never flushes it.
+  Result<Handle> start_policy_session();
+  // TPM2_PolicySecret: `auth` (a hierarchy, by its password) satisfies `session`'s policy.
+  Result<void> policy_secret(ESYS_TR auth, ESYS_TR session);
+  // TPM2_ActivateCredential: `object` (ADMIN role) by password, `key` by `key_session`.
+  Result<SecretDigestPtr> activate_credential(ESYS_TR object, ESYS_TR key, ESYS_TR key_session,
+                                              const TPM2B_ID_OBJECT& blob, const TPM2B_ENCRYPTED_SECRET& secret);
 
   Result<EsysPtr<TPMT_SIGNATURE>> sign(ESYS_TR key, const TPM2B_DIGEST& digest);
   Result<SignedAttest> certify(ESYS_TR object, ESYS_TR sign_key, const TPM2B_DATA& qualifying);

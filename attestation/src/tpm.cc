@@ -402,6 +402,31 @@ Result<Bytes> Tpm::unseal(uint32_t parent_handle, const KeyBlob& blob) {
   });
 }
 
+Result<Bytes> Tpm::activate_credential(uint32_t ak_handle, uint32_t ek_handle, const CredentialChallenge& challenge) {
+  Result<TPM2B_ID_OBJECT> blob = detail::unmarshal<TPM2B_ID_OBJECT>(
+      challenge.credential_blob, Tss2_MU_TPM2B_ID_OBJECT_Unmarshal, "Tss2_MU_TPM2B_ID_OBJECT_Unmarshal");
+  if (!blob) return fail(blob.error().wrap("the credential blob is not a TPM2B_ID_OBJECT"));
+  Result<TPM2B_ENCRYPTED_SECRET> secret = detail::unmarshal<TPM2B_ENCRYPTED_SECRET>(
+      challenge.encrypted_secret, Tss2_MU_TPM2B_ENCRYPTED_SECRET_Unmarshal, "Tss2_MU_TPM2B_ENCRYPTED_SECRET_Unmarshal");
+  if (!secret) return fail(secret.error().wrap("the credential's secret is not a TPM2B_ENCRYPTED_SECRET"));
+  return queue_->executor.run([&]() -> Result<Bytes> {
+    OUTPOST_TRY(ESYS_TR ak, ref(*esys_, queue_->refs, ak_handle));
+    OUTPOST_TRY(ESYS_TR ek, ref(*esys_, queue_->refs, ek_handle));
+    // Flushed as `session` goes out of scope, errors included.
+    OUTPOST_TRY(Handle session, esys_->start_policy_session());
+    OUTPOST_TRY_VOID(esys_->policy_secret(ESYS_TR_RH_ENDORSEMENT, session.get()));
+    Result<detail::SecretDigestPtr> info = esys_->activate_credential(ak, ek, session.get(), *blob, *secret);
+    if (!info && detail::base_rc(detail::rc_of(info.error())) == TPM2_RC_INTEGRITY) {
+      return fail(info.error().wrap("the credential does not open with the EK at " + hex32(ek_handle) +
+                                    " for the key at " + hex32(ak_handle) +
+                                    " (made for another key name or another EK, or altered)"));
+    }
+    if (!info) return fail(info.error().wrap("activate a credential with the EK at " + hex32(ek_handle)));
+    const TPM2B_DIGEST& d = **info;
+    return Bytes(d.buffer, d.buffer + d.size);
+  });
+}
+
 Tpm::LoadedKey::~LoadedKey() {
   if (tpm_ != nullptr) tpm_->flush_loaded(tr_);
 }

@@ -1,10 +1,13 @@
 #include "outpost/base/crypto.h"
 
+#include <mbedtls/aes.h>
 #include <mbedtls/asn1.h>
 #include <mbedtls/asn1write.h>
 #include <mbedtls/bignum.h>
+#include <mbedtls/ecdh.h>
 #include <mbedtls/ecdsa.h>
 #include <mbedtls/ecp.h>
+#include <mbedtls/md.h>
 #include <mbedtls/pk.h>
 #include <mbedtls/platform_util.h>
 #include <mbedtls/sha256.h>
@@ -49,6 +52,14 @@ struct Point {
   Point(const Point&) = delete;
   Point& operator=(const Point&) = delete;
   mbedtls_ecp_point p;
+};
+
+struct Aes {
+  Aes() { mbedtls_aes_init(&ctx); }
+  ~Aes() { mbedtls_aes_free(&ctx); }  // wipes the key schedule
+  Aes(const Aes&) = delete;
+  Aes& operator=(const Aes&) = delete;
+  mbedtls_aes_context ctx;
 };
 
 // Writes `in` (big-endian, up to 32 bytes, leading zeros allowed beyond) into a 32-byte field.
@@ -140,6 +151,35 @@ Digest domain_hash(std::string_view domain, ByteView data) {
   h.update(ByteView(&zero, 1));
   h.update(data);
   return h.finish();
+}
+
+Result<Digest> hmac_sha256(ByteView key, ByteView data) {
+  Digest d;
+  OUTPOST_TRY_VOID(check(mbedtls_md_hmac(mbedtls_md_info_from_type(MBEDTLS_MD_SHA256), key.data(), key.size(),
+                                         data.data(), data.size(), d.data()),
+                         "mbedtls_md_hmac"));
+  return d;
+}
+
+Result<Bytes> aes_cfb_encrypt(ByteView key, ByteView iv, ByteView plaintext) {
+  if (key.size() != 16 && key.size() != 24 && key.size() != 32) {
+    return fail(errc::invalid_argument, "an AES key is 16, 24 or 32 bytes, not " + std::to_string(key.size()));
+  }
+  if (iv.size() != 16) {
+    return fail(errc::invalid_argument, "an AES-CFB IV is 16 bytes, not " + std::to_string(iv.size()));
+  }
+  Aes aes;
+  OUTPOST_TRY_VOID(check(mbedtls_aes_setkey_enc(&aes.ctx, key.data(), static_cast<unsigned>(key.size() * 8)),
+                         "mbedtls_aes_setkey_enc"));
+  unsigned char feedback[16];
+  std::memcpy(feedback, iv.data(), sizeof feedback);
+  size_t offset = 0;
+  Bytes out(plaintext.size());
+  OUTPOST_TRY_VOID(check(mbedtls_aes_crypt_cfb128(&aes.ctx, MBEDTLS_AES_ENCRYPT, plaintext.size(), &offset, feedback,
+                                                  plaintext.data(), out.data()),
+                         "mbedtls_aes_crypt_cfb128"));
+  mbedtls_platform_zeroize(feedback, sizeof feedback);
+  return out;
 }
 
 void random_bytes(std::span<uint8_t> out) {
@@ -371,6 +411,24 @@ Result<RawSignature> EcPrivateKey::sign(const Digest& digest) const {
   RawSignature out;
   OUTPOST_TRY_VOID(check(mbedtls_mpi_write_binary(&r.v, out.r.data(), 32), "mbedtls_mpi_write_binary"));
   OUTPOST_TRY_VOID(check(mbedtls_mpi_write_binary(&s.v, out.s.data(), 32), "mbedtls_mpi_write_binary"));
+  return out;
+}
+
+Result<std::array<uint8_t, 32>> EcPrivateKey::ecdh_shared_x(const EcPublicKey& peer) const {
+  mbedtls_ecp_keypair* ec = mbedtls_pk_ec(impl_->pk.ctx);
+  Point q;
+  uint8_t buf[65];
+  buf[0] = 0x04;
+  std::memcpy(buf + 1, peer.x().data(), 32);
+  std::memcpy(buf + 33, peer.y().data(), 32);
+  OUTPOST_TRY_VOID(check(mbedtls_ecp_point_read_binary(&ec->grp, &q.p, buf, sizeof buf),
+                         "mbedtls_ecp_point_read_binary"));
+  // Checks that Q is on the curve before multiplying; the RNG blinds the computation.
+  Mpi z;
+  OUTPOST_TRY_VOID(check(mbedtls_ecdh_compute_shared(&ec->grp, &z.v, &q.p, &ec->d, rng_callback, nullptr),
+                         "mbedtls_ecdh_compute_shared"));
+  std::array<uint8_t, 32> out{};
+  OUTPOST_TRY_VOID(check(mbedtls_mpi_write_binary(&z.v, out.data(), out.size()), "mbedtls_mpi_write_binary"));
   return out;
 }
 

@@ -115,6 +115,10 @@ Result<std::shared_ptr<Context>> Context::client(const ClientConfig& config) {
   if (config.ca_pem.empty() && config.pin_sha256.empty()) {
     return fail(errc::invalid_argument, "TLS client: neither a CA nor a pinned key to authenticate the server");
   }
+  if (!config.ca_pem.empty() && config.server_name.empty()) {
+    // Any certificate the CA issued would do otherwise, whoever it was issued to.
+    return fail(errc::invalid_argument, "TLS client: a CA is given but no server name to check the certificate against");
+  }
   auto impl = std::make_unique<Impl>();
   OUTPOST_TRY_VOID(impl->common(MBEDTLS_SSL_IS_CLIENT));
   if (!config.ca_pem.empty()) {

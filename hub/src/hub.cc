@@ -17,8 +17,13 @@
 #include <boost/json.hpp>
 #include <charconv>
 #include <chrono>
+#include <map>
+#include <variant>
 
+#include "outpost/attestation/credential.h"
 #include "outpost/attestation/node.h"
+#include "outpost/attestation/quote_files.h"
+#include "outpost/attestation/tpm.h"
 #include "outpost/attestation/verifier.h"
 #include "outpost/base/errors.h"
 #include "outpost/base/files.h"
@@ -27,6 +32,7 @@
 #include "outpost/base/tls.h"
 #include "outpost/offline_cache/audit_log.h"
 #include "outpost/offline_cache/bundle.h"
+#include "outpost/offline_cache/bundle_store.h"
 #include "outpost/offline_cache/evidence.h"
 #include "outpost/offline_cache/trust.h"
 
@@ -96,6 +102,28 @@ std::vector<std::string> path_parts(std::string_view target) {
   return out;
 }
 
+// Why `next` is an older evidence state than `held` (a counter or the newest bundle behind),
+// or nothing.
+std::optional<std::string> older_state(const offline_cache::EvidencePackage& next, const offline_cache::EvidencePackage& held) {
+  for (const auto& h : held.nv_counters) {
+    for (const auto& n : next.nv_counters) {
+      if (n.purpose == h.purpose && n.value < h.value) {
+        return "counter " + n.purpose + " is " + std::to_string(n.value) + ", behind " + std::to_string(h.value) +
+               " in the state held (a replayed state?)";
+      }
+    }
+  }
+  auto newest = [](const offline_cache::EvidencePackage& p) {
+    uint64_t v = 0;
+    for (const auto& b : p.bundles) v = std::max(v, b.version);
+    return v;
+  };
+  if (newest(next) < newest(held)) {
+    return "newest bundle v" + std::to_string(newest(next)) + " is behind v" + std::to_string(newest(held)) + " in the state held";
+  }
+  return std::nullopt;
+}
+
 }  // namespace
 
 // ---- configuration --------------------------------------------------------------------------
@@ -122,7 +150,8 @@ Result<HubConfig> load_hub_config(const fs::path& file) {
         c.listen_host = l.substr(0, colon);
         c.listen_port = static_cast<uint16_t>(*port);
       } else if (key == "database") {
-        c.database = rel(v.as<std::string>());
+        const std::string db = v.as<std::string>();  // a PostgreSQL URI, or a SQLite file
+        c.database = is_postgres_uri(db) ? fs::path(db) : rel(db);
       } else if (key == "tls") {
         for (const auto& t : v) {
           const std::string tk = t.first.as<std::string>();
@@ -142,12 +171,23 @@ Result<HubConfig> load_hub_config(const fs::path& file) {
           return fail(errc::invalid_argument, file.string() + ": enrolment: \"open\" or \"allow_list\", not \"" + mode + "\"");
         }
         c.enrol_open = mode == "open";
+      } else if (key == "activation") {
+        std::string mode = v.as<std::string>();
+        if (mode != "required" && mode != "off") {
+          return fail(errc::invalid_argument, file.string() + ": activation: \"required\" or \"off\", not \"" + mode + "\"");
+        }
+        c.activation_required = mode == "required";
       } else if (key == "allow_nodes") {
         for (const auto& n : v) c.allow_nodes.insert(n.as<std::string>());
       } else if (key == "long_poll_max_seconds") {
         c.long_poll_max_s = v.as<uint32_t>();
       } else if (key == "max_upload_bytes") {
         c.max_upload_bytes = v.as<uint64_t>();
+      } else if (key == "max_pull_bytes") {
+        c.max_pull_bytes = v.as<uint64_t>();
+      } else if (key == "max_connections") {
+        c.max_connections = v.as<uint32_t>();
+        if (c.max_connections == 0) return fail(errc::invalid_argument, file.string() + ": max_connections must be positive");
       } else {
         return fail(errc::invalid_argument, file.string() + ": unknown field \"" + key + "\"");
       }
@@ -200,24 +240,46 @@ struct Hub::Impl {
   std::unique_ptr<Store> store;
   std::optional<offline_cache::TrustRoot> trust;
   std::shared_ptr<tls::Context> tls;
-  asio::io_context io{1};
-  tcp::acceptor acceptor{io};
   // Long-pollers of /v1/bundle wait on these timers; a publish cancels them all.
   std::set<asio::steady_timer*> bundle_waiters;
   size_t connections = 0;
+  // Alerts from uploads nobody has authenticated yet are kept at most once a minute per node
+  // and kind, so a stream of garbage cannot flood the table; the rest are counted in the log.
+  std::map<std::pair<std::string, std::string>, std::chrono::steady_clock::time_point> last_alert;
+  // Keys the hub's stateless challenges (credential activation): derived from its TLS key, so
+  // hub instances on one database that share a certificate answer each other's challenges.
+  Digest challenge_key{};
+  // Declared last, destroyed first: the coroutine frames it still holds (connections, pollers)
+  // are destroyed while the members above they refer to are alive.
+  asio::io_context io{1};
+  tcp::acceptor acceptor{io};
 
   asio::awaitable<void> accept_loop();
   asio::awaitable<void> serve(tcp::socket socket);
   asio::awaitable<Response> route(const Request& req);
+  // The largest body the request whose header is `h` may carry, or an error reply.
+  std::variant<uint64_t, Response> body_limit(const http::request_header<>& h);
 
   Response enroll(const Request& req);
+  // The secret a credential activation challenge for (node, AK name) carries, valid until
+  // expires_ms: recomputed on the answer, so nothing is stored between the two requests.
+  Digest activation_secret(const std::string& node_id, ByteView ak_name, int64_t expires_ms) const;
   Response upload_records(const std::string& node_id, const Request& req);
+  Response nonce(const std::string& node_id);
+  Response attestation(const std::string& node_id, const Request& req);
+  // The MAC part of a nonce for `node_id` valid until expires_ms (kNonceMacBytes bytes).
+  Bytes nonce_mac(const std::string& node_id, int64_t expires_ms) const;
   Response put_evidence(const std::string& node_id, const Request& req);
   Response pull_evidence(const std::string& node_id, const Request& req);
   Response node_info(const std::string& node_id);
   Response list_nodes();
   Response publish(const Request& req);
   asio::awaitable<Response> get_bundle(const Request& req);
+  // The newest bundle whose scope admits `scope` (any bundle when none), among the
+  // kScopeSearch newest published.
+  static constexpr size_t kScopeSearch = 32;
+  Result<std::optional<BundleRow>> newest_bundle_for(const std::optional<offline_cache::NodeScope>& scope);
+  std::map<std::string, std::shared_ptr<offline_cache::SignedBundle>> bundle_admits;  // by sha256
 
   Result<NodeRow> known_node(const std::string& node_id) {
     OUTPOST_TRY(auto n, store->node(node_id));
@@ -225,6 +287,13 @@ struct Hub::Impl {
     return std::move(*n);
   }
   void alert(const std::string& node_id, const std::string& kind, const std::string& detail) {
+    const auto now = std::chrono::steady_clock::now();
+    auto& last = last_alert[{node_id, kind}];
+    if (last != std::chrono::steady_clock::time_point{} && now - last < std::chrono::minutes(1)) {
+      log::warn("hub.alert_suppressed", {{"node", node_id}, {"kind", kind}, {"detail", detail}});
+      return;
+    }
+    last = now;
     log::warn("hub.alert", {{"node", node_id}, {"kind", kind}, {"detail", detail}});
     auto r = store->add_alert({node_id, kind, detail, format_rfc3339_utc(unix_now())});
     if (!r) log::error("hub.store", {{"error", r.error().message()}});
@@ -233,14 +302,39 @@ struct Hub::Impl {
 
 asio::awaitable<void> Hub::Impl::accept_loop() {
   for (;;) {
+    // At the cap, new connections wait in the kernel's listen backlog until one closes.
+    while (connections >= config.max_connections && acceptor.is_open()) {
+      asio::steady_timer pause(io, std::chrono::milliseconds(50));
+      co_await pause.async_wait(kNoThrow);
+    }
     auto [ec, socket] = co_await acceptor.async_accept(kNoThrow);
     if (ec) {
       if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;
+      // Out of descriptors or memory: retrying at once would spin.
       log::warn("hub.accept", {{"error", ec.message()}});
+      asio::steady_timer pause(io, std::chrono::milliseconds(100));
+      co_await pause.async_wait(kNoThrow);
       continue;
     }
     asio::co_spawn(io, serve(std::move(socket)), asio::detached);
   }
+}
+
+std::variant<uint64_t, Response> Hub::Impl::body_limit(const http::request_header<>& h) {
+  constexpr uint64_t kSmall = 1 << 20;  // enrolment, queries
+  const auto parts = path_parts(h.target());
+  const bool large_route = (h.method() == http::verb::post && parts.size() == 4 && parts[1] == "nodes" && parts[3] == "records") ||
+                           (h.method() == http::verb::put && parts.size() == 4 && parts[1] == "nodes" && parts[3] == "evidence");
+  if (h.method() == http::verb::post && parts.size() == 2 && parts[0] == "v1" && parts[1] == "bundles") {
+    return std::max<uint64_t>(kSmall, std::min<uint64_t>(config.max_upload_bytes, 16ull << 20));
+  }
+  if (!large_route || parts[0] != "v1") return kSmall;
+  // Large bodies only for nodes the hub knows; the node is looked up again after the read.
+  auto node = store->node(parts[2]);
+  if (!node) return reply_error(500, node.error().message());
+  // An unknown node's body is still read (to the small limit) so that the 404 reaches a client
+  // that is still sending it.
+  return *node ? config.max_upload_bytes : kSmall;
 }
 
 asio::awaitable<void> Hub::Impl::serve(tcp::socket socket) {
@@ -263,28 +357,57 @@ asio::awaitable<void> Hub::Impl::serve(tcp::socket socket) {
   boost::beast::flat_buffer buffer;
   for (;;) {
     http::request_parser<http::string_body> parser;
-    parser.body_limit(config.max_upload_bytes);
+    // Beast checks Content-Length against the body limit as the header ends: the largest any
+    // route takes; the route's own limit is applied once the header says which route it is.
+    parser.body_limit(std::max<uint64_t>(config.max_upload_bytes, 1 << 20));
+    std::optional<Response> early;  // an answer given before the body is read
     {
       tls::SocketDeadline deadline(stream.socket(), std::chrono::seconds(120));  // idle keep-alive
-      auto [ec, n] = co_await http::async_read(stream, buffer, parser, kNoThrow);
-      if (ec) {
-        if (ec == http::error::body_limit) {
-          auto r = reply_error(413, "upload larger than max_upload_bytes (" + std::to_string(config.max_upload_bytes) + ")");
-          r.keep_alive(false);
-          r.prepare_payload();
-          co_await http::async_write(stream, r, kNoThrow);
-        }
+      auto [ec, n] = co_await http::async_read_header(stream, buffer, parser, kNoThrow);
+      if (ec == http::error::body_limit) {
+        early = reply_error(413, "request body larger than " + std::to_string(config.max_upload_bytes) + " bytes");
+      } else if (ec) {
+        if (ec != http::error::end_of_stream) log::debug("hub.read", {{"error", ec.message()}});
         break;
       }
+      auto limit = early ? std::variant<uint64_t, Response>(uint64_t{0}) : body_limit(parser.get());
+      if (early) {
+        // answered above
+      } else if (auto* r = std::get_if<Response>(&limit)) {
+        early = std::move(*r);
+      } else if (const auto cl = parser.content_length(); cl && *cl > std::get<uint64_t>(limit)) {
+        early = reply_error(413, "request body larger than " + std::to_string(std::get<uint64_t>(limit)) + " bytes");
+      } else {
+        parser.body_limit(std::get<uint64_t>(limit));
+        auto [bec, bn] = co_await http::async_read(stream, buffer, parser, kNoThrow);
+        if (bec == http::error::body_limit) {
+          early = reply_error(413, "request body larger than " + std::to_string(std::get<uint64_t>(limit)) + " bytes");
+        } else if (bec) {
+          log::debug("hub.read", {{"error", bec.message()}});
+          break;
+        }
+      }
     }
-    Request req = parser.release();
-    Response res = co_await route(req);
-    res.keep_alive(req.keep_alive());
+    const std::string method(parser.get().method_string()), target(parser.get().target());
+    Response res;
+    bool keep_alive = false;
+    if (early) {
+      res = std::move(*early);  // the body was not read: the connection cannot go on
+    } else {
+      Request req = parser.release();
+      res = co_await route(req);
+      // After a refused upload or state, a request pipelined behind it was built on it (the
+      // next batch of the same run): the connection ends so that it is not judged too.
+      keep_alive = req.keep_alive() && !(res.result_int() >= 400 && req.method() != http::verb::get);
+    }
+    res.keep_alive(keep_alive);
     res.prepare_payload();
+    log::debug("hub.request", {{"method", method}, {"target", target}, {"status", std::to_string(res.result_int())}});
     tls::SocketDeadline deadline(stream.socket(), std::chrono::seconds(60));
     auto [wec, wn] = co_await http::async_write(stream, res, kNoThrow);
     if (wec || !res.keep_alive()) break;
   }
+  tls::SocketDeadline deadline(stream.socket(), std::chrono::seconds(5));
   co_await stream.shutdown();
 }
 
@@ -302,15 +425,26 @@ asio::awaitable<Response> Hub::Impl::route(const Request& req) {
     const std::string& id = parts[2];
     if (parts.size() == 3 && get) co_return node_info(id);
     if (parts.size() == 4 && parts[3] == "records" && post) co_return upload_records(id, req);
+    if (parts.size() == 4 && parts[3] == "nonce" && get) co_return nonce(id);
+    if (parts.size() == 4 && parts[3] == "attestation" && post) co_return attestation(id, req);
     if (parts.size() == 4 && parts[3] == "evidence" && put) co_return put_evidence(id, req);
     if (parts.size() == 4 && parts[3] == "evidence" && get) co_return pull_evidence(id, req);
   }
   co_return reply_error(404, "no such resource: " + std::string(req.method_string()) + " " + std::string(req.target()));
 }
 
-// POST /v1/enroll, body: the node's node.json. The node id must be the one its EK gives; the
-// AK is pinned at first enrolment (a different AK later is refused: a swapped TPM or a forged
-// identity needs the operator).
+Digest Hub::Impl::activation_secret(const std::string& node_id, ByteView ak_name, int64_t expires_ms) const {
+  std::string msg = "outpost-hub/activation/v1\n" + node_id + "\n" + hex_encode(ak_name) + "\n" + std::to_string(expires_ms);
+  auto mac = hmac_sha256(challenge_key, as_bytes(msg));
+  return mac ? *mac : Digest{};  // hmac_sha256 fails only on a broken mbedTLS; an all-zero secret opens nothing
+}
+
+// POST /v1/enroll, body: the node's node.json. The node id must be the one its EK gives and
+// the AK must be an AK (restricted, fixedTPM, signing). A new node first receives a credential
+// made for its EK and AK (202); it enrols by sending the same body again with the opened
+// secret in X-Outpost-Activation ("<expires_ms>:<hex>"), which only the TPM holding both keys
+// can produce. The AK is pinned at enrolment: a different AK later is refused (a swapped TPM
+// or a forged identity needs the operator).
 Response Hub::Impl::enroll(const Request& req) {
   auto id = attestation::NodeIdentity::from_json(req.body());
   if (!id) return reply_error(400, "enrol: " + id.error().message());
@@ -322,6 +456,16 @@ Response Hub::Impl::enroll(const Request& req) {
   if (!ak_of_area || !(*ak_of_area == id->ak_public)) {
     return reply_error(422, "enrol: the AK public key does not match its TPM public area");
   }
+  auto ak_name = attestation::name_of_public(id->ak_public_area);
+  if (!ak_name) return reply_error(422, "enrol: AK public area: " + ak_name.error().message());
+  // With activation the AK's attributes are what the proof rests on (fixedTPM, restricted,
+  // sign); without it the AK is trusted on first use, whatever it is.
+  if (auto shape = config.activation_required
+                       ? attestation::Tpm::check_shape(attestation::PrimaryKey::ak, {0, id->ak_public_area, *ak_name, id->ak_public})
+                       : Result<void>(ok());
+      !shape) {
+    return reply_error(422, "enrol: the AK is not an attestation key: " + shape.error().message());
+  }
   if (!config.enrol_open && !config.allow_nodes.contains(id->node_id)) {
     return reply_error(403, "enrol: node " + id->node_id + " is not in allow_nodes");
   }
@@ -332,8 +476,33 @@ Response Hub::Impl::enroll(const Request& req) {
       alert(id->node_id, "ak_changed", "enrolment with a different AK refused");
       return reply_error(409, "enrol: node " + id->node_id + " is enrolled with another AK; a swapped or cleared TPM needs the operator");
     }
-    (void)store->touch(id->node_id, now_ms());
+    // No touch(): node.json is public, so this request proves nothing about the node being alive.
     return reply_json(200, json::object{{"node_id", id->node_id}, {"acked_seq", (*existing)->acked_seq}, {"enrolled", false}});
+  }
+  bool activated = false;
+  if (config.activation_required) {
+    const std::string answer(req["X-Outpost-Activation"]);
+    if (answer.empty()) {
+      const int64_t expires = now_ms() + 5 * 60 * 1000;
+      const Digest secret = activation_secret(id->node_id, *ak_name, expires);
+      auto challenge = attestation::make_credential(id->ek_public, *ak_name, secret);
+      if (!challenge) return reply_error(500, "enrol: make the credential: " + challenge.error().message());
+      return reply_json(202, json::object{{"node_id", id->node_id},
+                                          {"activation", json::object{{"credential_blob", hex_encode(challenge->credential_blob)},
+                                                                      {"encrypted_secret", hex_encode(challenge->encrypted_secret)},
+                                                                      {"expires_ms", expires}}}});
+    }
+    const auto colon = answer.find(':');
+    const auto expires = parse_i64(answer.substr(0, colon));
+    auto secret = colon == std::string::npos ? Result<Bytes>(fail(errc::invalid_argument, "no ':'")) : hex_decode(answer.substr(colon + 1));
+    if (!expires || !secret) return reply_error(400, "enrol: X-Outpost-Activation: \"<expires_ms>:<hex>\" expected");
+    if (*expires < now_ms()) return reply_error(403, "enrol: the activation challenge expired; enrol again for a new one");
+    const Digest want = activation_secret(id->node_id, *ak_name, *expires);
+    if (!equal_constant_time(*secret, want)) {
+      alert(id->node_id, "activation_failed", "the secret returned is not the one the credential held");
+      return reply_error(403, "enrol: credential activation failed: the AK is not shown to be in the TPM of this EK");
+    }
+    activated = true;
   }
   NodeRow n;
   n.node_id = id->node_id;
@@ -343,8 +512,79 @@ Response Hub::Impl::enroll(const Request& req) {
   n.last_contact_ms = now_ms();
   auto r = store->enroll(n);
   if (!r) return reply_error(500, r.error().message());
-  log::info("hub.enrolled", {{"node", n.node_id}, {"board", id->board}});
-  return reply_json(200, json::object{{"node_id", n.node_id}, {"acked_seq", 0}, {"enrolled", true}});
+  log::info("hub.enrolled", {{"node", n.node_id}, {"board", id->board}, {"activated", activated ? "yes" : "no"}});
+  return reply_json(200, json::object{{"node_id", n.node_id}, {"acked_seq", 0}, {"enrolled", true}, {"activated", activated}});
+}
+
+// Nonces for fresh attestation are stateless, so any hub instance on the database checks any
+// other's: 8 bytes of expiry (Unix ms, big-endian) and a MAC over the node and the expiry.
+constexpr size_t kNonceMacBytes = 24;
+constexpr int64_t kNonceLifetimeMs = 5 * 60 * 1000;
+
+Bytes Hub::Impl::nonce_mac(const std::string& node_id, int64_t expires_ms) const {
+  const std::string msg = "outpost-hub/nonce/v1\n" + node_id + "\n" + std::to_string(expires_ms);
+  auto mac = hmac_sha256(challenge_key, as_bytes(msg));
+  return mac ? Bytes(mac->begin(), mac->begin() + kNonceMacBytes) : Bytes(kNonceMacBytes, 0);
+}
+
+// GET /v1/nodes/<id>/nonce: a nonce the node's next quote for the hub must carry.
+Response Hub::Impl::nonce(const std::string& node_id) {
+  auto node = known_node(node_id);
+  if (!node) return reply_error(node.error().is(errc::not_found) ? 404 : 500, node.error().message());
+  const int64_t expires = now_ms() + kNonceLifetimeMs;
+  Bytes n(8);
+  for (int i = 0; i < 8; ++i) n[static_cast<size_t>(i)] = static_cast<uint8_t>(static_cast<uint64_t>(expires) >> (56 - 8 * i));
+  const Bytes mac = nonce_mac(node_id, expires);
+  n.insert(n.end(), mac.begin(), mac.end());
+  return reply_json(200, json::object{{"nonce", hex_encode(n)}, {"expires_ms", expires}});
+}
+
+// POST /v1/nodes/<id>/attestation, body {"nonce","attest","signature","pcrs"} (hex; pcrs in
+// the tpm2-tools serialized form): a quote by the node's AK over a nonce this hub handed out
+// and not yet expired. It shows the node alive now, with these PCRs, and moves its last contact.
+Response Hub::Impl::attestation(const std::string& node_id, const Request& req) {
+  auto node = known_node(node_id);
+  if (!node) return reply_error(node.error().is(errc::not_found) ? 404 : 500, node.error().message());
+  boost::system::error_code ec;
+  json::value v = json::parse(req.body(), ec);
+  auto field = [&](const char* k) -> Result<Bytes> {
+    if (ec || !v.is_object() || !v.as_object().contains(k) || !v.as_object().at(k).is_string()) {
+      return fail(errc::invalid_argument, std::string(k) + " (hex) missing");
+    }
+    return hex_decode(v.as_object().at(k).as_string());
+  };
+  auto nonce = field("nonce");
+  auto attest = field("attest");
+  auto signature = field("signature");
+  auto pcrs_bytes = field("pcrs");
+  for (const auto* f : {&nonce, &attest, &signature, &pcrs_bytes}) {
+    if (!*f) return reply_error(400, "attestation: " + f->error().message());
+  }
+  if (nonce->size() != 8 + kNonceMacBytes) return reply_error(400, "attestation: not a nonce of this hub");
+  int64_t expires = 0;
+  for (size_t i = 0; i < 8; ++i) expires = static_cast<int64_t>(static_cast<uint64_t>(expires) << 8 | (*nonce)[i]);
+  if (!equal_constant_time(ByteView(nonce->data() + 8, kNonceMacBytes), nonce_mac(node_id, expires))) {
+    return reply_error(403, "attestation: the nonce was not handed out to node " + node_id + " by this hub");
+  }
+  if (expires < now_ms()) return reply_error(403, "attestation: the nonce expired; ask for a new one");
+  auto pcrs = attestation::decode_pcrs_tpm2tools(*pcrs_bytes);
+  if (!pcrs) return reply_error(422, "attestation: pcrs: " + pcrs.error().message());
+  auto ak = EcPublicKey::from_pem(node->ak_pem);
+  if (!ak) return reply_error(500, "stored AK: " + ak.error().message());
+  auto parsed = attestation::verify_quote({std::move(*attest), std::move(*signature)}, *ak, *nonce, *pcrs);
+  if (!parsed) return reply_error(422, "attestation: " + parsed.error().message());
+  if (node->last_clock && parsed->clock.reset_count < node->last_clock->reset_count) {
+    alert(node_id, "clock_rollback", "a fresh quote's reset count is behind the last checkpoint's");
+    return reply_error(409, "attestation: the TPM reset count went back (" + std::to_string(parsed->clock.reset_count) + " < " +
+                                std::to_string(node->last_clock->reset_count) + ")");
+  }
+  (void)store->touch(node_id, now_ms());
+  log::info("hub.attested", {{"node", node_id}, {"reset_count", std::to_string(parsed->clock.reset_count)}});
+  return reply_json(200, json::object{{"verified", true},
+                                      {"clock", parsed->clock.clock},
+                                      {"reset_count", parsed->clock.reset_count},
+                                      {"restart_count", parsed->clock.restart_count},
+                                      {"pcr_digest", hex_encode(parsed->pcr_digest)}});
 }
 
 // POST /v1/nodes/<id>/records, body: audit frames from the hub's acknowledged sequence on (or
@@ -353,13 +593,16 @@ Response Hub::Impl::enroll(const Request& req) {
 Response Hub::Impl::upload_records(const std::string& node_id, const Request& req) {
   auto node = known_node(node_id);
   if (!node) return reply_error(node.error().is(errc::not_found) ? 404 : 500, node.error().message());
-  (void)store->touch(node_id, now_ms());
   auto ak = EcPublicKey::from_pem(node->ak_pem);
   if (!ak) return reply_error(500, "stored AK: " + ak.error().message());
+  std::optional<Error> lookup_error;
   UploadPlan plan = plan_upload(as_bytes(req.body()), *node, *ak, [&](uint64_t seq) -> std::optional<Digest> {
     auto h = store->record_hash(node_id, seq);
+    if (!h && !lookup_error) lookup_error = h.error();
     return h ? *h : std::nullopt;
   });
+  // A failed lookup is the hub's trouble, not evidence of a fork.
+  if (lookup_error) return reply_error(500, lookup_error->message());
   if (plan.verdict == UploadPlan::Verdict::fork) {
     alert(node_id, "fork", plan.reason);
     return reply_error(409, plan.reason);
@@ -376,6 +619,9 @@ Response Hub::Impl::upload_records(const std::string& node_id, const Request& re
       return reply_error(c.error().code().value() == ENOSPC ? 507 : 500, c.error().message());
     }
   }
+  // Last contact moves only for records whose checkpoint quote the node's AK signed: anyone
+  // can replay records the hub already holds.
+  if (!rows.empty()) (void)store->touch(node_id, now_ms());
   const uint64_t acked = rows.empty() ? node->acked_seq : rows.back().seq;
   return reply_json(200, json::object{{"acked_seq", acked}, {"stored", rows.size()}, {"duplicates", plan.duplicates},
                                       {"pending", plan.pending}});
@@ -393,9 +639,18 @@ Response Hub::Impl::put_evidence(const std::string& node_id, const Request& req)
     return reply_error(422, "evidence: the package's identity is not node " + node_id + " as enrolled");
   }
   if (!pkg->records.empty()) return reply_error(422, "evidence: records go to /records, not in the state package");
+  // The state package is not signed as a whole (its parts are: certifications by the AK, the
+  // runtime log against quoted PCRs), so a replay of an older one is refused by what only
+  // moves forward on the node: its counters and the newest bundle it installed.
+  auto held = store->evidence_state(node_id);
+  if (!held) return reply_error(500, held.error().message());
+  if (*held) {
+    if (auto old = offline_cache::parse_evidence_package(**held)) {
+      if (auto why = older_state(*pkg, *old)) return reply_error(409, "evidence: " + *why);
+    }
+  }
   auto r = store->put_evidence_state(node_id, Bytes(req.body().begin(), req.body().end()), format_rfc3339_utc(unix_now()));
   if (!r) return reply_error(500, r.error().message());
-  (void)store->touch(node_id, now_ms());
   return reply_json(200, json::object{{"ok", true}});
 }
 
@@ -432,14 +687,22 @@ Response Hub::Impl::pull_evidence(const std::string& node_id, const Request& req
     if (!f) return reply_error(500, f.error().message());
     from = *f == 0 ? node->acked_seq + 1 : *f;
   }
-  bool past_until = false;
+  bool past_until = false, too_large = false;
   auto scan = store->scan_records(node_id, from, [&](const RecordRow& r) {
+    if (pkg.records.size() + r.frame.size() > config.max_pull_bytes) {
+      too_large = true;
+      return false;
+    }
     if (until > 0 && r.time_ms > until) past_until = true;
     pkg.records.insert(pkg.records.end(), r.frame.begin(), r.frame.end());
     // Past the range, go on only to the checkpoint that anchors it.
     return !(past_until && r.kind == static_cast<uint8_t>(offline_cache::RecordKind::checkpoint));
   });
   if (!scan) return reply_error(500, scan.error().message());
+  if (too_large) {
+    return reply_error(413, "the records from seq " + std::to_string(from) + " exceed max_pull_bytes (" +
+                                std::to_string(config.max_pull_bytes) + "); ask for a shorter range with since and until");
+  }
   Bytes out = offline_cache::encode_evidence_package(pkg);
   return reply(200, std::string(as_chars(out)), "application/vnd.outpost.evidence");
 }
@@ -507,10 +770,20 @@ asio::awaitable<Response> Hub::Impl::get_bundle(const Request& req) {
     if (!n || *n < 0) co_return reply_error(400, "wait: seconds expected");
     wait = std::min<int64_t>(*n, config.long_poll_max_s);
   }
+  // ?node=N: the newest bundle whose scope admits that node (its enrolled id and board; nodes
+  // have no fleet yet). Without it, the newest bundle (publishers, responders).
+  std::optional<offline_cache::NodeScope> scope;
+  if (auto id = query_param(req.target(), "node"); !id.empty()) {
+    auto node = known_node(id);
+    if (!node) co_return reply_error(node.error().is(errc::not_found) ? 404 : 500, node.error().message());
+    auto identity = attestation::NodeIdentity::from_json(node->identity_json);
+    if (!identity) co_return reply_error(500, "stored identity: " + identity.error().message());
+    scope = offline_cache::NodeScope{identity->node_id, identity->board, ""};
+  }
   const std::string inm(req[http::field::if_none_match]);
   const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(wait);
   for (;;) {
-    auto current = store->latest_bundle();
+    auto current = newest_bundle_for(scope);
     if (!current) co_return reply_error(500, current.error().message());
     const std::string etag = *current ? "\"" + (*current)->sha256 + "\"" : std::string();
     if (*current && inm != etag) {
@@ -520,7 +793,7 @@ asio::awaitable<Response> Hub::Impl::get_bundle(const Request& req) {
       co_return r;
     }
     if (std::chrono::steady_clock::now() >= until) {
-      if (!*current) co_return reply_error(404, "no bundle published");
+      if (!*current) co_return reply_error(404, scope ? "no bundle published for this node" : "no bundle published");
       auto r = reply(304, "");
       r.set(http::field::etag, etag);
       co_return r;
@@ -533,18 +806,36 @@ asio::awaitable<Response> Hub::Impl::get_bundle(const Request& req) {
   }
 }
 
+Result<std::optional<BundleRow>> Hub::Impl::newest_bundle_for(const std::optional<offline_cache::NodeScope>& scope) {
+  if (!scope) return store->latest_bundle();
+  OUTPOST_TRY(auto recent, store->recent_bundles(kScopeSearch));
+  for (auto& b : recent) {
+    auto it = bundle_admits.find(b.sha256);
+    if (it == bundle_admits.end()) {
+      // Bundles never change once published: each is parsed once (they passed publish's checks).
+      auto parsed = offline_cache::SignedBundle::parse(b.bytes);
+      if (!parsed) return fail(parsed.error().wrap("stored bundle v" + std::to_string(b.version)));
+      if (bundle_admits.size() >= 4 * kScopeSearch) bundle_admits.clear();
+      it = bundle_admits.emplace(b.sha256, std::make_shared<offline_cache::SignedBundle>(std::move(*parsed))).first;
+    }
+    if (offline_cache::check_scope(it->second->bundle(), *scope)) return std::optional<BundleRow>(std::move(b));
+  }
+  return std::optional<BundleRow>();
+}
+
 Hub::Hub(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Hub::~Hub() = default;
 
 Result<std::unique_ptr<Hub>> Hub::create(HubConfig config) {
   auto impl = std::make_unique<Impl>();
   impl->config = std::move(config);
-  OUTPOST_TRY(impl->store, open_sqlite_store(impl->config.database));
+  OUTPOST_TRY(impl->store, open_store(impl->config.database.string()));
   if (!impl->config.bundle_trust_json.empty()) {
     OUTPOST_TRY(auto t, offline_cache::TrustRoot::parse(impl->config.bundle_trust_json));
     impl->trust = std::move(t);
   }
   OUTPOST_TRY(impl->tls, tls::Context::server({impl->config.cert_chain_pem, impl->config.key_pem}));
+  OUTPOST_TRY(impl->challenge_key, hmac_sha256(as_bytes(impl->config.key_pem), as_bytes(std::string_view("outpost-hub challenge key v1"))));
   boost::system::error_code ec;
   auto addr = asio::ip::make_address(impl->config.listen_host, ec);
   if (ec) return fail(errc::invalid_argument, "listen address \"" + impl->config.listen_host + "\": " + ec.message());

@@ -4,6 +4,32 @@
 #include "outpost/offline_cache/chain_verifier.h"
 
 namespace outpost::hub {
+namespace {
+
+// Whether the records from parsed.records[first] on, which differ from what the hub holds,
+// branch off the held chain right before `first` and run on to a checkpoint whose quote the
+// node's AK signed: only then did the node's TPM vouch for a second history (a fork worth an
+// alert). Anything else is bytes anyone could have made up.
+bool backed_by_quote(const offline_cache::SegmentParse& parsed, size_t first, const EcPublicKey& ak,
+                     const std::function<std::optional<Digest>(uint64_t)>& stored_hash) {
+  const uint64_t seq = parsed.records[first].seq;
+  offline_cache::ChainState branch;
+  branch.last_seq = seq - 1;
+  branch.anchored = true;
+  if (seq > 1) {
+    const std::optional<Digest> before = stored_hash(seq - 1);
+    if (!before) return false;
+    branch.last_hash = *before;
+  }
+  offline_cache::ChainVerifier verifier(ak, branch, stored_hash);
+  for (size_t i = first; i < parsed.records.size(); ++i) {
+    if (!verifier.feed(parsed.records[i])) break;
+    if (verifier.checkpoints_verified() > 0) return true;
+  }
+  return false;
+}
+
+}  // namespace
 
 UploadPlan plan_upload(ByteView body, const NodeRow& node, const EcPublicKey& ak,
                        const std::function<std::optional<Digest>(uint64_t)>& stored_hash) {
@@ -30,8 +56,13 @@ UploadPlan plan_upload(ByteView body, const NodeRow& node, const EcPublicKey& ak
     if (r.seq <= node.acked_seq) {
       const std::optional<Digest> held = stored_hash(r.seq);
       if (!held || *held != r.hash) {
-        return refuse(UploadPlan::Verdict::fork,
-                      "fork at seq " + std::to_string(r.seq) + ": the upload differs from the record the hub holds");
+        if (backed_by_quote(parsed, i, ak, stored_hash)) {
+          return refuse(UploadPlan::Verdict::fork, "fork at seq " + std::to_string(r.seq) +
+                                                       ": a history signed by the node's AK differs from the one the hub holds");
+        }
+        return refuse(UploadPlan::Verdict::refused, "record " + std::to_string(r.seq) +
+                                                        " differs from the one the hub holds, and no checkpoint quote by "
+                                                        "the node's AK in the upload backs it");
       }
       ++plan.duplicates;
       continue;

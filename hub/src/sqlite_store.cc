@@ -179,13 +179,18 @@ class SqliteStore final : public Store {
   Result<void> commit_records(const std::string& node_id, uint64_t expect_acked, const std::vector<RecordRow>& rows,
                               const std::optional<attestation::ClockInfo>& last_clock) override {
     if (rows.empty()) return ok();
+    if (rows.front().seq != expect_acked + 1) {
+      return fail(errc::invalid_argument, "commit_records: rows start at seq " + std::to_string(rows.front().seq) +
+                                              ", not after the acknowledged " + std::to_string(expect_acked));
+    }
     OUTPOST_TRY_VOID(exec("BEGIN IMMEDIATE"));
     auto r = commit_locked(node_id, expect_acked, rows, last_clock);
-    if (!r) {
-      (void)exec("ROLLBACK");
-      return r;
-    }
-    return exec("COMMIT");
+    if (r) r = exec("COMMIT");
+    // A failed COMMIT (SQLITE_FULL, SQLITE_IOERR) can leave the transaction open: it must not
+    // linger, or the next upload would find these rows and take them for duplicates of records
+    // that were never stored.
+    if (!r && !sqlite3_get_autocommit(db_)) (void)exec("ROLLBACK");
+    return r;
   }
 
   Result<std::optional<Digest>> record_hash(const std::string& node_id, uint64_t seq) override {
@@ -261,6 +266,22 @@ class SqliteStore final : public Store {
     b.bytes = s.blob(2);
     b.published_at = s.text(3);
     return std::optional<BundleRow>(std::move(b));
+  }
+
+  Result<std::vector<BundleRow>> recent_bundles(size_t limit) override {
+    Stmt s(db_, "SELECT version, sha256, bytes, published_at FROM bundles ORDER BY version DESC LIMIT ?");
+    s.bind(1, static_cast<int64_t>(limit));
+    std::vector<BundleRow> out;
+    for (;;) {
+      OUTPOST_TRY(bool row, s.step());
+      if (!row) return out;
+      BundleRow b;
+      b.version = static_cast<uint64_t>(s.i64(0));
+      b.sha256 = s.text(1);
+      b.bytes = s.blob(2);
+      b.published_at = s.text(3);
+      out.push_back(std::move(b));
+    }
   }
 
   Result<void> add_alert(const AlertRow& a) override {

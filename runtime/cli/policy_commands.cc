@@ -638,6 +638,9 @@ int status(const Args& args) {
         std::cout << "hub           " << std::string(o.at("hub").as_string()) << ": backlog "
                   << o.at("backlog").to_number<uint64_t>() << " records (acknowledged through "
                   << o.at("acked_seq").to_number<uint64_t>() << "), last contact " << (contact.empty() ? "never" : contact);
+        if (const auto* att = o.if_contains("last_attested"); att && att->is_string() && !att->as_string().empty()) {
+          std::cout << ", attested " << std::string(att->as_string());
+        }
         if (!error.empty()) {
           std::cout << "; failing: " << error << " (next attempt " << std::string(o.at("next_attempt").as_string()) << ")";
         }

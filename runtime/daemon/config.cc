@@ -107,7 +107,7 @@ Result<DaemonConfig> parse_daemon_config(std::string_view yaml, std::string_view
   }
   if (YAML::Node h = root["hub"]) {
     OUTPOST_TRY_VOID(r.fields(h, "hub", {"url", "pin_sha256", "ca", "batch_records", "batch_bytes", "bandwidth_bytes_per_s",
-                                         "backoff_initial_ms", "backoff_max_ms", "idle_poll_ms", "bundle_wait_s"}));
+                                         "backoff_initial_ms", "backoff_max_ms", "idle_poll_ms", "bundle_wait_s", "attest_interval_s"}));
     auto& hub = c.hub;
     if (!h["url"]) return fail(r.bad(h, "hub.url is required"));
     OUTPOST_TRY(hub.url, r.text(h["url"], "hub.url"));
@@ -121,6 +121,9 @@ Result<DaemonConfig> parse_daemon_config(std::string_view yaml, std::string_view
     if (h["backoff_max_ms"]) { OUTPOST_TRY(hub.backoff_max_ms, r.number<uint32_t>(h["backoff_max_ms"], "hub.backoff_max_ms")); }
     if (h["idle_poll_ms"]) { OUTPOST_TRY(hub.idle_poll_ms, r.number<uint32_t>(h["idle_poll_ms"], "hub.idle_poll_ms")); }
     if (h["bundle_wait_s"]) { OUTPOST_TRY(hub.bundle_wait_s, r.number<uint32_t>(h["bundle_wait_s"], "hub.bundle_wait_s")); }
+    if (h["attest_interval_s"]) {
+      OUTPOST_TRY(hub.attest_interval_s, r.number<uint32_t>(h["attest_interval_s"], "hub.attest_interval_s"));
+    }
     if (hub.batch_records == 0 || hub.batch_bytes == 0 || hub.backoff_initial_ms == 0 || hub.backoff_max_ms < hub.backoff_initial_ms) {
       return fail(r.bad(h, "hub: batch sizes and backoff must be positive, backoff_max_ms at least backoff_initial_ms"));
     }

@@ -44,6 +44,7 @@ struct DaemonConfig {
     uint32_t backoff_max_ms = 60000;
     uint32_t idle_poll_ms = 1000;
     uint32_t bundle_wait_s = 25;
+    uint32_t attest_interval_s = 600;  // a quote over a hub nonce at least this often
   } hub;
 
   // Set by load_daemon_config: the file and the exact bytes read, which outpostd measures

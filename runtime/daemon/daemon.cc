@@ -433,6 +433,7 @@ Result<void> Daemon::Impl::start_sync() {
   s.backoff_max = std::chrono::milliseconds(h.backoff_max_ms);
   s.idle_poll = std::chrono::milliseconds(h.idle_poll_ms);
   s.bundle_wait = std::chrono::seconds(h.bundle_wait_s);
+  s.attest_interval = std::chrono::seconds(h.attest_interval_s);
   if (board.checkpoint.every_records >= s.batch_records) {
     OUTPOST_NOTE(warn, "hub.batch_records (" + std::to_string(s.batch_records) + ") is not above the board's checkpoint cadence (" +
                            std::to_string(board.checkpoint.every_records) + " records): uploads may find no checkpoint");
@@ -446,8 +447,19 @@ Result<void> Daemon::Impl::start_sync() {
   hooks.request_checkpoint = [this] {
     if (!stopping) asio::post(worker, [this] { maybe_checkpoint(true); });
   };
+  hooks.activate_credential = [this](const attestation::CredentialChallenge& c) -> Result<Bytes> {
+    return tpm->activate_credential(node.handles.ak, node.handles.ek, c);  // Tpm is thread-safe
+  };
+  hooks.quote = [this](ByteView nonce) -> Result<attestation::Quote> {
+    OUTPOST_TRY(auto selection, attestation::parse_pcr_selection(board.quote_selection()));
+    std::lock_guard lock(measure_mu);  // a quote between a log append and its extend would look torn
+    return tpm->quote(node.handles.ak, selection, nonce);
+  };
   hooks.evidence_state = [this]() -> Result<Bytes> {
     OUTPOST_TRY(auto pkg, offline_cache::collect_node_evidence(config.state_dir, board.event_log));
+    // The hub keeps when it received the state; without the export time an unchanged state
+    // encodes to the same bytes and is not sent again.
+    pkg.exported_at.clear();
     return offline_cache::encode_evidence_package(pkg);
   };
   auto node_json = read_text_file(config.state_dir / "node.json", 1 << 20);
@@ -918,6 +930,7 @@ json::object Daemon::Impl::handle(const json::object& req, const ucred& peer, bo
                                {"backlog", st.backlog()},
                                {"uploaded_records", st.uploaded_records},
                                {"last_contact", st.last_contact_ms ? format_rfc3339_utc(st.last_contact_ms / 1000) : ""},
+                               {"last_attested", st.last_attested_ms ? format_rfc3339_utc(st.last_attested_ms / 1000) : ""},
                                {"last_error", st.last_error},
                                {"next_attempt", st.next_attempt_ms ? format_rfc3339_utc(st.next_attempt_ms / 1000) : ""},
                                {"bundles_installed", st.bundles_installed}};

@@ -141,11 +141,13 @@ asio::awaitable<Result<HubResponse>> HubConnection::request(HubRequest req) {
   for (int attempt = 0;; ++attempt) {
     const bool reused = stream_ != nullptr;
     const auto started = std::chrono::steady_clock::now();
-    // (No co_await inside a conditional expression: GCC 12 destroys its temporaries twice.)
+    // (No co_await inside a conditional expression or a call's argument list: GCC 12 destroys
+    // their temporaries twice.)
     auto sent = co_await send(req);
     std::optional<Result<HubResponse>> r;
     if (sent) {
-      r.emplace(co_await receive(req.timeout));
+      auto received = co_await receive(req.timeout);  // not an argument: see above
+      r.emplace(std::move(received));
     } else {
       r.emplace(fail(sent.error()));
     }
@@ -162,7 +164,8 @@ Result<HubResponse> hub_request_blocking(const HubEndpoint& endpoint, HubRequest
       io,
       [&]() -> asio::awaitable<void> {
         HubConnection c(io.get_executor(), endpoint, tls);
-        out.emplace(co_await c.request(std::move(req)));
+        auto r = co_await c.request(std::move(req));
+        out.emplace(std::move(r));
         c.close();
       },
       asio::detached);

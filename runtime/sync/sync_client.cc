@@ -13,6 +13,7 @@
 
 #include "outpost/base/errors.h"
 #include "outpost/base/log.h"
+#include "outpost/attestation/quote_files.h"
 #include "outpost/offline_cache/audit_frames.h"
 
 namespace outpost::sync {
@@ -35,7 +36,9 @@ Result<uint64_t> acked_of(const HubResponse& r) {
   if (ec || !v.is_object() || !v.as_object().contains("acked_seq") || !v.as_object().at("acked_seq").is_number()) {
     return fail(errc::corrupt, "hub reply without acked_seq: " + r.body.substr(0, 200));
   }
-  return v.as_object().at("acked_seq").to_number<uint64_t>();
+  uint64_t acked = v.as_object().at("acked_seq").to_number<uint64_t>(ec);
+  if (ec) return fail(errc::corrupt, "hub reply with an acked_seq that is not a sequence number: " + r.body.substr(0, 200));
+  return acked;
 }
 
 }  // namespace
@@ -98,6 +101,12 @@ struct SyncClient::Impl {
     uint64_t last_seq = 0;
   };
   Result<Batch> read_batch(uint64_t from, uint64_t durable);
+  // The answer to the hub's activation challenge in a 202 reply: "<expires_ms>:<secret hex>".
+  Result<std::string> open_activation(const HubResponse& r);
+  // A quote over a fresh hub nonce, sent to the hub. Only a transport failure is an error: a
+  // refusal is logged and the uploads go on.
+  asio::awaitable<Result<void>> attest(HubConnection& c);
+  std::chrono::steady_clock::time_point last_attested{};
   asio::awaitable<Result<bool>> upload_round(HubConnection& c);
   asio::awaitable<void> upload_loop();
   asio::awaitable<void> bundle_loop();
@@ -112,8 +121,20 @@ asio::awaitable<Result<bool>> SyncClient::Impl::upload_round(HubConnection& c) {
     enrolled = st.enrolled;
   }
   if (!enrolled) {
-    auto r = co_await c.request({"POST", "/v1/enroll", node_json});
+    HubRequest req{"POST", "/v1/enroll", node_json};  // a named local: it lives across the suspension
+    auto r = co_await c.request(std::move(req));
     if (!r) co_return fail(r.error());
+    if (r->status == 202) {
+      // A new node: the hub made a credential for this TPM's EK and AK; opening it proves both
+      // are in the same TPM, and the secret it held enrols the node.
+      auto answer = open_activation(*r);
+      if (!answer) co_return fail(answer.error());
+      HubRequest again{"POST", "/v1/enroll", node_json};
+      again.headers["X-Outpost-Activation"] = *answer;
+      r = co_await c.request(std::move(again));
+      if (!r) co_return fail(r.error());
+      if (r->status == 200) log::info("sync.activated", {{"hub", settings.hub.url()}});
+    }
     if (r->status != 200) co_return fail(hub_error(*r, "enrol"));
     auto a = acked_of(*r);
     if (!a) co_return fail(a.error());
@@ -123,6 +144,11 @@ asio::awaitable<Result<bool>> SyncClient::Impl::upload_round(HubConnection& c) {
     });
     log::info("sync.enrolled", {{"hub", settings.hub.url()}, {"acked_seq", std::to_string(*a)}});
   }
+  if (hooks.quote && (last_attested == std::chrono::steady_clock::time_point{} ||
+                      std::chrono::steady_clock::now() - last_attested >= settings.attest_interval)) {
+    auto a = co_await attest(c);
+    if (!a) co_return fail(a.error());
+  }
   if (hooks.evidence_state) {
     auto pkg = hooks.evidence_state();
     if (!pkg) {
@@ -131,10 +157,17 @@ asio::awaitable<Result<bool>> SyncClient::Impl::upload_round(HubConnection& c) {
       HubRequest req{"PUT", "/v1/nodes/" + node_id + "/evidence", std::string(as_chars(*pkg)), "application/vnd.outpost.evidence"};
       auto r = co_await c.request(std::move(req));
       if (!r) co_return fail(r.error());
-      if (r->status == 404) update([](SyncStatus& s) { s.enrolled = false; });
-      if (r->status != 200) co_return fail(hub_error(*r, "evidence state"));
-      evidence_sent = d;
-      evidence_sent_once = true;
+      if (r->status == 404) {
+        update([](SyncStatus& s) { s.enrolled = false; });
+        co_return fail(hub_error(*r, "evidence state"));
+      }
+      // The records matter more than the state: a refused state is reported and the uploads go
+      // on. A refusal (4xx) is not retried until the state changes; a hub error (5xx) is.
+      if (r->status != 200) log::warn("sync.evidence", {{"error", hub_error(*r, "evidence state").message()}});
+      if (r->status < 500) {
+        evidence_sent = d;
+        evidence_sent_once = true;
+      }
     }
   }
 
@@ -188,7 +221,8 @@ asio::awaitable<Result<bool>> SyncClient::Impl::upload_round(HubConnection& c) {
       s.uploaded_records += done.records;
       s.uploaded_bytes += done.bytes;
     });
-    auto released = log.release_acknowledged(*a);
+    // Never release past what this upload carried, whatever the hub says it holds.
+    auto released = log.release_acknowledged(std::min(*a, done.last_seq));
     if (!released) log::warn("sync.release", {{"error", released.error().message()}});
     if (settings.bandwidth_bytes_per_s > 0) {
       const auto budget = std::chrono::microseconds(done.bytes * 1000000 / settings.bandwidth_bytes_per_s);
@@ -196,6 +230,68 @@ asio::awaitable<Result<bool>> SyncClient::Impl::upload_round(HubConnection& c) {
       if (budget > spent) co_await sleep(budget - spent);
     }
   }
+}
+
+Result<std::string> SyncClient::Impl::open_activation(const HubResponse& r) {
+  if (!hooks.activate_credential) return fail(errc::unsupported, "the hub asks for credential activation; this client has no TPM to answer");
+  boost::system::error_code ec;
+  json::value v = json::parse(r.body, ec);
+  const json::object* a = nullptr;
+  if (!ec && v.is_object() && v.as_object().contains("activation") && v.as_object().at("activation").is_object()) {
+    a = &v.as_object().at("activation").as_object();
+  }
+  auto field = [&](const char* k) -> std::string {
+    return a && a->contains(k) && a->at(k).is_string() ? std::string(a->at(k).as_string()) : std::string();
+  };
+  auto blob = hex_decode(field("credential_blob"));
+  auto secret = hex_decode(field("encrypted_secret"));
+  if (!a || !blob || !secret || !a->contains("expires_ms") || !a->at("expires_ms").is_int64()) {
+    return fail(errc::corrupt, "hub activation challenge malformed: " + r.body.substr(0, 200));
+  }
+  attestation::CredentialChallenge challenge{std::move(*blob), std::move(*secret)};
+  OUTPOST_TRY(Bytes opened, hooks.activate_credential(challenge));
+  std::string answer = std::to_string(a->at("expires_ms").as_int64()) + ":" + hex_encode(opened);
+  explicit_bzero(opened.data(), opened.size());
+  return answer;
+}
+
+asio::awaitable<Result<void>> SyncClient::Impl::attest(HubConnection& c) {
+  HubRequest ask{"GET", "/v1/nodes/" + node_id + "/nonce"};
+  auto r = co_await c.request(std::move(ask));
+  if (!r) co_return fail(r.error());
+  last_attested = std::chrono::steady_clock::now();  // tried: not again before the interval, whatever the outcome
+  if (r->status == 404) {
+    update([](SyncStatus& s) { s.enrolled = false; });
+    co_return fail(hub_error(*r, "nonce"));
+  }
+  boost::system::error_code ec;
+  json::value v = json::parse(r->body, ec);
+  Result<Bytes> nonce = fail(errc::corrupt, "hub reply without a nonce: " + r->body.substr(0, 200));
+  if (r->status == 200 && !ec && v.is_object() && v.as_object().contains("nonce") && v.as_object().at("nonce").is_string()) {
+    nonce = hex_decode(v.as_object().at("nonce").as_string());
+  }
+  if (r->status != 200 || !nonce) {
+    log::warn("sync.attest", {{"error", r->status != 200 ? hub_error(*r, "nonce").message() : nonce.error().message()}});
+    co_return ok();
+  }
+  auto q = hooks.quote(*nonce);
+  if (!q) {
+    log::warn("sync.attest", {{"error", q.error().message()}});
+    co_return ok();
+  }
+  json::object body{{"nonce", hex_encode(*nonce)},
+                    {"attest", hex_encode(q->signed_attest.attest)},
+                    {"signature", hex_encode(q->signed_attest.signature)},
+                    {"pcrs", hex_encode(attestation::encode_pcrs_tpm2tools(q->pcrs))}};
+  HubRequest send{"POST", "/v1/nodes/" + node_id + "/attestation", json::serialize(body)};
+  auto a = co_await c.request(std::move(send));
+  if (!a) co_return fail(a.error());
+  if (a->status != 200) {
+    log::warn("sync.attest", {{"error", hub_error(*a, "attestation").message()}});
+    co_return ok();
+  }
+  update([](SyncStatus& s) { s.last_attested_ms = now_ms(); });
+  co_return ok();
 }
 
 // The next upload: records from `from`, the configured batch size and then on to the next
@@ -251,6 +347,9 @@ asio::awaitable<void> SyncClient::Impl::upload_loop() {
       }
       if (first) log::warn("sync.failed", {{"hub", settings.hub.url()}, {"error", msg}});
       c.close();
+      // Enrol again on the next round: it re-reads what the hub holds, which may have moved
+      // (a hub restored from a backup acknowledges less than before).
+      update([](SyncStatus& s) { s.enrolled = false; });
       co_await sleep(wait);
       backoff = std::min(backoff * 2, settings.backoff_max);
       continue;
@@ -273,8 +372,14 @@ asio::awaitable<void> SyncClient::Impl::bundle_loop() {
   HubConnection c(io.get_executor(), settings.hub, tls);
   std::string etag;
   auto backoff = settings.backoff_initial;
+  auto next_poll = std::chrono::steady_clock::now();
   for (;;) {
-    HubRequest req{"GET", "/v1/bundle?wait=" + std::to_string(settings.bundle_wait.count()), ""};
+    // At most one poll a second, whatever the hub does with the wait: a hub configured with no
+    // long-poll, or a proxy that strips the ETag, must not turn this into a busy loop.
+    co_await sleep(next_poll - std::chrono::steady_clock::now());
+    next_poll = std::chrono::steady_clock::now() + 1s;
+    // The hub offers the newest bundle whose scope includes this node.
+    HubRequest req{"GET", "/v1/bundle?wait=" + std::to_string(settings.bundle_wait.count()) + "&node=" + node_id, ""};
     if (!etag.empty()) req.headers["If-None-Match"] = etag;
     req.timeout = settings.bundle_wait + 15s;
     auto r = co_await c.request(std::move(req));

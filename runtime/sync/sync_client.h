@@ -18,6 +18,7 @@
 #include <string>
 #include <thread>
 
+#include "outpost/attestation/types.h"
 #include "outpost/base/result.h"
 #include "outpost/offline_cache/audit_log.h"
 #include "sync/hub_client.h"
@@ -34,6 +35,7 @@ struct SyncSettings {
   std::chrono::milliseconds idle_poll{1000};     // how often to look for new records when caught up
   std::chrono::seconds bundle_wait{25};          // the long-poll's hold at the hub
   std::chrono::seconds checkpoint_min_interval{5};  // between checkpoints the sync asks for
+  std::chrono::seconds attest_interval{600};     // a quote over a hub nonce at least this often
 };
 
 struct SyncHooks {
@@ -45,6 +47,11 @@ struct SyncHooks {
   std::function<void()> request_checkpoint;
   // The node's evidence state (no records) as an encoded package, for the hub.
   std::function<Result<Bytes>()> evidence_state;
+  // Opens the credential the hub made for this node's EK and AK at enrolment (TPM2
+  // credential activation) and returns the secret it held. Blocking.
+  std::function<Result<Bytes>(const attestation::CredentialChallenge&)> activate_credential;
+  // A quote by the AK over `nonce` (the board's PCR selection), for the hub's fresh attestation.
+  std::function<Result<attestation::Quote>(ByteView nonce)> quote;
 };
 
 struct SyncStatus {
@@ -55,6 +62,7 @@ struct SyncStatus {
   uint64_t uploaded_records = 0;
   uint64_t uploaded_bytes = 0;
   int64_t last_contact_ms = 0;   // Unix ms of the last successful exchange
+  int64_t last_attested_ms = 0;  // Unix ms of the last quote over a hub nonce the hub verified
   std::string last_error;        // of the last failed attempt, until one succeeds
   int64_t next_attempt_ms = 0;   // after a failure: when the next attempt is due
   uint64_t bundles_installed = 0;

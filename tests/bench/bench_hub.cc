@@ -1,14 +1,17 @@
 // outpost-hub and the node's sync over loopback TLS (docs/benchmarks.md "Hub and sync"). The hub
-// is the real outpost-hub process (SQLite store) in a fresh directory per benchmark; nodes are
+// is the real outpost-hub process (SQLite store, or PostgreSQL where the name says so) in a
+// fresh directory per benchmark; nodes are
 // simulated above the TPM seam (tests/support/soft_tpm.h: a software AK signs the checkpoint
 // quotes in the TPM's formats, so the hub verifies them as it would a TPM's).
 //
 //   BM_backlog_sync/N          a node's backlog of N records (checkpoint every 100) synced by the
 //                              real SyncClient: wall time, records/s, the node process's RSS growth
 //                              while syncing, the hub's peak RSS
-//   BM_hub_ingest/K/R          K nodes enrol and upload R records each at once (batches of 100
+//   BM_hub_ingest/S/K/R        K nodes enrol and upload R records each at once (batches of 100
 //                              ending in a checkpoint), one TLS connection each: records/s, upload
-//                              latency p50/p99, hub peak RSS
+//                              latency p50/p99, hub peak RSS; S is the hub's store: sqlite, or
+//                              postgres (a server of the benchmark's own, tests/support/
+//                              postgres_server.h, fsync on as in production: its CPU and memory too)
 //   BM_publish_latency/P       P nodes long-poll GET /v1/bundle; a bundle is published: time from
 //                              the publish request until each poller has the new bundle (p50, p99, max)
 //
@@ -43,6 +46,7 @@
 #include "outpost/offline_cache/audit_frames.h"
 #include "outpost/offline_cache/audit_log.h"
 #include "outpost/offline_cache/trust.h"
+#include "postgres_server.h"
 #include "soft_tpm.h"
 #include "sync/hub_client.h"
 #include "sync/sync_client.h"
@@ -62,9 +66,13 @@ bool small() {
 }
 int64_t scaled(int64_t n, int64_t small_n) { return small() ? small_n : n; }
 
-fs::path bench_dir(const std::string& what) {
+fs::path bench_base() {
   const char* d = std::getenv("OUTPOST_BENCH_DIR");
-  fs::path dir = fs::path(d ? d : "/var/tmp") / ("outpost-bench-" + what + "-" + std::to_string(::getpid()));
+  return d ? d : "/var/tmp";
+}
+
+fs::path bench_dir(const std::string& what) {
+  fs::path dir = bench_base() / ("outpost-bench-" + what + "-" + std::to_string(::getpid()));
   fs::remove_all(dir);
   fs::create_directories(dir);
   return dir;
@@ -95,7 +103,8 @@ struct HubProcess {
   sync::HubEndpoint endpoint;
   pid_t pid = -1;
 
-  explicit HubProcess(const std::string& what) : dir(bench_dir(what)) {
+  // `database`: hub.yaml's `database:`, when not the SQLite file init writes.
+  explicit HubProcess(const std::string& what, const std::string& database = "") : dir(bench_dir(what)) {
     auto root = offline_cache::TrustRoot::create({iam.public_key()}, 1);
     OUTPOST_CHECK(root.has_value(), "trust root");
     OUTPOST_CHECK(write_file_atomic(dir / "trust.json", root->to_json()).has_value(), "write trust");
@@ -104,6 +113,9 @@ struct HubProcess {
     auto yaml = read_text_file(init->config);
     std::string y = *yaml;
     y.replace(y.find("127.0.0.1:8443"), 14, "127.0.0.1:0");
+    if (!database.empty()) y.replace(y.find("database: hub.db"), 16, "database: " + database);
+    // The simulated nodes' keys are software keys: no TPM to open an activation credential.
+    y += "activation: off\n";
     OUTPOST_CHECK(write_file_atomic(init->config, y).has_value(), "hub.yaml");
     const std::string port_file = (dir / "port").string(), config = init->config.string();
     const char* argv[] = {OUTPOST_HUB_BIN, "--config", config.c_str(), "--port-file", port_file.c_str(), nullptr};
@@ -215,7 +227,8 @@ asio::awaitable<void> upload_node(asio::io_context& io, const sync::HubEndpoint&
                                   std::string identity, std::string node_id, const std::vector<std::string>& batches,
                                   std::vector<double>& latencies_ms, int& failures) {
   sync::HubConnection c(io.get_executor(), ep, tls);
-  auto e = co_await c.request({"POST", "/v1/enroll", std::move(identity)});
+  sync::HubRequest enrol("POST", "/v1/enroll", std::move(identity));  // named: it lives across the suspension
+  auto e = co_await c.request(std::move(enrol));
   if (!e || e->status != 200) {
     ++failures;
     co_return;
@@ -233,11 +246,68 @@ asio::awaitable<void> upload_node(asio::io_context& io, const sync::HubEndpoint&
   }
 }
 
-void BM_hub_ingest(benchmark::State& state) {
+// CPU seconds (user + system) of `pid` and, when `children`, of its children it has waited for.
+double cpu_seconds_of(pid_t pid, bool children) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  if (stat.rfind(')') == std::string::npos) return 0;
+  std::istringstream rest(stat.substr(stat.rfind(')') + 2));
+  std::string field;
+  double ticks = 0;
+  for (int i = 3; i <= 17 && rest >> field; ++i) {
+    if (i == 14 || i == 15 || (children && (i == 16 || i == 17))) ticks += std::stod(field);
+  }
+  return ticks / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+std::vector<pid_t> children_of(pid_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) + "/children");
+  std::vector<pid_t> out;
+  for (pid_t c; f >> c;) out.push_back(c);
+  return out;
+}
+
+// A PostgreSQL server: CPU of the postmaster and its processes (live and ended), and their
+// memory as proportional set size (shared buffers counted once, not once per process).
+double server_cpu_seconds(pid_t postmaster) {
+  double s = cpu_seconds_of(postmaster, true);
+  for (pid_t c : children_of(postmaster)) s += cpu_seconds_of(c, false);
+  return s;
+}
+int64_t server_pss_kb(pid_t postmaster) {
+  auto pss = [](pid_t p) {
+    std::ifstream f("/proc/" + std::to_string(p) + "/smaps_rollup");
+    std::string line;
+    while (std::getline(f, line)) {
+      if (line.rfind("Pss:", 0) == 0) return std::atoll(line.c_str() + 4);
+    }
+    return 0ll;
+  };
+  int64_t kb = pss(postmaster);
+  for (pid_t c : children_of(postmaster)) kb += pss(c);
+  return kb;
+}
+
+enum class HubStore { sqlite, postgres };
+
+void BM_hub_ingest(benchmark::State& state, HubStore store) {
   const int64_t nodes = scaled(state.range(0), 20);
   const uint64_t per_node = static_cast<uint64_t>(scaled(state.range(1), 200));
   for (auto _ : state) {
-    HubProcess hub("ingest");
+    // Declared before the hub, so that it stops after it.
+    std::unique_ptr<testing::PostgresServer> postgres;
+    std::string database;
+    if (store == HubStore::postgres) {
+      auto started = testing::PostgresServer::start({.fsync = true, .parent = bench_base()});
+      if (!started) {
+        state.SkipWithError(("PostgreSQL: " + started.error().message()).c_str());
+        break;
+      }
+      postgres = std::move(*started);
+      OUTPOST_CHECK(postgres->create_database("outpost").has_value(), "create the hub's database");
+      database = postgres->uri("outpost");
+    }
+    HubProcess hub("ingest", database);
     testing::SoftAk ak;  // one software AK for every simulated node: the hub's work per node is the same
     auto log = make_log(hub.dir / "node-log", ak, per_node - per_node / 100, 99);
     std::vector<std::string> batches(1);
@@ -268,6 +338,10 @@ void BM_hub_ingest(benchmark::State& state) {
     percentiles(state, latencies, "upload_");
     state.counters["hub_peak_rss_MB"] = static_cast<double>(hub.peak_rss_kb()) / 1024.0;
     state.counters["hub_cpu_s"] = hub.cpu_seconds();
+    if (postgres) {
+      state.counters["postgres_cpu_s"] = server_cpu_seconds(postgres->pid());
+      state.counters["postgres_pss_MB"] = static_cast<double>(server_pss_kb(postgres->pid())) / 1024.0;
+    }
   }
 }
 
@@ -342,7 +416,8 @@ void BM_publish_latency(benchmark::State& state) {
 }  // namespace
 
 BENCHMARK(BM_backlog_sync)->Args({100000, 100})->Args({100000, 1000})->Args({1000000, 1000})->UseManualTime()->Iterations(1)->Unit(benchmark::kMillisecond);
-BENCHMARK(BM_hub_ingest)->Args({1000, 200})->UseManualTime()->Iterations(1)->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_hub_ingest, sqlite, HubStore::sqlite)->Args({1000, 200})->UseManualTime()->Iterations(1)->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_hub_ingest, postgres, HubStore::postgres)->Args({1000, 200})->UseManualTime()->Iterations(1)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_publish_latency)->Arg(1)->Arg(100)->Arg(1000)->UseManualTime()->Iterations(1)->Unit(benchmark::kMillisecond);
 
 BENCHMARK_MAIN();

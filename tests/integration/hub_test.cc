@@ -17,6 +17,8 @@
 
 #include "outpost/base/files.h"
 #include "outpost/offline_cache/audit_frames.h"
+#include "outpost/attestation/node.h"
+#include "soft_tpm.h"
 #include "sync/hub_client.h"
 #include "test_support.h"
 
@@ -282,7 +284,9 @@ TEST_CASE("the hub down for the whole run, then up: every record arrives exactly
     CHECK(json::parse(replay.body).at("stored").to_number<uint64_t>() == 0);
     CHECK(json::parse(replay.body).at("duplicates").to_number<uint64_t>() == acked);
 
-    // Seq 2 rewritten (a valid frame, another payload): a fork of what the hub holds.
+    // Seq 2 rewritten (a valid frame, another payload) with no checkpoint quote behind it:
+    // refused, and kept as an alert, but not a fork (anyone can make such bytes; a fork the
+    // node's AK signed is in tests/unit/hub_ingest_test.cc).
     offline_cache::SegmentParse parsed = offline_cache::parse_segment(local, "local");
     REQUIRE(parsed.records.size() >= 3);
     Bytes forked(local.begin(), local.begin() + static_cast<ptrdiff_t>(parsed.records[2].offset));
@@ -296,10 +300,11 @@ TEST_CASE("the hub down for the whole run, then up: every record arrives exactly
     Digest h = sha256(ByteView(forked.data() + start, len));
     std::copy(h.begin(), h.end(), forked.begin() + static_cast<ptrdiff_t>(start + len));
     auto fork = n.hub_request({"POST", "/v1/nodes/" + n.node_id + "/records", std::string(as_chars(forked)), "application/octet-stream"});
-    CHECK(fork.status == 409);
-    CHECK(fork.body.find("fork at seq 2") != std::string::npos);
+    CHECK(fork.status == 422);
+    CHECK(fork.body.find("record 2 differs from the one the hub holds") != std::string::npos);
     auto after = n.hub_get("/v1/nodes/" + n.node_id);
-    CHECK(after.body.find("\"kind\":\"fork\"") != std::string::npos);
+    CHECK(after.body.find("\"kind\":\"refused_upload\"") != std::string::npos);
+    CHECK(after.body.find("\"kind\":\"fork\"") == std::string::npos);
 
     // Records from acked+2 on (one missing): a gap.
     Bytes more;
@@ -314,6 +319,73 @@ TEST_CASE("the hub down for the whole run, then up: every record arrives exactly
     auto unknown = n.hub_request({"POST", "/v1/nodes/00112233445566778899aabbccddeeff/records", std::string(as_chars(local)),
                                   "application/octet-stream"});
     CHECK(unknown.status == 404);
+  }
+
+  SECTION("enrolment needs credential activation: the real node passed it; a wrong or late answer is refused") {
+    // The node above enrolled through the hub's challenge (activation is required by default,
+    // and hub.log says so).
+    auto hub_log = read_text_file(n.dir / "hub.log");
+    REQUIRE(hub_log);
+    CHECK(hub_log->find("hub.enrolled node=" + n.node_id + " board=sim activated=yes") != std::string::npos);
+    // This TPM's AK under a software EK: a new node id, whose challenge only that EK opens.
+    auto real = attestation::NodeIdentity::from_json(*read_text_file(n.state / "node.json"));
+    REQUIRE(real);
+    attestation::NodeIdentity other = testing::soft_identity(real->ak_public);
+    other.ak_public_area = real->ak_public_area;
+    const std::string body = other.to_json();
+    auto challenge = n.hub_request({"POST", "/v1/enroll", body});
+    INFO(challenge.body);
+    REQUIRE(challenge.status == 202);
+    auto act = json::parse(challenge.body).at("activation").as_object();
+    CHECK(act.at("credential_blob").as_string().size() > 100);
+    CHECK(act.at("encrypted_secret").as_string().size() > 100);
+    const std::string expires = std::to_string(act.at("expires_ms").as_int64());
+
+    sync::HubRequest guess{"POST", "/v1/enroll", body};
+    guess.headers["X-Outpost-Activation"] = expires + ":" + std::string(64, '0');
+    auto wrong = n.hub_request(guess);
+    CHECK(wrong.status == 403);
+    CHECK(wrong.body.find("credential activation failed") != std::string::npos);
+    sync::HubRequest late{"POST", "/v1/enroll", body};
+    late.headers["X-Outpost-Activation"] = "1000:" + std::string(64, '0');
+    CHECK(n.hub_request(late).status == 403);
+    CHECK(n.hub_get("/v1/nodes/" + other.node_id).status == 404);  // not enrolled
+  }
+
+  SECTION("fresh attestation: the node quotes over a hub nonce; a made-up, another node's or reused nonce is refused") {
+    REQUIRE(eventually([&] { return !n.sync_status().at("last_attested").as_string().empty(); }, 20));
+    auto hub_log = read_text_file(n.dir / "hub.log");
+    CHECK(hub_log->find("hub.attested node=" + n.node_id) != std::string::npos);
+
+    auto quote_over = [&](const std::string& nonce_hex, const char* out) {
+      ok({"attest", "quote", "--nonce", nonce_hex, "--out", n.p(out)}, n.env());  // through outpostd, which owns the TPM
+      auto file = [&](const char* f) { return hex_encode(*read_file(n.dir / out / f)); };
+      return json::serialize(json::object{{"nonce", nonce_hex}, {"attest", file("attest.bin")},
+                                          {"signature", file("signature.bin")}, {"pcrs", file("pcrs.bin")}});
+    };
+    auto nonce_of = [&](const std::string& node) {
+      auto r = n.hub_get("/v1/nodes/" + node + "/nonce");
+      REQUIRE(r.status == 200);
+      return std::string(json::parse(r.body).at("nonce").as_string());
+    };
+    const std::string fresh = nonce_of(n.node_id);
+    const std::string body = quote_over(fresh, "q1");
+    auto good = n.hub_request({"POST", "/v1/nodes/" + n.node_id + "/attestation", body});
+    INFO(good.body);
+    CHECK(good.status == 200);
+    CHECK(json::parse(good.body).at("verified").as_bool());
+
+    // The same quote sent with another valid nonce: the quote does not carry it.
+    std::string swapped = body;
+    const std::string other = nonce_of(n.node_id);
+    swapped.replace(swapped.find(fresh), fresh.size(), other);
+    CHECK(n.hub_request({"POST", "/v1/nodes/" + n.node_id + "/attestation", swapped}).status == 422);
+    // A nonce the hub never handed out, quoted for real: refused before the quote is looked at.
+    const std::string made_up = "00000000ffffffff" + std::string(48, 'a');
+    auto forged = n.hub_request({"POST", "/v1/nodes/" + n.node_id + "/attestation", quote_over(made_up, "q2")});
+    CHECK(forged.status == 403);
+    CHECK(forged.body.find("not handed out") != std::string::npos);
+    CHECK(n.hub_get("/v1/nodes/00112233445566778899aabbccddeeff/nonce").status == 404);
   }
 
   SECTION("a published bundle reaches the node by its long poll; a rollback and a foreign signature are refused") {
@@ -334,6 +406,25 @@ TEST_CASE("the hub down for the whole run, then up: every record arrives exactly
                                          "--pin", n.pin});
     CHECK(foreign.exit_code != 0);
     CHECK(foreign.err.find("HTTP 422") != std::string::npos);
+    // v3 for another board: the hub serves it to no node here. The node keeps polling and is
+    // offered v2 still; a client that names no node sees the newest, v3.
+    {
+      std::string policy = *read_text_file(std::string(OUTPOST_SOURCE_DIR) + "/examples/policy/edge-agents.yaml");
+      const std::string from = "boards: [sim, x86-64]";
+      REQUIRE(policy.find(from) != std::string::npos);
+      policy.replace(policy.find(from), from.size(), "boards: [x86-64]");
+      testing::write_text(n.dir / "x86.yaml", policy);
+      ok({"bundle", "build", n.p("x86.yaml"), "-o", n.p("x86.opb"), "--version", "3"});
+      ok({"bundle", "sign", n.p("x86.opb"), "--key", n.p("k.pem")});
+      ok({"bundle", "publish", n.p("x86.opb"), "--hub", "https://127.0.0.1:" + std::to_string(n.hub_port), "--pin", n.pin});
+      auto mine = n.hub_get("/v1/bundle?node=" + n.node_id);
+      CHECK(mine.status == 200);
+      CHECK(mine.header("x-outpost-bundle-version") == "2");
+      auto newest = n.hub_get("/v1/bundle");
+      CHECK(newest.header("x-outpost-bundle-version") == "3");
+      std::this_thread::sleep_for(std::chrono::seconds(2));  // the node's poll was woken by the publish
+      CHECK(n.status().at("bundle").as_object().at("version").to_number<uint64_t>() == 2);
+    }
     // A client pinning another key does not talk to this hub.
     auto wrong_pin = testing::run_outpost({"evidence", "pull", "--hub", "https://127.0.0.1:" + std::to_string(n.hub_port), "--pin",
                                            std::string(64, 'a'), "--node", n.node_id, "--out", n.p("x.pkg")});

@@ -2,15 +2,11 @@
 
 #include <fcntl.h>
 #include <signal.h>
-#include <netinet/in.h>
 #include <spawn.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <chrono>
-#include <thread>
 #include <catch2/catch.hpp>
 #include <cstdlib>
 #include <fstream>
@@ -136,22 +132,10 @@ std::string outpost_cli_path() { return OUTPOST_CLI_PATH; }
 
 Background::Background(const std::vector<std::string>& argv, const std::filesystem::path& log,
                        const std::vector<std::string>& env) {
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_addopen(&actions, 1, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
-  posix_spawn_file_actions_adddup2(&actions, 1, 2);
-  std::vector<std::string> envs;
-  for (char** e = environ; *e; ++e) envs.emplace_back(*e);
-  envs.insert(envs.end(), env.begin(), env.end());
-  std::vector<char*> cargv, cenv;
-  for (const auto& a : argv) cargv.push_back(const_cast<char*>(a.c_str()));
-  cargv.push_back(nullptr);
-  for (const auto& e : envs) cenv.push_back(const_cast<char*>(e.c_str()));
-  cenv.push_back(nullptr);
-  int rc = ::posix_spawn(&pid_, cargv[0], &actions, nullptr, cargv.data(), cenv.data());
-  posix_spawn_file_actions_destroy(&actions);
-  REQUIRE(rc == 0);
+  auto pid = spawn_logged(argv, log, env);
+  INFO((pid ? std::string() : pid.error().message()));
+  REQUIRE(pid.has_value());
+  pid_ = *pid;
 }
 
 Background::~Background() {
@@ -160,9 +144,8 @@ Background::~Background() {
 
 bool Background::running() {
   if (status_ >= 0) return false;
-  int st = 0;
-  if (::waitpid(pid_, &st, WNOHANG) == pid_) {
-    status_ = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+  if (auto st = exit_status(pid_)) {
+    status_ = *st;
     return false;
   }
   return true;
@@ -170,16 +153,9 @@ bool Background::running() {
 
 int Background::stop(int sig, int timeout_ms) {
   if (!running()) return status_;
-  ::kill(pid_, sig);
-  for (int waited = 0; waited < timeout_ms; waited += 20) {
-    if (!running()) return status_;
-    ::usleep(20000);
-  }
-  ::kill(pid_, SIGKILL);
-  int st = 0;
-  ::waitpid(pid_, &st, 0);
-  status_ = 128 + SIGKILL;
-  return -1;
+  const int st = stop_child(pid_, sig, timeout_ms);
+  status_ = st >= 0 ? st : 128 + SIGKILL;
+  return st;
 }
 
 CommandResult expect_ok(const std::vector<std::string>& args, const std::vector<std::string>& env) {
@@ -194,27 +170,11 @@ void write_text(const std::filesystem::path& p, const std::string& text) {
   REQUIRE(write_file_atomic(p, std::string_view(text)));
 }
 
-bool eventually(const std::function<bool()>& pred, int seconds, int poll_ms) {
-  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
-  while (std::chrono::steady_clock::now() < end) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(poll_ms));
-  }
-  return pred();
-}
-
 int unused_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  REQUIRE(fd >= 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
-  socklen_t len = sizeof addr;
-  REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
-  ::close(fd);  // bound, never listened: nothing accepts on it
-  return ntohs(addr.sin_port);
+  auto port = free_loopback_port();
+  INFO((port ? std::string() : port.error().message()));
+  REQUIRE(port.has_value());
+  return *port;
 }
 
 std::vector<std::pair<std::string, std::string>> snapshot_tree(const std::filesystem::path& dir) {

@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "processes.h"  // eventually(), and what Background and unused_port() are made of
+
 namespace outpost::testing {
 
 // A fresh directory under $TMPDIR, removed with everything in it when this goes away.
@@ -56,15 +58,14 @@ CommandResult run_outpost(const std::vector<std::string>& args, const std::vecto
 CommandResult expect_ok(const std::vector<std::string>& args, const std::vector<std::string>& env = {});
 // Writes `text` to `p` (atomically, parents created), REQUIRing success.
 void write_text(const std::filesystem::path& p, const std::string& text);
-// Polls `pred` every `poll_ms` for at most `seconds`; the last answer.
-bool eventually(const std::function<bool()>& pred, int seconds, int poll_ms = 50);
 // The tpm_cycle helper program (one cycle of the handle-leak test).
 std::string tpm_cycle_path();
 // Runs any program, capturing its output.
 CommandResult run_program(const std::vector<std::string>& argv, const std::vector<std::string>& env = {});
 
-// A program started in the background (a daemon under test), its output to `log`. Stopped by
-// its pid: SIGTERM, then SIGKILL after a grace period, when this goes away.
+// A program started in the background (a daemon under test), its output to `log`, `env`
+// added to the environment. Stopped by its pid: SIGTERM, then SIGKILL after a grace period,
+// when this goes away.
 class Background {
  public:
   Background(const std::vector<std::string>& argv, const std::filesystem::path& log,

@@ -64,6 +64,42 @@ TEST_CASE("SHA-256 matches the FIPS 180-2 vector", "[base][crypto]") {
   CHECK(h.finish() == sha256(std::string_view("abc")));
 }
 
+TEST_CASE("HMAC-SHA-256 matches RFC 4231 and AES-128-CFB matches SP 800-38A", "[base][crypto]") {
+  // RFC 4231 test case 2.
+  auto mac = hmac_sha256(as_bytes("Jefe"), as_bytes("what do ya want for nothing?"));
+  REQUIRE(mac.has_value());
+  CHECK(hex_encode(*mac) == "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+  // NIST SP 800-38A F.3.13, CFB128-AES128.Encrypt; and a length that is not a whole block.
+  const Bytes key = *hex_decode("2b7e151628aed2a6abf7158809cf4f3c");
+  const Bytes iv = *hex_decode("000102030405060708090a0b0c0d0e0f");
+  const Bytes plain = *hex_decode(
+      "6bc1bee22e409f96e93d7e117393172aae2d8a571e03ac9c9eb76fac45af8e51"
+      "30c81c46a35ce411e5fbc1191a0a52eff69f2445df4f9b17ad2b417be66c3710");
+  auto cipher = aes_cfb_encrypt(key, iv, plain);
+  REQUIRE(cipher.has_value());
+  CHECK(hex_encode(*cipher) ==
+        "3b3fd92eb72dad20333449f8e83cfb4ac8a64537a0b3a93fcde3cdad9f1ce58b"
+        "26751f67a3cbb140b1808cf187a4f4dfc04b05357c5d1c0eeac4c66f9ff7f2e6");
+  auto partial = aes_cfb_encrypt(key, iv, ByteView(plain).first(20));
+  REQUIRE(partial.has_value());
+  CHECK(*partial == Bytes(cipher->begin(), cipher->begin() + 20));
+  CHECK_FALSE(aes_cfb_encrypt(ByteView(key).first(15), iv, plain).has_value());
+  CHECK_FALSE(aes_cfb_encrypt(key, ByteView(iv).first(8), plain).has_value());
+}
+
+TEST_CASE("P-256 ECDH gives both sides the same x coordinate", "[base][crypto]") {
+  auto a = EcPrivateKey::generate();
+  auto b = EcPrivateKey::generate();
+  REQUIRE(a.has_value());
+  REQUIRE(b.has_value());
+  auto ab = a->ecdh_shared_x(b->public_key());
+  auto ba = b->ecdh_shared_x(a->public_key());
+  REQUIRE(ab.has_value());
+  REQUIRE(ba.has_value());
+  CHECK(*ab == *ba);
+  CHECK_FALSE(a->ecdh_shared_x(EcPublicKey()).has_value());  // not a point on the curve
+}
+
 TEST_CASE("ECDSA P-256 sign and verify and key formats", "[base][crypto]") {
   auto key = EcPrivateKey::generate();
   REQUIRE(key.has_value());

@@ -155,6 +155,15 @@ class Tpm {
   // it. The copies this function makes are wiped; the caller owns (and should wipe) the result.
   Result<Bytes> unseal(uint32_t parent_handle, const KeyBlob& blob);
 
+  // ---- credential activation ----
+  // TPM2_ActivateCredential: opens a credential made (credential.h: make_credential) for the EK
+  // at `ek_handle` and the name of the key at `ak_handle`, and returns its secret. The EK is
+  // authorised by a policy session satisfied by PolicySecret(TPM_RH_ENDORSEMENT), its
+  // template's policy, flushed on every path; the AK by its empty password. A credential made
+  // for another name or another EK, or altered, fails with TPM_RC_INTEGRITY; bytes that do not
+  // parse are refused before the TPM sees them. The caller owns (and should wipe) the result.
+  Result<Bytes> activate_credential(uint32_t ak_handle, uint32_t ek_handle, const CredentialChallenge& challenge);
+
   // ---- PCRs, quotes, clock, counters ----
   // TPM2_Quote by the AK; the PCR values are read right after, and the quote is retaken if a
   // PCR changed in between, so the values returned are the ones the quote signs.

@@ -72,4 +72,12 @@ struct Quote {
   PcrValues pcrs;  // the values the quote's PCR digest covers, read right after it
 };
 
+// A credential made for one EK and one key name (credential.h: make_credential), in the two
+// forms TPM2_ActivateCredential takes: marshalled TPM2B_ID_OBJECT (credentialBlob) and
+// marshalled TPM2B_ENCRYPTED_SECRET (secret), size prefixes included.
+struct CredentialChallenge {
+  Bytes credential_blob;
+  Bytes encrypted_secret;
+};
+
 }  // namespace outpost::attestation

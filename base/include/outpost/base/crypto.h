@@ -1,5 +1,6 @@
 // SHA-256 and ECDSA P-256 over mbedTLS 2.28: the only curve and hash outpost signs with
-// (TPM keys, bundle signatures, call-scoped credentials).
+// (TPM keys, bundle signatures, call-scoped credentials). Also the few primitives TPM 2.0's
+// credential protection needs in software: HMAC-SHA-256, AES in CFB mode and P-256 ECDH.
 //
 // Every mbedTLS return code is checked in crypto.cc by one wrapper and becomes an Error in
 // mbedtls_category() naming the mbedTLS function. Key objects are immutable after
@@ -41,6 +42,14 @@ class Sha256 {
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
+
+// HMAC-SHA-256 (RFC 2104) of `data` under `key` (any length).
+Result<Digest> hmac_sha256(ByteView key, ByteView data);
+
+// AES in CFB mode with a 128-bit feedback (NIST SP 800-38A), the TPM's symmetric mode for
+// credential blobs: no padding, the output is as long as the input. `key` is 16, 24 or 32
+// bytes, `iv` 16 bytes.
+Result<Bytes> aes_cfb_encrypt(ByteView key, ByteView iv, ByteView plaintext);
 
 // Fills `out` from the kernel's CSPRNG (getrandom(2)).
 void random_bytes(std::span<uint8_t> out);
@@ -104,6 +113,10 @@ class EcPrivateKey {
 
   // Deterministic ECDSA (RFC 6979) over a SHA-256 digest.
   Result<RawSignature> sign(const Digest& digest) const;
+
+  // ECDH: the x coordinate of d·Q, where d is this key and Q the peer's point (the shared
+  // secret Z of NIST SP 800-56A and TPM 2.0 Part 1 C.6.1), 32 bytes big-endian.
+  Result<std::array<uint8_t, 32>> ecdh_shared_x(const EcPublicKey& peer) const;
 
  private:
   struct Impl;

@@ -145,25 +145,34 @@ class Stream {
 class SocketDeadline {
  public:
   SocketDeadline(boost::asio::ip::tcp::socket& socket, std::chrono::steady_clock::time_point deadline)
-      : timer_(socket.get_executor()), fired_(std::make_shared<bool>(false)) {
+      : timer_(socket.get_executor()), state_(std::make_shared<State>()) {
     timer_.expires_at(deadline);
-    timer_.async_wait([&socket, fired = fired_](const boost::system::error_code& ec) {
-      if (ec) return;
-      *fired = true;
+    // The handler may already be queued when the destructor cancels the timer (cancel() cannot
+    // recall it); it then finds `armed` cleared and leaves the socket, which may be gone, alone.
+    timer_.async_wait([&socket, state = state_](const boost::system::error_code& ec) {
+      if (ec || !state->armed) return;
+      state->fired = true;
       boost::system::error_code ignored;
       socket.close(ignored);
     });
   }
   SocketDeadline(boost::asio::ip::tcp::socket& socket, std::chrono::steady_clock::duration after)
       : SocketDeadline(socket, std::chrono::steady_clock::now() + after) {}
-  ~SocketDeadline() { timer_.cancel(); }
+  ~SocketDeadline() {
+    state_->armed = false;
+    timer_.cancel();
+  }
   SocketDeadline(const SocketDeadline&) = delete;
   SocketDeadline& operator=(const SocketDeadline&) = delete;
-  bool fired() const { return *fired_; }
+  bool fired() const { return state_->fired; }
 
  private:
+  struct State {
+    bool armed = true;
+    bool fired = false;
+  };
   boost::asio::steady_timer timer_;
-  std::shared_ptr<bool> fired_;
+  std::shared_ptr<State> state_;
 };
 
 // SHA-256 of a certificate's SubjectPublicKeyInfo (first certificate of a PEM), hex: the pin

@@ -19,13 +19,18 @@ namespace outpost::hub {
 struct HubConfig {
   std::string listen_host = "127.0.0.1";
   uint16_t listen_port = 8443;                 // 0: any free port (tests)
-  std::filesystem::path database;              // SQLite file
+  std::filesystem::path database;              // SQLite file, or a postgresql:// URI (open_store)
   std::string cert_chain_pem, key_pem;         // the hub's TLS certificate and key
   std::string bundle_trust_json;               // trust anchors for publish; empty: publishing refused
   bool enrol_open = false;                     // any node may enrol (development); else allow_nodes
+  // A node enrols only once its TPM has opened a credential made for its EK and AK (TPM2
+  // credential activation); off: the AK is trusted on first use.
+  bool activation_required = true;
   std::set<std::string> allow_nodes;
   uint32_t long_poll_max_s = 55;
-  uint64_t max_upload_bytes = 64ull << 20;
+  uint64_t max_upload_bytes = 64ull << 20;    // a records upload or an evidence state
+  uint64_t max_pull_bytes = 512ull << 20;     // a responder's package; a larger range is refused (413)
+  uint32_t max_connections = 4096;            // more wait in the listen backlog
   std::filesystem::path source_file;
 };
 

@@ -2,10 +2,13 @@
 // their audit records (the exact frames the node wrote), the latest evidence state each node
 // sent, published bundles and alerts (refused forks and rollbacks).
 //
-// The interface is narrow so that a second backend (PostgreSQL, for hubs that scale out on one
-// database) implements the same contract; commit_records is the one write that must be atomic
-// and conditional: it succeeds only if the node's acknowledged sequence is still the one the
-// caller verified against, so two hub instances can never both append after the same record.
+// The interface is narrow so that two backends implement the same contract: SQLite (embedded,
+// the default) and PostgreSQL (for hub instances that scale out on one database).
+// commit_records is the one write that must be atomic and conditional: it succeeds only if the
+// node's acknowledged sequence is still the one the caller verified against, so two hub
+// instances can never both append after the same record.
+//
+// A Store is not thread-safe: the hub calls it from its one thread.
 #pragma once
 
 #include <cstdint>
@@ -14,6 +17,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "outpost/attestation/types.h"
@@ -82,6 +86,8 @@ class Store {
 
   virtual Result<void> put_bundle(const BundleRow& bundle) = 0;
   virtual Result<std::optional<BundleRow>> latest_bundle() = 0;
+  // The `limit` newest bundles, newest first (the hub serves each node the newest in its scope).
+  virtual Result<std::vector<BundleRow>> recent_bundles(size_t limit) = 0;
 
   virtual Result<void> add_alert(const AlertRow& alert) = 0;
   virtual Result<std::vector<AlertRow>> alerts(const std::string& node_id) = 0;
@@ -90,5 +96,17 @@ class Store {
 // SQLite in WAL mode with synchronous=FULL: a commit the hub acknowledged survives power loss
 // (the node deletes what the hub acknowledged).
 Result<std::unique_ptr<Store>> open_sqlite_store(const std::filesystem::path& file);
+
+// PostgreSQL through libpq; `conninfo` is a libpq connection string or a postgresql:// URI. One
+// connection per Store (the hub is single-threaded); a lost connection is re-established on the
+// next call, and a read that met the loss is retried once. Tables are created if missing, under
+// an advisory lock, so several hub instances may start at once on one database.
+Result<std::unique_ptr<Store>> open_postgres_store(const std::string& conninfo);
+
+// True when hub.yaml's `database:` names PostgreSQL: a postgresql:// or postgres:// URI.
+bool is_postgres_uri(std::string_view database);
+// The store hub.yaml's `database:` names: PostgreSQL for a URI (is_postgres_uri), otherwise a
+// SQLite file (already resolved against the config's folder).
+Result<std::unique_ptr<Store>> open_store(const std::string& database);
 
 }  // namespace outpost::hub

@@ -1,0 +1,619 @@
+// outpost-hub's Store contract (hub/include/outpost/hub/store.h), the same cases on both
+// backends: SQLite in a temporary directory (`store.sqlite`) and PostgreSQL on a server of the
+// test's own, started by tests/support/postgres_server.h (`store.postgres`). Each case gets a
+// fresh database; Backend::open() gives a further Store on it (a second hub instance, or the
+// hub after a restart). Then what only PostgreSQL has: a commit waiting on another instance's
+// row lock, schema creation by instances starting together, a lost connection.
+#include <libpq-fe.h>
+
+#include <atomic>
+#include <catch2/catch.hpp>
+#include <latch>
+#include <thread>
+
+#include "outpost/base/crypto.h"
+#include "outpost/base/errors.h"
+#include "outpost/base/files.h"
+#include "outpost/hub/hub.h"
+#include "outpost/hub/store.h"
+#include "postgres_server.h"
+#include "test_support.h"
+
+namespace fs = std::filesystem;
+using namespace outpost;
+using hub::AlertRow;
+using hub::BundleRow;
+using hub::NodeRow;
+using hub::RecordRow;
+using hub::Store;
+
+namespace {
+
+template <class T>
+T value_of(Result<T> r) {
+  INFO((r ? std::string() : r.error().message()));
+  REQUIRE(r.has_value());
+  return std::move(r).value();
+}
+void require_ok(const Result<void>& r) {
+  INFO((r ? std::string() : r.error().message()));
+  REQUIRE(r.has_value());
+}
+void require_error(const Result<void>& r, errc code) {
+  REQUIRE_FALSE(r.has_value());
+  INFO(r.error().message());
+  REQUIRE(r.error().is(code));
+}
+
+// Where a case's stores live.
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string database() const = 0;  // what hub.yaml's `database:` would say
+  std::unique_ptr<Store> open() const { return value_of(hub::open_store(database())); }
+};
+
+class SqliteBackend final : public Backend {
+ public:
+  std::string database() const override { return (dir_ / "hub.db").string(); }
+
+ private:
+  testing::TempDir dir_;
+};
+
+// One server for the whole test run, started on first use (from the main thread: see
+// postgres_server.h), stopped when the process ends.
+testing::PostgresServer& postgres() {
+  static std::unique_ptr<testing::PostgresServer> server = value_of(testing::PostgresServer::start({}));
+  return *server;
+}
+
+class PostgresBackend final : public Backend {
+ public:
+  PostgresBackend() : name_("store_case_" + std::to_string(++count_)) { require_ok(postgres().create_database(name_)); }
+  std::string database() const override { return postgres().uri(name_); }
+  const std::string& name() const { return name_; }
+
+ private:
+  static inline int count_ = 0;
+  std::string name_;
+};
+
+NodeRow node_row(const std::string& id) {
+  NodeRow n;
+  n.node_id = id;
+  n.identity_json = R"({"node_id":")" + id + R"(","board":"sim"})";
+  n.ak_pem = "-----BEGIN PUBLIC KEY-----\n" + id + "\n-----END PUBLIC KEY-----\n";
+  n.enrolled_at = "2026-11-28T10:00:00Z";
+  return n;
+}
+
+// `n` records from `first` on; `variant` makes another writer's different records for the
+// same sequence numbers. Times are 1000 + 10 * seq; every 50th is a checkpoint.
+std::vector<RecordRow> records(uint64_t first, int n, uint8_t variant = 0) {
+  std::vector<RecordRow> out;
+  for (uint64_t seq = first; seq < first + static_cast<uint64_t>(n); ++seq) {
+    RecordRow r;
+    r.seq = seq;
+    r.time_ms = 1000 + 10 * static_cast<int64_t>(seq);
+    r.kind = seq % 50 == 0 ? static_cast<uint8_t>(5) : static_cast<uint8_t>(0);
+    r.frame.resize(64 + seq % 300);
+    for (size_t i = 0; i < r.frame.size(); ++i) r.frame[i] = static_cast<uint8_t>(seq * 31 + i * 7 + variant);
+    r.hash = sha256(r.frame);
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+attestation::ClockInfo clock_at(uint64_t ms) { return {ms, 3, 1, true}; }
+
+std::vector<RecordRow> scan(Store& s, const std::string& id, uint64_t from, size_t stop_after = SIZE_MAX) {
+  std::vector<RecordRow> out;
+  require_ok(s.scan_records(id, from, [&](const RecordRow& r) {
+    out.push_back(r);
+    return out.size() < stop_after;
+  }));
+  return out;
+}
+
+bool same_record(const RecordRow& a, const RecordRow& b) {
+  return a.seq == b.seq && a.time_ms == b.time_ms && a.kind == b.kind && a.hash == b.hash && a.frame == b.frame;
+}
+
+}  // namespace
+
+// Each contract case runs on both backends, as a test case of its own tagged [sqlite] or
+// [postgres] (ctest's store.sqlite and store.postgres).
+#define STORE_CASE(name, function)                                                        \
+  static void function(const Backend& backend);                                           \
+  TEST_CASE("sqlite: " name, "[store][sqlite]") {                                         \
+    SqliteBackend b;                                                                      \
+    function(b);                                                                          \
+  }                                                                                       \
+  TEST_CASE("postgres: " name, "[store][postgres]") {                                     \
+    PostgresBackend b;                                                                    \
+    function(b);                                                                          \
+  }                                                                                       \
+  static void function(const Backend& backend)
+
+STORE_CASE("enroll, node and nodes; enrolling twice is already_exists", enroll_case) {
+  auto store = backend.open();
+  REQUIRE_FALSE(value_of(store->node("n-b")).has_value());
+  for (const char* id : {"n-b", "n-c", "n-a"}) require_ok(store->enroll(node_row(id)));
+
+  auto b = value_of(store->node("n-b"));
+  REQUIRE(b.has_value());
+  CHECK(b->node_id == "n-b");
+  CHECK(b->identity_json == node_row("n-b").identity_json);
+  CHECK(b->ak_pem == node_row("n-b").ak_pem);
+  CHECK(b->enrolled_at == "2026-11-28T10:00:00Z");
+  CHECK(b->acked_seq == 0);
+  CHECK(b->acked_hash == Digest{});
+  CHECK_FALSE(b->last_clock.has_value());
+  CHECK(b->last_contact_ms == 0);
+
+  NodeRow again = node_row("n-b");
+  again.ak_pem = "another key";
+  require_error(store->enroll(again), errc::already_exists);
+  CHECK(value_of(store->node("n-b"))->ak_pem == node_row("n-b").ak_pem);
+
+  auto all = value_of(store->nodes());
+  REQUIRE(all.size() == 3);
+  CHECK(all[0].node_id == "n-a");
+  CHECK(all[1].node_id == "n-b");
+  CHECK(all[2].node_id == "n-c");
+}
+
+STORE_CASE("commit_records stores the rows and moves the chain state", commit_case) {
+  auto store = backend.open();
+  require_ok(store->enroll(node_row("n")));
+  const auto first = records(1, 100);
+  require_ok(store->commit_records("n", 0, first, clock_at(5000)));
+  auto n = value_of(store->node("n"));
+  CHECK(n->acked_seq == 100);
+  CHECK(n->acked_hash == first.back().hash);
+  REQUIRE(n->last_clock.has_value());
+  CHECK(*n->last_clock == clock_at(5000));
+
+  const auto second = records(101, 7);
+  const attestation::ClockInfo later{7000, 4, 0, false};
+  require_ok(store->commit_records("n", 100, second, later));
+  n = value_of(store->node("n"));
+  CHECK(n->acked_seq == 107);
+  CHECK(n->acked_hash == second.back().hash);
+  CHECK(*n->last_clock == later);
+
+  CHECK(value_of(store->record_hash("n", 1)) == first.front().hash);
+  CHECK(value_of(store->record_hash("n", 42)) == first[41].hash);
+  CHECK(value_of(store->record_hash("n", 107)) == second.back().hash);
+  CHECK_FALSE(value_of(store->record_hash("n", 108)).has_value());
+  CHECK_FALSE(value_of(store->record_hash("other", 1)).has_value());
+
+  auto stored = scan(*store, "n", 1);
+  REQUIRE(stored.size() == 107);
+  for (size_t i = 0; i < stored.size(); ++i) {
+    const RecordRow& want = i < 100 ? first[i] : second[i - 100];
+    INFO("seq " << want.seq);
+    CHECK(same_record(stored[i], want));
+  }
+
+  // No rows: nothing to do, nothing changed.
+  require_ok(store->commit_records("n", 107, {}, clock_at(9000)));
+  CHECK(value_of(store->node("n"))->acked_seq == 107);
+  CHECK(*value_of(store->node("n"))->last_clock == later);
+}
+
+STORE_CASE("a commit after a stale acknowledged sequence is refused with nothing written", stale_case) {
+  auto store = backend.open();
+  require_ok(store->enroll(node_row("n")));
+  const auto mine = records(1, 10);
+  require_ok(store->commit_records("n", 0, mine, clock_at(100)));
+
+  // Another writer verified against acked 0 too.
+  require_error(store->commit_records("n", 0, records(1, 10, 9), clock_at(200)), errc::already_exists);
+  // One that believes the hub holds more than it does.
+  require_error(store->commit_records("n", 20, records(21, 5), clock_at(300)), errc::already_exists);
+
+  auto n = value_of(store->node("n"));
+  CHECK(n->acked_seq == 10);
+  CHECK(n->acked_hash == mine.back().hash);
+  CHECK(*n->last_clock == clock_at(100));
+  CHECK_FALSE(value_of(store->record_hash("n", 21)).has_value());
+  auto stored = scan(*store, "n", 1);
+  REQUIRE(stored.size() == 10);
+  for (size_t i = 0; i < stored.size(); ++i) CHECK(same_record(stored[i], mine[i]));
+
+  require_error(store->commit_records("unknown", 0, records(1, 3), clock_at(1)), errc::not_found);
+  CHECK(scan(*store, "unknown", 1).empty());
+}
+
+STORE_CASE("a commit that fails part way writes nothing and the store goes on working", rollback_case) {
+  auto store = backend.open();
+  require_ok(store->enroll(node_row("n")));
+  require_ok(store->commit_records("n", 0, records(1, 10), clock_at(100)));
+
+  // Rows that do not start right after the acknowledged sequence.
+  REQUIRE_FALSE(store->commit_records("n", 10, records(12, 5), clock_at(200)).has_value());
+  // A sequence number twice: the insert fails after the chain state was updated.
+  auto twice = records(11, 10);
+  twice[5].seq = twice[4].seq;
+  REQUIRE_FALSE(store->commit_records("n", 10, twice, clock_at(200)).has_value());
+
+  auto n = value_of(store->node("n"));
+  CHECK(n->acked_seq == 10);
+  CHECK(*n->last_clock == clock_at(100));
+  CHECK_FALSE(value_of(store->record_hash("n", 11)).has_value());
+  CHECK(scan(*store, "n", 1).size() == 10);
+
+  require_ok(store->commit_records("n", 10, records(11, 10), clock_at(300)));
+  CHECK(value_of(store->node("n"))->acked_seq == 20);
+  CHECK(scan(*store, "n", 1).size() == 20);
+}
+
+STORE_CASE("scan_records goes in order from from_seq, across pages, and stops when told", scan_case) {
+  auto store = backend.open();
+  require_ok(store->enroll(node_row("n")));
+  require_ok(store->enroll(node_row("m")));
+  std::vector<RecordRow> all;
+  for (uint64_t first = 1; first <= 2500; first += 500) {
+    auto batch = records(first, 500);
+    require_ok(store->commit_records("n", first - 1, batch, clock_at(first)));
+    all.insert(all.end(), batch.begin(), batch.end());
+  }
+  require_ok(store->commit_records("m", 0, records(1, 5, 1), clock_at(1)));
+
+  auto got = scan(*store, "n", 1);
+  REQUIRE(got.size() == 2500);
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (!same_record(got[i], all[i])) FAIL("record " << i + 1 << " differs");
+  }
+  auto tail = scan(*store, "n", 1200);
+  REQUIRE(tail.size() == 1301);
+  CHECK(tail.front().seq == 1200);
+  CHECK(tail.back().seq == 2500);
+
+  CHECK(scan(*store, "n", 1, 3).size() == 3);
+  auto past_page = scan(*store, "n", 990, 20);  // stops in the second page of a paged backend
+  REQUIRE(past_page.size() == 20);
+  CHECK(past_page.back().seq == 1009);
+  CHECK(scan(*store, "n", 2501).empty());
+  CHECK(scan(*store, "n", 0).size() == 2500);
+  CHECK(scan(*store, "m", 1).size() == 5);
+  CHECK(scan(*store, "nobody", 1).empty());
+}
+
+STORE_CASE("first_seq_at finds the first record at or after a time", first_seq_case) {
+  auto store = backend.open();
+  require_ok(store->enroll(node_row("n")));
+  require_ok(store->commit_records("n", 0, records(1, 100), clock_at(1)));
+  CHECK(value_of(store->first_seq_at("n", 1000 + 10 * 55)) == 55);
+  CHECK(value_of(store->first_seq_at("n", 1000 + 10 * 55 - 5)) == 55);
+  CHECK(value_of(store->first_seq_at("n", 0)) == 1);
+  CHECK(value_of(store->first_seq_at("n", 1000 + 10 * 100)) == 100);
+  CHECK(value_of(store->first_seq_at("n", 1000 + 10 * 100 + 1)) == 0);
+  CHECK(value_of(store->first_seq_at("nobody", 0)) == 0);
+}
+
+STORE_CASE("touch records the last contact", touch_case) {
+  auto store = backend.open();
+  require_ok(store->enroll(node_row("n")));
+  require_ok(store->touch("n", 1'700'000'000'123));
+  CHECK(value_of(store->node("n"))->last_contact_ms == 1'700'000'000'123);
+  require_ok(store->touch("n", 5));
+  CHECK(value_of(store->node("n"))->last_contact_ms == 5);
+  require_ok(store->touch("nobody", 1));  // nothing to touch is not an error
+  CHECK_FALSE(value_of(store->node("nobody")).has_value());
+}
+
+STORE_CASE("evidence state is put, replaced and read back byte for byte", evidence_case) {
+  auto store = backend.open();
+  require_ok(store->enroll(node_row("n")));
+  require_ok(store->enroll(node_row("m")));
+  CHECK_FALSE(value_of(store->evidence_state("n")).has_value());
+
+  Bytes big(1 << 20);
+  for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<uint8_t>(i * 131 + (i >> 8));
+  require_ok(store->put_evidence_state("n", big, "2026-11-28T10:00:00Z"));
+  CHECK(value_of(store->evidence_state("n")) == big);
+
+  const Bytes small = {0, 1, 2, 0xff, 0, 0x5c, 0x27};  // NUL, backslash, quote
+  require_ok(store->put_evidence_state("n", small, "2026-11-28T11:00:00Z"));
+  CHECK(value_of(store->evidence_state("n")) == small);
+  CHECK_FALSE(value_of(store->evidence_state("m")).has_value());
+}
+
+STORE_CASE("bundles: the latest version is served, a version is published once", bundle_case) {
+  auto store = backend.open();
+  CHECK_FALSE(value_of(store->latest_bundle()).has_value());
+  auto bundle = [](uint64_t v) {
+    BundleRow b;
+    b.version = v;
+    b.bytes = Bytes(1000 + v, static_cast<uint8_t>(v));
+    b.sha256 = hex_encode(sha256(b.bytes));
+    b.published_at = "2026-11-28T10:00:0" + std::to_string(v) + "Z";
+    return b;
+  };
+  for (uint64_t v : {1, 3, 2}) require_ok(store->put_bundle(bundle(v)));
+  auto latest = value_of(store->latest_bundle());
+  REQUIRE(latest.has_value());
+  CHECK(latest->version == 3);
+  CHECK(latest->sha256 == bundle(3).sha256);
+  CHECK(latest->bytes == bundle(3).bytes);
+  CHECK(latest->published_at == bundle(3).published_at);
+  auto recent = value_of(store->recent_bundles(2));
+  REQUIRE(recent.size() == 2);
+  CHECK(recent[0].version == 3);
+  CHECK(recent[1].version == 2);
+  CHECK(recent[1].bytes == bundle(2).bytes);
+  CHECK(value_of(store->recent_bundles(10)).size() == 3);
+
+  BundleRow other = bundle(3);
+  other.bytes = Bytes(10, 0xaa);
+  require_error(store->put_bundle(other), errc::already_exists);
+  CHECK(value_of(store->latest_bundle())->bytes == bundle(3).bytes);
+}
+
+STORE_CASE("alerts are kept per node in the order they came", alerts_case) {
+  auto store = backend.open();
+  require_ok(store->add_alert({"n", "fork", "seq 2 differs", "2026-11-28T10:00:00Z"}));
+  require_ok(store->add_alert({"m", "rollback", "bundle v1", "2026-11-28T10:00:01Z"}));
+  require_ok(store->add_alert({"n", "refused_upload", "gap after 7", "2026-11-28T10:00:02Z"}));
+  require_ok(store->add_alert({"n", "ak_changed", "it's \"quoted\"; DROP TABLE alerts", "2026-11-28T10:00:03Z"}));
+  auto n = value_of(store->alerts("n"));
+  REQUIRE(n.size() == 3);
+  CHECK(n[0].kind == "fork");
+  CHECK(n[0].detail == "seq 2 differs");
+  CHECK(n[0].at == "2026-11-28T10:00:00Z");
+  CHECK(n[1].kind == "refused_upload");
+  CHECK(n[2].detail == "it's \"quoted\"; DROP TABLE alerts");
+  auto m = value_of(store->alerts("m"));
+  REQUIRE(m.size() == 1);
+  CHECK(m[0].node_id == "m");
+  CHECK(value_of(store->alerts("nobody")).empty());
+}
+
+STORE_CASE("a store opened again sees everything", reopen_case) {
+  const auto rows = records(1, 30);
+  {
+    auto store = backend.open();
+    require_ok(store->enroll(node_row("n")));
+    require_ok(store->commit_records("n", 0, rows, clock_at(77)));
+    require_ok(store->touch("n", 1234));
+    require_ok(store->put_evidence_state("n", Bytes{1, 2, 3}, "2026-11-28T10:00:00Z"));
+    require_ok(store->put_bundle({4, "abcd", Bytes{9, 9}, "2026-11-28T10:00:00Z"}));
+    require_ok(store->add_alert({"n", "fork", "x", "2026-11-28T10:00:00Z"}));
+  }
+  auto store = backend.open();  // tables exist: created if missing, never replaced
+  auto n = value_of(store->node("n"));
+  REQUIRE(n.has_value());
+  CHECK(n->acked_seq == 30);
+  CHECK(n->acked_hash == rows.back().hash);
+  CHECK(*n->last_clock == clock_at(77));
+  CHECK(n->last_contact_ms == 1234);
+  CHECK(scan(*store, "n", 1).size() == 30);
+  CHECK(value_of(store->evidence_state("n")) == Bytes{1, 2, 3});
+  CHECK(value_of(store->latest_bundle())->version == 4);
+  CHECK(value_of(store->alerts("n")).size() == 1);
+}
+
+// Stateless hub instances on one database: each has a Store of its own, and two that verified
+// an upload against the same acknowledged record race to commit it.
+STORE_CASE("two stores racing to commit after the same record: exactly one wins", race_case) {
+  auto a = backend.open();
+  auto b = backend.open();
+  require_ok(a->enroll(node_row("n")));
+  uint64_t acked = 0;
+  for (int round = 0; round < 25; ++round) {
+    const auto from_a = records(acked + 1, 20, 1), from_b = records(acked + 1, 20, 2);
+    Result<void> ra = ok(), rb = ok();
+    std::latch go(2);
+    std::thread ta([&] {
+      go.arrive_and_wait();
+      ra = a->commit_records("n", acked, from_a, clock_at(acked + 1));
+    });
+    std::thread tb([&] {
+      go.arrive_and_wait();
+      rb = b->commit_records("n", acked, from_b, clock_at(acked + 2));
+    });
+    ta.join();
+    tb.join();
+    INFO("round " << round << ": " << (ra ? "ok" : ra.error().message()) << " / " << (rb ? "ok" : rb.error().message()));
+    REQUIRE(ra.has_value() != rb.has_value());
+    const Result<void>& loser = ra ? rb : ra;
+    REQUIRE(loser.error().is(errc::already_exists));
+    const auto& winner = ra ? from_a : from_b;
+
+    auto n = value_of(a->node("n"));
+    REQUIRE(n->acked_seq == acked + 20);
+    REQUIRE(n->acked_hash == winner.back().hash);
+    auto stored = scan(*b, "n", acked + 1);
+    REQUIRE(stored.size() == 20);
+    for (size_t i = 0; i < stored.size(); ++i) REQUIRE(same_record(stored[i], winner[i]));
+    acked += 20;
+  }
+}
+
+TEST_CASE("hub.yaml's database: a PostgreSQL URI is kept as given, a file is under the config's folder", "[store][config]") {
+  testing::TempDir dir;
+  auto init = value_of(hub::init_hub_dir(dir / "hub", {}, {}));
+  const std::string yaml = value_of(read_text_file(init.config));
+  auto with_database = [&](const std::string& line) {
+    std::string y = yaml;
+    const size_t at = y.find("database: hub.db");
+    REQUIRE(at != std::string::npos);
+    y.replace(at, std::string("database: hub.db").size(), line);
+    testing::write_text(init.config, y);
+    return value_of(hub::load_hub_config(init.config));
+  };
+  CHECK(with_database("database: postgresql://hub@db.example.org:5432/outpost?sslmode=verify-full").database.string() ==
+        "postgresql://hub@db.example.org:5432/outpost?sslmode=verify-full");
+  CHECK(with_database("database: postgres://db/outpost").database.string() == "postgres://db/outpost");
+  CHECK(with_database("database: data/hub.db").database == dir / "hub" / "data" / "hub.db");
+  CHECK(with_database("database: /var/lib/outpost-hub/hub.db").database == "/var/lib/outpost-hub/hub.db");
+  CHECK(hub::is_postgres_uri("postgresql://x"));
+  CHECK(hub::is_postgres_uri("postgres://x"));
+  CHECK_FALSE(hub::is_postgres_uri("postgresql.db"));
+  CHECK_FALSE(hub::is_postgres_uri("host=db dbname=outpost"));  // a file name, as far as hub.yaml goes
+}
+
+// ---- PostgreSQL only ------------------------------------------------------------------------
+
+namespace {
+
+struct PgFinish {
+  void operator()(PGconn* c) const { PQfinish(c); }
+};
+using PgConn = std::unique_ptr<PGconn, PgFinish>;
+
+PgConn pg_connect(const std::string& uri) {
+  PgConn c(PQconnectdb(uri.c_str()));
+  INFO(PQerrorMessage(c.get()));
+  REQUIRE(PQstatus(c.get()) == CONNECTION_OK);
+  return c;
+}
+
+void pg_exec(PGconn* c, const std::string& sql, const std::vector<std::string>& params = {}) {
+  std::vector<const char*> values;
+  for (const auto& p : params) values.push_back(p.c_str());
+  PGresult* r = PQexecParams(c, sql.c_str(), static_cast<int>(values.size()), nullptr, values.data(), nullptr, nullptr, 0);
+  const auto status = PQresultStatus(r);
+  const std::string msg = PQresultErrorMessage(r);
+  PQclear(r);
+  INFO(sql << ": " << msg);
+  REQUIRE((status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK));
+}
+
+// Ends the server processes serving `database` (but not the asker's), waiting until they are gone.
+void terminate_connections(const std::string& database) {
+  value_of(postgres().query(database,
+                            "SELECT count(pg_terminate_backend(pid, 10000)) FROM pg_stat_activity "
+                            "WHERE datname = current_database() AND pid <> pg_backend_pid()"));
+}
+
+}  // namespace
+
+TEST_CASE("postgres: a commit waiting on another instance's row lock finds the sequence moved", "[store][postgres]") {
+  PostgresBackend backend;
+  auto store = backend.open();
+  require_ok(store->enroll(node_row("n")));
+  require_ok(store->commit_records("n", 0, records(1, 10), clock_at(1)));
+
+  // Another instance, mid-commit: it holds the node's row.
+  PgConn other = pg_connect(backend.database());
+  pg_exec(other.get(), "BEGIN");
+  pg_exec(other.get(), "SELECT acked_seq FROM nodes WHERE node_id = $1 FOR UPDATE", {"n"});
+
+  Result<void> result = ok();
+  std::atomic<bool> done = false;
+  std::thread waiter([&] {
+    result = store->commit_records("n", 10, records(11, 10), clock_at(2));
+    done = true;
+  });
+  const bool waiting = testing::eventually(
+      [&] {
+        return value_of(postgres().query(backend.name(),
+                                         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                         "AND wait_event_type = 'Lock'")) == "1";
+      },
+      60);
+  CHECK(waiting);
+  CHECK_FALSE(done);
+  // The other instance stores its records first.
+  pg_exec(other.get(), "UPDATE nodes SET acked_seq = 20 WHERE node_id = $1", {"n"});
+  pg_exec(other.get(), "COMMIT");
+  waiter.join();
+
+  require_error(result, errc::already_exists);
+  CHECK_FALSE(value_of(store->record_hash("n", 11)).has_value());
+  CHECK(value_of(store->node("n"))->acked_seq == 20);
+}
+
+TEST_CASE("postgres: hub instances starting at once on an empty database all create the tables", "[store][postgres]") {
+  for (int round = 0; round < 3; ++round) {
+    PostgresBackend backend;
+    constexpr int kInstances = 4;
+    std::vector<std::optional<Result<std::unique_ptr<Store>>>> opened(kInstances);
+    std::latch go(kInstances);
+    std::vector<std::thread> threads;
+    for (int i = 0; i < kInstances; ++i) {
+      threads.emplace_back([&, i] {
+        go.arrive_and_wait();
+        opened[static_cast<size_t>(i)].emplace(hub::open_store(backend.database()));
+      });
+    }
+    for (auto& t : threads) t.join();
+    for (auto& o : opened) {
+      REQUIRE(o.has_value());
+      INFO((*o ? std::string() : o->error().message()));
+      REQUIRE(o->has_value());
+    }
+    require_ok((**opened[0])->enroll(node_row("n")));
+    CHECK(value_of((**opened[3])->node("n")).has_value());
+  }
+}
+
+TEST_CASE("postgres: a lost connection is re-established; reads are retried, a commit is not", "[store][postgres]") {
+  PostgresBackend backend;
+  auto store = backend.open();
+  require_ok(store->enroll(node_row("n")));
+
+  terminate_connections(backend.name());
+  CHECK(value_of(store->node("n")).has_value());  // met the loss, reconnected, asked again
+
+  terminate_connections(backend.name());
+  auto lost = store->commit_records("n", 0, records(1, 10), clock_at(1));
+  REQUIRE_FALSE(lost.has_value());  // reported: whether a commit that met the loss happened is the server's to say
+  CHECK(lost.error().is(errc::io));
+  CHECK(value_of(store->node("n"))->acked_seq == 0);  // it did not: the server rolled it back
+  require_ok(store->commit_records("n", 0, records(1, 10), clock_at(1)));
+  CHECK(scan(*store, "n", 1).size() == 10);
+
+  terminate_connections(backend.name());
+  CHECK(scan(*store, "n", 5).size() == 6);
+}
+
+TEST_CASE("postgres: a role that may only read and write opens a store on tables a DBA made", "[store][postgres]") {
+  PostgresBackend backend;
+  const std::string role = "dml_" + backend.name();
+  const std::string role_uri = "postgresql://" + role + "@127.0.0.1:" + std::to_string(postgres().port()) + "/" + backend.name();
+  value_of(postgres().query(backend.name(), "CREATE ROLE " + role + " LOGIN"));
+
+  // Nothing there yet, and no right to create: refused, saying why.
+  auto refused = hub::open_store(role_uri);
+  REQUIRE_FALSE(refused.has_value());
+  INFO(refused.error().message());
+  CHECK(refused.error().message().find("create the tables") != std::string::npos);
+  CHECK(refused.error().message().find("permission denied") != std::string::npos);
+
+  auto owner = backend.open();  // makes the tables
+  value_of(postgres().query(backend.name(), "GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA public TO " + role));
+  value_of(postgres().query(backend.name(), "GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO " + role));
+  auto store = value_of(hub::open_store(role_uri));
+  require_ok(store->enroll(node_row("n")));
+  require_ok(store->commit_records("n", 0, records(1, 10), clock_at(1)));
+  require_ok(store->put_evidence_state("n", Bytes{1}, "2026-11-28T10:00:00Z"));
+  require_ok(store->put_evidence_state("n", Bytes{2}, "2026-11-28T10:00:01Z"));
+  require_ok(store->add_alert({"n", "fork", "x", "2026-11-28T10:00:00Z"}));
+  CHECK(scan(*store, "n", 1).size() == 10);
+}
+
+TEST_CASE("postgres: connection strings, and errors that name the server but not the password", "[store][postgres]") {
+  PostgresBackend backend;
+  const std::string conninfo = "host=127.0.0.1 port=" + std::to_string(postgres().port()) + " user=outpost dbname=" + backend.name();
+  auto by_conninfo = value_of(hub::open_postgres_store(conninfo));
+  require_ok(by_conninfo->enroll(node_row("n")));
+  auto by_short_uri = value_of(hub::open_store("postgres://outpost@127.0.0.1:" + std::to_string(postgres().port()) + "/" + backend.name()));
+  CHECK(value_of(by_short_uri->node("n")).has_value());
+
+  const int closed_port = testing::unused_port();
+  auto refused = hub::open_store("postgresql://outpost:s3cret-pw@127.0.0.1:" + std::to_string(closed_port) + "/x");
+  REQUIRE_FALSE(refused.has_value());
+  INFO(refused.error().message());
+  CHECK(refused.error().is(errc::io));
+  CHECK(refused.error().message().find("PQconnectdbParams") != std::string::npos);
+  CHECK(refused.error().message().find("s3cret-pw") == std::string::npos);
+
+  auto no_database = hub::open_store(postgres().uri("no_such_database"));
+  REQUIRE_FALSE(no_database.has_value());
+  CHECK(no_database.error().message().find("no_such_database") != std::string::npos);
+}
