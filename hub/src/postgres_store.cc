@@ -301,10 +301,7 @@ class PostgresStore final : public Store {
   Result<void> commit_records(const std::string& node_id, uint64_t expect_acked, const std::vector<RecordRow>& rows,
                               const std::optional<attestation::ClockInfo>& last_clock) override {
     if (rows.empty()) return ok();
-    if (rows.front().seq != expect_acked + 1) {
-      return fail(errc::invalid_argument, "commit_records: rows start at seq " + std::to_string(rows.front().seq) +
-                                              ", not after the acknowledged " + std::to_string(expect_acked));
-    }
+    OUTPOST_TRY_VOID(check_rows_follow(expect_acked, rows));
     // Never retried here: if the connection drops around COMMIT the outcome is unknown, and
     // the node's next upload (conditional on what the hub then holds) settles it.
     OUTPOST_TRY_VOID(reconnect_if_lost());

@@ -179,10 +179,7 @@ class SqliteStore final : public Store {
   Result<void> commit_records(const std::string& node_id, uint64_t expect_acked, const std::vector<RecordRow>& rows,
                               const std::optional<attestation::ClockInfo>& last_clock) override {
     if (rows.empty()) return ok();
-    if (rows.front().seq != expect_acked + 1) {
-      return fail(errc::invalid_argument, "commit_records: rows start at seq " + std::to_string(rows.front().seq) +
-                                              ", not after the acknowledged " + std::to_string(expect_acked));
-    }
+    OUTPOST_TRY_VOID(check_rows_follow(expect_acked, rows));
     OUTPOST_TRY_VOID(exec("BEGIN IMMEDIATE"));
     auto r = commit_locked(node_id, expect_acked, rows, last_clock);
     if (r) r = exec("COMMIT");

@@ -11,30 +11,15 @@
 #include "outpost/base/files.h"
 #include "outpost/boards/board.h"
 #include "test_support.h"
+#include "tpm_node.h"
 
 using namespace outpost;
 using namespace outpost::attestation;
+using outpost::testing::connect_to;
+using outpost::testing::provision_on;
 using outpost::testing::TempDir;
 
 namespace {
-
-std::unique_ptr<Tpm> connect_to(const std::string& tcti) {
-  auto tpm = Tpm::connect(tcti);
-  INFO((tpm ? std::string() : tpm.error().message()));
-  REQUIRE(tpm.has_value());
-  return std::move(*tpm);
-}
-
-NodeIdentity provision_on(Tpm& tpm, const std::filesystem::path& state) {
-  auto board = boards::load_board("sim");
-  REQUIRE(board.has_value());
-  auto r = provision_node(tpm, state,
-                          ProvisionOptions{board->name, board->trust_domain,
-                                           {board->srk_handle, board->ek_handle, board->ak_handle}});
-  INFO((r ? std::string() : r.error().message()));
-  REQUIRE(r.has_value());
-  return r->identity;
-}
 
 size_t handle_count(Tpm& tpm, HandleType type) {
   auto h = tpm.handles(type);

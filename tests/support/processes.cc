@@ -46,8 +46,7 @@ bool eventually(const std::function<bool()>& pred, int seconds, int poll_ms) {
   return pred();
 }
 
-Result<int> spawn_logged(const std::vector<std::string>& argv, const std::filesystem::path& log,
-                         const std::vector<std::string>& env) {
+std::vector<std::string> environment_with(const std::vector<std::string>& env) {
   std::vector<std::string> envs;
   for (char** e = environ; *e; ++e) envs.emplace_back(*e);
   for (const auto& e : env) {
@@ -56,6 +55,12 @@ Result<int> spawn_logged(const std::vector<std::string>& argv, const std::filesy
                envs.end());
     envs.push_back(e);
   }
+  return envs;
+}
+
+Result<int> spawn_logged(const std::vector<std::string>& argv, const std::filesystem::path& log,
+                         const std::vector<std::string>& env) {
+  const std::vector<std::string> envs = environment_with(env);
   std::vector<char*> cargv, cenv;
   for (const auto& a : argv) cargv.push_back(const_cast<char*>(a.c_str()));
   cargv.push_back(nullptr);

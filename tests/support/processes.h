@@ -21,6 +21,9 @@ bool eventually(const std::function<bool()>& pred, int seconds, int poll_ms = 50
 
 // Starts `argv` (argv[0] a path) with stdin from /dev/null and stdout and stderr appended to
 // `log`; `env` entries ("NAME=value") replace or add to this process's environment.
+// This process's environment with `env` ("KEY=value") set, replacing entries of the same key.
+std::vector<std::string> environment_with(const std::vector<std::string>& env);
+
 Result<int> spawn_logged(const std::vector<std::string>& argv, const std::filesystem::path& log,
                          const std::vector<std::string>& env = {});
 

@@ -88,14 +88,7 @@ CommandResult run_program(const std::vector<std::string>& argv, const std::vecto
   posix_spawn_file_actions_adddup2(&actions, out_pipe[1], 1);
   posix_spawn_file_actions_adddup2(&actions, err_pipe[1], 2);
   posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
-  std::vector<std::string> envs;
-  for (char** e = environ; *e; ++e) envs.emplace_back(*e);
-  for (const auto& e : env) {
-    std::string key = e.substr(0, e.find('='));
-    envs.erase(std::remove_if(envs.begin(), envs.end(), [&](const std::string& x) { return x.rfind(key + "=", 0) == 0; }),
-               envs.end());
-    envs.push_back(e);
-  }
+  const std::vector<std::string> envs = environment_with(env);
   std::vector<char*> cargv, cenv;
   for (const auto& a : argv) cargv.push_back(const_cast<char*>(a.c_str()));
   cargv.push_back(nullptr);

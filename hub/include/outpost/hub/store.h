@@ -95,6 +95,9 @@ class Store {
 
 // SQLite in WAL mode with synchronous=FULL: a commit the hub acknowledged survives power loss
 // (the node deletes what the hub acknowledged).
+// For backends' commit_records: the rows must start right after expect_acked.
+Result<void> check_rows_follow(uint64_t expect_acked, const std::vector<RecordRow>& rows);
+
 Result<std::unique_ptr<Store>> open_sqlite_store(const std::filesystem::path& file);
 
 // PostgreSQL through libpq; `conninfo` is a libpq connection string or a postgresql:// URI. One
