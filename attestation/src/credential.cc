@@ -52,7 +52,9 @@ Bytes tpm2b(ByteView contents) {
 
 }  // namespace
 
-SecretBytes::~SecretBytes() { explicit_bzero(bytes_.data(), bytes_.size()); }
+SecretBytes::~SecretBytes() {
+  if (!bytes_.empty()) explicit_bzero(bytes_.data(), bytes_.size());  // a moved-from vector has no buffer
+}
 
 Result<SecretBytes> kdfa_sha256(ByteView key, std::string_view label, ByteView context_u, ByteView context_v,
                                 uint32_t bits) {

@@ -251,7 +251,7 @@ Result<std::string> SyncClient::Impl::open_activation(const HubResponse& r) {
   attestation::CredentialChallenge challenge{std::move(*blob), std::move(*secret)};
   OUTPOST_TRY(Bytes opened, hooks.activate_credential(challenge));
   std::string answer = std::to_string(a->at("expires_ms").as_int64()) + ":" + hex_encode(opened);
-  explicit_bzero(opened.data(), opened.size());
+  if (!opened.empty()) explicit_bzero(opened.data(), opened.size());
   return answer;
 }
 
