@@ -140,7 +140,7 @@ for _ in $(seq 100); do "$outpost" agent list >/dev/null 2>&1 && break; sleep 0.
 head -1 "$work/outpostd.log"
 "$outpost" bundle install "$iam/mcp-demo.opb"
 
-step "outpost agent deploy: measured, TPM key, Landlock sandbox, scrubbed environment"
+step "outpost agent deploy: measured, TPM key, own uid and namespaces, Landlock and seccomp, scrubbed environment"
 fill "$root/examples/agents/mcp-demo-agent.yaml.in" >"$work/demo-agent/manifest.yaml"
 fill "$root/examples/agents/mcp-demo-steps.json.in" >"$work/demo-agent/steps.json"
 printf '{"mcpServers":{"files":{"command":"%s","args":["mcp","connect","files"]},"everything":{"command":"%s","args":["mcp","connect","everything"]}}}\n' \

@@ -18,6 +18,7 @@ packages=(
   clang-14 libclang-rt-14-dev
   iproute2 procps
   libsystemd-dev
+  libseccomp-dev  # the agent sandbox's syscall filter (runtime/sandbox)
   systemd file dpkg-dev  # tests/install: systemd-analyze, -sysusers, -tmpfiles; CPack DEB's dpkg-shlibdeps
 )
 # The end-to-end peers (the official MCP SDK and reference servers) run on Node.js; Debian's

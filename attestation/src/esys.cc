@@ -11,9 +11,6 @@
 #include "outpost/base/log.h"
 
 namespace outpost::attestation::detail {
-namespace {
-constexpr auto check = check_tss2;
-}  // namespace
 
 TSS2_RC base_rc(TSS2_RC rc) {
   TSS2_RC tpm = rc & 0xFFFF;
@@ -24,6 +21,28 @@ TSS2_RC base_rc(TSS2_RC rc) {
 TSS2_RC rc_of(const Error& e) {
   if (e.code().category() != tss2_category()) return 0;
   return static_cast<TSS2_RC>(e.code().value());
+}
+
+bool is_transport_failure(TSS2_RC rc) {
+  const TSS2_RC layer = rc & TSS2_RC_LAYER_MASK;
+  // TPM response codes, also as a resource manager relays them, are the TPM's answer.
+  if (layer == TSS2_TPM_RC_LAYER || layer == TSS2_RESMGR_TPM_RC_LAYER) return false;
+  switch (rc & ~TSS2_RC_LAYER_MASK) {
+    case TSS2_BASE_RC_IO_ERROR:
+    case TSS2_BASE_RC_NO_CONNECTION: return true;
+    // TRY_AGAIN never reaches outpost: the synchronous ESAPI calls loop on it themselves.
+    case TSS2_BASE_RC_BAD_SEQUENCE:
+    case TSS2_BASE_RC_MALFORMED_RESPONSE:
+    case TSS2_BASE_RC_INSUFFICIENT_RESPONSE:
+      return layer == TSS2_TCTI_RC_LAYER || layer == TSS2_SYS_RC_LAYER || layer == TSS2_ESAPI_RC_LAYER;
+    default: return false;
+  }
+}
+
+Result<void> Esys::check(TSS2_RC rc, const char* function) {
+  Result<void> r = check_tss2(rc, function);
+  if (!r && !broken_ && is_transport_failure(rc)) broken_ = r.error();
+  return r;
 }
 
 void EsysFreeWiped::operator()(TPM2B_SENSITIVE_DATA* p) const {
@@ -59,8 +78,8 @@ void Handle::reset() {
 Result<std::unique_ptr<Esys>> Esys::open(const std::string& tcti) {
   std::unique_ptr<Esys> e(new Esys());
   e->tcti_ = tcti;
-  OUTPOST_TRY_VOID(check(Tss2_TctiLdr_Initialize(tcti.c_str(), &e->tcti_ctx_), "Tss2_TctiLdr_Initialize"));
-  OUTPOST_TRY_VOID(check(Esys_Initialize(&e->ctx_, e->tcti_ctx_, nullptr), "Esys_Initialize"));
+  OUTPOST_TRY_VOID(check_tss2(Tss2_TctiLdr_Initialize(tcti.c_str(), &e->tcti_ctx_), "Tss2_TctiLdr_Initialize"));
+  OUTPOST_TRY_VOID(check_tss2(Esys_Initialize(&e->ctx_, e->tcti_ctx_, nullptr), "Esys_Initialize"));
   return e;
 }
 

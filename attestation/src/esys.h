@@ -9,12 +9,18 @@
 // sessions) or only releases ESAPI's bookkeeping (persistent objects, NV indices) when it
 // goes away, on every path, errors included.
 //
+// Once a call fails in the transport (is_transport_failure), the Esys is broken() for good:
+// ESAPI leaves its context in an error state that fails every later call with "called in the
+// wrong order", and a device TCTI may have lost its place in the byte stream. Only a new Esys
+// recovers; Tpm makes one.
+//
 // Not thread-safe: Tpm drives it from its single serial executor.
 #pragma once
 
 #include <tss2/tss2_esys.h>
 
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "outpost/base/result.h"
@@ -91,6 +97,9 @@ class Esys {
   Esys& operator=(const Esys&) = delete;
 
   const std::string& tcti() const { return tcti_; }
+  // The first error that left this context unusable (is_transport_failure); nullopt while it
+  // works. Set by any call, a flush from a Handle's destructor included.
+  const std::optional<Error>& broken() const { return broken_; }
 
   // TPM2_Startup(CLEAR); TPM_RC_INITIALIZE (already started) counts as success.
   Result<void> startup();
@@ -146,15 +155,23 @@ class Esys {
   // Called by Handle::reset().
   Result<void> flush_context(ESYS_TR tr);
   Result<void> tr_close(ESYS_TR* tr);
+  // check_tss2, remembering a transport failure in broken_.
+  Result<void> check(TSS2_RC rc, const char* function);
 
   std::string tcti_;
   TSS2_TCTI_CONTEXT* tcti_ctx_ = nullptr;
   ESYS_CONTEXT* ctx_ = nullptr;
+  std::optional<Error> broken_;
 };
 
 // The response code without its layer bits, for comparing with TPM2_RC_* constants.
 TSS2_RC base_rc(TSS2_RC rc);
 // The TSS2_RC carried by an Error from this layer, or 0 when it came from elsewhere.
 TSS2_RC rc_of(const Error& e);
+// Whether `rc` says the way to the TPM failed (rather than the TPM refusing a command), so
+// that the TCTI and ESYS contexts must be rebuilt: an I/O error or a lost connection in any
+// TSS layer, a state machine left mid-command (BAD_SEQUENCE: ESAPI after any such failure), or
+// a response cut short or garbled on the way. Codes from the TPM itself never are.
+bool is_transport_failure(TSS2_RC rc);
 
 }  // namespace outpost::attestation::detail

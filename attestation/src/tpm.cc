@@ -5,6 +5,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <mutex>
+#include <optional>
 #include <thread>
 
 #include "esys.h"
@@ -13,6 +15,7 @@
 #include "outpost/base/errors.h"
 #include "outpost/base/log.h"
 #include "outpost/base/serial_executor.h"
+#include "outpost/base/time.h"
 #include "templates.h"
 
 namespace outpost::attestation {
@@ -21,13 +24,26 @@ using detail::Esys;
 using detail::Handle;
 
 struct Tpm::Queue {
+  // Only touched on the executor's thread:
   // Persistent objects and NV indices resolved once per connection: TR_FromTPMPublic costs a
-  // TPM command each time. Only touched on the executor's thread.
+  // TPM command each time.
   std::map<uint32_t, Handle> refs;
+  uint64_t connection = 0;  // counts connections opened; a LoadedKey remembers its own
+  bool in_command = false;
+  // After a lost connection: when the next reconnect may be tried, and the wait after that.
+  std::chrono::steady_clock::time_point next_attempt;
+  std::chrono::milliseconds backoff{0};
+
+  mutable std::mutex health_mu;
+  TpmHealth health;  // guarded by health_mu; written on the executor's thread
+
   SerialExecutor executor;  // last member: its thread stops before the rest goes away
 };
 
 namespace {
+
+constexpr std::chrono::milliseconds kFirstBackoff(100);
+constexpr std::chrono::milliseconds kMaxBackoff(5000);
 
 // The ESYS_TR for a persistent object or NV index, from the per-connection cache.
 Result<ESYS_TR> ref(Esys& esys, std::map<uint32_t, Handle>& refs, uint32_t handle) {
@@ -181,25 +197,127 @@ Result<KeyBlob> KeyBlob::parse(ByteView bytes) {
   return blob;
 }
 
-Result<std::unique_ptr<Tpm>> Tpm::connect(const std::string& tcti, Options options) {
-  detail::quiet_tss_logging();
-  std::unique_ptr<Tpm> tpm(new Tpm());
-  tpm->tcti_ = tcti;
-  tpm->queue_ = std::make_unique<Queue>();
-  Result<void> r = tpm->queue_->executor.run([&]() -> Result<void> {
-    OUTPOST_TRY(tpm->esys_, Esys::open(tcti));
-    OUTPOST_TRY_VOID(tpm->esys_->startup());
-    if (!options.flush_leftovers) return ok();
+template <class Job>
+auto Tpm::command(Job&& job) {
+  using R = std::invoke_result_t<Job&>;
+  return queue_->executor.run([&]() -> R {
+    Queue& q = *queue_;
+    // A command made of other commands: the outermost one looks after the connection.
+    if (q.in_command) return job();
+    q.in_command = true;
+    struct Leave {
+      bool& flag;
+      ~Leave() { flag = false; }
+    } leave{q.in_command};
+    if (Result<void> up = ensure_connected(); !up) return R(fail(up.error()));
+    R r = job();
+    // The job's locals, Handles into this connection among them, are gone by now.
+    if (drop_if_broken() && !r) {
+      return R(fail(r.error().wrap("the connection to the TPM at \"" + tcti_ +
+                                   "\" failed (the next command reconnects)")));
+    }
+    return r;
+  });
+}
+
+Result<void> Tpm::open_connection() {
+  Result<void> r = [&]() -> Result<void> {
+    OUTPOST_TRY(esys_, Esys::open(tcti_));
+    OUTPOST_TRY_VOID(esys_->startup());
+    if (!options_.flush_leftovers) return ok();
     for (HandleType type : {HandleType::transient, HandleType::session}) {
-      OUTPOST_TRY(auto leftovers, list_handles(*tpm->esys_, type));
+      OUTPOST_TRY(auto leftovers, list_handles(*esys_, type));
       for (uint32_t h : leftovers) {
-        Result<void> f = tpm->esys_->flush_tpm_handle(h);
+        Result<void> f = esys_->flush_tpm_handle(h);
         log::info("tpm.flush_leftover", {{"handle", hex32(h)}, {"ok", f ? "true" : f.error().message()}});
       }
     }
     return ok();
-  });
+  }();
+  if (r && esys_->broken()) r = fail(*esys_->broken());  // a flush failed in the transport
+  if (!r) {
+    esys_.reset();
+    return r;
+  }
+  ++queue_->connection;
+  return ok();
+}
+
+Result<void> Tpm::ensure_connected() {
+  if (esys_) return ok();
+  Queue& q = *queue_;
+  const auto now = std::chrono::steady_clock::now();
+  if (now < q.next_attempt) {
+    const auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(q.next_attempt - now);
+    std::string last;
+    {
+      std::lock_guard lock(q.health_mu);
+      last = q.health.last_error;
+    }
+    return fail(errc::tpm_unavailable, "the TPM at \"" + tcti_ + "\" is unreachable, next reconnect attempt in " +
+                                           std::to_string(wait.count()) + " ms (last error: " + last + ")");
+  }
+  Result<void> r = open_connection();
+  if (!r) {
+    q.next_attempt = std::chrono::steady_clock::now() + q.backoff;  // an attempt may itself take long
+    log::warn("tpm.reconnect_failed", {{"tcti", tcti_}, {"error", r.error().message()},
+                                       {"retry_ms", std::to_string(q.backoff.count())}});
+    q.backoff = std::min(q.backoff * 2, kMaxBackoff);
+    {
+      std::lock_guard lock(q.health_mu);
+      ++q.health.failures;
+      q.health.last_error = r.error().message();
+      q.health.last_failure_unix = unix_now();
+    }
+    return fail(r.error().wrap("reconnect to the TPM at \"" + tcti_ + "\""));
+  }
+  uint64_t reconnects = 0;
+  {
+    std::lock_guard lock(q.health_mu);
+    q.health.connected = true;
+    reconnects = ++q.health.reconnects;
+  }
+  log::info("tpm.reconnected", {{"tcti", tcti_}, {"reconnects", std::to_string(reconnects)}});
+  return ok();
+}
+
+std::optional<Error> Tpm::drop_if_broken() {
+  if (!esys_ || !esys_->broken()) return std::nullopt;
+  Error cause = *esys_->broken();
+  Queue& q = *queue_;
+  // Esys_Finalize frees ESAPI's records of these; closing them one by one on a context in its
+  // error state would only log failures.
+  for (auto& entry : q.refs) (void)entry.second.release();
+  q.refs.clear();
+  esys_.reset();  // Esys_Finalize, Tss2_TctiLdr_Finalize
+  // The first reconnect is tried by the next command; back-off starts if that one fails.
+  q.next_attempt = {};
+  q.backoff = kFirstBackoff;
+  {
+    std::lock_guard lock(q.health_mu);
+    q.health.connected = false;
+    ++q.health.failures;
+    q.health.last_error = cause.message();
+    q.health.last_failure_unix = unix_now();
+  }
+  log::warn("tpm.connection_lost", {{"tcti", tcti_}, {"error", cause.message()}});
+  return cause;
+}
+
+TpmHealth Tpm::health() const {
+  std::lock_guard lock(queue_->health_mu);
+  return queue_->health;
+}
+
+Result<std::unique_ptr<Tpm>> Tpm::connect(const std::string& tcti, Options options) {
+  detail::quiet_tss_logging();
+  std::unique_ptr<Tpm> tpm(new Tpm());
+  tpm->tcti_ = tcti;
+  tpm->options_ = options;
+  tpm->queue_ = std::make_unique<Queue>();
+  Result<void> r = tpm->queue_->executor.run([&] { return tpm->open_connection(); });
   if (!r) return fail(r.error().wrap("cannot use the TPM at \"" + tcti + "\""));
+  tpm->queue_->health.connected = true;  // nobody else can see this Tpm yet
   return tpm;
 }
 
@@ -212,7 +330,7 @@ Tpm::~Tpm() {
 }
 
 Result<TpmInfo> Tpm::info() {
-  return queue_->executor.run([&]() -> Result<TpmInfo> {
+  return command([&]() -> Result<TpmInfo> {
     TpmInfo info;
     OUTPOST_TRY(auto props, esys_->get_capability(TPM2_CAP_TPM_PROPERTIES, TPM2_PT_FIXED,
                                                   TPM2_MAX_TPM_PROPERTIES, nullptr));
@@ -255,7 +373,7 @@ Result<TpmInfo> Tpm::info() {
 }
 
 Result<TpmAlgorithms> Tpm::algorithms() {
-  return queue_->executor.run([&]() -> Result<TpmAlgorithms> {
+  return command([&]() -> Result<TpmAlgorithms> {
     TpmAlgorithms out;
     for (uint32_t next = TPM2_ALG_FIRST;;) {
       bool more = false;
@@ -288,11 +406,11 @@ std::vector<std::string> TpmAlgorithms::missing_for_outpost() const {
 }
 
 Result<std::vector<uint32_t>> Tpm::handles(HandleType type) {
-  return queue_->executor.run([&] { return list_handles(*esys_, type); });
+  return command([&] { return list_handles(*esys_, type); });
 }
 
 Result<KeyPublic> Tpm::read_persistent(uint32_t handle) {
-  return queue_->executor.run([&]() -> Result<KeyPublic> {
+  return command([&]() -> Result<KeyPublic> {
     OUTPOST_TRY(ESYS_TR tr, ref(*esys_, queue_->refs, handle));
     OUTPOST_TRY(auto pub, esys_->read_public(tr, nullptr));
     return detail::key_public(*pub, handle);
@@ -300,7 +418,7 @@ Result<KeyPublic> Tpm::read_persistent(uint32_t handle) {
 }
 
 Result<KeyPublic> Tpm::create_persistent(PrimaryKey kind, uint32_t handle) {
-  return queue_->executor.run([&]() -> Result<KeyPublic> {
+  return command([&]() -> Result<KeyPublic> {
     OUTPOST_TRY(detail::CreatedPrimary created,
                 esys_->create_primary(detail::primary_hierarchy(kind), detail::primary_template(kind)));
     OUTPOST_TRY(KeyPublic key, detail::key_public(*created.out_public, handle));
@@ -331,7 +449,7 @@ Result<void> Tpm::check_shape(PrimaryKey kind, const KeyPublic& key) {
 }
 
 Result<void> Tpm::evict(uint32_t handle) {
-  return queue_->executor.run([&]() -> Result<void> {
+  return command([&]() -> Result<void> {
     OUTPOST_TRY_VOID(ref(*esys_, queue_->refs, handle));
     auto it = queue_->refs.find(handle);
     Result<void> r = esys_->evict_persistent(ESYS_TR_RH_OWNER, it->second);
@@ -341,7 +459,7 @@ Result<void> Tpm::evict(uint32_t handle) {
 }
 
 Result<std::vector<EkCertificate>> Tpm::read_ek_certificates() {
-  return queue_->executor.run([&]() -> Result<std::vector<EkCertificate>> {
+  return command([&]() -> Result<std::vector<EkCertificate>> {
     std::vector<EkCertificate> out;
     OUTPOST_TRY(auto defined, list_handles(*esys_, HandleType::nv_index));
     for (uint32_t index : kEkCertIndices) {
@@ -355,7 +473,7 @@ Result<std::vector<EkCertificate>> Tpm::read_ek_certificates() {
 }
 
 Result<KeyBlob> Tpm::create_signing_key(uint32_t parent_handle) {
-  return queue_->executor.run([&]() -> Result<KeyBlob> {
+  return command([&]() -> Result<KeyBlob> {
     OUTPOST_TRY(ESYS_TR parent, ref(*esys_, queue_->refs, parent_handle));
     OUTPOST_TRY(detail::CreatedKey key, esys_->create(parent, detail::signing_key_template()));
     return KeyBlob{detail::marshal_public(*key.out_public), detail::marshal_private(*key.out_private)};
@@ -370,7 +488,7 @@ Result<KeyBlob> Tpm::seal(uint32_t parent_handle, ByteView secret) {
                                             " bytes for sealed data");
   }
   static_assert(kMaxSealedBytes <= sizeof(TPM2B_SENSITIVE_DATA::buffer));
-  return queue_->executor.run([&]() -> Result<KeyBlob> {
+  return command([&]() -> Result<KeyBlob> {
     OUTPOST_TRY(ESYS_TR parent, ref(*esys_, queue_->refs, parent_handle));
     TPM2B_SENSITIVE_CREATE sensitive{};
     sensitive.sensitive.data.size = static_cast<UINT16>(secret.size());
@@ -389,7 +507,7 @@ Result<Bytes> Tpm::unseal(uint32_t parent_handle, const KeyBlob& blob) {
   if (pub.publicArea.type != TPM2_ALG_KEYEDHASH || (attrs & (TPMA_OBJECT_SIGN_ENCRYPT | TPMA_OBJECT_DECRYPT)) != 0) {
     return fail(errc::invalid_argument, "the blob is not a sealed data object");
   }
-  return queue_->executor.run([&]() -> Result<Bytes> {
+  return command([&]() -> Result<Bytes> {
     OUTPOST_TRY(ESYS_TR parent, ref(*esys_, queue_->refs, parent_handle));
     Result<Handle> item = esys_->load(parent, priv, pub);
     if (!item) {
@@ -409,7 +527,7 @@ Result<Bytes> Tpm::activate_credential(uint32_t ak_handle, uint32_t ek_handle, c
   Result<TPM2B_ENCRYPTED_SECRET> secret = detail::unmarshal<TPM2B_ENCRYPTED_SECRET>(
       challenge.encrypted_secret, Tss2_MU_TPM2B_ENCRYPTED_SECRET_Unmarshal, "Tss2_MU_TPM2B_ENCRYPTED_SECRET_Unmarshal");
   if (!secret) return fail(secret.error().wrap("the credential's secret is not a TPM2B_ENCRYPTED_SECRET"));
-  return queue_->executor.run([&]() -> Result<Bytes> {
+  return command([&]() -> Result<Bytes> {
     OUTPOST_TRY(ESYS_TR ak, ref(*esys_, queue_->refs, ak_handle));
     OUTPOST_TRY(ESYS_TR ek, ref(*esys_, queue_->refs, ek_handle));
     // Flushed as `session` goes out of scope, errors included.
@@ -428,27 +546,43 @@ Result<Bytes> Tpm::activate_credential(uint32_t ak_handle, uint32_t ek_handle, c
 }
 
 Tpm::LoadedKey::~LoadedKey() {
-  if (tpm_ != nullptr) tpm_->flush_loaded(tr_);
+  if (tpm_ != nullptr) tpm_->flush_loaded(tr_, connection_);
 }
 
-void Tpm::flush_loaded(uint32_t tr) {
-  queue_->executor.run([&] { Handle(esys_.get(), tr, Handle::Kind::transient).reset(); });
+void Tpm::flush_loaded(uint32_t tr, uint64_t connection) {
+  // Never reconnects: a key of an earlier connection has no ESYS_TR on this one (its object,
+  // if the TPM kept it, went with the leftovers flushed at the reconnect).
+  queue_->executor.run([&] {
+    if (!esys_ || connection != queue_->connection) return;
+    Handle(esys_.get(), tr, Handle::Kind::transient).reset();
+    (void)drop_if_broken();
+  });
+}
+
+Result<void> Tpm::check_current(const LoadedKey& key) const {
+  if (key.connection_ == queue_->connection) return ok();
+  return fail(errc::not_found, "the key was loaded before the connection to the TPM was re-established; load it again");
 }
 
 Result<Tpm::LoadedKey> Tpm::load(uint32_t parent_handle, const KeyBlob& blob) {
   OUTPOST_TRY(TPM2B_PUBLIC pub, detail::unmarshal_public(blob.public_area));
   OUTPOST_TRY(TPM2B_PRIVATE priv, detail::unmarshal_private(blob.private_area));
   OUTPOST_TRY(KeyPublic key, detail::key_public(pub, 0));
-  OUTPOST_TRY(ESYS_TR tr, queue_->executor.run([&]() -> Result<ESYS_TR> {
+  struct Loaded {
+    ESYS_TR tr;
+    uint64_t connection;
+  };
+  OUTPOST_TRY(Loaded loaded, command([&]() -> Result<Loaded> {
     OUTPOST_TRY(ESYS_TR parent, ref(*esys_, queue_->refs, parent_handle));
     OUTPOST_TRY(Handle h, esys_->load(parent, priv, pub));
-    return h.release();
+    return Loaded{h.release(), queue_->connection};
   }));
-  return LoadedKey(this, tr, std::move(key));
+  return LoadedKey(this, loaded.tr, loaded.connection, std::move(key));
 }
 
 Result<RawSignature> Tpm::sign(const LoadedKey& key, const Digest& digest) {
-  return queue_->executor.run([&]() -> Result<RawSignature> {
+  return command([&]() -> Result<RawSignature> {
+    OUTPOST_TRY_VOID(check_current(key));
     TPM2B_DIGEST d{};
     d.size = static_cast<UINT16>(digest.size());
     std::memcpy(d.buffer, digest.data(), digest.size());
@@ -464,7 +598,8 @@ Result<RawSignature> Tpm::sign(const LoadedKey& key, const Digest& digest) {
 
 Result<SignedAttestation> Tpm::certify(const LoadedKey& key, uint32_t ak_handle, ByteView qualifying_data) {
   if (qualifying_data.size() > 64) return fail(errc::invalid_argument, "qualifying data is longer than 64 bytes");
-  return queue_->executor.run([&]() -> Result<SignedAttestation> {
+  return command([&]() -> Result<SignedAttestation> {
+    OUTPOST_TRY_VOID(check_current(key));
     OUTPOST_TRY(ESYS_TR ak, ref(*esys_, queue_->refs, ak_handle));
     OUTPOST_TRY(detail::SignedAttest sa, esys_->certify(key.tr_, ak, detail::to_tpm2b_data(qualifying_data)));
     const TPM2B_ATTEST& a = *sa.attest;
@@ -476,7 +611,7 @@ Result<SignedAttestation> Tpm::certify(const LoadedKey& key, uint32_t ak_handle,
 Result<Quote> Tpm::quote(uint32_t ak_handle, const PcrSelections& selection, ByteView qualifying_data) {
   if (qualifying_data.size() > 64) return fail(errc::invalid_argument, "qualifying data is longer than 64 bytes");
   OUTPOST_TRY(TPML_PCR_SELECTION tpml, detail::to_tpml(selection));
-  return queue_->executor.run([&]() -> Result<Quote> {
+  return command([&]() -> Result<Quote> {
     OUTPOST_TRY(ESYS_TR ak, ref(*esys_, queue_->refs, ak_handle));
     for (int attempt = 0; attempt < 3; ++attempt) {
       OUTPOST_TRY(detail::SignedAttest sa, esys_->quote(ak, detail::to_tpm2b_data(qualifying_data), tpml));
@@ -496,12 +631,12 @@ Result<Quote> Tpm::quote(uint32_t ak_handle, const PcrSelections& selection, Byt
 }
 
 Result<PcrValues> Tpm::pcr_read(const PcrSelections& selection) {
-  return queue_->executor.run([&] { return read_pcrs(*esys_, selection); });
+  return command([&] { return read_pcrs(*esys_, selection); });
 }
 
 Result<void> Tpm::pcr_extend(uint32_t pcr, const Digest& measurement) {
   if (pcr > 23) return fail(errc::invalid_argument, "PCR index " + std::to_string(pcr) + " is above 23");
-  return queue_->executor.run([&]() -> Result<void> {
+  return command([&]() -> Result<void> {
     TPML_DIGEST_VALUES digests{};
     digests.count = 1;
     digests.digests[0].hashAlg = TPM2_ALG_SHA256;
@@ -511,7 +646,7 @@ Result<void> Tpm::pcr_extend(uint32_t pcr, const Digest& measurement) {
 }
 
 Result<TimeInfo> Tpm::read_clock() {
-  return queue_->executor.run([&]() -> Result<TimeInfo> {
+  return command([&]() -> Result<TimeInfo> {
     OUTPOST_TRY(auto t, esys_->read_clock());
     return TimeInfo{t->time, detail::clock_info(t->clockInfo)};
   });
@@ -540,7 +675,7 @@ Result<void> increment_waiting(Esys& esys, ESYS_TR tr) {
 }  // namespace
 
 Result<uint64_t> Tpm::ensure_counter(uint32_t nv_index) {
-  return queue_->executor.run([&]() -> Result<uint64_t> {
+  return command([&]() -> Result<uint64_t> {
     Result<ESYS_TR> existing = ref(*esys_, queue_->refs, nv_index);
     if (!existing && existing.error().is(errc::not_found)) {
       TPM2B_NV_PUBLIC pub{};
@@ -568,14 +703,14 @@ Result<uint64_t> Tpm::ensure_counter(uint32_t nv_index) {
 }
 
 Result<uint64_t> Tpm::read_counter(uint32_t nv_index) {
-  return queue_->executor.run([&]() -> Result<uint64_t> {
+  return command([&]() -> Result<uint64_t> {
     OUTPOST_TRY(ESYS_TR tr, ref(*esys_, queue_->refs, nv_index));
     return read_counter_value(*esys_, tr);
   });
 }
 
 Result<NvIndexPublic> Tpm::nv_public(uint32_t nv_index) {
-  return queue_->executor.run([&]() -> Result<NvIndexPublic> {
+  return command([&]() -> Result<NvIndexPublic> {
     OUTPOST_TRY(ESYS_TR tr, ref(*esys_, queue_->refs, nv_index));
     OUTPOST_TRY(auto pub, esys_->nv_read_public(tr));
     return NvIndexPublic{nv_index, pub->nvPublic.attributes, pub->nvPublic.dataSize};
@@ -589,7 +724,7 @@ bool NvIndexPublic::is_outpost_counter() const {
 }
 
 Result<uint64_t> Tpm::increment_counter(uint32_t nv_index) {
-  return queue_->executor.run([&]() -> Result<uint64_t> {
+  return command([&]() -> Result<uint64_t> {
     OUTPOST_TRY(ESYS_TR tr, ref(*esys_, queue_->refs, nv_index));
     OUTPOST_TRY_VOID(increment_waiting(*esys_, tr));
     return read_counter_value(*esys_, tr);

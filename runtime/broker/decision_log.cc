@@ -29,6 +29,28 @@ std::string decision_json(const DecisionRecord& r) {
   return json::serialize(o);
 }
 
+std::string coalesced_json(std::string_view agent, std::string_view task, const CoalescedDenials& c) {
+  json::object o;
+  o["kind"] = "denials_coalesced";
+  o["time"] = format_rfc3339_utc(c.last_time);
+  o["agent"] = agent;
+  o["task"] = task;
+  o["server"] = c.server;
+  o["tool"] = c.tool;
+  o["allow"] = false;
+  o["verdict"] = c.verdict;
+  o["rules"] = json::array(c.rules.begin(), c.rules.end());
+  o["bundle_version"] = c.bundle_version;
+  o["reason"] = c.reason;
+  o["count"] = c.count;
+  o["first"] = format_rfc3339_utc(c.first_time);
+  o["last"] = format_rfc3339_utc(c.last_time);
+  o["first_args_sha256"] = c.first_args_sha256;
+  o["last_args_sha256"] = c.last_args_sha256;
+  if (c.overflow) o["overflow"] = true;
+  return json::serialize(o);
+}
+
 Result<std::unique_ptr<AuditDecisionLog>> AuditDecisionLog::open(const std::filesystem::path& dir,
                                                                 offline_cache::AuditLogOptions options,
                                                                 bool durable_decisions) {
@@ -50,6 +72,20 @@ Result<void> AuditDecisionLog::record(const DecisionRecord& r) {
     OUTPOST_TRY_VOID(log_->append(std::move(e)));
   }
   if (!r.allow) denies_.fetch_add(1);
+  return {};
+}
+
+Result<void> AuditDecisionLog::record_coalesced(std::string_view agent, std::string_view task,
+                                                const CoalescedDenials& c) {
+  offline_cache::AuditEntry e;
+  e.kind = offline_cache::RecordKind::decision;
+  e.event = "denials_coalesced";
+  e.agent = std::string(agent);
+  e.bundle_version = c.bundle_version;
+  e.detail = coalesced_json(agent, task, c);
+  e.time_ms = c.last_time * 1000;
+  OUTPOST_TRY_VOID(log_->append(std::move(e)));
+  denies_.fetch_add(c.count);
   return {};
 }
 

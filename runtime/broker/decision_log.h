@@ -2,6 +2,8 @@
 // and every lifecycle event becomes a chained, group-committed record. By default a decision is
 // recorded durably (fdatasync'ed) before record() returns, so the call it allows goes out only
 // once its record would survive power loss; lifecycle events are queued and ride the next commit.
+// Denials over an agent's deny budget arrive coalesced (SessionState::take_coalesced) and are
+// queued the same way: their calls were answered already, nothing waits on them.
 #pragma once
 
 #include <atomic>
@@ -22,13 +24,19 @@ class AuditDecisionLog : public DecisionSink {
                                                         offline_cache::AuditLogOptions options,
                                                         bool durable_decisions = true);
   Result<void> record(const DecisionRecord& r) override;
+  // Denials coalesced over the deny budget: one decision record of event "denials_coalesced"
+  // (fields agent, task, server, tool, verdict, rules, reason, bundle_version, count, first,
+  // last, first_args_sha256, last_args_sha256; times in RFC 3339 as a decision's). Its count
+  // goes into the denies take_denies() reports.
+  Result<void> record_coalesced(std::string_view agent, std::string_view task, const CoalescedDenials& c);
   // Events other than decisions: agent lifecycle, refused deployments, bundle installs.
   Result<void> record_event(std::string_view kind, const boost::json::object& fields);
   // Waits until everything queued so far is durable.
   Result<void> sync();
   uint64_t records() const { return log_->last_seq(); }
   offline_cache::AuditLog& log() { return *log_; }
-  // Decisions that were denies since the last call (the daemon checkpoints on a deny).
+  // Decisions that were denies since the last call, coalesced ones included (the daemon
+  // checkpoints on a deny).
   uint64_t take_denies() { return denies_.exchange(0); }
   void add_denies(uint64_t n) { denies_.fetch_add(n); }
 
@@ -42,5 +50,7 @@ class AuditDecisionLog : public DecisionSink {
 
 // The decision as the JSON object a record's detail holds.
 std::string decision_json(const DecisionRecord& r);
+// The coalesced denials as the JSON object their record's detail holds.
+std::string coalesced_json(std::string_view agent, std::string_view task, const CoalescedDenials& c);
 
 }  // namespace outpost::broker

@@ -21,7 +21,6 @@ namespace {
 
 constexpr int kParseError = -32700;
 constexpr int kInvalidRequest = -32600;
-constexpr size_t kMaxKeptArgs = 1024;
 
 void append_line(std::string& out, std::string_view line) {
   out.append(line);
@@ -99,7 +98,9 @@ McpSession::McpSession(Options options, std::function<PolicyView()> policy, Deci
       policy_(std::move(policy)),
       sink_(sink),
       minter_(std::move(minter)),
-      clock_(clock ? std::move(clock) : std::function<int64_t()>(unix_now)) {}
+      clock_(clock ? std::move(clock) : std::function<int64_t()>(unix_now)),
+      state_(options_.state ? options_.state
+                            : std::make_shared<SessionState>(SessionState::Limits{.max_history = options_.max_history})) {}
 
 void McpSession::oversized_from_client(std::string& to_client) {
   ++stats_.parse_errors;
@@ -174,15 +175,10 @@ void McpSession::handle_call(const json::object& msg, std::string_view line, std
   req.tool = tool;
   req.args = args;
   req.time = now;
-  req.history = std::span<const policy::SessionEvent>(history_view_).subspan(view_start_);
-  // The data the call can carry: whatever this session already received, or more if the
-  // agent labels it so in _meta (it can raise the label, never lower it).
-  req.sensitivity = max_sensitivity_;
+  uint8_t meta_label = 0;
   std::string host;
   if (const json::object* meta = p->if_contains("_meta") ? p->at("_meta").if_object() : nullptr) {
-    if (auto label = policy::sensitivity_from_name(string_at(*meta, "outpost/sensitivity"))) {
-      req.sensitivity = std::max(req.sensitivity, *label);
-    }
+    if (auto label = policy::sensitivity_from_name(string_at(*meta, "outpost/sensitivity"))) meta_label = *label;
   }
   if (args != nullptr) {
     const json::object& a = args->as_object();
@@ -196,14 +192,28 @@ void McpSession::handle_call(const json::object& msg, std::string_view line, std
     }
   }
 
+  DecisionRecord rec;
+  if (auto h = credentials::args_sha256(args != nullptr ? *args : json::value(json::object()))) rec.args_sha256 = *h;
+
+  // From here to remembering the call, no other connection of this agent decides: two of them
+  // must not both pass a window limit with one call to spare, nor one go out on an approval
+  // whose call then fails. The lock is released as soon as the call is known to be denied.
+  SessionState::Locked history = state_->lock();
+  req.history = history.history();
+  // The data the call can carry: whatever the agent already received, or more if it labels it
+  // so in _meta (it can raise the label, never lower it).
+  req.sensitivity = std::max(history.max_sensitivity(), meta_label);
   policy::Decision d;
   if (view.engine) {
     d = view.engine->decide(req, view.mode);
   } else {
     d.verdict = policy::Verdict::bundle_not_in_force;
   }
+  if (!d.allow) {
+    history.unlock();
+    req.history = {};
+  }
 
-  DecisionRecord rec;
   rec.time = now;
   rec.agent = options_.agent;
   rec.task = options_.task;
@@ -212,7 +222,6 @@ void McpSession::handle_call(const json::object& msg, std::string_view line, std
   rec.allow = d.allow;
   rec.verdict = std::string(policy::verdict_name(d.verdict));
   rec.bundle_version = d.bundle_version;
-  if (auto h = credentials::args_sha256(args != nullptr ? *args : json::value(json::object()))) rec.args_sha256 = *h;
   if (view.engine) {
     for (uint8_t i = 0; i < d.rule_count; ++i) rec.rules.push_back(view.engine->rule_id(d, d.rules[i]));
     for (uint8_t i = 0; i < d.shadow_count; ++i) rec.shadow.push_back(view.engine->rule_id(d, d.shadow[i]));
@@ -232,6 +241,7 @@ void McpSession::handle_call(const json::object& msg, std::string_view line, std
     auto minted = minter_(rec, ttl);
     if (!minted) {
       // Fail closed: a call whose rule wants a credential does not go out without one.
+      history.unlock();
       rec.allow = false;
       rec.reason = "could not mint the call's credential: " + minted.error().message();
       deny(id, rec, to_client);
@@ -242,6 +252,7 @@ void McpSession::handle_call(const json::object& msg, std::string_view line, std
   }
   if (sink_ != nullptr) {
     if (auto r = sink_->record(rec); !r) {
+      history.unlock();
       rec.allow = false;
       rec.reason = "the decision could not be recorded: " + r.error().message();
       deny(id, rec, to_client);
@@ -249,7 +260,8 @@ void McpSession::handle_call(const json::object& msg, std::string_view line, std
     }
   }
   ++stats_.calls_allowed;
-  remember(tool, now, view.engine->output_sensitivity(options_.server, tool), args);
+  history.remember(options_.server, tool, now, view.engine->output_sensitivity(options_.server, tool), args);
+  history.unlock();
   if (!token) {
     append_line(to_server, line);  // forwarded as sent
     return;
@@ -264,48 +276,18 @@ void McpSession::handle_call(const json::object& msg, std::string_view line, std
 void McpSession::deny(const json::value& id, DecisionRecord& rec, std::string& to_client) {
   ++stats_.calls_denied;
   // A denial that cannot be recorded is still a denial; the sink reports its own failure.
-  if (sink_ != nullptr) (void)sink_->record(rec);
+  // Over the agent's deny budget it is counted into a coalesced entry instead (the answer to
+  // the client is the same either way).
+  if (sink_ != nullptr) {
+    if (state_->admit_deny_record()) {
+      (void)sink_->record(rec);
+    } else {
+      state_->coalesce(rec);
+    }
+  }
   json::object text{{"type", "text"}, {"text", "outpost denied this call: " + rec.reason}};
   json::object result{{"content", json::array{text}}, {"isError", true}};
   append_value(to_client, json::object{{"jsonrpc", "2.0"}, {"id", id}, {"result", std::move(result)}});
-}
-
-void McpSession::remember(std::string_view tool, int64_t now, uint8_t sensitivity, const json::value* args) {
-  max_sensitivity_ = std::max(max_sensitivity_, sensitivity);
-  // Arguments are kept for window-limit totals, but only small ones: a session of large writes
-  // must not hold every payload it sent.
-  json::value kept;
-  if (args != nullptr && args->is_object() && args->as_object().size() <= 16) {
-    size_t approx = 0;
-    for (const auto& kv : args->as_object()) {
-      approx += kv.key().size() + (kv.value().is_string() ? kv.value().get_string().size() : 16);
-    }
-    if (approx <= kMaxKeptArgs) kept = *args;
-  }
-  history_.push_back(Event{options_.server, std::string(tool), now, sensitivity, std::move(kept)});
-  // deque::push_back keeps references to the other elements valid: append the one new view.
-  const Event& e = history_.back();
-  history_view_.push_back(policy::SessionEvent{e.server, e.tool, e.time, e.sensitivity, e.args.is_null() ? nullptr : &e.args});
-  if (history_.size() > options_.max_history) {
-    // Drop the oldest call, unless it is the most sensitive one: then the next oldest, so a
-    // long session cannot wash out its taint.
-    if (history_.front().sensitivity == max_sensitivity_ && max_sensitivity_ > 0) {
-      history_.erase(history_.begin() + 1);
-      view_start_ = 0;
-      history_view_.clear();
-      for (const auto& h : history_) {
-        history_view_.push_back(
-            policy::SessionEvent{h.server, h.tool, h.time, h.sensitivity, h.args.is_null() ? nullptr : &h.args});
-      }
-    } else {
-      history_.pop_front();  // references to the rest stay valid
-      ++view_start_;         // the view's dead prefix is cut in bulk below, O(1) amortised
-    }
-  }
-  if (view_start_ > options_.max_history) {
-    history_view_.erase(history_view_.begin(), history_view_.begin() + static_cast<ptrdiff_t>(view_start_));
-    view_start_ = 0;
-  }
 }
 
 void McpSession::from_server(std::string_view line, std::string& to_client) {

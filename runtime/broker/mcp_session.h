@@ -22,11 +22,15 @@
 // JSON-RPC batches (arrays; in MCP 2025-03-26 only) are refused with -32600 per element: the
 // SDKs of the versions we support do not send them, and splitting one would reorder responses.
 //
-// Not thread-safe: one session per connection, driven by one strand.
+// Flow state (the calls made so far, for flow rules) and the deny-record budget belong to the
+// agent, not to the connection: they live in a SessionState that every session of one agent
+// launch shares (broker/session_state.h).
+//
+// Not thread-safe: one session per connection, driven by one thread. Sessions sharing a
+// SessionState may run on different threads.
 #pragma once
 
 #include <cstdint>
-#include <deque>
 #include <functional>
 #include <memory>
 #include <set>
@@ -36,6 +40,7 @@
 
 #include <boost/json/value.hpp>
 
+#include "broker/session_state.h"
 #include "outpost/base/result.h"
 #include "policy/engine.h"
 
@@ -57,6 +62,8 @@ struct DecisionRecord {
 
 // Where decisions go. The audit log (issue 5) implements it; until then an append-only file.
 // An allowed call whose record cannot be written is denied instead: nothing goes out unrecorded.
+// A denial over the agent's deny budget is not recorded one by one: it is coalesced in the
+// session's SessionState, and the daemon writes the coalesced entries.
 class DecisionSink {
  public:
   virtual ~DecisionSink() = default;
@@ -80,8 +87,13 @@ class McpSession {
     std::string agent;
     std::string task;
     std::string server;
-    size_t max_history = 4096;  // calls remembered for flow rules (the most sensitive one is kept)
+    // Calls remembered for flow rules, when the session makes its own state (below).
+    size_t max_history = 4096;
+    // The agent's flow state and deny budget, shared by all of its sessions. Null: the session
+    // makes a private one (with max_history and the default deny budget), as for one connection.
+    std::shared_ptr<SessionState> state = nullptr;
   };
+  // `sink` must outlive the session. `clock` gives Unix seconds (null: the wall clock).
   McpSession(Options options, std::function<PolicyView()> policy, DecisionSink* sink,
              CredentialMinter minter = nullptr, std::function<int64_t()> clock = nullptr);
 
@@ -97,29 +109,21 @@ class McpSession {
     uint64_t calls_allowed = 0, calls_denied = 0, parse_errors = 0, server_parse_errors = 0, lists_filtered = 0;
   };
   const Stats& stats() const { return stats_; }
+  // The state this session decides with (the shared one, or its own).
+  const std::shared_ptr<SessionState>& state() const { return state_; }
 
  private:
-  struct Event {
-    std::string server, tool;
-    int64_t time = 0;
-    uint8_t sensitivity = 0;
-    boost::json::value args;
-  };
   void handle_call(const boost::json::object& msg, std::string_view line, std::string& to_server,
                    std::string& to_client);
   void deny(const boost::json::value& id, DecisionRecord& rec, std::string& to_client);
-  void remember(std::string_view tool, int64_t now, uint8_t sensitivity, const boost::json::value* args);
 
   Options options_;
   std::function<PolicyView()> policy_;
   DecisionSink* sink_;
   CredentialMinter minter_;
   std::function<int64_t()> clock_;
+  std::shared_ptr<SessionState> state_;  // never null
   std::set<std::string> pending_lists_;  // serialized ids of tools/list requests in flight
-  std::deque<Event> history_;
-  std::vector<policy::SessionEvent> history_view_;  // [view_start_, end) mirrors history_
-  size_t view_start_ = 0;
-  uint8_t max_sensitivity_ = 0;          // the most sensitive data this session has received
   Stats stats_;
 };
 

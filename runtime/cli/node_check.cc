@@ -6,6 +6,7 @@
 // leftovers of other TPM clients alone. docs/boards.md describes every check.
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -17,6 +18,9 @@
 #include <fstream>
 #include <iostream>
 #include <optional>
+
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "cli.h"
 #include "outpost/attestation/node.h"
@@ -403,6 +407,50 @@ void check_landlock(const BoardProfile& b, Report& r) {
   }
 }
 
+// Whether agents can be isolated here (runtime/sandbox/isolation.h): the privileges, then a
+// real isolated launch of /bin/true (namespaces, mounts, ids, seccomp) as nobody.
+void check_isolation(Report& r) {
+  const std::string missing = sandbox::missing_privileges();
+  if (!missing.empty()) {
+    r.fail("sandbox.isolation", "agents cannot be isolated: this process lacks " + missing,
+           "outpostd needs them to sandbox agents and refuses to launch any without (run it as its systemd unit does, "
+           "or as root; docs/daemon.md)");
+    return;
+  }
+  std::error_code ec;
+  const fs::path root = fs::temp_directory_path(ec) / ("outpost-check-" + std::to_string(::getpid()));
+  fs::create_directories(root, ec);
+  sandbox::IsolationPolicy ip;
+  ip.uid = 65534;
+  ip.gid = 65534;
+  ip.root = root;
+  ip.read_only = {"/usr", "/lib", "/lib64", "/bin"};
+  ip.devices = {"/dev/null"};
+  auto iso = sandbox::Isolation::prepare(ip);
+  Result<void> ran = iso ? ok() : Result<void>(fail(iso.error()));
+  if (iso) {
+    sandbox::SpawnSpec spec;
+    spec.argv = {"/bin/true"};
+    spec.isolation = &*iso;
+    spec.die_with_parent = false;
+    auto child = sandbox::spawn(spec);
+    if (!child) {
+      ran = fail(child.error());
+    } else {
+      int status = 0;
+      ::waitpid(child->pid, &status, 0);
+      if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) ran = fail(errc::io, "/bin/true exited with status " + std::to_string(status));
+    }
+  }
+  fs::remove(root, ec);
+  if (!ran) {
+    r.fail("sandbox.isolation", "an isolated launch failed: " + ran.error().message(),
+           "the kernel needs user-less network and mount namespaces, seccomp filters and mount_setattr (Linux 5.12)");
+    return;
+  }
+  r.ok("sandbox.isolation", "agents run in their own namespaces, uid, and seccomp filter, with no capabilities");
+}
+
 // The directory itself, or the nearest ancestor that exists.
 fs::path existing_ancestor(fs::path p) {
   std::error_code ec;
@@ -531,6 +579,7 @@ void run_checks(const NodeContext& ctx, Report& r) {
     check_replay(*tpm, ctx, *log, r);
   }
   check_landlock(b, r);
+  check_isolation(r);
   check_state_dir(ctx.state_dir, r);
   check_budgets(ctx, r);
 }

@@ -619,6 +619,18 @@ int status(const Args& args) {
       } else {
         std::cout << "bundle        none installed: every tool call is denied\n";
       }
+      if (const auto* t = r->if_contains("tpm"); t != nullptr && t->is_object()) {
+        const auto& o = t->as_object();
+        std::cout << "tpm           " << (o.at("connected").as_bool() ? "connected" : "RECONNECTING");
+        if (o.at("reconnects").to_number<uint64_t>() > 0 || !o.at("last_error").as_string().empty()) {
+          std::cout << " (" << o.at("reconnects").to_number<uint64_t>() << " reconnects; last failure "
+                    << std::string(o.at("last_failure").as_string()) << ": " << std::string(o.at("last_error").as_string()) << ")";
+        }
+        std::cout << "\n";
+      }
+      if (const auto* sb = r->if_contains("sandbox"); sb != nullptr && sb->is_object() && !sb->as_object().at("isolation").as_bool()) {
+        std::cout << "sandbox       AGENTS NOT LAUNCHED: isolation needs " << std::string(sb->as_object().at("missing").as_string()) << "\n";
+      }
       std::cout << "agents        " << r->at("agents").to_number<int64_t>() << ", MCP connections " << r->at("connections").to_number<int64_t>()
                 << ", audit records " << r->at("decisions").to_number<int64_t>() << "\n";
       if (const auto* a = r->if_contains("audit"); a != nullptr && a->is_object()) {

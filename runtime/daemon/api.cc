@@ -1,10 +1,12 @@
 #include "daemon/api.h"
 
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 
@@ -45,10 +47,24 @@ Result<void> send_message(int sock, const json::value& msg, const std::vector<in
   return ok();
 }
 
-Result<json::value> recv_message(int sock, std::vector<int>* fds, size_t max) {
+Result<json::value> recv_message(int sock, std::vector<int>* fds, size_t max, size_t max_fds, int timeout_ms) {
   std::string line;
   char buf[4096];
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  size_t fds_taken = 0;
+  // Room for the most descriptors one line may bring; none when it may bring none.
+  std::vector<char> control(max_fds > 0 ? CMSG_SPACE(sizeof(int) * max_fds) : 0);
   for (;;) {
+    if (timeout_ms >= 0) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count();
+      pollfd p{sock, POLLIN, 0};
+      int r = left > 0 ? ::poll(&p, 1, static_cast<int>(left)) : 0;
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0) return fail(errno_error("poll", errno));
+      if (r == 0) {
+        return fail(make_error_code(errc::timeout), "the request did not arrive whole within " + std::to_string(timeout_ms) + " ms");
+      }
+    }
     // Peek, then take exactly up to the newline: what follows belongs to the next message.
     iovec iov{buf, sizeof buf};
     msghdr mh{};
@@ -62,13 +78,12 @@ Result<json::value> recv_message(int sock, std::vector<int>* fds, size_t max) {
     if (n == 0) return fail(make_error_code(errc::io), "the other side closed the connection");
     size_t take = static_cast<size_t>(n);
     if (const void* nl = std::memchr(buf, '\n', take)) take = static_cast<size_t>(static_cast<const char*>(nl) - buf) + 1;
-    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 8)];
     iovec iov2{buf, take};
     msghdr mh2{};
     mh2.msg_iov = &iov2;
     mh2.msg_iovlen = 1;
-    mh2.msg_control = control;
-    mh2.msg_controllen = sizeof control;
+    mh2.msg_control = control.empty() ? nullptr : control.data();
+    mh2.msg_controllen = control.size();
     n = ::recvmsg(sock, &mh2, MSG_CMSG_CLOEXEC);
     if (n <= 0) return fail(errno_error("recvmsg", errno));
     for (cmsghdr* c = CMSG_FIRSTHDR(&mh2); c != nullptr; c = CMSG_NXTHDR(&mh2, c)) {
@@ -77,8 +92,12 @@ Result<json::value> recv_message(int sock, std::vector<int>* fds, size_t max) {
       for (size_t i = 0; i < count; ++i) {
         int fd;
         std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-        if (fds != nullptr) fds->push_back(fd);
-        else ::close(fd);
+        if (fds != nullptr && fds_taken < max_fds) {
+          fds->push_back(fd);
+          ++fds_taken;
+        } else {
+          ::close(fd);
+        }
       }
     }
     line.append(buf, static_cast<size_t>(n));

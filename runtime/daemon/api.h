@@ -23,7 +23,11 @@ inline constexpr size_t kMaxApiLine = 64 << 20;  // a bundle travels base64 in o
 // Sends one line (`msg` serialized plus '\n') with `fds` attached to its first byte.
 Result<void> send_message(int sock, const boost::json::value& msg, const std::vector<int>& fds = {});
 // Reads one line; descriptors that came with it are appended to `fds` (owned by the caller).
-Result<boost::json::value> recv_message(int sock, std::vector<int>* fds = nullptr, size_t max = kMaxApiLine);
+// At most `max_fds` descriptors are taken (the kernel discards the rest: they are never
+// installed here). With timeout_ms >= 0 the whole line must arrive within that time, however
+// it is split (errc::timeout otherwise); a peer trickling bytes cannot hold a reader longer.
+Result<boost::json::value> recv_message(int sock, std::vector<int>* fds = nullptr, size_t max = kMaxApiLine,
+                                        size_t max_fds = 8, int timeout_ms = -1);
 
 // Connects to the daemon's socket.
 Result<int> connect_api(const std::filesystem::path& socket);

@@ -98,7 +98,16 @@ Result<DaemonConfig> parse_daemon_config(std::string_view yaml, std::string_view
   if (root["inbox_poll_ms"]) { OUTPOST_TRY(c.inbox_poll_ms, r.number<uint32_t>(root["inbox_poll_ms"], "inbox_poll_ms")); }
   if (root["life_check_s"]) { OUTPOST_TRY(c.life_check_s, r.number<uint32_t>(root["life_check_s"], "life_check_s")); }
   if (YAML::Node audit = root["audit"]) {
-    OUTPOST_TRY_VOID(r.fields(audit, "audit", {"durable_decisions"}));
+    OUTPOST_TRY_VOID(r.fields(audit, "audit", {"durable_decisions", "deny_records_per_s", "deny_records_burst",
+                                               "agent_pause_percent"}));
+    if (audit["deny_records_per_s"]) { OUTPOST_TRY(c.deny_records_per_s, r.number<uint32_t>(audit["deny_records_per_s"], "audit.deny_records_per_s")); }
+    if (audit["deny_records_burst"]) { OUTPOST_TRY(c.deny_records_burst, r.number<uint32_t>(audit["deny_records_burst"], "audit.deny_records_burst")); }
+    if (audit["agent_pause_percent"]) {
+      OUTPOST_TRY(c.audit_agent_pause_percent, r.number<uint32_t>(audit["agent_pause_percent"], "audit.agent_pause_percent"));
+      if (c.audit_agent_pause_percent == 0 || c.audit_agent_pause_percent > 100) {
+        return fail(r.bad(audit["agent_pause_percent"], "audit.agent_pause_percent must be 1 to 100"));
+      }
+    }
     if (audit["durable_decisions"]) {
       OUTPOST_TRY(std::string d, r.text(audit["durable_decisions"], "audit.durable_decisions"));
       if (d != "true" && d != "false") return fail(r.bad(audit["durable_decisions"], "audit.durable_decisions must be true or false"));
@@ -129,7 +138,20 @@ Result<DaemonConfig> parse_daemon_config(std::string_view yaml, std::string_view
     }
   }
   if (YAML::Node api = root["api"]) {
-    OUTPOST_TRY_VOID(r.fields(api, "api", {"allow_uids", "allow_gids"}));
+    OUTPOST_TRY_VOID(r.fields(api, "api", {"allow_uids", "allow_gids", "max_connections", "max_connections_per_uid",
+                                           "max_connections_per_agent", "request_timeout_ms"}));
+    if (api["max_connections"]) { OUTPOST_TRY(c.api_max_connections, r.number<uint32_t>(api["max_connections"], "api.max_connections")); }
+    if (api["max_connections_per_uid"]) {
+      OUTPOST_TRY(c.api_max_connections_per_uid, r.number<uint32_t>(api["max_connections_per_uid"], "api.max_connections_per_uid"));
+    }
+    if (api["max_connections_per_agent"]) {
+      OUTPOST_TRY(c.api_max_connections_per_agent, r.number<uint32_t>(api["max_connections_per_agent"], "api.max_connections_per_agent"));
+    }
+    if (api["request_timeout_ms"]) { OUTPOST_TRY(c.api_request_timeout_ms, r.number<uint32_t>(api["request_timeout_ms"], "api.request_timeout_ms")); }
+    if (c.api_max_connections == 0 || c.api_max_connections_per_uid == 0 || c.api_max_connections_per_agent == 0 ||
+        c.api_request_timeout_ms == 0) {
+      return fail(r.bad(api, "api: connection limits and request_timeout_ms must be positive"));
+    }
     auto ids = [&](const char* key, std::vector<uint32_t>& out) -> Result<void> {
       if (!api[key]) return ok();
       if (!api[key].IsSequence()) return fail(r.bad(api[key], std::string("api.") + key + " must be a list"));
@@ -152,7 +174,12 @@ Result<DaemonConfig> parse_daemon_config(std::string_view yaml, std::string_view
     if (c.max_line_bytes < (1u << 20)) return fail(r.bad(l, "limits.max_line_bytes must be at least 1 MiB"));
   }
   if (YAML::Node s = root["sandbox"]) {
-    OUTPOST_TRY_VOID(r.fields(s, "sandbox", {"system_read_only"}));
+    OUTPOST_TRY_VOID(r.fields(s, "sandbox", {"system_read_only", "agent_uid_base", "agent_uid_count"}));
+    if (s["agent_uid_base"]) { OUTPOST_TRY(c.agent_uid_base, r.number<uint32_t>(s["agent_uid_base"], "sandbox.agent_uid_base")); }
+    if (s["agent_uid_count"]) { OUTPOST_TRY(c.agent_uid_count, r.number<uint32_t>(s["agent_uid_count"], "sandbox.agent_uid_count")); }
+    if (c.agent_uid_base < 1000 || c.agent_uid_count == 0 || uint64_t{c.agent_uid_base} + c.agent_uid_count > 0x80000000ull) {
+      return fail(r.bad(s, "sandbox: agent_uid_base must be at least 1000 and the range must end at 2147483648 or below"));
+    }
     if (s["system_read_only"]) {
       OUTPOST_TRY(auto paths, r.texts(s["system_read_only"], "sandbox.system_read_only"));
       c.system_read_only.assign(paths.begin(), paths.end());

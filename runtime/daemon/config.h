@@ -25,6 +25,25 @@ struct DaemonConfig {
   uint64_t max_line_bytes = 16ull << 20;     // one MCP message
   uint64_t max_log_bytes = 8ull << 20;       // an agent's log is rotated at this size
   std::vector<std::filesystem::path> system_read_only{"/usr", "/lib", "/lib64", "/bin", "/sbin", "/etc"};
+  // Each agent runs as its own uid (= gid) from [agent_uid_base, agent_uid_base + agent_uid_count),
+  // allocated at deploy and kept across restarts; ids the system's user database names are
+  // skipped. The default range is past systemd's dynamic (61184-65519) and container (524288-1879048191)
+  // ranges and below 2^31, where signed conversions would bite.
+  uint32_t agent_uid_base = 1'900'000'000u;
+  uint32_t agent_uid_count = 4096;
+
+  // The API socket under abuse (docs/daemon.md, "The API socket").
+  uint32_t api_max_connections = 256;          // all peers together
+  uint32_t api_max_connections_per_uid = 16;   // one operator or local user
+  uint32_t api_max_connections_per_agent = 32; // one agent (each MCP connection holds one)
+  uint32_t api_request_timeout_ms = 10000;     // the whole request line, not each read
+  // Denied calls an agent may have recorded one by one, per second and in a burst; beyond them
+  // identical denials are coalesced into one record with a count (docs/audit.md).
+  uint32_t deny_records_per_s = 20;
+  uint32_t deny_records_burst = 100;
+  // When the audit log holds this share of its budget (percent), the agent that wrote most of
+  // the records since the log last had room is paused, alone (docs/audit.md, "Fairness").
+  uint32_t audit_agent_pause_percent = 75;
   uint32_t inbox_poll_ms = 1000;
   uint32_t life_check_s = 10;             // how often the bundle's life is re-evaluated
   // A decision's audit record is fdatasync'ed before the call goes on (true), or queued and

@@ -1,6 +1,9 @@
 #include "daemon/daemon.h"
 
 #include <fcntl.h>
+#include <grp.h>
+#include <pwd.h>
+#include <sys/resource.h>
 #include <malloc.h>
 #include <poll.h>
 #include <signal.h>
@@ -14,10 +17,12 @@
 #include <atomic>
 #include <condition_variable>
 #include <map>
+#include <set>
 #include <mutex>
 #include <optional>
 #include <future>
 #include <thread>
+#include <tuple>
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
@@ -31,6 +36,7 @@
 #include "broker/decision_log.h"
 #include "broker/mcp_session.h"
 #include "broker/relay.h"
+#include "broker/session_state.h"
 #include "credentials/jws.h"
 #include "daemon/api.h"
 #include "sync/sync_client.h"
@@ -105,6 +111,21 @@ fs::path self_dir() {
   return ec ? fs::path("/usr/bin") : exe.parent_path();
 }
 
+// The audit log, counting what each agent's calls write there (the fair budget's measure).
+class CountingSink : public broker::DecisionSink {
+ public:
+  CountingSink(broker::DecisionSink* log, std::shared_ptr<std::atomic<uint64_t>> count)
+      : log_(log), count_(std::move(count)) {}
+  Result<void> record(const broker::DecisionRecord& r) override {
+    count_->fetch_add(1, std::memory_order_relaxed);
+    return log_->record(r);
+  }
+
+ private:
+  broker::DecisionSink* log_;
+  std::shared_ptr<std::atomic<uint64_t>> count_;
+};
+
 }  // namespace
 
 // ---- agents ----
@@ -138,12 +159,28 @@ struct Agent {
   int last_exit = 0;
   bool stop_requested = false;
   std::unique_ptr<asio::steady_timer> timer;
+  uid_t uid = 0;  // the agent's own uid and gid (config.agent_uid_base + slot), never 0
+  // Records its calls wrote since the audit log last had room (fair budget), and whether it is
+  // paused for having written most of them.
+  std::shared_ptr<std::atomic<uint64_t>> audit_records = std::make_shared<std::atomic<uint64_t>>(0);
+  bool paused_for_budget = false;
+  // Its flow history and deny budget, shared by all its MCP connections and kept across its
+  // restarts (an agent must not shed a taint by reconnecting or crashing); a deploy starts afresh.
+  std::shared_ptr<broker::SessionState> flow;
 };
 
 struct Connection {
   std::string agent;
   std::string server;
   int wake = -1;  // eventfd
+};
+
+// Who is at the other end of an API connection, decided from SO_PEERCRED before a byte of the
+// request is read.
+struct Peer {
+  ucred cred{};
+  std::string agent;  // the launched agent it is a process of, or ""
+  bool operator_uid = false;
 };
 
 struct Daemon::Impl {
@@ -192,6 +229,12 @@ struct Daemon::Impl {
   std::map<uint64_t, Connection> connections;
   uint64_t next_connection = 1;
   size_t api_threads = 0;
+  std::map<uid_t, uint32_t> api_by_uid;      // open API connections per peer uid
+  std::map<std::string, uint32_t> api_by_agent;
+  asio::steady_timer accept_timer{io};
+  int accept_backoff_ms = 0;
+  std::string isolation_missing;             // privileges the sandbox lacks; "" when it has all
+  std::atomic<uint64_t> refused_logged{0};   // refusals at accept, audited one in a thousand
   std::condition_variable threads_done;
   std::atomic<bool> stopping{false};
   std::thread::id io_thread = std::this_thread::get_id();
@@ -259,15 +302,18 @@ struct Daemon::Impl {
   }
 
   // Fail closed at the disk budget (or a failing disk): agents are paused (SIGSTOP to their
-  // process groups) until the log accepts records again; status says why.
+  // process groups) until the log accepts records again; status says why. Below it, the budget
+  // is shared: see share_audit_budget.
   void enforce_audit_budget() {
     if (stopping) return;
     const std::string why = log->log().refusing();
     const bool pause = !why.empty();
+    if (!pause) share_audit_budget();
     if (pause == agents_paused.load()) return;
     std::lock_guard lock(mu);
     for (auto& [name, a] : agents) {
-      if (a->pid > 0) ::kill(-a->pid, pause ? SIGSTOP : SIGCONT);
+      // One paused for its share stays paused until the log has room again.
+      if (a->pid > 0 && !a->paused_for_budget) ::kill(-a->pid, pause ? SIGSTOP : SIGCONT);
     }
     agents_paused = pause;
     if (pause) {
@@ -276,6 +322,66 @@ struct Daemon::Impl {
       OUTPOST_NOTE(info, "audit log accepts records again: agents resumed");
     }
     (void)log->record_event(pause ? "agents_paused" : "agents_resumed", {{"reason", why}});
+  }
+
+  // Denials over an agent's deny budget, each kind as one record with its count.
+  void write_coalesced(const std::string& agent, const std::string& task, broker::SessionState& flow,
+                       std::atomic<uint64_t>& records) {
+    for (const auto& c : flow.take_coalesced()) {
+      records.fetch_add(1, std::memory_order_relaxed);
+      if (auto r = log->record_coalesced(agent, task, c); !r) {
+        OUTPOST_NOTE(error, "coalesced denials of " + agent + " (" + std::to_string(c.count) + ") not recorded: " + r.error().message());
+      }
+    }
+  }
+  void write_all_coalesced() {
+    std::vector<std::tuple<std::string, std::string, std::shared_ptr<broker::SessionState>, std::shared_ptr<std::atomic<uint64_t>>>> all;
+    {
+      std::lock_guard lock(mu);
+      for (const auto& [name, a] : agents) all.emplace_back(name, a->manifest.task, a->flow, a->audit_records);
+    }
+    for (auto& [name, task, flow, records] : all) write_coalesced(name, task, *flow, *records);
+  }
+
+  // One agent's flood must not freeze its neighbours. Once the log holds
+  // audit_agent_pause_percent of its budget, an agent that wrote more than half of the records
+  // since the log last had room is paused alone, before the hard limit would pause them all;
+  // once the log is back under half that share (the hub acknowledged and released segments),
+  // it runs again and the counts start afresh. Records already written are never dropped.
+  void share_audit_budget() {
+    const uint64_t budget = board.audit_log_bytes;
+    if (budget == 0) return;
+    const uint64_t used = log->log().disk_bytes();
+    std::lock_guard lock(mu);
+    if (used * 100 >= budget * config.audit_agent_pause_percent) {
+      uint64_t total = 0, most = 0;
+      Agent* top = nullptr;
+      for (auto& [name, a] : agents) {
+        const uint64_t n = a->audit_records->load();
+        total += n;
+        if (n > most && a->pid > 0 && !a->paused_for_budget) {
+          most = n;
+          top = a.get();
+        }
+      }
+      if (top == nullptr || most * 2 <= total) return;
+      ::kill(-top->pid, SIGSTOP);
+      top->paused_for_budget = true;
+      const std::string why = "wrote " + std::to_string(most) + " of the " + std::to_string(total) +
+                              " records since the audit log last had room; the log holds " + std::to_string(used) + " of " +
+                              std::to_string(budget) + " bytes";
+      OUTPOST_NOTE(warn, "agent " + top->manifest.name + " paused: " + why);
+      (void)log->record_event("agent_paused", {{"agent", top->manifest.name}, {"reason", why}});
+    } else if (used * 200 < budget * config.audit_agent_pause_percent) {
+      for (auto& [name, a] : agents) {
+        a->audit_records->store(0);
+        if (!a->paused_for_budget) continue;
+        a->paused_for_budget = false;
+        if (a->pid > 0 && !agents_paused) ::kill(-a->pid, SIGCONT);
+        OUTPOST_NOTE(info, "agent " + name + " resumed: the audit log has room again");
+        (void)log->record_event("agent_resumed", {{"agent", name}});
+      }
+    }
   }
 
   // ---- runtime measurements ----
@@ -394,6 +500,9 @@ struct Daemon::Impl {
 
   // ---- agents ----
   Result<std::string> deploy(const std::string& manifest_text, const fs::path& base_dir);
+  Result<uid_t> allocate_uid(const std::string& name);  // with mu held
+  Result<void> check_manifest_paths(const AgentManifest& m) const;
+  Result<void> prepare_workdir(const Agent& a) const;
   Result<void> launch(Agent& a);  // with mu held
   void on_exit(Agent& a, int status);
   void schedule_restart(Agent& a);
@@ -405,7 +514,7 @@ struct Daemon::Impl {
 
   // ---- API ----
   void accept();
-  void serve(int fd);
+  void serve(int fd, Peer peer);
   json::object handle(const json::object& req, const ucred& peer, bool is_agent, const std::string& agent_name);
   void serve_mcp(int fd, const json::object& req, const std::string& agent_name, std::vector<int> fds);
   // The launched agent `pid` belongs to (itself or a descendant), or "".
@@ -469,6 +578,101 @@ Result<void> Daemon::Impl::start_sync() {
   return ok();
 }
 
+// ---- agent ids, paths and work directories ----
+
+// A uid of the configured range no other agent holds and the user database does not name,
+// kept in <agent dir>/uid so the agent keeps it (and owns its files) across restarts.
+Result<uid_t> Daemon::Impl::allocate_uid(const std::string& name) {
+  const fs::path agents_dir = config.state_dir / "agents";
+  auto read_uid = [&](const fs::path& dir) -> uid_t {
+    auto text = read_text_file(dir / "uid", 32);
+    if (!text) return 0;
+    uint64_t v = std::strtoull(text->c_str(), nullptr, 10);
+    return v >= config.agent_uid_base && v < uint64_t{config.agent_uid_base} + config.agent_uid_count ? static_cast<uid_t>(v) : 0;
+  };
+  std::set<uid_t> taken;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(agents_dir, ec)) {
+    if (e.path().filename() != name) {
+      if (uid_t u = read_uid(e.path())) taken.insert(u);
+    }
+  }
+  for (const auto& [other, a] : agents) {
+    if (other != name && a->uid != 0) taken.insert(a->uid);
+  }
+  if (uid_t kept = read_uid(agents_dir / name); kept != 0 && !taken.count(kept)) return kept;
+  auto named = [](uid_t id) {
+    passwd pw;
+    group gr;
+    passwd* pwp = nullptr;
+    group* grp = nullptr;
+    char buf[4096];
+    return (::getpwuid_r(id, &pw, buf, sizeof buf, &pwp) == 0 && pwp != nullptr) ||
+           (::getgrgid_r(id, &gr, buf, sizeof buf, &grp) == 0 && grp != nullptr);
+  };
+  for (uint32_t i = 0; i < config.agent_uid_count; ++i) {
+    const uid_t id = config.agent_uid_base + i;
+    if (taken.count(id) || named(id)) continue;
+    OUTPOST_TRY_VOID(ensure_directory(agents_dir / name, 0700));
+    OUTPOST_TRY_VOID(write_file_atomic(agents_dir / name / "uid", std::to_string(id) + "\n", 0600));
+    return id;
+  }
+  return fail(make_error_code(errc::not_found), "no free agent uid in " + std::to_string(config.agent_uid_base) + ".." +
+                                                    std::to_string(config.agent_uid_base + config.agent_uid_count - 1));
+}
+
+// An agent must never be handed the node's secrets or devices, whatever its manifest says:
+// the state directory (keys, sealed secrets, the audit log), /proc, /sys and /dev (TPM nodes).
+Result<void> Daemon::Impl::check_manifest_paths(const AgentManifest& m) const {
+  std::error_code ec;
+  const fs::path state = fs::weakly_canonical(config.state_dir, ec);
+  auto inside = [](const fs::path& p, const fs::path& base) {
+    auto [b, pi] = std::mismatch(base.begin(), base.end(), p.begin(), p.end());
+    return b == base.end();
+  };
+  auto check = [&](const fs::path& raw, const char* field) -> Result<void> {
+    const fs::path p = fs::weakly_canonical(raw, ec);
+    if (p == "/") return fail(errc::invalid_argument, std::string(field) + ": the whole filesystem may not be given to an agent");
+    for (const char* forbidden : {"/dev", "/proc", "/sys", "/run"}) {
+      if (inside(p, forbidden)) {
+        return fail(errc::invalid_argument, std::string(field) + ": " + raw.string() + " is under " + forbidden +
+                                                ", which agents never see (docs/daemon.md, \"The sandbox\")");
+      }
+    }
+    // The agent's own work directory under <state>/agents/<name>/work is the one exception.
+    const fs::path own = fs::weakly_canonical(config.state_dir / "agents" / m.name / "work", ec);
+    if (inside(p, state) && !inside(p, own)) {
+      return fail(errc::invalid_argument, std::string(field) + ": " + raw.string() + " is inside outpostd's state directory");
+    }
+    return ok();
+  };
+  for (const auto& p : m.read_only) OUTPOST_TRY_VOID(check(p, "read_only"));
+  if (!m.workdir.empty()) OUTPOST_TRY_VOID(check(m.workdir, "workdir"));
+  OUTPOST_TRY_VOID(check(m.command, "command"));
+  return check(m.binary, "binary");
+}
+
+// The work directory belongs to the agent's uid (mode 0700). What a previous run under another
+// owner left there is handed over too, without following links the agent may have planted.
+Result<void> Daemon::Impl::prepare_workdir(const Agent& a) const {
+  std::error_code ec;
+  fs::create_directories(a.workdir, ec);
+  if (ec) return fail(errno_error("create " + a.workdir.string(), ec.value()));
+  struct stat st {};
+  if (::lstat(a.workdir.c_str(), &st) != 0) return fail(errno_error("lstat " + a.workdir.string(), errno));
+  if (!S_ISDIR(st.st_mode)) return fail(errc::invalid_argument, a.workdir.string() + " is not a directory");
+  if (st.st_uid != a.uid || st.st_gid != a.uid) {
+    for (auto it = fs::recursive_directory_iterator(a.workdir, ec); !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+      if (::lchown(it->path().c_str(), a.uid, a.uid) != 0 && errno != ENOENT) {
+        return fail(errno_error("chown " + it->path().string(), errno));
+      }
+    }
+    if (::lchown(a.workdir.c_str(), a.uid, a.uid) != 0) return fail(errno_error("chown " + a.workdir.string(), errno));
+  }
+  if (::chmod(a.workdir.c_str(), 0700) != 0) return fail(errno_error("chmod " + a.workdir.string(), errno));
+  return ok();
+}
+
 // ---- deploy and launch ----
 
 Result<std::string> Daemon::Impl::deploy(const std::string& manifest_text, const fs::path& base_dir) {
@@ -476,6 +680,7 @@ Result<std::string> Daemon::Impl::deploy(const std::string& manifest_text, const
   OUTPOST_TRY(AgentManifest m, parse_manifest(manifest_text, "manifest", base_dir));
   OUTPOST_TRY_VOID(attestation::AgentKeyStore::validate_name(m.name));
   if (m.task.empty()) m.task = "default";
+  OUTPOST_TRY_VOID(check_manifest_paths(m));
   auto refuse = [&](const std::string& why) -> Failure {
     (void)log->record_event("agent_refused", {{"agent", m.name}, {"error", why}});
     OUTPOST_NOTE(warn, "deploy of " + m.name + " refused: " + why);
@@ -523,6 +728,11 @@ Result<std::string> Daemon::Impl::deploy(const std::string& manifest_text, const
     return fail(make_error_code(errc::invalid_argument), "limit of " + std::to_string(config.max_agents) + " agents reached");
   }
   auto a = std::make_unique<Agent>();
+  OUTPOST_TRY(a->uid, allocate_uid(m.name));
+  broker::SessionState::Limits limits;
+  limits.deny_rate_per_s = config.deny_records_per_s;
+  limits.deny_burst = config.deny_records_burst;
+  a->flow = std::make_shared<broker::SessionState>(limits);
   a->dir = config.state_dir / "agents" / m.name;
   a->workdir = m.workdir.empty() ? a->dir / "work" : m.workdir;
   a->spiffe_id = key.spiffe_id;
@@ -560,18 +770,28 @@ Result<void> Daemon::Impl::launch(Agent& a) {
     return fail(make_error_code(errc::io), "not launching " + m.name + ": the audit log refuses records (" +
                                                log->log().refusing() + ")");
   }
-  std::error_code ec;
-  fs::create_directories(a.workdir, ec);
-  if (ec) return fail(errno_error("create " + a.workdir.string(), ec.value()));
-  fs::create_directories(a.workdir / ".outpost", ec);
+  if (!isolation_missing.empty()) {
+    // Fail closed: an agent runs isolated or not at all.
+    a.state = AgentState::refused;
+    return fail(make_error_code(errc::unsupported), "not launching " + m.name + ": the agent sandbox needs " + isolation_missing +
+                                                        " (docs/daemon.md, \"The sandbox\")");
+  }
+  OUTPOST_TRY_VOID(prepare_workdir(a));
+  // outpostd's own files for the agent, read-only inside: its MCP configuration, and the empty
+  // folder its sandbox's root is mounted on.
+  const fs::path run_dir = a.dir / "run";
+  const fs::path root_dir = a.dir / "root";
+  OUTPOST_TRY_VOID(ensure_directory(run_dir, 0755));
+  OUTPOST_TRY_VOID(ensure_directory(root_dir, 0755));
+  ::chmod(a.dir.c_str(), 0755);  // traversal only; what is secret in it is 0600
 
   // The agent's MCP configuration: every server it may reach is `outpost mcp connect NAME`.
   json::object servers;
   for (const auto& s : m.mcp_servers) {
     servers[s.name] = json::object{{"command", cli_path.string()}, {"args", json::array{"mcp", "connect", s.name}}};
   }
-  const fs::path mcp_config = a.workdir / ".outpost" / "mcp.json";
-  OUTPOST_TRY_VOID(write_file_atomic(mcp_config, as_bytes(json::serialize(json::object{{"mcpServers", servers}}))));
+  const fs::path mcp_config = run_dir / "mcp.json";
+  OUTPOST_TRY_VOID(write_file_atomic(mcp_config, as_bytes(json::serialize(json::object{{"mcpServers", servers}})), 0644));
 
   Bytes sid(12);
   random_bytes(sid);
@@ -587,6 +807,8 @@ Result<void> Daemon::Impl::launch(Agent& a) {
   }
   OUTPOST_TRY(auto env, sandbox::scrub_environment(m.env_allow, set));
 
+  // Two layers over the same allowlist: the mount namespace shows only these paths, Landlock
+  // limits what may be done to them (docs/daemon.md, "The sandbox").
   sandbox::SandboxPolicy sp;
   sp.read_write.push_back(a.workdir);
   sp.read_write.push_back("/dev/null");  // shells and runtimes redirect there
@@ -596,9 +818,23 @@ Result<void> Daemon::Impl::launch(Agent& a) {
   sp.read_only.push_back(cli_path.parent_path());  // `outpost mcp connect`
   sp.read_only.push_back(m.command);
   sp.read_only.push_back(m.binary);
+  sp.read_only.push_back(run_dir);
   OUTPOST_TRY(auto ruleset, sandbox::Ruleset::prepare(sp));
 
+  sandbox::IsolationPolicy ip;
+  ip.uid = a.uid;
+  ip.gid = a.uid;
+  ip.root = root_dir;
+  ip.read_write = {a.workdir};
+  ip.devices = {"/dev/null", "/dev/urandom"};
+  for (const auto& p : sp.read_only) {
+    if (p != "/dev/urandom") ip.read_only.push_back(p);
+  }
+  ip.read_only.push_back(config.socket);  // outpostd's socket alone, not the folder it is in
+  OUTPOST_TRY(auto isolation, sandbox::Isolation::prepare(ip));
+
   // Logs: rotated at the configured size, one generation kept.
+  std::error_code ec;
   const fs::path logfile = a.dir / "agent.log";
   if (fs::file_size(logfile, ec) > config.max_log_bytes) fs::rename(logfile, a.dir / "agent.log.1", ec);
   int logfd = ::open(logfile.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
@@ -612,6 +848,7 @@ Result<void> Daemon::Impl::launch(Agent& a) {
   spec.stdout_fd = logfd;
   spec.stderr_fd = logfd;
   spec.sandbox = &ruleset;
+  spec.isolation = &isolation;
   auto child = sandbox::spawn(spec);
   ::close(logfd);
   if (!child) {
@@ -625,7 +862,7 @@ Result<void> Daemon::Impl::launch(Agent& a) {
   a.started_at = unix_now();
   a.state = AgentState::running;
   a.stop_requested = false;
-  (void)log->record_event("agent_start", {{"agent", m.name}, {"pid", a.pid}, {"session", a.session},
+  (void)log->record_event("agent_start", {{"agent", m.name}, {"pid", a.pid}, {"uid", a.uid}, {"session", a.session},
                                           {"measurement", a.measurement}, {"spiffe_id", a.spiffe_id}});
   OUTPOST_NOTE(info, "agent " + m.name + " started, pid " + std::to_string(a.pid));
   return ok();
@@ -645,6 +882,7 @@ void Daemon::Impl::on_exit(Agent& a, int status) {
   ::close(a.pidfd);
   a.pidfd = -1;
   a.pid = -1;
+  a.paused_for_budget = false;
   (void)log->record_event("agent_exit", {{"agent", a.manifest.name}, {"status", a.last_exit}});
   OUTPOST_NOTE(info, "agent " + a.manifest.name + " exited with " + std::to_string(a.last_exit));
   wake_connections(a.manifest.name);
@@ -701,6 +939,10 @@ void Daemon::Impl::stop_agent(Agent& a, bool kill_now) {
   if (a.state == AgentState::backoff) a.state = AgentState::stopped;
   if (a.pidfd < 0) return;
   sandbox::pidfd_signal(a.pidfd, kill_now ? SIGKILL : SIGTERM);
+  if (a.paused_for_budget) {
+    a.paused_for_budget = false;
+    ::kill(-a.pid, SIGCONT);  // a stopped process takes its SIGTERM only once it runs
+  }
   if (!kill_now) {
     // KILL after a grace period if it is still there.
     auto t = std::make_shared<asio::steady_timer>(io, std::chrono::seconds(5));
@@ -736,8 +978,12 @@ void Daemon::Impl::wake_connections(const std::string& agent) {
 
 json::object Daemon::Impl::agent_json(const Agent& a) const {
   json::object o{{"name", a.manifest.name},
-                 {"state", state_name(a.state)},
+                 {"state", a.paused_for_budget ? "paused" : state_name(a.state)},
                  {"pid", a.pid},
+                 {"uid", a.uid},
+                 {"audit_records", a.audit_records->load()},
+                 {"denials_recorded", a.flow ? a.flow->denies_recorded() : 0},
+                 {"denials_coalesced", a.flow ? a.flow->denies_coalesced() : 0},
                  {"session", a.session},
                  {"task", a.manifest.task},
                  {"spiffe_id", a.spiffe_id},
@@ -764,56 +1010,114 @@ std::string Daemon::Impl::agent_of(pid_t pid) {
 
 void Daemon::Impl::accept() {
   acceptor->async_accept([this](const boost::system::error_code& ec, asio::local::stream_protocol::socket s) {
-    if (ec || stopping) return;
+    if (stopping || ec == asio::error::operation_aborted) return;
+    if (ec) {
+      // EMFILE, ENFILE, ENOBUFS: keep serving once descriptors are free again, without spinning.
+      accept_backoff_ms = std::clamp(accept_backoff_ms * 2, 50, 2000);
+      OUTPOST_NOTE(warn, "accept on the API socket: " + ec.message() + "; retrying in " + std::to_string(accept_backoff_ms) + " ms");
+      accept_timer.expires_after(std::chrono::milliseconds(accept_backoff_ms));
+      accept_timer.async_wait([this](const boost::system::error_code& e) {
+        if (!e && !stopping) accept();
+      });
+      return;
+    }
+    accept_backoff_ms = 0;
     int fd = s.release();
+    Peer peer;
+    socklen_t len = sizeof peer.cred;
+    if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &peer.cred, &len) != 0) {
+      ::close(fd);
+      accept();
+      return;
+    }
+    peer.operator_uid = std::find(config.allow_uids.begin(), config.allow_uids.end(), peer.cred.uid) != config.allow_uids.end() ||
+                        std::find(config.allow_gids.begin(), config.allow_gids.end(), peer.cred.gid) != config.allow_gids.end();
+    std::string refused;
     {
       std::lock_guard lock(mu);
-      if (api_threads >= 256) {
-        ::close(fd);
-        accept();
-        return;
+      // An agent is known by its own uid (and, in serve, by being a process it started).
+      std::string agent_uid_of;
+      for (const auto& [name, a] : agents) {
+        if (a->uid == peer.cred.uid && a->pid > 0) agent_uid_of = name;
       }
-      ++api_threads;
+      if (agent_uid_of.empty() && !peer.operator_uid) {
+        refused = "refused: uid " + std::to_string(peer.cred.uid) + " may not use the outpostd API";
+      } else if (api_threads >= config.api_max_connections) {
+        refused = "refused: outpostd serves " + std::to_string(api_threads) + " connections already";
+      } else if (!agent_uid_of.empty() && api_by_agent[agent_uid_of] >= config.api_max_connections_per_agent) {
+        refused = "refused: agent " + agent_uid_of + " holds " + std::to_string(config.api_max_connections_per_agent) + " connections already";
+      } else if (agent_uid_of.empty() && api_by_uid[peer.cred.uid] >= config.api_max_connections_per_uid) {
+        refused = "refused: uid " + std::to_string(peer.cred.uid) + " holds " + std::to_string(config.api_max_connections_per_uid) +
+                  " connections already";
+      } else {
+        peer.agent = agent_uid_of;
+        ++api_threads;
+        if (!peer.agent.empty()) ++api_by_agent[peer.agent];
+        else ++api_by_uid[peer.cred.uid];
+      }
     }
-    std::thread([this, fd] {
-      serve(fd);
+    if (!refused.empty()) {
+      // Nothing of the request is read, so nothing it carries (descriptors, bytes) is taken in.
+      // The reply goes out without blocking; a peer that does not read it loses it.
+      std::string line = json::serialize(error_reply(refused)) + "\n";
+      (void)!::send(fd, line.data(), line.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+      ::close(fd);
+      if (refused_logged.fetch_add(1) % 1000 == 0) {
+        (void)log->record_event("api_refused", {{"pid", peer.cred.pid}, {"uid", peer.cred.uid}, {"error", refused}});
+      }
+      accept();
+      return;
+    }
+    std::thread([this, fd, peer] {
+      serve(fd, peer);
       std::lock_guard lock(mu);
       --api_threads;
+      if (!peer.agent.empty()) {
+        if (--api_by_agent[peer.agent] == 0) api_by_agent.erase(peer.agent);
+      } else if (--api_by_uid[peer.cred.uid] == 0) {
+        api_by_uid.erase(peer.cred.uid);
+      }
       threads_done.notify_all();
     }).detach();
     accept();
   });
 }
 
-void Daemon::Impl::serve(int fd) {
-  ucred peer{};
-  socklen_t len = sizeof peer;
-  if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &peer, &len) != 0) {
-    ::close(fd);
-    return;
-  }
+void Daemon::Impl::serve(int fd, Peer peer) {
   // The peer as a pidfd, taken when it connected (SO_PEERPIDFD, Linux 6.5+) or now: while it
   // is alive its pid cannot be reused, so the ancestry check below is about this process.
-  sandbox::UniqueFd peer_pidfd;
-  int raw_pidfd = -1;
-  len = sizeof raw_pidfd;
-  if (::getsockopt(fd, SOL_SOCKET, SO_PEERPIDFD, &raw_pidfd, &len) == 0) {
-    peer_pidfd = sandbox::UniqueFd(raw_pidfd);
-  } else if (auto opened = sandbox::pidfd_open(peer.pid)) {
-    peer_pidfd = std::move(*opened);
-  }
-  timeval tv{30, 0};
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  std::vector<int> fds;
-  auto msg = recv_message(fd, &fds);
   std::string agent_name;
-  {
-    std::lock_guard lock(mu);
-    agent_name = agent_of(peer.pid);
+  if (!peer.agent.empty()) {
+    sandbox::UniqueFd peer_pidfd;
+    int raw_pidfd = -1;
+    socklen_t len = sizeof raw_pidfd;
+    if (::getsockopt(fd, SOL_SOCKET, SO_PEERPIDFD, &raw_pidfd, &len) == 0) {
+      peer_pidfd = sandbox::UniqueFd(raw_pidfd);
+    } else if (auto opened = sandbox::pidfd_open(peer.cred.pid)) {
+      peer_pidfd = std::move(*opened);
+    }
+    {
+      std::lock_guard lock(mu);
+      agent_name = agent_of(peer.cred.pid);
+    }
+    if (agent_name != peer.agent || !peer_pidfd || !sandbox::pidfd_alive(peer_pidfd.get())) agent_name.clear();
   }
-  if (!peer_pidfd || !sandbox::pidfd_alive(peer_pidfd.get())) agent_name.clear();
-  peer_pidfd.reset();
-
+  auto refuse = [&](const std::string& op, const std::string& why) {
+    (void)log->record_event("api_refused", {{"op", op}, {"pid", peer.cred.pid}, {"uid", peer.cred.uid}, {"agent", peer.agent},
+                                            {"error", why}});
+    (void)send_message(fd, error_reply(why));
+    ::close(fd);
+  };
+  if (!peer.agent.empty() && agent_name.empty()) {
+    refuse("", "refused: pid " + std::to_string(peer.cred.pid) + " is not a process of an agent outpostd launched");
+    return;
+  }
+  // Agents send one short request with their two pipes; operators a request with no
+  // descriptors, a bundle at most. Either must arrive whole within the request timeout.
+  const bool is_agent = !agent_name.empty();
+  std::vector<int> fds;
+  auto msg = recv_message(fd, &fds, is_agent ? 64 << 10 : kMaxApiLine, is_agent ? 2 : 0,
+                          static_cast<int>(config.api_request_timeout_ms));
   auto close_fds = [&] {
     for (int f : fds) ::close(f);
     fds.clear();
@@ -825,36 +1129,22 @@ void Daemon::Impl::serve(int fd) {
     return;
   }
   const json::object& req = msg->as_object();
-  if (str(req, "op") == "mcp") {
-    if (agent_name.empty()) {
-      (void)log->record_event("api_refused", {{"op", "mcp"}, {"pid", peer.pid}, {"uid", peer.uid},
-                                              {"error", "not a process of a launched agent"}});
-      (void)send_message(fd, error_reply("refused: pid " + std::to_string(peer.pid) +
-                                         " is not a process of an agent outpostd launched"));
+  const std::string op = str(req, "op");
+  if (is_agent) {
+    if (op != "mcp") {
       close_fds();
-      ::close(fd);
+      refuse(op, "refused: agents may only use mcp connect");
       return;
     }
-    timeval none{0, 0};
-    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &none, sizeof none);
     serve_mcp(fd, req, agent_name, std::move(fds));
     ::close(fd);
     return;
   }
-  close_fds();
-  json::object reply;
-  const bool operator_uid = std::find(config.allow_uids.begin(), config.allow_uids.end(), peer.uid) != config.allow_uids.end() ||
-                            std::find(config.allow_gids.begin(), config.allow_gids.end(), peer.gid) != config.allow_gids.end();
-  if (!agent_name.empty() || !operator_uid) {
-    // An agent never drives the operator API, whatever its uid.
-    (void)log->record_event("api_refused", {{"op", str(req, "op")}, {"pid", peer.pid}, {"uid", peer.uid},
-                                            {"agent", agent_name}});
-    reply = error_reply(agent_name.empty() ? "refused: uid " + std::to_string(peer.uid) + " may not use the outpostd API"
-                                           : "refused: agents may only use mcp connect");
-  } else {
-    reply = handle(req, peer, false, "");
+  if (op == "mcp") {
+    refuse(op, "refused: pid " + std::to_string(peer.cred.pid) + " is not a process of an agent outpostd launched");
+    return;
   }
-  (void)send_message(fd, reply);
+  (void)send_message(fd, handle(req, peer.cred, false, ""));
   ::close(fd);
 }
 
@@ -917,6 +1207,14 @@ json::object Daemon::Impl::handle(const json::object& req, const ucred& peer, bo
   if (op == "status") {
     auto p = policy.load();
     json::object o{{"ok", true}, {"node_id", node.node_id}, {"board", board.name}};
+    const attestation::TpmHealth th = tpm->health();
+    o["tpm"] = json::object{{"connected", th.connected},
+                            {"reconnects", th.reconnects},
+                            {"failures", th.failures},
+                            {"last_error", th.last_error},
+                            {"last_failure", th.last_failure_unix ? format_rfc3339_utc(th.last_failure_unix) : ""}};
+    o["sandbox"] = json::object{{"isolation", isolation_missing.empty()},
+                                {"missing", isolation_missing}};
     auto& l = log->log();
     o["audit"] = json::object{{"last_seq", l.last_seq()},         {"durable_seq", l.durable_seq()},
                               {"checkpoint_seq", checkpoint_seq.load()}, {"disk_bytes", l.disk_bytes()},
@@ -965,9 +1263,13 @@ void Daemon::Impl::serve_mcp(int fd, const json::object& req, const std::string&
   McpServerSpec spec;
   std::string task;
   fs::path workdir, logdir;
+  std::shared_ptr<std::atomic<uint64_t>> audit_records;
+  std::shared_ptr<broker::SessionState> flow;
   {
     std::lock_guard lock(mu);
     const Agent& a = *agents.at(agent_name);
+    audit_records = a.audit_records;
+    flow = a.flow;
     auto it = std::find_if(a.manifest.mcp_servers.begin(), a.manifest.mcp_servers.end(),
                            [&](const McpServerSpec& s) { return s.name == server_name; });
     if (it == a.manifest.mcp_servers.end()) {
@@ -1088,8 +1390,9 @@ void Daemon::Impl::serve_mcp(int fd, const json::object& req, const std::string&
     OUTPOST_TRY(Tpm::LoadedKey loaded, keys.load(*tpm, key));
     return credentials::mint(c, key.public_key, [&](const Digest& d) { return tpm->sign(loaded, d); });
   };
-  broker::McpSession session(broker::McpSession::Options{agent_name, task, server_name, 4096},
-                             [this] { return view(); }, log.get(), minter);
+  CountingSink sink(log.get(), audit_records);
+  broker::McpSession session(broker::McpSession::Options{agent_name, task, server_name, 4096, flow},
+                             [this] { return view(); }, &sink, minter);
   broker::RelayFds rf{fds[0], fds[1], in_pipe[1], out_pipe[0], fd, wake};
   broker::RelayEnd end = broker::run_relay(rf, session, config.max_line_bytes);
   if (rf.server_in >= 0) ::close(rf.server_in);  // EOF to the server: the MCP stdio shutdown
@@ -1101,6 +1404,7 @@ void Daemon::Impl::serve_mcp(int fd, const json::object& req, const std::string&
     ::close(connections[id].wake);
     connections.erase(id);
   }
+  write_coalesced(agent_name, task, *flow, *audit_records);
   const auto& st = session.stats();
   (void)log->record_event("mcp_disconnect", {{"agent", agent_name}, {"server", server_name}, {"status", status},
                                              {"allowed", st.calls_allowed}, {"denied", st.calls_denied},
@@ -1142,6 +1446,7 @@ void Daemon::Impl::shutdown() {
   OUTPOST_NOTE(info, "shutting down");
   boost::system::error_code ec;
   acceptor->close(ec);
+  accept_timer.cancel();
   inbox_timer.cancel();
   life_timer.cancel();
   audit_timer.cancel();
@@ -1183,6 +1488,7 @@ void Daemon::Impl::shutdown() {
     std::unique_lock lock(mu);
     threads_done.wait_for(lock, std::chrono::seconds(5), [&] { return api_threads == 0; });
   }
+  write_all_coalesced();
   (void)log->record_event("daemon_stop", {});
   maybe_checkpoint(true);  // the last records are anchored before outpostd goes
   (void)log->sync();
@@ -1237,6 +1543,16 @@ Result<void> Daemon::run() {
   m.io_thread = std::this_thread::get_id();
   const DaemonConfig& c = m.config;
   ::signal(SIGPIPE, SIG_IGN);
+  // Descriptors are what a flood of connections exhausts first: take the hard limit (the
+  // soft default of 1024 is a select(2)-era leftover; nothing here uses select).
+  if (rlimit nofile{}; ::getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
+    nofile.rlim_cur = nofile.rlim_max;
+    ::setrlimit(RLIMIT_NOFILE, &nofile);
+  }
+  m.isolation_missing = sandbox::missing_privileges();
+  if (!m.isolation_missing.empty()) {
+    OUTPOST_NOTE(error, "the agent sandbox needs " + m.isolation_missing + ": agents will not be launched");
+  }
 
   // The socket: a stale file from a dead daemon is replaced; a live daemon is not.
   if (fs::exists(c.socket)) {
@@ -1314,6 +1630,7 @@ Result<void> Daemon::run() {
     m.audit_timer.async_wait([&](const boost::system::error_code& e) {
       if (e || m.stopping) return;
       asio::post(m.worker, [&] {
+        m.write_all_coalesced();
         m.enforce_audit_budget();
         m.maybe_checkpoint();
         asio::post(m.io, audit);

@@ -115,15 +115,18 @@ Result<void> add_path_rule(int ruleset, const fs::path& path, uint64_t rights,
 // ---- spawn ----
 
 // What the child was doing when it failed; sent to the parent with errno before it exits.
-enum class Step : int { setsid, pdeathsig, chdir, no_new_privs, restrict_self, dup_stdio, close_fds, keep_fds, execve };
+enum class Step : int { setsid, ambient, isolate, pdeathsig, chdir, no_new_privs, restrict_self, dup_stdio, close_fds, keep_fds, execve };
 struct ChildReport {
   Step step;
   int err;
+  int detail;  // Step::isolate: which of its sub-steps
 };
 
-std::string describe(Step step, const SpawnSpec& spec) {
-  switch (step) {
+std::string describe(const ChildReport& report, const SpawnSpec& spec) {
+  switch (report.step) {
     case Step::setsid: return "setsid";
+    case Step::ambient: return "prctl PR_CAP_AMBIENT_CLEAR_ALL";
+    case Step::isolate: return detail::describe_isolation_step(report.detail);
     case Step::pdeathsig: return "prctl PR_SET_PDEATHSIG";
     case Step::chdir: return "chdir " + spec.cwd.string();
     case Step::no_new_privs: return "prctl PR_SET_NO_NEW_PRIVS";
@@ -146,14 +149,15 @@ struct ChildPlan {
   const std::vector<int>* keep_fds;
   int report_fd;
   int ruleset_fd;  // -1: no Landlock
+  const Isolation* isolation;
   bool new_session;
   bool die_with_parent;
   pid_t parent;
 };
 
-[[noreturn]] void child_fail(int report_fd, Step step) {
-  ChildReport report{step, errno};
-  // An 8-byte write to an empty pipe is atomic; if it fails the parent sees EOF and a child
+[[noreturn]] void child_fail(int report_fd, Step step, int detail = 0) {
+  ChildReport report{step, errno, detail};
+  // A 12-byte write to an empty pipe is atomic; if it fails the parent sees EOF and a child
   // that exits 127, the best that is left.
   [[maybe_unused]] ssize_t n = ::write(report_fd, &report, sizeof report);
   ::_exit(127);
@@ -168,16 +172,29 @@ struct ChildPlan {
   for (int sig = 1; sig < NSIG; ++sig) ::sigaction(sig, &dfl, nullptr);  // KILL/STOP: EINVAL, fine
 
   if (p.new_session && ::setsid() < 0) child_fail(p.report_fd, Step::setsid);
+  // The capabilities outpostd's unit grants it as ambient ones (to build sandboxes) never pass
+  // on through execve to anything it launches. EINVAL: a kernel without ambient capabilities.
+  if (::prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0 && errno != EINVAL) child_fail(p.report_fd, Step::ambient);
+  if (p.isolation) {
+    if (int sub = detail::enter_isolation(*p.isolation); sub != 0) child_fail(p.report_fd, Step::isolate, sub);
+  }
+  // After the id change, which clears it.
   if (p.die_with_parent) {
     if (::prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) child_fail(p.report_fd, Step::pdeathsig);
     if (::getppid() != p.parent) ::_exit(127);  // the parent died before the signal was armed
   }
   if (p.cwd && ::chdir(p.cwd) != 0) child_fail(p.report_fd, Step::chdir);
-  if (p.ruleset_fd >= 0) {
-    // Required for an unprivileged landlock_restrict_self, and keeps setuid binaries from
-    // regaining what the sandbox takes away.
+  if (p.ruleset_fd >= 0 || p.isolation) {
+    // Required for an unprivileged landlock_restrict_self and for seccomp, and keeps setuid
+    // binaries from regaining what the sandbox takes away.
     if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) child_fail(p.report_fd, Step::no_new_privs);
-    if (::syscall(SYS_landlock_restrict_self, p.ruleset_fd, 0) != 0) child_fail(p.report_fd, Step::restrict_self);
+  }
+  if (p.ruleset_fd >= 0 && ::syscall(SYS_landlock_restrict_self, p.ruleset_fd, 0) != 0) {
+    child_fail(p.report_fd, Step::restrict_self);
+  }
+  // Last: from here on only what the filter allows (dup2, fcntl, close_range, execve) runs.
+  if (p.isolation) {
+    if (int sub = detail::install_syscall_filter(*p.isolation); sub != 0) child_fail(p.report_fd, Step::isolate, sub);
   }
 
   // Sources may themselves be 0..2 (even crosswise), so copy all three out of the way first.
@@ -352,6 +369,7 @@ Result<Child> spawn(const SpawnSpec& spec) {
       &spec.keep_fds,
       report_write.get(),
       spec.sandbox ? spec.sandbox->fd() : -1,
+      spec.isolation,
       spec.new_session,
       spec.die_with_parent,
       ::getpid(),
@@ -367,7 +385,7 @@ Result<Child> spawn(const SpawnSpec& spec) {
   ::pthread_sigmask(SIG_SETMASK, &all, &old);
   int pidfd = -1;
   clone_args args{};
-  args.flags = CLONE_PIDFD;
+  args.flags = CLONE_PIDFD | (spec.isolation ? isolation_clone_flags() : 0);
   args.pidfd = reinterpret_cast<uintptr_t>(&pidfd);
   args.exit_signal = SIGCHLD;
   const long pid = ::syscall(SYS_clone3, &args, sizeof args);
@@ -389,7 +407,7 @@ Result<Child> spawn(const SpawnSpec& spec) {
   if (n != 0) {
     const int read_errno = errno;
     kill_and_reap(child);
-    if (n == static_cast<ssize_t>(sizeof report)) return fail(errno_error(describe(report.step, spec), report.err));
+    if (n == static_cast<ssize_t>(sizeof report)) return fail(errno_error(describe(report, spec), report.err));
     return fail(errno_error("spawn: read the child's report", n < 0 ? read_errno : EPROTO));
   }
 

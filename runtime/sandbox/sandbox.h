@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "outpost/base/result.h"
+#include "sandbox/isolation.h"
 
 namespace outpost::sandbox {
 
@@ -102,6 +103,10 @@ struct SpawnSpec {
   int stderr_fd = -1;
   std::vector<int> keep_fds;      // (>= 3) survive at the same number; every other fd is closed
   const Ruleset* sandbox = nullptr;  // null: no Landlock. Must stay live during spawn() only.
+  // null: the parent's ids, namespaces and system calls. Else the child gets new namespaces,
+  // the Isolation's filesystem view, ids with no capabilities and its seccomp filter
+  // (isolation.h). Must stay live during spawn() only.
+  const Isolation* isolation = nullptr;
   bool new_session = true;        // setsid(): own session and process group
   // PR_SET_PDEATHSIG SIGKILL. Note the kernel's semantics: the signal fires when the *thread*
   // that called spawn() exits, not only the process. Spawn from a thread that lives as long as
@@ -115,8 +120,9 @@ struct Child {
   uint64_t start_time = 0;  // field 22 of /proc/PID/stat, in clock ticks since boot
 };
 
-// fork+exec. In the child: default signal dispositions, setsid, parent-death signal, cwd,
-// PR_SET_NO_NEW_PRIVS + landlock_restrict_self, fds, an empty signal mask, execve. A failure
+// fork+exec. In the child: default signal dispositions, setsid, the isolation (namespaces,
+// mounts, ids, capabilities), parent-death signal, cwd, PR_SET_NO_NEW_PRIVS +
+// landlock_restrict_self, the seccomp filter, fds, an empty signal mask, execve. A failure
 // before execve comes back as this function's error ("execve /bin/nope: No such file or
 // directory"); the failed child has then been reaped. On success the caller reaps the child.
 Result<Child> spawn(const SpawnSpec& spec);

@@ -26,6 +26,12 @@
 //          (with atLeast, first waits up to timeoutMs (default 5000) until N were answered)
 //   {"op":"sleep","ms":N}
 //       -> {"step":i,"op":"sleep","ok":true}
+//   {"server":"fs","op":"disconnect"}
+//       -> {"step":i,"server":"fs","op":"disconnect","ok":true}: the client is closed; the next
+//          step that names the server connects it again (a new MCP connection)
+//   {"server":"fs","op":"flood","tool":"...","arguments":{...},"count":N,"concurrency":C?}
+//       -> {"step":i,...,"ok":true,"calls":N,"isError":K,"failed":F}: N calls, C in flight at
+//          once (default 1); K came back as error results, F threw
 // server-filesystem asks for roots/list right after initialization and then REPLACES its
 // command-line directories with the valid roots, some milliseconds after the answer; a test
 // that depends on that waits with {"op":"roots","atLeast":1} then {"op":"sleep","ms":300}.
@@ -211,6 +217,32 @@ async function runStep(step) {
     case 'sleep': {
       await new Promise((resolve) => setTimeout(resolve, step.ms ?? 0));
       return {};
+    }
+    case 'disconnect': {
+      const p = clients.get(step.server);
+      clients.delete(step.server);
+      if (p) await (await p).close();
+      return {};
+    }
+    case 'flood': {
+      const client = await connect(step.server);
+      const count = step.count ?? 1;
+      let next = 0;
+      let isError = 0;
+      let failed = 0;
+      const worker = async () => {
+        while (next < count) {
+          next += 1;
+          try {
+            const res = await client.callTool({ name: step.tool, arguments: step.arguments ?? {} });
+            if (res.isError === true) isError += 1;
+          } catch {
+            failed += 1;
+          }
+        }
+      };
+      await Promise.all(Array.from({ length: step.concurrency ?? 1 }, worker));
+      return { calls: count, isError, failed };
     }
     default:
       throw new Error(`unknown op ${JSON.stringify(op)}`);

@@ -73,9 +73,9 @@ check_layout() {
   # The hardening docs/install.md promises.
   local d
   for d in Type=notify User=outpost SupplementaryGroups=tss ProtectSystem=strict ProtectHome=yes \
-    PrivateTmp=yes NoNewPrivileges=yes CapabilityBoundingSet= StateDirectory=outpost StateDirectoryMode=0700 \
+    PrivateTmp=yes NoNewPrivileges=yes StateDirectory=outpost StateDirectoryMode=0700 \
     ConfigurationDirectory=outpost ReadWritePaths=/var/lib/outpost DevicePolicy=closed 'DeviceAllow=/dev/tpmrm0 rw' \
-    RestrictNamespaces=yes ProtectKernelTunables=yes ProtectKernelModules=yes ProtectKernelLogs=yes \
+    'RestrictNamespaces=mnt net ipc uts cgroup' ProtectKernelTunables=yes ProtectKernelModules=yes ProtectKernelLogs=yes \
     ProtectControlGroups=yes ProtectClock=yes LockPersonality=yes RestrictRealtime=yes RestrictSUIDSGID=yes \
     SystemCallArchitectures=native KillMode=mixed UMask=0077 Restart=on-failure OOMPolicy=continue; do
     grep -qx -- "$d" "$unit" || fail "the unit lacks '$d'"
@@ -86,6 +86,11 @@ check_layout() {
     [[ " $filter " == *" $d "* ]] || fail "SystemCallFilter does not allow $d (no systemd 252 group has it)"
   done
   [[ $(unit_value "$unit" TimeoutStopSec) == 180s ]] || fail "TimeoutStopSec is not 180s"
+  # The sandbox's privileges, exactly: more would be lost hardening, fewer a daemon that
+  # refuses to launch agents.
+  local caps='CAP_SYS_ADMIN CAP_SETUID CAP_SETGID CAP_SETPCAP CAP_NET_ADMIN CAP_KILL CAP_CHOWN'
+  [[ $(unit_value "$unit" CapabilityBoundingSet) == "$caps" ]] || fail "CapabilityBoundingSet is not '$caps'"
+  [[ $(unit_value "$unit" AmbientCapabilities) == "$caps" ]] || fail "AmbientCapabilities is not '$caps'"
 
   grep -Eq '^board: x86-64( |$)' "$root/etc/outpost/outpostd.yaml" || fail "the config's board is not x86-64"
   grep -Eq '^state_dir: /var/lib/outpost( |$)' "$root/etc/outpost/outpostd.yaml" || fail "the config's state_dir is not /var/lib/outpost"
@@ -171,9 +176,11 @@ check_unit_with_systemd() {
     { cat "$work/verify.log" >&2; fail "systemd-analyze verify reports problems in $unit"; }
   [[ ! -s $work/verify.log ]] || { cat "$work/verify.log" >&2; fail "systemd-analyze verify warns about $unit"; }
   note "systemd-analyze verify: clean"
-  # Exposure 0..10 (×10 for --threshold). The unit scores 1.6; more means hardening was lost.
-  systemd-analyze security --offline=yes --root="$root" --threshold=25 "$unit" >"$work/security.log" 2>&1 ||
-    { cat "$work/security.log" >&2; fail "systemd-analyze security: exposure above 2.5"; }
+  # Exposure 0..10 (×10 for --threshold). The unit scores 3.5: 1.6 for everything but the agent
+  # sandbox, whose capabilities (SYS_ADMIN, SETUID, SETGID, SETPCAP, NET_ADMIN, KILL, CHOWN) and
+  # namespaces systemd counts against the daemon that builds it. More means hardening was lost.
+  systemd-analyze security --offline=yes --root="$root" --threshold=36 "$unit" >"$work/security.log" 2>&1 ||
+    { cat "$work/security.log" >&2; fail "systemd-analyze security: exposure above 3.6"; }
   note "systemd-analyze security: $(grep -o 'Overall exposure level.*' "$work/security.log")"
 }
 

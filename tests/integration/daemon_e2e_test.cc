@@ -22,6 +22,8 @@
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <cstring>
+#include <map>
+#include <set>
 #include <thread>
 
 #include "outpost/base/bytes.h"
@@ -108,9 +110,9 @@ struct Node {
     ok(with({"secret", "seal", "demo-token", "--in", p("token.txt")}));
   }
 
-  void start_daemon() {
-    write_text(dir / "outpostd.yaml", "board: sim\nstate_dir: " + state.string() + "\ntcti: \"" + swtpm.tcti() +
-                                          "\"\nsocket: " + socket.string() + "\ninbox_poll_ms: 200\n");
+  void start_daemon(const std::string& extra_config = "", const std::string& board = "sim") {
+    write_text(dir / "outpostd.yaml", "board: " + board + "\nstate_dir: " + state.string() + "\ntcti: \"" + swtpm.tcti() +
+                                          "\"\nsocket: " + socket.string() + "\ninbox_poll_ms: 200\n" + extra_config);
     // Secrets in outpostd's own environment must reach neither agents nor tools.
     daemon = std::make_unique<testing::Background>(
         std::vector<std::string>{testing::outpostd_path(), "--config", (dir / "outpostd.yaml").string()},
@@ -119,6 +121,14 @@ struct Node {
     bool up = eventually([&] { return testing::run_outpost({"agent", "list", "--socket", socket.string()}).exit_code == 0; }, 30);
     INFO(*read_text_file(dir / "outpostd.log"));
     REQUIRE(up);
+  }
+
+  // Lets any uid reach the socket (it is 0666; its folders are not), as on a real node where it
+  // sits in a world-searchable folder: the API itself decides who may do what.
+  void open_socket_folders() {
+    for (fs::path p = socket.parent_path(); p != p.root_path(); p = p.parent_path()) {
+      fs::permissions(p, fs::perms::others_exec | fs::perms::group_exec, fs::perm_options::add);
+    }
   }
 
   // Writes the SDK agent's config and steps, and its manifest; returns the manifest path.
@@ -392,7 +402,8 @@ TEST_CASE("a sandboxed agent can neither read outside its work directory nor ope
   REQUIRE(eventually([&] { return n.agent_state("sandboxed", "stopped"); }, 30));
   auto log = testing::run_outpost({"agent", "logs", "sandboxed"}, n.env());
   INFO(log.out);
-  CHECK_THAT(log.out, Catch::Contains("Permission denied"));
+  // Outside its allowlist nothing exists for the agent (its own mount namespace).
+  CHECK_THAT(log.out, Catch::Contains("No such file or directory"));
   CHECK_THAT(log.out, Catch::Contains("read_rc=1"));
   CHECK_THAT(log.out, Catch::Contains("tcp_rc=1"));
   CHECK_THAT(log.out, Catch::Contains("write_rc=0"));
@@ -531,5 +542,350 @@ TEST_CASE("killing either side of an MCP connection ends the other cleanly", "[e
     REQUIRE(eventually([&] { return n.agent_state("e2e-agent", "revoked") && n.agent_entry("e2e-agent").at("pid") == -1; }, 10));
     REQUIRE(eventually([&] { return disconnected("fs") == 2; }, 30));
   }
+  CHECK(n.daemon->stop(SIGTERM) == 0);
+}
+
+namespace {
+
+// A non-blocking listener of any kind on a fresh address; received() says whether anyone
+// reached it (a connection waiting to be accepted, or a datagram).
+struct Listener {
+  int fd = -1;
+  bool stream = true;
+  Listener(int domain, int type, const sockaddr* addr, socklen_t len) : stream(type == SOCK_STREAM) {
+    fd = ::socket(domain, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    REQUIRE(fd >= 0);
+    REQUIRE(::bind(fd, addr, len) == 0);
+    if (stream) REQUIRE(::listen(fd, 16) == 0);
+  }
+  ~Listener() { ::close(fd); }
+  bool received() const {
+    if (stream) {
+      int c = ::accept(fd, nullptr, nullptr);
+      if (c >= 0) ::close(c);
+      return c >= 0;
+    }
+    char buf[64];
+    return ::recv(fd, buf, sizeof buf, MSG_DONTWAIT) >= 0;
+  }
+  uint16_t port() const {
+    sockaddr_storage ss{};
+    socklen_t len = sizeof ss;
+    ::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
+    return ntohs(ss.ss_family == AF_INET ? reinterpret_cast<sockaddr_in&>(ss).sin_port : reinterpret_cast<sockaddr_in6&>(ss).sin6_port);
+  }
+};
+
+Listener inet_listener(int domain, int type, uint16_t port) {
+  if (domain == AF_INET) {
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    return Listener(AF_INET, type, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  }
+  sockaddr_in6 a{};
+  a.sin6_family = AF_INET6;
+  a.sin6_port = htons(port);
+  a.sin6_addr = in6addr_loopback;
+  return Listener(AF_INET6, type, reinterpret_cast<sockaddr*>(&a), sizeof a);
+}
+
+Listener unix_listener(int type, const std::string& path, bool abstract) {
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  socklen_t len = sizeof a;
+  if (abstract) {
+    std::memcpy(a.sun_path + 1, path.data(), path.size());
+    len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + path.size());
+  } else {
+    std::strncpy(a.sun_path, path.c_str(), sizeof a.sun_path - 1);
+  }
+  Listener l(AF_UNIX, type, reinterpret_cast<sockaddr*>(&a), len);
+  if (!abstract) fs::permissions(path, fs::perms::all);  // file permissions are not what stops the agent
+  return l;
+}
+
+int tcti_port(const std::string& tcti) { return std::atoi(tcti.substr(tcti.find("port=") + 5).c_str()); }
+
+std::string errno_name(int e) {
+  switch (e) {
+    case EPERM: return "EPERM";
+    case EACCES: return "EACCES";
+    case ENOENT: return "ENOENT";
+    case EROFS: return "EROFS";
+    case ECONNREFUSED: return "ECONNREFUSED";
+    default: return std::to_string(e);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("a deployed agent finds every road out of its sandbox closed", "[e2e]") {
+  Node n;
+  n.provision();
+  n.start_daemon();
+  // Everything the agent would reach if the sandbox let it: loopback TCP and UDP on both
+  // families, pathname stream and datagram sockets anyone may write to, an abstract socket.
+  Listener tcp4 = inet_listener(AF_INET, SOCK_STREAM, 0);
+  const uint16_t port = tcp4.port();
+  Listener tcp6 = inet_listener(AF_INET6, SOCK_STREAM, port);
+  Listener udp4 = inet_listener(AF_INET, SOCK_DGRAM, 0);
+  Listener udp6 = inet_listener(AF_INET6, SOCK_DGRAM, udp4.port());
+  const std::string ustream = (n.dir / "outside.sock").string(), udgram = (n.dir / "outside-dgram.sock").string();
+  Listener un_stream = unix_listener(SOCK_STREAM, ustream, false);
+  Listener un_dgram = unix_listener(SOCK_DGRAM, udgram, false);
+  const std::string abstract_name = "outpost-probe-" + std::to_string(::getpid());
+  Listener un_abstract = unix_listener(SOCK_STREAM, abstract_name, true);
+
+  const std::vector<std::string> args = {"--tcp", std::to_string(port), "--udp", std::to_string(udp4.port()),
+                                         "--unix", ustream, "--unix-dgram", udgram, "--abstract", abstract_name,
+                                         "--outside", (n.outside / "secret.txt").string(),
+                                         "--daemon-pid", std::to_string(n.daemon->pid()),
+                                         "--tpm-port", std::to_string(tcti_port(n.swtpm.tcti()))};
+  write_text(n.dir / "probe.yaml", "name: probe\ncommand: " + std::string(OUTPOST_SANDBOX_PROBE) + "\nargs: " +
+                                       json::serialize(json::value_from(args)) +
+                                       "\nenv: {ASAN_OPTIONS: detect_leaks=0}\nrestart: never\n");
+  ok({"agent", "deploy", (n.dir / "probe.yaml").string()}, n.env());
+  REQUIRE(eventually([&] { return n.agent_state("probe", "stopped"); }, 60));
+  auto log = testing::run_outpost({"agent", "logs", "probe"}, n.env());
+  INFO(log.out);
+  const auto lines = json_lines(log.out);
+  REQUIRE(!lines.empty());
+  CHECK(lines.back().at("probe") == "done");
+
+  // What each attempt must meet: the layer that stops it answers with this errno.
+  const std::map<std::string, std::vector<int>> expected = {
+      {"tcp", {EPERM}}, {"tcp6", {EPERM}}, {"mptcp", {EPERM}}, {"mptcp6", {EPERM}}, {"swtpm", {EPERM}},
+      {"swtpm-mptcp", {EPERM}}, {"udp", {EPERM}}, {"udp6", {EPERM}}, {"ping", {EPERM}}, {"raw-icmp", {EPERM}},
+      {"ipproto-raw", {EPERM}}, {"packet", {EPERM}}, {"netlink", {EPERM}},
+      // Outside the allowlist nothing exists: the mount namespace shows no such file.
+      {"unix-stream-outside", {ENOENT}}, {"unix-dgram-outside", {ENOENT}}, {"read-outside", {ENOENT}},
+      {"stat-outside", {ENOENT}}, {"tpm-device", {ENOENT}}, {"tpmrm-device", {ENOENT}},
+      // Abstract sockets belong to the network namespace (and Landlock scopes them).
+      {"abstract-outside", {ECONNREFUSED, EPERM}},
+      {"read-shadow", {EACCES}}, {"write-etc", {EROFS, EACCES}},
+      {"unshare-user", {EPERM}}, {"unshare-net", {EPERM}}, {"unshare-mount", {EPERM}}, {"clone-newuser", {EPERM}},
+      {"chroot", {EPERM}}, {"mount", {EPERM}}, {"setuid-root", {EPERM}}, {"ptrace-attach", {EPERM}}, {"bpf", {EPERM}},
+      {"perf-event-open", {EPERM}}, {"keyctl", {EPERM}}, {"io-uring-setup", {EPERM}}, {"name-to-handle-at", {EPERM}},
+      {"signal-daemon", {EPERM}}, {"capabilities", {EPERM}}, {"root", {EPERM}}, {"new-privileges", {EPERM}},
+  };
+  std::set<std::string> seen;
+  for (const auto& l : lines) {
+    const std::string probe(l.at("probe").as_string());
+    if (probe == "done") continue;
+    seen.insert(probe);
+    INFO(probe << ": " << json::serialize(l));
+    CHECK(l.at("ok") == false);
+    auto want = expected.find(probe);
+    REQUIRE(want != expected.end());
+    const int got = static_cast<int>(l.at("errno").as_int64());
+    std::string names;
+    for (int e : want->second) names += errno_name(e) + " ";
+    INFO("errno " << errno_name(got) << ", expected one of " << names);
+    CHECK(std::find(want->second.begin(), want->second.end(), got) != want->second.end());
+  }
+  CHECK(seen.size() == expected.size());
+  for (const Listener* l : {&tcp4, &tcp6, &udp4, &udp6, &un_stream, &un_dgram, &un_abstract}) CHECK_FALSE(l->received());
+
+  const auto entry = n.agent_entry("probe");
+  CHECK(entry.at("uid").to_number<int64_t>() >= 1900000000);
+  {  // a manifest cannot hand an agent the TPM, the kernel's views or outpostd's state
+    for (const std::string& path : {std::string("/dev"), std::string("/dev/tpmrm0"), std::string("/proc"), n.state.string()}) {
+      write_text(n.dir / "greedy.yaml", "name: greedy\ncommand: /bin/true\nread_only: [\"" + path + "\"]\n");
+      auto r = testing::run_outpost({"agent", "deploy", (n.dir / "greedy.yaml").string()}, n.env());
+      INFO(path << ": " << r.err);
+      CHECK(r.exit_code == 1);
+      CHECK_THAT(r.err, Catch::Contains("read_only"));
+    }
+  }
+  CHECK(n.daemon->stop(SIGTERM) == 0);
+}
+
+TEST_CASE("outpostd keeps serving through a descriptor flood and slow connections", "[e2e]") {
+  Node n;
+  n.provision();
+  // 65533 is an operator uid here, capped per uid (8) well below the cap for all (32): its 64
+  // trickling connections would hold every slot without that. 65534 is any local user (refused
+  // unread).
+  n.start_daemon("api:\n  allow_uids: [0, 65533]\n  request_timeout_ms: 2000\n  max_connections: 32\n"
+                 "  max_connections_per_uid: 8\n");
+  n.open_socket_folders();
+  const std::string pid_dir = "/proc/" + std::to_string(n.daemon->pid()) + "/fd";
+  auto open_fds = [&] {
+    std::error_code ec;
+    return std::distance(fs::directory_iterator(pid_dir, ec), fs::directory_iterator());
+  };
+  const auto fds_before = open_fds();
+
+  // An agent whose calls go on through the attack.
+  json::array steps{step("everything", "echo", {{"message", "before"}}), json::object{{"op", "sleep"}, {"ms", 6000}},
+                    step("everything", "echo", {{"message", "after"}})};
+  ok({"agent", "deploy", n.agent("e2e-agent", steps).string()}, n.env());
+
+  auto as_uid = [&](int uid, std::vector<std::string> args) {
+    std::vector<std::string> cmd = {"/usr/bin/setpriv", "--reuid=" + std::to_string(uid), "--regid=" + std::to_string(uid),
+                                    "--clear-groups", OUTPOST_SANDBOX_PROBE};
+    cmd.insert(cmd.end(), args.begin(), args.end());
+    return std::make_unique<testing::Background>(cmd, n.dir / ("attack-" + std::to_string(uid) + "-" + args[1] + ".log"),
+                                                 std::vector<std::string>{"ASAN_OPTIONS=detect_leaks=0"});
+  };
+  auto flood_user = as_uid(65534, {"--attack", "fds", "--socket", n.socket.string(), "--count", "2600"});
+  auto flood_operator = as_uid(65533, {"--attack", "fds", "--socket", n.socket.string(), "--count", "2600"});
+  auto slow = as_uid(65533, {"--attack", "slow", "--socket", n.socket.string(), "--count", "64", "--seconds", "6"});
+  // Meanwhile the operator is served, again and again.
+  for (int i = 0; i < 10; ++i) {
+    auto r = testing::run_outpost({"agent", "list", "--json"}, n.env());
+    INFO(r.err);
+    CHECK(r.exit_code == 0);
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  }
+  CHECK(flood_user->stop(0, 120000) == 0);
+  CHECK(flood_operator->stop(0, 120000) == 0);
+  CHECK(slow->stop(0, 60000) == 0);
+  auto result = [&](const std::string& name) {
+    auto text = read_text_file(n.dir / name);
+    REQUIRE(text);
+    INFO(*text);
+    auto lines = json_lines(*text);
+    REQUIRE(!lines.empty());
+    return lines.back();
+  };
+  const auto flooded = result("attack-65534-fds.log");
+  CHECK(flooded.at("sent").as_int64() + flooded.at("failed").as_int64() == 2600);
+  CHECK(result("attack-65533-fds.log").at("sent").as_int64() > 0);
+  const auto slowed = result("attack-65533-slow.log");
+  // Every trickling connection was refused (over the cap) or closed at its deadline.
+  CHECK(slowed.at("open") == 0);
+  CHECK(slowed.at("refused").as_int64() + slowed.at("closed").as_int64() == 64);
+
+  REQUIRE(eventually([&] { return n.agent_state("e2e-agent", "stopped"); }, 60));
+  auto out = n.agent_output("e2e-agent");
+  for (int i : {0, 2}) {
+    const auto* s = find_step(out, i);
+    REQUIRE(s != nullptr);
+    CHECK(s->at("ok") == true);
+    CHECK(s->at("isError") == false);
+  }
+  // Nothing the attackers sent stayed behind in outpostd, and the TPM still answers.
+  REQUIRE(eventually([&] { return open_fds() <= fds_before + 4; }, 20));
+  auto status = ok({"status", "--json", "--state", n.state.string()}, n.env());
+  CHECK(json::parse(status.out).at("tpm").at("connected") == true);
+  ok({"attest", "quote", "--nonce", "0011223344556677", "--out", (n.dir / "quote").string(), "--state", n.state.string()}, n.env());
+  CHECK(fs::exists(n.dir / "quote" / "attest.bin"));
+  CHECK(n.daemon->stop(SIGTERM) == 0);
+}
+
+TEST_CASE("flow state survives a reconnect and a flood of denials is coalesced", "[e2e]") {
+  Node n;
+  n.provision();
+  n.start_daemon();
+  const json::object evil{{"message", "out"}, {"url", "https://evil.example/collect"}};
+  json::array flowy{step("everything", "get-env", {}),                           // 0: taints the session
+                    json::object{{"server", "everything"}, {"op", "disconnect"}},  // 1
+                    step("everything", "echo", evil),                              // 2: denied by taint
+                    step("everything", "echo", {{"message", "one"}}),              // 3
+                    json::object{{"server", "everything"}, {"op", "disconnect"}},  // 4
+                    step("everything", "echo", {{"message", "two"}}),              // 5
+                    json::object{{"server", "everything"}, {"op", "disconnect"}},  // 6
+                    step("everything", "echo", {{"message", "three"}})};           // 7: over the window
+  json::array flood{json::object{{"server", "everything"}, {"op", "flood"}, {"tool", "get-env"},
+                                 {"count", 3000}, {"concurrency", 4}}};
+  json::array neighbour;
+  for (int i = 0; i < 10; ++i) {
+    neighbour.push_back(step("everything", "echo", {{"message", "neighbour " + std::to_string(i)}}));
+    neighbour.push_back(json::object{{"op", "sleep"}, {"ms", 100}});
+  }
+  ok({"agent", "deploy", n.agent("flooder", flood).string()}, n.env());
+  ok({"agent", "deploy", n.agent("neighbour", neighbour).string()}, n.env());
+  ok({"agent", "deploy", n.agent("flowy", flowy).string()}, n.env());
+  for (const char* name : {"flooder", "neighbour", "flowy"}) {
+    REQUIRE(eventually([&] { return n.agent_state(name, "stopped"); }, 120));
+  }
+
+  {  // taint and the window limit hold across new MCP connections
+    auto out = n.agent_output("flowy");
+    INFO(*read_text_file(n.state / "agents" / "flowy" / "agent.log"));
+    auto is_error = [&](int i) {
+      const auto* s = find_step(out, i);
+      REQUIRE(s != nullptr);
+      REQUIRE(s->at("ok") == true);
+      return s->at("isError") == true;
+    };
+    CHECK_FALSE(is_error(0));
+    CHECK(is_error(2));
+    CHECK_THAT(content_text(*find_step(out, 2)), Catch::Contains("flowy-no-exfiltration"));
+    CHECK_FALSE(is_error(3));
+    CHECK_FALSE(is_error(5));
+    CHECK(is_error(7));
+    CHECK_THAT(content_text(*find_step(out, 7)), Catch::Contains("flowy-echo-budget"));
+  }
+  {  // the flood was answered in full, but recorded mostly as coalesced counts
+    auto out = n.agent_output("flooder");
+    const auto* s = find_step(out, 0);
+    REQUIRE(s != nullptr);
+    CHECK(s->at("calls") == 3000);
+    CHECK(s->at("isError") == 3000);
+    CHECK(s->at("failed") == 0);
+    int64_t individual = 0, coalesced = 0, coalesced_records = 0;
+    for (const auto& e : n.audit()) {
+      if (!e.contains("agent") || e.at("agent") != "flooder") continue;
+      if (e.at("kind") == "decision" && e.at("allow") == false) ++individual;
+      if (e.at("kind") == "denials_coalesced") {
+        ++coalesced_records;
+        coalesced += e.at("count").to_number<int64_t>();
+      }
+    }
+    CHECK(individual + coalesced == 3000);
+    CHECK(individual < 1000);
+    CHECK(coalesced_records >= 1);
+    CHECK(coalesced_records < 200);
+  }
+  {  // its neighbour was served throughout
+    auto out = n.agent_output("neighbour");
+    for (int i = 0; i < 20; i += 2) {
+      const auto* s = find_step(out, i);
+      REQUIRE(s != nullptr);
+      CHECK(s->at("isError") == false);
+    }
+  }
+  CHECK(n.daemon->stop(SIGTERM) == 0);
+}
+
+TEST_CASE("the agent that writes most of the audit log is paused alone", "[e2e]") {
+  Node n;
+  n.provision();
+  // The sim board with a 1 MiB audit budget: 75 % of it is reached within seconds.
+  std::string board = *read_text_file(fs::path(OUTPOST_SOURCE_DIR) / "boards" / "profiles" / "sim.yaml");
+  board = replace_all(board, "audit_log: 64MiB", "audit_log: 1MiB");
+  write_text(n.dir / "small-budget.yaml", board);
+  n.start_daemon("", (n.dir / "small-budget.yaml").string());
+  json::array flood{json::object{{"server", "everything"}, {"op", "flood"}, {"tool", "echo"},
+                                 {"arguments", {{"message", std::string(200, 'x')}}}, {"count", 20000}, {"concurrency", 2}}};
+  json::array neighbour{json::object{{"op", "sleep"}, {"ms", 500}}};
+  for (int i = 0; i < 5; ++i) neighbour.push_back(step("everything", "echo", {{"message", "neighbour " + std::to_string(i)}}));
+  ok({"agent", "deploy", n.agent("flooder", flood).string()}, n.env());
+  REQUIRE(eventually([&] { return n.agent_state("flooder", "paused"); }, 120));
+  // Paused before the hard limit: the log still takes records, and the neighbour is served.
+  auto status = json::parse(ok({"status", "--json", "--state", n.state.string()}, n.env()).out);
+  CHECK(status.at("audit").at("refusing") == "");
+  CHECK(status.at("audit").at("agents_paused") == false);
+  ok({"agent", "deploy", n.agent("neighbour", neighbour).string()}, n.env());
+  REQUIRE(eventually([&] { return n.agent_state("neighbour", "stopped"); }, 60));
+  auto out = n.agent_output("neighbour");
+  for (int i = 1; i <= 5; ++i) {
+    const auto* s = find_step(out, i);
+    REQUIRE(s != nullptr);
+    CHECK(s->at("isError") == false);
+  }
+  CHECK(n.agent_state("flooder", "paused"));
+  bool paused_event = false;
+  for (const auto& e : n.audit()) {
+    if (e.at("kind") == "agent_paused" && e.at("agent") == "flooder") paused_event = true;
+  }
+  CHECK(paused_event);
+  // The operator can still stop it.
+  ok({"agent", "stop", "flooder"}, n.env());
+  REQUIRE(eventually([&] { return n.agent_state("flooder", "stopped"); }, 30));
   CHECK(n.daemon->stop(SIGTERM) == 0);
 }

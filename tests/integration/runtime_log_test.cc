@@ -36,6 +36,11 @@ testing::CommandResult ok(const std::vector<std::string>& args, const std::vecto
   return r;
 }
 
+// An agent's program: the agent runs under a uid of its own, so it must be readable and
+// executable by others (as anything installed under /usr is).
+constexpr fs::perms kProgram = fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
+                               fs::perms::others_read | fs::perms::others_exec;
+
 void write_text(const fs::path& p, const std::string& text, fs::perms perms = fs::perms::owner_read | fs::perms::owner_write) {
   fs::create_directories(p.parent_path());
   std::ofstream(p, std::ios::binary | std::ios::trunc) << text;
@@ -94,7 +99,7 @@ struct Node {
     ok(with({"bundle", "install", p("b.opb")}));
     write_text(config, "board: sim\nstate_dir: " + state.string() + "\ntcti: \"" + swtpm.tcti() + "\"\nsocket: " +
                            socket.string() + "\n");
-    write_text(agent, kAgentV1, fs::perms::owner_all);
+    write_text(agent, kAgentV1, kProgram);
     write_text(dir / "agent" / "manifest.yaml", "name: writer\ncommand: " + agent.string() + "\nrestart: never\n");
   }
 
@@ -200,7 +205,7 @@ TEST_CASE("outpost's launches replay to the quoted PCR 23; a changed agent binar
   // The binary changes on disk and is deployed again: outpostd measures the new one in, and
   // a responder holding the old reference sees which agent changed.
   ok({"agent", "stop", "writer"}, n.env());
-  write_text(n.agent, kAgentV2, fs::perms::owner_all);
+  write_text(n.agent, kAgentV2, kProgram);
   REQUIRE(eventually([&] { return testing::run_outpost({"agent", "deploy", (n.dir / "agent" / "manifest.yaml").string()},
                                                        n.env()).exit_code == 0; }, 10));
   const std::string nonce2 = "1122334455";

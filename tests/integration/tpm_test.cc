@@ -358,3 +358,95 @@ TEST_CASE("200 processes that load or create a key then sign and quote leave no 
     if (i % 50 == 49) REQUIRE(leftovers() == 0);
   }
 }
+
+TEST_CASE("the TPM connection is re-established after the TPM goes away and comes back",
+          "[reconnect][tpm-reconnect]") {
+  TempDir dir;
+  testing::Swtpm swtpm(dir / "swtpm");
+  const std::string tcti = swtpm.tcti();
+  const std::string port = tcti.substr(tcti.rfind("port=") + 5);
+  std::unique_ptr<testing::Background> restarted;  // outlives `tpm`: its destructor may talk to it
+  auto tpm = connect(tcti);
+  NodeIdentity id = provision(*tpm, dir / "state");
+  constexpr uint32_t kIndex = 0x01000100;
+  auto counter = tpm->ensure_counter(kIndex);
+  REQUIRE(counter.has_value());
+  auto blob = tpm->create_signing_key(id.handles.srk);
+  REQUIRE(blob.has_value());
+  auto old_key = tpm->load(id.handles.srk, *blob);
+  REQUIRE(old_key.has_value());
+  REQUIRE(tpm->read_clock().has_value());
+  TpmHealth healthy = tpm->health();
+  CHECK(healthy.connected);
+  CHECK(healthy.reconnects == 0);
+  CHECK(healthy.failures == 0);
+  CHECK(healthy.last_error.empty());
+
+  swtpm.stop();  // waits for the pid; the state directory stays
+  auto lost = tpm->increment_counter(kIndex);
+  REQUIRE_FALSE(lost.has_value());
+  INFO(lost.error().message());
+  CHECK_THAT(lost.error().message(), Catch::Contains("connection to the TPM at \"" + tcti + "\" failed") &&
+                                         Catch::Contains("IO failure"));
+  TpmHealth down = tpm->health();
+  CHECK_FALSE(down.connected);
+  CHECK(down.failures == 1);
+  CHECK_THAT(down.last_error, Catch::Contains("IO failure"));
+  CHECK(down.last_failure_unix > 0);
+  // The next command tries to reconnect and fails on its own terms, not "called in the wrong
+  // order" as a stale ESYS context would.
+  auto still_down = tpm->read_clock();
+  REQUIRE_FALSE(still_down.has_value());
+  CHECK_THAT(still_down.error().message(), Catch::Contains(tcti) && !Catch::Contains("wrong order"));
+  CHECK(tpm->health().failures == 2);
+  CHECK_FALSE(tpm->health().connected);
+
+  // The same TPM (same state) back on the same port: swtpm.sh picks a new port, so start it here.
+  restarted = std::make_unique<testing::Background>(
+      std::vector<std::string>{"/usr/bin/env", "swtpm", "socket", "--tpm2",
+                               "--server", "type=tcp,port=" + port + ",bindaddr=127.0.0.1",
+                               "--ctrl", "type=tcp,port=" + std::to_string(std::stoi(port) + 1) + ",bindaddr=127.0.0.1",
+                               "--tpmstate", "dir=" + (dir / "swtpm" / "state").string(),
+                               "--flags", "not-need-init,startup-clear"},
+      dir / "swtpm-restarted.log");
+  std::string last;
+  bool back = testing::eventually(
+      [&] {
+        auto t = tpm->read_clock();
+        if (!t) last = t.error().message();
+        return t.has_value();
+      },
+      30, 50);
+  INFO("last error: " << last);
+  REQUIRE(back);
+  TpmHealth again = tpm->health();
+  CHECK(again.connected);
+  CHECK(again.reconnects >= 1);
+  CHECK(again.failures >= 2);
+  CHECK_FALSE(again.last_error.empty());
+
+  // Persistent keys are resolved again on the new connection.
+  auto ak = tpm->read_persistent(id.handles.ak);
+  REQUIRE(ak.has_value());
+  CHECK(ak->key == id.ak_public);
+  const Bytes nonce = {0x0c, 0x0a, 0xfe};
+  auto q = tpm->quote(id.handles.ak, board_selection(), nonce);
+  INFO((q ? std::string() : q.error().message()));
+  REQUIRE(q.has_value());
+  CHECK(verify_quote(q->signed_attest, id.ak_public, nonce, q->pcrs).has_value());
+  // The failed increment was not replayed.
+  CHECK(*tpm->read_counter(kIndex) == *counter);
+
+  // A key loaded on the lost connection is refused (its ESYS_TR could name another object now);
+  // loaded again under the SRK it signs.
+  const Digest d = sha256(std::string_view("after the reconnect"));
+  auto stale = tpm->sign(*old_key, d);
+  REQUIRE_FALSE(stale.has_value());
+  CHECK(stale.error().is(errc::not_found));
+  CHECK_THAT(stale.error().message(), Catch::Contains("load it again"));
+  auto new_key = tpm->load(id.handles.srk, *blob);
+  REQUIRE(new_key.has_value());
+  auto sig = tpm->sign(*new_key, d);
+  REQUIRE(sig.has_value());
+  CHECK(new_key->public_key().key.verify(d, *sig).has_value());
+}

@@ -5,7 +5,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <catch2/catch.hpp>
+#include <chrono>
 #include <thread>
 
 
@@ -19,8 +21,11 @@
 #include "broker/decision_log.h"
 #include "broker/mcp_session.h"
 #include "broker/relay.h"
+#include "broker/session_state.h"
+#include "credentials/jws.h"
 #include "outpost/base/errors.h"
 #include "outpost/base/files.h"
+#include "outpost/base/time.h"
 #include "daemon/config.h"
 #include "policy/compiler.h"
 #include "test_support.h"
@@ -71,12 +76,44 @@ flow_rules:
     reason: "no fetches after reading confidential data"
 )";
 
-std::shared_ptr<const policy::Engine> engine() {
-  static auto compiled = policy::compile_policy(kPolicy, "test.yaml", policy::CompileOptions{});
+// Flow rules that outlive a connection: an approval before restarts, a window limit on payments.
+constexpr const char* kFlowPolicy = R"(
+version: 4
+issuer: test
+valid: {not_before: 2026-01-01T00:00:00Z, not_after: 2099-01-01T00:00:00Z, max_offline: 72h}
+tools:
+  - {server: approvals, name: grant}
+  - {server: ops, name: restart}
+  - {server: pay, name: send}
+  - {server: pay, name: bulk}
+agents:
+  - {name: coder, tools: ["approvals/*", "ops/*", "pay/*"]}
+rules:
+  - {id: ask, effect: allow, agents: [coder], tools: [approvals/grant]}
+  - {id: restart, effect: allow, agents: [coder], tools: [ops/restart]}
+  - {id: pay, effect: allow, agents: [coder], tools: ["pay/*"]}
+flow_rules:
+  - {id: approved-restarts, kind: require_approval, tools: [ops/restart], approval_tool: approvals/grant}
+  - {id: spend-limit, kind: window_limit, tools: [pay/send], window: 1h, max_count: 3}
+  - {id: bulk-limit, kind: window_limit, tools: [pay/bulk], window: 1h, max_count: 200}
+)";
+
+std::shared_ptr<const policy::Engine> compile_engine(const char* source) {
+  auto compiled = policy::compile_policy(source, "test.yaml", policy::CompileOptions{});
   REQUIRE(compiled);
-  static auto e = policy::Engine::build(*flatbuffers::GetRoot<fb::Bundle>(compiled->payload.data()));
+  auto e = policy::Engine::build(*flatbuffers::GetRoot<fb::Bundle>(compiled->payload.data()));
   REQUIRE(e);
   return *e;
+}
+
+std::shared_ptr<const policy::Engine> engine() {
+  static auto e = compile_engine(kPolicy);
+  return e;
+}
+
+std::shared_ptr<const policy::Engine> flow_engine() {
+  static auto e = compile_engine(kFlowPolicy);
+  return e;
 }
 
 struct Sink : broker::DecisionSink {
@@ -94,6 +131,35 @@ broker::McpSession session(Sink& sink, const std::string& server = "fs", broker:
   return broker::McpSession({"coder", "build", server, 4096},
                             [mode] { return broker::PolicyView{engine(), mode, 4102444800}; }, &sink, std::move(minter),
                             [] { return int64_t{1800000000}; });
+}
+
+// One connection of `coder` to `server`, deciding with the agent's `state`. No test macros in
+// here or in goes_out(): the concurrency test drives sessions from threads of its own.
+broker::McpSession connection(broker::DecisionSink& sink, std::shared_ptr<broker::SessionState> state,
+                              const std::string& server, std::shared_ptr<const policy::Engine> e) {
+  return broker::McpSession({"coder", "build", server, 4096, std::move(state)},
+                            [e] { return broker::PolicyView{e, policy::Mode::normal, 4102444800}; }, &sink, nullptr,
+                            [] { return int64_t{1800000000}; });
+}
+
+std::string call_line(std::string_view tool, std::string_view args) {
+  return R"({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":")" + std::string(tool) +
+         R"(","arguments":)" + std::string(args) + "}}";
+}
+
+// Sends one tools/call; true when it went on to the server.
+bool goes_out(broker::McpSession& s, std::string_view tool, std::string_view args = "{}") {
+  std::string to_server, to_client;
+  s.from_client(call_line(tool, args), to_server, to_client);
+  return !to_server.empty();
+}
+
+std::string text_of(const json::value& v) { return v.is_string() ? std::string(v.get_string()) : std::string(); }
+
+std::string args_hash(std::string_view args) {
+  auto h = credentials::args_sha256(json::parse(args));
+  REQUIRE(h);
+  return *h;
 }
 
 json::value only_line(const std::string& out) {
@@ -405,4 +471,255 @@ TEST_CASE("outpostd's config: audit.durable_decisions, strictly", "[broker]") {
   auto typo = daemon::parse_daemon_config("audit: {durable: false}\n", "t.yaml");
   REQUIRE_FALSE(typo);
   CHECK_THAT(typo.error().message(), Catch::Contains("durable"));
+}
+
+// ---- the agent's state across connections (SessionState) ----
+
+TEST_CASE("broker taint follows the agent to a new connection and to another server", "[broker]") {
+  auto state = std::make_shared<broker::SessionState>();
+  Sink sink;
+  {
+    auto fs = connection(sink, state, "fs", engine());
+    CHECK(goes_out(fs, "read_file", R"({"path":"/ws/secret.txt"})"));
+  }  // that connection is gone; what it read is not forgotten
+  CHECK(state->history_size() == 1);
+  auto web = connection(sink, state, "web", engine());
+  CHECK_FALSE(goes_out(web, "fetch", R"({"url":"https://docs.example.org/x"})"));
+  CHECK(sink.records.back().verdict == "flow_denied");
+  CHECK(sink.records.back().rules == std::vector<std::string>{"no-exfil"});
+
+  // Another launch of the agent has a state of its own and starts clean.
+  auto other = connection(sink, std::make_shared<broker::SessionState>(), "web", engine());
+  CHECK(goes_out(other, "fetch", R"({"url":"https://docs.example.org/x"})"));
+  // So does a session given no state at all (one connection, as before).
+  auto alone = session(sink, "web");
+  CHECK(goes_out(alone, "fetch", R"({"url":"https://docs.example.org/x"})"));
+}
+
+TEST_CASE("broker keeps the most sensitive call when the shared history is full", "[broker]") {
+  auto state = std::make_shared<broker::SessionState>(broker::SessionState::Limits{.max_history = 4});
+  Sink sink;
+  auto fs = connection(sink, state, "fs", engine());
+  REQUIRE(goes_out(fs, "read_file", R"({"path":"/ws/secret.txt"})"));
+  auto fs2 = connection(sink, state, "fs", engine());
+  for (int i = 0; i < 10; ++i) REQUIRE(goes_out(fs2, "write_file", R"({"path":"/ws/out","content":"x"})"));
+  CHECK(state->history_size() == 4);
+  auto web = connection(sink, state, "web", engine());
+  CHECK_FALSE(goes_out(web, "fetch", R"({"url":"https://docs.example.org/x"})"));
+}
+
+TEST_CASE("broker approvals and window limits survive a reconnect", "[broker]") {
+  auto state = std::make_shared<broker::SessionState>();
+  Sink sink;
+  {
+    auto ops = connection(sink, state, "ops", flow_engine());
+    CHECK_FALSE(goes_out(ops, "restart"));  // nothing approved it yet
+    CHECK(sink.records.back().rules == std::vector<std::string>{"approved-restarts"});
+    auto approvals = connection(sink, state, "approvals", flow_engine());
+    CHECK(goes_out(approvals, "grant"));
+  }
+  auto ops = connection(sink, state, "ops", flow_engine());  // the agent reconnects
+  CHECK(goes_out(ops, "restart"));
+
+  {
+    auto pay = connection(sink, state, "pay", flow_engine());
+    CHECK(goes_out(pay, "send", R"({"amount":5})"));
+    CHECK(goes_out(pay, "send", R"({"amount":5})"));
+  }
+  auto pay = connection(sink, state, "pay", flow_engine());
+  CHECK(goes_out(pay, "send", R"({"amount":5})"));        // the third payment of the hour
+  CHECK_FALSE(goes_out(pay, "send", R"({"amount":5})"));  // a new connection does not reset the count
+  CHECK(sink.records.back().verdict == "flow_denied");
+  CHECK(sink.records.back().rules == std::vector<std::string>{"spend-limit"});
+}
+
+// ---- the deny budget ----
+
+TEST_CASE("broker records a deny flood up to its burst and coalesces the rest", "[broker]") {
+  const auto t0 = std::chrono::steady_clock::time_point{};
+  auto state = std::make_shared<broker::SessionState>(broker::SessionState::Limits{}, [t0] { return t0; });
+  REQUIRE(state->limits().deny_burst == 100);
+  Sink sink;
+  auto s = connection(sink, state, "fs", engine());
+  const std::string args = R"({"path":"/etc/passwd","content":"x"})";
+  std::string to_server, to_client;
+  for (int i = 0; i < 1000; ++i) s.from_client(call_line("write_file", args), to_server, to_client);
+
+  CHECK(to_server.empty());
+  // The client got every answer, the same whether its record was written or coalesced.
+  size_t answers = 0, with_reason = 0;
+  for (size_t start = 0, nl; (nl = to_client.find('\n', start)) != std::string::npos; start = nl + 1) {
+    json::value v = json::parse(to_client.substr(start, nl - start));
+    ++answers;
+    if (v.at("result").at("isError") == true &&
+        text_of(v.at("result").at("content").at(0).at("text")) == "outpost denied this call: " + sink.records[0].reason) {
+      ++with_reason;
+    }
+  }
+  CHECK(answers == 1000);
+  CHECK(with_reason == 1000);
+  CHECK(s.stats().calls_denied == 1000);
+
+  REQUIRE(sink.records.size() == 100);  // the burst, one record each
+  CHECK(state->denies_recorded() == 100);
+  CHECK(state->denies_coalesced() == 900);
+  auto coalesced = state->take_coalesced();
+  REQUIRE(coalesced.size() == 1);  // identical denials: one entry
+  const broker::CoalescedDenials& c = coalesced[0];
+  CHECK(c.count == 900);
+  CHECK(c.server == "fs");
+  CHECK(c.tool == "write_file");
+  CHECK(c.verdict == "no_rule_allows");
+  CHECK(c.rules == sink.records[0].rules);
+  CHECK(c.reason == sink.records[0].reason);
+  CHECK(c.first_time == 1800000000);
+  CHECK(c.last_time == 1800000000);
+  CHECK(c.first_args_sha256 == args_hash(args));
+  CHECK(c.last_args_sha256 == args_hash(args));
+  CHECK_FALSE(c.overflow);
+  CHECK(state->take_coalesced().empty());  // taken means gone
+}
+
+TEST_CASE("broker coalesces different denials apart and refills its deny budget with time", "[broker]") {
+  auto now = std::chrono::steady_clock::time_point{};
+  auto state = std::make_shared<broker::SessionState>(
+      broker::SessionState::Limits{.deny_rate_per_s = 20, .deny_burst = 10}, [&now] { return now; });
+  Sink sink;
+  auto s = connection(sink, state, "fs", engine());
+  for (int i = 0; i < 10; ++i) CHECK_FALSE(goes_out(s, "write_file", R"({"path":"/etc/passwd"})"));
+  CHECK(sink.records.size() == 10);
+
+  // Over the budget: two kinds of denial, one of them with different arguments.
+  for (int i = 0; i < 5; ++i) CHECK_FALSE(goes_out(s, "write_file", R"({"path":"/etc/shadow"})"));
+  for (int i = 0; i < 7; ++i) CHECK_FALSE(goes_out(s, "read_file", R"({"path":"/etc/hosts"})"));
+  CHECK_FALSE(goes_out(s, "write_file", R"({"path":"/etc/hosts"})"));
+  CHECK(sink.records.size() == 10);
+
+  // Allowed calls neither spend nor wait for the deny budget.
+  CHECK(goes_out(s, "read_file", R"({"path":"/ws/a"})"));
+  CHECK(sink.records.size() == 11);
+  CHECK(sink.records.back().allow);
+
+  auto coalesced = state->take_coalesced();
+  REQUIRE(coalesced.size() == 2);
+  CHECK(coalesced[0].tool == "write_file");
+  CHECK(coalesced[0].count == 6);
+  CHECK(coalesced[0].first_args_sha256 == args_hash(R"({"path":"/etc/shadow"})"));
+  CHECK(coalesced[0].last_args_sha256 == args_hash(R"({"path":"/etc/hosts"})"));
+  CHECK(coalesced[1].tool == "read_file");
+  CHECK(coalesced[1].count == 7);
+  CHECK(coalesced[0].count + coalesced[1].count == state->denies_coalesced());
+
+  // Half a second at 20 per second: ten more records of their own, then coalescing again.
+  now += std::chrono::milliseconds(500);
+  for (int i = 0; i < 11; ++i) CHECK_FALSE(goes_out(s, "write_file", R"({"path":"/etc/passwd"})"));
+  CHECK(sink.records.size() == 21);
+  CHECK(state->denies_recorded() == 20);
+  auto later = state->take_coalesced();
+  REQUIRE(later.size() == 1);
+  CHECK(later[0].count == 1);
+}
+
+TEST_CASE("broker counts denials past its coalescing table in one overflow entry", "[broker]") {
+  const auto t0 = std::chrono::steady_clock::time_point{};
+  auto state = std::make_shared<broker::SessionState>(
+      broker::SessionState::Limits{.deny_burst = 0, .max_coalesced_kinds = 3}, [t0] { return t0; });
+  Sink sink;
+  auto s = connection(sink, state, "fs", engine());
+  // Unknown tools named by the agent: every one a kind of its own.
+  for (int i = 0; i < 10; ++i) CHECK_FALSE(goes_out(s, "made_up_" + std::to_string(i)));
+  CHECK(sink.records.empty());
+  auto coalesced = state->take_coalesced();
+  REQUIRE(coalesced.size() == 4);
+  CHECK(coalesced[0].tool == "made_up_0");
+  CHECK(coalesced[3].overflow);
+  CHECK(coalesced[3].tool == "*");
+  CHECK(coalesced[3].count == 7);
+}
+
+TEST_CASE("coalesced denials become one audit record that counts as denies", "[broker]") {
+  outpost::testing::TempDir dir;
+  auto log = broker::AuditDecisionLog::open(dir / "audit" / "log", offline_cache::AuditLogOptions{});
+  REQUIRE(log);
+  const auto t0 = std::chrono::steady_clock::time_point{};
+  auto state = std::make_shared<broker::SessionState>(broker::SessionState::Limits{.deny_burst = 5}, [t0] { return t0; });
+  auto s = connection(**log, state, "fs", engine());
+  for (int i = 0; i < 50; ++i) CHECK_FALSE(goes_out(s, "write_file", R"({"path":"/etc/passwd"})"));
+  CHECK((*log)->records() == 5);
+  for (const auto& c : state->take_coalesced()) REQUIRE((*log)->record_coalesced("coder", "build", c));
+  CHECK((*log)->take_denies() == 50);  // the checkpoint-on-deny still sees every one
+  REQUIRE((*log)->sync());
+
+  std::vector<offline_cache::AuditRecord> records;
+  REQUIRE(offline_cache::read_audit_log(dir / "audit" / "log", 0, [&](const offline_cache::AuditRecord& rec) {
+    records.push_back(rec);
+    return true;
+  }));
+  REQUIRE(records.size() == 6);
+  const auto& r = records[5];
+  CHECK(r.kind == offline_cache::RecordKind::decision);
+  CHECK(r.event == "denials_coalesced");
+  CHECK(r.agent == "coder");
+  CHECK(r.time_ms == 1800000000000);
+  auto d = json::parse(r.detail);
+  CHECK(d.at("kind") == "denials_coalesced");
+  CHECK(d.at("agent") == "coder");
+  CHECK(d.at("task") == "build");
+  CHECK(d.at("server") == "fs");
+  CHECK(d.at("tool") == "write_file");
+  CHECK(d.at("verdict") == "no_rule_allows");
+  CHECK(d.at("rules").as_array().empty());
+  CHECK(d.at("count") == 45);
+  CHECK(text_of(d.at("first")) == format_rfc3339_utc(1800000000));
+  CHECK(text_of(d.at("last")) == format_rfc3339_utc(1800000000));
+  CHECK(text_of(d.at("first_args_sha256")) == args_hash(R"({"path":"/etc/passwd"})"));
+  CHECK(text_of(d.at("last_args_sha256")) == args_hash(R"({"path":"/etc/passwd"})"));
+  CHECK(text_of(d.at("reason")).find("no rule allows") != std::string::npos);
+  // Same time format as the decision records beside it.
+  CHECK(json::parse(records[0].detail).at("time") == d.at("time"));
+}
+
+TEST_CASE("broker connections of one agent on two threads share its state without a race", "[broker]") {
+  auto e = flow_engine();
+  const auto t0 = std::chrono::steady_clock::time_point{};
+  auto state = std::make_shared<broker::SessionState>(broker::SessionState::Limits{.deny_burst = 10}, [t0] { return t0; });
+  constexpr int kCalls = 300;
+  constexpr int kLimit = 200;  // bulk-limit: both connections together get this many
+  Sink sinks[2];
+  int allowed[2] = {0, 0};
+  std::atomic<int> ready{0};
+  std::atomic<bool> done{false};
+  uint64_t drained = 0;
+  // The daemon's periodic drain, meanwhile.
+  std::thread drainer([&] {
+    while (!done.load()) {
+      for (const auto& c : state->take_coalesced()) drained += c.count;
+      std::this_thread::yield();
+    }
+  });
+  std::vector<std::thread> connections;
+  for (int t = 0; t < 2; ++t) {
+    connections.emplace_back([&, t] {
+      auto pay = connection(sinks[t], state, "pay", e);
+      auto approvals = connection(sinks[t], state, "approvals", e);
+      ready.fetch_add(1);
+      while (ready.load() < 2) std::this_thread::yield();  // start together, to overlap
+      for (int i = 0; i < kCalls; ++i) {
+        if (goes_out(pay, "bulk", R"({"amount":1})")) ++allowed[t];
+        if (i % 10 == 0) (void)goes_out(approvals, "grant");
+      }
+    });
+  }
+  for (auto& c : connections) c.join();
+  done = true;
+  drainer.join();
+  for (const auto& c : state->take_coalesced()) drained += c.count;
+
+  INFO("allowed per connection: " << allowed[0] << " and " << allowed[1]);
+  CHECK(allowed[0] + allowed[1] == kLimit);  // the window limit held across both connections
+  CHECK(state->history_size() == kLimit + 2 * (kCalls / 10));
+  CHECK(state->denies_recorded() == 10);
+  CHECK(state->denies_coalesced() == 2 * kCalls - kLimit - 10);
+  CHECK(drained == state->denies_coalesced());
+  CHECK(sinks[0].records.size() + sinks[1].records.size() == kLimit + 2 * (kCalls / 10) + 10);
 }

@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -16,7 +17,10 @@
 #include <cerrno>
 #include <cstdlib>
 #include <fstream>
+#include <set>
+#include <tuple>
 
+#include "outpost/base/files.h"
 #include "sandbox/sandbox.h"
 #include "test_support.h"
 
@@ -98,15 +102,16 @@ SandboxPolicy system_policy() {
 
 void write_text(const fs::path& p, const std::string& text) { std::ofstream(p) << text; }
 
-// Runs `probe` in a forked child confined by `rs` exactly as spawn() confines, and returns what
-// it returned: 0 for success, else the errno of the operation under test.
+// Runs `probe` in a forked child confined as spawn() confines (no_new_privs, then the Landlock
+// ruleset and the seccomp filter, each when given), and returns what it returned: 0 for
+// success, else the errno of the operation under test.
 template <class Probe>
-int errno_under(const Ruleset* rs, Probe probe) {
+int errno_confined(const Ruleset* rs, const SyscallFilter* filter, Probe probe) {
   pid_t pid = ::fork();
   REQUIRE(pid >= 0);
   if (pid == 0) {
-    if (rs && (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 ||
-               ::syscall(SYS_landlock_restrict_self, rs->fd(), 0) != 0)) {
+    if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 || (rs && ::syscall(SYS_landlock_restrict_self, rs->fd(), 0) != 0) ||
+        (filter && ::prctl(PR_SET_SECCOMP, 2 /* SECCOMP_MODE_FILTER */, filter->program()) != 0)) {
       ::_exit(200);
     }
     ::_exit(probe());
@@ -116,6 +121,11 @@ int errno_under(const Ruleset* rs, Probe probe) {
   REQUIRE(WIFEXITED(status));
   REQUIRE(WEXITSTATUS(status) != 200);
   return WEXITSTATUS(status);
+}
+
+template <class Probe>
+int errno_under(const Ruleset* rs, Probe probe) {
+  return errno_confined(rs, nullptr, probe);
 }
 
 sockaddr_in loopback(uint16_t port) {
@@ -509,4 +519,142 @@ TEST_CASE("a child starts with no blocked or ignored signals whatever its parent
   CHECK(blocked == "0000000000000000");
   CHECK(ignored == "0000000000000000");
   kill_group_and_reap(*child);
+}
+
+// ---- isolation: namespaces, the allowlisted view, ids and the seccomp filter (as root) ----
+
+namespace {
+
+template <class Probe>
+int errno_filtered(const SyscallFilter& filter, Probe probe) {
+  return errno_confined(nullptr, &filter, probe);
+}
+
+int socket_errno(int domain, int type, int protocol) {
+  int s = ::socket(domain, type, protocol);
+  if (s < 0) return errno;
+  ::close(s);
+  return 0;
+}
+
+SyscallFilter filter_of(bool allow_inet) {
+  auto f = SyscallFilter::build(SyscallFilterPolicy{allow_inet});
+  if (!f) FAIL(f.error().message());
+  return std::move(*f);
+}
+
+}  // namespace
+
+TEST_CASE("the syscall filter leaves AF_UNIX and, when asked, plain TCP", "[sandbox]") {
+  const SyscallFilter closed = filter_of(false), tcp = filter_of(true);
+  CHECK(errno_filtered(closed, [] { return socket_errno(AF_UNIX, SOCK_STREAM, 0); }) == 0);
+  CHECK(errno_filtered(closed, [] { return socket_errno(AF_UNIX, SOCK_DGRAM, 0); }) == 0);
+  CHECK(errno_filtered(closed, [] { return socket_errno(AF_INET, SOCK_STREAM, 0); }) == EPERM);
+  CHECK(errno_filtered(closed, [] { return socket_errno(AF_INET6, SOCK_STREAM, 0); }) == EPERM);
+  CHECK(errno_filtered(tcp, [] { return socket_errno(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0); }) == 0);
+  CHECK(errno_filtered(tcp, [] { return socket_errno(AF_INET6, SOCK_STREAM, IPPROTO_TCP); }) == 0);
+  // Everything else, even with TCP allowed.
+  const int refused[][3] = {{AF_INET, SOCK_STREAM, 262 /* IPPROTO_MPTCP */}, {AF_INET6, SOCK_STREAM, 262},
+                             {AF_INET, SOCK_DGRAM, 0}, {AF_INET6, SOCK_DGRAM, 0}, {AF_INET, SOCK_RAW, IPPROTO_ICMP},
+                             {AF_INET, SOCK_DGRAM, IPPROTO_ICMP}, {AF_INET, SOCK_RAW, IPPROTO_RAW},
+                             {AF_INET, SOCK_SEQPACKET, 0}, {AF_PACKET, SOCK_RAW, 0}, {AF_NETLINK, SOCK_RAW, 0},
+                             {AF_UNSPEC, SOCK_STREAM, 0}};
+  for (const auto& s : refused) {
+    INFO("socket(" << s[0] << ", " << s[1] << ", " << s[2] << ")");
+    CHECK(errno_filtered(tcp, [&] { return socket_errno(s[0], s[1], s[2]); }) == EPERM);
+  }
+  // A domain hidden in the upper half of the register is refused, not truncated to AF_UNIX.
+  CHECK(errno_filtered(closed, [] {
+          long s = ::syscall(SYS_socket, 0x100000001L, SOCK_STREAM, 0);
+          return s < 0 ? errno : 0;
+        }) == EPERM);
+}
+
+TEST_CASE("the syscall filter refuses namespaces, mounts, tracing and kernel interfaces with EPERM", "[sandbox]") {
+  const SyscallFilter f = filter_of(false);
+  auto rc = [](long r) { return r < 0 ? errno : 0; };
+  CHECK(errno_filtered(f, [&] { return rc(::unshare(CLONE_NEWUSER)); }) == EPERM);
+  CHECK(errno_filtered(f, [&] { return rc(::unshare(CLONE_NEWNET)); }) == EPERM);
+  CHECK(errno_filtered(f, [&] {
+          long pid = ::syscall(SYS_clone, CLONE_NEWUSER | SIGCHLD, nullptr, nullptr, nullptr, nullptr);
+          if (pid == 0) ::_exit(0);
+          return rc(pid);
+        }) == EPERM);
+  CHECK(errno_filtered(f, [&] { return rc(::syscall(SYS_clone3, nullptr, 0)); }) == ENOSYS);  // libc falls back to clone
+  CHECK(errno_filtered(f, [&] { return rc(::chroot("/")); }) == EPERM);
+  CHECK(errno_filtered(f, [&] { return rc(::syscall(SYS_ptrace, 0 /* PTRACE_TRACEME */, 0, 0, 0)); }) == EPERM);
+  CHECK(errno_filtered(f, [&] { return rc(::syscall(SYS_bpf, 0, nullptr, 0)); }) == EPERM);
+  CHECK(errno_filtered(f, [&] { return rc(::syscall(SYS_io_uring_setup, 1, nullptr)); }) == EPERM);
+  CHECK(errno_filtered(f, [&] { return rc(::syscall(SYS_name_to_handle_at, AT_FDCWD, "/", nullptr, nullptr, 0)); }) == EPERM);
+  // Ordinary work goes on: threads (clone without namespace flags), files, pipes.
+  CHECK(errno_filtered(f, [] {
+          pid_t pid = ::fork();
+          if (pid == 0) ::_exit(0);
+          int st = 0;
+          return pid > 0 && ::waitpid(pid, &st, 0) == pid ? 0 : errno;
+        }) == 0);
+  CHECK(errno_filtered(f, [] {
+          int p[2];
+          return ::pipe(p) == 0 ? 0 : errno;
+        }) == 0);
+}
+
+TEST_CASE("an isolated child has its own uid, no capabilities and sees only its allowlist", "[sandbox]") {
+  REQUIRE(::geteuid() == 0);  // isolation needs root's capabilities (the suite runs as root)
+  TempDir dir;
+  fs::create_directories(dir / "root");
+  fs::create_directories(dir / "work");
+  ::chown((dir / "work").c_str(), 1900000123, 1900000123);
+  write_text(dir / "secret.txt", "not for the child\n");
+  IsolationPolicy ip;
+  ip.uid = ip.gid = 1900000123;
+  ip.root = dir / "root";
+  ip.read_only = kSystem;
+  ip.read_write = {dir / "work"};
+  ip.devices = {"/dev/null"};
+  auto iso = Isolation::prepare(ip);
+  REQUIRE(iso.has_value());
+  SpawnSpec spec;
+  spec.argv = {"/bin/sh", "-c",
+               "echo uid=$(id -u) gid=$(id -g) groups=$(id -G); ls -a /; echo devs: $(ls /dev); "
+               "cat /proc/self/status; cat " + (dir / "secret.txt").string() + "; cat /etc/shadow; "
+               "echo hi > " + (dir / "work" / "out.txt").string() + " && echo wrote; touch /usr/x || echo ro; "
+               "grep -c . /etc/hostname >/dev/null && echo etc-readable"};
+  spec.env = kEnv;
+  spec.isolation = &*iso;
+  spec.cwd = dir / "work";
+  Run r = run(spec);
+  INFO(r.out << r.err);
+  CHECK(r.out.find("uid=1900000123 gid=1900000123 groups=1900000123\n") == 0);
+  // The root holds the allowlist and nothing else.
+  std::set<std::string> top = {".", "..", "bin", "dev", "etc", "lib", "lib64", "usr", (*dir.path().relative_path().begin()).string()};
+  std::string listing = r.out.substr(r.out.find('\n') + 1);
+  listing = listing.substr(0, listing.find("devs:"));
+  std::set<std::string> seen;
+  for (size_t start = 0, nl; (nl = listing.find('\n', start)) != std::string::npos; start = nl + 1) {
+    seen.insert(listing.substr(start, nl - start));
+  }
+  CHECK(seen == top);
+  CHECK_THAT(r.out, Catch::Contains("devs: null\n"));
+  CHECK_THAT(r.err, Catch::Contains("/proc/self/status: No such file or directory"));
+  CHECK_THAT(r.err, Catch::Contains("secret.txt: No such file or directory"));
+  CHECK_THAT(r.err, Catch::Contains("/etc/shadow: Permission denied"));
+  CHECK_THAT(r.out, Catch::Contains("wrote"));
+  CHECK_THAT(r.out, Catch::Contains("ro"));
+  CHECK_THAT(r.out, Catch::Contains("etc-readable"));
+  CHECK(*outpost::read_text_file(dir / "work" / "out.txt") == "hi\n");
+  CHECK(fs::is_empty(dir / "root"));  // the mounts were the child's alone
+}
+
+TEST_CASE("isolation refuses uid 0 and a device named as a path", "[sandbox]") {
+  IsolationPolicy ip;
+  ip.root = "/tmp";
+  auto r = Isolation::prepare(ip);
+  REQUIRE_FALSE(r.has_value());
+  CHECK_THAT(r.error().message(), Catch::Contains("uid or gid 0"));
+  ip.uid = ip.gid = 1900000123;
+  ip.read_only = {"/dev/null"};
+  auto device = Isolation::prepare(ip);
+  REQUIRE_FALSE(device.has_value());
+  CHECK_THAT(device.error().message(), Catch::Contains("is a device"));
 }

@@ -6,6 +6,15 @@
 // object is flushed on every path: a TPM without a resource manager (swtpm through its TCTI,
 // a board without tpm2-abrmd or /dev/tpmrm0) has only a few object slots.
 //
+// The connection heals itself. A command that fails in the transport (swtpm restarted, a
+// socket error, fd exhaustion) returns that error, never retried, since it may not be
+// idempotent (NV_Increment, Quote), and the TCTI and ESYS contexts are torn down. The next
+// command reconnects first, as connect() does (Startup, leftovers flushed when Options ask);
+// after a failed attempt, commands fail at once with errc::tpm_unavailable until a back-off
+// of 100 ms, doubling to 5 s, has passed, so a dead TPM is not hammered. Persistent objects
+// and NV indices are resolved again on the new connection; a LoadedKey from before it is
+// gone and must be loaded again. health() tells how it goes.
+//
 // The key hierarchy (DESIGN.md "Trust and keys"):
 //   SRK  ECC P-256 storage primary, owner hierarchy, persistent
 //   EK   ECC P-256 from the TCG EK Credential Profile template L-2, endorsement, persistent
@@ -15,6 +24,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -72,6 +82,15 @@ struct TpmAlgorithms {
 
 enum class HandleType { transient, session, persistent, nv_index };
 
+// The state of a Tpm's connection, for `outpost status`.
+struct TpmHealth {
+  bool connected = false;         // false from a transport failure until a reconnect succeeds
+  uint64_t reconnects = 0;        // connections re-established after a failure
+  uint64_t failures = 0;          // connections lost, plus reconnect attempts that failed
+  std::string last_error;         // the latest of those failures; empty when there was none
+  int64_t last_failure_unix = 0;  // when it happened, Unix seconds; 0 when there was none
+};
+
 // The public area of an NV index (TPM2_NV_ReadPublic).
 struct NvIndexPublic {
   uint32_t index = 0;
@@ -99,6 +118,8 @@ class Tpm {
   Tpm& operator=(const Tpm&) = delete;
 
   const std::string& tcti() const { return tcti_; }
+  // A snapshot taken under a small lock of its own: never waits for a TPM command.
+  TpmHealth health() const;
 
   Result<TpmInfo> info();
   Result<TpmAlgorithms> algorithms();
@@ -120,10 +141,14 @@ class Tpm {
   Result<KeyBlob> create_signing_key(uint32_t parent_handle);
 
   // A key loaded into the TPM; flushed when this object goes away. Holds a slot, so keep
-  // few alive at once. Must not outlive its Tpm.
+  // few alive at once. Must not outlive its Tpm. Lives as long as the connection it was
+  // loaded on: after a reconnect, sign and certify refuse it (errc::not_found).
   class LoadedKey {
    public:
-    LoadedKey(LoadedKey&& o) noexcept : tpm_(o.tpm_), tr_(o.tr_), public_(std::move(o.public_)) { o.tpm_ = nullptr; }
+    LoadedKey(LoadedKey&& o) noexcept
+        : tpm_(o.tpm_), tr_(o.tr_), connection_(o.connection_), public_(std::move(o.public_)) {
+      o.tpm_ = nullptr;
+    }
     LoadedKey& operator=(LoadedKey&&) = delete;
     LoadedKey(const LoadedKey&) = delete;
     ~LoadedKey();
@@ -131,9 +156,11 @@ class Tpm {
 
    private:
     friend class Tpm;
-    LoadedKey(Tpm* tpm, uint32_t tr, KeyPublic pub) : tpm_(tpm), tr_(tr), public_(std::move(pub)) {}
+    LoadedKey(Tpm* tpm, uint32_t tr, uint64_t connection, KeyPublic pub)
+        : tpm_(tpm), tr_(tr), connection_(connection), public_(std::move(pub)) {}
     Tpm* tpm_;
-    uint32_t tr_;  // ESYS_TR
+    uint32_t tr_;          // ESYS_TR, meaningful only on connection_ (ESAPI reuses the numbers)
+    uint64_t connection_;  // which connection of the Tpm's loaded it
     KeyPublic public_;
   };
   Result<LoadedKey> load(uint32_t parent_handle, const KeyBlob& blob);
@@ -183,9 +210,20 @@ class Tpm {
 
  private:
   Tpm() = default;
-  void flush_loaded(uint32_t tr);
+  void flush_loaded(uint32_t tr, uint64_t connection);
+  // Runs `job` on the executor as one command: connects first if a failure dropped the
+  // connection, and drops it when `job` broke it. Defined in tpm.cc, its only user.
+  template <class Job>
+  auto command(Job&& job);
+  // On the executor's thread: open (or reopen) the connection; reconnect when back-off
+  // allows; tear down a broken connection, giving its cause.
+  Result<void> open_connection();
+  Result<void> ensure_connected();
+  std::optional<Error> drop_if_broken();
+  Result<void> check_current(const LoadedKey& key) const;
 
   std::string tcti_;
+  Options options_;
   std::unique_ptr<detail::Esys> esys_;
   struct Queue;
   std::unique_ptr<Queue> queue_;

@@ -1,0 +1,54 @@
+// The seccomp filter every agent runs under, built with libseccomp in the parent and installed
+// by the child just before execve (sandbox.h: SpawnSpec::isolation).
+//
+// Default allow, with a deny list that answers EPERM (never kills: an agent sees a clear error
+// and can carry on):
+//   * socket()/socketpair(): AF_UNIX only; with allow_inet_stream also AF_INET/AF_INET6 of type
+//     SOCK_STREAM and protocol 0 or IPPROTO_TCP. MPTCP, UDP, raw, packet and netlink are refused.
+//   * no namespaces (unshare, setns, clone with any CLONE_NEW* flag; clone3 answers ENOSYS so
+//     libc falls back to clone, whose flags a filter can read), no mounts or chroot, no ptrace
+//     or process_vm_*, no bpf, perf_event_open, keyctl/add_key/request_key, no file handles
+//     (name_to_handle_at, open_by_handle_at), no io_uring, no userfaultfd, no kernel modules,
+//     kexec, reboot, swap, clock setting or accounting.
+// System calls of another architecture (i386 on x86-64) kill the process: libseccomp's default
+// for a foreign ABI, which no legitimate agent uses.
+//
+// Thread contract: immutable once built; many spawns may share one.
+#pragma once
+
+#include <linux/filter.h>
+
+#include <vector>
+
+#include "outpost/base/result.h"
+
+namespace outpost::sandbox {
+
+struct SyscallFilterPolicy {
+  bool allow_inet_stream = false;  // TCP sockets (the egress proxy in the agent's namespace)
+};
+
+class SyscallFilter {
+ public:
+  static Result<SyscallFilter> build(const SyscallFilterPolicy& policy);
+
+  SyscallFilter(SyscallFilter&& other) noexcept : insns_(std::move(other.insns_)) { prog_ = {static_cast<unsigned short>(insns_.size()), insns_.data()}; }
+  SyscallFilter& operator=(SyscallFilter&&) = delete;
+  SyscallFilter(const SyscallFilter&) = delete;
+  SyscallFilter& operator=(const SyscallFilter&) = delete;
+
+  // The BPF program for prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, program()).
+  const sock_fprog* program() const { return &prog_; }
+
+ private:
+  explicit SyscallFilter(std::vector<sock_filter> insns) : insns_(std::move(insns)) {
+    prog_ = {static_cast<unsigned short>(insns_.size()), insns_.data()};
+  }
+  std::vector<sock_filter> insns_;
+  sock_fprog prog_{};
+};
+
+// The names refused with EPERM (those that exist on this architecture), for docs and tests.
+const std::vector<const char*>& refused_syscalls();
+
+}  // namespace outpost::sandbox
