@@ -131,8 +131,11 @@ Result<int> connect_api(const std::filesystem::path& socket) {
 Result<json::object> call_api(const std::filesystem::path& socket, const json::object& request) {
   OUTPOST_TRY(int fd, connect_api(socket));
   auto r = send_message(fd, request);
-  Result<json::value> reply = r ? recv_message(fd) : Result<json::value>(fail(r.error()));
+  // outpostd refuses a peer before reading its request: the refusal may already be waiting
+  // even when sending failed because it closed the connection.
+  Result<json::value> reply = recv_message(fd);
   ::close(fd);
+  if (!r && (!reply || !reply->is_object())) return fail(r.error());
   if (!reply) return fail(reply.error());
   if (!reply->is_object()) return fail(make_error_code(errc::corrupt), "outpostd sent something that is not an object");
   json::object& o = reply->as_object();

@@ -112,11 +112,14 @@ fs::path self_dir() {
 }
 
 // The audit log, counting what each agent's calls write there (the fair budget's measure).
+// While the agent is paused for its share, nothing is recorded, so every call is refused (the
+// broker denies what it cannot record).
 class CountingSink : public broker::DecisionSink {
  public:
-  CountingSink(broker::DecisionSink* log, std::shared_ptr<std::atomic<uint64_t>> count)
-      : log_(log), count_(std::move(count)) {}
+  CountingSink(broker::DecisionSink* log, std::shared_ptr<std::atomic<uint64_t>> count, std::shared_ptr<std::atomic<bool>> blocked)
+      : log_(log), count_(std::move(count)), blocked_(std::move(blocked)) {}
   Result<void> record(const broker::DecisionRecord& r) override {
+    if (blocked_->load()) return fail(errc::unsupported, "the agent is paused: it wrote most of the audit log's budget");
     count_->fetch_add(1, std::memory_order_relaxed);
     return log_->record(r);
   }
@@ -124,6 +127,7 @@ class CountingSink : public broker::DecisionSink {
  private:
   broker::DecisionSink* log_;
   std::shared_ptr<std::atomic<uint64_t>> count_;
+  std::shared_ptr<std::atomic<bool>> blocked_;
 };
 
 }  // namespace
@@ -164,6 +168,16 @@ struct Agent {
   // paused for having written most of them.
   std::shared_ptr<std::atomic<uint64_t>> audit_records = std::make_shared<std::atomic<uint64_t>>(0);
   bool paused_for_budget = false;
+  // Mirrors paused_for_budget for its connections' threads: while set, its calls are refused
+  // and nothing of them is recorded (a process that escaped the SIGSTOP gains nothing).
+  std::shared_ptr<std::atomic<bool>> records_blocked = std::make_shared<std::atomic<bool>>(false);
+  // MCP connections it may open: a token bucket (each costs a server launch and two records).
+  double connect_tokens = 32;
+  std::chrono::steady_clock::time_point connect_refilled = std::chrono::steady_clock::now();
+  void set_paused(bool paused) {
+    paused_for_budget = paused;
+    records_blocked->store(paused);
+  }
   // Its flow history and deny budget, shared by all its MCP connections and kept across its
   // restarts (an agent must not shed a taint by reconnecting or crashing); a deploy starts afresh.
   std::shared_ptr<broker::SessionState> flow;
@@ -229,12 +243,14 @@ struct Daemon::Impl {
   std::map<uint64_t, Connection> connections;
   uint64_t next_connection = 1;
   size_t api_threads = 0;
-  std::map<uid_t, uint32_t> api_by_uid;      // open API connections per peer uid
+  std::map<uid_t, uint32_t> api_by_uid;      // open API connections per peer uid (not agents)
   std::map<std::string, uint32_t> api_by_agent;
+  uint32_t agent_connections = 0;            // all agents' together
   asio::steady_timer accept_timer{io};
   int accept_backoff_ms = 0;
   std::string isolation_missing;             // privileges the sandbox lacks; "" when it has all
-  std::atomic<uint64_t> refused_logged{0};   // refusals at accept, audited one in a thousand
+  std::atomic<uint64_t> refused_logged{0};   // refusals of API peers, audited one in a thousand
+  uint64_t audit_ticks = 0;                  // the worker's 200 ms ticks
   std::condition_variable threads_done;
   std::atomic<bool> stopping{false};
   std::thread::id io_thread = std::this_thread::get_id();
@@ -366,7 +382,7 @@ struct Daemon::Impl {
       }
       if (top == nullptr || most * 2 <= total) return;
       ::kill(-top->pid, SIGSTOP);
-      top->paused_for_budget = true;
+      top->set_paused(true);
       const std::string why = "wrote " + std::to_string(most) + " of the " + std::to_string(total) +
                               " records since the audit log last had room; the log holds " + std::to_string(used) + " of " +
                               std::to_string(budget) + " bytes";
@@ -376,7 +392,7 @@ struct Daemon::Impl {
       for (auto& [name, a] : agents) {
         a->audit_records->store(0);
         if (!a->paused_for_budget) continue;
-        a->paused_for_budget = false;
+        a->set_paused(false);
         if (a->pid > 0 && !agents_paused) ::kill(-a->pid, SIGCONT);
         OUTPOST_NOTE(info, "agent " + name + " resumed: the audit log has room again");
         (void)log->record_event("agent_resumed", {{"agent", name}});
@@ -515,10 +531,18 @@ struct Daemon::Impl {
   // ---- API ----
   void accept();
   void serve(int fd, Peer peer);
+  // With mu held: one API connection of `peer` more (+1) or less (-1).
+  void count_connection(const Peer& peer, int delta) {
+    api_threads += delta;
+    if (!peer.agent.empty()) {
+      agent_connections += delta;
+      if ((api_by_agent[peer.agent] += delta) == 0) api_by_agent.erase(peer.agent);
+    } else if ((api_by_uid[peer.cred.uid] += delta) == 0) {
+      api_by_uid.erase(peer.cred.uid);
+    }
+  }
   json::object handle(const json::object& req, const ucred& peer, bool is_agent, const std::string& agent_name);
   void serve_mcp(int fd, const json::object& req, const std::string& agent_name, std::vector<int> fds);
-  // The launched agent `pid` belongs to (itself or a descendant), or "".
-  std::string agent_of(pid_t pid);
 
   void poll_inbox();
   void shutdown();
@@ -622,38 +646,51 @@ Result<uid_t> Daemon::Impl::allocate_uid(const std::string& name) {
 }
 
 // An agent must never be handed the node's secrets or devices, whatever its manifest says:
-// the state directory (keys, sealed secrets, the audit log), /proc, /sys and /dev (TPM nodes).
+// the state directory (keys, sealed secrets, the audit log), /proc, /sys, /run and /dev (TPM
+// nodes), nor a folder holding one of them, nor a path the agent itself can change (beneath its
+// work directory: a symlink planted there would redirect the next launch's mounts). Checked at
+// deploy and again at every launch, on the paths as they resolve then.
 Result<void> Daemon::Impl::check_manifest_paths(const AgentManifest& m) const {
   std::error_code ec;
-  const fs::path state = fs::weakly_canonical(config.state_dir, ec);
+  auto resolved = [&](const fs::path& p) {
+    fs::path c = fs::canonical(p, ec);
+    return ec ? fs::weakly_canonical(p, ec) : c;
+  };
   auto inside = [](const fs::path& p, const fs::path& base) {
     auto [b, pi] = std::mismatch(base.begin(), base.end(), p.begin(), p.end());
     return b == base.end();
   };
-  auto check = [&](const fs::path& raw, const char* field) -> Result<void> {
-    const fs::path p = fs::weakly_canonical(raw, ec);
-    if (p == "/") return fail(errc::invalid_argument, std::string(field) + ": the whole filesystem may not be given to an agent");
-    for (const char* forbidden : {"/dev", "/proc", "/sys", "/run"}) {
-      if (inside(p, forbidden)) {
-        return fail(errc::invalid_argument, std::string(field) + ": " + raw.string() + " is under " + forbidden +
-                                                ", which agents never see (docs/daemon.md, \"The sandbox\")");
+  const fs::path state = resolved(config.state_dir);
+  const fs::path workdir = resolved(m.workdir.empty() ? config.state_dir / "agents" / m.name / "work" : m.workdir);
+  const std::vector<fs::path> forbidden = {"/dev", "/proc", "/sys", "/run", state};
+  auto check = [&](const fs::path& raw, const char* field, bool may_be_workdir) -> Result<void> {
+    const fs::path p = resolved(raw);
+    const std::string what = std::string(field) + ": " + raw.string() + (p != raw ? " (" + p.string() + ")" : "");
+    for (const auto& f : forbidden) {
+      const bool own_workdir = may_be_workdir && p == workdir && inside(p, state);
+      if (own_workdir) continue;  // <state>/agents/<name>/work, the default
+      if (inside(p, f)) {
+        return fail(errc::invalid_argument, what + " is under " + f.string() + ", which agents never see (docs/daemon.md, \"The sandbox\")");
+      }
+      if (inside(f, p)) {
+        return fail(errc::invalid_argument, what + " holds " + f.string() + ", which agents never see (docs/daemon.md, \"The sandbox\")");
       }
     }
-    // The agent's own work directory under <state>/agents/<name>/work is the one exception.
-    const fs::path own = fs::weakly_canonical(config.state_dir / "agents" / m.name / "work", ec);
-    if (inside(p, state) && !inside(p, own)) {
-      return fail(errc::invalid_argument, std::string(field) + ": " + raw.string() + " is inside outpostd's state directory");
+    if (!may_be_workdir && inside(p, workdir)) {
+      return fail(errc::invalid_argument, what + " is inside the agent's work directory, which the agent can change");
     }
     return ok();
   };
-  for (const auto& p : m.read_only) OUTPOST_TRY_VOID(check(p, "read_only"));
-  if (!m.workdir.empty()) OUTPOST_TRY_VOID(check(m.workdir, "workdir"));
-  OUTPOST_TRY_VOID(check(m.command, "command"));
-  return check(m.binary, "binary");
+  for (const auto& p : m.read_only) OUTPOST_TRY_VOID(check(p, "read_only", false));
+  OUTPOST_TRY_VOID(check(workdir, "workdir", true));
+  OUTPOST_TRY_VOID(check(m.command, "command", false));
+  return check(m.binary, "binary", false);
 }
 
-// The work directory belongs to the agent's uid (mode 0700). What a previous run under another
-// owner left there is handed over too, without following links the agent may have planted.
+// The work directory belongs to the agent's uid (mode 0700), with its TMPDIR in it. A folder
+// still owned by outpostd (new, or from before agents had uids of their own) is handed over
+// whole, without following links; one of another owner is refused. No process of the agent's
+// uid runs meanwhile (launch kills leftovers first), so nothing races the walk.
 Result<void> Daemon::Impl::prepare_workdir(const Agent& a) const {
   std::error_code ec;
   fs::create_directories(a.workdir, ec);
@@ -661,14 +698,21 @@ Result<void> Daemon::Impl::prepare_workdir(const Agent& a) const {
   struct stat st {};
   if (::lstat(a.workdir.c_str(), &st) != 0) return fail(errno_error("lstat " + a.workdir.string(), errno));
   if (!S_ISDIR(st.st_mode)) return fail(errc::invalid_argument, a.workdir.string() + " is not a directory");
-  if (st.st_uid != a.uid || st.st_gid != a.uid) {
-    for (auto it = fs::recursive_directory_iterator(a.workdir, ec); !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
-      if (::lchown(it->path().c_str(), a.uid, a.uid) != 0 && errno != ENOENT) {
-        return fail(errno_error("chown " + it->path().string(), errno));
-      }
-    }
-    if (::lchown(a.workdir.c_str(), a.uid, a.uid) != 0) return fail(errno_error("chown " + a.workdir.string(), errno));
+  if (st.st_uid == a.uid) return ok();
+  if (st.st_uid != ::geteuid()) {
+    return fail(errc::invalid_argument, "work directory " + a.workdir.string() + " belongs to uid " + std::to_string(st.st_uid) +
+                                            ", neither outpostd nor agent " + a.manifest.name);
   }
+  const fs::path tmp = a.workdir / ".tmp";
+  if (::mkdir(tmp.c_str(), 0700) != 0 && errno != EEXIST) return fail(errno_error("mkdir " + tmp.string(), errno));
+  for (auto it = fs::recursive_directory_iterator(a.workdir, ec); it != fs::recursive_directory_iterator(); it.increment(ec)) {
+    if (ec) break;
+    if (::lchown(it->path().c_str(), a.uid, a.uid) != 0 && errno != ENOENT) {
+      return fail(errno_error("chown " + it->path().string(), errno));
+    }
+  }
+  if (ec) return fail(errno_error("walk " + a.workdir.string(), ec.value()));
+  if (::lchown(a.workdir.c_str(), a.uid, a.uid) != 0) return fail(errno_error("chown " + a.workdir.string(), errno));
   if (::chmod(a.workdir.c_str(), 0700) != 0) return fail(errno_error("chmod " + a.workdir.string(), errno));
   return ok();
 }
@@ -732,6 +776,7 @@ Result<std::string> Daemon::Impl::deploy(const std::string& manifest_text, const
   broker::SessionState::Limits limits;
   limits.deny_rate_per_s = config.deny_records_per_s;
   limits.deny_burst = config.deny_records_burst;
+  limits.max_coalesced_kinds = 16;  // kinds an agent can vary (tool names) get one overflow entry
   a->flow = std::make_shared<broker::SessionState>(limits);
   a->dir = config.state_dir / "agents" / m.name;
   a->workdir = m.workdir.empty() ? a->dir / "work" : m.workdir;
@@ -776,14 +821,20 @@ Result<void> Daemon::Impl::launch(Agent& a) {
     return fail(make_error_code(errc::unsupported), "not launching " + m.name + ": the agent sandbox needs " + isolation_missing +
                                                         " (docs/daemon.md, \"The sandbox\")");
   }
+  // Whatever a previous run left behind under the agent's uid goes first: nothing of it may
+  // race the checks and the mounts below, or outlive the agent it belonged to.
+  OUTPOST_TRY_VOID(sandbox::kill_all_of_uid(a.uid));
+  OUTPOST_TRY_VOID(check_manifest_paths(m));
   OUTPOST_TRY_VOID(prepare_workdir(a));
   // outpostd's own files for the agent, read-only inside: its MCP configuration, and the empty
-  // folder its sandbox's root is mounted on.
+  // folder its sandbox's root is mounted on. Modes set explicitly: the unit's umask is 0077.
   const fs::path run_dir = a.dir / "run";
   const fs::path root_dir = a.dir / "root";
   OUTPOST_TRY_VOID(ensure_directory(run_dir, 0755));
   OUTPOST_TRY_VOID(ensure_directory(root_dir, 0755));
-  ::chmod(a.dir.c_str(), 0755);  // traversal only; what is secret in it is 0600
+  for (const fs::path& d : {a.dir, run_dir, root_dir}) {
+    if (::chmod(d.c_str(), 0755) != 0) return fail(errno_error("chmod " + d.string(), errno));  // traversal; secrets in it are 0600
+  }
 
   // The agent's MCP configuration: every server it may reach is `outpost mcp connect NAME`.
   json::object servers;
@@ -792,6 +843,7 @@ Result<void> Daemon::Impl::launch(Agent& a) {
   }
   const fs::path mcp_config = run_dir / "mcp.json";
   OUTPOST_TRY_VOID(write_file_atomic(mcp_config, as_bytes(json::serialize(json::object{{"mcpServers", servers}})), 0644));
+  if (::chmod(mcp_config.c_str(), 0644) != 0) return fail(errno_error("chmod " + mcp_config.string(), errno));
 
   Bytes sid(12);
   random_bytes(sid);
@@ -804,6 +856,10 @@ Result<void> Daemon::Impl::launch(Agent& a) {
   set.emplace_back("HOME", a.workdir.string());
   if (std::find(m.env_allow.begin(), m.env_allow.end(), "PATH") == m.env_allow.end()) {
     set.emplace_back("PATH", "/usr/local/bin:/usr/bin:/bin");
+  }
+  // The sandbox has no /tmp: temporary files go to the work directory, unless the manifest says.
+  if (std::none_of(m.env.begin(), m.env.end(), [](const auto& kv) { return kv.first == "TMPDIR"; })) {
+    set.emplace_back("TMPDIR", (a.workdir / ".tmp").string());  // made by prepare_workdir
   }
   OUTPOST_TRY(auto env, sandbox::scrub_environment(m.env_allow, set));
 
@@ -882,7 +938,9 @@ void Daemon::Impl::on_exit(Agent& a, int status) {
   ::close(a.pidfd);
   a.pidfd = -1;
   a.pid = -1;
-  a.paused_for_budget = false;
+  a.set_paused(false);
+  // What it left behind (a double-forked or setsid'ed descendant) ends with it.
+  if (auto k = sandbox::kill_all_of_uid(a.uid); !k) OUTPOST_NOTE(error, "agent " + a.manifest.name + ": " + k.error().message());
   (void)log->record_event("agent_exit", {{"agent", a.manifest.name}, {"status", a.last_exit}});
   OUTPOST_NOTE(info, "agent " + a.manifest.name + " exited with " + std::to_string(a.last_exit));
   wake_connections(a.manifest.name);
@@ -940,7 +998,7 @@ void Daemon::Impl::stop_agent(Agent& a, bool kill_now) {
   if (a.pidfd < 0) return;
   sandbox::pidfd_signal(a.pidfd, kill_now ? SIGKILL : SIGTERM);
   if (a.paused_for_budget) {
-    a.paused_for_budget = false;
+    a.set_paused(false);
     ::kill(-a.pid, SIGCONT);  // a stopped process takes its SIGTERM only once it runs
   }
   if (!kill_now) {
@@ -997,15 +1055,6 @@ json::object Daemon::Impl::agent_json(const Agent& a) const {
   return o;
 }
 
-std::string Daemon::Impl::agent_of(pid_t pid) {
-  for (const auto& [name, a] : agents) {
-    if (a->pid > 0 && a->state == AgentState::running && sandbox::is_same_or_descendant(pid, a->pid, a->start_time)) {
-      return name;
-    }
-  }
-  return {};
-}
-
 // ---- the API ----
 
 void Daemon::Impl::accept() {
@@ -1040,10 +1089,12 @@ void Daemon::Impl::accept() {
       for (const auto& [name, a] : agents) {
         if (a->uid == peer.cred.uid && a->pid > 0) agent_uid_of = name;
       }
+      // Agents' connections share max_connections; operators are capped per uid only, so no
+      // number of agents can lock the operator out.
       if (agent_uid_of.empty() && !peer.operator_uid) {
         refused = "refused: uid " + std::to_string(peer.cred.uid) + " may not use the outpostd API";
-      } else if (api_threads >= config.api_max_connections) {
-        refused = "refused: outpostd serves " + std::to_string(api_threads) + " connections already";
+      } else if (!agent_uid_of.empty() && agent_connections >= config.api_max_connections) {
+        refused = "refused: outpostd serves " + std::to_string(agent_connections) + " agent connections already";
       } else if (!agent_uid_of.empty() && api_by_agent[agent_uid_of] >= config.api_max_connections_per_agent) {
         refused = "refused: agent " + agent_uid_of + " holds " + std::to_string(config.api_max_connections_per_agent) + " connections already";
       } else if (agent_uid_of.empty() && api_by_uid[peer.cred.uid] >= config.api_max_connections_per_uid) {
@@ -1051,9 +1102,7 @@ void Daemon::Impl::accept() {
                   " connections already";
       } else {
         peer.agent = agent_uid_of;
-        ++api_threads;
-        if (!peer.agent.empty()) ++api_by_agent[peer.agent];
-        else ++api_by_uid[peer.cred.uid];
+        count_connection(peer, +1);
       }
     }
     if (!refused.empty()) {
@@ -1068,17 +1117,19 @@ void Daemon::Impl::accept() {
       accept();
       return;
     }
-    std::thread([this, fd, peer] {
-      serve(fd, peer);
+    try {
+      std::thread([this, fd, peer] {
+        serve(fd, peer);
+        std::lock_guard lock(mu);
+        count_connection(peer, -1);
+        threads_done.notify_all();
+      }).detach();
+    } catch (const std::system_error& e) {  // EAGAIN: out of threads (a fork bomb in the unit's cgroup)
+      OUTPOST_NOTE(error, std::string("API connection refused: no thread for it: ") + e.what());
+      ::close(fd);
       std::lock_guard lock(mu);
-      --api_threads;
-      if (!peer.agent.empty()) {
-        if (--api_by_agent[peer.agent] == 0) api_by_agent.erase(peer.agent);
-      } else if (--api_by_uid[peer.cred.uid] == 0) {
-        api_by_uid.erase(peer.cred.uid);
-      }
-      threads_done.notify_all();
-    }).detach();
+      count_connection(peer, -1);
+    }
     accept();
   });
 }
@@ -1096,15 +1147,27 @@ void Daemon::Impl::serve(int fd, Peer peer) {
     } else if (auto opened = sandbox::pidfd_open(peer.cred.pid)) {
       peer_pidfd = std::move(*opened);
     }
+    // Only the agent its uid names is checked, from a snapshot: the /proc walk runs unlocked.
+    pid_t agent_pid = -1;
+    uint64_t agent_start = 0;
     {
       std::lock_guard lock(mu);
-      agent_name = agent_of(peer.cred.pid);
+      if (auto it = agents.find(peer.agent); it != agents.end() && it->second->state == AgentState::running) {
+        agent_pid = it->second->pid;
+        agent_start = it->second->start_time;
+      }
     }
-    if (agent_name != peer.agent || !peer_pidfd || !sandbox::pidfd_alive(peer_pidfd.get())) agent_name.clear();
+    if (agent_pid > 0 && peer_pidfd && sandbox::pidfd_alive(peer_pidfd.get()) &&
+        sandbox::is_same_or_descendant(peer.cred.pid, agent_pid, agent_start)) {
+      agent_name = peer.agent;
+    }
   }
   auto refuse = [&](const std::string& op, const std::string& why) {
-    (void)log->record_event("api_refused", {{"op", op}, {"pid", peer.cred.pid}, {"uid", peer.cred.uid}, {"agent", peer.agent},
-                                            {"error", why}});
+    // Sampled like the refusals at accept: a peer cannot fill the log by being refused.
+    if (refused_logged.fetch_add(1) % 1000 == 0) {
+      (void)log->record_event("api_refused", {{"op", op}, {"pid", peer.cred.pid}, {"uid", peer.cred.uid}, {"agent", peer.agent},
+                                              {"error", why}});
+    }
     (void)send_message(fd, error_reply(why));
     ::close(fd);
   };
@@ -1262,14 +1325,30 @@ void Daemon::Impl::serve_mcp(int fd, const json::object& req, const std::string&
   const std::string server_name = str(req, "server");
   McpServerSpec spec;
   std::string task;
-  fs::path workdir, logdir;
+  fs::path logdir;
   std::shared_ptr<std::atomic<uint64_t>> audit_records;
+  std::shared_ptr<std::atomic<bool>> records_blocked;
   std::shared_ptr<broker::SessionState> flow;
   {
     std::lock_guard lock(mu);
-    const Agent& a = *agents.at(agent_name);
+    Agent& a = *agents.at(agent_name);
     audit_records = a.audit_records;
+    records_blocked = a.records_blocked;
     flow = a.flow;
+    // Paused, or reconnecting faster than the bucket refills: refused, and not recorded (each
+    // record is what such an agent is after).
+    const auto now = std::chrono::steady_clock::now();
+    a.connect_tokens = std::min(32.0, a.connect_tokens + 10.0 * std::chrono::duration<double>(now - a.connect_refilled).count());
+    a.connect_refilled = now;
+    std::string why;
+    if (a.paused_for_budget) why = "agent " + agent_name + " is paused: it wrote most of the audit log's budget";
+    else if (a.connect_tokens < 1) why = "agent " + agent_name + " opens MCP connections too fast (at most 10 a second)";
+    if (!why.empty()) {
+      (void)send_message(fd, error_reply(why));
+      close_fds();
+      return;
+    }
+    a.connect_tokens -= 1;
     auto it = std::find_if(a.manifest.mcp_servers.begin(), a.manifest.mcp_servers.end(),
                            [&](const McpServerSpec& s) { return s.name == server_name; });
     if (it == a.manifest.mcp_servers.end()) {
@@ -1279,7 +1358,6 @@ void Daemon::Impl::serve_mcp(int fd, const json::object& req, const std::string&
     }
     spec = *it;
     task = a.manifest.task;
-    workdir = a.workdir;
     logdir = a.dir / "servers";
   }
   if (fds.size() != 2) {
@@ -1312,8 +1390,15 @@ void Daemon::Impl::serve_mcp(int fd, const json::object& req, const std::string&
     return;
   }
   int in_pipe[2], out_pipe[2];
-  if (::pipe2(in_pipe, O_CLOEXEC) != 0 || ::pipe2(out_pipe, O_CLOEXEC) != 0) {
+  if (::pipe2(in_pipe, O_CLOEXEC) != 0) {
     (void)send_message(fd, error_reply("pipe: " + std::string(std::strerror(errno))));
+    close_fds();
+    return;
+  }
+  if (::pipe2(out_pipe, O_CLOEXEC) != 0) {
+    (void)send_message(fd, error_reply("pipe: " + std::string(std::strerror(errno))));
+    ::close(in_pipe[0]);
+    ::close(in_pipe[1]);
     close_fds();
     return;
   }
@@ -1337,7 +1422,12 @@ void Daemon::Impl::serve_mcp(int fd, const json::object& req, const std::string&
     ss.argv.insert(ss.argv.end(), spec.args.begin(), spec.args.end());
   }
   ss.env = std::move(*env);
-  ss.cwd = spec.cwd.empty() ? workdir : spec.cwd;
+  // Never the agent's work directory: a server (outside the sandbox) must not start where the
+  // agent can plant configuration for it (.npmrc, node_modules, sitecustomize.py).
+  const fs::path server_dir = logdir / server_name;
+  fs::create_directories(server_dir, ec);
+  ss.cwd = spec.cwd.empty() ? server_dir : spec.cwd;
+  ss.clear_groups = true;  // not outpostd's `tss`: the TPM is outpostd's alone
   ss.stdin_fd = in_pipe[0];
   ss.stdout_fd = out_pipe[1];
   ss.stderr_fd = logfd;
@@ -1363,6 +1453,7 @@ void Daemon::Impl::serve_mcp(int fd, const json::object& req, const std::string&
     id = next_connection++;
     connections[id] = Connection{agent_name, server_name, wake};
   }
+  audit_records->fetch_add(2, std::memory_order_relaxed);  // this record and mcp_disconnect's
   (void)log->record_event("mcp_connect", {{"agent", agent_name}, {"server", server_name}, {"pid", child->pid}});
 
   // Credentials: signed by the agent's TPM key, loaded for the signature and flushed.
@@ -1390,7 +1481,7 @@ void Daemon::Impl::serve_mcp(int fd, const json::object& req, const std::string&
     OUTPOST_TRY(Tpm::LoadedKey loaded, keys.load(*tpm, key));
     return credentials::mint(c, key.public_key, [&](const Digest& d) { return tpm->sign(loaded, d); });
   };
-  CountingSink sink(log.get(), audit_records);
+  CountingSink sink(log.get(), audit_records, records_blocked);
   broker::McpSession session(broker::McpSession::Options{agent_name, task, server_name, 4096, flow},
                              [this] { return view(); }, &sink, minter);
   broker::RelayFds rf{fds[0], fds[1], in_pipe[1], out_pipe[0], fd, wake};
@@ -1452,11 +1543,12 @@ void Daemon::Impl::shutdown() {
   audit_timer.cancel();
   if (sync) sync->stop();  // an install it started finishes first
   worker.join();  // an install in progress finishes (it is atomic either way)
-  if (agents_paused) {
-    // Paused agents must run to receive their SIGTERM (the worker, which pauses, has stopped).
+  {
+    // Paused agents (all, or one for its share) must run to receive their SIGTERM; the worker,
+    // which pauses, has stopped.
     std::lock_guard lock(mu);
     for (auto& [name, a] : agents) {
-      if (a->pid > 0) ::kill(-a->pid, SIGCONT);
+      if (a->pid > 0 && (agents_paused || a->paused_for_budget)) ::kill(-a->pid, SIGCONT);
     }
   }
   signals.cancel();
@@ -1630,7 +1722,7 @@ Result<void> Daemon::run() {
     m.audit_timer.async_wait([&](const boost::system::error_code& e) {
       if (e || m.stopping) return;
       asio::post(m.worker, [&] {
-        m.write_all_coalesced();
+        if (++m.audit_ticks % 5 == 0) m.write_all_coalesced();  // once a second
         m.enforce_audit_budget();
         m.maybe_checkpoint();
         asio::post(m.io, audit);

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <linux/capability.h>
+#include <linux/openat2.h>
 #include <linux/sched.h>
 #include <linux/securebits.h>
 #include <linux/seccomp.h>
@@ -59,7 +60,7 @@ bool beneath(const fs::path& p, const fs::path& base) {
 
 // Sub-steps of enter_isolation, for the child's failure report.
 enum SubStep : int {
-  kPrivate = 1, kRootTmpfs, kMkdir, kMkfile, kSymlink, kBind, kMountAttr, kRootReadOnly, kPivot, kLoopback,
+  kPrivate = 1, kRootTmpfs, kMkdir, kMkfile, kSymlink, kBind, kBindChanged, kMountAttr, kRootReadOnly, kPivot, kLoopback,
   kSecurebits, kAmbient, kBounding, kSetgroups, kSetgid, kSetuid, kCapset, kSeccomp,
 };
 
@@ -160,11 +161,25 @@ Result<Isolation> Isolation::prepare(const IsolationPolicy& policy) {
     } else {
       iso.planned_.push_back({Op::mkfile, inside(b.target), "", false});
     }
-    iso.planned_.push_back({b.kind == Kind::device ? Op::bind_device : Op::bind, inside(b.target), b.target.string(), false});
+    // The source as it is now, reached without a symlink anywhere on its path (ELOOP if one
+    // appeared since canonical() resolved it): the identity the child's mount must have.
+    open_how how{};
+    how.flags = O_PATH | O_CLOEXEC;
+    how.resolve = RESOLVE_NO_SYMLINKS;
+    const int fd = static_cast<int>(::syscall(SYS_openat2, AT_FDCWD, b.target.c_str(), &how, sizeof how));
+    if (fd < 0) return fail(errno_error("openat2 " + b.target.string(), errno));
+    struct stat source {};
+    const int stat_rc = ::fstat(fd, &source);
+    ::close(fd);
+    if (stat_rc != 0) return fail(errno_error("fstat " + b.target.string(), errno));
+    PlannedStep bind{b.kind == Kind::device ? Op::bind_device : Op::bind, inside(b.target), b.target.string(), false};
+    bind.dev = source.st_dev;
+    bind.ino = source.st_ino;
+    iso.planned_.push_back(std::move(bind));
     iso.planned_.push_back({Op::read_only, inside(b.target), b.kind == Kind::read_only ? "ro" : b.kind == Kind::device ? "dev" : "rw",
                             b.is_dir});
   }
-  for (const auto& p : iso.planned_) iso.steps_.push_back(Step{p.op, p.a.c_str(), p.b.c_str(), p.recursive});
+  for (const auto& p : iso.planned_) iso.steps_.push_back(Step{p.op, p.a.c_str(), p.b.c_str(), p.recursive, p.dev, p.ino});
   return iso;
 }
 
@@ -202,6 +217,7 @@ const char* describe_isolation_step(int step) {
     case kMkfile: return "mknod a mount point in the sandbox's root";
     case kSymlink: return "symlink in the sandbox's root";
     case kBind: return "bind mount into the sandbox";
+    case kBindChanged: return "bind mount into the sandbox: the source changed since it was checked";
     case kMountAttr: return "mount_setattr in the sandbox";
     case kRootReadOnly: return "make the sandbox's root read-only";
     case kPivot: return "pivot_root into the sandbox";
@@ -237,9 +253,16 @@ int enter_isolation(const Isolation& iso) noexcept {
         if (::symlink(s.a, s.b) != 0 && errno != EEXIST) return kSymlink;
         break;
       case Isolation::Op::bind:
-      case Isolation::Op::bind_device:
+      case Isolation::Op::bind_device: {
         if (::mount(s.b, s.a, nullptr, MS_BIND | MS_REC, nullptr) != 0) return kBind;
+        struct stat st {};
+        if (::stat(s.a, &st) != 0) return kBind;
+        if (st.st_dev != s.dev || st.st_ino != s.ino) {
+          errno = ESTALE;  // the path was swapped after it was checked
+          return kBindChanged;
+        }
         break;
+      }
       case Isolation::Op::read_only: {
         // b says which: "ro" read-only, "rw" writable, "dev" a device (no nodev for it).
         const bool ro = s.b[0] == 'r' && s.b[1] == 'o';

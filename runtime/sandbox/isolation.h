@@ -60,6 +60,11 @@ class Isolation {
     const char* a;  // the path inside the new root (prefixed with the root), or a symlink's target
     const char* b;  // the source path on the host, or the symlink's path
     bool recursive_read_only;
+    // bind: the source's device and inode as prepare() found them (reached with no symlink on
+    // the way). The child checks the mount against them: a path swapped since cannot
+    // redirect a bind to something else.
+    dev_t dev;
+    ino_t ino;
   };
 
   // What the child needs; read by enter_isolation only.
@@ -81,9 +86,12 @@ class Isolation {
     Op op;
     std::string a, b;
     bool recursive = false;
+    dev_t dev = 0;
+    ino_t ino = 0;
   };
   std::vector<PlannedStep> planned_;
   std::vector<Step> steps_;  // points into planned_
+
   SyscallFilter filter_;
   bool loopback_ = true;
   int last_cap_ = 40;

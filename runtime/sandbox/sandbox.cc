@@ -1,6 +1,7 @@
 #include "sandbox/sandbox.h"
 
 #include <fcntl.h>
+#include <linux/capability.h>
 #include <linux/landlock.h>
 #include <linux/sched.h>  // struct clone_args, CLONE_PIDFD
 #include <signal.h>
@@ -115,7 +116,7 @@ Result<void> add_path_rule(int ruleset, const fs::path& path, uint64_t rights,
 // ---- spawn ----
 
 // What the child was doing when it failed; sent to the parent with errno before it exits.
-enum class Step : int { setsid, ambient, isolate, pdeathsig, chdir, no_new_privs, restrict_self, dup_stdio, close_fds, keep_fds, execve };
+enum class Step : int { setsid, ambient, groups, isolate, pdeathsig, chdir, no_new_privs, restrict_self, dup_stdio, close_fds, keep_fds, execve };
 struct ChildReport {
   Step step;
   int err;
@@ -126,6 +127,7 @@ std::string describe(const ChildReport& report, const SpawnSpec& spec) {
   switch (report.step) {
     case Step::setsid: return "setsid";
     case Step::ambient: return "prctl PR_CAP_AMBIENT_CLEAR_ALL";
+    case Step::groups: return "setgroups";
     case Step::isolate: return detail::describe_isolation_step(report.detail);
     case Step::pdeathsig: return "prctl PR_SET_PDEATHSIG";
     case Step::chdir: return "chdir " + spec.cwd.string();
@@ -151,6 +153,7 @@ struct ChildPlan {
   int ruleset_fd;  // -1: no Landlock
   const Isolation* isolation;
   bool new_session;
+  bool clear_groups;
   bool die_with_parent;
   pid_t parent;
 };
@@ -175,6 +178,10 @@ struct ChildPlan {
   // The capabilities outpostd's unit grants it as ambient ones (to build sandboxes) never pass
   // on through execve to anything it launches. EINVAL: a kernel without ambient capabilities.
   if (::prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0 && errno != EINVAL) child_fail(p.report_fd, Step::ambient);
+  if (p.clear_groups && ::syscall(SYS_setgroups, 0, nullptr) != 0 &&
+      (errno != EPERM || ::syscall(SYS_getgroups, 0, nullptr) != 0)) {
+    child_fail(p.report_fd, Step::groups);
+  }
   if (p.isolation) {
     if (int sub = detail::enter_isolation(*p.isolation); sub != 0) child_fail(p.report_fd, Step::isolate, sub);
   }
@@ -371,6 +378,7 @@ Result<Child> spawn(const SpawnSpec& spec) {
       spec.sandbox ? spec.sandbox->fd() : -1,
       spec.isolation,
       spec.new_session,
+      spec.clear_groups,
       spec.die_with_parent,
       ::getpid(),
   };
@@ -388,8 +396,15 @@ Result<Child> spawn(const SpawnSpec& spec) {
   args.flags = CLONE_PIDFD | (spec.isolation ? isolation_clone_flags() : 0);
   args.pidfd = reinterpret_cast<uintptr_t>(&pidfd);
   args.exit_signal = SIGCHLD;
-  const long pid = ::syscall(SYS_clone3, &args, sizeof args);
+  long pid = ::syscall(SYS_clone3, &args, sizeof args);
   if (pid == 0) run_child(plan);
+  if (pid < 0 && errno == ENOSYS) {
+    // systemd's RestrictNamespaces= answers clone3 with ENOSYS (its flags are out of a
+    // filter's reach); clone takes the same flags in a register, CLONE_PIDFD's fd through the
+    // parent-tid pointer. No new stack: the child runs on its copy of ours, as after fork.
+    pid = ::syscall(SYS_clone, static_cast<unsigned long>(args.flags) | SIGCHLD, nullptr, &pidfd, nullptr, nullptr);
+    if (pid == 0) run_child(plan);
+  }
   const int clone_errno = errno;
   ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
   if (pid < 0) return fail(errno_error("clone3", clone_errno));
@@ -521,6 +536,32 @@ bool is_same_or_descendant(pid_t pid, pid_t ancestor, uint64_t ancestor_start_ti
     pid = info->ppid;
   }
   return false;
+}
+
+Result<void> kill_all_of_uid(uid_t uid) {
+  if (uid == 0) return fail(errc::invalid_argument, "kill_all_of_uid: never uid 0");
+  const pid_t pid = ::fork();
+  if (pid < 0) return fail(errno_error("fork", errno));
+  if (pid == 0) {
+    // System calls only (the parent has other threads). The capabilities go before the
+    // signal: with CAP_KILL kept, kill(-1) would reach every process on the node.
+    __user_cap_header_struct header{_LINUX_CAPABILITY_VERSION_3, 0};
+    __user_cap_data_struct none[2] = {};
+    if (::syscall(SYS_setgroups, 0, nullptr) != 0 && ::syscall(SYS_getgroups, 0, nullptr) != 0) ::_exit(2);
+    if (::syscall(SYS_setresgid, uid, uid, uid) != 0 || ::syscall(SYS_setresuid, uid, uid, uid) != 0) ::_exit(2);
+    if (::syscall(SYS_capset, &header, none) != 0) ::_exit(3);
+    __user_cap_data_struct held[2] = {};
+    if (::syscall(SYS_capget, &header, held) != 0 || held[0].effective || held[1].effective) ::_exit(3);
+    // ESRCH: nothing of this uid was left.
+    ::_exit(::kill(-1, SIGKILL) == 0 || errno == ESRCH ? 0 : 4);
+  }
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    return fail(errc::io, "kill_all_of_uid " + std::to_string(uid) + ": the helper exited with status " + std::to_string(status));
+  }
+  return ok();
 }
 
 Result<UniqueFd> pidfd_open(pid_t pid) {

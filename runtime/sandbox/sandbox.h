@@ -108,6 +108,9 @@ struct SpawnSpec {
   // (isolation.h). Must stay live during spawn() only.
   const Isolation* isolation = nullptr;
   bool new_session = true;        // setsid(): own session and process group
+  // setgroups(0): no supplementary groups (outpostd's `tss` opens /dev/tpmrm0). Refused only
+  // when the parent has groups to drop and may not (no CAP_SETGID).
+  bool clear_groups = false;
   // PR_SET_PDEATHSIG SIGKILL. Note the kernel's semantics: the signal fires when the *thread*
   // that called spawn() exits, not only the process. Spawn from a thread that lives as long as
   // the child should (e.g. the daemon's main loop), or leave this off.
@@ -157,6 +160,12 @@ Result<ProcessInfo> process_info(pid_t pid);
 // parent pids at most 64 levels. Each parent must have started no later than its child, so a
 // parent pid reused along the way breaks the chain instead of extending it.
 bool is_same_or_descendant(pid_t pid, pid_t ancestor, uint64_t ancestor_start_time);
+
+// SIGKILL to every process running as `uid` (never 0), from a short-lived child that takes
+// that uid with no capabilities and signals all it may (kill(-1)). An agent's uid is its own:
+// this ends whatever it left behind (double-forked or setsid'ed descendants) before it is
+// launched again, stopped or revoked.
+Result<void> kill_all_of_uid(uid_t uid);
 
 Result<UniqueFd> pidfd_open(pid_t pid);
 // True until the process behind `pidfd` has been reaped (a zombie still counts: its pid cannot

@@ -28,6 +28,9 @@ using Ctx = std::unique_ptr<void, CtxDeleter>;
 
 constexpr uint32_t kRefuse = SCMP_ACT_ERRNO(EPERM);
 
+// One argument comparison (libseccomp's SCMP_A* macros are C compound literals).
+scmp_arg_cmp arg(unsigned index, scmp_compare op, scmp_datum_t a, scmp_datum_t b = 0) { return scmp_arg_cmp{index, op, a, b}; }
+
 constexpr uint64_t kNamespaceFlags[] = {CLONE_NEWNS,  CLONE_NEWCGROUP, CLONE_NEWUTS, CLONE_NEWIPC,
                                         CLONE_NEWUSER, CLONE_NEWPID,   CLONE_NEWNET, 0x00000080 /* CLONE_NEWTIME */};
 
@@ -38,27 +41,27 @@ constexpr uint64_t kNamespaceFlags[] = {CLONE_NEWNS,  CLONE_NEWCGROUP, CLONE_NEW
 Result<void> refuse_sockets(scmp_filter_ctx ctx, int nr, bool allow_inet) {
   const std::string what = "seccomp_rule_add socket rules";
   // AF_UNSPEC (0) and everything from AF_INET (2) up, except what is allowed.
-  OUTPOST_TRY_VOID(check(seccomp_rule_add(ctx, kRefuse, nr, 1, SCMP_A0(SCMP_CMP_EQ, AF_UNSPEC)), what));
+  OUTPOST_TRY_VOID(check(seccomp_rule_add(ctx, kRefuse, nr, 1, arg(0, SCMP_CMP_EQ, AF_UNSPEC)), what));
   if (!allow_inet) {
-    return check(seccomp_rule_add(ctx, kRefuse, nr, 1, SCMP_A0(SCMP_CMP_GE, AF_INET)), what);
+    return check(seccomp_rule_add(ctx, kRefuse, nr, 1, arg(0, SCMP_CMP_GE, AF_INET)), what);
   }
   for (scmp_datum_t d = AF_INET + 1; d < AF_INET6; ++d) {
-    OUTPOST_TRY_VOID(check(seccomp_rule_add(ctx, kRefuse, nr, 1, SCMP_A0(SCMP_CMP_EQ, d)), what));
+    OUTPOST_TRY_VOID(check(seccomp_rule_add(ctx, kRefuse, nr, 1, arg(0, SCMP_CMP_EQ, d)), what));
   }
-  OUTPOST_TRY_VOID(check(seccomp_rule_add(ctx, kRefuse, nr, 1, SCMP_A0(SCMP_CMP_GT, AF_INET6)), what));
+  OUTPOST_TRY_VOID(check(seccomp_rule_add(ctx, kRefuse, nr, 1, arg(0, SCMP_CMP_GT, AF_INET6)), what));
   for (scmp_datum_t d : {scmp_datum_t{AF_INET}, scmp_datum_t{AF_INET6}}) {
     // The type's low four bits are the socket type; SOCK_NONBLOCK and SOCK_CLOEXEC sit above.
     for (scmp_datum_t t = 0; t < 16; ++t) {
       if (t == SOCK_STREAM) continue;
-      OUTPOST_TRY_VOID(check(seccomp_rule_add(ctx, kRefuse, nr, 2, SCMP_A0(SCMP_CMP_EQ, d),
-                                              SCMP_A1(SCMP_CMP_MASKED_EQ, 0xf, t)), what));
+      OUTPOST_TRY_VOID(check(seccomp_rule_add(ctx, kRefuse, nr, 2, arg(0, SCMP_CMP_EQ, d),
+                                              arg(1, SCMP_CMP_MASKED_EQ, 0xf, t)), what));
     }
     for (scmp_datum_t p = 1; p < IPPROTO_TCP; ++p) {
-      OUTPOST_TRY_VOID(check(seccomp_rule_add(ctx, kRefuse, nr, 2, SCMP_A0(SCMP_CMP_EQ, d), SCMP_A2(SCMP_CMP_EQ, p)), what));
+      OUTPOST_TRY_VOID(check(seccomp_rule_add(ctx, kRefuse, nr, 2, arg(0, SCMP_CMP_EQ, d), arg(2, SCMP_CMP_EQ, p)), what));
     }
     // Above IPPROTO_TCP: UDP, raw protocols, IPPROTO_MPTCP (262), and anything negative.
-    OUTPOST_TRY_VOID(check(seccomp_rule_add(ctx, kRefuse, nr, 2, SCMP_A0(SCMP_CMP_EQ, d),
-                                            SCMP_A2(SCMP_CMP_GT, IPPROTO_TCP)), what));
+    OUTPOST_TRY_VOID(check(seccomp_rule_add(ctx, kRefuse, nr, 2, arg(0, SCMP_CMP_EQ, d),
+                                            arg(2, SCMP_CMP_GT, IPPROTO_TCP)), what));
   }
   return ok();
 }
@@ -82,6 +85,8 @@ const std::vector<const char*>& refused_syscalls() {
 Result<SyscallFilter> SyscallFilter::build(const SyscallFilterPolicy& policy) {
   Ctx ctx(seccomp_init(SCMP_ACT_ALLOW));
   if (!ctx) return fail(make_error_code(errc::io), "seccomp_init failed (is seccomp enabled in this kernel?)");
+  // A system call of a foreign ABI ends the whole process, not just the thread that made it.
+  OUTPOST_TRY_VOID(check(seccomp_attr_set(ctx.get(), SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_KILL_PROCESS), "seccomp_attr_set BADARCH"));
   for (const char* name : refused_syscalls()) {
     const int nr = seccomp_syscall_resolve_name(name);
     if (nr == __NR_SCMP_ERROR) continue;  // not a system call on this architecture
@@ -90,7 +95,7 @@ Result<SyscallFilter> SyscallFilter::build(const SyscallFilterPolicy& policy) {
   // clone3 passes its flags in memory a filter cannot read: ENOSYS makes libc use clone.
   OUTPOST_TRY_VOID(check(seccomp_rule_add(ctx.get(), SCMP_ACT_ERRNO(ENOSYS), SCMP_SYS(clone3), 0), "seccomp_rule_add clone3"));
   for (uint64_t flag : kNamespaceFlags) {
-    OUTPOST_TRY_VOID(check(seccomp_rule_add(ctx.get(), kRefuse, SCMP_SYS(clone), 1, SCMP_A0(SCMP_CMP_MASKED_EQ, flag, flag)),
+    OUTPOST_TRY_VOID(check(seccomp_rule_add(ctx.get(), kRefuse, SCMP_SYS(clone), 1, arg(0, SCMP_CMP_MASKED_EQ, flag, flag)),
                            "seccomp_rule_add clone"));
   }
   OUTPOST_TRY_VOID(refuse_sockets(ctx.get(), SCMP_SYS(socket), policy.allow_inet_stream));

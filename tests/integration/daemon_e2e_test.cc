@@ -112,7 +112,7 @@ struct Node {
 
   void start_daemon(const std::string& extra_config = "", const std::string& board = "sim") {
     write_text(dir / "outpostd.yaml", "board: " + board + "\nstate_dir: " + state.string() + "\ntcti: \"" + swtpm.tcti() +
-                                          "\"\nsocket: " + socket.string() + "\ninbox_poll_ms: 200\n" + extra_config);
+                                          "\"\nsocket: " + socket.string() + "\ninbox_poll_ms: 200\n" + testing::agent_uid_config() + extra_config);
     // Secrets in outpostd's own environment must reach neither agents nor tools.
     daemon = std::make_unique<testing::Background>(
         std::vector<std::string>{testing::outpostd_path(), "--config", (dir / "outpostd.yaml").string()},
@@ -689,7 +689,7 @@ TEST_CASE("a deployed agent finds every road out of its sandbox closed", "[e2e]"
   for (const Listener* l : {&tcp4, &tcp6, &udp4, &udp6, &un_stream, &un_dgram, &un_abstract}) CHECK_FALSE(l->received());
 
   const auto entry = n.agent_entry("probe");
-  CHECK(entry.at("uid").to_number<int64_t>() >= 1900000000);
+  CHECK(entry.at("uid").to_number<int64_t>() >= 1900000000);  // its own, from the configured range
   {  // a manifest cannot hand an agent the TPM, the kernel's views or outpostd's state
     for (const std::string& path : {std::string("/dev"), std::string("/dev/tpmrm0"), std::string("/proc"), n.state.string()}) {
       write_text(n.dir / "greedy.yaml", "name: greedy\ncommand: /bin/true\nread_only: [\"" + path + "\"]\n");

@@ -181,7 +181,7 @@ struct HubNode {
   void start_daemon(int port, const std::string& extra = "") {
     write_text(dir / "outpostd.yaml",
                "board: sim\nstate_dir: " + state.string() + "\ntcti: \"" + swtpm.tcti() + "\"\nsocket: " + socket.string() +
-                   "\ninbox_poll_ms: 100\nhub:\n  url: https://127.0.0.1:" + std::to_string(port) + "\n  pin_sha256: " + pin +
+                   "\ninbox_poll_ms: 100\n" + testing::agent_uid_config() + "hub:\n  url: https://127.0.0.1:" + std::to_string(port) + "\n  pin_sha256: " + pin +
                    "\n  idle_poll_ms: 100\n  backoff_initial_ms: 100\n  backoff_max_ms: 800\n  bundle_wait_s: 5\n" + extra);
     daemon = std::make_unique<testing::Background>(
         std::vector<std::string>{testing::outpostd_path(), "--config", (dir / "outpostd.yaml").string()}, dir / "outpostd.log");

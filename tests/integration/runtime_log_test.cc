@@ -98,7 +98,7 @@ struct Node {
     ok(with({"trust", "pin", p("root.json")}));
     ok(with({"bundle", "install", p("b.opb")}));
     write_text(config, "board: sim\nstate_dir: " + state.string() + "\ntcti: \"" + swtpm.tcti() + "\"\nsocket: " +
-                           socket.string() + "\n");
+                           socket.string() + "\n" + testing::agent_uid_config());
     write_text(agent, kAgentV1, kProgram);
     write_text(dir / "agent" / "manifest.yaml", "name: writer\ncommand: " + agent.string() + "\nrestart: never\n");
   }

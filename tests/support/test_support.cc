@@ -1,3 +1,4 @@
+#include <atomic>
 #include "test_support.h"
 
 #include <fcntl.h>
@@ -161,6 +162,13 @@ CommandResult expect_ok(const std::vector<std::string>& args, const std::vector<
 void write_text(const std::filesystem::path& p, const std::string& text) {
   std::filesystem::create_directories(p.parent_path());
   REQUIRE(write_file_atomic(p, std::string_view(text)));
+}
+
+std::string agent_uid_config() {
+  static std::atomic<unsigned> next{0};
+  // 2^31 - 1,900,000,000 leaves room for 3,800,000 ranges of 64; pids stay below 4,194,304.
+  const uint64_t slot = (static_cast<uint64_t>(::getpid()) * 4 + next++ % 4) % 3'800'000;
+  return "sandbox:\n  agent_uid_base: " + std::to_string(1'900'000'000ull + slot * 64) + "\n  agent_uid_count: 64\n";
 }
 
 int unused_port() {

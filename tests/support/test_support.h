@@ -90,6 +90,11 @@ std::string outpost_cli_path();
 // A loopback TCP port with nothing listening on it right now.
 int unused_port();
 
+// outpostd configuration lines giving this test process's daemons agent uids of their own
+// (64 from a base derived from the pid): tests run in parallel, each with an outpostd, and one
+// daemon's cleanup of an agent uid (kill_all_of_uid) must never reach another test's agent.
+std::string agent_uid_config();
+
 // name -> SHA-256 of content for every file under `dir` (for "nothing changed" checks).
 std::vector<std::pair<std::string, std::string>> snapshot_tree(const std::filesystem::path& dir);
 
