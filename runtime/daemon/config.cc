@@ -174,7 +174,11 @@ Result<DaemonConfig> parse_daemon_config(std::string_view yaml, std::string_view
     if (c.max_line_bytes < (1u << 20)) return fail(r.bad(l, "limits.max_line_bytes must be at least 1 MiB"));
   }
   if (YAML::Node s = root["sandbox"]) {
-    OUTPOST_TRY_VOID(r.fields(s, "sandbox", {"system_read_only", "agent_uid_base", "agent_uid_count"}));
+    OUTPOST_TRY_VOID(r.fields(s, "sandbox", {"system_read_only", "agent_uid_base", "agent_uid_count", "agent_max_processes"}));
+    if (s["agent_max_processes"]) {
+      OUTPOST_TRY(c.agent_max_processes, r.number<uint32_t>(s["agent_max_processes"], "sandbox.agent_max_processes"));
+      if (c.agent_max_processes == 0) return fail(r.bad(s["agent_max_processes"], "sandbox.agent_max_processes must be positive"));
+    }
     if (s["agent_uid_base"]) { OUTPOST_TRY(c.agent_uid_base, r.number<uint32_t>(s["agent_uid_base"], "sandbox.agent_uid_base")); }
     if (s["agent_uid_count"]) { OUTPOST_TRY(c.agent_uid_count, r.number<uint32_t>(s["agent_uid_count"], "sandbox.agent_uid_count")); }
     if (c.agent_uid_base < 1000 || c.agent_uid_count == 0 || uint64_t{c.agent_uid_base} + c.agent_uid_count > 0x80000000ull) {

@@ -31,6 +31,7 @@ struct DaemonConfig {
   // ranges and below 2^31, where signed conversions would bite.
   uint32_t agent_uid_base = 1'900'000'000u;
   uint32_t agent_uid_count = 4096;
+  uint32_t agent_max_processes = 1024;  // RLIMIT_NPROC of each agent's uid (processes and threads)
 
   // The API socket under abuse (docs/daemon.md, "The API socket").
   uint32_t api_max_connections = 256;          // all peers together

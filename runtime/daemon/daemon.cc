@@ -881,6 +881,7 @@ Result<void> Daemon::Impl::launch(Agent& a) {
   ip.uid = a.uid;
   ip.gid = a.uid;
   ip.root = root_dir;
+  ip.max_processes = config.agent_max_processes;
   ip.read_write = {a.workdir};
   ip.devices = {"/dev/null", "/dev/urandom"};
   for (const auto& p : sp.read_only) {

@@ -10,6 +10,7 @@
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -61,7 +62,7 @@ bool beneath(const fs::path& p, const fs::path& base) {
 // Sub-steps of enter_isolation, for the child's failure report.
 enum SubStep : int {
   kPrivate = 1, kRootTmpfs, kMkdir, kMkfile, kSymlink, kBind, kBindChanged, kMountAttr, kRootReadOnly, kPivot, kLoopback,
-  kSecurebits, kAmbient, kBounding, kSetgroups, kSetgid, kSetuid, kCapset, kSeccomp,
+  kSecurebits, kAmbient, kBounding, kNproc, kSetgroups, kSetgid, kSetuid, kCapset, kSeccomp,
 };
 
 }  // namespace
@@ -78,6 +79,7 @@ Result<Isolation> Isolation::prepare(const IsolationPolicy& policy) {
   iso.uid_ = policy.uid;
   iso.gid_ = policy.gid;
   iso.loopback_ = policy.loopback;
+  iso.max_processes_ = policy.max_processes;
   iso.root_ = policy.root.string();
   {
     auto text = read_text_file("/proc/sys/kernel/cap_last_cap", 64);
@@ -225,6 +227,7 @@ const char* describe_isolation_step(int step) {
     case kSecurebits: return "prctl PR_SET_SECUREBITS";
     case kAmbient: return "prctl PR_CAP_AMBIENT_CLEAR_ALL";
     case kBounding: return "prctl PR_CAPBSET_DROP";
+    case kNproc: return "setrlimit RLIMIT_NPROC";
     case kSetgroups: return "setgroups";
     case kSetgid: return "setresgid";
     case kSetuid: return "setresuid";
@@ -303,6 +306,10 @@ int enter_isolation(const Isolation& iso) noexcept {
   if (::prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0) return kAmbient;
   for (int cap = 0; cap <= iso.last_cap(); ++cap) {
     if (::prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 && errno != EINVAL) return kBounding;
+  }
+  if (iso.max_processes() > 0) {
+    const rlimit nproc{iso.max_processes(), iso.max_processes()};
+    if (::syscall(SYS_prlimit64, 0, RLIMIT_NPROC, &nproc, nullptr) != 0) return kNproc;
   }
   if (::syscall(SYS_setgroups, 0, nullptr) != 0) return kSetgroups;
   if (::syscall(SYS_setresgid, iso.gid(), iso.gid(), iso.gid()) != 0) return kSetgid;

@@ -38,6 +38,9 @@ struct IsolationPolicy {
   std::vector<std::filesystem::path> read_write;  // bind-mounted read-write, nosuid, nodev
   std::vector<std::filesystem::path> devices;     // character devices bound as they are (/dev/null)
   bool loopback = true;                           // bring up lo in the new network namespace
+  // RLIMIT_NPROC for the agent's uid: its processes and threads together, so a fork bomb stops
+  // there instead of at the unit's task limit, which outpostd shares. 0: no limit set.
+  uint64_t max_processes = 1024;
   SyscallFilterPolicy syscalls;
 };
 
@@ -74,6 +77,7 @@ class Isolation {
   const std::vector<Step>& steps() const { return steps_; }
   const SyscallFilter& filter() const { return filter_; }
   bool loopback() const { return loopback_; }
+  uint64_t max_processes() const { return max_processes_; }
   int last_cap() const { return last_cap_; }
 
  private:
@@ -94,6 +98,7 @@ class Isolation {
 
   SyscallFilter filter_;
   bool loopback_ = true;
+  uint64_t max_processes_ = 1024;
   int last_cap_ = 40;
   std::vector<std::filesystem::path> skipped_;
 };

@@ -612,6 +612,7 @@ TEST_CASE("an isolated child has its own uid, no capabilities and sees only its 
   ip.read_only = kSystem;
   ip.read_write = {dir / "work"};
   ip.devices = {"/dev/null"};
+  ip.max_processes = 77;
   auto iso = Isolation::prepare(ip);
   REQUIRE(iso.has_value());
   SpawnSpec spec;
@@ -619,7 +620,7 @@ TEST_CASE("an isolated child has its own uid, no capabilities and sees only its 
                "echo uid=$(id -u) gid=$(id -g) groups=$(id -G); ls -a /; echo devs: $(ls /dev); "
                "cat /proc/self/status; cat " + (dir / "secret.txt").string() + "; cat /etc/shadow; "
                "echo hi > " + (dir / "work" / "out.txt").string() + " && echo wrote; touch /usr/x || echo ro; "
-               "grep -c . /etc/hostname >/dev/null && echo etc-readable"};
+               "grep -c . /etc/hostname >/dev/null && echo etc-readable; echo nproc=$(/bin/bash -c 'ulimit -u')"};
   spec.env = kEnv;
   spec.isolation = &*iso;
   spec.cwd = dir / "work";
@@ -642,6 +643,7 @@ TEST_CASE("an isolated child has its own uid, no capabilities and sees only its 
   CHECK_THAT(r.out, Catch::Contains("wrote"));
   CHECK_THAT(r.out, Catch::Contains("ro"));
   CHECK_THAT(r.out, Catch::Contains("etc-readable"));
+  CHECK_THAT(r.out, Catch::Contains("nproc=77"));
   CHECK(*outpost::read_text_file(dir / "work" / "out.txt") == "hi\n");
   CHECK(fs::is_empty(dir / "root"));  // the mounts were the child's alone
 }
