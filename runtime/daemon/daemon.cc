@@ -1593,7 +1593,17 @@ void Daemon::Impl::shutdown() {
 // ---- start ----
 
 Daemon::Daemon(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
-Daemon::~Daemon() = default;
+Daemon::~Daemon() {
+  // Asio hands a signal back to its default action when the last signal_set holding it goes. A
+  // SIGTERM arriving during the teardown after a clean stop (systemd's second one, an
+  // operator's) would then kill the process and turn exit status 0 into 143: ignored instead,
+  // from the moment Asio lets go of it.
+  if (!impl_) return;
+  boost::system::error_code ec;
+  impl_->signals.clear(ec);
+  ::signal(SIGTERM, SIG_IGN);
+  ::signal(SIGINT, SIG_IGN);
+}
 
 Result<std::unique_ptr<Daemon>> Daemon::create(DaemonConfig config) {
   auto m = std::make_unique<Impl>();
