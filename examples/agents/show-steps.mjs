@@ -7,9 +7,15 @@ for await (const line of createInterface({ input: process.stdin })) {
   try { o = JSON.parse(line); } catch { continue; }
   if (o.step === undefined) continue;
   const s = steps[o.step] ?? {};
-  const what = s.op === 'call' ? `${s.server}/${s.tool} ${JSON.stringify(s.arguments)}` : `${s.server ?? ''} ${s.op}`;
+  const what = s.op === 'call' ? `${s.server}/${s.tool} ${JSON.stringify(s.arguments)}`
+    : s.op === 'egress' ? `egress ${s.mode === 'direct' ? 'TCP without the proxy to' : 'CONNECT'} ${s.host}:${s.port}`
+    : `${s.server ?? ''} ${s.op}`;
   let result;
   if (!o.ok) result = `FAILED: ${o.error}`;
+  else if (s.op === 'egress') {
+    result = s.mode === 'direct' ? (o.connected ? 'CONNECTED' : `refused: ${o.code}`)
+      : o.status === 200 ? `allowed (tls: ${o.tls})` : `REFUSED ${o.status} ${o.verdict}: ${o.reason}`;
+  }
   else if (o.tools) result = `tools: ${o.tools.join(', ')}`;
   else {
     const text = (o.content ?? []).map((c) => c.text ?? `[${c.type}]`).join(' ').replace(/\s+/g, ' ').slice(0, 110);

@@ -89,6 +89,34 @@ Result<void> AuditDecisionLog::record_coalesced(std::string_view agent, std::str
   return {};
 }
 
+Result<void> AuditDecisionLog::record_egress(std::string_view agent, uint64_t bundle_version, int64_t time,
+                                             std::string detail, bool allow) {
+  offline_cache::AuditEntry e;
+  e.kind = offline_cache::RecordKind::decision;
+  e.event = "egress";
+  e.agent = std::string(agent);
+  e.bundle_version = bundle_version;
+  e.detail = std::move(detail);
+  e.time_ms = time * 1000;
+  if (durable_) {
+    OUTPOST_TRY_VOID(log_->append_durable(std::move(e)));
+  } else {
+    OUTPOST_TRY_VOID(log_->append(std::move(e)));
+  }
+  if (!allow) denies_.fetch_add(1);
+  return {};
+}
+
+Result<void> AuditDecisionLog::record_egress_close(std::string_view agent, std::string detail) {
+  offline_cache::AuditEntry e;
+  e.kind = offline_cache::RecordKind::lifecycle;
+  e.event = "egress_close";
+  e.agent = std::string(agent);
+  e.detail = std::move(detail);
+  OUTPOST_TRY_VOID(log_->append(std::move(e)));
+  return {};
+}
+
 Result<void> AuditDecisionLog::record_event(std::string_view kind, const json::object& fields) {
   offline_cache::AuditEntry e;
   e.kind = kind.starts_with("bundle") ? offline_cache::RecordKind::bundle_install

@@ -29,6 +29,12 @@ class AuditDecisionLog : public DecisionSink {
   // last, first_args_sha256, last_args_sha256; times in RFC 3339 as a decision's). Its count
   // goes into the denies take_denies() reports.
   Result<void> record_coalesced(std::string_view agent, std::string_view task, const CoalescedDenials& c);
+  // An egress decision (egress/proxy.h, egress_json): a decision record of event "egress",
+  // durable before it returns as a tool call's decision is, so a connection goes out only once
+  // its record would survive power loss.
+  Result<void> record_egress(std::string_view agent, uint64_t bundle_version, int64_t time, std::string detail, bool allow);
+  // An allowed egress connection's end (egress_close_json): a lifecycle record, queued.
+  Result<void> record_egress_close(std::string_view agent, std::string detail);
   // Events other than decisions: agent lifecycle, refused deployments, bundle installs.
   Result<void> record_event(std::string_view kind, const boost::json::object& fields);
   // Waits until everything queued so far is durable.

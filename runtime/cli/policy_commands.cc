@@ -463,6 +463,23 @@ json::object decision_json(const policy::Engine& e, const policy::Decision& d, c
   return o;
 }
 
+json::object egress_decision_json(const policy::Engine& e, const policy::EgressDecision& d, const policy::EgressRequest& q) {
+  json::object o;
+  o["decision"] = d.allow ? "allow" : "deny";
+  o["verdict"] = policy::verdict_name(d.verdict);
+  json::array rules;
+  if (d.rule >= 0) rules.emplace_back(e.egress_rule_id(d.rule));
+  if (d.flow >= 0) rules.emplace_back(e.flow_rule_id(d.flow));
+  o["rules"] = std::move(rules);
+  json::array shadow;
+  for (uint8_t i = 0; i < d.shadow_count; ++i) shadow.emplace_back(e.egress_rule_id(static_cast<int32_t>(d.shadow[i])));
+  o["shadow_rules"] = std::move(shadow);
+  if (!d.address_class.empty()) o["address_class"] = d.address_class;
+  o["bundle_version"] = d.bundle_version;
+  o["reason"] = e.explain_egress(d, q);
+  return o;
+}
+
 int decide(const Args& args) {
   po::options_description d("decide");
   add_node_options(d);
@@ -548,26 +565,41 @@ int policy_test(const Args& args) {
   for (size_t i = 0; i < cases.size(); ++i) {
     const YAML::Node c = cases[i];
     const std::string where = path + ":" + std::to_string(c.Mark().line + 1);
-    if (!c.IsMap() || !c["request"] || !c["expect"] || !c["expect"].IsScalar()) {
-      return report(usage_error(where + ": a case needs \"request\" and \"expect: allow|deny\""));
+    const bool egress = c.IsMap() && c["egress"];
+    if (!c.IsMap() || !(c["request"] || egress) || !c["expect"] || !c["expect"].IsScalar()) {
+      return report(usage_error(where + ": a case needs \"request\" (a tool call) or \"egress\" (a connection) and \"expect: allow|deny\""));
     }
     const std::string name = c["name"] && c["name"].IsScalar() ? c["name"].Scalar() : "case " + std::to_string(i + 1);
     const std::string expect = c["expect"].Scalar();
     if (expect != "allow" && expect != "deny") return report(usage_error(where + ": expect must be allow or deny"));
     auto mode = mode_of(c["mode"] && c["mode"].IsScalar() ? c["mode"].Scalar() : "normal");
     if (!mode) return report(mode.error().wrap(where));
-    auto request_json = yaml_to_json(c["request"]);
+    auto request_json = yaml_to_json(egress ? c["egress"] : c["request"]);
     if (!request_json) return report(request_json.error().wrap(where));
-    auto req = policy::OwnedRequest::parse(*request_json, unix_now());
-    if (!req) return report(req.error().wrap(where));
-    policy::Decision dec = (*engine)->decide((*req)->get(), *mode);
-    bool ok = dec.allow == (expect == "allow");
+    bool allowed = false;
+    std::vector<std::string> got_rules;
+    json::object detail;
+    if (egress) {
+      auto req = policy::OwnedEgressRequest::parse(*request_json, unix_now());
+      if (!req) return report(req.error().wrap(where));
+      policy::EgressDecision dec = (*engine)->decide_egress((*req)->get(), *mode);
+      allowed = dec.allow;
+      if (dec.rule >= 0) got_rules.push_back((*engine)->egress_rule_id(dec.rule));
+      if (dec.flow >= 0) got_rules.push_back((*engine)->flow_rule_id(dec.flow));
+      detail = egress_decision_json(**engine, dec, (*req)->get());
+    } else {
+      auto req = policy::OwnedRequest::parse(*request_json, unix_now());
+      if (!req) return report(req.error().wrap(where));
+      policy::Decision dec = (*engine)->decide((*req)->get(), *mode);
+      allowed = dec.allow;
+      for (uint8_t k = 0; k < dec.rule_count; ++k) got_rules.push_back((*engine)->rule_id(dec, dec.rules[k]));
+      detail = decision_json(**engine, dec, (*req)->get());
+    }
+    bool ok = allowed == (expect == "allow");
     std::vector<std::string> want_rules;
     if (c["rules"] && c["rules"].IsSequence()) {
       for (const auto& r : c["rules"]) want_rules.push_back(r.as<std::string>(""));
     }
-    std::vector<std::string> got_rules;
-    for (uint8_t k = 0; k < dec.rule_count; ++k) got_rules.push_back((*engine)->rule_id(dec, dec.rules[k]));
     if (!want_rules.empty() && want_rules != got_rules) ok = false;
     if (ok) {
       ++passed;
@@ -575,9 +607,8 @@ int policy_test(const Args& args) {
       continue;
     }
     ++failed;
-    json::object detail = decision_json(**engine, dec, (*req)->get());
     std::cout << "FAIL  " << name << " (" << where << ")\n"
-              << "      request   " << json::serialize(*request_json) << "\n"
+              << "      " << (egress ? "egress    " : "request   ") << json::serialize(*request_json) << "\n"
               << "      expected  " << expect;
     if (!want_rules.empty()) {
       std::cout << " by";
@@ -630,6 +661,12 @@ int status(const Args& args) {
       }
       if (const auto* sb = r->if_contains("sandbox"); sb != nullptr && sb->is_object() && !sb->as_object().at("isolation").as_bool()) {
         std::cout << "sandbox       AGENTS NOT LAUNCHED: isolation needs " << std::string(sb->as_object().at("missing").as_string()) << "\n";
+      }
+      if (const auto* eg = r->if_contains("egress"); eg != nullptr && eg->is_object()) {
+        for (const auto& [name, e] : eg->as_object()) {
+          std::cout << "egress        " << std::string(name) << ": " << e.at("allowed").to_number<uint64_t>() << " allowed, "
+                    << e.at("refused").to_number<uint64_t>() << " refused, " << e.at("open").to_number<uint64_t>() << " open\n";
+        }
       }
       std::cout << "agents        " << r->at("agents").to_number<int64_t>() << ", MCP connections " << r->at("connections").to_number<int64_t>()
                 << ", audit records " << r->at("decisions").to_number<int64_t>() << "\n";

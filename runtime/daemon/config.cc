@@ -89,7 +89,7 @@ Result<DaemonConfig> parse_daemon_config(std::string_view yaml, std::string_view
   Reader r(source);
   DaemonConfig c;
   OUTPOST_TRY_VOID(r.fields(root, "outpostd", {"board", "state_dir", "tcti", "socket", "inbox", "api", "limits", "sandbox",
-                                               "inbox_poll_ms", "life_check_s", "audit", "hub"}));
+                                               "inbox_poll_ms", "life_check_s", "audit", "hub", "egress"}));
   if (root["board"]) { OUTPOST_TRY(c.board, r.text(root["board"], "board")); }
   if (root["state_dir"]) { OUTPOST_TRY(std::string s, r.text(root["state_dir"], "state_dir")); c.state_dir = s; }
   if (root["tcti"]) { OUTPOST_TRY(c.tcti, r.text(root["tcti"], "tcti")); }
@@ -172,6 +172,19 @@ Result<DaemonConfig> parse_daemon_config(std::string_view yaml, std::string_view
     if (l["max_line_bytes"]) { OUTPOST_TRY(c.max_line_bytes, r.number<uint64_t>(l["max_line_bytes"], "limits.max_line_bytes")); }
     if (l["max_log_bytes"]) { OUTPOST_TRY(c.max_log_bytes, r.number<uint64_t>(l["max_log_bytes"], "limits.max_log_bytes")); }
     if (c.max_line_bytes < (1u << 20)) return fail(r.bad(l, "limits.max_line_bytes must be at least 1 MiB"));
+  }
+  if (YAML::Node e = root["egress"]) {
+    OUTPOST_TRY_VOID(r.fields(e, "egress", {"port", "idle_timeout_s", "max_connections"}));
+    if (e["port"]) {
+      OUTPOST_TRY(uint32_t port, r.number<uint32_t>(e["port"], "egress.port"));
+      if (port == 0 || port > 65535) return fail(r.bad(e["port"], "egress.port must be 1-65535"));
+      c.egress_port = static_cast<uint16_t>(port);
+    }
+    if (e["idle_timeout_s"]) { OUTPOST_TRY(c.egress_idle_timeout_s, r.number<uint32_t>(e["idle_timeout_s"], "egress.idle_timeout_s")); }
+    if (e["max_connections"]) { OUTPOST_TRY(c.egress_max_connections, r.number<uint32_t>(e["max_connections"], "egress.max_connections")); }
+    if (c.egress_idle_timeout_s == 0 || c.egress_max_connections == 0) {
+      return fail(r.bad(e, "egress: idle_timeout_s and max_connections must be positive"));
+    }
   }
   if (YAML::Node s = root["sandbox"]) {
     OUTPOST_TRY_VOID(r.fields(s, "sandbox", {"system_read_only", "agent_uid_base", "agent_uid_count", "agent_max_processes"}));

@@ -33,6 +33,12 @@ struct DaemonConfig {
   uint32_t agent_uid_count = 4096;
   uint32_t agent_max_processes = 1024;  // RLIMIT_NPROC of each agent's uid (processes and threads)
 
+  // The egress proxy each agent reaches at 127.0.0.1:egress_port inside its own network
+  // namespace, its only road out (docs/daemon.md, "Egress").
+  uint16_t egress_port = 3128;
+  uint32_t egress_idle_timeout_s = 600;       // a connection with no byte either way is closed
+  uint32_t egress_max_connections = 64;       // open at once, per agent
+
   // The API socket under abuse (docs/daemon.md, "The API socket").
   uint32_t api_max_connections = 256;          // all peers together
   uint32_t api_max_connections_per_uid = 16;   // one operator or local user

@@ -39,6 +39,7 @@
 #include "broker/session_state.h"
 #include "credentials/jws.h"
 #include "daemon/api.h"
+#include "egress/proxy.h"
 #include "sync/sync_client.h"
 #include "outpost/attestation/agent_keys.h"
 #include "outpost/attestation/node.h"
@@ -56,6 +57,7 @@
 #include "outpost/offline_cache/bundle_store.h"
 #include "outpost/offline_cache/trust.h"
 #include "policy/engine.h"
+#include "sandbox/network.h"
 #include "sandbox/sandbox.h"
 
 #define OUTPOST_NOTE(level, msg) ::outpost::log::level("outpostd", {{"msg", (msg)}})
@@ -254,6 +256,8 @@ struct Daemon::Impl {
   std::condition_variable threads_done;
   std::atomic<bool> stopping{false};
   std::thread::id io_thread = std::this_thread::get_id();
+  // Last member: it goes first, while everything its hooks use is still there.
+  std::unique_ptr<egress::Proxy> proxy;
 
   // ---- policy ----
   broker::PolicyView view() const {
@@ -338,6 +342,41 @@ struct Daemon::Impl {
       OUTPOST_NOTE(info, "audit log accepts records again: agents resumed");
     }
     (void)log->record_event(pause ? "agents_paused" : "agents_resumed", {{"reason", why}});
+  }
+
+  // ---- egress ----
+  Result<void> start_proxy();
+  // The proxy's record hook: an egress decision of `r.agent`, under the same budget rules as
+  // its tool calls (paused: refused; a denial over the deny budget: coalesced).
+  Result<void> record_egress(const egress::EgressRecord& r) {
+    std::shared_ptr<std::atomic<uint64_t>> records;
+    std::shared_ptr<std::atomic<bool>> blocked;
+    std::shared_ptr<broker::SessionState> flow;
+    {
+      std::lock_guard lock(mu);
+      auto it = agents.find(r.agent);
+      if (it == agents.end()) return fail(make_error_code(errc::not_found), "agent " + r.agent + " is gone");
+      records = it->second->audit_records;
+      blocked = it->second->records_blocked;
+      flow = it->second->flow;
+    }
+    if (blocked->load()) return fail(make_error_code(errc::unsupported), "the agent is paused: it wrote most of the audit log's budget");
+    if (!r.allow && flow && !flow->admit_deny_record()) {
+      broker::DecisionRecord d;
+      d.time = r.time;
+      d.agent = r.agent;
+      d.task = r.task;
+      d.server = "egress";
+      d.tool = r.host + ":" + std::to_string(r.port);
+      d.verdict = r.verdict;
+      if (!r.rule.empty()) d.rules.push_back(r.rule);
+      d.reason = r.reason;
+      d.bundle_version = r.bundle_version;
+      flow->coalesce(d);
+      return ok();
+    }
+    records->fetch_add(1, std::memory_order_relaxed);
+    return log->record_egress(r.agent, r.bundle_version, r.time, egress::egress_json(r), r.allow);
   }
 
   // Denials over an agent's deny budget, each kind as one record with its count.
@@ -606,6 +645,29 @@ Result<void> Daemon::Impl::start_sync() {
 
 // A uid of the configured range no other agent holds and the user database does not name,
 // kept in <agent dir>/uid so the agent keeps it (and owns its files) across restarts.
+Result<void> Daemon::Impl::start_proxy() {
+  egress::ProxyOptions o;
+  o.idle_timeout = std::chrono::seconds(config.egress_idle_timeout_s);
+  o.max_connections_per_agent = config.egress_max_connections;
+  egress::ProxyHooks h;
+  h.policy = [this] { return view(); };
+  h.record = [this](const egress::EgressRecord& r) { return record_egress(r); };
+  h.closed = [this](const egress::EgressClose& c) {
+    if (auto r = log->record_egress_close(c.agent, egress::egress_close_json(c)); !r) {
+      OUTPOST_NOTE(error, "egress close of " + c.agent + " not recorded: " + r.error().message());
+    }
+  };
+  h.secret = [this](std::string_view name) -> Result<std::string> {
+    attestation::SecretStore secrets(config.state_dir, node);
+    OUTPOST_TRY(Bytes value, secrets.unseal(*tpm, std::string(name)));
+    std::string out(as_chars(value));
+    std::fill(value.begin(), value.end(), 0);
+    return out;
+  };
+  OUTPOST_TRY(proxy, egress::Proxy::start(o, std::move(h)));
+  return ok();
+}
+
 Result<uid_t> Daemon::Impl::allocate_uid(const std::string& name) {
   const fs::path agents_dir = config.state_dir / "agents";
   auto read_uid = [&](const fs::path& dir) -> uid_t {
@@ -857,6 +919,16 @@ Result<void> Daemon::Impl::launch(Agent& a) {
   if (std::find(m.env_allow.begin(), m.env_allow.end(), "PATH") == m.env_allow.end()) {
     set.emplace_back("PATH", "/usr/local/bin:/usr/bin:/bin");
   }
+  // Its one road out: the egress proxy in its namespace. Every HTTP client library reads one of
+  // these; nothing bypasses it (the host's loopback is reached through it too, when a rule says).
+  const std::string proxy_url = "http://127.0.0.1:" + std::to_string(config.egress_port);
+  for (const char* name : {"HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"}) {
+    set.emplace_back(name, proxy_url);
+  }
+  set.emplace_back("NO_PROXY", "");
+  set.emplace_back("no_proxy", "");
+  set.emplace_back("NODE_USE_ENV_PROXY", "1");  // Node's own fetch honours the variables from 24.5
+  set.emplace_back("OUTPOST_EGRESS_PROXY", proxy_url);
   // The sandbox has no /tmp: temporary files go to the work directory, unless the manifest says.
   if (std::none_of(m.env.begin(), m.env.end(), [](const auto& kv) { return kv.first == "TMPDIR"; })) {
     set.emplace_back("TMPDIR", (a.workdir / ".tmp").string());  // made by prepare_workdir
@@ -875,7 +947,15 @@ Result<void> Daemon::Impl::launch(Agent& a) {
   sp.read_only.push_back(m.command);
   sp.read_only.push_back(m.binary);
   sp.read_only.push_back(run_dir);
+  sp.connect_tcp_ports = {config.egress_port};  // the proxy, the one listener in its namespace
   OUTPOST_TRY(auto ruleset, sandbox::Ruleset::prepare(sp));
+
+  // Its network namespace, made here with the proxy's listener in it: loopback alone.
+  auto network = sandbox::make_agent_network(config.egress_port);
+  if (!network) {
+    a.state = AgentState::refused;
+    return fail(network.error().wrap("not launching " + m.name + ": its network namespace"));
+  }
 
   sandbox::IsolationPolicy ip;
   ip.uid = a.uid;
@@ -888,6 +968,8 @@ Result<void> Daemon::Impl::launch(Agent& a) {
     if (p != "/dev/urandom") ip.read_only.push_back(p);
   }
   ip.read_only.push_back(config.socket);  // outpostd's socket alone, not the folder it is in
+  ip.network_namespace = network->ns.get();
+  ip.syscalls.allow_inet_stream = true;  // TCP, which in its namespace reaches the proxy alone
   OUTPOST_TRY(auto isolation, sandbox::Isolation::prepare(ip));
 
   // Logs: rotated at the configured size, one generation kept.
@@ -916,6 +998,7 @@ Result<void> Daemon::Impl::launch(Agent& a) {
   a.pid = child->pid;
   a.pidfd = child->pidfd.release();
   a.start_time = child->start_time;
+  if (proxy) proxy->serve(egress::Proxy::Binding{m.name, m.task, a.flow, std::move(network->listener)});
   a.started_at = unix_now();
   a.state = AgentState::running;
   a.stop_requested = false;
@@ -942,6 +1025,7 @@ void Daemon::Impl::on_exit(Agent& a, int status) {
   a.set_paused(false);
   // What it left behind (a double-forked or setsid'ed descendant) ends with it.
   if (auto k = sandbox::kill_all_of_uid(a.uid); !k) OUTPOST_NOTE(error, "agent " + a.manifest.name + ": " + k.error().message());
+  if (proxy) proxy->stop_agent(a.manifest.name);
   (void)log->record_event("agent_exit", {{"agent", a.manifest.name}, {"status", a.last_exit}});
   OUTPOST_NOTE(info, "agent " + a.manifest.name + " exited with " + std::to_string(a.last_exit));
   wake_connections(a.manifest.name);
@@ -1053,6 +1137,11 @@ json::object Daemon::Impl::agent_json(const Agent& a) const {
   json::array servers;
   for (const auto& s : a.manifest.mcp_servers) servers.push_back(json::value(s.name));
   o["mcp_servers"] = std::move(servers);
+  if (proxy) {
+    const auto e = proxy->counters(a.manifest.name);
+    o["egress"] = json::object{{"allowed", e.allowed}, {"refused", e.refused}, {"open", e.open},
+                               {"bytes_up", e.bytes_up}, {"bytes_down", e.bytes_down}};
+  }
   return o;
 }
 
@@ -1279,6 +1368,17 @@ json::object Daemon::Impl::handle(const json::object& req, const ucred& peer, bo
                             {"last_failure", th.last_failure_unix ? format_rfc3339_utc(th.last_failure_unix) : ""}};
     o["sandbox"] = json::object{{"isolation", isolation_missing.empty()},
                                 {"missing", isolation_missing}};
+    if (proxy) {
+      // Per agent: connections allowed and refused through its egress proxy, open now.
+      json::object egress;
+      std::lock_guard lock(mu);
+      for (const auto& name : launch_order) {
+        const auto e = proxy->counters(name);
+        egress[name] = json::object{{"allowed", e.allowed}, {"refused", e.refused}, {"open", e.open},
+                                    {"bytes_up", e.bytes_up}, {"bytes_down", e.bytes_down}};
+      }
+      o["egress"] = std::move(egress);
+    }
     auto& l = log->log();
     o["audit"] = json::object{{"last_seq", l.last_seq()},         {"durable_seq", l.durable_seq()},
                               {"checkpoint_seq", checkpoint_seq.load()}, {"disk_bytes", l.disk_bytes()},
@@ -1581,6 +1681,7 @@ void Daemon::Impl::shutdown() {
     std::unique_lock lock(mu);
     threads_done.wait_for(lock, std::chrono::seconds(5), [&] { return api_threads == 0; });
   }
+  proxy.reset();  // open tunnels end, their close records written
   write_all_coalesced();
   (void)log->record_event("daemon_stop", {});
   maybe_checkpoint(true);  // the last records are anchored before outpostd goes
@@ -1655,6 +1756,8 @@ Result<void> Daemon::run() {
   m.isolation_missing = sandbox::missing_privileges();
   if (!m.isolation_missing.empty()) {
     OUTPOST_NOTE(error, "the agent sandbox needs " + m.isolation_missing + ": agents will not be launched");
+  } else {
+    OUTPOST_TRY_VOID(m.start_proxy());
   }
 
   // The socket: a stale file from a dead daemon is replaced; a live daemon is not.

@@ -111,6 +111,8 @@ class Compiler {
   Result<std::unique_ptr<fb::TimeWindowT>> time_window(const Field& f);
   Result<std::unique_ptr<fb::RateLimitT>> rate(const Field& f);
   Result<std::unique_ptr<fb::FlowRuleT>> flow_rule(const Field& f);
+  Result<std::unique_ptr<fb::EgressRuleT>> egress_rule(const Field& f);
+  Result<std::unique_ptr<fb::HeaderInjectionT>> injection(const Field& f);
 
   // Reads an optional list of agent (or tool) globs into `globs`; each must match a declared
   // one. A missing field selects all.
@@ -160,7 +162,7 @@ Result<CompiledPolicy> Compiler::run(std::string_view yaml) {
 
 Result<void> Compiler::top_level(const Field& root) {
   OUTPOST_TRY(Map top, in_.map(root, {"version", "issuer", "valid", "issued_at", "scope", "on_expiry", "safe_set",
-                                      "tools", "agents", "rules", "flow_rules", "revoked_agents"}));
+                                      "tools", "agents", "rules", "flow_rules", "egress", "revoked_agents"}));
   if (auto f = top.get("version")) {
     OUTPOST_TRY(bundle_.version, in_.unsigned_int(*f, UINT64_MAX));
     if (bundle_.version == 0 && !options_.version_override) return in_.fail(*f, "must be at least 1");
@@ -220,6 +222,13 @@ Result<void> Compiler::top_level(const Field& root) {
     for (const Field& item : items) {
       OUTPOST_TRY(auto r, flow_rule(item));
       bundle_.flow_rules.push_back(std::move(r));
+    }
+  }
+  if (auto f = top.get("egress")) {
+    OUTPOST_TRY(std::vector<Field> items, in_.list(*f));
+    for (const Field& item : items) {
+      OUTPOST_TRY(auto r, egress_rule(item));
+      bundle_.egress.push_back(std::move(r));
     }
   }
   auto safe_set = top.get("safe_set");
@@ -762,6 +771,110 @@ Result<std::unique_ptr<fb::FlowRuleT>> Compiler::flow_rule(const Field& f) {
   }
   OUTPOST_TRY_VOID(check_reachable(f, "flow rule", r->id, agents, tools));
   return r;
+}
+
+// ---- Egress -------------------------------------------------------------------------------------
+
+Result<std::unique_ptr<fb::EgressRuleT>> Compiler::egress_rule(const Field& f) {
+  OUTPOST_TRY(Map m, in_.map(f, {"id", "effect", "shadow", "agents", "tasks", "kind", "destinations", "within_clearance",
+                                 "max_sensitivity", "time_windows", "rate", "budget", "inject", "reason"}));
+  auto r = std::make_unique<fb::EgressRuleT>();
+  OUTPOST_TRY(Field id, m.require("id"));
+  OUTPOST_TRY(r->id, in_.identifier(id, "egress rule id"));
+  OUTPOST_TRY_VOID(claim_id(id, r->id));
+  // Required here, unlike a tool rule's: an entry that reads like an allowlist line must not
+  // quietly be a deny.
+  OUTPOST_TRY(Field e, m.require("effect"));
+  OUTPOST_TRY(std::string effect, in_.string(e));
+  if (effect == "allow") {
+    r->effect = fb::Effect::Allow;
+  } else if (effect != "deny") {
+    return in_.fail(e, "must be allow or deny, not " + in_quotes(effect));
+  }
+  const bool allow = r->effect == fb::Effect::Allow;
+  if (auto s = m.get("shadow")) { OUTPOST_TRY(r->shadow, in_.boolean(*s)); }
+  Selection agents;
+  OUTPOST_TRY(agents, select(m, "agents", agents_, "agent", r->agents));
+  if (auto t = m.get("tasks")) {
+    OUTPOST_TRY(std::vector<Field> items, in_.nonempty_list(*t, "any task"));
+    for (const Field& item : items) {
+      OUTPOST_TRY(std::string glob, in_.glob(item));
+      r->tasks.push_back(std::move(glob));
+    }
+  }
+  if (auto k = m.get("kind")) {
+    OUTPOST_TRY(std::string kind, in_.string(*k));
+    if (kind == "model") {
+      r->kind = fb::EgressKind::Model;
+    } else if (kind != "api") {
+      return in_.fail(*k, "must be model or api, not " + in_quotes(kind));
+    }
+  }
+  if (auto d = m.get("destinations")) {
+    OUTPOST_TRY(r->destinations, destinations(*d, "any destination"));
+  } else if (allow) {
+    return in_.fail(f, "an allow egress rule needs destinations (hosts or CIDRs, with ports)");
+  }
+  if (auto w = m.get("within_clearance")) { OUTPOST_TRY(r->within_clearance, in_.boolean(*w)); }
+  if (auto s = m.get("max_sensitivity")) { OUTPOST_TRY(r->max_sensitivity, in_.sensitivity(*s)); }
+  if (auto t = m.get("time_windows")) {
+    OUTPOST_TRY(std::vector<Field> items, in_.nonempty_list(*t, "any time"));
+    for (const Field& item : items) {
+      OUTPOST_TRY(auto w, time_window(item));
+      r->time_windows.push_back(std::move(w));
+    }
+  }
+  if (auto rt = m.get("rate")) {
+    OUTPOST_TRY(r->rate, rate(*rt));
+    if (!allow) warn(rt->line, "egress rule " + in_quotes(r->id) + ": rate has no effect on a deny rule");
+  }
+  if (auto b = m.get("budget")) {
+    OUTPOST_TRY(Map bm, in_.map(*b, {"bytes", "window"}));
+    OUTPOST_TRY(Field bytes, bm.require("bytes"));
+    r->budget = std::make_unique<fb::ByteBudgetT>();
+    OUTPOST_TRY(r->budget->bytes, in_.byte_size(bytes));
+    if (auto w = bm.get("window")) {
+      OUTPOST_TRY(uint64_t seconds, in_.duration(*w, kMaxU32));
+      r->budget->window = static_cast<uint32_t>(seconds);
+    }
+    if (!allow) warn(b->line, "egress rule " + in_quotes(r->id) + ": budget has no effect on a deny rule");
+  }
+  if (auto i = m.get("inject")) {
+    if (!allow) return in_.fail(*i, "inject applies only to allow rules");
+    OUTPOST_TRY(r->inject, injection(*i));
+  }
+  if (auto s = m.get("reason")) { OUTPOST_TRY(r->reason, in_.string(*s)); }
+  if (r->shadow) warn(f.line, "egress rule " + in_quotes(r->id) + " is in shadow mode: decided and logged, not enforced");
+  return r;
+}
+
+Result<std::unique_ptr<fb::HeaderInjectionT>> Compiler::injection(const Field& f) {
+  OUTPOST_TRY(Map m, in_.map(f, {"header", "secret", "prefix"}));
+  auto h = std::make_unique<fb::HeaderInjectionT>();
+  h->header = "Authorization";
+  if (auto hf = m.get("header")) {
+    OUTPOST_TRY(h->header, in_.string(*hf, 64));
+    const bool token = !h->header.empty() && std::all_of(h->header.begin(), h->header.end(), [](char c) {
+      return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-';
+    });
+    if (!token) return in_.fail(*hf, "not a header name: " + in_quotes(h->header) + " (letters, digits and -)");
+    std::string lower = h->header;
+    for (char& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    // Headers that frame or route the request are the proxy's, never a secret's.
+    if (lower == "host" || lower == "content-length" || lower == "transfer-encoding" || lower == "connection" ||
+        lower == "upgrade" || lower == "te" || lower == "trailer" || lower.starts_with("proxy-")) {
+      return in_.fail(*hf, "header " + in_quotes(h->header) + " frames or routes the request; it cannot carry a secret");
+    }
+  }
+  OUTPOST_TRY(Field secret, m.require("secret"));
+  OUTPOST_TRY(h->secret, in_.identifier(secret, "secret name"));
+  if (auto p = m.get("prefix")) {
+    OUTPOST_TRY(h->prefix, in_.string(*p, 64));
+    for (char c : h->prefix) {
+      if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) return in_.fail(*p, "control characters are not allowed");
+    }
+  }
+  return h;
 }
 
 }  // namespace

@@ -233,6 +233,24 @@ Result<uint64_t> Reader::duration(const Field& f, uint64_t max) {
   return seconds;
 }
 
+Result<uint64_t> Reader::byte_size(const Field& f) {
+  OUTPOST_TRY(std::string_view s, plain_scalar(f, "a size"));
+  static constexpr std::pair<std::string_view, uint64_t> kUnits[] = {{"KiB", 1ull << 10}, {"MiB", 1ull << 20}, {"GiB", 1ull << 30},
+                                                                    {"TiB", 1ull << 40}};
+  uint64_t unit = 1;
+  std::string_view digits = s;
+  for (const auto& [suffix, value] : kUnits) {
+    if (s.ends_with(suffix)) {
+      unit = value;
+      digits = s.substr(0, s.size() - suffix.size());
+    }
+  }
+  auto n = parse_decimal(digits, UINT64_MAX / unit);
+  if (!n) return fail(f, "must be a size such as 65536, 512KiB, 100MiB or 2GiB, not " + in_quotes(s));
+  if (*n == 0) return fail(f, "must be above 0 (omit it for no budget)");
+  return *n * unit;
+}
+
 Result<int64_t> Reader::time(const Field& f) {
   OUTPOST_TRY(std::string_view s, plain_scalar(f, "a time"));
   if (auto unix_seconds = parse_decimal(s, INT64_MAX)) return static_cast<int64_t>(*unix_seconds);

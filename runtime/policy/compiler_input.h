@@ -78,6 +78,8 @@ class Reader {
   Result<double> number(const Field& f);  // finite
   // "90s", "5m", "72h", "7d" or integer seconds; > 0 and <= max.
   Result<uint64_t> duration(const Field& f, uint64_t max);
+  // Integer bytes or with a binary suffix: "512KiB", "100MiB", "2GiB"; > 0.
+  Result<uint64_t> byte_size(const Field& f);
   // "2026-11-01T00:00:00Z" or integer Unix seconds.
   Result<int64_t> time(const Field& f);
   // public 0, internal 1, confidential 2, secret 3.

@@ -1,6 +1,7 @@
 #include "engine.h"
 
 #include <re2/re2.h>
+#include <sys/socket.h>
 
 #include <algorithm>
 #include <cmath>
@@ -70,6 +71,23 @@ struct Flow {
   uint32_t window = 0, max_count = 0;
   double max_total = 0;
   Pointer total_pointer;
+};
+
+struct EgressRule {
+  std::string id, reason;
+  bool allow = false, shadow = false;
+  std::vector<std::string> agents, tasks;
+  fb::EgressKind kind = fb::EgressKind::Api;
+  std::vector<Dest> dests;
+  bool within_clearance = false;
+  uint8_t max_sensitivity = 255;
+  std::vector<Window> windows;
+  bool has_rate = false;
+  fb::RateScope rate_scope = fb::RateScope::Agent;
+  uint32_t rate_count = 0, rate_window = 0;
+  uint64_t budget_bytes = 0;
+  uint32_t budget_window = 0;
+  std::string inject_header, inject_secret, inject_prefix;
 };
 
 struct Tool {
@@ -394,6 +412,7 @@ struct Engine::Impl {
   std::vector<uint8_t> granted;          // agents x tools
   RuleSet normal, safe;
   std::vector<Flow> flows;
+  std::vector<EgressRule> egress;
   std::vector<uint32_t> flow_entries;
   std::vector<std::array<uint32_t, 2>> flow_pairs;
 
@@ -483,6 +502,7 @@ struct Engine::Impl {
   }
 
   bool flow_denies(const Flow& f, const Request& req, const Tool& tool) const;
+  EgressDecision decide_egress(const EgressRequest& req, Mode mode, RateLimiter* rates) const;
   Decision decide(const Request& req, Mode mode, RateLimiter* rates, bool indexed) const;
 };
 
@@ -766,6 +786,40 @@ Result<std::shared_ptr<const Engine>> Engine::build(const fb::Bundle& b) {
       m.flows.push_back(std::move(c));
     }
   }
+  if (b.egress() != nullptr) {
+    for (const fb::EgressRule* r : *b.egress()) {
+      EgressRule c;
+      c.id = str(r->id());
+      c.reason = str(r->reason());
+      c.allow = r->effect() == fb::Effect::Allow;
+      c.shadow = r->shadow();
+      c.agents = strings(r->agents());
+      c.tasks = strings(r->tasks());
+      c.kind = r->kind();
+      OUTPOST_TRY(c.dests, compile_dests(r->destinations()));
+      c.within_clearance = r->within_clearance();
+      c.max_sensitivity = r->max_sensitivity();
+      if (r->time_windows() != nullptr) {
+        for (const fb::TimeWindow* w : *r->time_windows()) c.windows.push_back(Window{w->days(), w->start_minute(), w->end_minute()});
+      }
+      if (r->rate() != nullptr && r->rate()->count() > 0 && r->rate()->window() > 0) {
+        c.has_rate = true;
+        c.rate_scope = r->rate()->scope();
+        c.rate_count = r->rate()->count();
+        c.rate_window = r->rate()->window();
+      }
+      if (r->budget() != nullptr) {
+        c.budget_bytes = r->budget()->bytes();
+        c.budget_window = r->budget()->window();
+      }
+      if (r->inject() != nullptr && r->inject()->secret() != nullptr) {
+        c.inject_header = r->inject()->header() ? r->inject()->header()->str() : "Authorization";
+        c.inject_secret = str(r->inject()->secret());
+        c.inject_prefix = str(r->inject()->prefix());
+      }
+      m.egress.push_back(std::move(c));
+    }
+  }
   m.index(m.normal);
   m.index(m.safe);
   {
@@ -786,6 +840,218 @@ Result<std::shared_ptr<const Engine>> Engine::build(const fb::Bundle& b) {
     }
   }
   return std::shared_ptr<const Engine>(std::move(p));
+}
+
+// ---- egress ----
+
+namespace {
+
+// A destination of an egress rule against a connection: a host glob against the name asked
+// for (never an IP literal: a raw address needs a CIDR), a CIDR against the address.
+bool egress_dest_matches(const Dest& d, std::string_view host, bool host_is_ip, const Cidr* address, uint16_t port) {
+  if (!d.ports.empty() && std::find(d.ports.begin(), d.ports.end(), port) == d.ports.end()) return false;
+  if (d.has_cidr) return address != nullptr && cidr_covers(d.cidr, *address);
+  return !host_is_ip && glob_match(d.host, host);
+}
+
+// Whether the rule names a special address explicitly: one of its CIDRs (for the port)
+// contains it and is at least as long as the special range it falls in.
+bool names_address(const EgressRule& r, const Cidr& address, uint8_t min_prefix, uint16_t port) {
+  for (const Dest& d : r.dests) {
+    if (!d.has_cidr || d.cidr.prefix < min_prefix) continue;
+    if (!d.ports.empty() && std::find(d.ports.begin(), d.ports.end(), port) == d.ports.end()) continue;
+    if (cidr_covers(d.cidr, address)) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+EgressDecision Engine::Impl::decide_egress(const EgressRequest& req, Mode mode, RateLimiter* rates) const {
+  EgressDecision d;
+  d.bundle_version = version;
+  d.mode = mode;
+  if (mode == Mode::deny_all) {
+    d.verdict = Verdict::bundle_not_in_force;
+    return d;
+  }
+  int64_t ai = find_agent(req.agent);
+  if (ai < 0) {
+    d.verdict = Verdict::unknown_agent;
+    return d;
+  }
+  const Agent& agent = agents[static_cast<size_t>(ai)];
+  if (agent.revoked) {
+    d.verdict = Verdict::agent_revoked;
+    return d;
+  }
+  // The safe set holds tool rules only: after expiry an agent has no network.
+  if (mode == Mode::safe_set) return d;
+  std::string_view name = req.host;
+  if (!name.empty() && name.back() == '.') name.remove_suffix(1);
+  LowerHost host(name);
+  if (!host.ok || host.view.empty()) return d;
+  const bool host_is_ip = parse_cidr(host.view).has_value() && host.view.find('/') == std::string_view::npos;
+  std::optional<Cidr> address;
+  if (!req.address.empty()) {
+    address = parse_cidr(req.address);
+    if (!address || req.address.find('/') != std::string_view::npos) return d;  // not an address: nothing matches
+  } else if (host_is_ip) {
+    address = parse_cidr(host.view);
+  }
+  AddressRange special;
+  if (address) {
+    special = special_range(*address);
+    if (req.own_address && special.name.empty()) special = AddressRange{"this host", static_cast<uint8_t>(address->family == AF_INET ? 32 : 128)};
+    d.address_class = special.name;
+  }
+
+  auto holds = [&](const EgressRule& r) {
+    if (!any_glob_or_empty(r.agents, agent.name)) return false;
+    if (!r.tasks.empty() && !any_glob(r.tasks, req.task)) return false;
+    if (r.within_clearance && req.sensitivity > agent.clearance) return false;
+    if (req.sensitivity > r.max_sensitivity) return false;
+    if (!r.windows.empty()) {
+      bool any = false;
+      for (const auto& w : r.windows) any = any || in_window(w, req.time);
+      if (!any) return false;
+    }
+    if (r.dests.empty()) return !r.allow;  // a deny rule without destinations covers every one
+    for (const Dest& dest : r.dests) {
+      if (egress_dest_matches(dest, host.view, host_is_ip, address ? &*address : nullptr, req.port)) return true;
+    }
+    return false;
+  };
+  for (uint32_t i = 0; i < egress.size(); ++i) {
+    const EgressRule& r = egress[i];
+    if (r.shadow && holds(r)) push_id(d.shadow, d.shadow_count, i);
+  }
+  for (uint32_t i = 0; i < egress.size(); ++i) {
+    const EgressRule& r = egress[i];
+    if (r.shadow || r.allow || !holds(r)) continue;
+    d.verdict = Verdict::denied_by_rule;
+    d.rule = static_cast<int32_t>(i);
+    return d;
+  }
+  // Taint: flow rules over every action (no `tools`) apply to egress as to a tool's destination.
+  auto taint_denies = [&]() -> int32_t {
+    for (uint32_t f = 0; f < flows.size(); ++f) {
+      const Flow& flow = flows[f];
+      if (flow.kind != fb::FlowKind::Taint || !flow.tools.empty() || !any_glob_or_empty(flow.agents, agent.name)) continue;
+      bool tainted = req.sensitivity >= flow.min_sensitivity;
+      for (const auto& e : req.history) {
+        if (tainted) break;
+        uint8_t label = e.sensitivity;
+        if (int64_t t = find_tool(e.server, e.tool); t >= 0) label = std::max(label, tools[static_cast<size_t>(t)].output_sensitivity);
+        tainted = label >= flow.min_sensitivity;
+      }
+      if (!tainted) continue;
+      bool trusted = false;
+      for (const Dest& t : flow.trusted) {
+        trusted = trusted || egress_dest_matches(t, host.view, host_is_ip, address ? &*address : nullptr, req.port);
+      }
+      if (!trusted) return static_cast<int32_t>(f);
+    }
+    return -1;
+  };
+  bool refused_address = false;
+  bool flows_checked = false;
+  for (uint32_t i = 0; i < egress.size(); ++i) {
+    const EgressRule& r = egress[i];
+    if (r.shadow || !r.allow || !holds(r)) continue;
+    if (address && !special.name.empty() && !names_address(r, *address, special.prefix, req.port)) {
+      refused_address = true;
+      continue;
+    }
+    if (!flows_checked) {
+      flows_checked = true;
+      if (int32_t f = taint_denies(); f >= 0) {
+        d.verdict = Verdict::flow_denied;
+        d.flow = f;
+        return d;
+      }
+    }
+    if (r.has_rate && rates != nullptr) {
+      std::string_view key = r.rate_scope == fb::RateScope::Agent ? req.agent
+                             : r.rate_scope == fb::RateScope::Tool ? host.view
+                                                                    : req.task;
+      if (!rates->try_acquire(i | 0x20000000u, key, req.time, r.rate_count, r.rate_window)) {
+        d.rate_limited = true;
+        continue;
+      }
+    }
+    d.allow = true;
+    d.verdict = Verdict::allowed_by_rule;
+    d.rule = static_cast<int32_t>(i);
+    d.kind = r.kind;
+    d.budget_bytes = r.budget_bytes;
+    d.budget_window = r.budget_window;
+    d.inject_header = r.inject_header;
+    d.inject_secret = r.inject_secret;
+    d.inject_prefix = r.inject_prefix;
+    return d;
+  }
+  d.verdict = refused_address ? Verdict::address_refused : Verdict::no_rule_allows;
+  return d;
+}
+
+EgressDecision Engine::decide_egress(const EgressRequest& req, Mode mode, RateLimiter* rates) const {
+  return impl_->decide_egress(req, mode, rates);
+}
+
+bool Engine::has_egress(std::string_view agent) const {
+  for (const auto& r : impl_->egress) {
+    if (r.allow && !r.shadow && any_glob_or_empty(r.agents, agent)) return true;
+  }
+  return false;
+}
+
+std::string Engine::egress_rule_id(int32_t index) const {
+  return index >= 0 && static_cast<size_t>(index) < impl_->egress.size() ? impl_->egress[static_cast<size_t>(index)].id : "?";
+}
+std::string Engine::flow_rule_id(int32_t index) const {
+  return index >= 0 && static_cast<size_t>(index) < impl_->flows.size() ? impl_->flows[static_cast<size_t>(index)].id : "?";
+}
+
+std::string Engine::explain_egress(const EgressDecision& d, const EgressRequest& req) const {
+  auto with_reason = [](const std::string& id, const std::string& reason) {
+    return reason.empty() ? id : id + " (" + reason + ")";
+  };
+  std::string dest = std::string(req.host) + ":" + std::to_string(req.port);
+  if (!req.address.empty() && req.address != req.host) dest += " (" + std::string(req.address) + ")";
+  std::string out;
+  switch (d.verdict) {
+    case Verdict::allowed_by_rule: {
+      const auto& r = impl_->egress[static_cast<size_t>(d.rule)];
+      out = "allowed by egress rule " + with_reason(r.id, r.reason);
+      break;
+    }
+    case Verdict::denied_by_rule: {
+      const auto& r = impl_->egress[static_cast<size_t>(d.rule)];
+      out = "denied by egress rule " + with_reason(r.id, r.reason);
+      break;
+    }
+    case Verdict::flow_denied: {
+      const auto& f = impl_->flows[static_cast<size_t>(d.flow)];
+      out = "denied by flow rule " + with_reason(f.id, f.reason) + ": the session has read data that may not go to " + dest;
+      break;
+    }
+    case Verdict::address_refused:
+      out = dest + " is a " + std::string(d.address_class) +
+            " address, which egress reaches only when the rule names it by CIDR (no DNS rebinding, no metadata)";
+      break;
+    case Verdict::no_rule_allows:
+      out = "no egress rule allows " + std::string(req.agent) + " -> " + dest + " (default deny)";
+      if (d.mode == Mode::safe_set) out += "; after expiry the safe set allows no egress";
+      if (d.rate_limited) out += "; a matching rule is over its rate limit";
+      break;
+    case Verdict::unknown_agent: out = "agent \"" + std::string(req.agent) + "\" is not in the bundle"; break;
+    case Verdict::agent_revoked: out = "agent \"" + std::string(req.agent) + "\" is revoked"; break;
+    case Verdict::bundle_not_in_force: out = "the policy bundle is not in force: deny all"; break;
+    default: out = std::string(verdict_name(d.verdict)); break;
+  }
+  for (uint8_t i = 0; i < d.shadow_count; ++i) out += "; shadow egress rule " + impl_->egress[d.shadow[i]].id + " matched";
+  return out;
 }
 
 Decision Engine::decide(const Request& req, Mode mode, RateLimiter* rates) const {
@@ -815,6 +1081,7 @@ std::string_view verdict_name(Verdict v) {
     case Verdict::tool_not_granted: return "tool_not_granted";
     case Verdict::flow_denied: return "flow_denied";
     case Verdict::bundle_not_in_force: return "bundle_not_in_force";
+    case Verdict::address_refused: return "address_refused";
   }
   return "?";
 }
@@ -846,6 +1113,7 @@ std::string Engine::explain(const Decision& d, const Request& req) const {
     case Verdict::tool_not_granted: out = "agent \"" + std::string(req.agent) + "\" is not granted " + call; break;
     case Verdict::flow_denied: out = "denied by flow rule " + id_of(d.rules[0]) + reason_of(d.rules[0]); break;
     case Verdict::bundle_not_in_force: out = "the policy bundle is not in force: deny all"; break;
+    case Verdict::address_refused: out = "refused: the destination's address is not named by a rule"; break;
   }
   if (d.mode == Mode::safe_set) out += " [safe set: the bundle is not in force]";
   for (uint8_t i = 0; i < d.shadow_count; ++i) out += "; shadow rule " + id_of(d.shadow[i]) + " matched";

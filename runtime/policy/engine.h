@@ -66,6 +66,7 @@ enum class Verdict : uint8_t {
   tool_not_granted,
   flow_denied,
   bundle_not_in_force, // on-expiry deny-all
+  address_refused,     // egress: the name resolved to an address no matching rule names by CIDR
 };
 
 // Which rules the engine applies: the bundle's rules, or after expiry its signed safe set, or
@@ -88,6 +89,44 @@ struct Decision {
   Mode mode = Mode::normal;                  // which rule set `rules` indexes
 };
 inline constexpr uint32_t kFlowBase = 1u << 31;
+
+// ---- Egress (docs/policy.md, "Egress") ----
+
+// One TCP connection an agent asks the egress proxy for. Decided twice for a name: first on
+// the name alone (address empty) so that nothing the bundle does not allow is even resolved
+// (no DNS exfiltration), then on each address outpostd resolved it to.
+struct EgressRequest {
+  std::string_view agent;
+  std::string_view task;
+  std::string_view host;       // as the agent asked: a name, or an IP literal (no brackets)
+  uint16_t port = 0;
+  std::string_view address;    // the resolved address (IPv4-mapped IPv6 given as IPv4); empty: not yet
+  bool own_address = false;    // `address` is one of this host's own
+  uint8_t sensitivity = 0;     // the most sensitive data the session has received
+  int64_t time = 0;
+  std::span<const SessionEvent> history;
+};
+
+struct EgressDecision {
+  bool allow = false;
+  Verdict verdict = Verdict::no_rule_allows;
+  uint64_t bundle_version = 0;
+  Mode mode = Mode::normal;
+  int32_t rule = -1;                   // the deciding egress rule, or -1
+  int32_t flow = -1;                   // the deciding flow rule (flow_denied), or -1
+  std::array<uint32_t, Decision::kMaxIds> shadow{};
+  uint8_t shadow_count = 0;
+  bool rate_limited = false;
+  // address_refused (and for people on a deny): what the address is ("loopback",
+  // "cloud metadata", "private", "this host"...); empty for a public address.
+  std::string_view address_class;
+  // Of the deciding allow rule: its kind, byte budget (0: none; window 0: per connection),
+  // and the header to inject on plain HTTP (views into the engine, valid while it lives).
+  fb::EgressKind kind = fb::EgressKind::Api;
+  uint64_t budget_bytes = 0;
+  uint32_t budget_window = 0;
+  std::string_view inject_header, inject_secret, inject_prefix;
+};
 
 class RateLimiter;
 
@@ -113,6 +152,16 @@ class Engine {
   // and not revoked, the tool is declared and granted to it, and at least one enforced allow
   // rule covers the pair. What the broker shows in tools/list; decide() still rules each call.
   bool could_allow(std::string_view agent, std::string_view server, std::string_view tool, Mode mode) const;
+  // The decision for one egress connection. `rates` as for decide(); pass null for the first,
+  // name-only decision so that only the final one counts.
+  EgressDecision decide_egress(const EgressRequest& req, Mode mode = Mode::normal, RateLimiter* rates = nullptr) const;
+  std::string explain_egress(const EgressDecision& d, const EgressRequest& req) const;
+  // The id of an egress rule (EgressDecision::rule, shadow) or of a flow rule (EgressDecision::flow).
+  std::string egress_rule_id(int32_t index) const;
+  std::string flow_rule_id(int32_t index) const;
+  // Whether the bundle has an enforced allow egress rule for `agent` at all.
+  bool has_egress(std::string_view agent) const;
+
   // The label a call's result carries (the tool's output_sensitivity); 0 for unknown tools.
   uint8_t output_sensitivity(std::string_view server, std::string_view tool) const;
 

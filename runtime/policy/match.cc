@@ -3,7 +3,9 @@
 #include <arpa/inet.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "outpost/base/bytes.h"
 
@@ -147,6 +149,52 @@ bool cidr_contains(const Cidr& net, std::string_view host) {
   if (host.size() > 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
   if (!parse_ip(host, family, addr) || family != net.family) return false;
   return prefix_equal(addr, net);
+}
+
+namespace {
+struct Special {
+  Cidr net;
+  std::string_view name;
+};
+// Most specific first: the first range that contains an address names it. RFC 6890 and the
+// IANA special-purpose registries; the two metadata addresses are the cloud providers' (AWS,
+// GCP, Azure, OpenStack use 169.254.169.254; AWS's IPv6 one is fd00:ec2::254).
+std::vector<Special> make_specials() {
+  static constexpr std::pair<std::string_view, std::string_view> kRanges[] = {
+      {"169.254.169.254/32", "cloud metadata"}, {"fd00:ec2::254/128", "cloud metadata"},
+      {"127.0.0.0/8", "loopback"},             {"::1/128", "loopback"},
+      {"0.0.0.0/8", "unspecified"},            {"::/128", "unspecified"},
+      {"169.254.0.0/16", "link-local"},        {"fe80::/10", "link-local"},
+      {"10.0.0.0/8", "private"},               {"172.16.0.0/12", "private"},
+      {"192.168.0.0/16", "private"},           {"fc00::/7", "private"},
+      {"100.64.0.0/10", "shared (carrier-grade NAT)"},
+      {"192.0.0.0/24", "IETF protocol assignments"},
+      {"198.18.0.0/15", "benchmarking"},       {"224.0.0.0/4", "multicast"},
+      {"ff00::/8", "multicast"},               {"240.0.0.0/4", "reserved"},
+      {"64:ff9b::/96", "NAT64"},               {"64:ff9b:1::/48", "NAT64"},
+      {"::/96", "IPv4-compatible"},            {"2002::/16", "6to4"},
+      {"2001::/32", "Teredo"},
+  };
+  std::vector<Special> out;
+  for (const auto& [text, name] : kRanges) out.push_back(Special{*parse_cidr(text), name});
+  return out;
+}
+}  // namespace
+
+AddressRange special_range(const Cidr& address) {
+  static const std::vector<Special> specials = make_specials();
+  Cidr a = address;
+  static constexpr uint8_t kMapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+  if (a.family == AF_INET6 && std::memcmp(a.addr.data(), kMapped, sizeof kMapped) == 0) {
+    a.family = AF_INET;
+    std::memmove(a.addr.data(), a.addr.data() + 12, 4);
+    std::fill(a.addr.begin() + 4, a.addr.end(), 0);
+    a.prefix = a.prefix >= 96 ? static_cast<uint8_t>(a.prefix - 96) : 0;
+  }
+  for (const auto& s : specials) {
+    if (cidr_covers(s.net, a)) return AddressRange{s.name, s.net.prefix};
+  }
+  return {};
 }
 
 }  // namespace outpost::policy

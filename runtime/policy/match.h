@@ -39,4 +39,14 @@ bool cidr_covers(const Cidr& outer, const Cidr& inner);
 // Whether `host` is an IP literal inside `net` (a name never matches a CIDR).
 bool cidr_contains(const Cidr& net, std::string_view host);
 
+// Addresses an agent reaches only when a rule names them by CIDR (docs/policy.md, "Egress"):
+// the range an address falls in, most specific first, with its prefix length; a rule's CIDR
+// names the address when it contains it and is at least that long. `name` empty: a public
+// address. IPv4-mapped IPv6 is classified as the IPv4 address it carries.
+struct AddressRange {
+  std::string_view name;
+  uint8_t prefix = 0;
+};
+AddressRange special_range(const Cidr& address);
+
 }  // namespace outpost::policy

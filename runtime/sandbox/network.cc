@@ -1,0 +1,63 @@
+#include "sandbox/network.h"
+
+#include <fcntl.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <sched.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <optional>
+#include <thread>
+
+#include "outpost/base/errors.h"
+
+namespace outpost::sandbox {
+
+namespace {
+
+Result<void> loopback_up() {
+  UniqueFd s(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  if (!s) return fail(errno_error("socket for loopback", errno));
+  ifreq ifr{};
+  std::memcpy(ifr.ifr_name, "lo", 3);
+  if (::ioctl(s.get(), SIOCGIFFLAGS, &ifr) != 0) return fail(errno_error("ioctl SIOCGIFFLAGS lo", errno));
+  ifr.ifr_flags = static_cast<short>(ifr.ifr_flags | IFF_UP);
+  if (::ioctl(s.get(), SIOCSIFFLAGS, &ifr) != 0) return fail(errno_error("ioctl SIOCSIFFLAGS lo", errno));
+  return {};
+}
+
+Result<AgentNetwork> make_here(uint16_t port) {
+  if (::unshare(CLONE_NEWNET) != 0) return fail(errno_error("unshare CLONE_NEWNET", errno));
+  OUTPOST_TRY_VOID(loopback_up());
+  AgentNetwork net;
+  net.port = port;
+  net.ns.reset(::open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC));
+  if (!net.ns) return fail(errno_error("open /proc/thread-self/ns/net", errno));
+  net.listener.reset(::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (!net.listener) return fail(errno_error("socket for the egress proxy", errno));
+  const int one = 1;
+  ::setsockopt(net.listener.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_port = htons(port);
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::bind(net.listener.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0) {
+    return fail(errno_error("bind 127.0.0.1:" + std::to_string(port) + " in the agent's namespace", errno));
+  }
+  if (::listen(net.listener.get(), 128) != 0) return fail(errno_error("listen", errno));
+  return net;
+}
+
+}  // namespace
+
+Result<AgentNetwork> make_agent_network(uint16_t port) {
+  std::optional<Result<AgentNetwork>> out;
+  // The thread ends in the new namespace; the namespace lives on through the fds.
+  std::thread([&] { out.emplace(make_here(port)); }).join();
+  return std::move(*out);
+}
+
+}  // namespace outpost::sandbox

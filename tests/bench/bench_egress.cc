@@ -1,0 +1,261 @@
+// The egress proxy's cost (runtime/egress/proxy.h), in one run beside the direct path: TCP
+// connection set-up to an echo server, direct vs through the proxy (CONNECT, the policy's
+// decisions, the ClientHello check, the upstream connect, the first byte back), as p50/p99;
+// a bulk transfer (1 GiB by default, OUTPOST_BENCH_BYTES) direct vs tunnelled; and the CPU the
+// proxy's event-loop thread spends per connection. In process on the host's loopback (no agent
+// namespace: that costs nothing per connection); decision records go to memory, so the
+// durable record's fdatasync (bench_audit) comes on top when audit.durable_decisions is on.
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <benchmark/benchmark.h>
+#include <chrono>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "egress/client_hello.h"
+#include "egress/proxy.h"
+#include "policy/compiler.h"
+#include "policy/engine.h"
+
+using namespace outpost;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+int listen_loopback(uint16_t& port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  ::listen(fd, 512);
+  socklen_t len = sizeof a;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  port = ntohs(a.sin_port);
+  return fd;
+}
+
+int connect_loopback(uint16_t port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) std::abort();
+  const int one = 1;
+  ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  return fd;
+}
+
+void send_all(int fd, const void* p, size_t n) {
+  const char* c = static_cast<const char*>(p);
+  while (n > 0) {
+    ssize_t w = ::send(fd, c, n, MSG_NOSIGNAL);
+    if (w <= 0) std::abort();
+    c += w;
+    n -= static_cast<size_t>(w);
+  }
+}
+
+void read_exactly(int fd, size_t n) {
+  char buf[65536];
+  while (n > 0) {
+    ssize_t r = ::recv(fd, buf, std::min(n, sizeof buf), 0);
+    if (r <= 0) std::abort();
+    n -= static_cast<size_t>(r);
+  }
+}
+
+void read_head(int fd) {
+  std::string s;
+  char c;
+  while (s.size() < 4 || s.compare(s.size() - 4, 4, "\r\n\r\n") != 0) {
+    if (::recv(fd, &c, 1, 0) != 1) std::abort();
+    s += c;
+  }
+  if (s.compare(0, 12, "HTTP/1.1 200") != 0) std::abort();
+}
+
+// A server thread per connection: echo (first bytes back) or sink (reads to EOF, then one byte).
+struct Server {
+  uint16_t port = 0;
+  int fd;
+  bool echo;
+  std::atomic<bool> stop{false};
+  std::thread thread;
+  explicit Server(bool e) : fd(listen_loopback(port)), echo(e) {
+    thread = std::thread([this] {
+      while (!stop) {
+        pollfd p{fd, POLLIN, 0};
+        if (::poll(&p, 1, 50) <= 0) continue;
+        int c = ::accept4(fd, nullptr, nullptr, SOCK_CLOEXEC);
+        if (c < 0) continue;
+        std::thread([this, c] {
+          std::vector<char> buf(1 << 20);
+          for (;;) {
+            ssize_t n = ::recv(c, buf.data(), buf.size(), 0);
+            if (n <= 0) break;
+            if (echo) send_all(c, buf.data(), static_cast<size_t>(n));
+          }
+          if (!echo) send_all(c, "k", 1);
+          ::close(c);
+        }).detach();
+      }
+    });
+  }
+  ~Server() {
+    stop = true;
+    thread.join();
+    ::close(fd);
+  }
+};
+
+struct Rig {
+  Server echo{true}, sink{false};
+  std::shared_ptr<const policy::Engine> engine;
+  std::unique_ptr<egress::Proxy> proxy;
+  uint16_t port = 0;
+  std::vector<uint8_t> hello = egress::build_client_hello("localhost");
+  Rig() {
+    const std::string e = std::to_string(echo.port), s = std::to_string(sink.port);
+    const std::string yaml = "version: 1\nvalid: {not_before: 2026-01-01T00:00:00Z, not_after: 2099-01-01T00:00:00Z, max_offline: 72h}\n"
+                             "tools: [{server: notes, name: add}]\nagents: [{name: bench, tools: [\"notes/*\"]}]\negress:\n"
+                             "  - id: local\n    effect: allow\n    destinations: [{host: localhost, ports: [" + e + ", " + s +
+                             "]}, {cidr: 127.0.0.1/32, ports: [" + e + ", " + s + "]}]\n";
+    auto compiled = policy::compile_policy(yaml, "bench.yaml", {});
+    if (!compiled) std::abort();
+    engine = *policy::Engine::build(*flatbuffers::GetRoot<fb::Bundle>(compiled->payload.data()));
+    egress::ProxyHooks h;
+    h.policy = [this] { return broker::PolicyView{engine, policy::Mode::normal, 0}; };
+    h.record = [](const egress::EgressRecord&) -> Result<void> { return {}; };
+    h.closed = [](const egress::EgressClose&) {};
+    h.secret = [](std::string_view) -> Result<std::string> { return std::string(); };
+    egress::ProxyOptions o;
+    o.max_connections_per_agent = 4096;
+    proxy = std::move(*egress::Proxy::start(o, std::move(h)));
+    sandbox::UniqueFd listener(listen_loopback(port));
+    proxy->serve(egress::Proxy::Binding{"bench", "bench", std::make_shared<broker::SessionState>(), std::move(listener)});
+  }
+  // A tunnel through the proxy to `to`, its ClientHello sent.
+  int tunnel(uint16_t to) {
+    int c = connect_loopback(port);
+    const std::string req = "CONNECT localhost:" + std::to_string(to) + " HTTP/1.1\r\n\r\n";
+    send_all(c, req.data(), req.size());
+    read_head(c);
+    send_all(c, hello.data(), hello.size());
+    return c;
+  }
+};
+
+Rig& rig() {
+  static Rig r;
+  return r;
+}
+
+// CPU seconds of the proxy's event-loop thread (named outpost-egress).
+double loop_cpu_seconds() {
+  DIR* d = ::opendir("/proc/self/task");
+  double out = 0;
+  while (dirent* e = d ? ::readdir(d) : nullptr) {
+    const std::string task = std::string("/proc/self/task/") + e->d_name;
+    std::ifstream comm(task + "/comm");
+    std::string name;
+    if (!std::getline(comm, name) || name != "outpost-egress") continue;
+    std::ifstream stat(task + "/stat");
+    std::string line;
+    std::getline(stat, line);
+    std::istringstream rest(line.substr(line.rfind(')') + 2));
+    std::string field;
+    unsigned long long utime = 0, stime = 0;
+    for (int i = 3; i <= 15 && rest >> field; ++i) {
+      if (i == 14) utime = std::stoull(field);
+      if (i == 15) stime = std::stoull(field);
+    }
+    out += static_cast<double>(utime + stime) / static_cast<double>(::sysconf(_SC_CLK_TCK));
+  }
+  if (d) ::closedir(d);
+  return out;
+}
+
+void report(benchmark::State& state, std::vector<double>& us) {
+  std::sort(us.begin(), us.end());
+  if (us.empty()) return;
+  state.counters["p50_us"] = us[us.size() / 2];
+  state.counters["p99_us"] = us[std::min(us.size() - 1, us.size() * 99 / 100)];
+}
+
+// Set-up to the first byte back: direct connect + the hello echoed.
+void BM_setup_direct(benchmark::State& state) {
+  Rig& r = rig();
+  std::vector<double> us;
+  for (auto _ : state) {
+    const auto t0 = Clock::now();
+    int c = connect_loopback(r.echo.port);
+    send_all(c, r.hello.data(), r.hello.size());
+    read_exactly(c, r.hello.size());
+    us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+    ::close(c);
+  }
+  report(state, us);
+}
+BENCHMARK(BM_setup_direct)->UseRealTime()->Unit(benchmark::kMicrosecond);
+
+void BM_setup_proxy(benchmark::State& state) {
+  Rig& r = rig();
+  std::vector<double> us;
+  const double cpu0 = loop_cpu_seconds();
+  for (auto _ : state) {
+    const auto t0 = Clock::now();
+    int c = r.tunnel(r.echo.port);
+    read_exactly(c, r.hello.size());
+    us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+    ::close(c);
+  }
+  report(state, us);
+  state.counters["loop_cpu_us_per_conn"] = (loop_cpu_seconds() - cpu0) * 1e6 / static_cast<double>(state.iterations());
+}
+BENCHMARK(BM_setup_proxy)->UseRealTime()->Unit(benchmark::kMicrosecond);
+
+uint64_t transfer_bytes() {
+  const char* env = std::getenv("OUTPOST_BENCH_BYTES");
+  return env ? std::strtoull(env, nullptr, 10) : (1ull << 30);
+}
+
+void transfer(benchmark::State& state, bool through_proxy) {
+  Rig& r = rig();
+  const uint64_t total = transfer_bytes();
+  std::vector<char> chunk(1 << 20, 'x');
+  const double cpu0 = loop_cpu_seconds();
+  for (auto _ : state) {
+    int c = through_proxy ? r.tunnel(r.sink.port) : connect_loopback(r.sink.port);
+    for (uint64_t sent = 0; sent < total; sent += chunk.size()) send_all(c, chunk.data(), std::min<uint64_t>(chunk.size(), total - sent));
+    ::shutdown(c, SHUT_WR);
+    read_exactly(c, through_proxy ? 1 : 1);
+    ::close(c);
+  }
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * total));
+  if (through_proxy) {
+    state.counters["loop_cpu_s_per_GiB"] =
+        (loop_cpu_seconds() - cpu0) / (static_cast<double>(state.iterations() * total) / (1ull << 30));
+  }
+}
+void BM_transfer_direct(benchmark::State& state) { transfer(state, false); }
+void BM_transfer_proxy(benchmark::State& state) { transfer(state, true); }
+BENCHMARK(BM_transfer_direct)->UseRealTime()->Unit(benchmark::kMillisecond)->Iterations(3);
+BENCHMARK(BM_transfer_proxy)->UseRealTime()->Unit(benchmark::kMillisecond)->Iterations(3);
+
+}  // namespace
+
+BENCHMARK_MAIN();

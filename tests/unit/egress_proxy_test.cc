@@ -1,0 +1,350 @@
+// The egress proxy (runtime/egress/proxy.h) in process, on the host's loopback: a real
+// listener, real upstream servers and the real engine; only the agent's namespace is left out
+// (the e2e tests cover that). The hooks record into memory.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "egress/client_hello.h"
+#include "egress/proxy.h"
+#include "outpost/base/errors.h"
+#include "policy/compiler.h"
+#include "policy/engine.h"
+
+using namespace outpost;
+using namespace std::chrono_literals;
+
+namespace {
+
+int listen_loopback(uint16_t& port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+  REQUIRE(::listen(fd, 16) == 0);
+  socklen_t len = sizeof a;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  port = ntohs(a.sin_port);
+  return fd;
+}
+
+int connect_loopback(uint16_t port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+  timeval tv{5, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  return fd;
+}
+
+void send_all(int fd, std::string_view s) {
+  while (!s.empty()) {
+    ssize_t n = ::send(fd, s.data(), s.size(), MSG_NOSIGNAL);
+    if (n <= 0) return;
+    s.remove_prefix(static_cast<size_t>(n));
+  }
+}
+
+// Reads until `until` appears, EOF or the timeout.
+std::string read_until(int fd, std::string_view until = {}) {
+  std::string out;
+  char buf[8192];
+  for (;;) {
+    if (!until.empty() && out.find(until) != std::string::npos) return out;
+    ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    if (n <= 0) return out;
+    out.append(buf, static_cast<size_t>(n));
+  }
+}
+
+// An upstream server: answers a plain HTTP request with "ok" and closes; echoes anything else.
+// Keeps what each connection sent.
+struct Upstream {
+  uint16_t port = 0;
+  int fd;
+  std::thread thread;
+  std::mutex mu;
+  std::vector<std::string> received;
+  bool stop = false;
+  Upstream() : fd(listen_loopback(port)) {
+    thread = std::thread([this] {
+      std::vector<std::thread> conns;
+      for (;;) {
+        pollfd p{fd, POLLIN, 0};
+        if (::poll(&p, 1, 50) <= 0) {
+          std::lock_guard lock(mu);
+          if (stop) break;
+          continue;
+        }
+        int c = ::accept4(fd, nullptr, nullptr, SOCK_CLOEXEC);
+        if (c < 0) continue;
+        size_t slot;
+        {
+          std::lock_guard lock(mu);
+          slot = received.size();
+          received.emplace_back();
+        }
+        conns.emplace_back([this, c, slot] {
+          char buf[65536];
+          for (;;) {
+            ssize_t n = ::recv(c, buf, sizeof buf, 0);
+            if (n <= 0) break;
+            std::string chunk(buf, static_cast<size_t>(n));
+            bool http;
+            {
+              std::lock_guard lock(mu);
+              received[slot] += chunk;
+              http = received[slot].starts_with("GET ") && received[slot].find("\r\n\r\n") != std::string::npos;
+            }
+            if (http) {
+              send_all(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+              break;
+            }
+            send_all(c, chunk);
+          }
+          ::close(c);
+        });
+      }
+      for (auto& t : conns) t.join();
+    });
+  }
+  ~Upstream() {
+    {
+      std::lock_guard lock(mu);
+      stop = true;
+    }
+    thread.join();
+    ::close(fd);
+  }
+  std::vector<std::string> seen() {
+    std::lock_guard lock(mu);
+    return received;
+  }
+};
+
+struct Harness {
+  Upstream tunnel, web, tiny;
+  std::shared_ptr<const policy::Engine> engine;
+  std::shared_ptr<broker::SessionState> flow = std::make_shared<broker::SessionState>();
+  std::mutex mu;
+  std::vector<egress::EgressRecord> records;
+  std::vector<egress::EgressClose> closes;
+  bool refuse_records = false;
+  std::unique_ptr<egress::Proxy> proxy;
+  uint16_t port = 0;
+
+  Harness() {
+    const std::string p1 = std::to_string(tunnel.port), p2 = std::to_string(web.port), p3 = std::to_string(tiny.port);
+    const std::string yaml = R"(version: 1
+valid: {not_before: 2026-01-01T00:00:00Z, not_after: 2099-01-01T00:00:00Z, max_offline: 72h}
+tools: [{server: notes, name: add}]
+agents: [{name: coder, tools: ["notes/*"]}]
+egress:
+  - id: tunnel
+    effect: allow
+    destinations: [{host: localhost, ports: [)" + p1 + R"(]}, {cidr: 127.0.0.1/32, ports: [)" + p1 + R"(]}]
+  - id: web
+    effect: allow
+    kind: model
+    destinations: [{host: localhost, ports: [)" + p2 + R"(]}, {cidr: 127.0.0.1/32, ports: [)" + p2 + R"(]}]
+    inject: {secret: model-key, prefix: "Bearer "}
+  - id: tiny
+    effect: allow
+    destinations: [{host: localhost, ports: [)" + p3 + R"(]}, {cidr: 127.0.0.1/32, ports: [)" + p3 + R"(]}]
+    budget: {bytes: 4KiB}
+  - id: loopback-by-name
+    effect: allow
+    destinations: [{host: localhost, ports: [9]}]
+)";
+    auto compiled = policy::compile_policy(yaml, "p.yaml", {});
+    REQUIRE(compiled);
+    auto e = policy::Engine::build(*flatbuffers::GetRoot<fb::Bundle>(compiled->payload.data()));
+    REQUIRE(e);
+    engine = *e;
+    egress::ProxyHooks h;
+    h.policy = [this] { return broker::PolicyView{engine, policy::Mode::normal, 0}; };
+    h.record = [this](const egress::EgressRecord& r) -> Result<void> {
+      std::lock_guard lock(mu);
+      if (refuse_records) return fail(errc::io, "disk full");
+      records.push_back(r);
+      return {};
+    };
+    h.closed = [this](const egress::EgressClose& c) {
+      std::lock_guard lock(mu);
+      closes.push_back(c);
+    };
+    h.secret = [](std::string_view name) -> Result<std::string> {
+      if (name != "model-key") return fail(errc::not_found, "no such secret");
+      return std::string("sk-held-by-outpostd");
+    };
+    auto started = egress::Proxy::start({}, std::move(h));
+    REQUIRE(started);
+    proxy = std::move(*started);
+    sandbox::UniqueFd listener(listen_loopback(port));
+    proxy->serve(egress::Proxy::Binding{"coder", "build", flow, std::move(listener)});
+  }
+  std::vector<egress::EgressRecord> recorded() {
+    std::lock_guard lock(mu);
+    return records;
+  }
+  // The close records, once `n` are there.
+  std::vector<egress::EgressClose> closed(size_t n) {
+    for (int i = 0; i < 200; ++i) {
+      {
+        std::lock_guard lock(mu);
+        if (closes.size() >= n) return closes;
+      }
+      std::this_thread::sleep_for(10ms);
+    }
+    std::lock_guard lock(mu);
+    return closes;
+  }
+};
+
+std::string bytes_of(const std::vector<uint8_t>& v) { return std::string(v.begin(), v.end()); }
+
+}  // namespace
+
+TEST_CASE("the egress proxy tunnels TLS to an allowed host and checks the SNI", "[egress]") {
+  Harness h;
+  const std::string target = "localhost:" + std::to_string(h.tunnel.port);
+  const std::string hello = bytes_of(egress::build_client_hello("localhost"));
+  {
+    int c = connect_loopback(h.port);
+    send_all(c, "CONNECT " + target + " HTTP/1.1\r\nHost: " + target + "\r\n\r\n");
+    CHECK_THAT(read_until(c, "\r\n\r\n"), Catch::StartsWith("HTTP/1.1 200"));
+    send_all(c, hello + "ping");
+    CHECK(read_until(c, "ping") == hello + "ping");  // echoed by the upstream, byte for byte
+    ::close(c);
+  }
+  auto closes = h.closed(1);
+  REQUIRE(closes.size() == 1);
+  CHECK(closes[0].bytes_up == hello.size() + 4);
+  CHECK(closes[0].bytes_down == hello.size() + 4);
+  CHECK(closes[0].rule == "tunnel");
+  {
+    int c = connect_loopback(h.port);
+    send_all(c, "CONNECT " + target + " HTTP/1.1\r\n\r\n");
+    CHECK_THAT(read_until(c, "\r\n\r\n"), Catch::StartsWith("HTTP/1.1 200"));
+    send_all(c, bytes_of(egress::build_client_hello("evil.example")));
+    const std::string alert = read_until(c);
+    REQUIRE(alert.size() == 7);
+    CHECK(static_cast<uint8_t>(alert[0]) == 0x15);  // a TLS alert record
+    CHECK(static_cast<uint8_t>(alert[6]) == 112);   // unrecognized_name
+    ::close(c);
+  }
+  {
+    int c = connect_loopback(h.port);
+    send_all(c, "CONNECT " + target + " HTTP/1.1\r\n\r\n");
+    read_until(c, "\r\n\r\n");
+    send_all(c, "GET / HTTP/1.1\r\n\r\n");  // no TLS in a tunnel
+    CHECK(read_until(c).size() == 7);
+    ::close(c);
+  }
+  const auto records = h.recorded();
+  REQUIRE(records.size() == 3);
+  CHECK(records[0].allow);
+  CHECK(records[0].sni == "localhost");
+  CHECK(records[0].address == "127.0.0.1");
+  CHECK(records[1].verdict == "sni_mismatch");
+  CHECK(records[1].sni == "evil.example");
+  CHECK(records[2].verdict == "not_tls");
+  CHECK(h.tunnel.seen().size() == 1);  // the refused tunnels never reached it
+}
+
+TEST_CASE("the egress proxy forwards plain HTTP once, with the secret outpostd holds", "[egress]") {
+  Harness h;
+  const std::string url = "http://localhost:" + std::to_string(h.web.port) + "/v1/chat?x=1";
+  int c = connect_loopback(h.port);
+  send_all(c, "GET " + url + " HTTP/1.1\r\nHost: localhost:" + std::to_string(h.web.port) +
+                  "\r\nAuthorization: Bearer none\r\nProxy-Authorization: x\r\nConnection: keep-alive\r\n\r\n");
+  const std::string reply = read_until(c);
+  ::close(c);
+  CHECK_THAT(reply, Catch::StartsWith("HTTP/1.1 200"));
+  CHECK_THAT(reply, Catch::EndsWith("ok"));
+  const auto seen = h.web.seen();
+  REQUIRE(seen.size() == 1);
+  CHECK_THAT(seen[0], Catch::StartsWith("GET /v1/chat?x=1 HTTP/1.1\r\n"));
+  CHECK_THAT(seen[0], Catch::Contains("Authorization: Bearer sk-held-by-outpostd\r\n"));
+  CHECK_THAT(seen[0], !Catch::Contains("Bearer none"));
+  CHECK_THAT(seen[0], !Catch::Contains("Proxy-Authorization"));
+  CHECK_THAT(seen[0], Catch::Contains("Connection: close\r\n"));
+  const auto records = h.recorded();
+  REQUIRE(records.size() == 1);
+  CHECK(records[0].method == "GET");
+  CHECK(records[0].path == "/v1/chat");
+  CHECK(records[0].kind == "model");
+  CHECK(records[0].injected_header == "Authorization");
+  CHECK_THAT(egress::egress_json(records[0]), !Catch::Contains("sk-held"));
+}
+
+TEST_CASE("the egress proxy refuses with the reason, before resolving or connecting", "[egress]") {
+  Harness h;
+  auto ask = [&](const std::string& request) {
+    int c = connect_loopback(h.port);
+    send_all(c, request);
+    std::string r = read_until(c);
+    ::close(c);
+    return r;
+  };
+  std::string r = ask("CONNECT exfil.nowhere.invalid:443 HTTP/1.1\r\n\r\n");
+  CHECK_THAT(r, Catch::StartsWith("HTTP/1.1 403"));
+  CHECK_THAT(r, Catch::Contains("X-Outpost-Verdict: no_rule_allows"));
+  r = ask("CONNECT localhost:9 HTTP/1.1\r\n\r\n");  // allowed by name, but it is loopback
+  CHECK_THAT(r, Catch::Contains("X-Outpost-Verdict: address_refused"));
+  CHECK_THAT(r, Catch::Contains("loopback"));
+  r = ask("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+  CHECK_THAT(r, Catch::StartsWith("HTTP/1.1 400"));
+  r = ask("GET https://localhost/ HTTP/1.1\r\n\r\n");
+  CHECK_THAT(r, Catch::Contains("CONNECT"));
+  r = ask("GET http://localhost:" + std::to_string(h.web.port) + "/ HTTP/1.1\r\nHost: elsewhere.example\r\n\r\n");
+  CHECK_THAT(r, Catch::Contains("X-Outpost-Verdict: host_mismatch"));
+  const auto records = h.recorded();
+  REQUIRE(records.size() == 5);
+  CHECK(records[0].address.empty());  // never resolved
+  CHECK(records[1].address == "127.0.0.1");
+  CHECK(records[1].address_class == "loopback");
+  CHECK(h.web.seen().empty());
+  CHECK(h.proxy->counters("coder").refused == 5);
+
+  // An allow the audit log cannot take is a refusal: nothing goes out unrecorded.
+  {
+    std::lock_guard lock(h.mu);
+    h.refuse_records = true;
+  }
+  int c = connect_loopback(h.port);
+  send_all(c, "CONNECT localhost:" + std::to_string(h.tunnel.port) + " HTTP/1.1\r\n\r\n");
+  read_until(c, "\r\n\r\n");
+  send_all(c, bytes_of(egress::build_client_hello("localhost")));
+  CHECK(read_until(c).empty());
+  ::close(c);
+  CHECK(h.tunnel.seen().empty());
+}
+
+TEST_CASE("the egress proxy cuts a connection past its byte budget", "[egress]") {
+  Harness h;
+  int c = connect_loopback(h.port);
+  send_all(c, "CONNECT localhost:" + std::to_string(h.tiny.port) + " HTTP/1.1\r\n\r\n");
+  read_until(c, "\r\n\r\n");
+  send_all(c, bytes_of(egress::build_client_hello("localhost")) + std::string(16 << 10, 'x'));
+  const std::string back = read_until(c);
+  ::close(c);
+  CHECK(back.size() < (8u << 10));
+  auto closes = h.closed(1);
+  REQUIRE(closes.size() == 1);
+  CHECK(closes[0].end == "byte budget exhausted");
+  CHECK(closes[0].bytes_up + closes[0].bytes_down <= (4u << 10) + (64u << 10));
+}
