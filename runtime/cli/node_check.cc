@@ -27,6 +27,7 @@
 #include "outpost/base/errors.h"
 #include "outpost/base/files.h"
 #include "outpost/firmware_hooks/eventlog.h"
+#include "sandbox/network.h"
 #include "sandbox/sandbox.h"
 
 namespace outpost::cli {
@@ -417,6 +418,16 @@ void check_isolation(Report& r) {
            "or as root; docs/daemon.md)");
     return;
   }
+  // The network outpostd gives each agent: a namespace of its own with the egress proxy's
+  // listener in it (sandbox/network.h); without it agents are not launched.
+  auto network = sandbox::make_agent_network(3128);
+  if (!network) {
+    r.fail("sandbox.egress", "cannot make an agent's network namespace: " + network.error().message(),
+           "outpostd refuses to launch agents without one (they would have no egress proxy); the kernel needs network "
+           "namespaces (CONFIG_NET_NS) and outpostd CAP_SYS_ADMIN and CAP_NET_ADMIN");
+    return;
+  }
+  r.ok("sandbox.egress", "agents get a network namespace of their own: loopback and the egress proxy alone");
   std::error_code ec;
   const fs::path root = fs::temp_directory_path(ec) / ("outpost-check-" + std::to_string(::getpid()));
   fs::create_directories(root, ec);
@@ -424,6 +435,8 @@ void check_isolation(Report& r) {
   ip.uid = 65534;
   ip.gid = 65534;
   ip.root = root;
+  ip.network_namespace = network->ns.get();
+  ip.syscalls.allow_inet_stream = true;
   ip.read_only = {"/usr", "/lib", "/lib64", "/bin"};
   ip.devices = {"/dev/null"};
   auto iso = sandbox::Isolation::prepare(ip);

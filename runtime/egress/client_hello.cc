@@ -186,7 +186,7 @@ bool parse_server_name(Reader& data, std::string& sni, Stop& stop) {
 // (RFC 5246 §7.4.1.2). Within a block no extension type may appear twice (RFC 8446 §4.2);
 // only server_name is checked for that here, being the one extension read.
 // True when the whole body was read and is valid; false with `stop` saying why not.
-bool parse_body(Reader& r, std::string& sni, Stop& stop) {
+bool parse_body(Reader& r, std::string& sni, bool& ech, Stop& stop) {
   uint8_t major = 0;
   if (!r.u8(major, "legacy_version") || !r.skip(1, "legacy_version")) return false;
   if (major != 3) return stop.malformed("ClientHello version major " + std::to_string(major) + ", not 3");
@@ -224,6 +224,8 @@ bool parse_body(Reader& r, std::string& sni, Stop& stop) {
     Reader data(stop);
     if (!extensions.sub(len, data, "extension data")) return false;
     if (type != kServerNameExtension) {
+      // encrypted_client_hello (draft-ietf-tls-esni-22 §5) and the older encrypted_server_name.
+      if (type == 0xfe0d || type == 0xffce) ech = true;
       if (!data.skip(len, "extension data")) return false;
       continue;
     }
@@ -318,7 +320,7 @@ HelloScan scan_client_hello(std::span<const uint8_t> in) {
   HelloScan out;
   Reader body(hs.data() + kHandshakeHeader, hs.size() - kHandshakeHeader, needed - kHandshakeHeader,
               "ClientHello", stop);
-  const bool parsed = parse_body(body, out.sni, stop);
+  const bool parsed = parse_body(body, out.sni, out.encrypted_client_hello, stop);
   if (stop.status == HelloStatus::malformed) return refuse(HelloStatus::malformed, std::move(stop.error));
   if (!complete) return {};
   OUTPOST_CHECK(parsed && body.done(), "a complete ClientHello parses to its end or is malformed");
@@ -390,7 +392,7 @@ class Filler {
 
 }  // namespace
 
-std::vector<uint8_t> build_client_hello(std::string_view sni) {
+std::vector<uint8_t> build_client_hello(std::string_view sni, bool ech) {
   OUTPOST_CHECK(sni.size() < kMaxClientHelloBody - 512, "build_client_hello: sni too long");
   std::vector<uint8_t> hs;
   Writer w(hs);
@@ -417,6 +419,12 @@ std::vector<uint8_t> build_client_hello(std::string_view sni) {
       w.text(sni);
       w.close(name);
       w.close(list);
+    });
+  }
+  if (ech) {
+    w.extension(0xfe0d, [&] {  // encrypted_client_hello: an outer hello's, its payload filler
+      w.u8(0);                 // ClientHelloType outer
+      filler.fill(w, 40);
     });
   }
   w.extension(23, [] {});                // extended_master_secret

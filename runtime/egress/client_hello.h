@@ -38,6 +38,9 @@ struct HelloScan {
   // For sni and no_sni: the bytes, from the start of the buffer, of the TLS records that carry
   // the ClientHello (the last record ends where the ClientHello does). 0 otherwise.
   size_t record_bytes = 0;
+  // For sni and no_sni: the hello carries an Encrypted ClientHello (or the older ESNI)
+  // extension, so the name in the clear may not be the server it is for.
+  bool encrypted_client_hello = false;
   // For not_tls and malformed: a short reason ("record type 0x17, not a handshake").
   std::string error;
 };
@@ -49,7 +52,8 @@ HelloScan scan_client_hello(std::span<const uint8_t> bytes);
 // A syntactically valid TLS 1.2/1.3-style ClientHello record carrying `sni` (empty: no SNI
 // extension), for tests and benchmarks; deterministic given the inputs. `sni` is written as
 // given, unchecked, so tests can build hellos the scanner must refuse; it must be shorter than
-// kMaxClientHelloBody - 512 bytes. One record unless the hello outgrows 2^14 bytes.
-std::vector<uint8_t> build_client_hello(std::string_view sni);
+// kMaxClientHelloBody - 512 bytes. One record unless the hello outgrows 2^14 bytes. `ech`
+// adds an encrypted_client_hello extension (its payload filler, not a real encryption).
+std::vector<uint8_t> build_client_hello(std::string_view sni, bool ech = false);
 
 }  // namespace outpost::egress

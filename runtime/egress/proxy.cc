@@ -26,6 +26,7 @@
 #include "outpost/base/bytes.h"
 #include "outpost/base/crypto.h"
 #include "outpost/base/errors.h"
+#include "outpost/base/log.h"
 #include "outpost/base/time.h"
 
 namespace outpost::egress {
@@ -62,8 +63,9 @@ std::optional<Target> parse_authority(std::string_view a, uint16_t default_port)
     }
     boost::system::error_code ec;
     auto addr = asio::ip::make_address_v6(std::string(host), ec);
-    if (ec) return std::nullopt;
-    t.host = addr.to_string();
+    if (ec || addr.scope_id() != 0) return std::nullopt;
+    // IPv4-mapped is the IPv4 address it carries, for every rule and check after this.
+    t.host = addr.is_v4_mapped() ? asio::ip::make_address_v4(asio::ip::v4_mapped, addr).to_string() : addr.to_string();
     t.is_ip = true;
   } else {
     size_t colon = a.rfind(':');
@@ -76,11 +78,23 @@ std::optional<Target> parse_authority(std::string_view a, uint16_t default_port)
       t.host += l;
     }
     if (t.host.back() == '.') t.host.pop_back();
-    if (t.host.empty() || t.host.front() == '.' || t.host.find("..") != std::string::npos) return std::nullopt;
+    if (t.host.empty() || t.host.front() == '.' || t.host.back() == '.' || t.host.find("..") != std::string::npos) {
+      return std::nullopt;
+    }
     boost::system::error_code ec;
     auto addr = asio::ip::make_address_v4(t.host, ec);
     t.is_ip = !ec;
-    if (t.is_ip) t.host = addr.to_string();
+    if (t.is_ip) {
+      t.host = addr.to_string();
+    } else {
+      // Not a dotted quad, but a number getaddrinfo would read as an address (2130706433,
+      // 127.1, 0x7f.1): neither a name nor an address a rule could mean. No top-level domain
+      // is all digits or hexadecimal with 0x.
+      const std::string_view last = std::string_view(t.host).substr(t.host.rfind('.') + 1);
+      if (std::all_of(last.begin(), last.end(), [](char c) { return c >= '0' && c <= '9'; }) || last.starts_with("0x")) {
+        return std::nullopt;
+      }
+    }
   }
   if (port.empty()) {
     if (default_port == 0) return std::nullopt;
@@ -198,19 +212,27 @@ struct Budget {
   uint64_t used = 0;
 };
 
+// What outlives one launch of an agent: its rate counters and byte budgets (a restart must not
+// refill them). Loop only.
+struct AgentLimits {
+  policy::RateLimiter rates{1024};
+  std::unordered_map<std::string, Budget> budgets;  // by rule id
+};
+
 struct Conn;
 
 // One agent's binding: its listener, its connections and its counters. Everything but the
-// counters is touched on the event loop only.
+// counters and `stopped` is touched on the event loop only.
 struct AgentEntry {
-  AgentEntry(asio::io_context& io, std::string a, std::string t, std::shared_ptr<broker::SessionState> f)
-      : agent(std::move(a)), task(std::move(t)), flow(std::move(f)), acceptor(io) {}
+  AgentEntry(asio::io_context& io, std::string a, std::string t, std::shared_ptr<broker::SessionState> f,
+             std::shared_ptr<AgentLimits> l)
+      : agent(std::move(a)), task(std::move(t)), flow(std::move(f)), limits(std::move(l)), acceptor(io) {}
   const std::string agent, task;
   const std::shared_ptr<broker::SessionState> flow;
+  const std::shared_ptr<AgentLimits> limits;
   tcp::acceptor acceptor;
   std::unordered_map<uint64_t, std::weak_ptr<Conn>> conns;
-  std::unordered_map<std::string, Budget> budgets;  // by rule id
-  bool stopped = false;
+  std::atomic<bool> stopped{false};
   std::atomic<uint64_t> allowed{0}, refused{0}, open{0}, bytes_up{0}, bytes_down{0};
 };
 
@@ -221,15 +243,24 @@ struct Conn {
   asio::steady_timer timer;
   Clock::time_point deadline;
   bool done = false;
-  uint64_t total = 0;  // bytes both ways, for a per-connection budget
-  std::string end;  // why it ended, when outpostd ended it
+  bool closed = false;        // close() ran: nothing may be opened or sent any more
+  uint64_t total = 0;         // bytes both ways, for a per-connection budget
+  std::string end;            // why it ended, when outpostd ended it
+  // Set once the allow is recorded: the close record is then owed, however the handler ends.
+  std::optional<EgressClose> owed_close;
   void close() {
+    closed = true;
     boost::system::error_code ec;
     resolver.cancel();
     client.close(ec);
     upstream.close(ec);
   }
 };
+
+std::string host_header(const ProxyTarget& t) {
+  const std::string h = t.host.find(':') != std::string::npos ? "[" + t.host + "]" : t.host;
+  return t.port == 80 ? h : h + ":" + std::to_string(t.port);
+}
 
 }  // namespace
 
@@ -250,7 +281,9 @@ struct Proxy::Impl {
   mutable std::mutex mu;  // agents
   std::unordered_map<std::string, std::shared_ptr<AgentEntry>> agents;
   uint64_t next_id;  // loop only
-  policy::RateLimiter rates{4096};
+  std::unordered_map<std::string, std::shared_ptr<AgentLimits>> limits;  // by agent, loop only
+  std::atomic<uint64_t> open_total{0};
+  uint64_t bodies_in_flight = 0;  // plain HTTP request bytes held, all agents; loop only
 
   std::vector<asio::ip::address> own;  // this host's addresses, loop only
   Clock::time_point own_read{};
@@ -269,7 +302,7 @@ struct Proxy::Impl {
             const auto* sin6 = reinterpret_cast<const sockaddr_in6*>(i->ifa_addr);
             asio::ip::address_v6::bytes_type b;
             std::memcpy(b.data(), sin6->sin6_addr.s6_addr, 16);
-            own.push_back(asio::ip::address_v6(b));
+            own.push_back(unmapped(asio::ip::address_v6(b)));
           }
         }
         ::freeifaddrs(list);
@@ -279,23 +312,44 @@ struct Proxy::Impl {
     return std::find(own.begin(), own.end(), a) != own.end();
   }
 
-  // Runs fn on the pool and comes back to the loop.
+  // Runs fn on the pool (the hooks block: fdatasync, the TPM) and resumes on the loop. A
+  // coroutine spawned on the pool's executor, not a post: a post's handler would run on the
+  // awaiting coroutine's own executor, the loop.
   template <class F>
   asio::awaitable<std::invoke_result_t<F>> off_loop(F fn) {
-    co_await asio::post(pool.get_executor(), asio::use_awaitable);
-    auto out = fn();
-    co_await asio::post(io.get_executor(), asio::use_awaitable);
-    co_return out;
+    using R = std::invoke_result_t<F>;
+    std::optional<R> out;
+    co_await asio::co_spawn(
+        pool.get_executor(),
+        [&]() -> asio::awaitable<void> {
+          out.emplace(fn());
+          co_return;
+        },
+        asio::use_awaitable);
+    co_return std::move(*out);
   }
 
   asio::awaitable<void> accept_loop(std::shared_ptr<AgentEntry> a);
   asio::awaitable<void> watchdog(std::shared_ptr<Conn> c);
-  asio::awaitable<void> handle(std::shared_ptr<AgentEntry> a, std::shared_ptr<Conn> c, uint64_t id);
+  asio::awaitable<void> handle(std::shared_ptr<AgentEntry> a, std::shared_ptr<Conn> c, std::string id);
+  // Copies from one side to the other until EOF, counting and charging; `still_allowed` is
+  // asked at most every 250 ms and ends the connection when it says why.
   asio::awaitable<void> pump(AgentEntry& a, Conn& c, tcp::socket& from, tcp::socket& to, bool up, uint64_t& count,
-                             const std::string& rule, uint64_t budget, uint32_t window);
+                             const std::string& rule, uint64_t budget, uint32_t window,
+                             const std::function<std::string()>& still_allowed);
   asio::awaitable<void> refuse(AgentEntry& a, Conn& c, EgressRecord rec, http::status status);
+  void record_detached(std::shared_ptr<AgentEntry> a, EgressRecord rec);
+  // Charges n bytes to the connection and the rule's window; false (and the connection closed)
+  // past the budget.
   bool charge(AgentEntry& a, Conn& c, const std::string& rule, uint64_t budget, uint32_t window, uint64_t n);
+  // Bytes the rule's window has left (UINT64_MAX without a budget).
+  uint64_t budget_left(AgentEntry& a, const Conn& c, const std::string& rule, uint64_t budget, uint32_t window);
 };
+
+void Proxy::Impl::record_detached(std::shared_ptr<AgentEntry> a, EgressRecord rec) {
+  a->refused.fetch_add(1);
+  asio::post(pool, [this, rec = std::move(rec)] { (void)hooks.record(rec); });
+}
 
 asio::awaitable<void> Proxy::Impl::accept_loop(std::shared_ptr<AgentEntry> a) {
   for (;;) {
@@ -307,28 +361,48 @@ asio::awaitable<void> Proxy::Impl::accept_loop(std::shared_ptr<AgentEntry> a) {
       co_await t.async_wait(kTuple);
       continue;
     }
-    if (a->open.load() >= options.max_connections_per_agent) {
-      static constexpr std::string_view kBusy =
-          "HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n"
-          "X-Outpost-Reason: too many open egress connections\r\n\r\n";
+    const bool agent_full = a->open.load() >= options.max_connections_per_agent;
+    if (agent_full || open_total.load() >= options.max_connections) {
+      const std::string why = agent_full ? "too many open egress connections of agent " + a->agent
+                                         : "too many open egress connections on this node";
+      const std::string busy = "HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n"
+                               "X-Outpost-Verdict: too_many_connections\r\nX-Outpost-Reason: " + why + "\r\n\r\n";
       boost::system::error_code wec;
       sock.non_blocking(true, wec);
-      asio::write(sock, asio::buffer(kBusy), wec);
-      a->refused.fetch_add(1);
+      asio::write(sock, asio::buffer(busy), wec);
+      EgressRecord rec;
+      rec.time = unix_now();
+      rec.agent = a->agent;
+      rec.task = a->task;
+      rec.verdict = "too_many_connections";
+      rec.reason = why;
+      record_detached(a, std::move(rec));
       continue;
     }
     sock.set_option(tcp::no_delay(true), ec);
     auto c = std::make_shared<Conn>(io, std::move(sock));
-    const uint64_t id = next_id++;
-    a->conns[id] = c;
+    const uint64_t n = next_id++;
+    char id[24];
+    std::snprintf(id, sizeof id, "%016llx", static_cast<unsigned long long>(n));
+    a->conns[n] = c;
     a->open.fetch_add(1);
+    open_total.fetch_add(1);
     asio::co_spawn(io, watchdog(c), asio::detached);
-    asio::co_spawn(io, handle(a, c, id), [this, a, c, id](std::exception_ptr) {
+    asio::co_spawn(io, handle(a, c, id), [this, a, c, n](std::exception_ptr) {
       c->done = true;
       c->timer.cancel();
       c->close();
-      a->conns.erase(id);
+      a->conns.erase(n);
       a->open.fetch_sub(1);
+      open_total.fetch_sub(1);
+      // An allowed connection that ended any other way (an exception) still gets its close.
+      if (c->owed_close) {
+        EgressClose close = std::move(*c->owed_close);
+        c->owed_close.reset();
+        close.time = unix_now();
+        if (close.end.empty()) close.end = "error";
+        asio::post(pool, [this, close = std::move(close)] { hooks.closed(close); });
+      }
     });
   }
 }
@@ -347,28 +421,31 @@ asio::awaitable<void> Proxy::Impl::watchdog(std::shared_ptr<Conn> c) {
   }
 }
 
-bool Proxy::Impl::charge(AgentEntry& a, Conn& c, const std::string& rule, uint64_t budget, uint32_t window,
-                         uint64_t n) {
+uint64_t Proxy::Impl::budget_left(AgentEntry& a, const Conn& c, const std::string& rule, uint64_t budget, uint32_t window) {
+  if (budget == 0) return UINT64_MAX;
+  if (window == 0) return c.total >= budget ? 0 : budget - c.total;
+  Budget& b = a.limits->budgets[rule];
+  const int64_t now = unix_now();
+  const int64_t start = now - now % window;
+  if (b.window_start != start) b = Budget{start, 0};
+  return b.used >= budget ? 0 : budget - b.used;
+}
+
+bool Proxy::Impl::charge(AgentEntry& a, Conn& c, const std::string& rule, uint64_t budget, uint32_t window, uint64_t n) {
+  const uint64_t left = budget_left(a, c, rule, budget, window);
   c.total += n;
-  if (budget == 0) return true;
-  if (window == 0) {
-    if (c.total <= budget) return true;
-  } else {
-    Budget& b = a.budgets[rule];
-    const int64_t now = unix_now();
-    const int64_t start = now - now % window;
-    if (b.window_start != start) b = Budget{start, 0};
-    b.used += n;
-    if (b.used <= budget) return true;
-  }
+  if (budget > 0 && window > 0) a.limits->budgets[rule].used += n;
+  if (n <= left) return true;
   c.end = "byte budget exhausted";
   c.close();
   return false;
 }
 
 asio::awaitable<void> Proxy::Impl::pump(AgentEntry& a, Conn& c, tcp::socket& from, tcp::socket& to, bool up,
-                                        uint64_t& count, const std::string& rule, uint64_t budget, uint32_t window) {
+                                        uint64_t& count, const std::string& rule, uint64_t budget, uint32_t window,
+                                        const std::function<std::string()>& still_allowed) {
   std::vector<uint8_t> buf(options.buffer_bytes);
+  auto checked = Clock::now();
   for (;;) {
     auto [ec, n] = co_await from.async_read_some(asio::buffer(buf), kTuple);
     if (ec) {
@@ -380,10 +457,21 @@ asio::awaitable<void> Proxy::Impl::pump(AgentEntry& a, Conn& c, tcp::socket& fro
       }
       co_return;
     }
-    c.deadline = Clock::now() + options.idle_timeout;
+    const auto now = Clock::now();
+    c.deadline = now + options.idle_timeout;
+    if (now - checked >= std::chrono::milliseconds(250)) {
+      // A tunnel lives under the policy of the moment, not of its opening: a taint picked up
+      // since, a new bundle or an expired one ends it.
+      checked = now;
+      if (std::string why = still_allowed(); !why.empty()) {
+        c.end = why;
+        c.close();
+        co_return;
+      }
+    }
+    if (!charge(a, c, rule, budget, window, n)) co_return;
     count += n;
     (up ? a.bytes_up : a.bytes_down).fetch_add(n, std::memory_order_relaxed);
-    if (!charge(a, c, rule, budget, window, n)) co_return;
     auto [wec, written] = co_await asio::async_write(to, asio::buffer(buf.data(), n), kTuple);
     if (wec) {
       c.close();
@@ -395,25 +483,25 @@ asio::awaitable<void> Proxy::Impl::pump(AgentEntry& a, Conn& c, tcp::socket& fro
 // Answers a refused request with the reason, after recording it.
 asio::awaitable<void> Proxy::Impl::refuse(AgentEntry& a, Conn& c, EgressRecord rec, http::status status) {
   a.refused.fetch_add(1);
-  (void)co_await off_loop([&] { return hooks.record(rec); });  // a refusal goes out unrecorded rather than not at all
+  rec.allow = false;
+  (void)co_await off_loop([&] { return hooks.record(rec); });  // the refusal is answered either way
+  if (c.closed) co_return;
   http::response<http::string_body> res{status, 11};
   res.set(http::field::content_type, "text/plain; charset=utf-8");
   res.set(http::field::connection, "close");
   res.set("X-Outpost-Verdict", rec.verdict);
   res.set("X-Outpost-Reason", one_line(rec.reason));
-  res.body() = "outpost egress: " + rec.reason + "\n";
+  res.body() = "outpost egress: " + one_line(rec.reason, 4000) + "\n";
   res.prepare_payload();
   c.deadline = Clock::now() + options.head_timeout;
   co_await http::async_write(c.client, res, kTuple);
 }
 
-asio::awaitable<void> Proxy::Impl::handle(std::shared_ptr<AgentEntry> a, std::shared_ptr<Conn> c, uint64_t id) {
+asio::awaitable<void> Proxy::Impl::handle(std::shared_ptr<AgentEntry> a, std::shared_ptr<Conn> c, std::string id) {
   const auto started = Clock::now();
   c->deadline = started + options.head_timeout;
-  char idbuf[24];
-  std::snprintf(idbuf, sizeof idbuf, "%016llx", static_cast<unsigned long long>(id));
   EgressRecord rec;
-  rec.id = idbuf;
+  rec.id = std::move(id);
   rec.time = unix_now();
   rec.agent = a->agent;
   rec.task = a->task;
@@ -421,18 +509,13 @@ asio::awaitable<void> Proxy::Impl::handle(std::shared_ptr<AgentEntry> a, std::sh
   beast::flat_buffer buf;
   http::request_parser<http::empty_body> head;
   head.header_limit(static_cast<uint32_t>(options.max_head_bytes));
-  auto [rec_ec, head_bytes] = co_await http::async_read_header(c->client, buf, head, kTuple);
-  if (rec_ec) {
-    if (rec_ec == asio::error::eof || c->end == "idle" || rec_ec == asio::error::operation_aborted) co_return;
+  auto [head_ec, head_bytes] = co_await http::async_read_header(c->client, buf, head, kTuple);
+  if (head_ec) {
+    if (head_ec == asio::error::eof && head_bytes == 0 && buf.size() == 0) co_return;  // connected and left
     rec.verdict = "bad_request";
-    rec.reason = "not an HTTP proxy request: " + rec_ec.message();
-    a->refused.fetch_add(1);
-    http::response<http::string_body> res{http::status::bad_request, 11};
-    res.set(http::field::connection, "close");
-    res.set("X-Outpost-Reason", one_line(rec.reason));
-    res.body() = "outpost egress: " + rec.reason + "\n";
-    res.prepare_payload();
-    co_await http::async_write(c->client, res, kTuple);
+    rec.reason = c->end == "idle" ? "no request head within " + std::to_string(options.head_timeout.count()) + " ms"
+                                  : "not an HTTP proxy request: " + head_ec.message();
+    co_await refuse(*a, *c, rec, http::status::bad_request);
     co_return;
   }
   const bool is_connect = head.get().method() == http::verb::connect;
@@ -444,7 +527,8 @@ asio::awaitable<void> Proxy::Impl::handle(std::shared_ptr<AgentEntry> a, std::sh
     rec.reason = is_connect ? "CONNECT needs host:port, not \"" + one_line(raw_target, 100) + "\""
                  : std::string_view(raw_target).starts_with("https:")
                      ? "an https:// URL goes through CONNECT, not as a plain request"
-                     : "a proxy request needs an absolute http:// URL, not \"" + one_line(raw_target, 100) + "\"";
+                     : "a proxy request needs an absolute http:// URL with a host name or address, not \"" +
+                           one_line(raw_target, 100) + "\"";
     co_await refuse(*a, *c, rec, http::status::bad_request);
     co_return;
   }
@@ -453,11 +537,20 @@ asio::awaitable<void> Proxy::Impl::handle(std::shared_ptr<AgentEntry> a, std::sh
   if (!is_connect) {
     std::string_view p = target->path;
     rec.path = std::string(p.substr(0, p.find('?')));
+    // TRACE echoes the request, headers outpostd added included.
+    if (head.get().method() == http::verb::trace || rec.method == "TRACK") {
+      rec.verdict = "bad_request";
+      rec.reason = "TRACE is not forwarded";
+      co_await refuse(*a, *c, rec, http::status::method_not_allowed);
+      co_return;
+    }
   }
 
-  // The decision, first on the name alone: what no rule allows is not even resolved.
-  auto decide = [&](std::string_view address, bool own_address, policy::RateLimiter* limiter) {
-    broker::PolicyView view = hooks.policy();
+  // The decision, first on the name alone: what no rule allows is not even resolved. The
+  // policy view is kept for the connection's life: the decision's strings point into it.
+  broker::PolicyView view;
+  auto decide = [&](std::string_view address, bool own_address, policy::RateLimiter* limiter, EgressRecord& out) {
+    view = hooks.policy();
     policy::EgressDecision d;
     d.verdict = policy::Verdict::bundle_not_in_force;
     policy::EgressRequest q;
@@ -473,19 +566,19 @@ asio::awaitable<void> Proxy::Impl::handle(std::shared_ptr<AgentEntry> a, std::sh
       q.history = locked.history();
       q.sensitivity = locked.max_sensitivity();
       d = view.engine->decide_egress(q, view.mode, limiter);
-      rec.rule = d.rule >= 0 ? view.engine->egress_rule_id(d.rule) : d.flow >= 0 ? view.engine->flow_rule_id(d.flow) : "";
-      rec.reason = view.engine->explain_egress(d, q);
-      rec.bundle_version = d.bundle_version;
+      out.rule = d.rule >= 0 ? view.engine->egress_rule_id(d.rule) : d.flow >= 0 ? view.engine->flow_rule_id(d.flow) : "";
+      out.reason = view.engine->explain_egress(d, q);
+      out.bundle_version = d.bundle_version;
     } else {
-      rec.reason = "no policy bundle is in force: deny all";
+      out.reason = "no policy bundle is in force: deny all";
     }
-    rec.allow = d.allow;
-    rec.verdict = std::string(policy::verdict_name(d.verdict));
-    rec.address_class = std::string(d.address_class);
-    rec.kind = d.allow ? kind_name(d.kind) : "";
+    out.allow = d.allow;
+    out.verdict = std::string(policy::verdict_name(d.verdict));
+    out.address_class = std::string(d.address_class);
+    out.kind = d.allow ? kind_name(d.kind) : "";
     return d;
   };
-  policy::EgressDecision d = decide(target->is_ip ? std::string_view(target->host) : std::string_view(), false, nullptr);
+  policy::EgressDecision d = decide(target->is_ip ? std::string_view(target->host) : std::string_view(), false, nullptr, rec);
   if (!d.allow) {
     co_await refuse(*a, *c, rec, http::status::forbidden);
     co_return;
@@ -497,25 +590,31 @@ asio::awaitable<void> Proxy::Impl::handle(std::shared_ptr<AgentEntry> a, std::sh
   if (target->is_ip) {
     candidates.emplace_back(asio::ip::make_address(target->host), target->port);
   } else {
-    auto [rec_err, results] = co_await c->resolver.async_resolve(target->host, std::to_string(target->port),
-                                                                 tcp::resolver::numeric_service, kTuple);
-    if (rec_err || results.empty()) {
-      rec.allow = false;
+    // A name with a dot is resolved fully qualified, so no search domain of this host's
+    // resolv.conf is tried on it; a single label (localhost, a host of /etc/hosts) as it is.
+    const std::string query = target->host.find('.') != std::string::npos ? target->host + "." : target->host;
+    auto [res_ec, results] = co_await c->resolver.async_resolve(query, std::to_string(target->port),
+                                                                tcp::resolver::numeric_service, kTuple);
+    if (c->closed) co_return;
+    if (res_ec || results.empty()) {
       rec.verdict = "resolve_failed";
-      rec.reason = "cannot resolve " + target->host + ": " + (rec_err ? rec_err.message() : "no address");
+      rec.reason = "cannot resolve " + target->host + ": " + (res_ec ? res_ec.message() : "no address");
       co_await refuse(*a, *c, rec, http::status::bad_gateway);
       co_return;
     }
     for (const auto& r : results) candidates.emplace_back(unmapped(r.endpoint().address()), target->port);
   }
   std::optional<tcp::endpoint> chosen;
+  bool chosen_own = false;
   EgressRecord first_refusal;
   for (const auto& ep : candidates) {
     const std::string address = ep.address().to_string();
-    d = decide(address, is_own(ep.address()), &rates);
+    const bool own_address = is_own(ep.address());
     rec.address = address;
+    d = decide(address, own_address, &a->limits->rates, rec);
     if (d.allow) {
       chosen = ep;
+      chosen_own = own_address;
       break;
     }
     if (first_refusal.verdict.empty()) first_refusal = rec;
@@ -527,21 +626,36 @@ asio::awaitable<void> Proxy::Impl::handle(std::shared_ptr<AgentEntry> a, std::sh
   const std::string rule = rec.rule;
   const uint64_t budget = d.budget_bytes;
   const uint32_t window = d.budget_window;
-  if (budget > 0 && window > 0) {
-    Budget& b = a->budgets[rule];
-    const int64_t now = unix_now();
-    if (b.window_start == now - now % window && b.used >= budget) {
-      rec.allow = false;
-      rec.verdict = "budget_exhausted";
-      rec.reason = "egress rule " + rule + "'s byte budget (" + std::to_string(budget) + " bytes per " +
-                   std::to_string(window) + " s) is spent";
-      co_await refuse(*a, *c, rec, http::status::too_many_requests);
-      co_return;
-    }
+  const std::string inject_header(d.inject_header), inject_secret(d.inject_secret), inject_prefix(d.inject_prefix);
+  const std::string address = rec.address;
+  if (budget_left(*a, *c, rule, budget, window) == 0) {
+    rec.verdict = "budget_exhausted";
+    rec.reason = "egress rule " + rule + "'s byte budget (" + std::to_string(budget) + " bytes" +
+                 (window > 0 ? " per " + std::to_string(window) + " s" : "") + ") is spent";
+    co_await refuse(*a, *c, rec, http::status::too_many_requests);
+    co_return;
   }
+  // What a tunnel is asked at most every 250 ms: still allowed under the policy and session of
+  // now? An empty answer is yes.
+  auto still_allowed = [&, address, chosen_own]() -> std::string {
+    EgressRecord now = rec;
+    policy::EgressDecision again = decide(address, chosen_own, nullptr, now);
+    if (again.allow) return {};
+    a->refused.fetch_add(1);
+    now.id = rec.id;
+    now.allow = false;
+    now.reason = "an open connection re-decided: " + now.reason;
+    asio::post(pool, [this, now] { (void)hooks.record(now); });
+    return "policy changed: " + now.verdict;
+  };
 
-  std::string upstream_head;  // plain HTTP: the request as it goes out
-  std::string injected_value;
+  http::request<http::string_body> upstream_req;  // plain HTTP: the request as it goes out
+  uint64_t reserved = 0;                          // its share of bodies_in_flight
+  struct Release {
+    uint64_t& total;
+    uint64_t& mine;
+    ~Release() { total -= mine; }
+  } release{bodies_in_flight, reserved};
   if (is_connect) {
     // The tunnel is open once the ClientHello names the host asked for.
     static constexpr std::string_view kEstablished = "HTTP/1.1 200 Connection Established\r\n\r\n";
@@ -549,17 +663,27 @@ asio::awaitable<void> Proxy::Impl::handle(std::shared_ptr<AgentEntry> a, std::sh
     auto [wec, wn] = co_await asio::async_write(c->client, asio::buffer(kEstablished), kTuple);
     if (wec) co_return;
     HelloScan scan = scan_client_hello({static_cast<const uint8_t*>(buf.data().data()), buf.size()});
+    bool gone = false;
     while (scan.status == HelloStatus::need_more && buf.size() < 64 * 1024) {
       auto [ec, n] = co_await c->client.async_read_some(buf.prepare(16 * 1024), kTuple);
-      if (ec) co_return;
+      if (ec) {
+        gone = true;
+        break;
+      }
       buf.commit(n);
       scan = scan_client_hello({static_cast<const uint8_t*>(buf.data().data()), buf.size()});
     }
     rec.sni = scan.status == HelloStatus::sni ? scan.sni : "";
     std::string why;
-    if (scan.status == HelloStatus::not_tls || scan.status == HelloStatus::malformed || scan.status == HelloStatus::need_more) {
+    if (scan.status != HelloStatus::sni && scan.status != HelloStatus::no_sni) {
       rec.verdict = "not_tls";
-      why = "a CONNECT tunnel carries TLS only (" + (scan.error.empty() ? std::string("no ClientHello") : scan.error) + ")";
+      why = "a CONNECT tunnel carries TLS only (" +
+            (gone ? std::string(c->end == "idle" ? "no ClientHello in time" : "closed before its ClientHello")
+                  : scan.error.empty() ? std::string("no ClientHello") : scan.error) + ")";
+    } else if (scan.encrypted_client_hello) {
+      // ECH: the outer name could front another site behind the same server.
+      rec.verdict = "sni_mismatch";
+      why = "an Encrypted ClientHello hides the server it names; the tunnel to " + target->host + " needs it in the clear";
     } else if (target->is_ip ? scan.status == HelloStatus::sni : (scan.status != HelloStatus::sni || scan.sni != target->host)) {
       rec.verdict = "sni_mismatch";
       why = "the ClientHello names " + (rec.sni.empty() ? std::string("no server") : "\"" + one_line(rec.sni, 100) + "\"") +
@@ -570,16 +694,31 @@ asio::awaitable<void> Proxy::Impl::handle(std::shared_ptr<AgentEntry> a, std::sh
       rec.reason = why;
       a->refused.fetch_add(1);
       (void)co_await off_loop([&] { return hooks.record(rec); });
+      if (c->closed) co_return;
       // A fatal unrecognized_name alert (RFC 8446 §6.2): the client hears why in TLS terms.
       static constexpr uint8_t kAlert[] = {0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70};
       co_await asio::async_write(c->client, asio::buffer(kAlert), kTuple);
       co_return;
     }
   } else {
-    // Plain HTTP: the whole request (bounded), forwarded once in origin form with
-    // Connection: close; whatever the agent sends after it is not forwarded.
+    // Plain HTTP: the whole request (bounded, and bounded again across all agents), forwarded
+    // once in origin form with Connection: close; whatever the agent sends after it is not.
     http::request_parser<http::string_body> full(std::move(head));
     full.body_limit(options.max_body_bytes);
+    const auto length = full.content_length();
+    reserved = length ? *length : options.max_body_bytes;
+    if (reserved > options.max_body_bytes || bodies_in_flight + reserved > options.max_bodies_in_flight) {
+      reserved = 0;
+      rec.verdict = "bad_request";
+      rec.reason = length && *length > options.max_body_bytes
+                       ? "the request body (" + std::to_string(*length) + " bytes) is over the proxy's limit of " +
+                             std::to_string(options.max_body_bytes)
+                       : "the proxy holds too many request bodies at once; try again";
+      co_await refuse(*a, *c, rec, length && *length > options.max_body_bytes ? http::status::payload_too_large
+                                                                              : http::status::service_unavailable);
+      co_return;
+    }
+    bodies_in_flight += reserved;
     if (beast::iequals(full.get()[http::field::expect], "100-continue")) {
       static constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
       co_await asio::async_write(c->client, asio::buffer(kContinue), kTuple);
@@ -587,17 +726,16 @@ asio::awaitable<void> Proxy::Impl::handle(std::shared_ptr<AgentEntry> a, std::sh
     c->deadline = Clock::now() + options.head_timeout;
     auto [ec, n] = co_await http::async_read(c->client, buf, full, kTuple);
     if (ec) {
-      rec.allow = false;
       rec.verdict = "bad_request";
       rec.reason = "reading the request: " + ec.message();
       co_await refuse(*a, *c, rec, ec == http::error::body_limit ? http::status::payload_too_large : http::status::bad_request);
       co_return;
     }
-    http::request<http::string_body> req = full.release();
+    upstream_req = full.release();
+    http::request<http::string_body>& req = upstream_req;
     if (auto h = req.find(http::field::host); h != req.end()) {
       auto host = parse_authority(std::string_view(h->value().data(), h->value().size()), 80);
       if (!host || host->host != target->host || host->port != target->port) {
-        rec.allow = false;
         rec.verdict = "host_mismatch";
         rec.reason = "the Host header (" + one_line(std::string_view(h->value().data(), h->value().size()), 100) +
                      ") is not the request's destination " + authority_of(*target);
@@ -615,30 +753,39 @@ asio::awaitable<void> Proxy::Impl::handle(std::shared_ptr<AgentEntry> a, std::sh
       req.erase(f);
     }
     req.target(target->path);
-    req.set(http::field::host, target->port == 80 ? target->host : authority_of(*target));
+    req.set(http::field::host, host_header(*target));
     req.set(http::field::connection, "close");
-    if (!d.inject_secret.empty()) {
-      const std::string secret_name(d.inject_secret);
-      auto value = co_await off_loop([&] { return hooks.secret(secret_name); });
+    req.prepare_payload();
+    // The whole request is charged before it goes: a budget cannot be overrun by one upload.
+    const uint64_t request_bytes = req.body().size() + 1024;
+    if (request_bytes > budget_left(*a, *c, rule, budget, window)) {
+      rec.verdict = "budget_exhausted";
+      rec.reason = "the request (" + std::to_string(req.body().size()) + " bytes of body) is over what egress rule " + rule +
+                   "'s byte budget has left";
+      co_await refuse(*a, *c, rec, http::status::too_many_requests);
+      co_return;
+    }
+    if (!inject_secret.empty()) {
+      auto value = co_await off_loop([&] { return hooks.secret(inject_secret); });
+      if (c->closed) co_return;
+      std::string why;
       if (!value) {
-        rec.allow = false;
+        why = value.error().message();
+      } else if (std::any_of(value->begin(), value->end(), [](char ch) { return static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f; })) {
+        why = "its value holds control characters (a trailing newline?); seal it again without";
+      }
+      if (!why.empty()) {
         rec.verdict = "secret_unavailable";
-        rec.reason = "egress rule " + rule + " injects secret " + secret_name + ": " + value.error().message();
+        rec.reason = "egress rule " + rule + " injects secret " + inject_secret + ": " + why;
+        if (value) std::fill(value->begin(), value->end(), '\0');
         co_await refuse(*a, *c, rec, http::status::bad_gateway);
         co_return;
       }
-      injected_value = std::string(d.inject_prefix) + *value;
+      std::string header_value = inject_prefix + *value;
       std::fill(value->begin(), value->end(), '\0');
-      req.set(std::string_view(d.inject_header), injected_value);
-      rec.injected_header = std::string(d.inject_header);
-    }
-    req.prepare_payload();
-    std::ostringstream out;
-    out << req;
-    upstream_head = out.str();
-    if (!injected_value.empty()) {
-      std::fill(injected_value.begin(), injected_value.end(), '\0');
-      req.set(std::string_view(d.inject_header), "");
+      req.set(inject_header, header_value);
+      std::fill(header_value.begin(), header_value.end(), '\0');
+      rec.injected_header = inject_header;
     }
     buf.consume(buf.size());
   }
@@ -647,30 +794,50 @@ asio::awaitable<void> Proxy::Impl::handle(std::shared_ptr<AgentEntry> a, std::sh
   auto recorded = co_await off_loop([&] { return hooks.record(rec); });
   if (!recorded) {
     a->refused.fetch_add(1);
-    http::response<http::string_body> res{http::status::service_unavailable, 11};
-    res.set(http::field::connection, "close");
-    res.set("X-Outpost-Reason", one_line("the audit log refuses records: " + recorded.error().message()));
-    res.prepare_payload();
-    if (!is_connect) co_await http::async_write(c->client, res, kTuple);
+    if (!is_connect && !c->closed) {
+      http::response<http::string_body> res{http::status::service_unavailable, 11};
+      res.set(http::field::connection, "close");
+      res.set("X-Outpost-Verdict", "audit_refused");
+      res.set("X-Outpost-Reason", one_line("the audit log refuses records: " + recorded.error().message()));
+      res.prepare_payload();
+      co_await http::async_write(c->client, res, kTuple);
+    }
     co_return;
   }
   a->allowed.fetch_add(1);
-
-  EgressClose close;
-  close.id = rec.id;
-  close.agent = rec.agent;
-  close.host = rec.host;
-  close.port = rec.port;
-  close.rule = rule;
+  c->owed_close = EgressClose{rec.id, 0, rec.agent, rec.host, rule, rec.port, 0, 0, 0, ""};
+  auto finish = [&](std::string end, uint64_t up, uint64_t down) {
+    EgressClose close = std::move(*c->owed_close);
+    c->owed_close.reset();
+    close.time = unix_now();
+    close.bytes_up = up;
+    close.bytes_down = down;
+    close.duration_ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started).count();
+    close.end = std::move(end);
+    return close;
+  };
+  if (c->closed) {  // stopped or timed out while the record was written: nothing goes out
+    EgressClose close = finish(c->end.empty() ? "closed" : c->end, 0, 0);
+    co_await off_loop([&] {
+      hooks.closed(close);
+      return 0;
+    });
+    co_return;
+  }
   c->deadline = Clock::now() + options.connect_timeout;
   auto [cec] = co_await c->upstream.async_connect(*chosen, kTuple);
-  if (cec) {
-    close.end = "connect failed: " + cec.message();
+  uint64_t up = 0, down = 0;
+  std::string end;
+  if (c->closed) {
+    end = c->end.empty() ? "closed" : c->end;
+  } else if (cec) {
+    end = "connect failed: " + cec.message();
     if (!is_connect) {
       http::response<http::string_body> res{http::status::bad_gateway, 11};
       res.set(http::field::connection, "close");
-      res.set("X-Outpost-Reason", one_line(close.end));
-      res.body() = "outpost egress: " + close.end + "\n";
+      res.set("X-Outpost-Verdict", "connect_failed");
+      res.set("X-Outpost-Reason", one_line(end));
+      res.body() = "outpost egress: " + end + "\n";
       res.prepare_payload();
       co_await http::async_write(c->client, res, kTuple);
     }
@@ -678,32 +845,32 @@ asio::awaitable<void> Proxy::Impl::handle(std::shared_ptr<AgentEntry> a, std::sh
     boost::system::error_code ignored;
     c->upstream.set_option(tcp::no_delay(true), ignored);
     c->deadline = Clock::now() + options.idle_timeout;
-    uint64_t up = 0, down = 0;
     if (is_connect) {
       // The ClientHello (and anything after it) read so far goes first.
       up = buf.size();
-      a->bytes_up.fetch_add(up, std::memory_order_relaxed);
-      auto [wec, wn] = co_await asio::async_write(c->upstream, buf.data(), kTuple);
-      buf.consume(buf.size());
-      if (!wec && charge(*a, *c, rule, budget, window, up)) {
-        co_await (pump(*a, *c, c->client, c->upstream, true, up, rule, budget, window) &&
-                  pump(*a, *c, c->upstream, c->client, false, down, rule, budget, window));
+      if (charge(*a, *c, rule, budget, window, up)) {
+        a->bytes_up.fetch_add(up, std::memory_order_relaxed);
+        auto [wec, wn] = co_await asio::async_write(c->upstream, buf.data(), kTuple);
+        buf.consume(buf.size());
+        if (!wec) {
+          co_await (pump(*a, *c, c->client, c->upstream, true, up, rule, budget, window, still_allowed) &&
+                    pump(*a, *c, c->upstream, c->client, false, down, rule, budget, window, still_allowed));
+        }
       }
     } else {
-      up = upstream_head.size();
+      auto [wec, wn] = co_await http::async_write(c->upstream, upstream_req, kTuple);
+      up = wn;
       a->bytes_up.fetch_add(up, std::memory_order_relaxed);
-      auto [wec, wn] = co_await asio::async_write(c->upstream, asio::buffer(upstream_head), kTuple);
-      std::fill(upstream_head.begin(), upstream_head.end(), '\0');
-      if (!wec && charge(*a, *c, rule, budget, window, up)) {
-        co_await pump(*a, *c, c->upstream, c->client, false, down, rule, budget, window);
-      }
+      c->total += up;
+      if (budget > 0 && window > 0) a->limits->budgets[rule].used += up;
+      upstream_req = {};  // the body (and the injected header) go now, not after the response
+      bodies_in_flight -= reserved;
+      reserved = 0;
+      if (!wec) co_await pump(*a, *c, c->upstream, c->client, false, down, rule, budget, window, still_allowed);
     }
-    close.bytes_up = up;
-    close.bytes_down = down;
-    close.end = !c->end.empty() ? c->end : "closed";
+    end = !c->end.empty() ? c->end : "closed";
   }
-  close.time = unix_now();
-  close.duration_ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started).count();
+  EgressClose close = finish(end, up, down);
   c->done = true;
   c->close();
   co_await off_loop([&] {
@@ -738,15 +905,7 @@ Proxy::~Proxy() {
   // The closed connections wind down on the loop (their close records written); whatever is
   // still waiting on a hook after two seconds is dropped with it.
   const auto give_up = Clock::now() + std::chrono::seconds(2);
-  for (;;) {
-    uint64_t open = 0;
-    {
-      std::lock_guard lock(impl_->mu);
-      for (const auto& [name, a] : impl_->agents) open += a->open.load();
-    }
-    if (open == 0 || Clock::now() > give_up) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
+  while (impl_->open_total.load() > 0 && Clock::now() < give_up) std::this_thread::sleep_for(std::chrono::milliseconds(5));
   impl_->work.reset();
   impl_->io.stop();
   if (impl_->loop.joinable()) impl_->loop.join();
@@ -755,17 +914,27 @@ Proxy::~Proxy() {
 
 void Proxy::serve(Binding b) {
   stop_agent(b.agent);
-  auto a = std::make_shared<AgentEntry>(impl_->io, b.agent, b.task, b.flow);
-  boost::system::error_code ec;
-  a->acceptor.assign(tcp::v4(), b.listener.release(), ec);
-  if (ec) return;
-  {
-    std::lock_guard lock(impl_->mu);
-    impl_->agents[b.agent] = a;
-  }
-  asio::co_spawn(impl_->io, impl_->accept_loop(a), asio::detached);
+  sandbox::UniqueFd listener = std::move(b.listener);
+  asio::post(impl_->io, [p = impl_.get(), agent = b.agent, task = b.task, flow = b.flow, fd = listener.release()] {
+    auto& limits = p->limits[agent];
+    if (!limits) limits = std::make_shared<AgentLimits>();
+    auto a = std::make_shared<AgentEntry>(p->io, agent, task, flow, limits);
+    boost::system::error_code ec;
+    a->acceptor.assign(tcp::v4(), fd, ec);
+    if (ec) {
+      ::close(fd);
+      ::outpost::log::error("outpostd", {{"msg", "egress proxy for agent " + agent + ": " + ec.message()}});
+      return;
+    }
+    {
+      std::lock_guard lock(p->mu);
+      p->agents[agent] = a;
+    }
+    asio::co_spawn(p->io, p->accept_loop(a), asio::detached);
+  });
 }
 
+// Never waits for the loop: callers hold locks the loop's hooks may need.
 void Proxy::stop_agent(const std::string& agent) {
   std::shared_ptr<AgentEntry> a;
   {
@@ -774,10 +943,8 @@ void Proxy::stop_agent(const std::string& agent) {
     if (it == impl_->agents.end()) return;
     a = it->second;  // kept (stopped) for its counters until the agent is served again
   }
-  if (a->stopped) return;
-  std::promise<void> done;
-  asio::post(impl_->io, [a, &done] {
-    a->stopped = true;
+  if (a->stopped.exchange(true)) return;
+  asio::post(impl_->io, [a] {
     boost::system::error_code ec;
     a->acceptor.close(ec);
     for (auto& [id, weak] : a->conns) {
@@ -786,9 +953,7 @@ void Proxy::stop_agent(const std::string& agent) {
         c->close();
       }
     }
-    done.set_value();
   });
-  done.get_future().wait();
 }
 
 Proxy::Counters Proxy::counters(const std::string& agent) const {

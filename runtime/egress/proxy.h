@@ -12,9 +12,13 @@
 // CIDR (no DNS rebinding). Each decision is recorded (ProxyHooks::record) before anything goes
 // out, and each allowed connection's close with its bytes and duration.
 //
+// An open connection lives under the policy of the moment: re-decided at most every 250 ms
+// while bytes flow, it is cut when a taint picked up since, a new bundle or the old one's
+// expiry no longer allows it.
+//
 // Threads: one event-loop thread of its own runs every connection; the hooks that may block
-// (record, secret) run on a small pool beside it, never on the loop. The public methods are
-// thread-safe.
+// (record, secret, closed) run on a pool of two beside it, never on the loop. The public
+// methods are thread-safe and never wait for the loop (callers may hold locks its hooks take).
 #pragma once
 
 #include <chrono>
@@ -67,11 +71,13 @@ struct EgressClose {
 
 struct ProxyOptions {
   size_t max_head_bytes = 64 << 10;        // request line and headers
-  size_t max_body_bytes = 64 << 20;        // a plain HTTP request's body (read whole, then sent)
+  size_t max_body_bytes = 16 << 20;        // a plain HTTP request's body (read whole, then sent)
+  size_t max_bodies_in_flight = 64 << 20;  // request bodies held at once, all agents together
   std::chrono::milliseconds head_timeout{10'000};     // until the request head (and a CONNECT's ClientHello)
   std::chrono::milliseconds connect_timeout{10'000};  // resolution and TCP connect
   std::chrono::milliseconds idle_timeout{600'000};    // no byte either way
   size_t max_connections_per_agent = 64;
+  size_t max_connections = 1024;           // all agents together
   size_t buffer_bytes = 64 << 10;          // per direction and connection
 };
 
@@ -99,7 +105,8 @@ class Proxy {
     std::shared_ptr<broker::SessionState> flow;  // the agent's session: taint, sensitivity
     sandbox::UniqueFd listener;                  // a listening TCP socket (its namespace's)
   };
-  // Starts accepting on the binding's listener; replaces an earlier binding of the agent.
+  // Starts accepting on the binding's listener; replaces an earlier binding of the agent. Rate
+  // counts and byte budgets carry over from earlier bindings of the same agent.
   void serve(Binding binding);
   // Closes the agent's listener and every connection it has open.
   void stop_agent(const std::string& agent);

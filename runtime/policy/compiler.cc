@@ -842,6 +842,12 @@ Result<std::unique_ptr<fb::EgressRuleT>> Compiler::egress_rule(const Field& f) {
   if (auto i = m.get("inject")) {
     if (!allow) return in_.fail(*i, "inject applies only to allow rules");
     OUTPOST_TRY(r->inject, injection(*i));
+    for (const auto& d : r->destinations) {
+      if (!d->host.empty() && !glob_is_literal(d->host)) {
+        warn(i->line, "egress rule " + in_quotes(r->id) + " injects secret " + in_quotes(r->inject->secret) +
+                          " into requests to every host " + in_quotes(d->host) + " matches; name the model server's host");
+      }
+    }
   }
   if (auto s = m.get("reason")) { OUTPOST_TRY(r->reason, in_.string(*s)); }
   if (r->shadow) warn(f.line, "egress rule " + in_quotes(r->id) + " is in shadow mode: decided and logged, not enforced");

@@ -901,8 +901,16 @@ EgressDecision Engine::Impl::decide_egress(const EgressRequest& req, Mode mode, 
   }
   AddressRange special;
   if (address) {
+    // IPv4-mapped IPv6 is the IPv4 address it carries, for every rule below (a deny on an IPv4
+    // range must not be side-stepped by writing it as ::ffff:a.b.c.d).
+    address = unmapped_v4(*address);
     special = special_range(*address);
-    if (req.own_address && special.name.empty()) special = AddressRange{"this host", static_cast<uint8_t>(address->family == AF_INET ? 32 : 128)};
+    // This host's own addresses need a rule naming the very address, even where the range
+    // they are in (a private one, usually) is named. Loopback stays loopback: naming it is
+    // naming this host already.
+    if (req.own_address && special.name != "loopback") {
+      special = AddressRange{"this host's own", static_cast<uint8_t>(address->family == AF_INET ? 32 : 128)};
+    }
     d.address_class = special.name;
   }
 
@@ -1037,8 +1045,9 @@ std::string Engine::explain_egress(const EgressDecision& d, const EgressRequest&
       break;
     }
     case Verdict::address_refused:
-      out = dest + " is a " + std::string(d.address_class) +
-            " address, which egress reaches only when the rule names it by CIDR (no DNS rebinding, no metadata)";
+      out = dest + (d.address_class == "this host's own" ? " is one of this host's own addresses"
+                                                          : " is a " + std::string(d.address_class) + " address") +
+            ", which egress reaches only when the rule names it by CIDR (no DNS rebinding, no metadata)";
       break;
     case Verdict::no_rule_allows:
       out = "no egress rule allows " + std::string(req.agent) + " -> " + dest + " (default deny)";

@@ -162,6 +162,7 @@ struct Special {
 std::vector<Special> make_specials() {
   static constexpr std::pair<std::string_view, std::string_view> kRanges[] = {
       {"169.254.169.254/32", "cloud metadata"}, {"fd00:ec2::254/128", "cloud metadata"},
+      {"168.63.129.16/32", "cloud metadata"},  // Azure's wireserver
       {"127.0.0.0/8", "loopback"},             {"::1/128", "loopback"},
       {"0.0.0.0/8", "unspecified"},            {"::/128", "unspecified"},
       {"169.254.0.0/16", "link-local"},        {"fe80::/10", "link-local"},
@@ -181,15 +182,29 @@ std::vector<Special> make_specials() {
 }
 }  // namespace
 
-AddressRange special_range(const Cidr& address) {
-  static const std::vector<Special> specials = make_specials();
-  Cidr a = address;
+Cidr unmapped_v4(const Cidr& address) {
   static constexpr uint8_t kMapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+  Cidr a = address;
   if (a.family == AF_INET6 && std::memcmp(a.addr.data(), kMapped, sizeof kMapped) == 0) {
     a.family = AF_INET;
     std::memmove(a.addr.data(), a.addr.data() + 12, 4);
     std::fill(a.addr.begin() + 4, a.addr.end(), 0);
     a.prefix = a.prefix >= 96 ? static_cast<uint8_t>(a.prefix - 96) : 0;
+  }
+  return a;
+}
+
+AddressRange special_range(const Cidr& address) {
+  static const std::vector<Special> specials = make_specials();
+  const Cidr a = unmapped_v4(address);
+  static constexpr uint8_t kNat64[12] = {0, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 0, 0, 0};
+  if (a.family == AF_INET6 && a.prefix == 128 && std::memcmp(a.addr.data(), kNat64, sizeof kNat64) == 0) {
+    // What a DNS64 resolver makes of an IPv4 answer: judged by that answer too.
+    Cidr inner;
+    inner.family = AF_INET;
+    std::memcpy(inner.addr.data(), a.addr.data() + 12, 4);
+    inner.prefix = 32;
+    if (AddressRange r = special_range(inner); !r.name.empty()) return AddressRange{r.name, static_cast<uint8_t>(96 + r.prefix)};
   }
   for (const auto& s : specials) {
     if (cidr_covers(s.net, a)) return AddressRange{s.name, s.net.prefix};

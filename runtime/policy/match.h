@@ -42,7 +42,11 @@ bool cidr_contains(const Cidr& net, std::string_view host);
 // Addresses an agent reaches only when a rule names them by CIDR (docs/policy.md, "Egress"):
 // the range an address falls in, most specific first, with its prefix length; a rule's CIDR
 // names the address when it contains it and is at least that long. `name` empty: a public
-// address. IPv4-mapped IPv6 is classified as the IPv4 address it carries.
+// address. IPv4-mapped IPv6 is classified as the IPv4 address it carries; a NAT64 address
+// (64:ff9b::/96) whose embedded IPv4 address is special as that, behind the 96-bit prefix.
+// An IPv4-mapped IPv6 address (::ffff:a.b.c.d) as the IPv4 address it carries; others as they are.
+Cidr unmapped_v4(const Cidr& address);
+
 struct AddressRange {
   std::string_view name;
   uint8_t prefix = 0;

@@ -108,7 +108,7 @@ TEST_CASE("node check passes on a provisioned sim node", "[node-check]") {
     }
     for (const char* name : {"profile", "node.identity", "tpm.device", "tpm", "tpm.info", "tpm.pcr_bank", "tpm.algorithms",
                              "tpm.handle.srk", "tpm.handle.ek", "tpm.handle.ak", "tpm.nv.rollback_counter",
-                             "boot.event_log", "boot.replay", "sandbox.landlock", "sandbox.isolation", "paths.state_dir",
+                             "boot.event_log", "boot.replay", "sandbox.landlock", "sandbox.egress", "sandbox.isolation", "paths.state_dir",
                              "budget.disk", "budget.memory"}) {
       INFO(name);
       CHECK(v.by_name.count(name) == 1);
@@ -176,6 +176,7 @@ TEST_CASE("node check against an unreachable TPM fails the TPM check with a reme
   // The checks that need no TPM still run.
   CHECK(v.verdict("sandbox.landlock") == "ok");
   CHECK(v.verdict("sandbox.isolation") == "ok");  // a real isolated launch, as root here
+  CHECK(v.verdict("sandbox.egress") == "ok");   // and the agents' network namespace with its egress listener
   CHECK(v.verdict("profile") == "ok");
 }
 

@@ -337,3 +337,13 @@ TEST_CASE("no single-byte change to a ClientHello reads out of bounds or yields 
 }
 
 }  // namespace outpost::egress
+
+TEST_CASE("a ClientHello carrying Encrypted ClientHello is flagged", "[egress]") {
+  auto plain = outpost::egress::scan_client_hello(outpost::egress::build_client_hello("api.example.com"));
+  CHECK(plain.status == outpost::egress::HelloStatus::sni);
+  CHECK_FALSE(plain.encrypted_client_hello);
+  auto ech = outpost::egress::scan_client_hello(outpost::egress::build_client_hello("api.example.com", true));
+  CHECK(ech.status == outpost::egress::HelloStatus::sni);
+  CHECK(ech.sni == "api.example.com");
+  CHECK(ech.encrypted_client_hello);
+}

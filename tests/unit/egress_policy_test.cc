@@ -165,7 +165,7 @@ TEST_CASE("egress is decided on the name first, then on the address it resolved 
     own.own_address = true;
     d = e.decide_egress(own);
     CHECK(d.verdict == Verdict::address_refused);
-    CHECK(d.address_class == "this host");
+    CHECK(d.address_class == "this host's own");
     // The node's model server: the rule names 127.0.0.1/32 for its port.
     d = e.decide_egress(request("coder", "localhost", 8080, "127.0.0.1"));
     CHECK(d.allow);
@@ -185,8 +185,15 @@ TEST_CASE("egress is decided on the name first, then on the address it resolved 
     CHECK(e.decide_egress(request("coder", "93.184.215.14", 443)).verdict == Verdict::no_rule_allows);
     // Named by its own /32, metadata is reachable (for the agent that rule is for).
     CHECK(e.decide_egress(request("other", "169.254.169.254", 80)).allow);
-    // IPv4-mapped IPv6 is the IPv4 address it carries.
+    // IPv4-mapped IPv6 is the IPv4 address it carries, for deny rules and special ranges.
     CHECK(special_range(*parse_cidr("::ffff:127.0.0.1")).name == "loopback");
+    CHECK(e.decide_egress(request("coder", "::ffff:127.0.0.1", 80)).verdict == Verdict::address_refused);
+    CHECK(e.decide_egress(request("coder", "docs.example.com", 443, "::ffff:10.0.0.1")).verdict == Verdict::address_refused);
+    // NAT64: what DNS64 made of a metadata or private answer is judged as that answer.
+    CHECK(special_range(*parse_cidr("64:ff9b::a9fe:a9fe")).name == "cloud metadata");
+    CHECK(special_range(*parse_cidr("64:ff9b::a9fe:a9fe")).prefix == 128);
+    CHECK(special_range(*parse_cidr("64:ff9b::5db8:d70e")).name == "NAT64");
+    CHECK(special_range(*parse_cidr("168.63.129.16")).name == "cloud metadata");
   }
   SECTION("deny rules win, for every agent") {
     auto d = e.decide_egress(request("other", "x.pastebin.example.com", 443));
@@ -215,6 +222,23 @@ TEST_CASE("egress is decided on the name first, then on the address it resolved 
     CHECK_FALSE(d.allow);
     CHECK_THAT(e.explain_egress(d, request("coder", "api.openai.com", 443)), Catch::Contains("safe set"));
   }
+}
+
+TEST_CASE("a deny rule on an IPv4 range holds for the range written as IPv4-mapped IPv6", "[egress]") {
+  Compiled c = build(std::string(kHead) + R"(
+egress:
+  - {id: no-range, effect: deny, destinations: [{cidr: 203.0.113.0/24}]}
+  - {id: internet, effect: allow, destinations: [{cidr: 0.0.0.0/0}, {cidr: "::/0"}]}
+  - {id: corp, effect: allow, destinations: [{cidr: 10.0.0.0/8, ports: [22]}]}
+)");
+  // This host's own private address is refused even where its range is named.
+  CHECK(c.engine->decide_egress(request("coder", "10.0.0.5", 22)).allow);
+  auto own = request("coder", "10.0.0.5", 22);
+  own.own_address = true;
+  CHECK(c.engine->decide_egress(own).verdict == Verdict::address_refused);
+  CHECK(c.engine->decide_egress(request("coder", "203.0.113.7", 443)).verdict == Verdict::denied_by_rule);
+  CHECK(c.engine->decide_egress(request("coder", "::ffff:203.0.113.7", 443)).verdict == Verdict::denied_by_rule);
+  CHECK(c.engine->decide_egress(request("coder", "2001:db8::7", 443)).allow);
 }
 
 TEST_CASE("egress rates count connections per agent", "[egress]") {

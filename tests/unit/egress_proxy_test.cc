@@ -348,3 +348,78 @@ TEST_CASE("the egress proxy cuts a connection past its byte budget", "[egress]")
   CHECK(closes[0].end == "byte budget exhausted");
   CHECK(closes[0].bytes_up + closes[0].bytes_down <= (4u << 10) + (64u << 10));
 }
+
+TEST_CASE("the egress proxy cuts an open tunnel once the session is tainted", "[egress]") {
+  Harness h;
+  // A taint rule over every action; the tunnel's host is not trusted.
+  const std::string p1 = std::to_string(h.tunnel.port);
+  auto compiled = policy::compile_policy(R"(version: 2
+valid: {not_before: 2026-01-01T00:00:00Z, not_after: 2099-01-01T00:00:00Z, max_offline: 72h}
+tools: [{server: vault, name: read, output_sensitivity: secret}]
+agents: [{name: coder, tools: ["vault/*"], clearance: secret}]
+egress:
+  - id: tunnel
+    effect: allow
+    destinations: [{host: localhost, ports: [)" + p1 + R"(]}, {cidr: 127.0.0.1/32, ports: [)" + p1 + R"(]}]
+flow_rules:
+  - {id: no-exfiltration, kind: taint, min_sensitivity: confidential, trusted: [{host: "*.corp.example"}]}
+)", "p.yaml", {});
+  REQUIRE(compiled);
+  h.engine = *policy::Engine::build(*flatbuffers::GetRoot<fb::Bundle>(compiled->payload.data()));
+  int c = connect_loopback(h.port);
+  send_all(c, "CONNECT localhost:" + p1 + " HTTP/1.1\r\n\r\n");
+  read_until(c, "\r\n\r\n");
+  const std::string hello = bytes_of(egress::build_client_hello("localhost"));
+  send_all(c, hello + "one");
+  CHECK(read_until(c, "one") == hello + "one");
+  {  // the agent reads a secret through a tool, on another connection of its session
+    auto locked = h.flow->lock();
+    locked.remember("vault", "read", 1'800'000'000, 3, nullptr);
+  }
+  std::this_thread::sleep_for(300ms);
+  send_all(c, "two");
+  CHECK(read_until(c).find("two") == std::string::npos);  // cut before it went anywhere
+  ::close(c);
+  auto closes = h.closed(1);
+  REQUIRE(closes.size() == 1);
+  CHECK(closes[0].end == "policy changed: flow_denied");
+  auto records = h.recorded();
+  for (int i = 0; i < 200 && records.size() < 2; ++i) {  // the refusal is recorded beside the close
+    std::this_thread::sleep_for(10ms);
+    records = h.recorded();
+  }
+  REQUIRE(records.size() == 2);
+  CHECK(records[1].verdict == "flow_denied");
+  CHECK_THAT(records[1].reason, Catch::StartsWith("an open connection re-decided"));
+}
+
+TEST_CASE("the egress proxy refuses numeric host forms and Encrypted ClientHello", "[egress]") {
+  CHECK_FALSE(egress::parse_proxy_target("2130706433:80", true));
+  CHECK_FALSE(egress::parse_proxy_target("127.1:80", true));
+  CHECK_FALSE(egress::parse_proxy_target("0x7f.0x1:80", true));
+  CHECK_FALSE(egress::parse_proxy_target("example.com..:443", true));
+  CHECK_FALSE(egress::parse_proxy_target("http://u:p@example.com/", false));
+  auto mapped = egress::parse_proxy_target("[::ffff:10.0.0.1]:443", true);
+  REQUIRE(mapped);
+  CHECK(mapped->host == "10.0.0.1");
+  auto v6 = egress::parse_proxy_target("http://[2001:DB8::1]/x", false);
+  REQUIRE(v6);
+  CHECK(v6->host == "2001:db8::1");
+  CHECK(v6->port == 80);
+  auto name = egress::parse_proxy_target("API.Example.COM.:443", true);
+  REQUIRE(name);
+  CHECK(name->host == "api.example.com");
+
+  Harness h;
+  int c = connect_loopback(h.port);
+  send_all(c, "CONNECT localhost:" + std::to_string(h.tunnel.port) + " HTTP/1.1\r\n\r\n");
+  read_until(c, "\r\n\r\n");
+  send_all(c, bytes_of(egress::build_client_hello("localhost", true)));
+  CHECK(read_until(c).size() == 7);  // the alert
+  ::close(c);
+  const auto records = h.recorded();
+  REQUIRE(records.size() == 1);
+  CHECK(records[0].verdict == "sni_mismatch");
+  CHECK_THAT(records[0].reason, Catch::Contains("Encrypted ClientHello"));
+  CHECK(h.tunnel.seen().empty());
+}
