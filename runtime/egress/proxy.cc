@@ -1,5 +1,6 @@
 #include "egress/proxy.h"
 
+#include <fcntl.h>
 #include <ifaddrs.h>
 #include <pthread.h>
 #include <netinet/in.h>
@@ -444,14 +445,31 @@ bool Proxy::Impl::charge(AgentEntry& a, Conn& c, const std::string& rule, uint64
 asio::awaitable<void> Proxy::Impl::pump(AgentEntry& a, Conn& c, tcp::socket& from, tcp::socket& to, bool up,
                                         uint64_t& count, const std::string& rule, uint64_t budget, uint32_t window,
                                         const std::function<std::string()>& still_allowed) {
-  std::vector<uint8_t> buf(options.buffer_bytes);
+  // splice(2) through a pipe: the bytes move socket to socket inside the kernel, never through
+  // a buffer of ours (a copy each way less; the tunnel's throughput is the kernel's).
+  int pipe_fds[2];
+  if (::pipe2(pipe_fds, O_CLOEXEC | O_NONBLOCK) != 0) {
+    c.end = "pipe: " + std::string(std::strerror(errno));
+    c.close();
+    co_return;
+  }
+  sandbox::UniqueFd pipe_out(pipe_fds[0]), pipe_in(pipe_fds[1]);
+  (void)::fcntl(pipe_in.get(), F_SETPIPE_SZ, static_cast<int>(options.buffer_bytes));
+  boost::system::error_code ec;
+  from.native_non_blocking(true, ec);
+  to.native_non_blocking(true, ec);
   auto checked = Clock::now();
   for (;;) {
-    auto [ec, n] = co_await from.async_read_some(asio::buffer(buf), kTuple);
-    if (ec) {
-      boost::system::error_code ignored;
-      if (ec == asio::error::eof) {
-        to.shutdown(tcp::socket::shutdown_send, ignored);  // pass the half-close on
+    if (c.closed) co_return;
+    const ssize_t n = ::splice(from.native_handle(), nullptr, pipe_in.get(), nullptr, options.buffer_bytes,
+                               SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      co_await from.async_wait(tcp::socket::wait_read, kTuple);
+      continue;
+    }
+    if (n <= 0) {
+      if (n == 0) {
+        to.shutdown(tcp::socket::shutdown_send, ec);  // pass the half-close on
       } else {
         c.close();
       }
@@ -469,13 +487,22 @@ asio::awaitable<void> Proxy::Impl::pump(AgentEntry& a, Conn& c, tcp::socket& fro
         co_return;
       }
     }
-    if (!charge(a, c, rule, budget, window, n)) co_return;
-    count += n;
-    (up ? a.bytes_up : a.bytes_down).fetch_add(n, std::memory_order_relaxed);
-    auto [wec, written] = co_await asio::async_write(to, asio::buffer(buf.data(), n), kTuple);
-    if (wec) {
-      c.close();
-      co_return;
+    if (!charge(a, c, rule, budget, window, static_cast<uint64_t>(n))) co_return;
+    count += static_cast<uint64_t>(n);
+    (up ? a.bytes_up : a.bytes_down).fetch_add(static_cast<uint64_t>(n), std::memory_order_relaxed);
+    for (ssize_t left = n; left > 0;) {
+      if (c.closed) co_return;
+      const ssize_t m = ::splice(pipe_out.get(), nullptr, to.native_handle(), nullptr, static_cast<size_t>(left),
+                                 SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+      if (m < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        co_await to.async_wait(tcp::socket::wait_write, kTuple);
+        continue;
+      }
+      if (m <= 0) {
+        c.close();
+        co_return;
+      }
+      left -= m;
     }
   }
 }

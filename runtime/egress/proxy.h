@@ -78,7 +78,7 @@ struct ProxyOptions {
   std::chrono::milliseconds idle_timeout{600'000};    // no byte either way
   size_t max_connections_per_agent = 64;
   size_t max_connections = 1024;           // all agents together
-  size_t buffer_bytes = 64 << 10;          // per direction and connection
+  size_t buffer_bytes = 256 << 10;         // the pipe each direction splices through
 };
 
 struct ProxyHooks {

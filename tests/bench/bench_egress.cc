@@ -7,6 +7,8 @@
 // durable record's fdatasync (bench_audit) comes on top when audit.durable_decisions is on.
 #include <arpa/inet.h>
 #include <dirent.h>
+#include <fcntl.h>
+#include <sched.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -47,17 +49,54 @@ int listen_loopback(uint16_t& port) {
   return fd;
 }
 
-int connect_loopback(uint16_t port) {
+int connect_to(uint32_t addr, uint16_t port) {
   int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   sockaddr_in a{};
   a.sin_family = AF_INET;
   a.sin_port = htons(port);
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_addr.s_addr = htonl(addr);
   if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) std::abort();
   const int one = 1;
   ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   return fd;
 }
+int connect_loopback(uint16_t port) { return connect_to(INADDR_LOOPBACK, port); }
+
+// A link of a fixed rate: a veth pair to a network namespace of the benchmark's own, shaped by
+// tc's token bucket (OUTPOST_BENCH_LINK, default 1gbit), with the sink behind it at 10.213.0.2.
+// Both paths cross it once: the proxy's upstream leg, or the client directly. Needs root and
+// iproute2; skipped (state.SkipWithError) without them.
+constexpr uint32_t kLinkSink = (10u << 24) | (213u << 16) | 2u;
+struct Link {
+  bool ok = false;
+  std::string rate;
+  int listen_fd = -1;
+  Link() {
+    const char* env = std::getenv("OUTPOST_BENCH_LINK");
+    rate = env ? env : "1gbit";
+    const std::string setup =
+        "ip netns del outpost-bench 2>/dev/null; ip link del obench0 2>/dev/null; "
+        "ip netns add outpost-bench && ip link add obench0 type veth peer name obench1 && "
+        "ip link set obench1 netns outpost-bench && ip addr add 10.213.0.1/30 dev obench0 && ip link set obench0 up && "
+        "ip -n outpost-bench addr add 10.213.0.2/30 dev obench1 && ip -n outpost-bench link set obench1 up && "
+        "ip -n outpost-bench link set lo up && "
+        "tc qdisc add dev obench0 root tbf rate " + rate + " burst 512kb latency 20ms";
+    if (std::system(setup.c_str()) != 0) return;
+    // The sink's listener, made in the namespace by a thread that moves there alone.
+    std::thread([this] {
+      int ns = ::open("/run/netns/outpost-bench", O_RDONLY | O_CLOEXEC);
+      if (ns < 0 || ::setns(ns, CLONE_NEWNET) != 0) return;
+      ::close(ns);
+      listen_fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      sockaddr_in a{};
+      a.sin_family = AF_INET;
+      a.sin_addr.s_addr = htonl(kLinkSink);
+      if (::bind(listen_fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || ::listen(listen_fd, 64) != 0) listen_fd = -1;
+    }).join();
+    ok = listen_fd >= 0;
+  }
+  ~Link() { (void)std::system("ip netns del outpost-bench 2>/dev/null; ip link del obench0 2>/dev/null"); }
+};
 
 void send_all(int fd, const void* p, size_t n) {
   const char* c = static_cast<const char*>(p);
@@ -95,7 +134,13 @@ struct Server {
   bool echo;
   std::atomic<bool> stop{false};
   std::thread thread;
-  explicit Server(bool e) : fd(listen_loopback(port)), echo(e) {
+  explicit Server(bool e, int listen_fd = -1) : fd(listen_fd >= 0 ? listen_fd : listen_loopback(port)), echo(e) {
+    if (listen_fd >= 0) {
+      sockaddr_in a{};
+      socklen_t len = sizeof a;
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+      port = ntohs(a.sin_port);
+    }
     thread = std::thread([this] {
       while (!stop) {
         pollfd p{fd, POLLIN, 0};
@@ -103,7 +148,7 @@ struct Server {
         int c = ::accept4(fd, nullptr, nullptr, SOCK_CLOEXEC);
         if (c < 0) continue;
         std::thread([this, c] {
-          std::vector<char> buf(1 << 20);
+          std::vector<char> buf(echo ? (64 << 10) : (1 << 20));
           for (;;) {
             ssize_t n = ::recv(c, buf.data(), buf.size(), 0);
             if (n <= 0) break;
@@ -123,17 +168,20 @@ struct Server {
 };
 
 struct Rig {
+  Link link;
   Server echo{true}, sink{false};
+  std::unique_ptr<Server> far_sink = link.ok ? std::make_unique<Server>(false, link.listen_fd) : nullptr;
   std::shared_ptr<const policy::Engine> engine;
   std::unique_ptr<egress::Proxy> proxy;
   uint16_t port = 0;
   std::vector<uint8_t> hello = egress::build_client_hello("localhost");
   Rig() {
     const std::string e = std::to_string(echo.port), s = std::to_string(sink.port);
+    const std::string f = far_sink ? std::to_string(far_sink->port) : "1";
     const std::string yaml = "version: 1\nvalid: {not_before: 2026-01-01T00:00:00Z, not_after: 2099-01-01T00:00:00Z, max_offline: 72h}\n"
                              "tools: [{server: notes, name: add}]\nagents: [{name: bench, tools: [\"notes/*\"]}]\negress:\n"
                              "  - id: local\n    effect: allow\n    destinations: [{host: localhost, ports: [" + e + ", " + s +
-                             "]}, {cidr: 127.0.0.1/32, ports: [" + e + ", " + s + "]}]\n";
+                             "]}, {cidr: 127.0.0.1/32, ports: [" + e + ", " + s + "]}, {cidr: 10.213.0.2/32, ports: [" + f + "]}]\n";
     auto compiled = policy::compile_policy(yaml, "bench.yaml", {});
     if (!compiled) std::abort();
     engine = *policy::Engine::build(*flatbuffers::GetRoot<fb::Bundle>(compiled->payload.data()));
@@ -144,17 +192,20 @@ struct Rig {
     h.secret = [](std::string_view) -> Result<std::string> { return std::string(); };
     egress::ProxyOptions o;
     o.max_connections_per_agent = 4096;
+    if (const char* b = std::getenv("OUTPOST_BENCH_BUFFER")) o.buffer_bytes = std::strtoull(b, nullptr, 10);
     proxy = std::move(*egress::Proxy::start(o, std::move(h)));
     sandbox::UniqueFd listener(listen_loopback(port));
     proxy->serve(egress::Proxy::Binding{"bench", "bench", std::make_shared<broker::SessionState>(), std::move(listener)});
   }
   // A tunnel through the proxy to `to`, its ClientHello sent.
-  int tunnel(uint16_t to) {
+  int tunnel(uint16_t to, const std::string& host = "localhost") {
     int c = connect_loopback(port);
-    const std::string req = "CONNECT localhost:" + std::to_string(to) + " HTTP/1.1\r\n\r\n";
+    const std::string req = "CONNECT " + host + ":" + std::to_string(to) + " HTTP/1.1\r\n\r\n";
     send_all(c, req.data(), req.size());
     read_head(c);
-    send_all(c, hello.data(), hello.size());
+    const bool ip = !host.empty() && host.find_first_not_of("0123456789.") == std::string::npos;
+    const auto h = egress::build_client_hello(ip ? "" : host);  // no SNI for an address
+    send_all(c, h.data(), h.size());
     return c;
   }
 };
@@ -212,37 +263,47 @@ void BM_setup_direct(benchmark::State& state) {
 }
 BENCHMARK(BM_setup_direct)->UseRealTime()->Unit(benchmark::kMicrosecond);
 
-void BM_setup_proxy(benchmark::State& state) {
+// Through the proxy to a name (resolved by outpostd: getaddrinfo on Asio's resolver thread,
+// which inherits the loop's name and so counts in loop_cpu) or to an address (no resolution).
+void setup_proxy(benchmark::State& state, const std::string& host) {
   Rig& r = rig();
   std::vector<double> us;
   const double cpu0 = loop_cpu_seconds();
   for (auto _ : state) {
     const auto t0 = Clock::now();
-    int c = r.tunnel(r.echo.port);
-    read_exactly(c, r.hello.size());
+    int c = r.tunnel(r.echo.port, host);
+    read_exactly(c, host == "localhost" ? r.hello.size() : egress::build_client_hello("").size());
     us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
     ::close(c);
   }
   report(state, us);
   state.counters["loop_cpu_us_per_conn"] = (loop_cpu_seconds() - cpu0) * 1e6 / static_cast<double>(state.iterations());
 }
+void BM_setup_proxy(benchmark::State& state) { setup_proxy(state, "localhost"); }
+void BM_setup_proxy_address(benchmark::State& state) { setup_proxy(state, "127.0.0.1"); }
 BENCHMARK(BM_setup_proxy)->UseRealTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_setup_proxy_address)->UseRealTime()->Unit(benchmark::kMicrosecond);
 
 uint64_t transfer_bytes() {
   const char* env = std::getenv("OUTPOST_BENCH_BYTES");
   return env ? std::strtoull(env, nullptr, 10) : (1ull << 30);
 }
 
-void transfer(benchmark::State& state, bool through_proxy) {
+void transfer(benchmark::State& state, bool through_proxy, bool over_link) {
   Rig& r = rig();
+  if (over_link && !r.far_sink) {
+    state.SkipWithError("no shaped link (needs root and iproute2)");
+    return;
+  }
   const uint64_t total = transfer_bytes();
   std::vector<char> chunk(1 << 20, 'x');
   const double cpu0 = loop_cpu_seconds();
   for (auto _ : state) {
-    int c = through_proxy ? r.tunnel(r.sink.port) : connect_loopback(r.sink.port);
+    int c = over_link ? (through_proxy ? r.tunnel(r.far_sink->port, "10.213.0.2") : connect_to(kLinkSink, r.far_sink->port))
+                      : (through_proxy ? r.tunnel(r.sink.port) : connect_loopback(r.sink.port));
     for (uint64_t sent = 0; sent < total; sent += chunk.size()) send_all(c, chunk.data(), std::min<uint64_t>(chunk.size(), total - sent));
     ::shutdown(c, SHUT_WR);
-    read_exactly(c, through_proxy ? 1 : 1);
+    read_exactly(c, 1);
     ::close(c);
   }
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * total));
@@ -250,11 +311,18 @@ void transfer(benchmark::State& state, bool through_proxy) {
     state.counters["loop_cpu_s_per_GiB"] =
         (loop_cpu_seconds() - cpu0) / (static_cast<double>(state.iterations() * total) / (1ull << 30));
   }
+  if (over_link) state.SetLabel("link " + r.link.rate);
 }
-void BM_transfer_direct(benchmark::State& state) { transfer(state, false); }
-void BM_transfer_proxy(benchmark::State& state) { transfer(state, true); }
+// Loopback, unshaped: what the two cores here can move, the proxy's copy included.
+void BM_transfer_direct(benchmark::State& state) { transfer(state, false, false); }
+void BM_transfer_proxy(benchmark::State& state) { transfer(state, true, false); }
+// Over a link of a fixed rate, as an agent's traffic leaves a node.
+void BM_transfer_link_direct(benchmark::State& state) { transfer(state, false, true); }
+void BM_transfer_link_proxy(benchmark::State& state) { transfer(state, true, true); }
 BENCHMARK(BM_transfer_direct)->UseRealTime()->Unit(benchmark::kMillisecond)->Iterations(3);
 BENCHMARK(BM_transfer_proxy)->UseRealTime()->Unit(benchmark::kMillisecond)->Iterations(3);
+BENCHMARK(BM_transfer_link_direct)->UseRealTime()->Unit(benchmark::kMillisecond)->Iterations(2);
+BENCHMARK(BM_transfer_link_proxy)->UseRealTime()->Unit(benchmark::kMillisecond)->Iterations(2);
 
 }  // namespace
 
