@@ -112,6 +112,10 @@ class Compiler {
   Result<std::unique_ptr<fb::RateLimitT>> rate(const Field& f);
   Result<std::unique_ptr<fb::FlowRuleT>> flow_rule(const Field& f);
   Result<std::unique_ptr<fb::EgressRuleT>> egress_rule(const Field& f);
+  // The conditions tool rules and egress rules share: within_clearance, max_sensitivity,
+  // time_windows and rate.
+  template <class RuleT>
+  Result<void> conditions(const Map& m, RuleT& r, bool allow, std::string_view what);
   Result<std::unique_ptr<fb::HeaderInjectionT>> injection(const Field& f);
 
   // Reads an optional list of agent (or tool) globs into `globs`; each must match a declared
@@ -558,19 +562,7 @@ Result<std::unique_ptr<fb::RuleT>> Compiler::rule(const Field& f, std::vector<Ru
     }
   }
   if (auto d = m.get("destinations")) { OUTPOST_TRY(r->destinations, destinations(*d, "any destination")); }
-  if (auto w = m.get("within_clearance")) { OUTPOST_TRY(r->within_clearance, in_.boolean(*w)); }
-  if (auto s = m.get("max_sensitivity")) { OUTPOST_TRY(r->max_sensitivity, in_.sensitivity(*s)); }
-  if (auto t = m.get("time_windows")) {
-    OUTPOST_TRY(std::vector<Field> items, in_.nonempty_list(*t, "any time"));
-    for (const Field& item : items) {
-      OUTPOST_TRY(auto w, time_window(item));
-      r->time_windows.push_back(std::move(w));
-    }
-  }
-  if (auto rt = m.get("rate")) {
-    OUTPOST_TRY(r->rate, rate(*rt));
-    if (!fact.allow) warn(rt->line, "rule " + in_quotes(r->id) + ": rate has no effect on a deny rule");
-  }
+  OUTPOST_TRY_VOID(conditions(m, *r, fact.allow, "rule"));
   if (auto t = m.get("credential_ttl")) {
     OUTPOST_TRY(uint64_t ttl, in_.duration(*t, kMaxU32));
     r->credential_ttl = static_cast<uint32_t>(ttl);
@@ -775,6 +767,24 @@ Result<std::unique_ptr<fb::FlowRuleT>> Compiler::flow_rule(const Field& f) {
 
 // ---- Egress -------------------------------------------------------------------------------------
 
+template <class RuleT>
+Result<void> Compiler::conditions(const Map& m, RuleT& r, bool allow, std::string_view what) {
+  if (auto w = m.get("within_clearance")) { OUTPOST_TRY(r.within_clearance, in_.boolean(*w)); }
+  if (auto s = m.get("max_sensitivity")) { OUTPOST_TRY(r.max_sensitivity, in_.sensitivity(*s)); }
+  if (auto t = m.get("time_windows")) {
+    OUTPOST_TRY(std::vector<Field> items, in_.nonempty_list(*t, "any time"));
+    for (const Field& item : items) {
+      OUTPOST_TRY(auto w, time_window(item));
+      r.time_windows.push_back(std::move(w));
+    }
+  }
+  if (auto rt = m.get("rate")) {
+    OUTPOST_TRY(r.rate, rate(*rt));
+    if (!allow) warn(rt->line, std::string(what) + " " + in_quotes(r.id) + ": rate has no effect on a deny rule");
+  }
+  return ok();
+}
+
 Result<std::unique_ptr<fb::EgressRuleT>> Compiler::egress_rule(const Field& f) {
   OUTPOST_TRY(Map m, in_.map(f, {"id", "effect", "shadow", "agents", "tasks", "kind", "destinations", "within_clearance",
                                  "max_sensitivity", "time_windows", "rate", "budget", "inject", "reason"}));
@@ -815,19 +825,7 @@ Result<std::unique_ptr<fb::EgressRuleT>> Compiler::egress_rule(const Field& f) {
   } else if (allow) {
     return in_.fail(f, "an allow egress rule needs destinations (hosts or CIDRs, with ports)");
   }
-  if (auto w = m.get("within_clearance")) { OUTPOST_TRY(r->within_clearance, in_.boolean(*w)); }
-  if (auto s = m.get("max_sensitivity")) { OUTPOST_TRY(r->max_sensitivity, in_.sensitivity(*s)); }
-  if (auto t = m.get("time_windows")) {
-    OUTPOST_TRY(std::vector<Field> items, in_.nonempty_list(*t, "any time"));
-    for (const Field& item : items) {
-      OUTPOST_TRY(auto w, time_window(item));
-      r->time_windows.push_back(std::move(w));
-    }
-  }
-  if (auto rt = m.get("rate")) {
-    OUTPOST_TRY(r->rate, rate(*rt));
-    if (!allow) warn(rt->line, "egress rule " + in_quotes(r->id) + ": rate has no effect on a deny rule");
-  }
+  OUTPOST_TRY_VOID(conditions(m, *r, allow, "egress rule"));
   if (auto b = m.get("budget")) {
     OUTPOST_TRY(Map bm, in_.map(*b, {"bytes", "window"}));
     OUTPOST_TRY(Field bytes, bm.require("bytes"));

@@ -503,6 +503,9 @@ struct Engine::Impl {
 
   bool flow_denies(const Flow& f, const Request& req, const Tool& tool) const;
   EgressDecision decide_egress(const EgressRequest& req, Mode mode, RateLimiter* rates) const;
+  // What every decision checks first: the bundle in force, the agent known and not revoked.
+  // The agent (its index in `index`), or null with `verdict` saying why not.
+  const Agent* admit(std::string_view name, Mode mode, Verdict& verdict, int64_t& index) const;
   Decision decide(const Request& req, Mode mode, RateLimiter* rates, bool indexed) const;
 };
 
@@ -566,24 +569,32 @@ void push_id(std::array<uint32_t, Decision::kMaxIds>& ids, uint8_t& n, uint32_t 
 }
 }  // namespace
 
+const Agent* Engine::Impl::admit(std::string_view name, Mode mode, Verdict& verdict, int64_t& index) const {
+  if (mode == Mode::deny_all) {
+    verdict = Verdict::bundle_not_in_force;
+    return nullptr;
+  }
+  index = find_agent(name);
+  if (index < 0) {
+    verdict = Verdict::unknown_agent;
+    return nullptr;
+  }
+  const Agent& agent = agents[static_cast<size_t>(index)];
+  if (agent.revoked) {
+    verdict = Verdict::agent_revoked;
+    return nullptr;
+  }
+  return &agent;
+}
+
 Decision Engine::Impl::decide(const Request& req, Mode mode, RateLimiter* rates, bool indexed) const {
   Decision d;
   d.bundle_version = version;
   d.mode = mode;
-  if (mode == Mode::deny_all) {
-    d.verdict = Verdict::bundle_not_in_force;
-    return d;
-  }
-  int64_t ai = find_agent(req.agent);
-  if (ai < 0) {
-    d.verdict = Verdict::unknown_agent;
-    return d;
-  }
-  const Agent& agent = agents[static_cast<size_t>(ai)];
-  if (agent.revoked) {
-    d.verdict = Verdict::agent_revoked;
-    return d;
-  }
+  int64_t ai = -1;
+  const Agent* admitted = admit(req.agent, mode, d.verdict, ai);
+  if (admitted == nullptr) return d;
+  const Agent& agent = *admitted;
   int64_t ti = find_tool(req.server, req.tool);
   if (ti < 0) {
     d.verdict = Verdict::unknown_tool;
@@ -871,20 +882,10 @@ EgressDecision Engine::Impl::decide_egress(const EgressRequest& req, Mode mode, 
   EgressDecision d;
   d.bundle_version = version;
   d.mode = mode;
-  if (mode == Mode::deny_all) {
-    d.verdict = Verdict::bundle_not_in_force;
-    return d;
-  }
-  int64_t ai = find_agent(req.agent);
-  if (ai < 0) {
-    d.verdict = Verdict::unknown_agent;
-    return d;
-  }
-  const Agent& agent = agents[static_cast<size_t>(ai)];
-  if (agent.revoked) {
-    d.verdict = Verdict::agent_revoked;
-    return d;
-  }
+  int64_t ai = -1;
+  const Agent* admitted = admit(req.agent, mode, d.verdict, ai);
+  if (admitted == nullptr) return d;
+  const Agent& agent = *admitted;
   // The safe set holds tool rules only: after expiry an agent has no network.
   if (mode == Mode::safe_set) return d;
   std::string_view name = req.host;
