@@ -175,7 +175,7 @@ echo "  reports/summary.txt now holds: $(cat "$ws/reports/summary.txt")"
 echo "  notes.txt is untouched:         $(head -1 "$ws/notes.txt")"
 
 step "the decisions outpostd recorded (outpost audit tail: chained, TPM-checkpointed records)"
-"$outpost" audit tail -n 0 --json | grep '"kind":"decision"' |
+"$outpost" audit tail -n 0 --json | grep '"event":"decision"' |
   node -e 'require("readline").createInterface({input: process.stdin}).on("line", (l) => {
     const d = JSON.parse(l).detail;
     console.log(`  ${d.allow ? "allow" : "DENY "} ${d.server}/${d.tool}  ${d.reason}${d.credential ? "  [credential minted]" : ""}`);
