@@ -5,7 +5,10 @@
 #   pump     a plain byte-pump proxy in between (tests/bench/pump.cc: two pipes, poll, no parsing)
 #   outpost  the client is an agent launched by outpostd and runs `outpost mcp connect everything`
 # then outpostd's RSS with 10 agents running and a 10,000-rule bundle installed.
-# Usage: [BENCH_DURABLE=false] scripts/bench-mcp.sh [CALLS] [ROUNDS]   (figures: docs/benchmarks.md)
+# outpost runs twice per round: with durable decisions (the default: each call's record is
+# fdatasync'ed before the call reaches the server) and with them queued (durable_decisions:
+# false). Ends with a table of the medians over the rounds.
+# Usage: scripts/bench-mcp.sh [CALLS] [ROUNDS]   (figures: docs/benchmarks.md)
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 calls=${1:-2000}
@@ -22,8 +25,14 @@ node=$(readlink -f "$(command -v node)")
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/outpost-bench-mcp-XXXXXX")
 daemon_pid=
+stop_daemon() {
+  [[ -n $daemon_pid ]] || return 0
+  kill "$daemon_pid" 2>/dev/null || true
+  wait "$daemon_pid" 2>/dev/null || true
+  daemon_pid=
+}
 cleanup() {
-  [[ -n $daemon_pid ]] && kill "$daemon_pid" 2>/dev/null && wait "$daemon_pid" 2>/dev/null || true
+  stop_daemon
   "$root/scripts/swtpm.sh" stop "$work/tpm" >/dev/null
   rm -rf "$work"
 }
@@ -63,19 +72,26 @@ YAML
 "$outpost" trust pin "$work/root.json" --state "$state" >/dev/null
 "$outpost" bundle install "$work/b.opb" --state "$state" >/dev/null
 
-printf 'board: sim\nstate_dir: %s\nsocket: %s\ntcti: "%s"\n' "$state" "$sock" "$OUTPOST_TCTI" >"$work/outpostd.yaml"
-# BENCH_DURABLE=false: decisions queued for the next group commit instead of fdatasync'ed first.
-printf 'audit: {durable_decisions: %s}\n' "${BENCH_DURABLE:-true}" >>"$work/outpostd.yaml"
-OUTPOST_LOG=warn "$outpostd" --config "$work/outpostd.yaml" >"$work/outpostd.log" 2>&1 &
-daemon_pid=$!
-for _ in $(seq 100); do "$outpost" agent list --socket "$sock" >/dev/null 2>&1 && break; sleep 0.1; done
+# outpostd in one durability mode: true (a decision is fdatasync'ed before its call goes out)
+# or false (queued for the next group commit). Restarted between the two modes.
+start_daemon() {
+  stop_daemon
+  printf 'board: sim\nstate_dir: %s\nsocket: %s\ntcti: "%s"\n' "$state" "$sock" "$OUTPOST_TCTI" >"$work/outpostd.yaml"
+  printf 'audit: {durable_decisions: %s}\n' "$1" >>"$work/outpostd.yaml"
+  OUTPOST_LOG=warn "$outpostd" --config "$work/outpostd.yaml" >>"$work/outpostd.log" 2>&1 &
+  daemon_pid=$!
+  for _ in $(seq 100); do "$outpost" agent list --socket "$sock" >/dev/null 2>&1 && return; sleep 0.1; done
+  echo "bench-mcp: outpostd did not come up; its log:" >&2
+  cat "$work/outpostd.log" >&2
+  exit 1
+}
 export OUTPOST_SOCKET=$sock
 
-bench_agent() {  # runs bench-latency.mjs as an agent of outpostd; prints its JSON line
+bench_agent() {  # LABEL: runs bench-latency.mjs as an agent of outpostd; prints its JSON line
   cat >"$work/bench.yaml" <<YAML
 name: bench
 command: $node
-args: ["$e2e/bench-latency.mjs", "--calls", "$calls", "--label", "outpost", "--", "$outpost", "mcp", "connect", "everything"]
+args: ["$e2e/bench-latency.mjs", "--calls", "$calls", "--label", "$1", "--", "$outpost", "mcp", "connect", "everything"]
 binary: $e2e/bench-latency.mjs
 workdir: $work/bench-work
 read_only: ["$e2e"]
@@ -88,15 +104,35 @@ YAML
     "$outpost" agent list --json | grep -q '"name":"bench","state":"stopped"' && break
     sleep 0.2
   done
-  "$outpost" agent logs bench --bytes 100000 | grep '"label":"outpost"' | tail -1
+  "$outpost" agent logs bench --bytes 100000 | grep "\"label\":\"$1\"" | tail -1
 }
 
 echo "# MCP tools/call latency, SDK client -> server-everything echo, $calls calls per run"
+results=$work/results.jsonl
 for r in $(seq "$rounds"); do
-  (cd "$e2e" && node bench-latency.mjs --calls "$calls" --label direct -- "$node" "$everything" stdio)
-  (cd "$e2e" && node bench-latency.mjs --calls "$calls" --label pump -- "$pump" "$node" "$everything" stdio)
-  bench_agent
+  (cd "$e2e" && node bench-latency.mjs --calls "$calls" --label direct -- "$node" "$everything" stdio) | tee -a "$results"
+  (cd "$e2e" && node bench-latency.mjs --calls "$calls" --label pump -- "$pump" "$node" "$everything" stdio) | tee -a "$results"
+  start_daemon true
+  bench_agent outpost-durable | tee -a "$results"
+  start_daemon false
+  bench_agent outpost-queued | tee -a "$results"
 done
+# One row per setup: the median over the rounds of each figure, and its range.
+node - "$results" <<'JS'
+const fs = require('node:fs');
+const rows = fs.readFileSync(process.argv[2], 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+const med = (xs) => { const s = [...xs].sort((a, b) => a - b); return s[Math.floor((s.length - 1) / 2)]; };
+const fig = (xs) => `${med(xs)} (${Math.min(...xs)}–${Math.max(...xs)})`;
+console.log('| setup | p50 µs | min µs | p99 µs | pipelined calls/s (32 in flight) |');
+console.log('| --- | --- | --- | --- | --- |');
+for (const label of ['direct', 'pump', 'outpost-durable', 'outpost-queued']) {
+  const r = rows.filter((x) => x.label === label);
+  if (r.length === 0) continue;
+  console.log(`| ${label} | ${fig(r.map((x) => x.p50_us))} | ${fig(r.map((x) => x.min_us))} | ${fig(r.map((x) => x.p99_us))} | ${fig(r.map((x) => x.pipelined_calls_per_s))} |`);
+}
+const p50 = (label) => med(rows.filter((x) => x.label === label).map((x) => x.p50_us));
+console.log(`# over the pump at p50: durable +${Math.round(p50('outpost-durable') - p50('pump'))} µs, queued +${Math.round(p50('outpost-queued') - p50('pump'))} µs`);
+JS
 
 echo "# outpostd memory: 10 more agents running, 10,000-rule bundle in force"
 for a in $(seq 0 9); do

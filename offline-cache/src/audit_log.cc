@@ -289,8 +289,9 @@ Result<void> AuditLog::open_segment(uint64_t first_seq) {
 
 AuditLog::~AuditLog() {
   {
-    std::lock_guard lock(mu_);
+    std::unique_lock lock(mu_);
     stop_ = true;
+    durable_cv_.notify_all();
   }
   work_cv_.notify_all();
   if (committer_.joinable()) committer_.join();
@@ -328,9 +329,15 @@ Result<uint64_t> AuditLog::append_locked(AuditEntry& e) {
 Result<uint64_t> AuditLog::append(AuditEntry e) {
   std::unique_lock lock(mu_);
   OUTPOST_TRY(uint64_t seq, append_locked(e));
+  wake_ = true;
   lock.unlock();
   work_cv_.notify_one();
   return seq;
+}
+
+Result<uint64_t> AuditLog::stage(AuditEntry e) {
+  std::lock_guard lock(mu_);
+  return append_locked(e);
 }
 
 std::pair<uint64_t, Digest> AuditLog::head() const {
@@ -354,6 +361,7 @@ Result<uint64_t> AuditLog::append_checkpoint(uint64_t head_seq, const Digest& he
                                             std::to_string(kCheckpointWindow) + " records");
   }
   OUTPOST_TRY(uint64_t seq, append_locked(e));
+  wake_ = true;
   lock.unlock();
   work_cv_.notify_one();
   return seq;
@@ -364,14 +372,24 @@ Result<void> AuditLog::wait_durable(uint64_t seq) {
   // While a failed write is being retried (a full disk that may free up), wait a while: a
   // record reported as not durable may still land later, so give the retry its chance first.
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-  durable_cv_.wait_until(lock, deadline, [&] { return durable_seq_ >= seq || broken_ || stop_; });
+  for (;;) {
+    if (durable_seq_ >= seq) return ok();
+    if (broken_ || stop_) break;
+    // No write in flight and no failure being retried: this thread writes the batch itself
+    // (no hand-off to the committer thread and back on the path of a call).
+    if (!committing_ && write_error_.empty() && !queue_.empty()) {
+      commit_locked(lock);
+      continue;
+    }
+    if (durable_cv_.wait_until(lock, deadline) == std::cv_status::timeout && durable_seq_ < seq) break;
+  }
   if (durable_seq_ >= seq) return ok();
   if (!write_error_.empty()) return fail(errc::io, "audit record " + std::to_string(seq) + " not durable: " + write_error_);
   return fail(errc::unsupported, "audit log closed before record " + std::to_string(seq) + " was durable");
 }
 
 Result<uint64_t> AuditLog::append_durable(AuditEntry e) {
-  OUTPOST_TRY(uint64_t seq, append(std::move(e)));
+  OUTPOST_TRY(uint64_t seq, stage(std::move(e)));
   OUTPOST_TRY_VOID(wait_durable(seq));
   return seq;
 }
@@ -379,6 +397,10 @@ Result<uint64_t> AuditLog::append_durable(AuditEntry e) {
 uint64_t AuditLog::durable_seq() const {
   std::lock_guard lock(mu_);
   return durable_seq_;
+}
+uint64_t AuditLog::commits() const {
+  std::lock_guard lock(mu_);
+  return commits_;
 }
 uint64_t AuditLog::last_seq() const {
   std::lock_guard lock(mu_);
@@ -451,49 +473,71 @@ Result<void> AuditLog::write_batch(const std::vector<std::pair<uint64_t, Bytes>>
   return ok();
 }
 
+// Writes what is queued in one batch. Called with `lock` held, nothing committing and the queue
+// not empty, by the committer thread or by a writer waiting for its own record (the leader of
+// a group commit: the records queued while the last sync ran share this one). Returns false
+// when the write failed (the rest stays queued; appends are refused until a retry succeeds).
+bool AuditLog::commit_locked(std::unique_lock<std::mutex>& lock) {
+  committing_ = true;
+  std::vector<std::pair<uint64_t, Bytes>> batch;
+  batch.swap(queue_);
+  lock.unlock();
+  size_t written = 0;
+  bool fatal = false;
+  Result<void> r = write_batch(batch, &written, &fatal);
+  lock.lock();
+  committing_ = false;
+  uint64_t written_bytes = 0;
+  for (size_t k = 0; k < written; ++k) written_bytes += batch[k].second.size();
+  if (written > 0) {
+    durable_seq_ = batch[written - 1].first;
+    disk_bytes_ += written_bytes;
+    queued_bytes_ -= written_bytes;
+  }
+  ++commits_;
+  // Records appended for the committer while this batch was written are its to write now.
+  if (wake_ || stop_) work_cv_.notify_one();
+  if (r) {
+    write_error_.clear();
+    durable_cv_.notify_all();
+    return true;
+  }
+  // Keep what was not written (ahead of anything queued since) and retry from the committer;
+  // appends are refused meanwhile. After a failed fdatasync or ftruncate the file cannot be
+  // trusted: no retry, until the log is reopened and recovered.
+  write_error_ = r.error().message() + (fatal ? " (the log must be reopened to recover)" : "");
+  queue_.insert(queue_.begin(), std::make_move_iterator(batch.begin() + static_cast<std::ptrdiff_t>(written)),
+                std::make_move_iterator(batch.end()));
+  if (fatal) broken_ = true;
+  durable_cv_.notify_all();
+  work_cv_.notify_all();
+  return false;
+}
+
 void AuditLog::commit_loop() {
   std::unique_lock lock(mu_);
   for (;;) {
-    work_cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
-    if (queue_.empty()) break;  // stopping, nothing left
+    // Records staged by a writer that will lead their commit are picked up here only if it
+    // has not done so within the interval: nothing queued waits longer than that.
+    work_cv_.wait_for(lock, kStagedInterval, [&] { return (stop_ || wake_) && !committing_; });
+    if (committing_) continue;
+    wake_ = false;
+    if (queue_.empty()) {
+      if (stop_) break;
+      continue;
+    }
+    if (broken_) break;
     if (options_.linger.count() > 0 && !stop_) {
       lock.unlock();
       std::this_thread::sleep_for(options_.linger);
       lock.lock();
+      if (committing_ || queue_.empty()) continue;
     }
-    std::vector<std::pair<uint64_t, Bytes>> batch;
-    batch.swap(queue_);
-    lock.unlock();
-    size_t written = 0;
-    bool fatal = false;
-    Result<void> r = write_batch(batch, &written, &fatal);
-    lock.lock();
-    uint64_t written_bytes = 0;
-    for (size_t k = 0; k < written; ++k) written_bytes += batch[k].second.size();
-    if (written > 0) {
-      durable_seq_ = batch[written - 1].first;
-      disk_bytes_ += written_bytes;
-      queued_bytes_ -= written_bytes;
-    }
-    if (r) {
-      write_error_.clear();
-      durable_cv_.notify_all();
-      continue;
-    }
-    // Keep what was not written (ahead of anything queued since) and retry; appends are
-    // refused meanwhile. After a failed fdatasync or ftruncate the file cannot be trusted:
-    // no retry, until the log is reopened and recovered.
-    write_error_ = r.error().message() + (fatal ? " (the log must be reopened to recover)" : "");
-    queue_.insert(queue_.begin(), std::make_move_iterator(batch.begin() + static_cast<std::ptrdiff_t>(written)),
-                  std::make_move_iterator(batch.end()));
-    durable_cv_.notify_all();
-    if (fatal) {
-      broken_ = true;
-      break;
-    }
-    if (stop_) break;
+    if (commit_locked(lock)) continue;
+    if (broken_ || stop_) break;
     work_cv_.wait_for(lock, std::chrono::milliseconds(200), [&] { return stop_; });
     if (stop_) break;
+    wake_ = true;  // retry the failed write
   }
 }
 

@@ -58,7 +58,8 @@ Result<std::unique_ptr<AuditDecisionLog>> AuditDecisionLog::open(const std::file
   return std::unique_ptr<AuditDecisionLog>(new AuditDecisionLog(std::move(log), durable_decisions));
 }
 
-Result<void> AuditDecisionLog::record(const DecisionRecord& r) {
+namespace {
+offline_cache::AuditEntry decision_entry(const DecisionRecord& r) {
   offline_cache::AuditEntry e;
   e.kind = offline_cache::RecordKind::decision;
   e.event = "decision";
@@ -66,6 +67,27 @@ Result<void> AuditDecisionLog::record(const DecisionRecord& r) {
   e.bundle_version = r.bundle_version;
   e.detail = decision_json(r);
   e.time_ms = r.time * 1000;
+  return e;
+}
+}  // namespace
+
+Result<uint64_t> AuditDecisionLog::stage(const DecisionRecord& r) {
+  if (!durable_) {
+    OUTPOST_TRY_VOID(record(r));
+    return uint64_t{0};
+  }
+  OUTPOST_TRY(uint64_t seq, log_->stage(decision_entry(r)));
+  if (!r.allow) denies_.fetch_add(1);
+  return seq;
+}
+
+Result<void> AuditDecisionLog::commit(uint64_t ticket) {
+  if (ticket == 0) return {};
+  return log_->wait_durable(ticket);
+}
+
+Result<void> AuditDecisionLog::record(const DecisionRecord& r) {
+  offline_cache::AuditEntry e = decision_entry(r);
   if (durable_) {
     OUTPOST_TRY_VOID(log_->append_durable(std::move(e)));
   } else {

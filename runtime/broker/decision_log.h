@@ -1,7 +1,8 @@
 // The broker's DecisionSink on the node's audit log (offline-cache/audit_log.h): every decision
 // and every lifecycle event becomes a chained, group-committed record. By default a decision is
-// recorded durably (fdatasync'ed) before record() returns, so the call it allows goes out only
-// once its record would survive power loss; lifecycle events are queued and ride the next commit.
+// recorded durably (fdatasync'ed) before record() returns, or, staged, before commit() returns,
+// so the call it allows goes out only once its record would survive power loss; lifecycle
+// events are queued and ride the next commit.
 // Denials over an agent's deny budget arrive coalesced (SessionState::take_coalesced) and are
 // queued the same way: their calls were answered already, nothing waits on them.
 #pragma once
@@ -24,6 +25,10 @@ class AuditDecisionLog : public DecisionSink {
                                                         offline_cache::AuditLogOptions options,
                                                         bool durable_decisions = true);
   Result<void> record(const DecisionRecord& r) override;
+  // With durable decisions: queued, ticket = its sequence number, durable after commit().
+  // Without: queued for the committer, ticket 0.
+  Result<uint64_t> stage(const DecisionRecord& r) override;
+  Result<void> commit(uint64_t ticket) override;
   // Denials coalesced over the deny budget: one decision record of event "denials_coalesced"
   // (fields agent, task, server, tool, verdict, rules, reason, bundle_version, count, first,
   // last, first_args_sha256, last_args_sha256; times in RFC 3339 as a decision's). Its count

@@ -151,7 +151,31 @@ void McpSession::from_client(std::string_view line, std::string& to_server, std:
     }
     if (method == "tools/list") pending_lists_.insert(json::serialize(id->value()));
   }
-  append_line(to_server, line);  // forwarded as sent
+  // Forwarded as sent, behind any call waiting for its commit.
+  append_line(holding() ? held_ : to_server, line);
+}
+
+void McpSession::release(std::string& to_server, std::string& to_client) {
+  if (!holding()) return;
+  Result<void> committed = sink_->commit(held_ticket_);
+  held_ticket_ = 0;
+  if (committed) {
+    to_server += held_;
+  } else {
+    // Nothing goes out unrecorded: each held call is refused, the other lines pass.
+    size_t at = 0;
+    for (HeldCall& c : held_calls_) {
+      to_server.append(held_, at, c.begin - at);
+      at = c.end;
+      --stats_.calls_allowed;
+      c.rec.allow = false;
+      c.rec.reason = "the decision could not be recorded: " + committed.error().message();
+      deny(c.id, c.rec, to_client);
+    }
+    to_server.append(held_, at, std::string::npos);
+  }
+  held_.clear();
+  held_calls_.clear();
 }
 
 void McpSession::handle_call(const json::object& msg, std::string_view line, std::string& to_server,
@@ -250,27 +274,38 @@ void McpSession::handle_call(const json::object& msg, std::string_view line, std
     token = std::move(*minted);
     rec.credential = true;
   }
+  uint64_t ticket = 0;
   if (sink_ != nullptr) {
-    if (auto r = sink_->record(rec); !r) {
+    auto staged = sink_->stage(rec);
+    if (!staged) {
       history.unlock();
       rec.allow = false;
-      rec.reason = "the decision could not be recorded: " + r.error().message();
+      rec.reason = "the decision could not be recorded: " + staged.error().message();
       deny(id, rec, to_client);
       return;
     }
+    ticket = *staged;
   }
   ++stats_.calls_allowed;
+  // Remembered now, before the record is durable: should the commit fail, the call is refused
+  // but still counts in the agent's history (windows and taint only grow stricter).
   history.remember(options_.server, tool, now, view.engine->output_sensitivity(options_.server, tool), args);
   history.unlock();
+  std::string& out = ticket != 0 || holding() ? held_ : to_server;
+  const size_t begin = out.size();
   if (!token) {
-    append_line(to_server, line);  // forwarded as sent
-    return;
+    append_line(out, line);  // forwarded as sent
+  } else {
+    json::object copy = msg;
+    json::value& meta = copy["params"].as_object()["_meta"];
+    if (!meta.is_object()) meta = json::object();
+    meta.as_object()["outpost/credential"] = *token;
+    append_value(out, copy);
   }
-  json::object copy = msg;
-  json::value& meta = copy["params"].as_object()["_meta"];
-  if (!meta.is_object()) meta = json::object();
-  meta.as_object()["outpost/credential"] = *token;
-  append_value(to_server, copy);
+  if (ticket != 0) {
+    held_calls_.push_back(HeldCall{begin, held_.size(), id, std::move(rec)});
+    held_ticket_ = std::max(held_ticket_, ticket);
+  }
 }
 
 void McpSession::deny(const json::value& id, DecisionRecord& rec, std::string& to_client) {

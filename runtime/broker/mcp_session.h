@@ -64,10 +64,26 @@ struct DecisionRecord {
 // An allowed call whose record cannot be written is denied instead: nothing goes out unrecorded.
 // A denial over the agent's deny budget is not recorded one by one: it is coalesced in the
 // session's SessionState, and the daemon writes the coalesced entries.
+//
+// An allowed call goes out only once its record is durable. A sink that commits in groups
+// says so by staging: stage() queues the record and returns a ticket, and commit(ticket)
+// returns once every record up to it is durable. The session holds the call (and whatever
+// the client sends after it) until then, so that the calls of one read share one commit and
+// the agent's flow lock is never held across an fdatasync.
 class DecisionSink {
  public:
   virtual ~DecisionSink() = default;
   virtual Result<void> record(const DecisionRecord& r) = 0;
+  // Queues an allowed call's record; 0 means it is recorded already (nothing to commit).
+  virtual Result<uint64_t> stage(const DecisionRecord& r) {
+    if (auto rec = record(r); !rec) return fail(rec.error());
+    return uint64_t{0};
+  }
+  // Returns once every record staged up to `ticket` is durable.
+  virtual Result<void> commit(uint64_t ticket) {
+    (void)ticket;
+    return {};
+  }
 };
 
 // The policy the session decides against, read at each call (a new bundle applies at once).
@@ -104,6 +120,13 @@ class McpSession {
   void from_server(std::string_view line, std::string& to_client);
   // A line longer than the transport's limit, cut off: answered as a parse error.
   void oversized_from_client(std::string& to_client);
+  // Whether allowed calls wait for their records' commit (then call release()).
+  bool holding() const { return held_ticket_ != 0; }
+  // Commits the records of the calls held since the last release (one commit for all of
+  // them) and appends the held lines to `to_server`; if the commit fails, each held call is
+  // answered as denied instead and only the other held lines go on. The relay calls it once
+  // per batch of client lines, before writing to the server.
+  void release(std::string& to_server, std::string& to_client);
 
   struct Stats {
     uint64_t calls_allowed = 0, calls_denied = 0, parse_errors = 0, server_parse_errors = 0, lists_filtered = 0;
@@ -125,6 +148,15 @@ class McpSession {
   std::shared_ptr<SessionState> state_;  // never null
   std::set<std::string> pending_lists_;  // serialized ids of tools/list requests in flight
   Stats stats_;
+  // Client lines held until held_ticket_ is durable, in order; each held call's place in them.
+  struct HeldCall {
+    size_t begin = 0, end = 0;
+    boost::json::value id;
+    DecisionRecord rec;
+  };
+  std::string held_;
+  std::vector<HeldCall> held_calls_;
+  uint64_t held_ticket_ = 0;
 };
 
 // Host and port of a URL ("https://h:8443/x" -> h, 8443; default ports by scheme); false when

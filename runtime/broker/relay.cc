@@ -130,6 +130,9 @@ RelayEnd run_relay(RelayFds& fds, McpSession& session, size_t max_line) {
       from_client.lines(
           max_line, [&](std::string_view line) { session.from_client(line, to_server.data, to_client.data); },
           [&] { session.oversized_from_client(to_client.data); });
+      // One commit for every call of this batch (the records are durable before the server
+      // sees the calls); calls that arrive during the fdatasync make up the next batch.
+      session.release(to_server.data, to_client.data);
     }
     if (!from_server.buf.empty() || from_server.eof) {
       from_server.lines(

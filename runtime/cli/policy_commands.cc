@@ -187,7 +187,7 @@ int bundle_build(const Args& args) {
   // The engine must accept what the compiler produced; check before anyone signs it.
   auto parsed = SignedBundle::parse(bundle);
   if (!parsed) return report(parsed.error().wrap("internal: the compiled bundle does not parse"));
-  auto engine = policy::Engine::build(parsed->bundle());
+  auto engine = policy::Engine::build(parsed->payload());
   if (!engine) return report(engine.error().wrap("internal: the compiled bundle does not load"));
   if (auto w = write_file_atomic((*vm)["out"].as<std::string>(), bundle); !w) return report(w.error());
   std::cout << "bundle v" << compiled->version << " written to " << (*vm)["out"].as<std::string>() << " ("
@@ -293,7 +293,7 @@ int bundle_verify(const Args& args) {
   auto root = read_trust((*vm)["trust"].as<std::string>());
   if (!root) return report(root.error());
   if (auto v = offline_cache::verify_bundle_signatures(*b, *root); !v) return report(v.error());
-  auto engine = policy::Engine::build(b->bundle());
+  auto engine = policy::Engine::build(b->payload());
   if (!engine) return report(engine.error().wrap("bundle does not load"));
   const int64_t now = unix_now();
   std::cout << "bundle v" << b->version() << ": signatures meet root v" << root->version << "'s threshold of "
@@ -437,7 +437,7 @@ Result<std::shared_ptr<const policy::Engine>> engine_of(const std::string& bundl
     OUTPOST_TRY(TrustRoot root, read_trust(*trust));
     OUTPOST_TRY_VOID(offline_cache::verify_bundle_signatures(b, root));
   }
-  return policy::Engine::build(b.bundle());
+  return policy::Engine::build(b.payload());
 }
 
 Result<policy::Mode> mode_of(const std::string& s) {
@@ -505,7 +505,7 @@ int decide(const Args& args) {
     auto store = store_of(*n);
     auto loaded = store.load(*n->tpm, n->root, unix_now());
     if (!loaded) return report(loaded.error());
-    auto e = policy::Engine::build(loaded->bundle.bundle());
+    auto e = policy::Engine::build(loaded->bundle.payload());
     if (!e) return report(e.error());
     engine = *e;
     if (!loaded->status.in_force) mode = loaded->status.safe_set ? policy::Mode::safe_set : policy::Mode::deny_all;

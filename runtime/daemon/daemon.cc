@@ -125,6 +125,12 @@ class CountingSink : public broker::DecisionSink {
     count_->fetch_add(1, std::memory_order_relaxed);
     return log_->record(r);
   }
+  Result<uint64_t> stage(const broker::DecisionRecord& r) override {
+    if (blocked_->load()) return fail(errc::unsupported, "the agent is paused: it wrote most of the audit log's budget");
+    count_->fetch_add(1, std::memory_order_relaxed);
+    return log_->stage(r);
+  }
+  Result<void> commit(uint64_t ticket) override { return log_->commit(ticket); }
 
  private:
   broker::DecisionSink* log_;
@@ -224,7 +230,10 @@ struct Daemon::Impl {
   // The policy in force, swapped whole.
   struct Policy {
     std::shared_ptr<const policy::Engine> engine;
-    std::optional<offline_cache::BundleStore::Installed> installed;
+    // Shared, never copied: the engine reads its strings from this bundle's buffer, and a
+    // Policy copied for a new mode keeps pointing at the same one.
+    std::shared_ptr<const offline_cache::BundleStore::Installed> installed;
+    offline_cache::BundleStatus status;  // the bundle's life as last evaluated
     policy::Mode mode = policy::Mode::deny_all;
     std::string reason;
   };
@@ -269,20 +278,20 @@ struct Daemon::Impl {
     return v;
   }
 
-  void set_policy(offline_cache::BundleStore::Installed installed) {
+  void set_policy(offline_cache::BundleStore::Installed bundle) {
     auto p = std::make_shared<Policy>();
-    auto engine = policy::Engine::build(installed.bundle.bundle());
+    auto installed = std::make_shared<const offline_cache::BundleStore::Installed>(std::move(bundle));
+    auto engine = policy::Engine::build(installed, installed->bundle.payload());
     if (!engine) {
-      OUTPOST_NOTE(error, "bundle v" + std::to_string(installed.state.version) + " does not load: " +
+      OUTPOST_NOTE(error, "bundle v" + std::to_string(installed->state.version) + " does not load: " +
                              engine.error().message() + "; denying every call");
       policy.store(p);
       return;
     }
     p->engine = std::move(*engine);
-    p->mode = installed.status.in_force ? policy::Mode::normal
-              : installed.status.safe_set ? policy::Mode::safe_set
-                                          : policy::Mode::deny_all;
-    p->reason = installed.status.reason;
+    p->status = installed->status;
+    p->mode = p->status.in_force ? policy::Mode::normal : p->status.safe_set ? policy::Mode::safe_set : policy::Mode::deny_all;
+    p->reason = p->status.reason;
     p->installed = std::move(installed);
     policy.store(p);
     // Compiling a large bundle leaves freed heap behind; give it back to the system so the
@@ -527,7 +536,7 @@ struct Daemon::Impl {
       auto q = std::make_shared<Policy>(*p);
       q->mode = mode;
       q->reason = status.reason;
-      q->installed->status = status;
+      q->status = status;
       policy.store(q);
     }
   }
@@ -1400,7 +1409,7 @@ json::object Daemon::Impl::handle(const json::object& req, const ucred& peer, bo
       o["sync"] = nullptr;
     }
     if (p->installed) {
-      const auto& s = p->installed->status;
+      const auto& s = p->status;
       o["bundle"] = json::object{{"version", p->installed->state.version},
                                  {"mode", p->mode == policy::Mode::normal ? "normal"
                                           : p->mode == policy::Mode::safe_set ? "safe_set" : "deny_all"},

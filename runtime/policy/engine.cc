@@ -4,8 +4,10 @@
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <cstring>
+#include <deque>
 #include <map>
 #include <mutex>
 
@@ -16,15 +18,53 @@ namespace outpost::policy {
 namespace {
 
 // ---- compiled forms ----
+//
+// Strings are read in place from the bundle buffer, which the engine keeps (Impl::owner):
+// a 10,000-rule bundle then costs its buffer plus the index, not a second copy of every name
+// and glob on the heap. Only strings the engine must change (a host to lower-case, a path
+// prefix to normalize, an escaped JSON pointer token) are copied, into Impl::arena.
+
+std::string_view str(const flatbuffers::String* s) { return s ? std::string_view(s->data(), s->size()) : std::string_view(); }
+
+using FbStrings = flatbuffers::Vector<flatbuffers::Offset<flatbuffers::String>>;
+
+// A list of strings in the bundle buffer; empty when the field is absent.
+class StrList {
+ public:
+  StrList() = default;
+  explicit StrList(const FbStrings* v) : v_(v != nullptr && v->size() > 0 ? v : nullptr) {}
+  bool empty() const { return v_ == nullptr; }
+  size_t size() const { return v_ == nullptr ? 0 : v_->size(); }
+  std::string_view operator[](size_t i) const { return str(v_->Get(static_cast<flatbuffers::uoffset_t>(i))); }
+  struct iterator {
+    const StrList* list;
+    size_t i;
+    std::string_view operator*() const { return (*list)[i]; }
+    iterator& operator++() {
+      ++i;
+      return *this;
+    }
+    bool operator!=(const iterator& o) const { return i != o.i; }
+  };
+  iterator begin() const { return {this, 0}; }
+  iterator end() const { return {this, size()}; }
+
+ private:
+  const FbStrings* v_ = nullptr;
+};
+
+// Where the few strings that cannot be read in place live (stable addresses).
+using Arena = std::deque<std::string>;
+std::string_view keep(Arena& arena, std::string s) { return arena.emplace_back(std::move(s)); }
 
 struct PointerToken {
-  std::string key;
+  std::string_view key;  // in the bundle, or in the arena when it had escapes
   int64_t index = -1;  // the token read as an array index, or -1
 };
 using Pointer = std::vector<PointerToken>;
 
 struct Dest {
-  std::string host;  // lower-case glob; empty when the destination is a CIDR
+  std::string_view host;  // lower-case glob; empty when the destination is a CIDR
   bool has_cidr = false;
   Cidr cidr;
   std::vector<uint16_t> ports;
@@ -33,8 +73,9 @@ struct Dest {
 struct Arg {
   Pointer pointer;
   fb::ArgOp op = fb::ArgOp::Prefix;
-  std::vector<std::string> values;
-  std::vector<double> numbers;  // `values` read as numbers (NaN when not one), for OneOf
+  StrList values;
+  std::vector<double> numbers;         // OneOf: `values` read as numbers (NaN when not one)
+  std::vector<std::string_view> paths; // PathPrefix: `values` normalized
   double min = 0, max = 0;
   uint32_t max_length = 0;
   bool optional = false;
@@ -47,9 +88,9 @@ struct Window {
 };
 
 struct Rule {
-  std::string id, reason;
+  std::string_view id, reason;
   bool allow = false, shadow = false;
-  std::vector<std::string> agents, tools, tasks;
+  StrList agents, tools, tasks;
   std::vector<Arg> args;
   std::vector<Dest> dests;
   bool within_clearance = false;
@@ -62,21 +103,21 @@ struct Rule {
 };
 
 struct Flow {
-  std::string id, reason;
+  std::string_view id, reason;
   fb::FlowKind kind = fb::FlowKind::Taint;
-  std::vector<std::string> agents, tools;
+  StrList agents, tools;
   uint8_t min_sensitivity = 0;
   std::vector<Dest> trusted;
-  std::string approval_tool;
+  std::string_view approval_tool;
   uint32_t window = 0, max_count = 0;
   double max_total = 0;
   Pointer total_pointer;
 };
 
 struct EgressRule {
-  std::string id, reason;
+  std::string_view id, reason;
   bool allow = false, shadow = false;
-  std::vector<std::string> agents, tasks;
+  StrList agents, tasks;
   fb::EgressKind kind = fb::EgressKind::Api;
   std::vector<Dest> dests;
   bool within_clearance = false;
@@ -87,20 +128,21 @@ struct EgressRule {
   uint32_t rate_count = 0, rate_window = 0;
   uint64_t budget_bytes = 0;
   uint32_t budget_window = 0;
-  std::string inject_header, inject_secret, inject_prefix;
+  std::string_view inject_header, inject_secret, inject_prefix;
 };
 
 struct Tool {
-  std::string server, name, full;  // full = "server/name"
+  std::string_view server, name;
+  std::string full;  // "server/name"
   uint8_t output_sensitivity = 0;
   std::vector<Dest> dests;
 };
 
 struct Agent {
-  std::string name;
+  std::string_view name;
   uint8_t clearance = 0;
   uint32_t ttl = 0;
-  std::vector<std::string> tool_globs;
+  StrList tool_globs;
   bool revoked = false;
 };
 
@@ -113,25 +155,14 @@ struct RuleSet {
 
 // ---- small helpers, none allocating ----
 
-std::string_view str(const flatbuffers::String* s) { return s ? std::string_view(s->data(), s->size()) : std::string_view(); }
-
-template <class V>
-std::vector<std::string> strings(const V* v) {
-  std::vector<std::string> out;
-  if (v != nullptr) {
-    for (const auto* s : *v) out.emplace_back(s->str());
-  }
-  return out;
-}
-
-bool any_glob(const std::vector<std::string>& globs, std::string_view text) {
-  for (const auto& g : globs) {
+bool any_glob(const StrList& globs, std::string_view text) {
+  for (std::string_view g : globs) {
     if (glob_match(g, text)) return true;
   }
   return false;
 }
 // An empty list means "any".
-bool any_glob_or_empty(const std::vector<std::string>& globs, std::string_view text) {
+bool any_glob_or_empty(const StrList& globs, std::string_view text) {
   return globs.empty() || any_glob(globs, text);
 }
 
@@ -168,7 +199,8 @@ struct LowerHost {
   }
 };
 
-Result<Pointer> parse_pointer(std::string_view p) {
+// `p` lies in the bundle buffer; tokens are views into it unless they had escapes.
+Result<Pointer> parse_pointer(std::string_view p, Arena& arena) {
   Pointer out;
   if (p.empty()) return out;
   if (p[0] != '/') return fail(errc::invalid_argument, "JSON pointer \"" + std::string(p) + "\" does not start with '/'");
@@ -177,20 +209,28 @@ Result<Pointer> parse_pointer(std::string_view p) {
     size_t next = p.find('/', i);
     std::string_view raw = p.substr(i, next == std::string_view::npos ? std::string_view::npos : next - i);
     PointerToken t;
-    for (size_t k = 0; k < raw.size(); ++k) {
-      if (raw[k] == '~') {
-        if (k + 1 >= raw.size() || (raw[k + 1] != '0' && raw[k + 1] != '1')) {
-          return fail(errc::invalid_argument, "JSON pointer \"" + std::string(p) + "\" has a bad '~' escape");
+    if (raw.find('~') == std::string_view::npos) {
+      t.key = raw;
+    } else {
+      std::string key;
+      for (size_t k = 0; k < raw.size(); ++k) {
+        if (raw[k] == '~') {
+          if (k + 1 >= raw.size() || (raw[k + 1] != '0' && raw[k + 1] != '1')) {
+            return fail(errc::invalid_argument, "JSON pointer \"" + std::string(p) + "\" has a bad '~' escape");
+          }
+          key.push_back(raw[k + 1] == '0' ? '~' : '/');
+          ++k;
+        } else {
+          key.push_back(raw[k]);
         }
-        t.key.push_back(raw[k + 1] == '0' ? '~' : '/');
-        ++k;
-      } else {
-        t.key.push_back(raw[k]);
       }
+      t.key = keep(arena, std::move(key));
     }
     if (!t.key.empty() && t.key.size() < 10 && std::all_of(t.key.begin(), t.key.end(), [](char c) { return c >= '0' && c <= '9'; }) &&
         (t.key.size() == 1 || t.key[0] != '0')) {
-      t.index = std::stoll(t.key);
+      int64_t index = 0;
+      std::from_chars(t.key.data(), t.key.data() + t.key.size(), index);
+      t.index = index;
     }
     out.push_back(std::move(t));
     if (next == std::string_view::npos) break;
@@ -244,14 +284,14 @@ bool arg_holds(const Arg& a, const boost::json::value* args) {
   std::string_view s(v->get_string().data(), v->get_string().size());
   switch (a.op) {
     case fb::ArgOp::Prefix:
-      for (const auto& p : a.values) {
+      for (std::string_view p : a.values) {
         if (s.substr(0, p.size()) == p) return true;
       }
       return false;
     case fb::ArgOp::Glob: return any_glob(a.values, s);
     case fb::ArgOp::Regex: return a.regex && re2::RE2::FullMatch(s, *a.regex);
     case fb::ArgOp::OneOf:
-      for (const auto& p : a.values) {
+      for (std::string_view p : a.values) {
         if (s == p) return true;
       }
       return false;
@@ -260,7 +300,7 @@ bool arg_holds(const Arg& a, const boost::json::value* args) {
       PathBuffer buf;
       auto norm = normalize_path(s, buf);
       if (!norm) return false;
-      for (const auto& p : a.values) {
+      for (std::string_view p : a.paths) {
         if (path_under(*norm, p)) return true;
       }
       return false;
@@ -311,7 +351,7 @@ bool conditions_hold(const Rule& r, const Request& req, const Agent& agent) {
   return true;
 }
 
-Result<std::vector<Dest>> compile_dests(const flatbuffers::Vector<flatbuffers::Offset<fb::Destination>>* v) {
+Result<std::vector<Dest>> compile_dests(const flatbuffers::Vector<flatbuffers::Offset<fb::Destination>>* v, Arena& arena) {
   std::vector<Dest> out;
   if (v == nullptr) return out;
   for (const fb::Destination* d : *v) {
@@ -322,8 +362,13 @@ Result<std::vector<Dest>> compile_dests(const flatbuffers::Vector<flatbuffers::O
       c.has_cidr = true;
       c.cidr = *cidr;
     } else {
-      c.host = d->host() ? d->host()->str() : "*";
-      for (char& ch : c.host) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+      c.host = d->host() != nullptr ? str(d->host()) : std::string_view("*");
+      // The compiler stores hosts lower-cased; a bundle from elsewhere may not.
+      if (std::any_of(c.host.begin(), c.host.end(), [](char ch) { return ch >= 'A' && ch <= 'Z'; })) {
+        std::string lower(c.host);
+        for (char& ch : lower) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+        c.host = keep(arena, std::move(lower));
+      }
     }
     if (d->ports() != nullptr) c.ports.assign(d->ports()->begin(), d->ports()->end());
     out.push_back(std::move(c));
@@ -334,19 +379,19 @@ Result<std::vector<Dest>> compile_dests(const flatbuffers::Vector<flatbuffers::O
 // Compiled RE2 patterns by source text: bundles repeat a few patterns over many rules.
 using RegexCache = std::map<std::string, std::shared_ptr<const re2::RE2>, std::less<>>;
 
-Result<Rule> compile_rule(const fb::Rule& r, RegexCache& regexes) {
+Result<Rule> compile_rule(const fb::Rule& r, RegexCache& regexes, Arena& arena) {
   Rule c;
   c.id = str(r.id());
   c.reason = str(r.reason());
   c.allow = r.effect() == fb::Effect::Allow;
   c.shadow = r.shadow();
-  c.agents = strings(r.agents());
-  c.tools = strings(r.tools());
-  c.tasks = strings(r.tasks());
+  c.agents = StrList(r.agents());
+  c.tools = StrList(r.tools());
+  c.tasks = StrList(r.tasks());
   c.within_clearance = r.within_clearance();
   c.max_sensitivity = r.max_sensitivity();
   c.ttl = r.credential_ttl();
-  OUTPOST_TRY(c.dests, compile_dests(r.destinations()));
+  OUTPOST_TRY(c.dests, compile_dests(r.destinations(), arena));
   if (r.time_windows() != nullptr) {
     for (const fb::TimeWindow* w : *r.time_windows()) c.windows.push_back(Window{w->days(), w->start_minute(), w->end_minute()});
   }
@@ -359,38 +404,44 @@ Result<Rule> compile_rule(const fb::Rule& r, RegexCache& regexes) {
   if (r.args() != nullptr) {
     for (const fb::ArgConstraint* a : *r.args()) {
       Arg arg;
-      Result<Pointer> p = parse_pointer(str(a->pointer()));
-      if (!p) return fail(p.error().wrap("rule " + c.id));
+      Result<Pointer> p = parse_pointer(str(a->pointer()), arena);
+      if (!p) return fail(p.error().wrap("rule " + std::string(c.id)));
       arg.pointer = std::move(*p);
       arg.op = a->op();
-      arg.values = strings(a->values());
+      arg.values = StrList(a->values());
       arg.min = a->min();
       arg.max = a->max();
       arg.max_length = a->max_length();
       arg.optional = a->optional();
-      for (const auto& v : arg.values) {
-        char* end = nullptr;
-        double d = std::strtod(v.c_str(), &end);
-        arg.numbers.push_back(end != v.c_str() && *end == '\0' ? d : std::nan(""));
+      if (arg.op == fb::ArgOp::OneOf) {
+        for (std::string_view v : arg.values) {
+          std::string text(v);
+          char* end = nullptr;
+          double d = std::strtod(text.c_str(), &end);
+          arg.numbers.push_back(end != text.c_str() && *end == '\0' ? d : std::nan(""));
+        }
       }
       if (arg.op == fb::ArgOp::Regex) {
-        if (arg.values.empty()) return fail(errc::corrupt, "rule " + c.id + ": regex constraint without a pattern");
+        if (arg.values.empty()) return fail(errc::corrupt, "rule " + std::string(c.id) + ": regex constraint without a pattern");
         auto cached = regexes.find(arg.values[0]);
         if (cached == regexes.end()) {
           re2::RE2::Options opts;
           opts.set_log_errors(false);
-          auto re = std::make_shared<const re2::RE2>(arg.values[0], opts);
-          if (!re->ok()) return fail(errc::corrupt, "rule " + c.id + ": bad RE2 pattern: " + re->error());
-          cached = regexes.emplace(arg.values[0], std::move(re)).first;
+          std::string pattern(arg.values[0]);
+          auto re = std::make_shared<const re2::RE2>(pattern, opts);
+          if (!re->ok()) return fail(errc::corrupt, "rule " + std::string(c.id) + ": bad RE2 pattern: " + re->error());
+          cached = regexes.emplace(std::move(pattern), std::move(re)).first;
         }
         arg.regex = cached->second;
       }
       if (arg.op == fb::ArgOp::PathPrefix) {
-        for (auto& v : arg.values) {
+        for (std::string_view v : arg.values) {
           PathBuffer buf;
           auto norm = normalize_path(v, buf);
-          if (!norm) return fail(errc::corrupt, "rule " + c.id + ": path prefix \"" + v + "\" is not an absolute path");
-          v = std::string(*norm);
+          if (!norm) {
+            return fail(errc::corrupt, "rule " + std::string(c.id) + ": path prefix \"" + std::string(v) + "\" is not an absolute path");
+          }
+          arg.paths.push_back(*norm == v ? v : keep(arena, std::string(*norm)));
         }
       }
       c.args.push_back(std::move(arg));
@@ -404,6 +455,10 @@ Result<Rule> compile_rule(const fb::Rule& r, RegexCache& regexes) {
 // ---- the compiled policy ----
 
 struct Engine::Impl {
+  // The bundle buffer every string_view and StrList below points into, kept alive here.
+  std::shared_ptr<const void> owner;
+  Bytes copy;    // the buffer, when build() was given bytes to copy
+  Arena arena;   // strings the engine had to change
   uint64_t version = 0;
   std::vector<Agent> agents;
   std::vector<Tool> tools;
@@ -436,13 +491,13 @@ struct Engine::Impl {
 
   // Agents (or tools) a glob list selects; literal names are looked up, not scanned, so
   // building the index costs O(rules) for bundles of exact names.
-  void select_agents(const std::vector<std::string>& globs, std::vector<uint32_t>& out) const {
+  void select_agents(const StrList& globs, std::vector<uint32_t>& out) const {
     out.clear();
     if (globs.empty()) {
       for (uint32_t a = 0; a < agents.size(); ++a) out.push_back(a);
       return;
     }
-    for (const auto& g : globs) {
+    for (std::string_view g : globs) {
       if (glob_is_literal(g)) {
         if (int64_t a = find_agent(g); a >= 0) out.push_back(static_cast<uint32_t>(a));
       } else {
@@ -454,16 +509,16 @@ struct Engine::Impl {
     std::sort(out.begin(), out.end());
     out.erase(std::unique(out.begin(), out.end()), out.end());
   }
-  void select_tools(const std::vector<std::string>& globs, std::vector<uint32_t>& out) const {
+  void select_tools(const StrList& globs, std::vector<uint32_t>& out) const {
     out.clear();
     if (globs.empty()) {
       for (uint32_t t = 0; t < tools.size(); ++t) out.push_back(t);
       return;
     }
-    for (const auto& g : globs) {
+    for (std::string_view g : globs) {
       size_t slash = g.find('/');
-      if (glob_is_literal(g) && slash != std::string::npos) {
-        if (int64_t t = find_tool(std::string_view(g).substr(0, slash), std::string_view(g).substr(slash + 1)); t >= 0) {
+      if (glob_is_literal(g) && slash != std::string_view::npos) {
+        if (int64_t t = find_tool(g.substr(0, slash), g.substr(slash + 1)); t >= 0) {
           out.push_back(static_cast<uint32_t>(t));
         }
       } else {
@@ -715,18 +770,30 @@ uint8_t Engine::output_sensitivity(std::string_view server, std::string_view too
 uint64_t Engine::version() const { return impl_->version; }
 size_t Engine::rule_count() const { return impl_->normal.rules.size(); }
 
-Result<std::shared_ptr<const Engine>> Engine::build(const fb::Bundle& b) {
+Result<std::shared_ptr<const Engine>> Engine::build(ByteView payload) {
+  auto copy = std::make_shared<Bytes>(payload.begin(), payload.end());
+  ByteView view(*copy);
+  return build(std::move(copy), view);
+}
+
+Result<std::shared_ptr<const Engine>> Engine::build(std::shared_ptr<const void> owner, ByteView payload) {
+  if (payload.size() < sizeof(flatbuffers::uoffset_t)) return fail(errc::corrupt, "bundle payload is empty");
   std::shared_ptr<Engine> p(new Engine());
   Impl& m = *p->impl_;
+  m.owner = std::move(owner);
+  const fb::Bundle& b = *flatbuffers::GetRoot<fb::Bundle>(payload.data());
   m.version = b.version();
-  std::vector<std::string> revoked = strings(b.revoked_agents());
+  std::vector<std::string_view> revoked;
+  if (b.revoked_agents() != nullptr) {
+    for (const auto* r : *b.revoked_agents()) revoked.push_back(str(r));
+  }
   if (b.agents() != nullptr) {
     for (const fb::Agent* a : *b.agents()) {
       Agent c;
       c.name = str(a->name());
       c.clearance = a->clearance();
       c.ttl = a->credential_ttl();
-      c.tool_globs = strings(a->tools());
+      c.tool_globs = StrList(a->tools());
       c.revoked = std::find(revoked.begin(), revoked.end(), c.name) != revoked.end();
       m.agents.push_back(std::move(c));
     }
@@ -736,9 +803,9 @@ Result<std::shared_ptr<const Engine>> Engine::build(const fb::Bundle& b) {
       Tool c;
       c.server = str(t->server());
       c.name = str(t->name());
-      c.full = c.server + "/" + c.name;
+      c.full = std::string(c.server) + "/" + std::string(c.name);
       c.output_sensitivity = t->output_sensitivity();
-      OUTPOST_TRY(c.dests, compile_dests(t->destinations()));
+      OUTPOST_TRY(c.dests, compile_dests(t->destinations(), m.arena));
       m.tools.push_back(std::move(c));
     }
   }
@@ -747,7 +814,7 @@ Result<std::shared_ptr<const Engine>> Engine::build(const fb::Bundle& b) {
             [&](uint32_t x, uint32_t y) { return m.agents[x].name < m.agents[y].name; });
   for (size_t i = 1; i < m.agents_by_name.size(); ++i) {
     if (m.agents[m.agents_by_name[i]].name == m.agents[m.agents_by_name[i - 1]].name) {
-      return fail(errc::corrupt, "bundle declares agent \"" + m.agents[m.agents_by_name[i]].name + "\" twice");
+      return fail(errc::corrupt, "bundle declares agent \"" + std::string(m.agents[m.agents_by_name[i]].name) + "\" twice");
     }
   }
   for (uint32_t i = 0; i < m.tools.size(); ++i) m.tools_by_name.push_back(i);
@@ -767,13 +834,13 @@ Result<std::shared_ptr<const Engine>> Engine::build(const fb::Bundle& b) {
   if (b.rules() != nullptr) {
     m.normal.rules.reserve(b.rules()->size());
     for (const fb::Rule* r : *b.rules()) {
-      OUTPOST_TRY(Rule c, compile_rule(*r, regexes));
+      OUTPOST_TRY(Rule c, compile_rule(*r, regexes, m.arena));
       m.normal.rules.push_back(std::move(c));
     }
   }
   if (b.safe_set() != nullptr) {
     for (const fb::Rule* r : *b.safe_set()) {
-      OUTPOST_TRY(Rule c, compile_rule(*r, regexes));
+      OUTPOST_TRY(Rule c, compile_rule(*r, regexes, m.arena));
       m.safe.rules.push_back(std::move(c));
     }
   }
@@ -783,16 +850,16 @@ Result<std::shared_ptr<const Engine>> Engine::build(const fb::Bundle& b) {
       c.id = str(f->id());
       c.reason = str(f->reason());
       c.kind = f->kind();
-      c.agents = strings(f->agents());
-      c.tools = strings(f->tools());
+      c.agents = StrList(f->agents());
+      c.tools = StrList(f->tools());
       c.min_sensitivity = f->min_sensitivity();
-      OUTPOST_TRY(c.trusted, compile_dests(f->trusted()));
+      OUTPOST_TRY(c.trusted, compile_dests(f->trusted(), m.arena));
       c.approval_tool = str(f->approval_tool());
       c.window = f->window();
       c.max_count = f->max_count();
       c.max_total = f->max_total();
-      Result<Pointer> ptr = parse_pointer(str(f->total_pointer()));
-      if (!ptr) return fail(ptr.error().wrap("flow rule " + c.id));
+      Result<Pointer> ptr = parse_pointer(str(f->total_pointer()), m.arena);
+      if (!ptr) return fail(ptr.error().wrap("flow rule " + std::string(c.id)));
       c.total_pointer = std::move(*ptr);
       m.flows.push_back(std::move(c));
     }
@@ -804,10 +871,10 @@ Result<std::shared_ptr<const Engine>> Engine::build(const fb::Bundle& b) {
       c.reason = str(r->reason());
       c.allow = r->effect() == fb::Effect::Allow;
       c.shadow = r->shadow();
-      c.agents = strings(r->agents());
-      c.tasks = strings(r->tasks());
+      c.agents = StrList(r->agents());
+      c.tasks = StrList(r->tasks());
       c.kind = r->kind();
-      OUTPOST_TRY(c.dests, compile_dests(r->destinations()));
+      OUTPOST_TRY(c.dests, compile_dests(r->destinations(), m.arena));
       c.within_clearance = r->within_clearance();
       c.max_sensitivity = r->max_sensitivity();
       if (r->time_windows() != nullptr) {
@@ -824,7 +891,7 @@ Result<std::shared_ptr<const Engine>> Engine::build(const fb::Bundle& b) {
         c.budget_window = r->budget()->window();
       }
       if (r->inject() != nullptr && r->inject()->secret() != nullptr) {
-        c.inject_header = r->inject()->header() ? r->inject()->header()->str() : "Authorization";
+        c.inject_header = r->inject()->header() != nullptr ? str(r->inject()->header()) : std::string_view("Authorization");
         c.inject_secret = str(r->inject()->secret());
         c.inject_prefix = str(r->inject()->prefix());
       }
@@ -1016,15 +1083,15 @@ bool Engine::has_egress(std::string_view agent) const {
 }
 
 std::string Engine::egress_rule_id(int32_t index) const {
-  return index >= 0 && static_cast<size_t>(index) < impl_->egress.size() ? impl_->egress[static_cast<size_t>(index)].id : "?";
+  return index >= 0 && static_cast<size_t>(index) < impl_->egress.size() ? std::string(impl_->egress[static_cast<size_t>(index)].id) : "?";
 }
 std::string Engine::flow_rule_id(int32_t index) const {
-  return index >= 0 && static_cast<size_t>(index) < impl_->flows.size() ? impl_->flows[static_cast<size_t>(index)].id : "?";
+  return index >= 0 && static_cast<size_t>(index) < impl_->flows.size() ? std::string(impl_->flows[static_cast<size_t>(index)].id) : "?";
 }
 
 std::string Engine::explain_egress(const EgressDecision& d, const EgressRequest& req) const {
-  auto with_reason = [](const std::string& id, const std::string& reason) {
-    return reason.empty() ? id : id + " (" + reason + ")";
+  auto with_reason = [](std::string_view id, std::string_view reason) {
+    return reason.empty() ? std::string(id) : std::string(id) + " (" + std::string(reason) + ")";
   };
   std::string dest = std::string(req.host) + ":" + std::to_string(req.port);
   if (!req.address.empty() && req.address != req.host) dest += " (" + std::string(req.address) + ")";
@@ -1060,7 +1127,7 @@ std::string Engine::explain_egress(const EgressDecision& d, const EgressRequest&
     case Verdict::bundle_not_in_force: out = "the policy bundle is not in force: deny all"; break;
     default: out = std::string(verdict_name(d.verdict)); break;
   }
-  for (uint8_t i = 0; i < d.shadow_count; ++i) out += "; shadow egress rule " + impl_->egress[d.shadow[i]].id + " matched";
+  for (uint8_t i = 0; i < d.shadow_count; ++i) out += "; shadow egress rule " + std::string(impl_->egress[d.shadow[i]].id) + " matched";
   return out;
 }
 
@@ -1074,10 +1141,10 @@ Decision Engine::decide_unindexed(const Request& req, Mode mode, RateLimiter* ra
 std::string Engine::rule_id(const Decision& d, uint32_t index) const {
   if (index >= kFlowBase) {
     uint32_t f = index - kFlowBase;
-    return f < impl_->flows.size() ? impl_->flows[f].id : "?";
+    return f < impl_->flows.size() ? std::string(impl_->flows[f].id) : "?";
   }
   const RuleSet& set = d.mode == Mode::safe_set ? impl_->safe : impl_->normal;
-  return index < set.rules.size() ? set.rules[index].id : "?";
+  return index < set.rules.size() ? std::string(set.rules[index].id) : "?";
 }
 
 std::string_view verdict_name(Verdict v) {
@@ -1099,12 +1166,11 @@ std::string_view verdict_name(Verdict v) {
 std::string Engine::explain(const Decision& d, const Request& req) const {
   const RuleSet& set = d.mode == Mode::safe_set ? impl_->safe : impl_->normal;
   auto id_of = [&](uint32_t i) -> std::string {
-    if (i >= kFlowBase) return impl_->flows[i - kFlowBase].id;
-    return set.rules[i].id;
+    return std::string(i >= kFlowBase ? impl_->flows[i - kFlowBase].id : set.rules[i].id);
   };
   auto reason_of = [&](uint32_t i) -> std::string {
-    const std::string& r = i >= kFlowBase ? impl_->flows[i - kFlowBase].reason : set.rules[i].reason;
-    return r.empty() ? std::string() : " (" + r + ")";
+    std::string_view r = i >= kFlowBase ? impl_->flows[i - kFlowBase].reason : set.rules[i].reason;
+    return r.empty() ? std::string() : " (" + std::string(r) + ")";
   };
   std::string call = std::string(req.agent) + " -> " + std::string(req.server) + "/" + std::string(req.tool);
   std::string out;

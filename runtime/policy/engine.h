@@ -24,6 +24,7 @@
 
 #include <boost/json/value.hpp>
 
+#include "outpost/base/bytes.h"
 #include "outpost/base/result.h"
 #include "outpost/fb/bundle_generated.h"
 
@@ -132,8 +133,12 @@ class RateLimiter;
 
 class Engine {
  public:
-  // Compiles a verified bundle. Copies what it needs: the bundle buffer may go away.
-  static Result<std::shared_ptr<const Engine>> build(const fb::Bundle& bundle);
+  // Compiles a bundle payload (the Bundle FlatBuffer) that has passed the FlatBuffers
+  // verifier (SignedBundle::parse runs it). Names, globs and reasons are read in place from
+  // the buffer, never copied: the engine keeps `owner` alive, which must own `payload`'s bytes.
+  static Result<std::shared_ptr<const Engine>> build(std::shared_ptr<const void> owner, ByteView payload);
+  // The same over a copy of `payload` the engine owns.
+  static Result<std::shared_ptr<const Engine>> build(ByteView payload);
   ~Engine();
 
   // The decision for `req`. `rates` keeps rate-limit counts between calls (may be null: rate

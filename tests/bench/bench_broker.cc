@@ -27,7 +27,7 @@ rules:
 std::shared_ptr<const policy::Engine> engine() {
   static auto e = [] {
     auto compiled = policy::compile_policy(kPolicy, "bench.yaml", policy::CompileOptions{});
-    return *policy::Engine::build(*flatbuffers::GetRoot<fb::Bundle>(compiled->payload.data()));
+    return *policy::Engine::build(compiled->payload);
   }();
   return e;
 }

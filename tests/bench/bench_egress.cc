@@ -184,7 +184,7 @@ struct Rig {
                              "]}, {cidr: 127.0.0.1/32, ports: [" + e + ", " + s + "]}, {cidr: 10.213.0.2/32, ports: [" + f + "]}]\n";
     auto compiled = policy::compile_policy(yaml, "bench.yaml", {});
     if (!compiled) std::abort();
-    engine = *policy::Engine::build(*flatbuffers::GetRoot<fb::Bundle>(compiled->payload.data()));
+    engine = *policy::Engine::build(compiled->payload);
     egress::ProxyHooks h;
     h.policy = [this] { return broker::PolicyView{engine, policy::Mode::normal, 0}; };
     h.record = [](const egress::EgressRecord&) -> Result<void> { return {}; };

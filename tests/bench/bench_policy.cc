@@ -155,7 +155,7 @@ Fixture& fixture(int unrelated) {
   if (it != cache.end()) return it->second;
   Fixture f;
   f.payload = make_bundle(kRelatedRules, unrelated);
-  f.policy = *Engine::build(*flatbuffers::GetRoot<fbt::Bundle>(f.payload.data()));
+  f.policy = *Engine::build(f.payload);
   for (const char* a : {R"({"path":"/srv/data/x/report.csv"})", R"({"path":"/srv/data/private/../y","ref":"abc1234"})",
                         R"({"path":"/etc/passwd"})", R"({"path":"/srv/data/a/b/c/d","ref":"deadbeef"})"}) {
     f.args.push_back(boost::json::parse(a));
@@ -224,7 +224,7 @@ void BM_verify_and_load(benchmark::State& state) {
   for (auto _ : state) {
     auto b = offline_cache::SignedBundle::parse(signed_bytes);
     if (!b || !offline_cache::verify_bundle_signatures(*b, *root)) state.SkipWithError("verify failed");
-    auto p = Engine::build(b->bundle());
+    auto p = Engine::build(b->payload());
     if (!p) state.SkipWithError("build failed");
     benchmark::DoNotOptimize(p);
   }

@@ -19,7 +19,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   auto b = offline_cache::SignedBundle::parse(Bytes(data, data + size));
   if (!b) return 0;
   (void)offline_cache::verify_bundle_signatures(*b, root);
-  auto engine = policy::Engine::build(b->bundle());
+  auto engine = policy::Engine::build(b->payload());
   if (!engine) return 0;
   static const boost::json::value args = boost::json::parse(R"({"path":"/srv/workspace/a","n":3})");
   policy::SessionEvent history[] = {{"secrets", "read_secret", 0, 2, &args}};

@@ -42,7 +42,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static const std::shared_ptr<const policy::Engine> engine = [] {
     auto compiled = policy::compile_policy(kPolicy, "fuzz.yaml", policy::CompileOptions{});
     if (!compiled) __builtin_trap();
-    auto e = policy::Engine::build(*flatbuffers::GetRoot<fb::Bundle>(compiled->payload.data()));
+    auto e = policy::Engine::build(compiled->payload);
     if (!e) __builtin_trap();
     return *e;
   }();

@@ -43,7 +43,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     b.flow_rules.push_back(std::move(flow));
     flatbuffers::FlatBufferBuilder fbb;
     fbb.Finish(fb::Bundle::Pack(fbb, &b));
-    return *policy::Engine::build(*flatbuffers::GetRoot<fb::Bundle>(fbb.GetBufferPointer()));
+    return *policy::Engine::build(ByteView(fbb.GetBufferPointer(), fbb.GetSize()));
   }();
   boost::system::error_code ec;
   boost::json::value v = boost::json::parse(std::string_view(reinterpret_cast<const char*>(data), size), ec);

@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <catch2/catch.hpp>
+#include <sstream>
 #include <chrono>
 #include <thread>
 
@@ -101,7 +102,7 @@ flow_rules:
 std::shared_ptr<const policy::Engine> compile_engine(const char* source) {
   auto compiled = policy::compile_policy(source, "test.yaml", policy::CompileOptions{});
   REQUIRE(compiled);
-  auto e = policy::Engine::build(*flatbuffers::GetRoot<fb::Bundle>(compiled->payload.data()));
+  auto e = policy::Engine::build(compiled->payload);
   REQUIRE(e);
   return *e;
 }
@@ -722,4 +723,80 @@ TEST_CASE("broker connections of one agent on two threads share its state withou
   CHECK(state->denies_coalesced() == 2 * kCalls - kLimit - 10);
   CHECK(drained == state->denies_coalesced());
   CHECK(sinks[0].records.size() + sinks[1].records.size() == kLimit + 2 * (kCalls / 10) + 10);
+}
+
+TEST_CASE("pipelined allowed calls wait for one commit of their records before they go out", "[broker]") {
+  outpost::testing::TempDir dir;
+  auto log = broker::AuditDecisionLog::open(dir / "audit" / "log", offline_cache::AuditLogOptions{});
+  REQUIRE(log);
+  broker::McpSession s({"coder", "build", "fs", 4096}, [] { return broker::PolicyView{engine(), policy::Mode::normal, 4102444800}; },
+                       log->get(), nullptr, [] { return int64_t{1800000000}; });
+  std::string to_server, to_client, expected;
+  const uint64_t commits_before = (*log)->log().commits();
+  for (int i = 0; i < 16; ++i) {
+    std::string line = R"({"jsonrpc":"2.0","id":)" + std::to_string(i) +
+                       R"(,"method":"tools/call","params":{"name":"read_file","arguments":{"path":"/ws/a"}}})";
+    s.from_client(line, to_server, to_client);
+    expected += line + "\n";
+    if (i == 7) {  // a notification between calls keeps its place
+      std::string note = R"({"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1,"progress":1}})";
+      s.from_client(note, to_server, to_client);
+      expected += note + "\n";
+    }
+  }
+  CHECK(to_server.empty());  // nothing reaches the server before the commit
+  CHECK(s.holding());
+  s.release(to_server, to_client);
+  CHECK_FALSE(s.holding());
+  CHECK(to_server == expected);
+  CHECK(to_client.empty());
+  CHECK((*log)->log().durable_seq() == (*log)->log().last_seq());
+  // One commit for the batch; the committer may have written part of it on its own first.
+  CHECK((*log)->log().commits() - commits_before <= 2);
+  CHECK(s.stats().calls_allowed == 16);
+}
+
+TEST_CASE("held calls whose commit fails are answered as denied; the other held lines still go", "[broker]") {
+  struct StagingSink : Sink {
+    uint64_t next = 0;
+    bool commit_fails = true;
+    Result<uint64_t> stage(const broker::DecisionRecord& r) override {
+      records.push_back(r);
+      return ++next;
+    }
+    Result<void> commit(uint64_t) override {
+      if (commit_fails) return fail(make_error_code(errc::io), "write audit: No space left on device");
+      return ok();
+    }
+  } sink;
+  auto s = session(sink);
+  std::string to_server, to_client;
+  s.from_client(call_line("read_file", R"({"path":"/ws/a"})"), to_server, to_client);
+  std::string note = R"({"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":9}})";
+  s.from_client(note, to_server, to_client);
+  s.from_client(R"({"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"read_file","arguments":{"path":"/ws/b"}}})",
+                to_server, to_client);
+  CHECK(to_server.empty());
+  s.release(to_server, to_client);
+  CHECK(to_server == note + "\n");
+  std::istringstream answers(to_client);
+  std::string line;
+  std::vector<json::value> replies;
+  while (std::getline(answers, line)) replies.push_back(json::parse(line));
+  REQUIRE(replies.size() == 2);
+  CHECK(replies[0].at("id") == 1);
+  CHECK(replies[1].at("id") == 2);
+  for (const auto& r : replies) {
+    CHECK(r.at("result").at("isError") == true);
+    CHECK(text_of(r.at("result").at("content").at(0).at("text")).find("could not be recorded: write audit: No space left") !=
+          std::string::npos);
+  }
+  CHECK(s.stats().calls_allowed == 0);
+  CHECK(s.stats().calls_denied == 2);
+  // With the commit working again the next call goes out after its release.
+  sink.commit_fails = false;
+  to_server.clear();
+  s.from_client(call_line("read_file", R"({"path":"/ws/c"})"), to_server, to_client);
+  s.release(to_server, to_client);
+  CHECK(to_server == call_line("read_file", R"({"path":"/ws/c"})") + "\n");
 }

@@ -69,7 +69,7 @@ Compiled build(const std::string& yaml) {
   INFO((r ? "" : r.error().message()));
   REQUIRE(r);
   Compiled c{std::move(*r), nullptr};
-  auto e = Engine::build(*flatbuffers::GetRoot<fb::Bundle>(c.policy.payload.data()));
+  auto e = Engine::build(c.policy.payload);
   REQUIRE(e);
   c.engine = *e;
   return c;

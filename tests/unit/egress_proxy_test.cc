@@ -171,7 +171,7 @@ egress:
 )";
     auto compiled = policy::compile_policy(yaml, "p.yaml", {});
     REQUIRE(compiled);
-    auto e = policy::Engine::build(*flatbuffers::GetRoot<fb::Bundle>(compiled->payload.data()));
+    auto e = policy::Engine::build(compiled->payload);
     REQUIRE(e);
     engine = *e;
     egress::ProxyHooks h;
@@ -365,7 +365,7 @@ flow_rules:
   - {id: no-exfiltration, kind: taint, min_sensitivity: confidential, trusted: [{host: "*.corp.example"}]}
 )", "p.yaml", {});
   REQUIRE(compiled);
-  h.engine = *policy::Engine::build(*flatbuffers::GetRoot<fb::Bundle>(compiled->payload.data()));
+  h.engine = *policy::Engine::build(compiled->payload);
   int c = connect_loopback(h.port);
   send_all(c, "CONNECT localhost:" + p1 + " HTTP/1.1\r\n\r\n");
   read_until(c, "\r\n\r\n");

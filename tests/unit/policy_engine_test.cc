@@ -63,7 +63,7 @@ struct BundleBuilder {
     flatbuffers::FlatBufferBuilder fbb;
     fbb.Finish(fbt::Bundle::Pack(fbb, &b));
     buf.assign(fbb.GetBufferPointer(), fbb.GetBufferPointer() + fbb.GetSize());
-    auto p = Engine::build(*flatbuffers::GetRoot<fbt::Bundle>(buf.data()));
+    auto p = Engine::build(buf);
     INFO((p ? std::string() : p.error().message()));
     REQUIRE(p.has_value());
     return *p;

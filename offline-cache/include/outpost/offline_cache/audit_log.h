@@ -8,9 +8,14 @@
 // next record's prev_hash.
 //
 // Durability: append() queues a record and gives it its sequence number at once (the chain is
-// built in memory, in order); a committer thread writes whatever is queued in one write and
-// one fdatasync, so records arriving during a sync ride the next one (group commit).
-// wait_durable(seq) returns once seq is on disk: only then is a record acknowledged.
+// built in memory, in order) and wakes a committer thread, which writes whatever is queued in
+// one write and one fdatasync. wait_durable(seq) returns once seq is on disk: only then is a
+// record acknowledged. A writer that waits does not hand its record to the committer and wait
+// to be woken: if no write is in flight it writes the queue itself, and if one is, it waits
+// for it and the first waiter left writes everything queued meanwhile in the next one (group
+// commit as in LevelDB's write path: concurrent writers share one fdatasync, and the thread
+// that needs the record pays no thread hop). stage() queues without waking the committer, for
+// a writer about to wait; the committer still writes what is staged after kStagedInterval.
 //
 // Recovery (open): every segment is read and checked frame by frame and link by link. In the
 // last segment a tail that is not a whole, valid frame and is followed by no valid frame is a
@@ -74,6 +79,8 @@ inline constexpr uint32_t kAuditFrameMagic = 0x5241504f;  // "OPAR"
 inline constexpr uint32_t kMaxAuditRecordBytes = 1u << 20;
 // A checkpoint's head is at most this many records before it (the verifier keeps that many hashes).
 inline constexpr uint64_t kCheckpointWindow = 65536;
+// Staged records nobody waits for are written by the committer after at most this long.
+inline constexpr std::chrono::milliseconds kStagedInterval{50};
 
 // One segment's bytes, frame by frame. Stops at the first frame that does not check.
 struct SegmentParse {
@@ -116,7 +123,10 @@ class AuditLog {
   // Queues `e` and returns its sequence number. Refused (nothing queued) when the disk budget
   // is reached or the last write failed; the error says which.
   Result<uint64_t> append(AuditEntry e);
-  // Blocks until every record up to `seq` is durable, or returns the write error.
+  // As append(), for a caller that calls wait_durable() next: the committer is not woken.
+  Result<uint64_t> stage(AuditEntry e);
+  // Blocks until every record up to `seq` is durable, or returns the write error. Writes the
+  // queue on this thread when no other write is in flight.
   Result<void> wait_durable(uint64_t seq);
   Result<uint64_t> append_durable(AuditEntry e);
 
@@ -130,6 +140,8 @@ class AuditLog {
                                      const attestation::SignedAttestation& quote, Bytes pcrs);
 
   uint64_t durable_seq() const;
+  // Batches written (one write and one fdatasync each) since open.
+  uint64_t commits() const;
   uint64_t last_seq() const;
   uint64_t disk_bytes() const;
   // Empty when appends are accepted; else why not (budget reached, write failing).
@@ -146,6 +158,7 @@ class AuditLog {
   Result<void> recover();
   Result<void> open_segment(uint64_t first_seq);
   void commit_loop();
+  bool commit_locked(std::unique_lock<std::mutex>& lock);
   Result<void> write_batch(const std::vector<std::pair<uint64_t, Bytes>>& frames, size_t* durable, bool* fatal);
   Result<uint64_t> append_locked(AuditEntry& e);
 
@@ -164,6 +177,9 @@ class AuditLog {
   std::string write_error_;
   bool broken_ = false;  // a failed fdatasync/ftruncate: refuse until reopened
   bool stop_ = false;
+  bool committing_ = false;  // a batch is being written (by the committer or a waiting writer)
+  bool wake_ = false;        // append() queued records for the committer
+  uint64_t commits_ = 0;
 
   // Segment state: only the committer touches these after open.
   int fd_ = -1;
