@@ -4,7 +4,9 @@
 #   direct   the client spawns the server itself
 #   pump     a plain byte-pump proxy in between (tests/bench/pump.cc: two pipes, poll, no parsing)
 #   outpost  the client is an agent launched by outpostd and runs `outpost mcp connect everything`
-# then outpostd's RSS with 10 agents running and a 10,000-rule bundle installed.
+# then outpostd's RSS with 10 agents running and a 10,000-rule bundle installed. After the
+# latency table, outpostd's own account of each outpost run (the relay's per-stage times from
+# the connection's mcp_disconnect audit record, per call).
 # outpost runs twice per round: with durable decisions (the default: each call's record is
 # fdatasync'ed before the call reaches the server) and with them queued (durable_decisions:
 # false). Ends with a table of the medians over the rounds.
@@ -13,7 +15,9 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 calls=${1:-2000}
 rounds=${2:-3}
-"$root/scripts/setup.sh" >/dev/null
+# BENCH_PROFILE=1: also perf record over outpostd during each outpost run (kept in
+# build/bench-mcp-profile; read with perf report -i build/bench-mcp-profile/LABEL.perf.data).
+if [[ -n ${BENCH_PROFILE:-} ]]; then "$root/scripts/setup.sh" linux-perf >/dev/null; else "$root/scripts/setup.sh" >/dev/null; fi
 mkdir -p "$root/build"
 "$root/scripts/build.sh" "$root/build" >/dev/null
 outpost=$root/build/runtime/outpost
@@ -33,6 +37,10 @@ stop_daemon() {
 }
 cleanup() {
   stop_daemon
+  if [[ -d $work/profile ]]; then
+    rm -rf "$root/build/bench-mcp-profile"
+    cp -r "$work/profile" "$root/build/bench-mcp-profile"
+  fi
   "$root/scripts/swtpm.sh" stop "$work/tpm" >/dev/null
   rm -rf "$work"
 }
@@ -42,6 +50,7 @@ set -a
 . "$work/tpm/swtpm.env"
 set +a
 state=$work/state
+[[ -z ${BENCH_PROFILE:-} ]] || mkdir -p "$work/profile"
 sock=$work/outpostd.sock
 
 # A bundle with the bench agent's rule among 10,000 others (20 agents x 50 tools of filler).
@@ -100,11 +109,33 @@ mcp_servers:
   everything: {command: $node, args: ["$everything", stdio]}
 YAML
   "$outpost" agent deploy "$work/bench.yaml" >/dev/null
+  local recorder=
+  if [[ -n ${BENCH_PROFILE:-} ]]; then
+    # Where the CPU of outpostd and of what it starts (relay threads, the MCP server) goes
+    # over this agent's run. Wall time per stage is the relay's own account, below.
+    perf record -q -g -p "$daemon_pid" -o "$work/profile/$1.perf.data" 2>/dev/null &
+    recorder=$!
+  fi
   for _ in $(seq 600); do
     "$outpost" agent list --json | grep -q '"name":"bench","state":"stopped"' && break
     sleep 0.2
   done
+  if [[ -n $recorder ]]; then
+    kill -INT "$recorder"
+    wait "$recorder" 2>/dev/null || true
+  fi
   "$outpost" agent logs bench --bytes 100000 | grep "\"label\":\"$1\"" | tail -1
+  # outpostd's own account of where the connection's time went (its mcp_disconnect record).
+  local record=
+  for _ in $(seq 50); do
+    record=$("$outpost" audit tail -n 5 --json --state "$state" | grep '"event":"mcp_disconnect"' | tail -1 || true)
+    [[ -n $record && $record != "${last_disconnect:-}" ]] && break
+    sleep 0.1
+  done
+  last_disconnect=$record
+  echo "$record" | node -e 'const r = JSON.parse(require("fs").readFileSync(0, "utf8")); console.log(JSON.stringify({label: process.argv[1], calls: r.detail.allowed, timing: r.detail.timing}));' "$1" >>"$work/timing.jsonl"
+  # Undeployed, or the next outpostd would bring it back (and run the benchmark again).
+  "$outpost" agent stop bench >/dev/null
 }
 
 echo "# MCP tools/call latency, SDK client -> server-everything echo, $calls calls per run"
@@ -118,7 +149,7 @@ for r in $(seq "$rounds"); do
   bench_agent outpost-queued | tee -a "$results"
 done
 # One row per setup: the median over the rounds of each figure, and its range.
-node - "$results" <<'JS'
+node - "$results" "$work/timing.jsonl" <<'JS'
 const fs = require('node:fs');
 const rows = fs.readFileSync(process.argv[2], 'utf8').trim().split('\n').map((l) => JSON.parse(l));
 const med = (xs) => { const s = [...xs].sort((a, b) => a - b); return s[Math.floor((s.length - 1) / 2)]; };
@@ -132,6 +163,19 @@ for (const label of ['direct', 'pump', 'outpost-durable', 'outpost-queued']) {
 }
 const p50 = (label) => med(rows.filter((x) => x.label === label).map((x) => x.p50_us));
 console.log(`# over the pump at p50: durable +${Math.round(p50('outpost-durable') - p50('pump'))} µs, queued +${Math.round(p50('outpost-queued') - p50('pump'))} µs`);
+// outpostd's relay, per call: the sums of its mcp_disconnect record over the calls of the run
+// (sequential and pipelined together), medians over the rounds.
+const timing = fs.readFileSync(process.argv[3], 'utf8').trim().split('\n').filter(Boolean).map((l) => JSON.parse(l));
+const stages = ['read', 'decide', 'commit', 'forward', 'response', 'return'];
+console.log('| relay, µs per call | ' + stages.join(' | ') + ' | calls per batch |');
+console.log('| --- |' + ' --- |'.repeat(stages.length + 1));
+for (const label of ['outpost-durable', 'outpost-queued']) {
+  const r = timing.filter((x) => x.label === label && x.calls > 0);
+  if (r.length === 0) continue;
+  const cells = stages.map((s) => med(r.map((x) => x.timing[`${s}_us`] / x.calls)).toFixed(1));
+  cells.push(med(r.map((x) => x.calls / x.timing.client_batches)).toFixed(2));
+  console.log(`| ${label} | ${cells.join(' | ')} |`);
+}
 JS
 
 echo "# outpostd memory: 10 more agents running, 10,000-rule bundle in force"

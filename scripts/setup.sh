@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages outpost needs to build, run and test, and only those
 # that are missing. Safe to run again; the README's two commands call it first.
+#   setup.sh [EXTRA_PACKAGE...]
 set -euo pipefail
 
 packages=(
@@ -22,6 +23,8 @@ packages=(
   libseccomp-dev  # the agent sandbox's syscall filter (runtime/sandbox)
   systemd file dpkg-dev  # tests/install: systemd-analyze, -sysusers, -tmpfiles; CPack DEB's dpkg-shlibdeps
 )
+# Extra packages a caller needs for itself (scripts/bench-mcp.sh's profile: linux-perf).
+packages+=("$@")
 # The end-to-end peers (the official MCP SDK and reference servers) run on Node.js; Debian's
 # packages only when the machine has no node and npm of its own.
 command -v node >/dev/null 2>&1 || packages+=(nodejs)

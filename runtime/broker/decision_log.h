@@ -2,7 +2,9 @@
 // and every lifecycle event becomes a chained, group-committed record. By default a decision is
 // recorded durably (fdatasync'ed) before record() returns, or, staged, before commit() returns,
 // so the call it allows goes out only once its record would survive power loss; lifecycle
-// events are queued and ride the next commit.
+// events are queued and ride the next commit. With durable_decisions off, decisions are staged
+// without waking the committer (no thread hop on a call's path) and reach the disk within
+// kStagedInterval (50 ms) or with the next commit, whichever comes first.
 // Denials over an agent's deny budget arrive coalesced (SessionState::take_coalesced) and are
 // queued the same way: their calls were answered already, nothing waits on them.
 #pragma once
@@ -26,7 +28,7 @@ class AuditDecisionLog : public DecisionSink {
                                                         bool durable_decisions = true);
   Result<void> record(const DecisionRecord& r) override;
   // With durable decisions: queued, ticket = its sequence number, durable after commit().
-  // Without: queued for the committer, ticket 0.
+  // Without: queued for the committer, which writes it within kStagedInterval; ticket 0.
   Result<uint64_t> stage(const DecisionRecord& r) override;
   Result<void> commit(uint64_t ticket) override;
   // Denials coalesced over the deny budget: one decision record of event "denials_coalesced"

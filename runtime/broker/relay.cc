@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <memory>
 
@@ -113,9 +114,16 @@ bool fill(int fd, Inbox& in) {
   }
 }
 
+uint64_t now_ns() {
+  return static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count());
+}
+
 }  // namespace
 
-RelayEnd run_relay(RelayFds& fds, McpSession& session, size_t max_line) {
+RelayEnd run_relay(RelayFds& fds, McpSession& session, size_t max_line, RelayTiming* timing) {
+  RelayTiming unused;
+  RelayTiming& t = timing != nullptr ? *timing : unused;
   set_nonblocking(fds.client_in);
   set_nonblocking(fds.client_out);
   set_nonblocking(fds.server_in);
@@ -126,26 +134,45 @@ RelayEnd run_relay(RelayFds& fds, McpSession& session, size_t max_line) {
 
   for (;;) {
     // Work first: cut lines, decide, write what can be written.
+    uint64_t t0 = now_ns();
     if (!from_client.buf.empty() || from_client.eof) {
+      ++t.client_batches;
       from_client.lines(
           max_line, [&](std::string_view line) { session.from_client(line, to_server.data, to_client.data); },
           [&] { session.oversized_from_client(to_client.data); });
+      const uint64_t t1 = now_ns();
+      t.decide_ns += t1 - t0;
       // One commit for every call of this batch (the records are durable before the server
       // sees the calls); calls that arrive during the fdatasync make up the next batch.
       session.release(to_server.data, to_client.data);
+      t0 = now_ns();
+      t.commit_ns += t0 - t1;
     }
     if (!from_server.buf.empty() || from_server.eof) {
+      ++t.server_batches;
       from_server.lines(
           max_line * 4, [&](std::string_view line) { session.from_server(line, to_client.data); },
           [&] { OUTPOST_NOTE(warn, "broker: dropped an over-long line from the server"); });
+      const uint64_t t1 = now_ns();
+      t.response_ns += t1 - t0;
+      t0 = t1;
     }
-    if (fds.server_in >= 0 && !to_server.flush(fds.server_in)) {
-      // The server closed its stdin or died; what it still prints is read below.
-      to_server = Outbox{};
-      ::close(fds.server_in);
-      fds.server_in = -1;
+    if (to_server.pending() > 0 && fds.server_in >= 0) {
+      const bool ok = to_server.flush(fds.server_in);
+      const uint64_t t1 = now_ns();
+      t.forward_ns += t1 - t0;
+      t0 = t1;
+      if (!ok) {
+        // The server closed its stdin or died; what it still prints is read below.
+        to_server = Outbox{};
+        ::close(fds.server_in);
+        fds.server_in = -1;
+      }
     }
-    if (!client_gone && !to_client.flush(fds.client_out)) client_gone = true;
+    if (!client_gone && to_client.pending() > 0) {
+      if (!to_client.flush(fds.client_out)) client_gone = true;
+      t.return_ns += now_ns() - t0;
+    }
     if (client_gone) to_client = Outbox{};  // nothing more can reach the agent: drop it
     // The client's EOF reaches the server once everything before it has.
     if (from_client.eof && fds.server_in >= 0 && to_server.pending() == 0) {
@@ -175,8 +202,10 @@ RelayEnd run_relay(RelayFds& fds, McpSession& session, size_t max_line) {
       ssize_t k = ::recv(fds.control, &c, 1, MSG_DONTWAIT | MSG_PEEK);
       if (k == 0 || (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) return RelayEnd::control_closed;
     }
+    const uint64_t r0 = now_ns();
     if (ic >= 0 && p[ic].revents != 0) fill(fds.client_in, from_client);
     if (is >= 0 && p[is].revents != 0) fill(fds.server_out, from_server);
+    t.read_ns += now_ns() - r0;
     (void)oc;
     (void)os;
   }

@@ -24,9 +24,22 @@ struct RelayFds {
 
 enum class RelayEnd { finished, control_closed, woken, io_error };
 
+// Where a relay's time went, summed over its batches (a batch: the lines one wake-up read).
+// Clock reads are vDSO calls, a few tens of nanoseconds each: always on.
+struct RelayTiming {
+  uint64_t client_batches = 0, server_batches = 0;
+  uint64_t read_ns = 0;          // read(2) of both directions
+  uint64_t decide_ns = 0;        // client lines cut, parsed, decided, records staged
+  uint64_t commit_ns = 0;        // waiting for the batch's records to be durable
+  uint64_t forward_ns = 0;       // write(2) of the batch to the server
+  uint64_t response_ns = 0;      // server lines cut and parsed (lists filtered)
+  uint64_t return_ns = 0;        // write(2) to the client
+};
+
 // Runs until both directions are done (the client's EOF was passed on and the server's output
 // ended), or `control`/`wake` say stop. Leaves the fds open except server_in, which it closes
 // when the client's EOF has been forwarded (and sets to -1 in `fds`).
-RelayEnd run_relay(RelayFds& fds, McpSession& session, size_t max_line);
+// `timing`, when given, receives where the time went.
+RelayEnd run_relay(RelayFds& fds, McpSession& session, size_t max_line, RelayTiming* timing = nullptr);
 
 }  // namespace outpost::broker

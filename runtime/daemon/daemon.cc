@@ -102,6 +102,15 @@ int terminate_and_reap(pid_t pid, int pidfd, int grace_ms) {
 
 json::object error_reply(const std::string& text) { return json::object{{"ok", false}, {"error", text}}; }
 
+// A relay's time per stage, in microseconds summed over the connection (mcp_disconnect).
+json::object timing_json(const broker::RelayTiming& t) {
+  auto us = [](uint64_t ns) { return ns / 1000; };
+  return json::object{{"client_batches", t.client_batches}, {"server_batches", t.server_batches},
+                      {"read_us", us(t.read_ns)},           {"decide_us", us(t.decide_ns)},
+                      {"commit_us", us(t.commit_ns)},       {"forward_us", us(t.forward_ns)},
+                      {"response_us", us(t.response_ns)},   {"return_us", us(t.return_ns)}};
+}
+
 std::string str(const json::object& o, std::string_view key) {
   auto it = o.find(key);
   return it != o.end() && it->value().is_string() ? std::string(it->value().get_string()) : std::string();
@@ -1595,7 +1604,8 @@ void Daemon::Impl::serve_mcp(int fd, const json::object& req, const std::string&
   broker::McpSession session(broker::McpSession::Options{agent_name, task, server_name, 4096, flow},
                              [this] { return view(); }, &sink, minter);
   broker::RelayFds rf{fds[0], fds[1], in_pipe[1], out_pipe[0], fd, wake};
-  broker::RelayEnd end = broker::run_relay(rf, session, config.max_line_bytes);
+  broker::RelayTiming timing;
+  broker::RelayEnd end = broker::run_relay(rf, session, config.max_line_bytes, &timing);
   if (rf.server_in >= 0) ::close(rf.server_in);  // EOF to the server: the MCP stdio shutdown
   int status = terminate_and_reap(child->pid, child->pidfd.get(), 2000);
   ::close(out_pipe[0]);
@@ -1606,10 +1616,14 @@ void Daemon::Impl::serve_mcp(int fd, const json::object& req, const std::string&
     connections.erase(id);
   }
   write_coalesced(agent_name, task, *flow, *audit_records);
+  // The connection's buffers are freed; give the pages back (off any call's path: the agent
+  // is gone from this connection), or a burst of large calls stays resident for good.
+  malloc_trim(0);
   const auto& st = session.stats();
   (void)log->record_event("mcp_disconnect", {{"agent", agent_name}, {"server", server_name}, {"status", status},
                                              {"allowed", st.calls_allowed}, {"denied", st.calls_denied},
                                              {"parse_errors", st.parse_errors},
+                                             {"timing", timing_json(timing)},
                                              {"end", end == broker::RelayEnd::finished ? "finished"
                                                      : end == broker::RelayEnd::woken ? "stopped by outpostd"
                                                      : end == broker::RelayEnd::control_closed ? "client gone" : "io error"}});

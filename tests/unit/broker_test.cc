@@ -680,6 +680,28 @@ TEST_CASE("coalesced denials become one audit record that counts as denies", "[b
   CHECK(json::parse(records[0].detail).at("time") == d.at("time"));
 }
 
+TEST_CASE("queued decisions let a call go out at once and still reach the disk unasked", "[broker]") {
+  outpost::testing::TempDir dir;
+  auto log = broker::AuditDecisionLog::open(dir / "audit" / "log", offline_cache::AuditLogOptions{}, false);
+  REQUIRE(log);
+  auto s = connection(**log, std::make_shared<broker::SessionState>(), "fs", engine());
+  CHECK(goes_out(s, "read_file", R"({"path":"/ws/a.txt"})"));  // no release() needed: nothing held
+  CHECK_FALSE(s.holding());
+  CHECK((*log)->records() == 1);
+  // Nobody waits and nobody woke the committer: its interval writes the record. The bound is
+  // only so that a committer that never writes fails the test instead of hanging it.
+  size_t seen = 0;
+  for (int i = 0; i < 500 && seen == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    seen = 0;
+    REQUIRE(offline_cache::read_audit_log(dir / "audit" / "log", 0, [&](const offline_cache::AuditRecord&) {
+      ++seen;
+      return true;
+    }));
+  }
+  CHECK(seen == 1);
+}
+
 TEST_CASE("broker connections of one agent on two threads share its state without a race", "[broker]") {
   auto e = flow_engine();
   const auto t0 = std::chrono::steady_clock::time_point{};
