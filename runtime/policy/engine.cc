@@ -9,7 +9,10 @@
 #include <cstring>
 #include <deque>
 #include <map>
+#include <memory_resource>
 #include <mutex>
+#include <span>
+#include <type_traits>
 
 #include "match.h"
 #include "outpost/base/errors.h"
@@ -23,6 +26,12 @@ namespace {
 // a 10,000-rule bundle then costs its buffer plus the index, not a second copy of every name
 // and glob on the heap. Only strings the engine must change (a host to lower-case, a path
 // prefix to normalize, an escaped JSON pointer token) are copied, into Impl::arena.
+//
+// The compiled forms are flat: what a rule holds a list of (arguments, destinations, windows,
+// pointer tokens, ports) lives in the arena's pool, packed end to end, and the rule holds a
+// span. Nothing in them has a destructor, so the pool is released whole with the engine; a
+// 10,000-rule bundle costs a few hundred bytes a rule instead of a vector's bookkeeping and a
+// heap block for each list (docs/benchmarks.md: outpostd's memory).
 
 std::string_view str(const flatbuffers::String* s) { return s ? std::string_view(s->data(), s->size()) : std::string_view(); }
 
@@ -53,33 +62,47 @@ class StrList {
   const FbStrings* v_ = nullptr;
 };
 
-// Where the few strings that cannot be read in place live (stable addresses).
-using Arena = std::deque<std::string>;
-std::string_view keep(Arena& arena, std::string s) { return arena.emplace_back(std::move(s)); }
+// Where the few strings that cannot be read in place live (stable addresses), and the pool
+// the compiled lists are packed into.
+struct Arena {
+  std::deque<std::string> strings;
+  std::pmr::monotonic_buffer_resource pool{64 << 10};
+};
+std::string_view keep(Arena& arena, std::string s) { return arena.strings.emplace_back(std::move(s)); }
+
+// Moves `v` into the pool: the span stays valid for the engine's life.
+template <class T>
+std::span<const T> pack(Arena& arena, std::vector<T>& v) {
+  static_assert(std::is_trivially_destructible_v<T>, "packed forms are released without destructors");
+  if (v.empty()) return {};
+  T* out = static_cast<T*>(arena.pool.allocate(v.size() * sizeof(T), alignof(T)));
+  std::uninitialized_move(v.begin(), v.end(), out);
+  return {out, v.size()};
+}
 
 struct PointerToken {
   std::string_view key;  // in the bundle, or in the arena when it had escapes
   int64_t index = -1;  // the token read as an array index, or -1
 };
-using Pointer = std::vector<PointerToken>;
+using Pointer = std::span<const PointerToken>;
 
 struct Dest {
   std::string_view host;  // lower-case glob; empty when the destination is a CIDR
   bool has_cidr = false;
   Cidr cidr;
-  std::vector<uint16_t> ports;
+  std::span<const uint16_t> ports;
 };
 
 struct Arg {
   Pointer pointer;
   fb::ArgOp op = fb::ArgOp::Prefix;
   StrList values;
-  std::vector<double> numbers;         // OneOf: `values` read as numbers (NaN when not one)
-  std::vector<std::string_view> paths; // PathPrefix: `values` normalized
+  std::span<const double> numbers;            // OneOf: `values` read as numbers (NaN when not one)
+  std::span<const std::string_view> paths;    // PathPrefix: `values` normalized
   double min = 0, max = 0;
   uint32_t max_length = 0;
   bool optional = false;
-  std::shared_ptr<const re2::RE2> regex;  // shared by every rule with the same pattern
+  const re2::RE2* regex = nullptr;  // in Impl::regexes, shared by every rule with the same pattern
 };
 
 struct Window {
@@ -91,11 +114,11 @@ struct Rule {
   std::string_view id, reason;
   bool allow = false, shadow = false;
   StrList agents, tools, tasks;
-  std::vector<Arg> args;
-  std::vector<Dest> dests;
+  std::span<const Arg> args;
+  std::span<const Dest> dests;
   bool within_clearance = false;
   uint8_t max_sensitivity = 255;
-  std::vector<Window> windows;
+  std::span<const Window> windows;
   bool has_rate = false;
   fb::RateScope rate_scope = fb::RateScope::Agent;
   uint32_t rate_count = 0, rate_window = 0;
@@ -107,7 +130,7 @@ struct Flow {
   fb::FlowKind kind = fb::FlowKind::Taint;
   StrList agents, tools;
   uint8_t min_sensitivity = 0;
-  std::vector<Dest> trusted;
+  std::span<const Dest> trusted;
   std::string_view approval_tool;
   uint32_t window = 0, max_count = 0;
   double max_total = 0;
@@ -119,10 +142,10 @@ struct EgressRule {
   bool allow = false, shadow = false;
   StrList agents, tasks;
   fb::EgressKind kind = fb::EgressKind::Api;
-  std::vector<Dest> dests;
+  std::span<const Dest> dests;
   bool within_clearance = false;
   uint8_t max_sensitivity = 255;
-  std::vector<Window> windows;
+  std::span<const Window> windows;
   bool has_rate = false;
   fb::RateScope rate_scope = fb::RateScope::Agent;
   uint32_t rate_count = 0, rate_window = 0;
@@ -135,7 +158,7 @@ struct Tool {
   std::string_view server, name;
   std::string full;  // "server/name"
   uint8_t output_sensitivity = 0;
-  std::vector<Dest> dests;
+  std::span<const Dest> dests;
 };
 
 struct Agent {
@@ -201,8 +224,8 @@ struct LowerHost {
 
 // `p` lies in the bundle buffer; tokens are views into it unless they had escapes.
 Result<Pointer> parse_pointer(std::string_view p, Arena& arena) {
-  Pointer out;
-  if (p.empty()) return out;
+  std::vector<PointerToken> out;
+  if (p.empty()) return Pointer();
   if (p[0] != '/') return fail(errc::invalid_argument, "JSON pointer \"" + std::string(p) + "\" does not start with '/'");
   size_t i = 1;
   for (;;) {
@@ -236,7 +259,7 @@ Result<Pointer> parse_pointer(std::string_view p, Arena& arena) {
     if (next == std::string_view::npos) break;
     i = next + 1;
   }
-  return out;
+  return pack(arena, out);
 }
 
 const boost::json::value* resolve(const boost::json::value* v, const Pointer& p) {
@@ -316,7 +339,7 @@ bool dest_matches(const Dest& d, std::string_view lower_host, uint16_t port) {
   return glob_match(d.host, lower_host);
 }
 
-bool any_dest(const std::vector<Dest>& ds, std::string_view host, uint16_t port) {
+bool any_dest(std::span<const Dest> ds, std::string_view host, uint16_t port) {
   LowerHost h(host);
   if (!h.ok) return false;
   for (const auto& d : ds) {
@@ -351,9 +374,15 @@ bool conditions_hold(const Rule& r, const Request& req, const Agent& agent) {
   return true;
 }
 
-Result<std::vector<Dest>> compile_dests(const flatbuffers::Vector<flatbuffers::Offset<fb::Destination>>* v, Arena& arena) {
+std::span<const Window> compile_windows(const flatbuffers::Vector<flatbuffers::Offset<fb::TimeWindow>>& v, Arena& arena) {
+  std::vector<Window> out;
+  for (const fb::TimeWindow* w : v) out.push_back(Window{w->days(), w->start_minute(), w->end_minute()});
+  return pack(arena, out);
+}
+
+Result<std::span<const Dest>> compile_dests(const flatbuffers::Vector<flatbuffers::Offset<fb::Destination>>* v, Arena& arena) {
   std::vector<Dest> out;
-  if (v == nullptr) return out;
+  if (v == nullptr) return std::span<const Dest>();
   for (const fb::Destination* d : *v) {
     Dest c;
     if (d->cidr() != nullptr && d->cidr()->size() > 0) {
@@ -370,14 +399,17 @@ Result<std::vector<Dest>> compile_dests(const flatbuffers::Vector<flatbuffers::O
         c.host = keep(arena, std::move(lower));
       }
     }
-    if (d->ports() != nullptr) c.ports.assign(d->ports()->begin(), d->ports()->end());
+    if (d->ports() != nullptr) {
+      std::vector<uint16_t> ports(d->ports()->begin(), d->ports()->end());
+      c.ports = pack(arena, ports);
+    }
     out.push_back(std::move(c));
   }
-  return out;
+  return pack(arena, out);
 }
 
 // Compiled RE2 patterns by source text: bundles repeat a few patterns over many rules.
-using RegexCache = std::map<std::string, std::shared_ptr<const re2::RE2>, std::less<>>;
+using RegexCache = std::map<std::string, std::unique_ptr<const re2::RE2>, std::less<>>;
 
 Result<Rule> compile_rule(const fb::Rule& r, RegexCache& regexes, Arena& arena) {
   Rule c;
@@ -393,7 +425,7 @@ Result<Rule> compile_rule(const fb::Rule& r, RegexCache& regexes, Arena& arena) 
   c.ttl = r.credential_ttl();
   OUTPOST_TRY(c.dests, compile_dests(r.destinations(), arena));
   if (r.time_windows() != nullptr) {
-    for (const fb::TimeWindow* w : *r.time_windows()) c.windows.push_back(Window{w->days(), w->start_minute(), w->end_minute()});
+    c.windows = compile_windows(*r.time_windows(), arena);
   }
   if (r.rate() != nullptr && r.rate()->count() > 0 && r.rate()->window() > 0) {
     c.has_rate = true;
@@ -402,6 +434,7 @@ Result<Rule> compile_rule(const fb::Rule& r, RegexCache& regexes, Arena& arena) 
     c.rate_window = r.rate()->window();
   }
   if (r.args() != nullptr) {
+    std::vector<Arg> args;
     for (const fb::ArgConstraint* a : *r.args()) {
       Arg arg;
       Result<Pointer> p = parse_pointer(str(a->pointer()), arena);
@@ -414,12 +447,14 @@ Result<Rule> compile_rule(const fb::Rule& r, RegexCache& regexes, Arena& arena) 
       arg.max_length = a->max_length();
       arg.optional = a->optional();
       if (arg.op == fb::ArgOp::OneOf) {
+        std::vector<double> numbers;
         for (std::string_view v : arg.values) {
           std::string text(v);
           char* end = nullptr;
           double d = std::strtod(text.c_str(), &end);
-          arg.numbers.push_back(end != text.c_str() && *end == '\0' ? d : std::nan(""));
+          numbers.push_back(end != text.c_str() && *end == '\0' ? d : std::nan(""));
         }
+        arg.numbers = pack(arena, numbers);
       }
       if (arg.op == fb::ArgOp::Regex) {
         if (arg.values.empty()) return fail(errc::corrupt, "rule " + std::string(c.id) + ": regex constraint without a pattern");
@@ -428,24 +463,27 @@ Result<Rule> compile_rule(const fb::Rule& r, RegexCache& regexes, Arena& arena) 
           re2::RE2::Options opts;
           opts.set_log_errors(false);
           std::string pattern(arg.values[0]);
-          auto re = std::make_shared<const re2::RE2>(pattern, opts);
+          auto re = std::make_unique<const re2::RE2>(pattern, opts);
           if (!re->ok()) return fail(errc::corrupt, "rule " + std::string(c.id) + ": bad RE2 pattern: " + re->error());
           cached = regexes.emplace(std::move(pattern), std::move(re)).first;
         }
-        arg.regex = cached->second;
+        arg.regex = cached->second.get();
       }
       if (arg.op == fb::ArgOp::PathPrefix) {
+        std::vector<std::string_view> paths;
         for (std::string_view v : arg.values) {
           PathBuffer buf;
           auto norm = normalize_path(v, buf);
           if (!norm) {
             return fail(errc::corrupt, "rule " + std::string(c.id) + ": path prefix \"" + std::string(v) + "\" is not an absolute path");
           }
-          arg.paths.push_back(*norm == v ? v : keep(arena, std::string(*norm)));
+          paths.push_back(*norm == v ? v : keep(arena, std::string(*norm)));
         }
+        arg.paths = pack(arena, paths);
       }
-      c.args.push_back(std::move(arg));
+      args.push_back(arg);
     }
+    c.args = pack(arena, args);
   }
   return c;
 }
@@ -458,7 +496,8 @@ struct Engine::Impl {
   // The bundle buffer every string_view and StrList below points into, kept alive here.
   std::shared_ptr<const void> owner;
   Bytes copy;    // the buffer, when build() was given bytes to copy
-  Arena arena;   // strings the engine had to change
+  Arena arena;   // strings the engine had to change, and the packed lists
+  RegexCache regexes;  // every rule's compiled patterns, by source text
   uint64_t version = 0;
   std::vector<Agent> agents;
   std::vector<Tool> tools;
@@ -830,7 +869,7 @@ Result<std::shared_ptr<const Engine>> Engine::build(std::shared_ptr<const void> 
   for (uint32_t a = 0; a < m.agents.size(); ++a) {
     for (uint32_t t = 0; t < m.tools.size(); ++t) m.granted[m.pair(a, t)] = any_glob(m.agents[a].tool_globs, m.tools[t].full);
   }
-  RegexCache regexes;
+  RegexCache& regexes = m.regexes;
   if (b.rules() != nullptr) {
     m.normal.rules.reserve(b.rules()->size());
     for (const fb::Rule* r : *b.rules()) {
@@ -878,7 +917,7 @@ Result<std::shared_ptr<const Engine>> Engine::build(std::shared_ptr<const void> 
       c.within_clearance = r->within_clearance();
       c.max_sensitivity = r->max_sensitivity();
       if (r->time_windows() != nullptr) {
-        for (const fb::TimeWindow* w : *r->time_windows()) c.windows.push_back(Window{w->days(), w->start_minute(), w->end_minute()});
+        c.windows = compile_windows(*r->time_windows(), m.arena);
       }
       if (r->rate() != nullptr && r->rate()->count() > 0 && r->rate()->window() > 0) {
         c.has_rate = true;

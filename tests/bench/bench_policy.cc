@@ -8,6 +8,7 @@
 // tools that no request names (the index must make them free). Requests cycle through the
 // 1,000 pairs and four argument sets, with a session history; each decision is timed alone.
 #include <benchmark/benchmark.h>
+#include <malloc.h>
 
 #include <algorithm>
 #include <atomic>
@@ -229,6 +230,15 @@ void BM_verify_and_load(benchmark::State& state) {
     benchmark::DoNotOptimize(p);
   }
   state.counters["bundle_bytes"] = static_cast<double>(signed_bytes.size());
+  // What the engine keeps on the heap beside the bundle it reads its strings from (as outpostd
+  // holds it: the installed bundle owns the buffer).
+  auto kept = std::make_shared<const offline_cache::SignedBundle>(*offline_cache::SignedBundle::parse(signed_bytes));
+  const size_t before = mallinfo2().uordblks;
+  auto engine = Engine::build(kept, kept->payload());
+  const size_t after = mallinfo2().uordblks;
+  if (!engine) state.SkipWithError("build failed");
+  state.counters["engine_heap_bytes"] = static_cast<double>(after - before);
+  state.counters["engine_heap_bytes_per_rule"] = static_cast<double>(after - before) / rules;
 }
 BENCHMARK(BM_verify_and_load)->Arg(1000)->Arg(10000)->Arg(100000)->Unit(benchmark::kMillisecond);
 
