@@ -187,4 +187,8 @@ sleep 1
 running=$("$outpost" agent list --json | grep -o '"state":"running"' | wc -l)
 rss=$(awk '/VmRSS/ {print $2}' "/proc/$daemon_pid/status")
 hwm=$(awk '/VmHWM/ {print $2}' "/proc/$daemon_pid/status")
-echo "{\"agents_running\":$running,\"rules\":10000,\"outpostd_rss_kb\":$rss,\"outpostd_peak_rss_kb\":$hwm}"
+# RSS counts every library page mapped, shared or not; PSS shares them out, and the anonymous
+# part is what outpostd itself allocated.
+pss=$(awk '/^Pss:/ {print $2}' "/proc/$daemon_pid/smaps_rollup")
+anon=$(awk '/^Anonymous:/ {print $2}' "/proc/$daemon_pid/smaps_rollup")
+echo "{\"agents_running\":$running,\"rules\":10000,\"outpostd_rss_kb\":$rss,\"outpostd_peak_rss_kb\":$hwm,\"outpostd_pss_kb\":$pss,\"outpostd_anon_kb\":$anon}"
