@@ -130,18 +130,23 @@ class CountingSink : public broker::DecisionSink {
   CountingSink(broker::DecisionSink* log, std::shared_ptr<std::atomic<uint64_t>> count, std::shared_ptr<std::atomic<bool>> blocked)
       : log_(log), count_(std::move(count)), blocked_(std::move(blocked)) {}
   Result<void> record(const broker::DecisionRecord& r) override {
-    if (blocked_->load()) return fail(errc::unsupported, "the agent is paused: it wrote most of the audit log's budget");
-    count_->fetch_add(1, std::memory_order_relaxed);
+    OUTPOST_TRY_VOID(admit());
     return log_->record(r);
   }
   Result<uint64_t> stage(const broker::DecisionRecord& r) override {
-    if (blocked_->load()) return fail(errc::unsupported, "the agent is paused: it wrote most of the audit log's budget");
-    count_->fetch_add(1, std::memory_order_relaxed);
+    OUTPOST_TRY_VOID(admit());
     return log_->stage(r);
   }
   Result<void> commit(uint64_t ticket) override { return log_->commit(ticket); }
 
  private:
+  // Refused while the agent is paused; else counted against its share.
+  Result<void> admit() {
+    if (blocked_->load()) return fail(errc::unsupported, "the agent is paused: it wrote most of the audit log's budget");
+    count_->fetch_add(1, std::memory_order_relaxed);
+    return {};
+  }
+
   broker::DecisionSink* log_;
   std::shared_ptr<std::atomic<uint64_t>> count_;
   std::shared_ptr<std::atomic<bool>> blocked_;
@@ -1616,9 +1621,6 @@ void Daemon::Impl::serve_mcp(int fd, const json::object& req, const std::string&
     connections.erase(id);
   }
   write_coalesced(agent_name, task, *flow, *audit_records);
-  // The connection's buffers are freed; give the pages back (off any call's path: the agent
-  // is gone from this connection), or a burst of large calls stays resident for good.
-  malloc_trim(0);
   const auto& st = session.stats();
   (void)log->record_event("mcp_disconnect", {{"agent", agent_name}, {"server", server_name}, {"status", status},
                                              {"allowed", st.calls_allowed}, {"denied", st.calls_denied},

@@ -495,7 +495,6 @@ Result<Rule> compile_rule(const fb::Rule& r, RegexCache& regexes, Arena& arena) 
 struct Engine::Impl {
   // The bundle buffer every string_view and StrList below points into, kept alive here.
   std::shared_ptr<const void> owner;
-  Bytes copy;    // the buffer, when build() was given bytes to copy
   Arena arena;   // strings the engine had to change, and the packed lists
   RegexCache regexes;  // every rule's compiled patterns, by source text
   uint64_t version = 0;
