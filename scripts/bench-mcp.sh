@@ -4,6 +4,13 @@
 #   direct   the client spawns the server itself
 #   pump     a plain byte-pump proxy in between (tests/bench/pump.cc: two pipes, poll, no parsing)
 #   outpost  the client is an agent launched by outpostd and runs `outpost mcp connect everything`
+# and over Streamable HTTP, against server-everything's streamableHttp mode on loopback:
+#   direct-http   the client speaks Streamable HTTP to the server itself
+#   outpost-http  the agent's client speaks stdio to `outpost mcp connect remote`; outpostd
+#                 carries each call to the server over HTTP (a manifest `url:` server)
+#   outpost-http-http  the agent's client speaks Streamable HTTP to outpostd's endpoint in its
+#                 namespace ($OUTPOST_MCP_URL/remote), and outpostd HTTP to the server: a
+#                 gateway's position, HTTP on both sides
 # then outpostd's RSS with 10 agents running and a 10,000-rule bundle installed. After the
 # latency table, outpostd's own account of each outpost run (the relay's per-stage times from
 # the connection's mcp_disconnect audit record, per call).
@@ -37,6 +44,7 @@ stop_daemon() {
 }
 cleanup() {
   stop_daemon
+  if [[ -n ${http_pid:-} ]]; then kill "$http_pid" 2>/dev/null || true; wait "$http_pid" 2>/dev/null || true; fi
   if [[ -d $work/profile ]]; then
     rm -rf "$root/build/bench-mcp-profile"
     cp -r "$work/profile" "$root/build/bench-mcp-profile"
@@ -53,6 +61,20 @@ state=$work/state
 [[ -z ${BENCH_PROFILE:-} ]] || mkdir -p "$work/profile"
 sock=$work/outpostd.sock
 
+# server-everything over Streamable HTTP, on a loopback port that is free now (it listens on
+# the port PORT names), stopped by its pid on exit.
+http_pid=
+for _ in 1 2 3 4 5; do
+  http_port=$(node -e 'const s = require("net").createServer().listen(0, "127.0.0.1", () => { console.log(s.address().port); s.close(); });')
+  PORT=$http_port "$node" "$everything" streamableHttp >"$work/everything-http.log" 2>&1 &
+  http_pid=$!
+  for _ in $(seq 50); do grep -q "listening on port $http_port" "$work/everything-http.log" && break; sleep 0.1; done
+  grep -q "listening on port $http_port" "$work/everything-http.log" && break
+  kill "$http_pid" 2>/dev/null || true; wait "$http_pid" 2>/dev/null || true; http_pid=
+done
+[[ -n $http_pid ]] || { echo "bench-mcp: server-everything (streamableHttp) did not start" >&2; exit 1; }
+http_url=http://127.0.0.1:$http_port/mcp
+
 # A bundle with the bench agent's rule among 10,000 others (20 agents x 50 tools of filler).
 {
   cat <<YAML
@@ -61,14 +83,17 @@ issuer: bench
 valid: {not_before: 2026-01-01T00:00:00Z, not_after: 2099-01-01T00:00:00Z, max_offline: 72h}
 tools:
   - {server: everything, name: echo}
+  - {server: remote, name: echo}
+egress:
+  - {id: remote-mcp, effect: allow, agents: [bench], destinations: [{cidr: 127.0.0.1/32, ports: [$http_port]}]}
 YAML
   for t in $(seq 0 49); do echo "  - {server: filler, name: tool$t}"; done
   echo "agents:"
-  echo "  - {name: bench, tools: [\"everything/*\"]}"
+  echo "  - {name: bench, tools: [\"everything/*\", \"remote/*\"]}"
   for a in $(seq 0 9); do echo "  - {name: idle$a, tools: [\"filler/*\"]}"; done
   for a in $(seq 0 19); do echo "  - {name: filler$a, tools: [\"filler/*\"]}"; done
   echo "rules:"
-  echo "  - {id: echo, effect: allow, agents: [bench], tools: [everything/echo], args: [{pointer: /message, max_length: 65536}]}"
+  echo "  - {id: echo, effect: allow, agents: [bench], tools: [everything/echo, remote/echo], args: [{pointer: /message, max_length: 65536}]}"
   for i in $(seq 0 9998); do
     echo "  - {id: r$i, effect: allow, agents: [filler$((i % 20))], tools: [filler/tool$((i % 50))], args: [{pointer: /path, prefix: [/data/$i/]}]}"
   done
@@ -96,17 +121,22 @@ start_daemon() {
 }
 export OUTPOST_SOCKET=$sock
 
-bench_agent() {  # LABEL: runs bench-latency.mjs as an agent of outpostd; prints its JSON line
+bench_agent() {  # LABEL [SERVER [http]]: runs bench-latency.mjs as an agent of outpostd; prints its JSON line
+  local to=("--" "$outpost" "mcp" "connect" "${2:-everything}")
+  [[ ${3:-} == http ]] && to=("--url" "http://127.0.0.1:3129/mcp/$2")  # OUTPOST_MCP_URL, the default port
+  local to_json
+  to_json=$(printf '"%s", ' "${to[@]}")
   cat >"$work/bench.yaml" <<YAML
 name: bench
 command: $node
-args: ["$e2e/bench-latency.mjs", "--calls", "$calls", "--label", "$1", "--", "$outpost", "mcp", "connect", "everything"]
+args: ["$e2e/bench-latency.mjs", "--calls", "$calls", "--label", "$1", ${to_json%, }]
 binary: $e2e/bench-latency.mjs
 workdir: $work/bench-work
 read_only: ["$e2e"]
 restart: never
 mcp_servers:
   everything: {command: $node, args: ["$everything", stdio]}
+  remote: {url: "$http_url"}
 YAML
   "$outpost" agent deploy "$work/bench.yaml" >/dev/null
   local recorder=
@@ -147,6 +177,10 @@ for r in $(seq "$rounds"); do
   bench_agent outpost-durable | tee -a "$results"
   start_daemon false
   bench_agent outpost-queued | tee -a "$results"
+  (cd "$e2e" && node bench-latency.mjs --calls "$calls" --label direct-http --url "$http_url") | tee -a "$results"
+  start_daemon true
+  bench_agent outpost-http remote | tee -a "$results"
+  bench_agent outpost-http-http remote http | tee -a "$results"
 done
 # One row per setup: the median over the rounds of each figure, and its range.
 node - "$results" "$work/timing.jsonl" <<'JS'
@@ -156,20 +190,24 @@ const med = (xs) => { const s = [...xs].sort((a, b) => a - b); return s[Math.flo
 const fig = (xs) => `${med(xs)} (${Math.min(...xs)}–${Math.max(...xs)})`;
 console.log('| setup | p50 µs | min µs | p99 µs | pipelined calls/s (32 in flight) |');
 console.log('| --- | --- | --- | --- | --- |');
-for (const label of ['direct', 'pump', 'outpost-durable', 'outpost-queued']) {
+for (const label of ['direct', 'pump', 'outpost-durable', 'outpost-queued', 'direct-http', 'outpost-http', 'outpost-http-http']) {
   const r = rows.filter((x) => x.label === label);
   if (r.length === 0) continue;
   console.log(`| ${label} | ${fig(r.map((x) => x.p50_us))} | ${fig(r.map((x) => x.min_us))} | ${fig(r.map((x) => x.p99_us))} | ${fig(r.map((x) => x.pipelined_calls_per_s))} |`);
 }
 const p50 = (label) => med(rows.filter((x) => x.label === label).map((x) => x.p50_us));
 console.log(`# over the pump at p50: durable +${Math.round(p50('outpost-durable') - p50('pump'))} µs, queued +${Math.round(p50('outpost-queued') - p50('pump'))} µs`);
+const p99 = (label) => med(rows.filter((x) => x.label === label).map((x) => x.p99_us));
+for (const label of ['outpost-http', 'outpost-http-http']) {
+  console.log(`# ${label} over direct-http: p50 +${Math.round(p50(label) - p50('direct-http'))} µs, p99 +${Math.round(p99(label) - p99('direct-http'))} µs`);
+}
 // outpostd's relay, per call: the sums of its mcp_disconnect record over the calls of the run
 // (sequential and pipelined together), medians over the rounds.
 const timing = fs.readFileSync(process.argv[3], 'utf8').trim().split('\n').filter(Boolean).map((l) => JSON.parse(l));
 const stages = ['read', 'decide', 'commit', 'forward', 'response', 'return'];
 console.log('| relay, µs per call | ' + stages.join(' | ') + ' | calls per batch |');
 console.log('| --- |' + ' --- |'.repeat(stages.length + 1));
-for (const label of ['outpost-durable', 'outpost-queued']) {
+for (const label of ['outpost-durable', 'outpost-queued', 'outpost-http', 'outpost-http-http']) {
   const r = timing.filter((x) => x.label === label && x.calls > 0);
   if (r.length === 0) continue;
   const cells = stages.map((s) => med(r.map((x) => x.timing[`${s}_us`] / x.calls)).toFixed(1));

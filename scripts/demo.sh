@@ -7,7 +7,9 @@
 # reference MCP servers through outpost: some calls allowed, some denied with the reason, and
 # its roads out past the egress proxy refused. Then outpost-hub on loopback: a bundle published
 # to the node, the node's audit log synced, and a responder pulling the node's evidence from
-# the hub and verifying it. It ends with a real agent framework (the OpenAI Agents SDK) doing a
+# the hub and verifying it. The sample agent also reaches a remote MCP server (server-everything
+# over Streamable HTTP behind an OAuth front on loopback) through outpostd's HTTP endpoint, with
+# a token only outpostd holds. It ends with a real agent framework (the OpenAI Agents SDK) doing a
 # task: its model through outpost's egress proxy, which adds a key only outpostd holds, its
 # tools through the broker; the egress decisions and the refused exfiltration attempts shown.
 set -euo pipefail
@@ -21,8 +23,10 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/outpost-demo-XXXXXX")
 daemon_pid=
 hub_pid=
 model_pid=
+remote_pid=
+front_pid=
 cleanup() {
-  for pid in $daemon_pid $hub_pid $model_pid; do
+  for pid in $daemon_pid $hub_pid $model_pid $front_pid $remote_pid; do
     if kill -0 "$pid" 2>/dev/null; then
       kill "$pid"
       wait "$pid" || true
@@ -123,9 +127,36 @@ model_pid=$!
 for _ in $(seq 100); do [[ -s $work/model.port ]] && break; sleep 0.1; done
 model_port=$(cat "$work/model.port")
 echo "model server on 127.0.0.1:$model_port (outside every agent's network namespace); it wants the sealed key"
+
+step "a remote MCP server: server-everything over Streamable HTTP, behind an OAuth front (HTTPS) on loopback"
+# The front is the server's authorization server and resource server (tests/e2e/auth-front.mjs):
+# tokens by the client credentials grant, for the node's client, whose secret the TPM seals.
+for _ in 1 2 3 4 5; do
+  remote_port=$(node -e 'const s = require("net").createServer().listen(0, "127.0.0.1", () => { console.log(s.address().port); s.close(); });')
+  PORT=$remote_port node "$e2e/node_modules/@modelcontextprotocol/server-everything/dist/index.js" streamableHttp \
+    >"$work/remote.log" 2>&1 &
+  remote_pid=$!
+  for _ in $(seq 50); do grep -q "listening on port $remote_port" "$work/remote.log" && break; sleep 0.1; done
+  grep -q "listening on port $remote_port" "$work/remote.log" && break
+  kill "$remote_pid" 2>/dev/null || true; wait "$remote_pid" 2>/dev/null || true; remote_pid=
+done
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=localhost \
+  -addext subjectAltName=DNS:localhost -days 2 -keyout "$work/front.key" -out "$work/front.crt" 2>/dev/null
+client_secret=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')
+printf '%s' "$client_secret" >"$work/client-secret.txt"
+"$outpost" secret seal remote-client --in "$work/client-secret.txt"
+rm "$work/client-secret.txt"
+node "$e2e/auth-front.mjs" --port-file "$work/front.port" --upstream "http://127.0.0.1:$remote_port/mcp" \
+  --client-id demo-node --client-secret "$client_secret" --log "$work/front.requests" \
+  --tls-cert "$work/front.crt" --tls-key "$work/front.key" >"$work/front.log" 2>&1 &
+front_pid=$!
+for _ in $(seq 100); do [[ -s $work/front.port ]] && break; sleep 0.1; done
+front_port=$(cat "$work/front.port")
+echo "remote MCP server at https://localhost:$front_port/mcp (tokens from https://localhost:$front_port/token)"
 fill() {
   sed -e "s|@WORKSPACE@|$ws|g" -e "s|@WORK@|$work|g" -e "s|@E2E@|$e2e|g" -e "s|@NODE22@|$node22|g" -e "s|@NODE@|$node|g" \
-    -e "s|@MODEL_PORT@|$model_port|g" -e "s|@MEASUREMENT@|$(sha256sum "$e2e/agent.mjs" | cut -d' ' -f1)|g" "$1"
+    -e "s|@MODEL_PORT@|$model_port|g" -e "s|@FRONT_PORT@|$front_port|g" \
+    -e "s|@MEASUREMENT@|$(sha256sum "$e2e/agent.mjs" | cut -d' ' -f1)|g" "$1"
 }
 
 step "IAM: bundle v2 for the MCP agent (its script's SHA-256 pinned), signed 2 of 2"
@@ -160,7 +191,9 @@ head -1 "$work/outpostd.log"
 step "outpost agent deploy: measured, TPM key, own uid and namespaces, Landlock and seccomp, scrubbed environment"
 fill "$root/examples/agents/mcp-demo-agent.yaml.in" >"$work/demo-agent/manifest.yaml"
 fill "$root/examples/agents/mcp-demo-steps.json.in" >"$work/demo-agent/steps.json"
-printf '{"mcpServers":{"files":{"command":"%s","args":["mcp","connect","files"]},"everything":{"command":"%s","args":["mcp","connect","everything"]}}}\n' \
+# Two servers over stdio (`outpost mcp connect`), the remote one over Streamable HTTP to
+# outpostd's endpoint in the agent's namespace ($OUTPOST_MCP_URL).
+printf '{"mcpServers":{"files":{"command":"%s","args":["mcp","connect","files"]},"everything":{"command":"%s","args":["mcp","connect","everything"]},"remote":{"url":"$OUTPOST_MCP_URLremote"}}}\n' \
   "$outpost" "$outpost" >"$work/demo-agent/config.json"
 SSH_AUTH_SOCK=/tmp/not-for-agents "$outpost" agent deploy "$work/demo-agent/manifest.yaml"
 for _ in $(seq 300); do
@@ -173,6 +206,7 @@ step "what the agent saw (outpost agent logs demo-agent)"
 "$outpost" agent logs demo-agent | node "$root/examples/agents/show-steps.mjs" "$work/demo-agent/steps.json"
 echo "  reports/summary.txt now holds: $(cat "$ws/reports/summary.txt")"
 echo "  notes.txt is untouched:         $(head -1 "$ws/notes.txt")"
+echo "  the remote server's front saw $(grep -c '"kind":"token","status":200' "$work/front.requests") token grant(s) and $(grep -c '"kind":"mcp".*"auth":"ok"' "$work/front.requests") authorised MCP request(s) from outpostd; the agent held no token"
 
 step "the decisions outpostd recorded (outpost audit tail: chained, TPM-checkpointed records)"
 "$outpost" audit tail -n 0 --json | grep '"event":"decision"' |

@@ -18,6 +18,7 @@ packages=(
   catch2 libbenchmark-dev
   clang-14 libclang-rt-14-dev
   iproute2 procps
+  ca-certificates  # the system CA store outpostd checks https:// MCP servers against
   openssl  # the egress tests' HTTPS server certificate (openssl req -x509)
   libsystemd-dev
   libseccomp-dev  # the agent sandbox's syscall filter (runtime/sandbox)

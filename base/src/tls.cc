@@ -78,15 +78,17 @@ struct Context::Impl {
   Impl() { mbedtls_ssl_config_init(&conf); }
   ~Impl() { mbedtls_ssl_config_free(&conf); }
 
-  Result<void> common(int endpoint) {
+  Result<void> common(int endpoint, bool web = false) {
     OUTPOST_TRY_VOID(mbedtls_check(
         mbedtls_ssl_config_defaults(&conf, endpoint, MBEDTLS_SSL_TRANSPORT_STREAM, MBEDTLS_SSL_PRESET_DEFAULT),
         "mbedtls_ssl_config_defaults"));
     mbedtls_ssl_conf_min_version(&conf, MBEDTLS_SSL_MAJOR_VERSION_3, MBEDTLS_SSL_MINOR_VERSION_3);
     mbedtls_ssl_conf_max_version(&conf, MBEDTLS_SSL_MAJOR_VERSION_3, MBEDTLS_SSL_MINOR_VERSION_3);
-    mbedtls_ssl_conf_ciphersuites(&conf, kCiphersuites);
-    mbedtls_ssl_conf_curves(&conf, kCurves);
-    mbedtls_ssl_conf_sig_hashes(&conf, kSigHashes);
+    if (!web) {
+      mbedtls_ssl_conf_ciphersuites(&conf, kCiphersuites);
+      mbedtls_ssl_conf_curves(&conf, kCurves);
+      mbedtls_ssl_conf_sig_hashes(&conf, kSigHashes);
+    }
     mbedtls_ssl_conf_rng(&conf, rng, nullptr);
     mbedtls_ssl_conf_renegotiation(&conf, MBEDTLS_SSL_RENEGOTIATION_DISABLED);
     return ok();
@@ -120,9 +122,19 @@ Result<std::shared_ptr<Context>> Context::client(const ClientConfig& config) {
     return fail(errc::invalid_argument, "TLS client: a CA is given but no server name to check the certificate against");
   }
   auto impl = std::make_unique<Impl>();
-  OUTPOST_TRY_VOID(impl->common(MBEDTLS_SSL_IS_CLIENT));
+  OUTPOST_TRY_VOID(impl->common(MBEDTLS_SSL_IS_CLIENT, config.web));
   if (!config.ca_pem.empty()) {
-    OUTPOST_TRY_VOID(parse_crt(impl->ca, config.ca_pem, "CA certificate"));
+    if (config.web) {
+      // A bundle: mbedtls_x509_crt_parse returns how many certificates it could not read.
+      std::string z(config.ca_pem);
+      const int rc = mbedtls_x509_crt_parse(&impl->ca.v, reinterpret_cast<const unsigned char*>(z.c_str()), z.size() + 1);
+      if (rc < 0 || impl->ca.v.version == 0) {
+        auto r = mbedtls_check(rc < 0 ? rc : MBEDTLS_ERR_X509_INVALID_FORMAT, "mbedtls_x509_crt_parse");
+        return fail(r.error().wrap("CA bundle"));
+      }
+    } else {
+      OUTPOST_TRY_VOID(parse_crt(impl->ca, config.ca_pem, "CA certificate"));
+    }
     mbedtls_ssl_conf_ca_chain(&impl->conf, &impl->ca.v, nullptr);
     mbedtls_ssl_conf_authmode(&impl->conf, MBEDTLS_SSL_VERIFY_REQUIRED);
   } else {

@@ -6,6 +6,7 @@
 
 #include "outpost/base/errors.h"
 #include "outpost/base/files.h"
+#include "upstream/streamable_http.h"
 
 namespace outpost::daemon {
 namespace fs = std::filesystem;
@@ -174,7 +175,12 @@ Result<DaemonConfig> parse_daemon_config(std::string_view yaml, std::string_view
     if (c.max_line_bytes < (1u << 20)) return fail(r.bad(l, "limits.max_line_bytes must be at least 1 MiB"));
   }
   if (YAML::Node e = root["egress"]) {
-    OUTPOST_TRY_VOID(r.fields(e, "egress", {"port", "idle_timeout_s", "max_connections"}));
+    OUTPOST_TRY_VOID(r.fields(e, "egress", {"port", "mcp_port", "idle_timeout_s", "max_connections"}));
+    if (e["mcp_port"]) {
+      OUTPOST_TRY(uint32_t port, r.number<uint32_t>(e["mcp_port"], "egress.mcp_port"));
+      if (port == 0 || port > 65535) return fail(r.bad(e["mcp_port"], "egress.mcp_port must be 1-65535"));
+      c.mcp_port = static_cast<uint16_t>(port);
+    }
     if (e["port"]) {
       OUTPOST_TRY(uint32_t port, r.number<uint32_t>(e["port"], "egress.port"));
       if (port == 0 || port > 65535) return fail(r.bad(e["port"], "egress.port must be 1-65535"));
@@ -182,6 +188,7 @@ Result<DaemonConfig> parse_daemon_config(std::string_view yaml, std::string_view
     }
     if (e["idle_timeout_s"]) { OUTPOST_TRY(c.egress_idle_timeout_s, r.number<uint32_t>(e["idle_timeout_s"], "egress.idle_timeout_s")); }
     if (e["max_connections"]) { OUTPOST_TRY(c.egress_max_connections, r.number<uint32_t>(e["max_connections"], "egress.max_connections")); }
+    if (c.mcp_port == c.egress_port) return fail(r.bad(e, "egress: port and mcp_port must differ"));
     if (c.egress_idle_timeout_s == 0 || c.egress_max_connections == 0) {
       return fail(r.bad(e, "egress: idle_timeout_s and max_connections must be positive"));
     }
@@ -256,14 +263,48 @@ Result<AgentManifest> parse_manifest(std::string_view yaml, std::string_view sou
       OUTPOST_TRY(s.name, r.text(kv.first, "mcp_servers"));
       const std::string path = "mcp_servers." + s.name;
       const YAML::Node& n = kv.second;
-      OUTPOST_TRY_VOID(r.fields(n, path, {"command", "args", "env_allow", "env", "secrets", "cwd", "local"}));
+      OUTPOST_TRY_VOID(r.fields(n, path, {"command", "args", "env_allow", "env", "secrets", "cwd", "local", "url", "ca", "auth"}));
       if (n["local"]) {
         OUTPOST_TRY(std::string l, r.text(n["local"], path + ".local"));
         if (l != "true" && l != "false") return fail(r.bad(n["local"], path + ".local must be true or false"));
         s.local = l == "true";
       }
-      if (s.local == static_cast<bool>(n["command"])) {
-        return fail(r.bad(n, path + " needs either a command or local: true (and not both)"));
+      if (static_cast<int>(s.local) + static_cast<int>(static_cast<bool>(n["command"])) + static_cast<int>(static_cast<bool>(n["url"])) != 1) {
+        return fail(r.bad(n, path + " needs one of a command, local: true or a url"));
+      }
+      if (n["url"]) {
+        for (const char* k : {"args", "env_allow", "env", "secrets", "cwd"}) {
+          if (n[k]) return fail(r.bad(n[k], path + "." + k + " is for a server outpostd starts, not a url"));
+        }
+        OUTPOST_TRY(s.url, r.text(n["url"], path + ".url"));
+        if (auto u = upstream::parse_upstream_url(s.url); !u) return fail(r.bad(n["url"], path + ".url: " + u.error().message()));
+        if (n["ca"]) { OUTPOST_TRY(std::string c, r.text(n["ca"], path + ".ca")); s.ca = resolve(base_dir, c); }
+        if (const YAML::Node& a = n["auth"]) {
+          OUTPOST_TRY_VOID(r.fields(a, path + ".auth", {"type", "secret", "issuer", "client_id", "scope"}));
+          if (!a["type"] || !a["secret"]) return fail(r.bad(a, path + ".auth needs type (bearer or oauth) and secret"));
+          OUTPOST_TRY(std::string type, r.text(a["type"], path + ".auth.type"));
+          OUTPOST_TRY(s.auth.secret, r.text(a["secret"], path + ".auth.secret"));
+          if (type == "bearer") {
+            s.auth.kind = upstream::AuthSpec::Kind::bearer;
+            if (a["issuer"] || a["client_id"] || a["scope"]) return fail(r.bad(a, path + ".auth: a bearer token takes only secret"));
+          } else if (type == "oauth") {
+            s.auth.kind = upstream::AuthSpec::Kind::oauth;
+            if (!a["issuer"] || !a["client_id"]) return fail(r.bad(a, path + ".auth: oauth needs issuer and client_id"));
+            OUTPOST_TRY(s.auth.issuer, r.text(a["issuer"], path + ".auth.issuer"));
+            OUTPOST_TRY(s.auth.client_id, r.text(a["client_id"], path + ".auth.client_id"));
+            if (a["scope"]) { OUTPOST_TRY(s.auth.scope, r.text(a["scope"], path + ".auth.scope")); }
+            auto u = upstream::parse_upstream_url(s.auth.issuer);
+            if (!u || (!u->tls && u->host != "localhost" && u->host.rfind("127.", 0) != 0)) {
+              return fail(r.bad(a["issuer"], path + ".auth.issuer must be an https URL (http only to loopback)"));
+            }
+          } else {
+            return fail(r.bad(a["type"], path + ".auth.type must be bearer or oauth"));
+          }
+        }
+        m.mcp_servers.push_back(std::move(s));
+        continue;
+      } else if (n["ca"] || n["auth"]) {
+        return fail(r.bad(n, path + ": ca and auth are for a url server"));
       }
       if (!s.local) {
         OUTPOST_TRY(std::string cmd, r.text(n["command"], path + ".command"));

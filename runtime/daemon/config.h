@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "upstream/oauth.h"
+
 #include "outpost/base/result.h"
 
 namespace outpost::daemon {
@@ -38,6 +40,9 @@ struct DaemonConfig {
   uint16_t egress_port = 3128;
   uint32_t egress_idle_timeout_s = 600;       // a connection with no byte either way is closed
   uint32_t egress_max_connections = 64;       // open at once, per agent
+  // The MCP endpoint for agents whose MCP client speaks Streamable HTTP, at
+  // http://127.0.0.1:mcp_port/mcp/SERVER in the same namespace (docs/daemon.md, "HTTP agents").
+  uint16_t mcp_port = 3129;
 
   // The API socket under abuse (docs/daemon.md, "The API socket").
   uint32_t api_max_connections = 256;          // all peers together
@@ -89,6 +94,12 @@ struct SecretRef {
 
 struct McpServerSpec {
   std::string name;
+  // A remote server (Streamable HTTP): outpostd connects to it itself, as an egress destination
+  // of the agent's that the bundle must allow, and presents `auth`'s credential; the agent
+  // never holds it. Excludes command and local.
+  std::string url;
+  std::filesystem::path ca;        // a pinned CA (PEM); empty: the system's CA store
+  upstream::AuthSpec auth;
   // Local command tools: outpostd serves the bundle's `local_command` tools of this server
   // itself (`outpost mcp serve-local`); the executables come from the signed bundle.
   bool local = false;

@@ -39,7 +39,10 @@
 #include "broker/session_state.h"
 #include "credentials/jws.h"
 #include "daemon/api.h"
+#include "broker/http_endpoint.h"
 #include "egress/proxy.h"
+#include "upstream/http_upstream.h"
+#include "upstream/oauth.h"
 #include "sync/sync_client.h"
 #include "outpost/attestation/agent_keys.h"
 #include "outpost/attestation/node.h"
@@ -70,6 +73,10 @@ namespace asio = boost::asio;
 using attestation::Tpm;
 
 namespace {
+
+// Debian's ca-certificates bundle: the CAs a remote MCP server's certificate is checked against
+// when its manifest pins none.
+constexpr const char* kSystemCaBundle = "/etc/ssl/certs/ca-certificates.crt";
 
 #ifndef SO_PEERPIDFD
 #define SO_PEERPIDFD 77
@@ -203,6 +210,8 @@ struct Agent {
   // Its flow history and deny budget, shared by all its MCP connections and kept across its
   // restarts (an agent must not shed a taint by reconnecting or crashing); a deploy starts afresh.
   std::shared_ptr<broker::SessionState> flow;
+  // The credentials outpostd holds for its remote MCP servers, by server name.
+  std::map<std::string, std::shared_ptr<upstream::TokenSource>> tokens;
 };
 
 struct Connection {
@@ -281,6 +290,7 @@ struct Daemon::Impl {
   std::thread::id io_thread = std::this_thread::get_id();
   // Last member: it goes first, while everything its hooks use is still there.
   std::unique_ptr<egress::Proxy> proxy;
+  std::unique_ptr<broker::HttpEndpoint> endpoint;  // HTTP agents' MCP endpoint
 
   // ---- policy ----
   broker::PolicyView view() const {
@@ -369,6 +379,49 @@ struct Daemon::Impl {
 
   // ---- egress ----
   Result<void> start_proxy();
+  Result<void> start_endpoint();
+  // A relay connection for the HTTP endpoint, as `outpost mcp connect` makes one: serve_mcp on
+  // a thread of its own (counted as one of the agent's API connections), the channel's fds in
+  // place of the client's stdio and API socket.
+  Result<broker::HttpChannel> open_http_mcp(const std::string& agent, const std::string& server);
+  // A sealed secret's value, unsealed by the TPM (egress header injection, remote servers' credentials).
+  Result<std::string> unseal_secret(std::string_view name) {
+    attestation::SecretStore secrets(config.state_dir, node);
+    OUTPOST_TRY(Bytes value, secrets.unseal(*tpm, std::string(name)));
+    std::string out(as_chars(value));
+    std::fill(value.begin(), value.end(), 0);
+    return out;
+  }
+  // outpostd's own connections for an agent (a remote MCP server, its authorization server):
+  // decided by the bundle's egress rules and recorded as the agent's egress.
+  std::function<Result<asio::ip::tcp::endpoint>(const std::string&, uint16_t, const std::string&)> outbound(
+      const std::string& agent, const std::string& task, const char* method, std::shared_ptr<broker::SessionState> flow) {
+    return [this, agent, task, method, flow](const std::string& host, uint16_t port, const std::string& path) {
+      return egress::decide_outbound([this] { return view(); }, egress::Outbound{agent, task, method, path, flow}, host, port,
+                                     [this](const egress::EgressRecord& r) { return record_egress(r); });
+    };
+  }
+  // The credential source of one (agent, server), shared by its connections and kept while the
+  // agent is deployed (tokens are fetched once for all of them, not per connection).
+  std::shared_ptr<upstream::TokenSource> token_source(const std::string& agent, const std::string& task,
+                                                      const McpServerSpec& spec, const upstream::UpstreamUrl& url,
+                                                      const std::string& ca_pem, std::shared_ptr<broker::SessionState> flow) {
+    std::lock_guard lock(mu);
+    auto it = agents.find(agent);
+    if (it != agents.end()) {
+      if (auto found = it->second->tokens.find(spec.name); found != it->second->tokens.end()) return found->second;
+    }
+    upstream::UpstreamHooks as_hooks;
+    as_hooks.connect = outbound(agent, task, "OAUTH", flow);
+    auto source = std::make_shared<upstream::TokenSource>(
+        spec.auth, url.text, [this](std::string_view name) { return unseal_secret(name); },
+        [as_hooks, ca_pem](const upstream::HttpExchange& x) {
+          return upstream::http_exchange(x, as_hooks, ca_pem, std::chrono::seconds(10));
+        },
+        [] { return unix_now(); });
+    if (it != agents.end()) it->second->tokens[spec.name] = source;
+    return source;
+  }
   // The proxy's record hook: an egress decision of `r.agent`, under the same budget rules as
   // its tool calls (paused: refused; a denial over the deny budget: coalesced).
   Result<void> record_egress(const egress::EgressRecord& r) {
@@ -668,6 +721,68 @@ Result<void> Daemon::Impl::start_sync() {
 
 // A uid of the configured range no other agent holds and the user database does not name,
 // kept in <agent dir>/uid so the agent keeps it (and owns its files) across restarts.
+Result<void> Daemon::Impl::start_endpoint() {
+  broker::HttpEndpointOptions o;
+  o.port = config.mcp_port;
+  o.max_body = config.max_line_bytes;
+  o.max_line = config.max_line_bytes;
+  broker::HttpEndpointHooks h;
+  h.open = [this](const std::string& agent, const std::string& server) { return open_http_mcp(agent, server); };
+  OUTPOST_TRY(endpoint, broker::HttpEndpoint::start(o, std::move(h)));
+  return ok();
+}
+
+Result<broker::HttpChannel> Daemon::Impl::open_http_mcp(const std::string& agent, const std::string& server) {
+  Peer peer;
+  peer.agent = agent;
+  {
+    std::lock_guard lock(mu);
+    if (stopping) return fail(errc::io, "outpostd is stopping");
+    auto it = api_by_agent.find(agent);
+    if ((it != api_by_agent.end() && it->second >= config.api_max_connections_per_agent) ||
+        agent_connections >= config.api_max_connections) {
+      return fail(errc::io, "agent " + agent + " has too many MCP connections open");
+    }
+    count_connection(peer, +1);
+  }
+  auto uncount = [&] {
+    std::lock_guard lock(mu);
+    count_connection(peer, -1);
+    threads_done.notify_all();
+  };
+  int ctl[2] = {-1, -1}, in[2] = {-1, -1}, out[2] = {-1, -1};
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ctl) != 0 || ::pipe2(in, O_CLOEXEC) != 0 || ::pipe2(out, O_CLOEXEC) != 0) {
+    const int e = errno;
+    for (int f : {ctl[0], ctl[1], in[0], in[1], out[0], out[1]}) {
+      if (f >= 0) ::close(f);
+    }
+    uncount();
+    return fail(errno_error("MCP connection for " + agent, e));
+  }
+  sandbox::UniqueFd control(ctl[1]), to_relay(in[1]), from_relay(out[0]);
+  try {
+    std::thread([this, d = ctl[0], r = in[0], w = out[1], agent, server, peer] {
+      serve_mcp(d, json::object{{"op", "mcp"}, {"server", server}}, agent, {r, w});
+      ::close(d);
+      std::lock_guard lock(mu);
+      count_connection(peer, -1);
+      threads_done.notify_all();
+    }).detach();
+  } catch (const std::system_error& e) {
+    for (int f : {ctl[0], in[0], out[1]}) ::close(f);
+    uncount();
+    return fail(errc::io, std::string("no thread for an MCP connection: ") + e.what());
+  }
+  // The relay's first word: ok, or why not (no such server, paused, too fast).
+  OUTPOST_TRY(json::value first, recv_message(control.get(), nullptr, 64 << 10, 0, 30'000));
+  if (!first.is_object() || !first.as_object().contains("ok")) return fail(errc::io, "MCP connection: no answer from the relay");
+  if (first.as_object().at("ok") != true) {
+    const json::value* e = first.as_object().if_contains("error");
+    return fail(errc::io, e != nullptr && e->is_string() ? std::string(e->as_string()) : "MCP connection refused");
+  }
+  return broker::HttpChannel{std::move(control), std::move(to_relay), std::move(from_relay)};
+}
+
 Result<void> Daemon::Impl::start_proxy() {
   egress::ProxyOptions o;
   o.idle_timeout = std::chrono::seconds(config.egress_idle_timeout_s);
@@ -680,13 +795,7 @@ Result<void> Daemon::Impl::start_proxy() {
       OUTPOST_NOTE(error, "egress close of " + c.agent + " not recorded: " + r.error().message());
     }
   };
-  h.secret = [this](std::string_view name) -> Result<std::string> {
-    attestation::SecretStore secrets(config.state_dir, node);
-    OUTPOST_TRY(Bytes value, secrets.unseal(*tpm, std::string(name)));
-    std::string out(as_chars(value));
-    std::fill(value.begin(), value.end(), 0);
-    return out;
-  };
+  h.secret = [this](std::string_view name) { return unseal_secret(name); };
   OUTPOST_TRY(proxy, egress::Proxy::start(o, std::move(h)));
   return ok();
 }
@@ -948,8 +1057,12 @@ Result<void> Daemon::Impl::launch(Agent& a) {
   for (const char* name : {"HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"}) {
     set.emplace_back(name, proxy_url);
   }
-  set.emplace_back("NO_PROXY", "");
-  set.emplace_back("no_proxy", "");
+  // The MCP endpoint beside the proxy is reached directly (clients that honour a port in
+  // NO_PROXY; for the others it is the one loopback port that answers in the namespace).
+  const std::string mcp_authority = "127.0.0.1:" + std::to_string(config.mcp_port);
+  set.emplace_back("NO_PROXY", mcp_authority);
+  set.emplace_back("no_proxy", mcp_authority);
+  set.emplace_back("OUTPOST_MCP_URL", "http://" + mcp_authority + "/mcp/");
   set.emplace_back("NODE_USE_ENV_PROXY", "1");  // Node's own fetch honours the variables from 24.5
   set.emplace_back("OUTPOST_EGRESS_PROXY", proxy_url);
   // The sandbox has no /tmp: temporary files go to the work directory, unless the manifest says.
@@ -970,11 +1083,11 @@ Result<void> Daemon::Impl::launch(Agent& a) {
   sp.read_only.push_back(m.command);
   sp.read_only.push_back(m.binary);
   sp.read_only.push_back(run_dir);
-  sp.connect_tcp_ports = {config.egress_port};  // the proxy, the one listener in its namespace
+  sp.connect_tcp_ports = {config.egress_port, config.mcp_port};  // the proxy and the MCP endpoint, its namespace's listeners
   OUTPOST_TRY(auto ruleset, sandbox::Ruleset::prepare(sp));
 
   // Its network namespace, made here with the proxy's listener in it: loopback alone.
-  auto network = sandbox::make_agent_network(config.egress_port);
+  auto network = sandbox::make_agent_network(config.egress_port, config.mcp_port);
   if (!network) {
     a.state = AgentState::refused;
     return fail(network.error().wrap("not launching " + m.name + ": its network namespace"));
@@ -1022,6 +1135,7 @@ Result<void> Daemon::Impl::launch(Agent& a) {
   a.pidfd = child->pidfd.release();
   a.start_time = child->start_time;
   if (proxy) proxy->serve(egress::Proxy::Binding{m.name, m.task, a.flow, std::move(network->listener)});
+  if (endpoint) endpoint->serve(m.name, std::move(network->mcp_listener));
   a.started_at = unix_now();
   a.state = AgentState::running;
   a.stop_requested = false;
@@ -1049,6 +1163,7 @@ void Daemon::Impl::on_exit(Agent& a, int status) {
   // What it left behind (a double-forked or setsid'ed descendant) ends with it.
   if (auto k = sandbox::kill_all_of_uid(a.uid); !k) OUTPOST_NOTE(error, "agent " + a.manifest.name + ": " + k.error().message());
   if (proxy) proxy->stop_agent(a.manifest.name);
+  if (endpoint) endpoint->stop_agent(a.manifest.name);
   (void)log->record_event("agent_exit", {{"agent", a.manifest.name}, {"status", a.last_exit}});
   OUTPOST_NOTE(info, "agent " + a.manifest.name + " exited with " + std::to_string(a.last_exit));
   wake_connections(a.manifest.name);
@@ -1490,6 +1605,126 @@ void Daemon::Impl::serve_mcp(int fd, const json::object& req, const std::string&
     return;
   }
 
+  // From the server's start on: the relay between the agent and the server, and its records.
+  // `server_in` and `server_out` are the relay's ends; `end_server` stops the server (once the
+  // relay has closed server_in) and gives its exit status.
+  auto relay = [&](int server_in, int server_out, json::object connected, const std::function<int()>& end_server) {
+    (void)send_message(fd, json::object{{"ok", true}});
+
+    uint64_t id;
+    int wake = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    {
+      std::lock_guard lock(mu);
+      id = next_connection++;
+      connections[id] = Connection{agent_name, server_name, wake};
+    }
+    audit_records->fetch_add(2, std::memory_order_relaxed);  // this record and mcp_disconnect's
+    connected["agent"] = agent_name;
+    connected["server"] = server_name;
+    (void)log->record_event("mcp_connect", connected);
+
+    // Credentials: signed by the agent's TPM key, loaded for the signature and flushed.
+    // The agent's key material is read from disk once per connection, not per credential.
+    std::optional<attestation::AgentKey> agent_key;
+    broker::CredentialMinter minter = [this, agent_name, &agent_key](const broker::DecisionRecord& rec,
+                                                                     int64_t ttl) -> Result<std::string> {
+      attestation::AgentKeyStore keys(config.state_dir, node);
+      if (!agent_key) {
+        OUTPOST_TRY(attestation::AgentKey read, keys.read(agent_name));
+        agent_key = std::move(read);
+      }
+      const attestation::AgentKey& key = *agent_key;
+      credentials::CallClaims c;
+      c.iss = node.spiffe_id;
+      c.sub = key.spiffe_id;
+      c.aud = rec.server + "/" + rec.tool;
+      c.agent = rec.agent;
+      c.task = rec.task;
+      c.args_sha256 = rec.args_sha256;  // the broker hashed the arguments for the record already
+      c.bundle_version = rec.bundle_version;
+      c.iat = c.nbf = rec.time;
+      c.exp = rec.time + ttl;
+      c.jti = credentials::new_jti();
+      OUTPOST_TRY(Tpm::LoadedKey loaded, keys.load(*tpm, key));
+      return credentials::mint(c, key.public_key, [&](const Digest& d) { return tpm->sign(loaded, d); });
+    };
+    CountingSink sink(log.get(), audit_records, records_blocked);
+    broker::McpSession session(broker::McpSession::Options{agent_name, task, server_name, 4096, flow},
+                               [this] { return view(); }, &sink, minter);
+    broker::RelayFds rf{fds[0], fds[1], server_in, server_out, fd, wake};
+    broker::RelayTiming timing;
+    broker::RelayEnd end = broker::run_relay(rf, session, config.max_line_bytes, &timing);
+    if (rf.server_in >= 0) ::close(rf.server_in);  // EOF to the server: the MCP stdio shutdown
+    int status = end_server();
+    ::close(server_out);
+    close_fds();
+    {
+      std::lock_guard lock(mu);
+      ::close(connections[id].wake);
+      connections.erase(id);
+    }
+    write_coalesced(agent_name, task, *flow, *audit_records);
+    const auto& st = session.stats();
+    (void)log->record_event("mcp_disconnect", {{"agent", agent_name}, {"server", server_name}, {"status", status},
+                                               {"allowed", st.calls_allowed}, {"denied", st.calls_denied},
+                                               {"parse_errors", st.parse_errors},
+                                               {"timing", timing_json(timing)},
+                                               {"end", end == broker::RelayEnd::finished ? "finished"
+                                                       : end == broker::RelayEnd::woken ? "stopped by outpostd"
+                                                       : end == broker::RelayEnd::control_closed ? "client gone" : "io error"}});
+    (void)send_message(fd, json::object{{"done", true}, {"status", status}});
+  };
+
+  // A remote server: outpostd's own connection to it (upstream/http_upstream.h), on a thread of
+  // this connection's, behind the same relay.
+  if (!spec.url.empty()) {
+    auto refuse = [&](const std::string& why) {
+      (void)send_message(fd, error_reply("MCP server " + server_name + ": " + why));
+      close_fds();
+    };
+    auto url = upstream::parse_upstream_url(spec.url);
+    if (!url) return refuse(url.error().message());
+    std::string ca_pem;
+    if (url->tls || spec.auth.kind == upstream::AuthSpec::Kind::oauth) {
+      const fs::path ca = spec.ca.empty() ? fs::path(kSystemCaBundle) : spec.ca;
+      auto text = read_text_file(ca, 4 << 20);
+      if (!text) return refuse("CA certificates " + ca.string() + ": " + text.error().message());
+      ca_pem = std::move(*text);
+    }
+    auto ctx = upstream::tls_context(*url, ca_pem);
+    if (!ctx) return refuse(ctx.error().message());
+    std::shared_ptr<upstream::TokenSource> tokens = token_source(agent_name, task, spec, *url, ca_pem, flow);
+    upstream::UpstreamOptions uo;
+    uo.tls = std::move(*ctx);
+    uo.max_message = config.max_line_bytes;
+    upstream::UpstreamHooks hooks;
+    hooks.connect = outbound(agent_name, task, "MCP", flow);
+    hooks.authorization = [tokens](bool refresh) { return tokens->authorization(refresh); };
+    int in_pipe[2], out_pipe[2];
+    if (::pipe2(in_pipe, O_CLOEXEC) != 0) return refuse("pipe: " + std::string(std::strerror(errno)));
+    if (::pipe2(out_pipe, O_CLOEXEC) != 0) {
+      ::close(in_pipe[0]);
+      ::close(in_pipe[1]);
+      return refuse("pipe: " + std::string(std::strerror(errno)));
+    }
+    auto remote = std::make_shared<upstream::HttpUpstream>(*url, std::move(uo), std::move(hooks));
+    std::promise<void> finished;
+    std::future<void> carried = finished.get_future();
+    std::thread carrier([remote, in = in_pipe[0], out = out_pipe[1], server_name, done = std::move(finished)]() mutable {
+      if (auto r = remote->run(in, out); !r) OUTPOST_NOTE(warn, "MCP server " + server_name + ": " + r.error().message());
+      done.set_value();
+    });
+    relay(in_pipe[1], out_pipe[0], json::object{{"url", url->text}}, [&] {
+      // The relay closed the carrier's input: it ends the server's session (DELETE) and stops
+      // by itself; a server that does not answer is cut off after two seconds.
+      if (carried.wait_for(std::chrono::seconds(2)) != std::future_status::ready) remote->stop();
+      carrier.join();
+      const auto st = remote->stats();
+      return st.failed == 0 ? 0 : 1;
+    });
+    return;
+  }
+
   // The server: a scrubbed environment plus its sealed secrets, which only it receives.
   std::vector<std::pair<std::string, std::string>> set = spec.env;
   if (std::find(spec.env_allow.begin(), spec.env_allow.end(), "PATH") == spec.env_allow.end()) {
@@ -1568,68 +1803,8 @@ void Daemon::Impl::serve_mcp(int fd, const json::object& req, const std::string&
     close_fds();
     return;
   }
-  (void)send_message(fd, json::object{{"ok", true}});
-
-  uint64_t id;
-  int wake = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  {
-    std::lock_guard lock(mu);
-    id = next_connection++;
-    connections[id] = Connection{agent_name, server_name, wake};
-  }
-  audit_records->fetch_add(2, std::memory_order_relaxed);  // this record and mcp_disconnect's
-  (void)log->record_event("mcp_connect", {{"agent", agent_name}, {"server", server_name}, {"pid", child->pid}});
-
-  // Credentials: signed by the agent's TPM key, loaded for the signature and flushed.
-  // The agent's key material is read from disk once per connection, not per credential.
-  std::optional<attestation::AgentKey> agent_key;
-  broker::CredentialMinter minter = [this, agent_name, &agent_key](const broker::DecisionRecord& rec,
-                                                                   int64_t ttl) -> Result<std::string> {
-    attestation::AgentKeyStore keys(config.state_dir, node);
-    if (!agent_key) {
-      OUTPOST_TRY(attestation::AgentKey read, keys.read(agent_name));
-      agent_key = std::move(read);
-    }
-    const attestation::AgentKey& key = *agent_key;
-    credentials::CallClaims c;
-    c.iss = node.spiffe_id;
-    c.sub = key.spiffe_id;
-    c.aud = rec.server + "/" + rec.tool;
-    c.agent = rec.agent;
-    c.task = rec.task;
-    c.args_sha256 = rec.args_sha256;  // the broker hashed the arguments for the record already
-    c.bundle_version = rec.bundle_version;
-    c.iat = c.nbf = rec.time;
-    c.exp = rec.time + ttl;
-    c.jti = credentials::new_jti();
-    OUTPOST_TRY(Tpm::LoadedKey loaded, keys.load(*tpm, key));
-    return credentials::mint(c, key.public_key, [&](const Digest& d) { return tpm->sign(loaded, d); });
-  };
-  CountingSink sink(log.get(), audit_records, records_blocked);
-  broker::McpSession session(broker::McpSession::Options{agent_name, task, server_name, 4096, flow},
-                             [this] { return view(); }, &sink, minter);
-  broker::RelayFds rf{fds[0], fds[1], in_pipe[1], out_pipe[0], fd, wake};
-  broker::RelayTiming timing;
-  broker::RelayEnd end = broker::run_relay(rf, session, config.max_line_bytes, &timing);
-  if (rf.server_in >= 0) ::close(rf.server_in);  // EOF to the server: the MCP stdio shutdown
-  int status = terminate_and_reap(child->pid, child->pidfd.get(), 2000);
-  ::close(out_pipe[0]);
-  close_fds();
-  {
-    std::lock_guard lock(mu);
-    ::close(connections[id].wake);
-    connections.erase(id);
-  }
-  write_coalesced(agent_name, task, *flow, *audit_records);
-  const auto& st = session.stats();
-  (void)log->record_event("mcp_disconnect", {{"agent", agent_name}, {"server", server_name}, {"status", status},
-                                             {"allowed", st.calls_allowed}, {"denied", st.calls_denied},
-                                             {"parse_errors", st.parse_errors},
-                                             {"timing", timing_json(timing)},
-                                             {"end", end == broker::RelayEnd::finished ? "finished"
-                                                     : end == broker::RelayEnd::woken ? "stopped by outpostd"
-                                                     : end == broker::RelayEnd::control_closed ? "client gone" : "io error"}});
-  (void)send_message(fd, json::object{{"done", true}, {"status", status}});
+  relay(in_pipe[1], out_pipe[0], json::object{{"pid", child->pid}},
+        [&] { return terminate_and_reap(child->pid, child->pidfd.get(), 2000); });
 }
 
 // ---- inbox, shutdown ----
@@ -1706,6 +1881,7 @@ void Daemon::Impl::shutdown() {
     std::unique_lock lock(mu);
     threads_done.wait_for(lock, std::chrono::seconds(5), [&] { return api_threads == 0; });
   }
+  endpoint.reset();  // its sessions' relays have ended (woken above)
   proxy.reset();  // open tunnels end, their close records written
   write_all_coalesced();
   (void)log->record_event("daemon_stop", {});
@@ -1783,6 +1959,7 @@ Result<void> Daemon::run() {
     OUTPOST_NOTE(error, "the agent sandbox needs " + m.isolation_missing + ": agents will not be launched");
   } else {
     OUTPOST_TRY_VOID(m.start_proxy());
+    OUTPOST_TRY_VOID(m.start_endpoint());
   }
 
   // The socket: a stale file from a dead daemon is replaced; a live daemon is not.

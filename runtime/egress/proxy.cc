@@ -286,32 +286,6 @@ struct Proxy::Impl {
   std::atomic<uint64_t> open_total{0};
   uint64_t bodies_in_flight = 0;  // plain HTTP request bytes held, all agents; loop only
 
-  std::vector<asio::ip::address> own;  // this host's addresses, loop only
-  Clock::time_point own_read{};
-
-  bool is_own(const asio::ip::address& a) {
-    if (Clock::now() - own_read > std::chrono::seconds(10)) {
-      own.clear();
-      ifaddrs* list = nullptr;
-      if (::getifaddrs(&list) == 0) {
-        for (ifaddrs* i = list; i != nullptr; i = i->ifa_next) {
-          if (i->ifa_addr == nullptr) continue;
-          if (i->ifa_addr->sa_family == AF_INET) {
-            const auto* sin = reinterpret_cast<const sockaddr_in*>(i->ifa_addr);
-            own.push_back(asio::ip::address_v4(ntohl(sin->sin_addr.s_addr)));
-          } else if (i->ifa_addr->sa_family == AF_INET6) {
-            const auto* sin6 = reinterpret_cast<const sockaddr_in6*>(i->ifa_addr);
-            asio::ip::address_v6::bytes_type b;
-            std::memcpy(b.data(), sin6->sin6_addr.s6_addr, 16);
-            own.push_back(unmapped(asio::ip::address_v6(b)));
-          }
-        }
-        ::freeifaddrs(list);
-      }
-      own_read = Clock::now();
-    }
-    return std::find(own.begin(), own.end(), a) != own.end();
-  }
 
   // Runs fn on the pool (the hooks block: fdatasync, the TPM) and resumes on the loop. A
   // coroutine spawned on the pool's executor, not a post: a post's handler would run on the
@@ -578,32 +552,7 @@ asio::awaitable<void> Proxy::Impl::handle(std::shared_ptr<AgentEntry> a, std::sh
   broker::PolicyView view;
   auto decide = [&](std::string_view address, bool own_address, policy::RateLimiter* limiter, EgressRecord& out) {
     view = hooks.policy();
-    policy::EgressDecision d;
-    d.verdict = policy::Verdict::bundle_not_in_force;
-    policy::EgressRequest q;
-    q.agent = a->agent;
-    q.task = a->task;
-    q.host = target->host;
-    q.port = target->port;
-    q.address = address;
-    q.own_address = own_address;
-    q.time = unix_now();
-    if (view.engine) {
-      auto locked = a->flow->lock();
-      q.history = locked.history();
-      q.sensitivity = locked.max_sensitivity();
-      d = view.engine->decide_egress(q, view.mode, limiter);
-      out.rule = d.rule >= 0 ? view.engine->egress_rule_id(d.rule) : d.flow >= 0 ? view.engine->flow_rule_id(d.flow) : "";
-      out.reason = view.engine->explain_egress(d, q);
-      out.bundle_version = d.bundle_version;
-    } else {
-      out.reason = "no policy bundle is in force: deny all";
-    }
-    out.allow = d.allow;
-    out.verdict = std::string(policy::verdict_name(d.verdict));
-    out.address_class = std::string(d.address_class);
-    out.kind = d.allow ? kind_name(d.kind) : "";
-    return d;
+    return decide_destination(view, a->agent, a->task, *a->flow, target->host, target->port, address, own_address, limiter, out);
   };
   policy::EgressDecision d = decide(target->is_ip ? std::string_view(target->host) : std::string_view(), false, nullptr, rec);
   if (!d.allow) {
@@ -636,7 +585,7 @@ asio::awaitable<void> Proxy::Impl::handle(std::shared_ptr<AgentEntry> a, std::sh
   EgressRecord first_refusal;
   for (const auto& ep : candidates) {
     const std::string address = ep.address().to_string();
-    const bool own_address = is_own(ep.address());
+    const bool own_address = is_own_address(ep.address());
     rec.address = address;
     d = decide(address, own_address, &a->limits->rates, rec);
     if (d.allow) {
@@ -989,6 +938,122 @@ Proxy::Counters Proxy::counters(const std::string& agent) const {
   if (it == impl_->agents.end()) return {};
   const AgentEntry& a = *it->second;
   return Counters{a.allowed.load(), a.refused.load(), a.open.load(), a.bytes_up.load(), a.bytes_down.load()};
+}
+
+bool is_own_address(const asio::ip::address& address) {
+  static std::mutex mu;
+  static std::vector<asio::ip::address> own;
+  static Clock::time_point read_at{};
+  std::lock_guard lock(mu);
+  if (Clock::now() - read_at > std::chrono::seconds(10)) {
+    own.clear();
+    ifaddrs* list = nullptr;
+    if (::getifaddrs(&list) == 0) {
+      for (ifaddrs* i = list; i != nullptr; i = i->ifa_next) {
+        if (i->ifa_addr == nullptr) continue;
+        if (i->ifa_addr->sa_family == AF_INET) {
+          const auto* sin = reinterpret_cast<const sockaddr_in*>(i->ifa_addr);
+          own.push_back(asio::ip::address_v4(ntohl(sin->sin_addr.s_addr)));
+        } else if (i->ifa_addr->sa_family == AF_INET6) {
+          const auto* sin6 = reinterpret_cast<const sockaddr_in6*>(i->ifa_addr);
+          asio::ip::address_v6::bytes_type b;
+          std::memcpy(b.data(), sin6->sin6_addr.s6_addr, 16);
+          own.push_back(unmapped(asio::ip::address_v6(b)));
+        }
+      }
+      ::freeifaddrs(list);
+    }
+    read_at = Clock::now();
+  }
+  return std::find(own.begin(), own.end(), unmapped(address)) != own.end();
+}
+
+policy::EgressDecision decide_destination(const broker::PolicyView& view, std::string_view agent, std::string_view task,
+                                          broker::SessionState& flow, std::string_view host, uint16_t port,
+                                          std::string_view address, bool own_address, policy::RateLimiter* limiter,
+                                          EgressRecord& out) {
+  policy::EgressDecision d;
+  d.verdict = policy::Verdict::bundle_not_in_force;
+  policy::EgressRequest q;
+  q.agent = agent;
+  q.task = task;
+  q.host = host;
+  q.port = port;
+  q.address = address;
+  q.own_address = own_address;
+  q.time = unix_now();
+  if (view.engine) {
+    auto locked = flow.lock();
+    q.history = locked.history();
+    q.sensitivity = locked.max_sensitivity();
+    d = view.engine->decide_egress(q, view.mode, limiter);
+    out.rule = d.rule >= 0 ? view.engine->egress_rule_id(d.rule) : d.flow >= 0 ? view.engine->flow_rule_id(d.flow) : "";
+    out.reason = view.engine->explain_egress(d, q);
+    out.bundle_version = d.bundle_version;
+  } else {
+    out.reason = "no policy bundle is in force: deny all";
+  }
+  out.allow = d.allow;
+  out.verdict = std::string(policy::verdict_name(d.verdict));
+  out.address_class = std::string(d.address_class);
+  out.kind = d.allow ? kind_name(d.kind) : "";
+  return d;
+}
+
+Result<asio::ip::tcp::endpoint> decide_outbound(const std::function<broker::PolicyView()>& policy, const Outbound& who,
+                                               const std::string& host, uint16_t port,
+                                               const std::function<Result<void>(const EgressRecord&)>& record) {
+  static std::atomic<uint64_t> next{0};
+  EgressRecord rec;
+  rec.id = "out-" + std::to_string(unix_now()) + "-" + std::to_string(next.fetch_add(1));
+  rec.time = unix_now();
+  rec.agent = who.agent;
+  rec.task = who.task;
+  rec.method = who.method;
+  rec.path = who.path.substr(0, who.path.find('?'));
+  rec.host = host;
+  rec.port = port;
+  auto refused = [&](const EgressRecord& r) -> Failure {
+    (void)record(r);  // refused either way
+    return fail(errc::verification_failed, "egress to " + host + ":" + std::to_string(port) + " refused (" + r.verdict +
+                                               "): " + r.reason);
+  };
+  boost::system::error_code ec;
+  const asio::ip::address literal = asio::ip::make_address(host, ec);
+  const bool is_ip = !ec;
+  broker::PolicyView view = policy();
+  policy::EgressDecision d = decide_destination(view, who.agent, who.task, *who.flow, host, port,
+                                                is_ip ? std::string_view(host) : std::string_view(), false, nullptr, rec);
+  if (!d.allow) return refused(rec);
+  std::vector<asio::ip::address> candidates;
+  if (is_ip) {
+    candidates.push_back(unmapped(literal));
+  } else {
+    asio::io_context io;
+    asio::ip::tcp::resolver resolver(io);
+    const std::string query = host.find('.') != std::string::npos ? host + "." : host;
+    auto results = resolver.resolve(query, std::to_string(port), asio::ip::tcp::resolver::numeric_service, ec);
+    if (ec || results.empty()) {
+      rec.verdict = "resolve_failed";
+      rec.reason = "cannot resolve " + host + ": " + (ec ? ec.message() : "no address");
+      rec.allow = false;
+      return refused(rec);
+    }
+    for (const auto& r : results) candidates.push_back(unmapped(r.endpoint().address()));
+  }
+  EgressRecord first_refusal;
+  for (const auto& address : candidates) {
+    rec.address = address.to_string();
+    const bool own = is_own_address(address);
+    view = policy();
+    d = decide_destination(view, who.agent, who.task, *who.flow, host, port, rec.address, own, nullptr, rec);
+    if (d.allow) {
+      if (auto r = record(rec); !r) return fail(r.error().wrap("egress to " + host + ":" + std::to_string(port) + " not recorded"));
+      return asio::ip::tcp::endpoint(address, port);
+    }
+    if (first_refusal.verdict.empty()) first_refusal = rec;
+  }
+  return refused(first_refusal);
 }
 
 }  // namespace outpost::egress

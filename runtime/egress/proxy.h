@@ -28,6 +28,8 @@
 #include <optional>
 #include <string>
 
+#include <boost/asio/ip/tcp.hpp>
+
 #include "broker/mcp_session.h"
 #include "broker/session_state.h"
 #include "outpost/base/result.h"
@@ -134,6 +136,32 @@ struct ProxyTarget {
   std::string path;  // absolute form: the origin-form target ("/v1/chat?x=1")
 };
 std::optional<ProxyTarget> parse_proxy_target(std::string_view target, bool connect);
+
+// One egress decision for host:port on an agent's behalf, on the name alone (address empty) or
+// on one resolved address, filled into `out` (verdict, rule, reason, kind, address class): the
+// proxy's step, and that of outpostd's own connections for an agent (decide_outbound).
+policy::EgressDecision decide_destination(const broker::PolicyView& view, std::string_view agent, std::string_view task,
+                                          broker::SessionState& flow, std::string_view host, uint16_t port,
+                                          std::string_view address, bool own_address, policy::RateLimiter* limiter,
+                                          EgressRecord& out);
+
+// Whether `address` is one of this host's own (the interface list, re-read at most every 10 s).
+bool is_own_address(const boost::asio::ip::address& address);
+
+// A connection outpostd makes itself on an agent's behalf: to a remote MCP server of the
+// agent's manifest, or to its authorization server. Decided as the proxy decides the agent's
+// own (on the name, then on each address it resolves to, blocking), each decision recorded by
+// `record` (an allowed one must be, or the connection is refused). The first allowed address.
+// Not rate-limited or byte-budgeted: those count the agent's own traffic.
+struct Outbound {
+  std::string agent, task;
+  std::string method;  // for the record: "MCP", "OAUTH"
+  std::string path;    // for the record (its query is dropped)
+  std::shared_ptr<broker::SessionState> flow;
+};
+Result<boost::asio::ip::tcp::endpoint> decide_outbound(const std::function<broker::PolicyView()>& policy,
+                                                      const Outbound& who, const std::string& host, uint16_t port,
+                                                      const std::function<Result<void>(const EgressRecord&)>& record);
 
 // The JSON detail of an egress record and of a close (what the audit log stores).
 std::string egress_json(const EgressRecord& r);

@@ -29,34 +29,42 @@ Result<void> loopback_up() {
   return {};
 }
 
-Result<AgentNetwork> make_here(uint16_t port) {
-  if (::unshare(CLONE_NEWNET) != 0) return fail(errno_error("unshare CLONE_NEWNET", errno));
-  OUTPOST_TRY_VOID(loopback_up());
-  AgentNetwork net;
-  net.port = port;
-  net.ns.reset(::open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC));
-  if (!net.ns) return fail(errno_error("open /proc/thread-self/ns/net", errno));
-  net.listener.reset(::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
-  if (!net.listener) return fail(errno_error("socket for the egress proxy", errno));
+// A TCP listener at 127.0.0.1:port in the calling thread's namespace.
+Result<UniqueFd> listen_on_loopback(uint16_t port, const char* what) {
+  UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (!fd) return fail(errno_error(std::string("socket for the ") + what, errno));
   const int one = 1;
-  ::setsockopt(net.listener.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
   sockaddr_in sa{};
   sa.sin_family = AF_INET;
   sa.sin_port = htons(port);
   sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::bind(net.listener.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0) {
-    return fail(errno_error("bind 127.0.0.1:" + std::to_string(port) + " in the agent's namespace", errno));
+  if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0) {
+    return fail(errno_error("bind 127.0.0.1:" + std::to_string(port) + " in the agent's namespace (" + what + ")", errno));
   }
-  if (::listen(net.listener.get(), 128) != 0) return fail(errno_error("listen", errno));
+  if (::listen(fd.get(), 128) != 0) return fail(errno_error("listen", errno));
+  return fd;
+}
+
+Result<AgentNetwork> make_here(uint16_t port, uint16_t mcp_port) {
+  if (::unshare(CLONE_NEWNET) != 0) return fail(errno_error("unshare CLONE_NEWNET", errno));
+  OUTPOST_TRY_VOID(loopback_up());
+  AgentNetwork net;
+  net.port = port;
+  net.mcp_port = mcp_port;
+  net.ns.reset(::open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC));
+  if (!net.ns) return fail(errno_error("open /proc/thread-self/ns/net", errno));
+  OUTPOST_TRY(net.listener, listen_on_loopback(port, "egress proxy"));
+  if (mcp_port != 0) { OUTPOST_TRY(net.mcp_listener, listen_on_loopback(mcp_port, "MCP endpoint")); }
   return net;
 }
 
 }  // namespace
 
-Result<AgentNetwork> make_agent_network(uint16_t port) {
+Result<AgentNetwork> make_agent_network(uint16_t port, uint16_t mcp_port) {
   std::optional<Result<AgentNetwork>> out;
   // The thread ends in the new namespace; the namespace lives on through the fds.
-  std::thread([&] { out.emplace(make_here(port)); }).join();
+  std::thread([&] { out.emplace(make_here(port, mcp_port)); }).join();
   return std::move(*out);
 }
 

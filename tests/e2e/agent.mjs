@@ -9,6 +9,9 @@
 //    "roots": ["file:///tmp/work", {"uri": "file:///tmp/other", "name": "other"}]}
 // Each server's child gets PATH, HOME and every OUTPOST_* variable of this process's own
 // environment, then the server's "env" on top (the SDK alone would pass only its allowlist).
+// A server given as {"url": "http://..."} is reached with the SDK's Streamable HTTP client
+// instead; "$OUTPOST_MCP_URL" at its start is replaced by that variable (outpostd's endpoint
+// in the agent's namespace, http://127.0.0.1:PORT/mcp/).
 // The client declares the roots capability and answers every roots/list with CONFIG.roots.
 //
 // STEPS is a JSON array; each step prints one JSON line on stdout:
@@ -26,6 +29,12 @@
 //          (with atLeast, first waits up to timeoutMs (default 5000) until N were answered)
 //   {"op":"sleep","ms":N}
 //       -> {"step":i,"op":"sleep","ok":true}
+//   {"op":"wait","file":PATH,"timeoutMs":N?}
+//       -> {"step":i,"op":"wait","ok":true}: once PATH exists (the harness's go-ahead), or
+//          ok:false after timeoutMs (default 30000)
+//   {"op":"env"}
+//       -> {"step":i,"op":"env","ok":true,"env":{...}}: this process's environment, for tests
+//          that check what the agent was (not) given
 //   {"server":"fs","op":"disconnect"}
 //       -> {"step":i,"server":"fs","op":"disconnect","ok":true}: the client is closed; the next
 //          step that names the server connects it again (a new MCP connection)
@@ -50,12 +59,13 @@
 // fails every step that names that server. At the end: {"done":true,"rootsRequests":N}, and
 // every client is closed. Exit status 0, or 2 when CONFIG or STEPS cannot be read.
 
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import net from 'node:net';
 import tls from 'node:tls';
 import process from 'node:process';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
+import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { ListRootsRequestSchema } from '@modelcontextprotocol/sdk/types.js';
 
 function out(obj) {
@@ -114,7 +124,7 @@ function connect(name) {
   if (clients.has(name)) return clients.get(name);
   const p = (async () => {
     const spec = config.mcpServers[name];
-    if (!spec || typeof spec.command !== 'string') {
+    if (!spec || (typeof spec.command !== 'string' && typeof spec.url !== 'string')) {
       throw new Error(`no server "${name}" in config`);
     }
     const client = new Client(
@@ -126,13 +136,15 @@ function connect(name) {
       return { roots };
     });
     client.onerror = (e) => process.stderr.write(`agent: ${name}: ${e?.message ?? e}\n`);
-    const transport = new StdioClientTransport({
-      command: spec.command,
-      args: spec.args ?? [],
-      env: childEnv(spec.env),
-      cwd: spec.cwd,
-      stderr: 'inherit',
-    });
+    const transport = spec.url
+      ? new StreamableHTTPClientTransport(new URL(spec.url.replace(/^\$OUTPOST_MCP_URL/, process.env.OUTPOST_MCP_URL ?? '')))
+      : new StdioClientTransport({
+          command: spec.command,
+          args: spec.args ?? [],
+          env: childEnv(spec.env),
+          cwd: spec.cwd,
+          stderr: 'inherit',
+        });
     try {
       await client.connect(transport);
     } catch (e) {
@@ -306,6 +318,16 @@ async function runStep(step) {
       await new Promise((resolve) => setTimeout(resolve, step.ms ?? 0));
       return {};
     }
+    case 'wait': {
+      const deadline = Date.now() + (step.timeoutMs ?? 30000);
+      while (!existsSync(step.file)) {
+        if (Date.now() > deadline) throw new Error(`no ${step.file} after ${step.timeoutMs ?? 30000} ms`);
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      return {};
+    }
+    case 'env':
+      return { env: { ...process.env } };
     case 'disconnect': {
       const p = clients.get(step.server);
       clients.delete(step.server);

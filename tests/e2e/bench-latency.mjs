@@ -2,10 +2,11 @@
 // MCP round-trip latency through a stdio server command, measured with the official SDK client.
 //
 //   node bench-latency.mjs [--calls N] [--label L] [--warmup W] [--inflight K] [--tool T]
-//                          [--payload BYTES] -- CMD ARGS...
+//                          [--payload BYTES] (-- CMD ARGS... | --url URL)
 //
 // CMD is an MCP server command: server-everything itself, the byte pump (tests/bench/pump.cc)
-// in front of it, or `outpost mcp connect SERVER`. The client connects, checks that tool T
+// in front of it, or `outpost mcp connect SERVER`. With --url the client speaks Streamable
+// HTTP to the server at URL instead (server-everything's streamableHttp mode, directly). The client connects, checks that tool T
 // (default "echo") is listed, makes W (default 200) warm-up calls, then N (default 1000)
 // sequential tools/call requests, each timed with process.hrtime.bigint(), then N more with K
 // (default 32) in flight at once for throughput. Every answer must be the echo of what was
@@ -18,20 +19,21 @@
 import process from 'node:process';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
+import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 
 function usage(msg) {
   if (msg) process.stderr.write(`bench-latency: ${msg}\n`);
   process.stderr.write(
     'usage: node bench-latency.mjs [--calls N] [--label L] [--warmup W] [--inflight K] ' +
-      '[--tool T] [--payload BYTES] -- CMD ARGS...\n',
+      '[--tool T] [--payload BYTES] (-- CMD ARGS... | --url URL)\n',
   );
   process.exit(2);
 }
 
-const opts = { calls: 1000, label: 'direct', warmup: 200, inflight: 32, tool: 'echo', payload: 16 };
+const opts = { calls: 1000, label: 'direct', warmup: 200, inflight: 32, tool: 'echo', payload: 16, url: '' };
 const argv = process.argv.slice(2);
-const sep = argv.indexOf('--');
-if (sep < 0 || sep === argv.length - 1) usage('no server command after --');
+let sep = argv.indexOf('--');
+if (sep < 0) sep = argv.length;
 const command = argv.slice(sep + 1);
 for (let i = 0; i < sep; i += 2) {
   const key = argv[i]?.replace(/^--/, '');
@@ -45,6 +47,7 @@ for (let i = 0; i < sep; i += 2) {
     opts[key] = value;
   }
 }
+if ((command.length === 0) === (opts.url === '')) usage('give either a server command after -- or --url');
 
 const env = {};
 for (const [k, v] of Object.entries(process.env)) {
@@ -52,12 +55,9 @@ for (const [k, v] of Object.entries(process.env)) {
 }
 
 const client = new Client({ name: 'outpost-bench-latency', version: '1.0.0' }, { capabilities: {} });
-const transport = new StdioClientTransport({
-  command: command[0],
-  args: command.slice(1),
-  env,
-  stderr: 'inherit',
-});
+const transport = opts.url
+  ? new StreamableHTTPClientTransport(new URL(opts.url))
+  : new StdioClientTransport({ command: command[0], args: command.slice(1), env, stderr: 'inherit' });
 
 const pad = 'x'.repeat(opts.payload);
 let failures = 0;

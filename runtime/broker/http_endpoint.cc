@@ -1,0 +1,761 @@
+#include "broker/http_endpoint.h"
+
+#include <pthread.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <deque>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <unordered_map>
+#include <unordered_set>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/thread_pool.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/http.hpp>
+#include <boost/json.hpp>
+
+#include "outpost/base/bytes.h"
+#include "outpost/base/crypto.h"
+#include "outpost/base/errors.h"
+#include "outpost/base/log.h"
+#include "outpost/base/tls.h"
+
+namespace outpost::broker {
+
+namespace asio = boost::asio;
+namespace http = boost::beast::http;
+namespace json = boost::json;
+using tcp = asio::ip::tcp;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+constexpr auto kTuple = asio::as_tuple(asio::use_awaitable);
+constexpr const char* kVersions[] = {"2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"};
+
+// Wakes one coroutine of the loop that waits for a change (the loop is single-threaded, so a
+// change made while the waiter is suspended is never missed).
+struct Signal {
+  explicit Signal(asio::io_context& io) : timer(io) {}
+  asio::awaitable<void> wait() {
+    timer.expires_at(Clock::time_point::max());
+    (void)co_await timer.async_wait(kTuple);
+  }
+  asio::awaitable<void> wait_until(Clock::time_point t) {
+    timer.expires_at(t);
+    (void)co_await timer.async_wait(kTuple);
+  }
+  void notify() { timer.cancel(); }
+  asio::steady_timer timer;
+};
+
+// The server's messages for one open stream: a POST's (ends with its response) or the GET's.
+struct Outbox {
+  explicit Outbox(asio::io_context& io) : signal(io) {}
+  std::deque<std::string> lines;
+  bool done = false;  // the response is in `lines`, or the session ended
+  Signal signal;
+  void push(std::string line, bool last) {
+    lines.push_back(std::move(line));
+    done = done || last;
+    signal.notify();
+  }
+};
+
+std::string rpc_error(const json::value& id, int code, const std::string& message) {
+  return json::serialize(json::object{{"jsonrpc", "2.0"}, {"id", id}, {"error", {{"code", code}, {"message", message}}}});
+}
+
+bool valid_server_name(std::string_view s) {
+  if (s.empty() || s.size() > 64) return false;
+  for (char c : s) {
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_' && c != '.') return false;
+  }
+  return true;
+}
+
+bool accepts(std::string_view accept, std::string_view type) {
+  return accept.find(type) != std::string_view::npos || accept.find("*/*") != std::string_view::npos;
+}
+
+}  // namespace
+
+bool supported_protocol_version(std::string_view version) {
+  for (const char* v : kVersions) {
+    if (version == v) return true;
+  }
+  return false;
+}
+
+PostCheck check_post(std::string_view body, std::string_view mcp_method, std::string_view mcp_name) {
+  PostCheck c;
+  boost::system::error_code ec;
+  json::value v = json::parse(body, ec);
+  if (ec) {
+    c.rpc_code = -32700;
+    c.why = "the body is not JSON: " + ec.message();
+    return c;
+  }
+  if (v.is_array()) {
+    c.why = "JSON-RPC batches are not accepted (MCP 2025-06-18 and later): one message per POST";
+    return c;
+  }
+  const json::object* o = v.if_object();
+  const json::value* version = o != nullptr ? o->if_contains("jsonrpc") : nullptr;
+  if (version == nullptr || *version != "2.0") {
+    c.why = "not a JSON-RPC 2.0 message";
+    return c;
+  }
+  const json::value* method = o->if_contains("method");
+  const json::value* id = o->if_contains("id");
+  if (method != nullptr && !method->is_string()) {
+    c.why = "method is not a string";
+    return c;
+  }
+  if (id != nullptr && !id->is_string() && !id->is_int64() && !id->is_uint64()) {
+    c.why = "id must be a string or an integer";
+    return c;
+  }
+  if (method == nullptr && (id == nullptr || (!o->contains("result") && !o->contains("error")))) {
+    c.why = "neither a request, a notification nor a response";
+    return c;
+  }
+  c.method = method != nullptr ? std::string(method->as_string()) : std::string();
+  c.request = method != nullptr && id != nullptr;
+  c.initialize = c.request && c.method == "initialize";
+  if (id != nullptr) c.id_key = json::serialize(*id);
+  const json::object* params = nullptr;
+  if (const json::value* p = o->if_contains("params")) params = p->if_object();
+  if (params != nullptr) {
+    if (const json::value* meta = params->if_contains("_meta"); meta != nullptr && meta->is_object()) {
+      if (const json::value* token = meta->as_object().if_contains("progressToken")) c.progress_key = json::serialize(*token);
+    }
+  }
+  // MCP 2026-07-28's routing headers: a gateway decides on them, so they must say what the
+  // body says.
+  if (!mcp_method.empty() && mcp_method != c.method) {
+    c.why = "the headers and the body disagree: Mcp-Method is \"" + std::string(mcp_method.substr(0, 100)) +
+            "\" but the body's method is \"" + c.method.substr(0, 100) + "\"";
+    return c;
+  }
+  if (!mcp_name.empty()) {
+    const char* field = c.method == "tools/call" || c.method == "prompts/get" ? "name"
+                        : c.method == "resources/read"                          ? "uri"
+                                                                                : nullptr;
+    if (field == nullptr) {
+      c.why = "the headers and the body disagree: Mcp-Name is given for " + (c.method.empty() ? "a response" : c.method.substr(0, 100)) +
+              ", which names nothing";
+      return c;
+    }
+    const json::value* named = params != nullptr ? params->if_contains(field) : nullptr;
+    if (named == nullptr || !named->is_string() || named->as_string() != mcp_name) {
+      c.why = "the headers and the body disagree: Mcp-Name is \"" + std::string(mcp_name.substr(0, 100)) + "\" but the body's params." +
+              field + " is " + (named != nullptr ? json::serialize(*named).substr(0, 100) : std::string("missing"));
+      return c;
+    }
+  }
+  c.line = json::serialize(v);
+  c.ok = true;
+  return c;
+}
+
+struct HttpEndpoint::Impl {
+  Impl(HttpEndpointOptions o, HttpEndpointHooks h) : options(o), hooks(std::move(h)), work(io.get_executor()), pool(2) {}
+
+  struct AgentEntry;
+
+  struct Session {
+    Session(asio::io_context& io, std::string i, std::shared_ptr<AgentEntry> a, std::string s, HttpChannel c)
+        : id(std::move(i)), agent(std::move(a)), server(std::move(s)), channel(std::move(c)), in(io), out(io) {}
+    std::string id;
+    std::shared_ptr<AgentEntry> agent;
+    std::string server, version;
+    HttpChannel channel;
+    asio::posix::stream_descriptor in, out;  // from_relay, to_relay
+    std::string pending_write;
+    bool writing = false, ended = false;
+    std::unordered_map<std::string, std::shared_ptr<Outbox>> by_id, by_progress;
+    std::vector<std::weak_ptr<Outbox>> posts;  // open POST streams, oldest first
+    std::shared_ptr<Outbox> get_stream;
+    std::deque<std::string> unclaimed;
+    size_t streams_open = 0;
+    Clock::time_point used = Clock::now();
+  };
+
+  struct AgentEntry {
+    AgentEntry(asio::io_context& io, std::string a) : agent(std::move(a)), acceptor(io) {}
+    std::string agent;
+    tcp::acceptor acceptor;
+    std::atomic<bool> stopped{false};
+    std::unordered_set<tcp::socket*> conns;  // loop only
+    size_t sessions_open = 0;                // loop only
+    std::atomic<uint64_t> sessions{0}, requests{0}, refused{0}, open_sessions{0};
+  };
+
+  const HttpEndpointOptions options;
+  const HttpEndpointHooks hooks;
+  asio::io_context io;
+  asio::executor_work_guard<asio::io_context::executor_type> work;
+  asio::thread_pool pool;
+  std::thread loop;
+  std::optional<asio::steady_timer> sweeper;
+
+  mutable std::mutex mu;  // agents
+  std::unordered_map<std::string, std::shared_ptr<AgentEntry>> agents;
+  std::unordered_map<std::string, std::shared_ptr<Session>> sessions;  // loop only
+
+  template <class F>
+  asio::awaitable<std::invoke_result_t<F>> off_loop(F fn) {
+    std::optional<std::invoke_result_t<F>> out;
+    co_await asio::co_spawn(
+        pool.get_executor(),
+        [&]() -> asio::awaitable<void> {
+          out.emplace(fn());
+          co_return;
+        },
+        asio::use_awaitable);
+    co_return std::move(*out);
+  }
+
+  // ---- sessions ----
+
+  void end_session(std::shared_ptr<Session> s, const std::string& why) {  // by value: it erases the map's copy
+    if (s->ended) return;
+    s->ended = true;
+    boost::system::error_code ignored;
+    s->in.close(ignored);
+    s->out.close(ignored);
+    s->channel.control.reset();  // the relay ends, and the server behind it
+    for (auto& [key, box] : s->by_id) {
+      box->push(rpc_error(json::parse(key), -32000, "the MCP connection ended: " + why), true);
+    }
+    s->by_id.clear();
+    s->by_progress.clear();
+    if (s->get_stream) {
+      s->get_stream->done = true;
+      s->get_stream->signal.notify();
+    }
+    sessions.erase(s->id);
+    --s->agent->sessions_open;
+    s->agent->open_sessions.fetch_sub(1);
+  }
+
+  void send_line(const std::shared_ptr<Session>& s, std::string line) {
+    s->pending_write += line;
+    s->pending_write += '\n';
+    if (s->writing) return;
+    s->writing = true;
+    asio::co_spawn(io, writer(s), asio::detached);
+  }
+
+  asio::awaitable<void> writer(std::shared_ptr<Session> s) {
+    while (!s->pending_write.empty() && !s->ended) {
+      std::string chunk = std::move(s->pending_write);
+      s->pending_write.clear();
+      auto [ec, n] = co_await asio::async_write(s->out, asio::buffer(chunk), kTuple);
+      if (ec) {
+        end_session(s, "the relay stopped reading");
+        break;
+      }
+    }
+    s->writing = false;
+  }
+
+  // The server's messages, each to the stream that waits for it.
+  void route(const std::shared_ptr<Session>& s, std::string line) {
+    boost::system::error_code ec;
+    json::value v = json::parse(line, ec);
+    const json::object* o = ec ? nullptr : v.if_object();
+    if (o != nullptr && !o->contains("method")) {
+      if (const json::value* id = o->if_contains("id")) {
+        auto it = s->by_id.find(json::serialize(*id));
+        if (it == s->by_id.end()) return;  // its POST has gone: nobody to answer
+        std::shared_ptr<Outbox> box = it->second;
+        s->by_id.erase(it);
+        for (auto p = s->by_progress.begin(); p != s->by_progress.end();) p = p->second == box ? s->by_progress.erase(p) : std::next(p);
+        box->push(std::move(line), true);
+        return;
+      }
+    }
+    if (o != nullptr && o->contains("method") && o->at("method") == "notifications/progress") {
+      if (const json::value* params = o->if_contains("params"); params != nullptr && params->is_object()) {
+        if (const json::value* token = params->as_object().if_contains("progressToken")) {
+          auto it = s->by_progress.find(json::serialize(*token));
+          if (it != s->by_progress.end()) {
+            it->second->push(std::move(line), false);
+            return;
+          }
+        }
+      }
+    }
+    // Unclaimed: the GET stream, else the newest open POST stream, else held for a GET.
+    if (s->get_stream) {
+      s->get_stream->push(std::move(line), false);
+      return;
+    }
+    while (!s->posts.empty()) {
+      if (auto box = s->posts.back().lock(); box && !box->done) {
+        box->push(std::move(line), false);
+        return;
+      }
+      s->posts.pop_back();
+    }
+    if (s->unclaimed.size() >= options.max_unclaimed) s->unclaimed.pop_front();
+    s->unclaimed.push_back(std::move(line));
+  }
+
+  asio::awaitable<void> reader(std::shared_ptr<Session> s) {
+    std::string pending;
+    std::vector<char> buf(64 << 10);
+    for (;;) {
+      auto [ec, n] = co_await s->in.async_read_some(asio::buffer(buf), kTuple);
+      if (ec || s->ended) break;
+      pending.append(buf.data(), n);
+      size_t start = 0;
+      for (size_t nl; (nl = pending.find('\n', start)) != std::string::npos; start = nl + 1) {
+        route(s, pending.substr(start, nl - start));
+      }
+      pending.erase(0, start);
+      if (pending.size() > options.max_line) {
+        end_session(s, "a message of the server is longer than " + std::to_string(options.max_line) + " bytes");
+        co_return;
+      }
+    }
+    end_session(s, "the server's side closed");
+  }
+
+  asio::awaitable<void> sweep() {
+    for (;;) {
+      sweeper->expires_after(std::chrono::seconds(15));
+      auto [ec] = co_await sweeper->async_wait(kTuple);
+      if (ec) co_return;
+      std::vector<std::shared_ptr<Session>> idle;
+      for (auto& [id, s] : sessions) {
+        if (s->streams_open == 0 && s->by_id.empty() && Clock::now() - s->used > options.idle_session) idle.push_back(s);
+      }
+      for (auto& s : idle) end_session(s, "idle");
+    }
+  }
+
+  // ---- HTTP ----
+
+  using Request = http::request<http::string_body>;
+
+  asio::awaitable<bool> reply(tcp::socket& sock, const Request& req, http::status status, std::string body,
+                              const std::string& session = "", AgentEntry* a = nullptr,
+                              const char* content_type = "application/json") {
+    http::response<http::string_body> res{status, req.version()};
+    res.set(http::field::server, "outpostd");
+    if (!body.empty()) res.set(http::field::content_type, content_type);
+    if (!session.empty()) res.set("Mcp-Session-Id", session);
+    res.body() = std::move(body);
+    res.keep_alive(req.keep_alive());
+    res.prepare_payload();
+    if (a != nullptr) {
+      a->requests.fetch_add(1);
+      if (static_cast<unsigned>(status) >= 400) a->refused.fetch_add(1);
+    }
+    auto [ec, n] = co_await http::async_write(sock, res, kTuple);
+    co_return !ec && req.keep_alive();
+  }
+
+  asio::awaitable<bool> refuse(tcp::socket& sock, const Request& req, AgentEntry& a, http::status status, int code,
+                               const std::string& why) {
+    co_return co_await reply(sock, req, status, rpc_error(nullptr, code, why), "", &a);
+  }
+
+  // Streams a POST's messages until its response, as an event stream (what the reference SDK
+  // server sends too). When the response is all there is, the stream is one sized body written
+  // at once, as cheap as a JSON body.
+  asio::awaitable<bool> answer(std::shared_ptr<tcp::socket> shared, const Request& req, AgentEntry& a, std::shared_ptr<Session> s,
+                               std::shared_ptr<Outbox> box, const std::string& session_header) {
+    tcp::socket& sock = *shared;
+    ++s->streams_open;
+    // An agent that goes away while it waits (a closed event stream, an abandoned call) is seen
+    // at once, not at the next message: the socket turns readable (EOF) while nothing is asked.
+    auto gone = std::make_shared<bool>(false);
+    asio::co_spawn(
+        io,
+        [shared, box, gone]() -> asio::awaitable<void> {
+          auto [ec] = co_await shared->async_wait(tcp::socket::wait_read, kTuple);
+          if (ec == asio::error::operation_aborted) co_return;
+          *gone = true;
+          box->signal.notify();
+        },
+        asio::detached);
+    struct StopWatch {
+      tcp::socket& s;
+      ~StopWatch() {
+        boost::system::error_code ignored;
+        s.cancel(ignored);
+      }
+    } stop_watch{sock};
+    while (box->lines.empty() && !box->done && !*gone) co_await box->signal.wait();
+    if (*gone) {
+      box->done = true;
+      --s->streams_open;
+      co_return false;
+    }
+    if (box->done && box->lines.size() == 1) {
+      --s->streams_open;
+      s->used = Clock::now();
+      co_return co_await reply(sock, req, http::status::ok, "event: message\ndata: " + box->lines.front() + "\n\n", session_header,
+                               &a, "text/event-stream");
+    }
+    http::response<http::empty_body> res{http::status::ok, req.version()};
+    res.set(http::field::server, "outpostd");
+    res.set(http::field::content_type, "text/event-stream");
+    res.set(http::field::cache_control, "no-cache");
+    if (!session_header.empty()) res.set("Mcp-Session-Id", session_header);
+    res.chunked(true);
+    res.keep_alive(req.keep_alive());
+    a.requests.fetch_add(1);
+    http::response_serializer<http::empty_body> sr{res};
+    auto [hec, hn] = co_await http::async_write_header(sock, sr, kTuple);
+    bool ok = !hec;
+    while (ok && !*gone) {
+      while (ok && !box->lines.empty()) {
+        std::string event = "event: message\ndata: " + box->lines.front() + "\n\n";
+        box->lines.pop_front();
+        auto [ec, n] = co_await asio::async_write(sock, http::make_chunk(asio::buffer(event)), kTuple);
+        ok = !ec;
+      }
+      if (!ok || box->done) break;
+      co_await box->signal.wait();
+    }
+    ok = ok && !*gone;
+    if (ok) {
+      auto [ec, n] = co_await asio::async_write(sock, http::make_chunk_last(), kTuple);
+      ok = !ec;
+    }
+    if (!ok) box->done = true;  // the agent went away: later messages for it are dropped
+    --s->streams_open;
+    s->used = Clock::now();
+    co_return ok && req.keep_alive();
+  }
+
+  asio::awaitable<bool> post(std::shared_ptr<tcp::socket> shared, const Request& req, AgentEntry& a, const std::string& server) {
+    tcp::socket& sock = *shared;
+    if (!accepts(req[http::field::accept], "application/json") || !accepts(req[http::field::accept], "text/event-stream")) {
+      co_return co_await refuse(sock, req, a, http::status::not_acceptable, -32600,
+                                "Accept must name application/json and text/event-stream");
+    }
+    if (req[http::field::content_type].substr(0, 16) != "application/json") {
+      co_return co_await refuse(sock, req, a, http::status::unsupported_media_type, -32600, "Content-Type must be application/json");
+    }
+    const PostCheck c = check_post(req.body(), req["Mcp-Method"], req["Mcp-Name"]);
+    if (!c.ok) co_return co_await refuse(sock, req, a, http::status::bad_request, c.rpc_code, c.why);
+    const std::string_view version = req["MCP-Protocol-Version"];
+    const std::string_view sid = req["Mcp-Session-Id"];
+    std::string line = c.line;
+    const json::value id = c.id_key.empty() ? json::value(nullptr) : json::parse(c.id_key);
+
+    std::shared_ptr<Session> s;
+    if (c.initialize) {
+      if (!sid.empty()) {
+        co_return co_await refuse(sock, req, a, http::status::bad_request, -32600, "initialize opens a session: it carries no Mcp-Session-Id");
+      }
+      if (a.sessions_open >= options.max_sessions_per_agent) {
+        // The least recently used idle session makes room (clients seldom DELETE theirs).
+        std::shared_ptr<Session> lru;
+        for (auto& [sid_, other] : sessions) {
+          if (other->agent->agent != a.agent || other->streams_open > 0 || !other->by_id.empty()) continue;
+          if (!lru || other->used < lru->used) lru = other;
+        }
+        if (!lru) {
+          co_return co_await refuse(sock, req, a, http::status::service_unavailable, -32000,
+                                    "agent " + a.agent + " has " + std::to_string(a.sessions_open) + " busy MCP sessions open already");
+        }
+        end_session(lru, "the agent opened more sessions than it may keep");
+      }
+      ++a.sessions_open;  // reserved while the relay is opened
+      auto opened = co_await off_loop([&] { return hooks.open(a.agent, server); });
+      --a.sessions_open;
+      if (!opened) {
+        co_return co_await reply(sock, req, http::status::ok, rpc_error(id, -32000, opened.error().message()), "", &a);
+      }
+      if (a.stopped) co_return false;
+      uint8_t raw[16];
+      random_bytes(std::span<uint8_t>(raw, sizeof raw));
+      auto agent_ref = agents_entry(a.agent);
+      if (!agent_ref) co_return false;
+      s = std::make_shared<Session>(io, hex_encode(ByteView(raw, sizeof raw)), agent_ref, server, std::move(*opened));
+      boost::system::error_code ec;
+      s->in.assign(s->channel.from_relay.release(), ec);
+      if (!ec) s->out.assign(s->channel.to_relay.release(), ec);
+      if (ec) co_return co_await reply(sock, req, http::status::ok, rpc_error(id, -32000, "MCP connection: " + ec.message()), "", &a);
+      sessions[s->id] = s;
+      ++a.sessions_open;
+      a.sessions.fetch_add(1);
+      a.open_sessions.fetch_add(1);
+      asio::co_spawn(io, reader(s), asio::detached);
+    } else {
+      if (sid.empty()) {
+        if (version == "2026-07-28") {
+          co_return co_await refuse(sock, req, a, http::status::bad_request, -32600,
+                                    "MCP 2026-07-28 stateless requests are not served here yet: initialize a session "
+                                    "(MCP-Protocol-Version 2025-11-25 or earlier)");
+        }
+        co_return co_await refuse(sock, req, a, http::status::bad_request, -32600, "no Mcp-Session-Id: initialize first");
+      }
+      auto it = sessions.find(std::string(sid));
+      if (it == sessions.end() || it->second->agent->agent != a.agent || it->second->server != server) {
+        co_return co_await refuse(sock, req, a, http::status::not_found, -32001, "no such MCP session (it ended): initialize again");
+      }
+      s = it->second;
+    }
+    if (!version.empty() && !supported_protocol_version(version) && !c.initialize) {
+      co_return co_await refuse(sock, req, a, http::status::bad_request, -32600,
+                                "unsupported MCP-Protocol-Version " + std::string(version.substr(0, 40)) +
+                                    " (this endpoint speaks 2025-11-25, 2025-06-18, 2025-03-26, 2024-11-05)");
+    }
+    s->used = Clock::now();
+    if (!c.request) {
+      send_line(s, std::move(line));
+      co_return co_await reply(sock, req, http::status::accepted, "", "", &a);
+    }
+    if (s->by_id.count(c.id_key) != 0) {
+      co_return co_await refuse(sock, req, a, http::status::bad_request, -32600, "a request with id " + c.id_key + " is open already");
+    }
+    auto box = std::make_shared<Outbox>(io);
+    s->by_id[c.id_key] = box;
+    if (!c.progress_key.empty()) s->by_progress[c.progress_key] = box;
+    std::erase_if(s->posts, [](const std::weak_ptr<Outbox>& w) {
+      auto b = w.lock();
+      return !b || b->done;
+    });
+    s->posts.push_back(box);
+    send_line(s, std::move(line));
+    if (!c.initialize) co_return co_await answer(shared, req, a, s, box, "");
+    // The session's version: what the server answered (the relay passes the answer as it is).
+    while (box->lines.empty() && !box->done) co_await box->signal.wait();
+    if (!box->lines.empty()) {
+      boost::system::error_code ec;
+      json::value answered = json::parse(box->lines.back(), ec);
+      if (!ec && answered.is_object()) {
+        if (const json::value* r = answered.as_object().if_contains("result"); r != nullptr && r->is_object()) {
+          if (const json::value* pv = r->as_object().if_contains("protocolVersion"); pv != nullptr && pv->is_string()) {
+            s->version = std::string(pv->as_string());
+          }
+        }
+      }
+    }
+    co_return co_await answer(shared, req, a, s, box, s->id);
+  }
+
+  asio::awaitable<bool> get(std::shared_ptr<tcp::socket> shared, const Request& req, AgentEntry& a, const std::string& server) {
+    tcp::socket& sock = *shared;
+    if (!accepts(req[http::field::accept], "text/event-stream")) {
+      co_return co_await refuse(sock, req, a, http::status::not_acceptable, -32600, "Accept must name text/event-stream");
+    }
+    auto it = sessions.find(std::string(req["Mcp-Session-Id"]));
+    if (it == sessions.end() || it->second->agent->agent != a.agent || it->second->server != server) {
+      co_return co_await refuse(sock, req, a, http::status::not_found, -32001, "no such MCP session (it ended): initialize again");
+    }
+    std::shared_ptr<Session> s = it->second;
+    if (s->get_stream) {
+      co_return co_await refuse(sock, req, a, http::status::conflict, -32600, "the session's event stream is open already");
+    }
+    auto box = std::make_shared<Outbox>(io);
+    for (auto& line : s->unclaimed) box->lines.push_back(std::move(line));
+    s->unclaimed.clear();
+    s->get_stream = box;
+    const bool keep = co_await answer(shared, req, a, s, box, "");
+    if (s->get_stream == box) s->get_stream.reset();
+    co_return keep;
+  }
+
+  asio::awaitable<bool> remove(tcp::socket& sock, const Request& req, AgentEntry& a, const std::string& server) {
+    auto it = sessions.find(std::string(req["Mcp-Session-Id"]));
+    if (it == sessions.end() || it->second->agent->agent != a.agent || it->second->server != server) {
+      co_return co_await refuse(sock, req, a, http::status::not_found, -32001, "no such MCP session");
+    }
+    end_session(it->second, "ended by the agent");
+    co_return co_await reply(sock, req, http::status::ok, "", "", &a);
+  }
+
+  // Host and Origin must name this endpoint as the agent reaches it (DNS rebinding).
+  bool local_origin(const Request& req) const {
+    const std::string port = std::to_string(options.port);
+    auto is_local = [&](std::string_view authority) {
+      return authority == "127.0.0.1:" + port || authority == "localhost:" + port || authority == "[::1]:" + port ||
+             (options.port == 80 && (authority == "127.0.0.1" || authority == "localhost"));
+    };
+    if (!is_local(req[http::field::host])) return false;
+    const std::string_view origin = req[http::field::origin];
+    if (origin.empty()) return true;
+    return origin.substr(0, 7) == "http://" && is_local(origin.substr(7));
+  }
+
+  asio::awaitable<void> connection(std::shared_ptr<AgentEntry> a, std::shared_ptr<tcp::socket> sock) {
+    a->conns.insert(sock.get());
+    boost::beast::flat_buffer buffer;
+    for (bool keep = true; keep && !a->stopped;) {
+      http::request_parser<http::string_body> parser;
+      parser.header_limit(64 << 10);
+      parser.body_limit(options.max_body);
+      boost::system::error_code ec;
+      {
+        tls::SocketDeadline dog(*sock, options.head_timeout);
+        std::tie(ec, std::ignore) = co_await http::async_read(*sock, buffer, parser, kTuple);
+      }
+      if (ec == http::error::body_limit) {
+        Request r;
+        r.version(11);
+        r.keep_alive(false);
+        (void)co_await refuse(*sock, r, *a, http::status::payload_too_large, -32600,
+                              "a message longer than " + std::to_string(options.max_body) + " bytes");
+        break;
+      }
+      if (ec) break;
+      Request req = parser.release();
+      const std::string_view target = req.target();
+      const std::string_view path = target.substr(0, target.find('?'));
+      const std::string server = path.substr(0, 5) == "/mcp/" ? std::string(path.substr(5)) : std::string();
+      if (!local_origin(req)) {
+        keep = co_await refuse(*sock, req, *a, http::status::forbidden, -32600,
+                               "Host or Origin does not name this endpoint (127.0.0.1:" + std::to_string(options.port) + ")");
+      } else if (!valid_server_name(server)) {
+        keep = co_await refuse(*sock, req, *a, http::status::not_found, -32600, "the MCP endpoint is /mcp/SERVER");
+      } else if (req.method() == http::verb::post) {
+        keep = co_await post(sock, req, *a, server);
+      } else if (req.method() == http::verb::get) {
+        keep = co_await get(sock, req, *a, server);
+      } else if (req.method() == http::verb::delete_) {
+        keep = co_await remove(*sock, req, *a, server);
+      } else {
+        keep = co_await refuse(*sock, req, *a, http::status::method_not_allowed, -32600, "POST, GET or DELETE");
+      }
+    }
+    a->conns.erase(sock.get());
+    boost::system::error_code ignored;
+    sock->close(ignored);
+  }
+
+  asio::awaitable<void> accept_loop(std::shared_ptr<AgentEntry> a) {
+    for (;;) {
+      auto [ec, sock] = co_await a->acceptor.async_accept(kTuple);
+      if (a->stopped || ec == asio::error::operation_aborted || !a->acceptor.is_open()) co_return;
+      if (ec) {
+        asio::steady_timer t(io, std::chrono::milliseconds(100));
+        co_await t.async_wait(kTuple);
+        continue;
+      }
+      if (a->conns.size() >= options.max_connections_per_agent) {
+        boost::system::error_code ignored;
+        sock.close(ignored);
+        a->refused.fetch_add(1);
+        continue;
+      }
+      sock.set_option(tcp::no_delay(true), ec);
+      asio::co_spawn(io, connection(a, std::make_shared<tcp::socket>(std::move(sock))), asio::detached);
+    }
+  }
+
+  std::shared_ptr<AgentEntry> agents_entry(const std::string& agent) {
+    std::lock_guard lock(mu);
+    auto it = agents.find(agent);
+    return it == agents.end() ? nullptr : it->second;
+  }
+};
+
+HttpEndpoint::HttpEndpoint(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Result<std::unique_ptr<HttpEndpoint>> HttpEndpoint::start(HttpEndpointOptions options, HttpEndpointHooks hooks) {
+  auto impl = std::make_unique<Impl>(options, std::move(hooks));
+  Impl* p = impl.get();
+  p->sweeper.emplace(p->io);
+  asio::co_spawn(p->io, p->sweep(), asio::detached);
+  try {
+    p->loop = std::thread([p] {
+      ::pthread_setname_np(::pthread_self(), "outpost-mcphttp");
+      p->io.run();
+    });
+  } catch (const std::system_error& e) {
+    return fail(make_error_code(errc::io), std::string("MCP endpoint thread: ") + e.what());
+  }
+  return std::unique_ptr<HttpEndpoint>(new HttpEndpoint(std::move(impl)));
+}
+
+HttpEndpoint::~HttpEndpoint() {
+  std::vector<std::string> names;
+  {
+    std::lock_guard lock(impl_->mu);
+    for (const auto& [name, a] : impl_->agents) names.push_back(name);
+  }
+  for (const auto& n : names) stop_agent(n);
+  asio::post(impl_->io, [p = impl_.get()] {
+    boost::system::error_code ignored;
+    p->sweeper->cancel();
+  });
+  impl_->work.reset();
+  // Sessions end on the loop (stop_agent above); then nothing is left to run.
+  const auto give_up = Clock::now() + std::chrono::seconds(2);
+  while (!impl_->io.stopped() && Clock::now() < give_up) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  impl_->io.stop();
+  if (impl_->loop.joinable()) impl_->loop.join();
+  impl_->pool.join();
+}
+
+void HttpEndpoint::serve(const std::string& agent, sandbox::UniqueFd listener) {
+  stop_agent(agent);
+  asio::post(impl_->io, [p = impl_.get(), agent, fd = listener.release()] {
+    auto a = std::make_shared<Impl::AgentEntry>(p->io, agent);
+    boost::system::error_code ec;
+    a->acceptor.assign(tcp::v4(), fd, ec);
+    if (ec) {
+      ::close(fd);
+      log::error("outpostd", {{"msg", "MCP endpoint for agent " + agent + ": " + ec.message()}});
+      return;
+    }
+    {
+      std::lock_guard lock(p->mu);
+      p->agents[agent] = a;
+    }
+    asio::co_spawn(p->io, p->accept_loop(a), asio::detached);
+  });
+}
+
+void HttpEndpoint::stop_agent(const std::string& agent) {
+  std::shared_ptr<Impl::AgentEntry> a;
+  {
+    std::lock_guard lock(impl_->mu);
+    auto it = impl_->agents.find(agent);
+    if (it == impl_->agents.end()) return;
+    a = it->second;  // kept (stopped) for its counters until the agent is served again
+  }
+  if (a->stopped.exchange(true)) return;
+  asio::post(impl_->io, [p = impl_.get(), a] {
+    boost::system::error_code ec;
+    a->acceptor.close(ec);
+    for (tcp::socket* s : a->conns) s->close(ec);
+    std::vector<std::shared_ptr<Impl::Session>> mine;
+    for (auto& [id, s] : p->sessions) {
+      if (s->agent == a) mine.push_back(s);
+    }
+    for (auto& s : mine) p->end_session(s, "the agent stopped");
+  });
+}
+
+HttpEndpoint::Counters HttpEndpoint::counters(const std::string& agent) const {
+  std::lock_guard lock(impl_->mu);
+  auto it = impl_->agents.find(agent);
+  if (it == impl_->agents.end()) return {};
+  const Impl::AgentEntry& a = *it->second;
+  return Counters{a.sessions.load(), a.requests.load(), a.refused.load(), a.open_sessions.load()};
+}
+
+}  // namespace outpost::broker

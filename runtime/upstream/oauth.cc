@@ -1,0 +1,208 @@
+#include "upstream/oauth.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include <boost/json.hpp>
+
+#include "outpost/base/bytes.h"
+#include "outpost/base/errors.h"
+#include "upstream/streamable_http.h"
+
+namespace outpost::upstream {
+
+namespace json = boost::json;
+
+namespace {
+
+std::string text_of(const json::object& o, std::string_view key) {
+  const json::value* v = o.if_contains(key);
+  return v != nullptr && v->is_string() ? std::string(v->as_string()) : std::string();
+}
+
+bool loopback_host(const UpstreamUrl& u) {
+  return u.host == "localhost" || u.host == "::1" || u.host.rfind("127.", 0) == 0;
+}
+
+void wipe(std::string& s) {
+  std::fill(s.begin(), s.end(), '\0');
+  s.clear();
+}
+
+}  // namespace
+
+std::string metadata_url(std::string_view issuer) {
+  std::string_view i = issuer;
+  while (!i.empty() && i.back() == '/') i.remove_suffix(1);
+  const size_t scheme = i.find("://");
+  const size_t path = scheme == std::string_view::npos ? std::string_view::npos : i.find('/', scheme + 3);
+  const std::string_view origin = i.substr(0, path);
+  const std::string_view rest = path == std::string_view::npos ? std::string_view() : i.substr(path);
+  return std::string(origin) + "/.well-known/oauth-authorization-server" + std::string(rest);
+}
+
+Result<AsMetadata> parse_as_metadata(std::string_view body, std::string_view expected_issuer) {
+  boost::system::error_code ec;
+  json::value v = json::parse(body, ec);
+  if (ec || !v.is_object()) return fail(errc::invalid_argument, "authorization server metadata is not a JSON object");
+  const json::object& o = v.as_object();
+  AsMetadata m;
+  m.issuer = text_of(o, "issuer");
+  if (m.issuer != expected_issuer) {
+    return fail(errc::verification_failed, "authorization server metadata names issuer \"" + m.issuer.substr(0, 200) +
+                                             "\", not the configured \"" + std::string(expected_issuer) + "\" (RFC 8414 §3.3)");
+  }
+  m.token_endpoint = text_of(o, "token_endpoint");
+  auto url = parse_upstream_url(m.token_endpoint);
+  if (!url) return fail(url.error().wrap("authorization server metadata: token_endpoint"));
+  if (!url->tls && !loopback_host(*url)) {
+    return fail(errc::verification_failed, "authorization server metadata: the token endpoint " + url->text +
+                                             " is plain HTTP to a host that is not loopback");
+  }
+  if (const json::value* methods = o.if_contains("token_endpoint_auth_methods_supported"); methods != nullptr && methods->is_array()) {
+    bool basic = false, post = false;
+    for (const auto& e : methods->as_array()) {
+      if (e == "client_secret_basic") basic = true;
+      if (e == "client_secret_post") post = true;
+    }
+    if (!basic && !post) return fail(errc::unsupported, "the authorization server takes neither client_secret_basic nor client_secret_post");
+    m.basic = basic;
+  }
+  return m;
+}
+
+Result<AccessToken> parse_token_response(unsigned status, std::string_view body, int64_t now) {
+  boost::system::error_code ec;
+  json::value v = json::parse(body, ec);
+  const json::object* o = !ec && v.is_object() ? &v.as_object() : nullptr;
+  if (status != 200) {
+    std::string why = "the token endpoint answered HTTP " + std::to_string(status);
+    if (o != nullptr && !text_of(*o, "error").empty()) {
+      why += ": " + text_of(*o, "error").substr(0, 100);
+      if (const std::string d = text_of(*o, "error_description"); !d.empty()) why += " (" + d.substr(0, 300) + ")";
+    }
+    return fail(errc::verification_failed, why);
+  }
+  if (o == nullptr) return fail(errc::invalid_argument, "the token endpoint's answer is not a JSON object");
+  AccessToken t;
+  t.value = text_of(*o, "access_token");
+  if (t.value.empty() || !header_safe(t.value)) return fail(errc::invalid_argument, "the token endpoint's answer has no usable access_token");
+  std::string type = text_of(*o, "token_type");
+  std::transform(type.begin(), type.end(), type.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  if (type != "bearer") return fail(errc::unsupported, "the token endpoint issued a \"" + type.substr(0, 50) + "\" token, not a Bearer token");
+  int64_t life = 300;  // RFC 6749 makes expires_in optional; five minutes, then ask again
+  if (const json::value* e = o->if_contains("expires_in"); e != nullptr) {
+    if (e->is_int64()) life = e->as_int64();
+    else if (e->is_uint64()) life = static_cast<int64_t>(std::min<uint64_t>(e->as_uint64(), 1u << 30));
+    else if (e->is_double() && std::isfinite(e->as_double())) life = static_cast<int64_t>(std::clamp(e->as_double(), -1.0, 1e9));
+    else return fail(errc::invalid_argument, "the token endpoint's expires_in is not a number");
+  }
+  if (life <= 0) return fail(errc::invalid_argument, "the token endpoint issued a token that has expired already");
+  t.fetched_at = now;
+  t.expires_at = now + std::min<int64_t>(life, 1 << 30);
+  return t;
+}
+
+std::string form_encode(std::string_view value) {
+  static constexpr char kHex[] = "0123456789ABCDEF";
+  std::string out;
+  for (unsigned char c : value) {
+    if (std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '*') {
+      out.push_back(static_cast<char>(c));
+    } else if (c == ' ') {
+      out.push_back('+');
+    } else {
+      out.push_back('%');
+      out.push_back(kHex[c >> 4]);
+      out.push_back(kHex[c & 15]);
+    }
+  }
+  return out;
+}
+
+TokenSource::TokenSource(AuthSpec spec, std::string resource, SecretFn secret, HttpFn http, std::function<int64_t()> clock)
+    : spec_(std::move(spec)), resource_(std::move(resource)), secret_(std::move(secret)), http_(std::move(http)),
+      clock_(std::move(clock)) {}
+
+TokenSource::~TokenSource() {
+  if (token_) wipe(token_->value);
+}
+
+TokenSource::Stats TokenSource::stats() const {
+  std::lock_guard lock(mu_);
+  return stats_;
+}
+
+Result<std::string> TokenSource::authorization(bool refresh) {
+  if (spec_.kind == AuthSpec::Kind::none) return std::string();
+  std::lock_guard lock(mu_);  // one fetch at a time; the others then use its token
+  const int64_t now = clock_();
+  if (token_ && !refresh) {
+    const int64_t margin = std::min<int64_t>(60, (token_->expires_at - token_->fetched_at) / 10);
+    if (spec_.kind == AuthSpec::Kind::bearer || now < token_->expires_at - margin) return "Bearer " + token_->value;
+  }
+  if (token_) wipe(token_->value);
+  token_.reset();
+  auto t = fetch();
+  if (!t) {
+    ++stats_.failed;
+    return fail(t.error());
+  }
+  ++stats_.fetched;
+  token_ = std::move(*t);
+  return "Bearer " + token_->value;
+}
+
+Result<AccessToken> TokenSource::fetch() {
+  const int64_t now = clock_();
+  if (spec_.kind == AuthSpec::Kind::bearer) {
+    auto value = secret_(spec_.secret);
+    if (!value) return fail(value.error().wrap("bearer token " + spec_.secret));
+    if (value->empty() || !header_safe(*value)) {
+      wipe(*value);
+      return fail(errc::invalid_argument, "bearer token " + spec_.secret + " is empty or not printable ASCII");
+    }
+    AccessToken t{std::move(*value), INT64_MAX, now};
+    return t;
+  }
+  if (!metadata_) {
+    HttpExchange get;
+    get.url = metadata_url(spec_.issuer);
+    get.headers.emplace_back("Accept", "application/json");
+    OUTPOST_TRY(HttpAnswer a, http_(get));
+    if (a.status != 200) return fail(errc::io, "authorization server metadata " + get.url + ": HTTP " + std::to_string(a.status));
+    auto m = parse_as_metadata(a.body, spec_.issuer);
+    if (!m) return fail(m.error().wrap(get.url));
+    metadata_ = std::move(*m);
+  }
+  auto client_secret = secret_(spec_.secret);
+  if (!client_secret) return fail(client_secret.error().wrap("client secret " + spec_.secret));
+  HttpExchange post;
+  post.method = "POST";
+  post.url = metadata_->token_endpoint;
+  post.content_type = "application/x-www-form-urlencoded";
+  post.headers.emplace_back("Accept", "application/json");
+  post.body = "grant_type=client_credentials&resource=" + form_encode(resource_);
+  if (!spec_.scope.empty()) post.body += "&scope=" + form_encode(spec_.scope);
+  std::string basic;
+  if (metadata_->basic) {
+    // RFC 6749 §2.3.1: each part form-encoded, then base64 of "id:secret".
+    std::string pair = form_encode(spec_.client_id) + ":" + form_encode(*client_secret);
+    basic = "Basic " + base64_encode(as_bytes(pair));
+    post.headers.emplace_back("Authorization", basic);
+    wipe(pair);
+  } else {
+    post.body += "&client_id=" + form_encode(spec_.client_id) + "&client_secret=" + form_encode(*client_secret);
+  }
+  wipe(*client_secret);
+  auto a = http_(post);
+  wipe(basic);
+  for (auto& [k, v] : post.headers) wipe(v);
+  wipe(post.body);
+  if (!a) return fail(a.error().wrap("token endpoint " + metadata_->token_endpoint));
+  auto t = parse_token_response(a->status, a->body, now);
+  if (!t) return fail(t.error().wrap("token endpoint " + metadata_->token_endpoint));
+  return t;
+}
+
+}  // namespace outpost::upstream

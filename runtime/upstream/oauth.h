@@ -1,0 +1,110 @@
+// The credential outpostd presents to a remote MCP server on an agent's behalf; the agent never
+// holds it (docs/daemon.md, "Credentials outpostd holds").
+//
+// Two kinds, from the agent's manifest (`auth:` of a `url:` server):
+//   * bearer: a static token sealed by the node's TPM (`outpost secret seal`), unsealed by
+//     outpostd when a connection first needs it;
+//   * oauth: an OAuth 2.1 client of the server's authorization server, with the client
+//     credentials grant (RFC 6749 §4.4). outpostd reads the authorization server's metadata
+//     (RFC 8414) and refuses it unless its `issuer` is exactly the configured one (§3.3), asks
+//     for tokens with the server's URL as RFC 8707 resource indicator, authenticates with the
+//     client secret sealed by the TPM (client_secret_basic, or client_secret_post when that is
+//     all the server supports), and keeps each token until shortly before it expires (the
+//     smaller of a minute and a tenth of its life), then fetches the next one before use.
+//     A server's 401 makes it fetch a new token and retry once.
+// The authorization-code grant with PKCE (an operator's one-time login on the node) is not
+// built yet: docs/daemon.md says what it will take.
+//
+// TokenSource does no I/O of its own: the caller gives it the HTTP exchange (egress-decided,
+// TLS-checked: http_upstream.h) and the unsealing. Thread-safe: one source serves every
+// connection of one agent to one server.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "outpost/base/result.h"
+
+namespace outpost::upstream {
+
+struct AuthSpec {
+  enum class Kind { none, bearer, oauth } kind = Kind::none;
+  std::string secret;     // the sealed secret's name: the token (bearer), the client secret (oauth)
+  std::string issuer;     // oauth: the authorization server's issuer identifier (https URL)
+  std::string client_id;  // oauth
+  std::string scope;      // oauth, optional
+};
+
+// RFC 8414 §3.1: the metadata of "https://as/tenant" is at
+// "https://as/.well-known/oauth-authorization-server/tenant".
+std::string metadata_url(std::string_view issuer);
+
+struct AsMetadata {
+  std::string issuer, token_endpoint;
+  bool basic = true;  // client_secret_basic (else client_secret_post)
+};
+// The metadata document; an error unless its issuer is `expected_issuer` exactly and its token
+// endpoint is an https URL (or http to loopback, as for an MCP server).
+Result<AsMetadata> parse_as_metadata(std::string_view body, std::string_view expected_issuer);
+
+struct AccessToken {
+  std::string value;
+  int64_t expires_at = 0;  // Unix seconds
+  int64_t fetched_at = 0;
+};
+// A token endpoint's answer (RFC 6749 §5.1, §5.2): the token, or an error that carries the
+// server's `error` and `error_description`.
+Result<AccessToken> parse_token_response(unsigned status, std::string_view body, int64_t now);
+
+// application/x-www-form-urlencoded of one value.
+std::string form_encode(std::string_view value);
+
+struct HttpExchange {
+  std::string method = "GET";
+  std::string url;
+  std::vector<std::pair<std::string, std::string>> headers;
+  std::string content_type, body;
+};
+struct HttpAnswer {
+  unsigned status = 0;
+  std::string content_type, body;
+};
+using HttpFn = std::function<Result<HttpAnswer>(const HttpExchange&)>;
+using SecretFn = std::function<Result<std::string>(std::string_view name)>;
+
+class TokenSource {
+ public:
+  // `resource`: the MCP server's URL (the RFC 8707 resource indicator). `clock`: Unix seconds.
+  TokenSource(AuthSpec spec, std::string resource, SecretFn secret, HttpFn http, std::function<int64_t()> clock);
+  ~TokenSource();
+
+  // The Authorization header's value, empty for kind none. `refresh`: the server refused the
+  // last one, so a cached value is not used again.
+  Result<std::string> authorization(bool refresh);
+
+  struct Stats {
+    uint64_t fetched = 0;  // tokens obtained (bearer: unsealed)
+    uint64_t failed = 0;   // fetches that failed (refused, unreachable, bad answers)
+  };
+  Stats stats() const;
+
+ private:
+  Result<AccessToken> fetch();
+  AuthSpec spec_;
+  std::string resource_;
+  SecretFn secret_;
+  HttpFn http_;
+  std::function<int64_t()> clock_;
+  mutable std::mutex mu_;
+  std::optional<AccessToken> token_;
+  std::optional<AsMetadata> metadata_;
+  Stats stats_;
+};
+
+}  // namespace outpost::upstream

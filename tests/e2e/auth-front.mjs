@@ -1,0 +1,171 @@
+#!/usr/bin/env node
+// An OAuth-protected front for a Streamable HTTP MCP server, for outpost's end-to-end tests:
+// the authorization server and the resource server of one small deployment, on loopback.
+//
+//   node auth-front.mjs --port-file FILE --upstream http://127.0.0.1:P/mcp
+//                       --client-id ID --client-secret SECRET [--token-life SECONDS]
+//                       [--refuse-file FILE] [--log FILE] [--tls-cert CERT --tls-key KEY]
+//
+// Listens on 127.0.0.1 (HTTPS with --tls-cert/--tls-key; then its name is "localhost"), a port
+// the kernel picks, and writes the port to FILE. SIGTERM or SIGINT closes it and exits 0.
+//   GET  /.well-known/oauth-authorization-server   RFC 8414 metadata; issuer ORIGIN
+//   POST /token     the client credentials grant (RFC 6749 §4.4), client_secret_basic only;
+//                   the RFC 8707 resource must be ORIGIN/mcp. Tokens live --token-life seconds
+//                   (default 60). While --refuse-file exists: 400 invalid_client.
+//   *    /mcp       needs "Authorization: Bearer T", T issued here and not expired (else 401
+//                   with WWW-Authenticate); then proxied to --upstream without the header,
+//                   the answer (JSON or an event stream) streamed back as it comes.
+// --log appends one JSON line per request:
+//   {"kind":"token","status","grant_type","resource","client_id","token"?}
+//   {"kind":"mcp","method","status","auth":"ok"|"missing"|"unknown"|"expired","token",
+//    "mcp_method","mcp_name","session","protocol_version","rpc_method"}
+
+import { randomBytes } from 'node:crypto';
+import { appendFileSync, existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import http from 'node:http';
+import https from 'node:https';
+import process from 'node:process';
+import { parseArgs } from 'node:util';
+
+const { values: opts } = parseArgs({
+  options: {
+    'port-file': { type: 'string' },
+    upstream: { type: 'string' },
+    'client-id': { type: 'string' },
+    'client-secret': { type: 'string' },
+    'token-life': { type: 'string', default: '60' },
+    'refuse-file': { type: 'string' },
+    log: { type: 'string' },
+    'tls-cert': { type: 'string' },
+    'tls-key': { type: 'string' },
+  },
+});
+if (!opts['port-file'] || !opts.upstream || !opts['client-id'] || !opts['client-secret']) {
+  process.stderr.write('usage: node auth-front.mjs --port-file FILE --upstream URL --client-id ID --client-secret S ...\n');
+  process.exit(2);
+}
+const tls = Boolean(opts['tls-cert']);
+const upstream = new URL(opts.upstream);
+const life = Number(opts['token-life']);
+const tokens = new Map(); // token -> expiry (ms)
+let origin = '';
+
+function log(entry) {
+  if (opts.log) appendFileSync(opts.log, JSON.stringify(entry) + '\n');
+}
+
+function json(res, status, body, headers = {}) {
+  res.writeHead(status, { 'content-type': 'application/json', ...headers });
+  res.end(JSON.stringify(body));
+}
+
+function readBody(req) {
+  return new Promise((resolve, reject) => {
+    const chunks = [];
+    req.on('data', (c) => chunks.push(c));
+    req.on('end', () => resolve(Buffer.concat(chunks)));
+    req.on('error', reject);
+  });
+}
+
+async function token(req, res) {
+  const form = new URLSearchParams((await readBody(req)).toString());
+  const entry = { kind: 'token', grant_type: form.get('grant_type'), resource: form.get('resource') };
+  const basic = /^Basic (.+)$/.exec(req.headers.authorization ?? '');
+  const [id, secret] = basic ? Buffer.from(basic[1], 'base64').toString().split(':') : [];
+  entry.client_id = id ? decodeURIComponent(id) : null;
+  const refuse = (status, error, description) => {
+    log({ ...entry, status });
+    json(res, status, { error, error_description: description });
+  };
+  if (opts['refuse-file'] && existsSync(opts['refuse-file'])) return refuse(400, 'invalid_client', 'client disabled');
+  if (!basic || decodeURIComponent(id) !== opts['client-id'] || decodeURIComponent(secret ?? '') !== opts['client-secret']) {
+    return refuse(401, 'invalid_client', 'bad client credentials');
+  }
+  if (entry.grant_type !== 'client_credentials') return refuse(400, 'unsupported_grant_type', entry.grant_type);
+  if (entry.resource !== `${origin}/mcp`) return refuse(400, 'invalid_target', `resource ${entry.resource}`);
+  const t = randomBytes(18).toString('base64url');
+  tokens.set(t, Date.now() + life * 1000);
+  log({ ...entry, status: 200, token: t });
+  json(res, 200, { access_token: t, token_type: 'Bearer', expires_in: life });
+}
+
+async function mcp(req, res) {
+  const body = await readBody(req);
+  const entry = {
+    kind: 'mcp',
+    method: req.method,
+    mcp_method: req.headers['mcp-method'] ?? null,
+    mcp_name: req.headers['mcp-name'] ?? null,
+    session: req.headers['mcp-session-id'] ?? null,
+    protocol_version: req.headers['mcp-protocol-version'] ?? null,
+  };
+  try {
+    entry.rpc_method = JSON.parse(body.toString()).method ?? null;
+  } catch {
+    entry.rpc_method = null;
+  }
+  const bearer = /^Bearer (.+)$/.exec(req.headers.authorization ?? '');
+  entry.token = bearer ? bearer[1] : null;
+  const expiry = bearer ? tokens.get(bearer[1]) : undefined;
+  entry.auth = !bearer ? 'missing' : expiry === undefined ? 'unknown' : expiry <= Date.now() ? 'expired' : 'ok';
+  if (entry.auth !== 'ok') {
+    log({ ...entry, status: 401 });
+    return json(res, 401, { error: 'invalid_token' }, { 'www-authenticate': 'Bearer error="invalid_token"' });
+  }
+  const headers = { ...req.headers, host: upstream.host, 'content-length': String(body.length) };
+  delete headers.authorization;
+  const up = http.request(
+    { hostname: upstream.hostname, port: upstream.port, path: upstream.pathname, method: req.method, headers },
+    (answer) => {
+      log({ ...entry, status: answer.statusCode });
+      res.writeHead(answer.statusCode, answer.headers);
+      answer.pipe(res);
+    },
+  );
+  up.on('error', (e) => {
+    log({ ...entry, status: 502 });
+    json(res, 502, { error: e.message });
+  });
+  up.end(body);
+}
+
+const handler = (req, res) => {
+  const path = new URL(req.url, 'http://x').pathname;
+  let done;
+  if (req.method === 'GET' && path === '/.well-known/oauth-authorization-server') {
+    done = Promise.resolve(
+      json(res, 200, {
+        issuer: origin,
+        token_endpoint: `${origin}/token`,
+        grant_types_supported: ['client_credentials'],
+        token_endpoint_auth_methods_supported: ['client_secret_basic'],
+      }),
+    );
+  } else if (req.method === 'POST' && path === '/token') {
+    done = token(req, res);
+  } else if (path === '/mcp') {
+    done = mcp(req, res);
+  } else {
+    done = Promise.resolve(json(res, 404, { error: 'not found' }));
+  }
+  done.catch((e) => {
+    if (!res.headersSent) json(res, 500, { error: String(e) });
+  });
+};
+
+const server = tls
+  ? https.createServer({ cert: readFileSync(opts['tls-cert']), key: readFileSync(opts['tls-key']) }, handler)
+  : http.createServer(handler);
+server.listen(0, '127.0.0.1', () => {
+  const { port } = server.address();
+  origin = `${tls ? 'https' : 'http'}://${tls ? 'localhost' : '127.0.0.1'}:${port}`;
+  writeFileSync(`${opts['port-file']}.tmp`, String(port));
+  renameSync(`${opts['port-file']}.tmp`, opts['port-file']);
+});
+for (const sig of ['SIGTERM', 'SIGINT']) {
+  process.on(sig, () => {
+    server.closeAllConnections?.();
+    server.close(() => process.exit(0));
+  });
+}

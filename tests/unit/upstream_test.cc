@@ -1,0 +1,534 @@
+// Remote MCP servers (runtime/upstream/): the Streamable HTTP client's logic, the OAuth client
+// above its HTTP seam, and HttpUpstream in process against a small HTTP server on loopback
+// (the e2e tests run the official server-everything behind outpostd).
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <catch2/catch.hpp>
+#include <map>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <boost/json.hpp>
+
+#include "outpost/base/errors.h"
+#include "upstream/http_upstream.h"
+#include "upstream/oauth.h"
+#include "upstream/streamable_http.h"
+
+using namespace outpost;
+using namespace outpost::upstream;
+namespace json = boost::json;
+
+TEST_CASE("MCP server URLs are parsed and normalised", "[upstream]") {
+  auto u = parse_upstream_url("https://MCP.Example.com/mcp");
+  REQUIRE(u);
+  CHECK(u->tls);
+  CHECK(u->host == "mcp.example.com");
+  CHECK(u->port == 443);
+  CHECK(u->target == "/mcp");
+  CHECK(u->authority == "mcp.example.com");
+  CHECK(u->text == "https://mcp.example.com/mcp");
+  CHECK_FALSE(u->is_ip);
+
+  auto v = parse_upstream_url("http://127.0.0.1:8931?x=1");
+  REQUIRE(v);
+  CHECK_FALSE(v->tls);
+  CHECK(v->is_ip);
+  CHECK(v->port == 8931);
+  CHECK(v->target == "/?x=1");
+  CHECK(v->authority == "127.0.0.1:8931");
+
+  auto w = parse_upstream_url("https://[::1]:8443/mcp");
+  REQUIRE(w);
+  CHECK(w->host == "::1");
+  CHECK(w->authority == "[::1]:8443");
+
+  for (const char* bad : {"ftp://x/", "https://user:pw@host/mcp", "https://host:0/", "https://host:70000/",
+                          "https://[::1/", "https://ho st/", "https:///mcp", "https://host/#frag", "https://h_st/"}) {
+    INFO(bad);
+    auto r = parse_upstream_url(bad);
+    REQUIRE_FALSE(r);
+    CHECK(r.error().message().find("MCP server URL") != std::string::npos);
+  }
+}
+
+TEST_CASE("SSE events are parsed in any split", "[upstream]") {
+  const std::string stream =
+      "\xEF\xBB\xBF: keep-alive\r\n"
+      "event: message\r\nid: 7\r\ndata: {\"a\":\r\ndata: 1}\r\n\r\n"
+      "data:{\"b\":2}\n\n"
+      "retry: 100\rdata: x\r\r"
+      "data: unfinished";
+  // Every split point gives the same events.
+  for (size_t cut = 0; cut <= stream.size(); ++cut) {
+    SseParser p(1 << 16);
+    std::vector<SseParser::Event> ev;
+    REQUIRE(p.feed(std::string_view(stream).substr(0, cut), ev));
+    REQUIRE(p.feed(std::string_view(stream).substr(cut), ev));
+    INFO("cut at " << cut);
+    REQUIRE(ev.size() == 3);
+    CHECK(ev[0].type == "message");
+    CHECK(ev[0].data == "{\"a\":\n1}");
+    CHECK(ev[0].id == "7");
+    CHECK(ev[1].data == "{\"b\":2}");
+    CHECK(ev[2].data == "x");
+    CHECK(p.last_event_id() == "7");
+  }
+  // Byte by byte.
+  SseParser p(1 << 16);
+  std::vector<SseParser::Event> ev;
+  for (char c : stream) REQUIRE(p.feed(std::string_view(&c, 1), ev));
+  CHECK(ev.size() == 3);
+}
+
+TEST_CASE("an SSE event past the limit is an error, not a growing buffer", "[upstream]") {
+  SseParser p(64);
+  std::vector<SseParser::Event> ev;
+  auto r = p.feed("data: " + std::string(100, 'x'), ev);
+  REQUIRE_FALSE(r);
+  CHECK(r.error().message().find("longer than 64") != std::string::npos);
+  SseParser q(64);
+  std::string many;
+  for (int i = 0; i < 20; ++i) many += "data: 0123456789\n";
+  REQUIRE_FALSE(q.feed(many, ev));
+}
+
+TEST_CASE("outgoing lines are classified for their POST and headers", "[upstream]") {
+  auto call = classify_outgoing(R"({"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"echo","arguments":{}}})");
+  REQUIRE(call);
+  CHECK(call->request);
+  CHECK_FALSE(call->initialize);
+  CHECK(call->id == json::value(4));
+  CHECK(call->method == "tools/call");
+  CHECK(call->name == "echo");
+
+  auto read = classify_outgoing(R"({"jsonrpc":"2.0","id":"r","method":"resources/read","params":{"uri":"test://static/1"}})");
+  REQUIRE(read);
+  CHECK(read->name == "test://static/1");
+
+  auto init = classify_outgoing(R"({"jsonrpc":"2.0","id":0,"method":"initialize","params":{}})");
+  REQUIRE(init);
+  CHECK(init->initialize);
+
+  auto note = classify_outgoing(R"({"jsonrpc":"2.0","method":"notifications/initialized"})");
+  REQUIRE(note);
+  CHECK_FALSE(note->request);
+
+  auto response = classify_outgoing(R"({"jsonrpc":"2.0","id":9,"result":{}})");
+  REQUIRE(response);
+  CHECK_FALSE(response->request);
+  CHECK(response->method.empty());
+
+  CHECK_FALSE(classify_outgoing("[1,2]"));
+  CHECK_FALSE(classify_outgoing("{"));
+}
+
+TEST_CASE("header values with CR, LF or control bytes are refused", "[upstream]") {
+  CHECK(header_safe("tools/call"));
+  CHECK_FALSE(header_safe("a\r\nX-Evil: 1"));
+  CHECK_FALSE(header_safe(std::string("a\0b", 3)));
+  CHECK_FALSE(header_safe(std::string(2000, 'a')));
+}
+
+TEST_CASE("a server's body becomes one line per message", "[upstream]") {
+  std::string out;
+  bool answered = false;
+  std::string version;
+  REQUIRE(append_messages("{\n \"jsonrpc\": \"2.0\",\n \"id\": 1,\n \"result\": {\"protocolVersion\": \"2025-06-18\"}\n}",
+                          json::value(1), out, answered, &version));
+  CHECK(answered);
+  CHECK(version == "2025-06-18");
+  CHECK(out == "{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"protocolVersion\":\"2025-06-18\"}}\n");
+
+  out.clear();
+  answered = false;
+  // A batch: a progress notification and then the answer; a request of the server with the
+  // same id is not the answer.
+  REQUIRE(append_messages(R"([{"jsonrpc":"2.0","method":"notifications/progress","params":{}},)"
+                          R"({"jsonrpc":"2.0","id":2,"method":"sampling/createMessage"},)"
+                          R"({"jsonrpc":"2.0","id":2,"result":{}}])",
+                          json::value(2), out, answered));
+  CHECK(answered);
+  CHECK(std::count(out.begin(), out.end(), '\n') == 3);
+
+  answered = false;
+  REQUIRE(append_messages(R"({"jsonrpc":"2.0","id":"2","result":{}})", json::value(2), out, answered));
+  CHECK_FALSE(answered);  // "2" is not 2
+  REQUIRE(append_messages("   ", json::value(2), out, answered));
+  CHECK_FALSE(append_messages("not json", json::value(2), out, answered));
+  CHECK_FALSE(append_messages("[1]", json::value(2), out, answered));
+  CHECK_FALSE(append_messages("\"text\"", json::value(2), out, answered));
+}
+
+TEST_CASE("an unanswered request gets an answer of its kind", "[upstream]") {
+  auto call = classify_outgoing(R"({"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"echo"}})");
+  REQUIRE(call);
+  json::value v = json::parse(failure_line(*call, "the server is gone"));
+  CHECK(v.at("id") == json::value(4));
+  CHECK(v.at("result").at("isError") == json::value(true));
+  CHECK(std::string(v.at("result").at("content").at(0).at("text").as_string()).find("the server is gone") != std::string::npos);
+
+  auto list = classify_outgoing(R"({"jsonrpc":"2.0","id":"x","method":"tools/list"})");
+  REQUIRE(list);
+  json::value e = json::parse(failure_line(*list, "refused"));
+  CHECK(e.at("error").at("code") == json::value(-32603));
+}
+
+// ---- OAuth ----
+
+TEST_CASE("authorization server metadata: the RFC 8414 URL, the issuer check, the endpoint", "[upstream][oauth]") {
+  CHECK(metadata_url("https://as.example.com") == "https://as.example.com/.well-known/oauth-authorization-server");
+  CHECK(metadata_url("https://as.example.com/tenant1/") ==
+        "https://as.example.com/.well-known/oauth-authorization-server/tenant1");
+
+  auto m = parse_as_metadata(R"({"issuer":"https://as.example.com","token_endpoint":"https://as.example.com/token",)"
+                             R"("token_endpoint_auth_methods_supported":["client_secret_post"]})",
+                             "https://as.example.com");
+  REQUIRE(m);
+  CHECK(m->token_endpoint == "https://as.example.com/token");
+  CHECK_FALSE(m->basic);
+
+  auto mixup = parse_as_metadata(R"({"issuer":"https://evil.example.com","token_endpoint":"https://evil.example.com/t"})",
+                                 "https://as.example.com");
+  REQUIRE_FALSE(mixup);
+  CHECK(mixup.error().message().find("evil.example.com") != std::string::npos);
+
+  auto plain = parse_as_metadata(R"({"issuer":"https://as.example.com","token_endpoint":"http://as.example.com/token"})",
+                                 "https://as.example.com");
+  REQUIRE_FALSE(plain);
+  CHECK(plain.error().message().find("plain HTTP") != std::string::npos);
+  CHECK(parse_as_metadata(R"({"issuer":"http://127.0.0.1:9","token_endpoint":"http://127.0.0.1:9/token"})",
+                          "http://127.0.0.1:9"));
+  CHECK_FALSE(parse_as_metadata(R"({"issuer":"https://a","token_endpoint":"https://a/t",)"
+                                R"("token_endpoint_auth_methods_supported":["private_key_jwt"]})",
+                                "https://a"));
+  CHECK_FALSE(parse_as_metadata("[]", "https://a"));
+}
+
+TEST_CASE("token responses: the token, its life, the server's refusal", "[upstream][oauth]") {
+  auto t = parse_token_response(200, R"({"access_token":"abc","token_type":"Bearer","expires_in":120})", 1000);
+  REQUIRE(t);
+  CHECK(t->value == "abc");
+  CHECK(t->expires_at == 1120);
+  auto d = parse_token_response(200, R"({"access_token":"abc","token_type":"bearer"})", 1000);
+  REQUIRE(d);
+  CHECK(d->expires_at == 1300);
+
+  auto refused = parse_token_response(400, R"({"error":"invalid_client","error_description":"client disabled"})", 0);
+  REQUIRE_FALSE(refused);
+  CHECK(refused.error().message().find("invalid_client (client disabled)") != std::string::npos);
+  CHECK_FALSE(parse_token_response(200, R"({"access_token":"abc","token_type":"mac"})", 0));
+  CHECK_FALSE(parse_token_response(200, R"({"access_token":"a\r\nb","token_type":"Bearer"})", 0));
+  CHECK_FALSE(parse_token_response(200, R"({"access_token":"abc","token_type":"Bearer","expires_in":0})", 0));
+  CHECK_FALSE(parse_token_response(200, R"({"access_token":"abc","token_type":"Bearer","expires_in":"x"})", 0));
+  CHECK_FALSE(parse_token_response(200, "<html>", 0));
+  CHECK(form_encode("a b&c=d/é") == "a+b%26c%3Dd%2F%C3%A9");
+}
+
+namespace {
+
+// An authorization server above the HTTP seam: it records what it was asked.
+struct FakeAs {
+  std::vector<HttpExchange> seen;
+  int64_t life = 100;
+  bool refuse = false;
+  int issued = 0;
+  Result<HttpAnswer> operator()(const HttpExchange& x) {
+    seen.push_back(x);
+    if (x.url == "https://as.test/.well-known/oauth-authorization-server") {
+      return HttpAnswer{200, "application/json", R"({"issuer":"https://as.test","token_endpoint":"https://as.test/token"})"};
+    }
+    if (x.url == "https://as.test/token") {
+      if (refuse) return HttpAnswer{401, "application/json", R"({"error":"invalid_client"})"};
+      ++issued;
+      return HttpAnswer{200, "application/json",
+                        R"({"access_token":"tok)" + std::to_string(issued) + R"(","token_type":"Bearer","expires_in":)" +
+                            std::to_string(life) + "}"};
+    }
+    return HttpAnswer{404, "", ""};
+  }
+};
+
+}  // namespace
+
+TEST_CASE("the OAuth client fetches, caches, refreshes before expiry and after a 401", "[upstream][oauth]") {
+  FakeAs as;
+  int64_t now = 10'000;
+  AuthSpec spec{AuthSpec::Kind::oauth, "client-secret", "https://as.test", "node-7", "mcp:tools"};
+  TokenSource src(
+      spec, "https://mcp.test/mcp",
+      [](std::string_view name) -> Result<std::string> {
+        if (name != "client-secret") return fail(errc::not_found, "no such secret");
+        return std::string("s3cret");
+      },
+      [&](const HttpExchange& x) { return as(x); }, [&] { return now; });
+
+  auto a = src.authorization(false);
+  REQUIRE(a);
+  CHECK(*a == "Bearer tok1");
+  REQUIRE(as.seen.size() == 2);
+  const HttpExchange& post = as.seen[1];
+  CHECK(post.method == "POST");
+  CHECK(post.body == "grant_type=client_credentials&resource=https%3A%2F%2Fmcp.test%2Fmcp&scope=mcp%3Atools");
+  bool basic = false;
+  for (const auto& [k, v] : post.headers) {
+    if (k == "Authorization") basic = v == "Basic bm9kZS03OnMzY3JldA==";  // base64("node-7:s3cret")
+  }
+  CHECK(basic);
+
+  now += 50;  // within its life: cached, metadata not read again
+  CHECK(*src.authorization(false) == "Bearer tok1");
+  CHECK(as.seen.size() == 2);
+  now += 45;  // 95 s of 100: inside the margin (a tenth of the life), so a new one
+  CHECK(*src.authorization(false) == "Bearer tok2");
+  CHECK(as.seen.size() == 3);
+  CHECK(*src.authorization(true) == "Bearer tok3");  // the server said 401
+
+  as.refuse = true;
+  auto refused = src.authorization(true);
+  REQUIRE_FALSE(refused);
+  CHECK(refused.error().message().find("HTTP 401: invalid_client") != std::string::npos);
+  CHECK(src.stats().fetched == 3);
+  CHECK(src.stats().failed == 1);
+  // The refused token is not served afterwards either.
+  REQUIRE_FALSE(src.authorization(false));
+}
+
+TEST_CASE("the OAuth client refuses a mix-up and reports a missing secret", "[upstream][oauth]") {
+  int64_t now = 0;
+  TokenSource mixed(
+      AuthSpec{AuthSpec::Kind::oauth, "s", "https://other.test", "c", ""}, "https://mcp.test/mcp",
+      [](std::string_view) -> Result<std::string> { return std::string("x"); },
+      [](const HttpExchange&) -> Result<HttpAnswer> {
+        return HttpAnswer{200, "application/json", R"({"issuer":"https://as.test","token_endpoint":"https://as.test/token"})"};
+      },
+      [&] { return now; });
+  auto r = mixed.authorization(false);
+  REQUIRE_FALSE(r);
+  CHECK(r.error().message().find("RFC 8414") != std::string::npos);
+
+  TokenSource bearer(
+      AuthSpec{AuthSpec::Kind::bearer, "api-token", "", "", ""}, "https://mcp.test/mcp",
+      [](std::string_view name) -> Result<std::string> { return fail(errc::not_found, std::string(name) + " is not sealed"); },
+      nullptr, [&] { return now; });
+  auto b = bearer.authorization(false);
+  REQUIRE_FALSE(b);
+  CHECK(b.error().message().find("bearer token api-token") != std::string::npos);
+
+  TokenSource none(AuthSpec{}, "https://mcp.test/mcp", nullptr, nullptr, [&] { return now; });
+  CHECK(none.authorization(false)->empty());
+}
+
+// ---- HttpUpstream in process ----
+
+namespace {
+
+namespace beast = boost::beast;
+namespace http = beast::http;
+using tcp = boost::asio::ip::tcp;
+
+// A Streamable HTTP server of a few lines: tools/call answered as SSE with a progress event
+// first, everything else as JSON; a session id from initialize, required afterwards; a bearer
+// token checked, the first one refused once.
+struct MiniServer {
+  boost::asio::io_context io;
+  tcp::acceptor acceptor{io, tcp::endpoint(boost::asio::ip::make_address("127.0.0.1"), 0)};
+  std::thread thread;
+  std::mutex mu;
+  std::vector<std::map<std::string, std::string>> requests;  // headers of each POST, plus "body"
+  std::atomic<bool> deleted{false}, stopping{false};
+  std::vector<std::thread> served;
+  std::string good_token = "Bearer t2";
+
+  uint16_t port() const { return acceptor.local_endpoint().port(); }
+  void start() {
+    thread = std::thread([this] {
+      for (;;) {
+        tcp::socket s(io);
+        boost::system::error_code ec;
+        acceptor.accept(s, ec);
+        if (ec || stopping) return;
+        served.emplace_back([this, s = std::move(s)]() mutable { serve(std::move(s)); });
+      }
+    });
+  }
+  void serve(tcp::socket s) {
+    beast::flat_buffer buf;
+    for (;;) {
+      http::request<http::string_body> req;
+      boost::system::error_code ec;
+      http::read(s, buf, req, ec);
+      if (ec) return;
+      std::map<std::string, std::string> h;
+      for (const auto& f : req) h[std::string(f.name_string())] = std::string(f.value());
+      h["body"] = req.body();
+      h["method"] = std::string(req.method_string());
+      {
+        std::lock_guard lock(mu);
+        requests.push_back(h);
+      }
+      http::response<http::string_body> res;
+      res.version(11);
+      res.keep_alive(true);
+      if (req.method() == http::verb::delete_) {
+        deleted = true;
+        res.result(http::status::ok);
+      } else if (h["Authorization"] != good_token) {
+        res.result(http::status::unauthorized);
+        res.set(http::field::www_authenticate, "Bearer");
+      } else {
+        json::value m = json::parse(req.body());
+        const std::string method(m.at("method").as_string());
+        if (!m.as_object().contains("id")) {
+          res.result(http::status::accepted);
+        } else if (method == "initialize") {
+          res.result(http::status::ok);
+          res.set("Mcp-Session-Id", "sess-1");
+          res.set(http::field::content_type, "application/json");
+          res.body() = json::serialize(json::object{
+              {"jsonrpc", "2.0"}, {"id", m.at("id")}, {"result", {{"protocolVersion", "2025-06-18"}, {"capabilities", json::object{}}}}});
+        } else if (h["Mcp-Session-Id"] != "sess-1") {
+          res.result(http::status::bad_request);
+        } else if (method == "tools/call") {
+          res.result(http::status::ok);
+          res.set(http::field::content_type, "text/event-stream");
+          res.body() = "event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{\"progress\":1}}\n\n"
+                       "data: " +
+                       json::serialize(json::object{{"jsonrpc", "2.0"},
+                                                    {"id", m.at("id")},
+                                                    {"result", {{"content", json::array{{{"type", "text"}, {"text", "hi"}}}}}}}) +
+                       "\n\n";
+        } else if (method == "fail") {
+          res.result(http::status::internal_server_error);
+        } else {
+          res.result(http::status::ok);
+          res.set(http::field::content_type, "application/json");
+          res.body() = json::serialize(json::object{{"jsonrpc", "2.0"}, {"id", m.at("id")}, {"result", json::object{}}});
+        }
+      }
+      res.prepare_payload();
+      http::write(s, res, ec);
+      if (ec) return;
+    }
+  }
+  // After the client closed its connections (each serve() then ends).
+  ~MiniServer() {
+    stopping = true;
+    boost::system::error_code ec;
+    tcp::socket wake(io);
+    wake.connect(acceptor.local_endpoint(), ec);
+    if (thread.joinable()) thread.join();
+    for (auto& t : served) t.join();
+  }
+};
+
+std::string read_lines(int fd, size_t n) {
+  std::string got;
+  char buf[4096];
+  while (static_cast<size_t>(std::count(got.begin(), got.end(), '\n')) < n) {
+    const ssize_t r = ::read(fd, buf, sizeof buf);
+    if (r <= 0) break;
+    got.append(buf, static_cast<size_t>(r));
+  }
+  return got;
+}
+
+void write_all(int fd, const std::string& s) {
+  size_t off = 0;
+  while (off < s.size()) {
+    const ssize_t w = ::write(fd, s.data() + off, s.size() - off);
+    REQUIRE(w > 0);
+    off += static_cast<size_t>(w);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("HttpUpstream carries stdio lines over Streamable HTTP: session, SSE, 401 retry, headers", "[upstream]") {
+  MiniServer server;
+  server.start();
+  auto url = parse_upstream_url("http://127.0.0.1:" + std::to_string(server.port()) + "/mcp");
+  REQUIRE(url);
+  std::atomic<int> connects{0};
+  std::atomic<bool> refreshed{false};
+  UpstreamHooks hooks;
+  hooks.connect = [&](const std::string& host, uint16_t port, const std::string&) -> Result<tcp::endpoint> {
+    ++connects;
+    return tcp::endpoint(boost::asio::ip::make_address(host), port);
+  };
+  hooks.authorization = [&](bool refresh) -> Result<std::string> {
+    if (refresh) refreshed = true;  // the first is refused: one retry, then the new one serves
+    return std::string(refreshed ? "Bearer t2" : "Bearer t1");
+  };
+  HttpUpstream up(*url, UpstreamOptions{}, hooks);
+  int in[2], out[2];
+  REQUIRE(::pipe2(in, O_CLOEXEC) == 0);
+  REQUIRE(::pipe2(out, O_CLOEXEC) == 0);
+  Result<void> ran = ok();
+  std::thread carrier([&] { ran = up.run(in[0], out[1]); });
+
+  write_all(in[1], R"({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18"}})" "\n");
+  std::string got = read_lines(out[0], 1);
+  CHECK(got.find("\"protocolVersion\":\"2025-06-18\"") != std::string::npos);
+  write_all(in[1], R"({"jsonrpc":"2.0","method":"notifications/initialized"})" "\n"
+                   R"({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{}}})" "\n"
+                   R"({"jsonrpc":"2.0","id":2,"method":"fail"})" "\n");
+  got = read_lines(out[0], 3);
+  CHECK(got.find("notifications/progress") != std::string::npos);
+  CHECK(got.find(R"("text":"hi")") != std::string::npos);
+  CHECK(got.find(R"("id":2,"error")") != std::string::npos);
+  CHECK(got.find("HTTP 500") != std::string::npos);
+  ::close(in[1]);
+  carrier.join();
+  CHECK(ran);
+  CHECK(read_lines(out[0], 1).empty());  // closed at the end
+  ::close(out[0]);
+
+  CHECK(server.deleted);  // the session ended with DELETE
+  std::lock_guard lock(server.mu);
+  bool saw_call = false;
+  for (const auto& h : server.requests) {
+    if (h.count("Mcp-Method") && h.at("Mcp-Method") == "tools/call") {
+      saw_call = true;
+      CHECK(h.at("Mcp-Name") == "echo");
+      CHECK(h.at("Mcp-Session-Id") == "sess-1");
+      CHECK(h.at("MCP-Protocol-Version") == "2025-06-18");
+      CHECK(h.at("Accept").find("text/event-stream") != std::string::npos);
+    }
+  }
+  CHECK(saw_call);
+  CHECK(up.stats().retried_401 == 1);
+  CHECK(up.stats().sse_streams >= 1);
+  CHECK(connects.load() >= 1);
+}
+
+TEST_CASE("HttpUpstream answers every request when the server cannot be reached", "[upstream]") {
+  auto url = parse_upstream_url("http://127.0.0.1:9/mcp");
+  REQUIRE(url);
+  UpstreamHooks hooks;
+  hooks.connect = [](const std::string& host, uint16_t, const std::string&) -> Result<tcp::endpoint> {
+    return fail(errc::verification_failed, "egress to " + host + " refused by rule deny-all");
+  };
+  hooks.authorization = [](bool) -> Result<std::string> { return std::string(); };
+  HttpUpstream up(*url, UpstreamOptions{}, hooks);
+  int in[2], out[2];
+  REQUIRE(::pipe2(in, O_CLOEXEC) == 0);
+  REQUIRE(::pipe2(out, O_CLOEXEC) == 0);
+  std::thread carrier([&] { (void)up.run(in[0], out[1]); });
+  write_all(in[1], R"({"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"echo"}})" "\n");
+  std::string got = read_lines(out[0], 1);
+  ::close(in[1]);
+  carrier.join();
+  ::close(out[0]);
+  json::value v = json::parse(got);
+  CHECK(v.at("id") == json::value(5));
+  CHECK(v.at("result").at("isError") == json::value(true));
+  CHECK(got.find("refused by rule deny-all") != std::string::npos);
+}
