@@ -206,7 +206,7 @@ step "what the agent saw (outpost agent logs demo-agent)"
 "$outpost" agent logs demo-agent | node "$root/examples/agents/show-steps.mjs" "$work/demo-agent/steps.json"
 echo "  reports/summary.txt now holds: $(cat "$ws/reports/summary.txt")"
 echo "  notes.txt is untouched:         $(head -1 "$ws/notes.txt")"
-echo "  the remote server's front saw $(grep -c '"kind":"token","status":200' "$work/front.requests") token grant(s) and $(grep -c '"kind":"mcp".*"auth":"ok"' "$work/front.requests") authorised MCP request(s) from outpostd; the agent held no token"
+echo "  the remote server's front saw $(grep '"kind":"token"' "$work/front.requests" | grep -c '"status":200') token grant(s) and $(grep '"kind":"mcp"' "$work/front.requests" | grep -c '"auth":"ok"') authorised MCP request(s), all from outpostd; the agent held no token"
 
 step "the decisions outpostd recorded (outpost audit tail: chained, TPM-checkpointed records)"
 "$outpost" audit tail -n 0 --json | grep '"event":"decision"' |
@@ -263,11 +263,11 @@ echo "  the model server saw $(wc -l <"$work/model.requests") requests, each wit
     else if (d.kind === "egress_close") console.log(`         closed: ${d.bytes_up} bytes up, ${d.bytes_down} down, ${d.duration_ms} ms`);
     else console.log(`  tool   ${d.allow ? "allow" : "DENY "} ${d.server}/${d.tool}  ${d.reason}`);
   })'
-echo "  the other roads out, tried by demo-agent above (steps 8-10): refused, and recorded:"
+echo "  demo-agent's egress: outpostd's own connections to its remote MCP server, and the other roads out it tried (steps 10-12), refused:"
 "$outpost" audit tail -n 0 --json | grep '"event":"egress"' | grep '"agent":"demo-agent"' |
   node -e 'require("readline").createInterface({input: process.stdin}).on("line", (l) => {
     const d = JSON.parse(l).detail;
-    console.log(`  egress DENY  ${d.host}:${d.port}  ${d.verdict}: ${d.reason}`);
+    console.log(`  egress ${d.allow ? "allow" : "DENY "} ${d.method ?? ""} ${d.host}:${d.port}  ${d.verdict}: ${d.reason}`);
   })'
 "$outpost" status --json | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{for (const [n, e] of Object.entries(JSON.parse(s).egress ?? {})) console.log(`  outpost status: ${n} egress allowed ${e.allowed}, refused ${e.refused}`)})'
 

@@ -3,6 +3,7 @@
 #include <pthread.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <deque>
 #include <mutex>
@@ -167,7 +168,12 @@ PostCheck check_post(std::string_view body, std::string_view mcp_method, std::st
       return c;
     }
   }
-  c.line = json::serialize(v);
+  // The body as the agent wrote it, on one line: in valid JSON a raw CR or LF can only be
+  // whitespace (inside strings they are escaped), so spaces in their place change nothing, and
+  // numbers and strings reach the server byte for byte as on the stdio road.
+  c.line.assign(body);
+  std::replace(c.line.begin(), c.line.end(), '\r', ' ');
+  std::replace(c.line.begin(), c.line.end(), '\n', ' ');
   c.ok = true;
   return c;
 }
@@ -202,6 +208,7 @@ struct HttpEndpoint::Impl {
     std::atomic<bool> stopped{false};
     std::unordered_set<tcp::socket*> conns;  // loop only
     size_t sessions_open = 0;                // loop only
+    size_t opening = 0;                      // sessions being opened on the pool; loop only
     std::atomic<uint64_t> sessions{0}, requests{0}, refused{0}, open_sessions{0};
   };
 
@@ -253,12 +260,16 @@ struct HttpEndpoint::Impl {
     s->agent->open_sessions.fetch_sub(1);
   }
 
-  void send_line(const std::shared_ptr<Session>& s, std::string line) {
+  // False when the relay is not keeping up (the server stopped reading): the agent is told to
+  // come back later rather than outpostd holding its messages without bound.
+  bool send_line(const std::shared_ptr<Session>& s, std::string line) {
+    if (s->pending_write.size() + line.size() > 2 * options.max_body) return false;
     s->pending_write += line;
     s->pending_write += '\n';
-    if (s->writing) return;
+    if (s->writing) return true;
     s->writing = true;
     asio::co_spawn(io, writer(s), asio::detached);
+    return true;
   }
 
   asio::awaitable<void> writer(std::shared_ptr<Session> s) {
@@ -274,11 +285,39 @@ struct HttpEndpoint::Impl {
     s->writing = false;
   }
 
+  // A request nobody waits for any more (its stream went away, or the agent cancelled it): its
+  // late messages are dropped, and the session can go idle.
+  void forget(const std::shared_ptr<Session>& s, const std::shared_ptr<Outbox>& box) {
+    for (auto* map : {&s->by_id, &s->by_progress}) {
+      for (auto it = map->begin(); it != map->end();) it = it->second == box ? map->erase(it) : std::next(it);
+    }
+    box->done = true;
+    box->signal.notify();
+  }
+  void cancel(const std::shared_ptr<Session>& s, std::string_view body) {
+    boost::system::error_code ec;
+    json::value v = json::parse(body, ec);
+    if (ec || !v.is_object()) return;
+    const json::value* params = v.as_object().if_contains("params");
+    const json::value* rid = params != nullptr && params->is_object() ? params->as_object().if_contains("requestId") : nullptr;
+    if (rid == nullptr) return;
+    auto it = s->by_id.find(json::serialize(*rid));
+    if (it == s->by_id.end()) return;
+    std::shared_ptr<Outbox> box = it->second;
+    // The cancelled request's stream ends with an error of its own: no answer will come.
+    box->push(rpc_error(*rid, -32800, "cancelled by the agent"), true);
+    forget(s, box);
+  }
+
   // The server's messages, each to the stream that waits for it.
   void route(const std::shared_ptr<Session>& s, std::string line) {
     boost::system::error_code ec;
     json::value v = json::parse(line, ec);
     const json::object* o = ec ? nullptr : v.if_object();
+    // Only messages go to the agent, and as one SSE data line each: a bare CR would end the
+    // line early and let a server forge an event of its own after it.
+    if (o == nullptr) return;
+    std::replace(line.begin(), line.end(), '\r', ' ');
     if (o != nullptr && !o->contains("method")) {
       if (const json::value* id = o->if_contains("id")) {
         auto it = s->by_id.find(json::serialize(*id));
@@ -405,7 +444,7 @@ struct HttpEndpoint::Impl {
     } stop_watch{sock};
     while (box->lines.empty() && !box->done && !*gone) co_await box->signal.wait();
     if (*gone) {
-      box->done = true;
+      forget(s, box);
       --s->streams_open;
       co_return false;
     }
@@ -433,7 +472,7 @@ struct HttpEndpoint::Impl {
         auto [ec, n] = co_await asio::async_write(sock, http::make_chunk(asio::buffer(event)), kTuple);
         ok = !ec;
       }
-      if (!ok || box->done) break;
+      if (!ok || box->done || *gone) break;
       co_await box->signal.wait();
     }
     ok = ok && !*gone;
@@ -441,14 +480,16 @@ struct HttpEndpoint::Impl {
       auto [ec, n] = co_await asio::async_write(sock, http::make_chunk_last(), kTuple);
       ok = !ec;
     }
-    if (!ok) box->done = true;  // the agent went away: later messages for it are dropped
+    if (!ok) forget(s, box);  // the agent went away: later messages for it are dropped
     --s->streams_open;
     s->used = Clock::now();
     co_return ok && req.keep_alive();
   }
 
-  asio::awaitable<bool> post(std::shared_ptr<tcp::socket> shared, const Request& req, AgentEntry& a, const std::string& server) {
+  asio::awaitable<bool> post(std::shared_ptr<tcp::socket> shared, const Request& req, std::shared_ptr<AgentEntry> agent,
+                             const std::string& server) {
     tcp::socket& sock = *shared;
+    AgentEntry& a = *agent;
     if (!accepts(req[http::field::accept], "application/json") || !accepts(req[http::field::accept], "text/event-stream")) {
       co_return co_await refuse(sock, req, a, http::status::not_acceptable, -32600,
                                 "Accept must name application/json and text/event-stream");
@@ -481,21 +522,31 @@ struct HttpEndpoint::Impl {
         }
         end_session(lru, "the agent opened more sessions than it may keep");
       }
+      // Opening blocks a pool thread (a server may be started): two at a time per agent, so one
+      // agent's slow server cannot hold up every other agent's sessions.
+      if (a.opening >= 2) {
+        co_return co_await refuse(sock, req, a, http::status::service_unavailable, -32000,
+                                  "agent " + a.agent + " is opening MCP sessions already: try again");
+      }
       ++a.sessions_open;  // reserved while the relay is opened
+      ++a.opening;
       auto opened = co_await off_loop([&] { return hooks.open(a.agent, server); });
+      --a.opening;
       --a.sessions_open;
       if (!opened) {
         co_return co_await reply(sock, req, http::status::ok, rpc_error(id, -32000, opened.error().message()), "", &a);
       }
-      if (a.stopped) co_return false;
+      if (a.stopped) co_return false;  // the channel closes with `opened`: the relay ends
       uint8_t raw[16];
       random_bytes(std::span<uint8_t>(raw, sizeof raw));
-      auto agent_ref = agents_entry(a.agent);
-      if (!agent_ref) co_return false;
-      s = std::make_shared<Session>(io, hex_encode(ByteView(raw, sizeof raw)), agent_ref, server, std::move(*opened));
+      s = std::make_shared<Session>(io, hex_encode(ByteView(raw, sizeof raw)), agent, server, std::move(*opened));
       boost::system::error_code ec;
-      s->in.assign(s->channel.from_relay.release(), ec);
-      if (!ec) s->out.assign(s->channel.to_relay.release(), ec);
+      s->in.assign(s->channel.from_relay.get(), ec);
+      if (!ec) {
+        s->channel.from_relay.release();
+        s->out.assign(s->channel.to_relay.get(), ec);
+        if (!ec) s->channel.to_relay.release();
+      }
       if (ec) co_return co_await reply(sock, req, http::status::ok, rpc_error(id, -32000, "MCP connection: " + ec.message()), "", &a);
       sessions[s->id] = s;
       ++a.sessions_open;
@@ -524,7 +575,10 @@ struct HttpEndpoint::Impl {
     }
     s->used = Clock::now();
     if (!c.request) {
-      send_line(s, std::move(line));
+      if (c.method == "notifications/cancelled") cancel(s, req.body());
+      if (!send_line(s, std::move(line))) {
+        co_return co_await refuse(sock, req, a, http::status::service_unavailable, -32000, "the MCP server is not reading: try again later");
+      }
       co_return co_await reply(sock, req, http::status::accepted, "", "", &a);
     }
     if (s->by_id.count(c.id_key) != 0) {
@@ -538,7 +592,10 @@ struct HttpEndpoint::Impl {
       return !b || b->done;
     });
     s->posts.push_back(box);
-    send_line(s, std::move(line));
+    if (!send_line(s, std::move(line))) {
+      forget(s, box);
+      co_return co_await refuse(sock, req, a, http::status::service_unavailable, -32000, "the MCP server is not reading: try again later");
+    }
     if (!c.initialize) co_return co_await answer(shared, req, a, s, box, "");
     // The session's version: what the server answered (the relay passes the answer as it is).
     while (box->lines.empty() && !box->done) co_await box->signal.wait();
@@ -561,6 +618,9 @@ struct HttpEndpoint::Impl {
     if (!accepts(req[http::field::accept], "text/event-stream")) {
       co_return co_await refuse(sock, req, a, http::status::not_acceptable, -32600, "Accept must name text/event-stream");
     }
+    if (req["Mcp-Session-Id"].empty()) {
+      co_return co_await refuse(sock, req, a, http::status::bad_request, -32600, "no Mcp-Session-Id: initialize first");
+    }
     auto it = sessions.find(std::string(req["Mcp-Session-Id"]));
     if (it == sessions.end() || it->second->agent->agent != a.agent || it->second->server != server) {
       co_return co_await refuse(sock, req, a, http::status::not_found, -32001, "no such MCP session (it ended): initialize again");
@@ -579,6 +639,9 @@ struct HttpEndpoint::Impl {
   }
 
   asio::awaitable<bool> remove(tcp::socket& sock, const Request& req, AgentEntry& a, const std::string& server) {
+    if (req["Mcp-Session-Id"].empty()) {
+      co_return co_await refuse(sock, req, a, http::status::bad_request, -32600, "no Mcp-Session-Id");
+    }
     auto it = sessions.find(std::string(req["Mcp-Session-Id"]));
     if (it == sessions.end() || it->second->agent->agent != a.agent || it->second->server != server) {
       co_return co_await refuse(sock, req, a, http::status::not_found, -32001, "no such MCP session");
@@ -631,7 +694,7 @@ struct HttpEndpoint::Impl {
       } else if (!valid_server_name(server)) {
         keep = co_await refuse(*sock, req, *a, http::status::not_found, -32600, "the MCP endpoint is /mcp/SERVER");
       } else if (req.method() == http::verb::post) {
-        keep = co_await post(sock, req, *a, server);
+        keep = co_await post(sock, req, a, server);
       } else if (req.method() == http::verb::get) {
         keep = co_await get(sock, req, *a, server);
       } else if (req.method() == http::verb::delete_) {
@@ -665,11 +728,6 @@ struct HttpEndpoint::Impl {
     }
   }
 
-  std::shared_ptr<AgentEntry> agents_entry(const std::string& agent) {
-    std::lock_guard lock(mu);
-    auto it = agents.find(agent);
-    return it == agents.end() ? nullptr : it->second;
-  }
 };
 
 HttpEndpoint::HttpEndpoint(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -712,18 +770,23 @@ HttpEndpoint::~HttpEndpoint() {
 
 void HttpEndpoint::serve(const std::string& agent, sandbox::UniqueFd listener) {
   stop_agent(agent);
-  asio::post(impl_->io, [p = impl_.get(), agent, fd = listener.release()] {
-    auto a = std::make_shared<Impl::AgentEntry>(p->io, agent);
+  // Registered here, not on the loop: a stop_agent that follows at once must find it.
+  auto a = std::make_shared<Impl::AgentEntry>(impl_->io, agent);
+  {
+    std::lock_guard lock(impl_->mu);
+    impl_->agents[agent] = a;
+  }
+  asio::post(impl_->io, [p = impl_.get(), a, fd = listener.release()] {
     boost::system::error_code ec;
+    if (a->stopped) {
+      ::close(fd);
+      return;
+    }
     a->acceptor.assign(tcp::v4(), fd, ec);
     if (ec) {
       ::close(fd);
-      log::error("outpostd", {{"msg", "MCP endpoint for agent " + agent + ": " + ec.message()}});
+      log::error("outpostd", {{"msg", "MCP endpoint for agent " + a->agent + ": " + ec.message()}});
       return;
-    }
-    {
-      std::lock_guard lock(p->mu);
-      p->agents[agent] = a;
     }
     asio::co_spawn(p->io, p->accept_loop(a), asio::detached);
   });

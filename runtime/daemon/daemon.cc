@@ -1877,11 +1877,13 @@ void Daemon::Impl::shutdown() {
       a->state = AgentState::stopped;
     }
   }
+  // The HTTP endpoint's sessions end first: their relays (API threads) end when the endpoint
+  // closes their control sockets, including one opened after the wake-up above.
+  endpoint.reset();
   {
     std::unique_lock lock(mu);
     threads_done.wait_for(lock, std::chrono::seconds(5), [&] { return api_threads == 0; });
   }
-  endpoint.reset();  // its sessions' relays have ended (woken above)
   proxy.reset();  // open tunnels end, their close records written
   write_all_coalesced();
   (void)log->record_event("daemon_stop", {});

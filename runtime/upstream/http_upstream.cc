@@ -282,6 +282,10 @@ struct HttpUpstream::Impl {
     reused = false;
     auto c = co_await open_conn(url, hooks, tls_ctx, options.connect_timeout);
     if (!c) co_return fail(c.error());
+    if (stopping) {  // stop() came while it was being opened: it was not in `live` to be closed
+      (*c)->close();
+      co_return fail(errc::io, "stopped");
+    }
     (*c)->registry = &live;
     live.insert(c->get());
     count(&Stats::connections);
@@ -300,7 +304,7 @@ struct HttpUpstream::Impl {
     if (!authorization.empty()) req.set(http::field::authorization, authorization);
     if (!session_id.empty() && (msg == nullptr || !msg->initialize)) req.set("Mcp-Session-Id", session_id);
     if (!protocol_version.empty()) req.set("MCP-Protocol-Version", protocol_version);
-    if (msg != nullptr && !msg->method.empty()) {
+    if (msg != nullptr && !msg->method.empty() && header_safe(msg->method)) {
       req.set("Mcp-Method", msg->method);
       if (!msg->name.empty() && header_safe(msg->name)) req.set("Mcp-Name", msg->name);
     }
@@ -331,13 +335,18 @@ struct HttpUpstream::Impl {
       error_code hec = wec;
       if (!wec) std::tie(hec, std::ignore) = co_await read_header(c, p);
       if (hec) {
-        // A kept-alive connection the server closed meanwhile: once more on a new one.
-        if (reused && !fresh_retry && !stopping) {
+        // A kept-alive connection the server had closed meanwhile: once more on a new one. Only
+        // when the request cannot have been taken: the write failed, or the connection ended
+        // with no answer at once (not a timeout: a tools/call must never run twice).
+        const bool closed_idle = wec || hec == http::error::end_of_stream || hec == asio::error::eof ||
+                                 hec == asio::error::connection_reset || hec == asio::error::broken_pipe;
+        if (reused && !fresh_retry && !stopping && !dog.fired() && closed_idle) {
           fresh_retry = true;
           continue;
         }
         co_return "the MCP server " + url.authority + ": " + (dog.fired() ? "timed out" : hec.message());
       }
+      if (stopping) co_return "stopped";
       auto& res = p.get();
       const unsigned status = res.result_int();
       if (status == 401 && attempt == 0) {
@@ -409,7 +418,11 @@ struct HttpUpstream::Impl {
   asio::awaitable<void> post(std::string line) {
     auto msg = classify_outgoing(line);
     if (msg) {
-      std::string why = co_await send(line, *msg);
+      // Mcp-Method and Mcp-Name carry what the agent wrote: a value that cannot be a header
+      // (CR, LF, control bytes, over 1 KiB) is refused, never sent (no request smuggling).
+      // (No co_await inside a conditional expression: GCC 12 destroys its temporaries twice.)
+      std::string why = "the method is not a valid header value (MCP 2026-07-28's Mcp-Method)";
+      if (header_safe(msg->method)) why = co_await send(line, *msg);
       if (!why.empty() && !stopping) {
         count(&Stats::failed);
         if (msg->request) emit(failure_line(*msg, why));

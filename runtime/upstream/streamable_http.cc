@@ -228,7 +228,9 @@ void append_one(const json::value& v, const json::value& id, std::string& out, b
         answered = true;
         if (protocol_version != nullptr) {
           if (const json::value* r = o.if_contains("result"); r != nullptr && r->is_object()) {
-            if (const json::value* pv = r->as_object().if_contains("protocolVersion"); pv != nullptr && pv->is_string()) {
+            // It becomes a header of every later request: only a value safe as one.
+            if (const json::value* pv = r->as_object().if_contains("protocolVersion");
+                pv != nullptr && pv->is_string() && header_safe(pv->as_string())) {
               *protocol_version = std::string(pv->as_string());
             }
           }

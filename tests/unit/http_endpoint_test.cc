@@ -60,7 +60,13 @@ TEST_CASE("a POST's headers must agree with its body", "[http-endpoint]") {
   c = check_post("{\n  \"jsonrpc\": \"2.0\",\n  \"method\": \"notifications/initialized\"\n}", "", "");
   REQUIRE(c.ok);
   CHECK_FALSE(c.request);
-  CHECK(c.line == R"({"jsonrpc":"2.0","method":"notifications/initialized"})");
+  CHECK(c.line.find_first_of("\r\n") == std::string::npos);
+  CHECK(json::parse(c.line) == json::parse(R"({"jsonrpc":"2.0","method":"notifications/initialized"})"));
+  // Numbers and strings reach the server as the agent wrote them (no rounding through a double).
+  c = check_post(R"({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"n","arguments":{"big":123456789012345678901234567890,"f":0.1}}})", "", "");
+  REQUIRE(c.ok);
+  CHECK(c.line.find("123456789012345678901234567890") != std::string::npos);
+  CHECK(c.line.find("0.1}") != std::string::npos);
   c = check_post(R"({"jsonrpc":"2.0","id":"s-1","result":{}})", "", "");
   REQUIRE(c.ok);
   CHECK(c.method.empty());
@@ -272,6 +278,7 @@ TEST_CASE("the MCP endpoint carries an HTTP agent's session through the relay", 
   CHECK(exchange(port, http::verb::post, path, with(session, "Accept", "application/json"), R"({"jsonrpc":"2.0","id":8,"method":"ping"})")
             .status == 406);
   CHECK(exchange(port, http::verb::post, path, session, "[1,2]").status == 400);
+  CHECK(exchange(port, http::verb::get, path, {{"Accept", "text/event-stream"}}).status == 400);
   {
     std::lock_guard lock(relay.mu);
     CHECK(relay.received.size() == before);
