@@ -755,10 +755,7 @@ HttpEndpoint::~HttpEndpoint() {
     for (const auto& [name, a] : impl_->agents) names.push_back(name);
   }
   for (const auto& n : names) stop_agent(n);
-  asio::post(impl_->io, [p = impl_.get()] {
-    boost::system::error_code ignored;
-    p->sweeper->cancel();
-  });
+  asio::post(impl_->io, [p = impl_.get()] { p->sweeper->cancel(); });
   impl_->work.reset();
   // Sessions end on the loop (stop_agent above); then nothing is left to run.
   const auto give_up = Clock::now() + std::chrono::seconds(2);

@@ -1,11 +1,27 @@
 // The commands that talk to outpostd over its socket: agent deploy/list/stop/logs, mcp
 // connect, and bundle install while the daemon owns the TPM.
+#include <netinet/in.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
+
+#include <chrono>
+#include <map>
 
 #include <iomanip>
 #include <iostream>
 
+#include <boost/beast/http/empty_body.hpp>
+// GCC 12 reports Beast's parser (inlined into put()) as reading an uninitialised optional: a
+// known false positive at -O2, here as in tests/integration/daemon_e2e_test.cc.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#include <boost/beast/http/parser.hpp>
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 #include <boost/json/serialize.hpp>
 
 #include "cli.h"
@@ -14,6 +30,7 @@
 #include "outpost/base/bytes.h"
 #include "outpost/base/errors.h"
 #include "outpost/base/files.h"
+#include "sandbox/sandbox.h"
 
 namespace outpost::cli {
 namespace json = boost::json;
@@ -105,6 +122,118 @@ int logs(const Args& args) {
   return kExitOk;
 }
 
+// ---- outpost mcp login: the operator's one-time OAuth login for an agent's remote server ----
+
+// The query of a request target as name -> value, percent- and plus-decoded.
+std::map<std::string, std::string> query_of(std::string_view target) {
+  std::map<std::string, std::string> out;
+  const size_t q = target.find('?');
+  if (q == std::string_view::npos) return out;
+  auto decode = [](std::string_view in) {
+    std::string o;
+    for (size_t i = 0; i < in.size(); ++i) {
+      if (in[i] == '+') {
+        o.push_back(' ');
+      } else if (in[i] == '%' && i + 2 < in.size() && std::isxdigit(static_cast<unsigned char>(in[i + 1])) &&
+                 std::isxdigit(static_cast<unsigned char>(in[i + 2]))) {
+        o.push_back(static_cast<char>(std::stoi(std::string(in.substr(i + 1, 2)), nullptr, 16)));
+        i += 2;
+      } else {
+        o.push_back(in[i]);
+      }
+    }
+    return o;
+  };
+  std::string_view rest = target.substr(q + 1);
+  while (!rest.empty()) {
+    const std::string_view pair = rest.substr(0, rest.find('&'));
+    rest.remove_prefix(std::min(rest.size(), pair.size() + 1));
+    const size_t eq = pair.find('=');
+    out[decode(pair.substr(0, eq))] = eq == std::string_view::npos ? "" : decode(pair.substr(eq + 1));
+  }
+  return out;
+}
+
+// Waits on `listener` for the browser's redirect to /callback; its query, or an error at the
+// deadline. Other requests (a favicon) get 404 and the wait goes on.
+Result<std::map<std::string, std::string>> await_redirect(int listener, std::chrono::steady_clock::time_point deadline) {
+  namespace http = boost::beast::http;
+  for (;;) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count();
+    if (left <= 0) return fail(errc::timeout, "no redirect came back before the deadline");
+    pollfd p{listener, POLLIN, 0};
+    if (::poll(&p, 1, static_cast<int>(std::min<long long>(left, 1000))) <= 0) continue;
+    const int c = ::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
+    if (c < 0) continue;
+    http::request_parser<http::empty_body> parser;
+    parser.eager(true);
+    std::string head;
+    char buf[4096];
+    boost::system::error_code ec;
+    const auto read_until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (!parser.is_header_done() && head.size() < 16384 && std::chrono::steady_clock::now() < read_until) {
+      pollfd rp{c, POLLIN, 0};
+      if (::poll(&rp, 1, 1000) <= 0) continue;
+      const ssize_t n = ::recv(c, buf, sizeof buf, 0);
+      if (n <= 0) break;
+      head.append(buf, static_cast<size_t>(n));
+      parser.put(boost::asio::buffer(head.data() + (head.size() - static_cast<size_t>(n)), static_cast<size_t>(n)), ec);
+      if (ec && ec != http::error::need_more) break;
+    }
+    std::string target = parser.is_header_done() ? std::string(parser.get().target()) : std::string();
+    const bool callback = target.rfind("/callback", 0) == 0;
+    const std::string body = callback ? "outpost: the login came back to the node; you may close this window.\n" : "not found\n";
+    const std::string answer = std::string(callback ? "HTTP/1.1 200 OK" : "HTTP/1.1 404 Not Found") +
+                               "\r\nContent-Type: text/plain\r\nConnection: close\r\nContent-Length: " + std::to_string(body.size()) +
+                               "\r\n\r\n" + body;
+    (void)!::send(c, answer.data(), answer.size(), MSG_NOSIGNAL);
+    ::close(c);
+    if (callback) return query_of(target);
+  }
+}
+
+int mcp_login(const Args& args) {
+  po::options_description d("mcp login");
+  add_socket_option(d);
+  d.add_options()("agent", po::value<std::string>()->required(), "the deployed agent")(
+      "server", po::value<std::string>()->required(), "its MCP server (a url: server with auth grant authorization_code)")(
+      "port", po::value<int>()->default_value(0), "the loopback port of the redirect (0: any free one)")(
+      "timeout", po::value<int>()->default_value(300), "seconds to wait for the browser");
+  auto vm = parse(args, "outpost mcp login AGENT SERVER [--port P] [--timeout S]", d, {"agent", "server"});
+  if (!vm) return kExitOk;
+  const std::string agent = (*vm)["agent"].as<std::string>(), server = (*vm)["server"].as<std::string>();
+  // The redirect comes back to this process on loopback (RFC 8252 §7.3).
+  sandbox::UniqueFd listener(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  sa.sin_port = htons(static_cast<uint16_t>((*vm)["port"].as<int>()));
+  socklen_t len = sizeof sa;
+  if (!listener || ::bind(listener.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0 || ::listen(listener.get(), 8) != 0 ||
+      ::getsockname(listener.get(), reinterpret_cast<sockaddr*>(&sa), &len) != 0) {
+    return report(errno_error("the redirect's loopback listener", errno));
+  }
+  const std::string redirect = "http://127.0.0.1:" + std::to_string(ntohs(sa.sin_port)) + "/callback";
+  const fs::path socket = socket_of(*vm);
+  auto begun = daemon::call_api(socket, {{"op", "oauth_begin"}, {"agent", agent}, {"server", server}, {"redirect_uri", redirect}});
+  if (!begun) return report(begun.error());
+  std::cout << "Open this URL in a browser on this node (or one whose 127.0.0.1:" << ntohs(sa.sin_port)
+            << " is forwarded here):\n  " << std::string(begun->at("url").as_string()) << "\nwaiting for the redirect to "
+            << redirect << " ..." << std::endl;
+  auto query = await_redirect(listener.get(), std::chrono::steady_clock::now() + std::chrono::seconds((*vm)["timeout"].as<int>()));
+  if (!query) return report(query.error());
+  if (query->count("error") != 0) {
+    return report(Error(make_error_code(errc::verification_failed),
+                        "the authorization server refused the login: " + (*query)["error"] +
+                            ((*query)["error_description"].empty() ? "" : " (" + (*query)["error_description"] + ")")));
+  }
+  auto finished = daemon::call_api(socket, {{"op", "oauth_finish"}, {"agent", agent}, {"server", server},
+                                            {"code", (*query)["code"]}, {"state", (*query)["state"]}});
+  if (!finished) return report(finished.error());
+  std::cout << "logged in: outpostd holds a refresh token for " << agent << "/" << server << ", sealed by the TPM" << std::endl;
+  return kExitOk;
+}
+
 }  // namespace
 
 int agent_daemon_command(const std::string& sub, const Args& rest) {
@@ -120,7 +249,8 @@ int agent_daemon_command(const std::string& sub, const Args& rest) {
 // server's status. No bytes of MCP traffic pass through this process.
 int mcp_command(const Args& args) {
   if (!args.empty() && args[0] == "serve-local") return mcp_serve_local(Args(args.begin() + 1, args.end()));
-  if (args.empty() || args[0] != "connect") throw UsageError("usage: outpost mcp connect SERVER");
+  if (!args.empty() && args[0] == "login") return mcp_login(Args(args.begin() + 1, args.end()));
+  if (args.empty() || args[0] != "connect") throw UsageError("usage: outpost mcp connect SERVER | outpost mcp login AGENT SERVER");
   po::options_description d("mcp connect");
   add_socket_option(d);
   d.add_options()("server", po::value<std::string>()->required(), "the MCP server's name in the agent's manifest");

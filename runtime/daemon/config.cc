@@ -280,19 +280,29 @@ Result<AgentManifest> parse_manifest(std::string_view yaml, std::string_view sou
         if (auto u = upstream::parse_upstream_url(s.url); !u) return fail(r.bad(n["url"], path + ".url: " + u.error().message()));
         if (n["ca"]) { OUTPOST_TRY(std::string c, r.text(n["ca"], path + ".ca")); s.ca = resolve(base_dir, c); }
         if (const YAML::Node& a = n["auth"]) {
-          OUTPOST_TRY_VOID(r.fields(a, path + ".auth", {"type", "secret", "issuer", "client_id", "scope"}));
-          if (!a["type"] || !a["secret"]) return fail(r.bad(a, path + ".auth needs type (bearer or oauth) and secret"));
+          OUTPOST_TRY_VOID(r.fields(a, path + ".auth", {"type", "secret", "issuer", "client_id", "scope", "grant"}));
+          if (!a["type"]) return fail(r.bad(a, path + ".auth needs type (bearer or oauth)"));
           OUTPOST_TRY(std::string type, r.text(a["type"], path + ".auth.type"));
-          OUTPOST_TRY(s.auth.secret, r.text(a["secret"], path + ".auth.secret"));
+          if (a["secret"]) { OUTPOST_TRY(s.auth.secret, r.text(a["secret"], path + ".auth.secret")); }
           if (type == "bearer") {
             s.auth.kind = upstream::AuthSpec::Kind::bearer;
-            if (a["issuer"] || a["client_id"] || a["scope"]) return fail(r.bad(a, path + ".auth: a bearer token takes only secret"));
+            if (a["issuer"] || a["client_id"] || a["scope"] || a["grant"]) return fail(r.bad(a, path + ".auth: a bearer token takes only secret"));
+            if (s.auth.secret.empty()) return fail(r.bad(a, path + ".auth: a bearer token needs secret (its sealed name)"));
           } else if (type == "oauth") {
             s.auth.kind = upstream::AuthSpec::Kind::oauth;
             if (!a["issuer"] || !a["client_id"]) return fail(r.bad(a, path + ".auth: oauth needs issuer and client_id"));
             OUTPOST_TRY(s.auth.issuer, r.text(a["issuer"], path + ".auth.issuer"));
             OUTPOST_TRY(s.auth.client_id, r.text(a["client_id"], path + ".auth.client_id"));
             if (a["scope"]) { OUTPOST_TRY(s.auth.scope, r.text(a["scope"], path + ".auth.scope")); }
+            std::string grant = "client_credentials";
+            if (a["grant"]) { OUTPOST_TRY(grant, r.text(a["grant"], path + ".auth.grant")); }
+            if (grant == "authorization_code") {
+              s.auth.grant = upstream::AuthSpec::Grant::authorization_code;  // secret optional: a public client
+            } else if (grant != "client_credentials") {
+              return fail(r.bad(a["grant"], path + ".auth.grant must be client_credentials or authorization_code"));
+            } else if (s.auth.secret.empty()) {
+              return fail(r.bad(a, path + ".auth: the client credentials grant needs secret (the sealed client secret)"));
+            }
             auto u = upstream::parse_upstream_url(s.auth.issuer);
             if (!u || (!u->tls && u->host != "localhost" && u->host.rfind("127.", 0) != 0)) {
               return fail(r.bad(a["issuer"], path + ".auth.issuer must be an https URL (http only to loopback)"));

@@ -50,6 +50,7 @@
 #include "outpost/attestation/secrets.h"
 #include "outpost/attestation/tpm.h"
 #include "outpost/base/bytes.h"
+#include "outpost/base/crypto.h"
 #include "outpost/base/errors.h"
 #include "outpost/offline_cache/evidence.h"
 #include "outpost/base/files.h"
@@ -401,6 +402,23 @@ struct Daemon::Impl {
                                      [this](const egress::EgressRecord& r) { return record_egress(r); });
     };
   }
+  // The sealed refresh token of an operator's login for (agent, server): a name of the secret
+  // store's form whatever the two names are.
+  static std::string refresh_secret_name(const std::string& agent, const std::string& server) {
+    const Digest d = sha256(agent + "/" + server);
+    return "oauth-refresh-" + hex_encode(ByteView(d.data(), 12));
+  }
+  // The CAs a remote server (and its authorization server) is checked against: the manifest's,
+  // or the system's store.
+  Result<std::string> ca_pem_for(const McpServerSpec& spec, const upstream::UpstreamUrl& url) {
+    if (!url.tls && spec.auth.kind != upstream::AuthSpec::Kind::oauth) return std::string();
+    const fs::path ca = spec.ca.empty() ? fs::path(kSystemCaBundle) : spec.ca;
+    auto text = read_text_file(ca, 4 << 20);
+    if (!text) return fail(text.error().wrap("CA certificates " + ca.string()));
+    return std::move(*text);
+  }
+  // The operator's one-time login for an authorization-code server (`outpost mcp login`).
+  json::object oauth_login(const json::object& req, bool finish);
   // The credential source of one (agent, server), shared by its connections and kept while the
   // agent is deployed (tokens are fetched once for all of them, not per connection).
   std::shared_ptr<upstream::TokenSource> token_source(const std::string& agent, const std::string& task,
@@ -413,12 +431,18 @@ struct Daemon::Impl {
     }
     upstream::UpstreamHooks as_hooks;
     as_hooks.connect = outbound(agent, task, "OAUTH", flow);
+    upstream::AuthSpec auth = spec.auth;
+    auth.refresh_secret = refresh_secret_name(agent, spec.name);
     auto source = std::make_shared<upstream::TokenSource>(
-        spec.auth, url.text, [this](std::string_view name) { return unseal_secret(name); },
+        auth, url.text, [this](std::string_view name) { return unseal_secret(name); },
         [as_hooks, ca_pem](const upstream::HttpExchange& x) {
           return upstream::http_exchange(x, as_hooks, ca_pem, std::chrono::seconds(10));
         },
-        [] { return unix_now(); });
+        [] { return unix_now(); },
+        [this](std::string_view name, std::string_view value) {
+          attestation::SecretStore secrets(config.state_dir, node);
+          return secrets.seal(*tpm, name, as_bytes(value));
+        });
     if (it != agents.end()) it->second->tokens[spec.name] = source;
     return source;
   }
@@ -1439,8 +1463,46 @@ void Daemon::Impl::serve(int fd, Peer peer) {
   ::close(fd);
 }
 
+json::object Daemon::Impl::oauth_login(const json::object& req, bool finish) {
+  const std::string agent = str(req, "agent"), server = str(req, "server");
+  McpServerSpec spec;
+  std::string task;
+  std::shared_ptr<broker::SessionState> flow;
+  {
+    std::lock_guard lock(mu);
+    auto it = agents.find(agent);
+    if (it == agents.end()) return error_reply("no agent named " + agent + " is deployed");
+    const auto& servers = it->second->manifest.mcp_servers;
+    auto s = std::find_if(servers.begin(), servers.end(), [&](const McpServerSpec& m) { return m.name == server; });
+    if (s == servers.end()) return error_reply("agent " + agent + " has no MCP server \"" + server + "\"");
+    spec = *s;
+    task = it->second->manifest.task;
+    flow = it->second->flow;
+  }
+  if (spec.url.empty() || spec.auth.kind != upstream::AuthSpec::Kind::oauth ||
+      spec.auth.grant != upstream::AuthSpec::Grant::authorization_code) {
+    return error_reply("MCP server " + server + " of " + agent + " is not a url: server with auth grant authorization_code");
+  }
+  auto url = upstream::parse_upstream_url(spec.url);
+  if (!url) return error_reply(url.error().message());
+  auto ca = ca_pem_for(spec, *url);
+  if (!ca) return error_reply(ca.error().message());
+  auto tokens = token_source(agent, task, spec, *url, *ca, flow);
+  if (!finish) {
+    auto login = tokens->begin_login(str(req, "redirect_uri"));
+    if (!login) return error_reply(login.error().message());
+    return json::object{{"ok", true}, {"url", *login}};
+  }
+  auto done = tokens->finish_login(str(req, "code"), str(req, "state"));
+  (void)log->record_event("oauth_login", {{"agent", agent}, {"server", server}, {"ok", static_cast<bool>(done)},
+                                          {"error", done ? std::string() : done.error().message()}});
+  if (!done) return error_reply(done.error().message());
+  return json::object{{"ok", true}};
+}
+
 json::object Daemon::Impl::handle(const json::object& req, const ucred& peer, bool, const std::string&) {
   const std::string op = str(req, "op");
+  if (op == "oauth_begin" || op == "oauth_finish") return oauth_login(req, op == "oauth_finish");
   if (op == "deploy") {
     auto session = deploy(str(req, "manifest"), str(req, "base_dir"));
     if (!session) return error_reply(session.error().message());
@@ -1684,13 +1746,9 @@ void Daemon::Impl::serve_mcp(int fd, const json::object& req, const std::string&
     };
     auto url = upstream::parse_upstream_url(spec.url);
     if (!url) return refuse(url.error().message());
-    std::string ca_pem;
-    if (url->tls || spec.auth.kind == upstream::AuthSpec::Kind::oauth) {
-      const fs::path ca = spec.ca.empty() ? fs::path(kSystemCaBundle) : spec.ca;
-      auto text = read_text_file(ca, 4 << 20);
-      if (!text) return refuse("CA certificates " + ca.string() + ": " + text.error().message());
-      ca_pem = std::move(*text);
-    }
+    auto ca = ca_pem_for(spec, *url);
+    if (!ca) return refuse(ca.error().message());
+    const std::string ca_pem = std::move(*ca);
     auto ctx = upstream::tls_context(*url, ca_pem);
     if (!ctx) return refuse(ctx.error().message());
     std::shared_ptr<upstream::TokenSource> tokens = token_source(agent_name, task, spec, *url, ca_pem, flow);

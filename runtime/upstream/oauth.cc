@@ -6,6 +6,7 @@
 #include <boost/json.hpp>
 
 #include "outpost/base/bytes.h"
+#include "outpost/base/crypto.h"
 #include "outpost/base/errors.h"
 #include "upstream/streamable_http.h"
 
@@ -68,6 +69,18 @@ Result<AsMetadata> parse_as_metadata(std::string_view body, std::string_view exp
     if (!basic && !post) return fail(errc::unsupported, "the authorization server takes neither client_secret_basic nor client_secret_post");
     m.basic = basic;
   }
+  m.authorization_endpoint = text_of(o, "authorization_endpoint");
+  if (!m.authorization_endpoint.empty()) {
+    auto a = parse_upstream_url(m.authorization_endpoint);
+    if (!a) return fail(a.error().wrap("authorization server metadata: authorization_endpoint"));
+    if (!a->tls && !loopback_host(*a)) {
+      return fail(errc::verification_failed, "authorization server metadata: the authorization endpoint " + a->text +
+                                               " is plain HTTP to a host that is not loopback");
+    }
+  }
+  if (const json::value* methods = o.if_contains("code_challenge_methods_supported"); methods != nullptr && methods->is_array()) {
+    for (const auto& e : methods->as_array()) m.s256 = m.s256 || e == "S256";
+  }
   return m;
 }
 
@@ -100,6 +113,8 @@ Result<AccessToken> parse_token_response(unsigned status, std::string_view body,
   if (life <= 0) return fail(errc::invalid_argument, "the token endpoint issued a token that has expired already");
   t.fetched_at = now;
   t.expires_at = now + std::min<int64_t>(life, 1 << 30);
+  t.refresh = text_of(*o, "refresh_token");
+  if (!t.refresh.empty() && !header_safe(t.refresh)) return fail(errc::invalid_argument, "the token endpoint's refresh_token is not printable ASCII");
   return t;
 }
 
@@ -120,9 +135,10 @@ std::string form_encode(std::string_view value) {
   return out;
 }
 
-TokenSource::TokenSource(AuthSpec spec, std::string resource, SecretFn secret, HttpFn http, std::function<int64_t()> clock)
+TokenSource::TokenSource(AuthSpec spec, std::string resource, SecretFn secret, HttpFn http, std::function<int64_t()> clock,
+                         SealFn seal)
     : spec_(std::move(spec)), resource_(std::move(resource)), secret_(std::move(secret)), http_(std::move(http)),
-      clock_(std::move(clock)) {}
+      clock_(std::move(clock)), seal_(std::move(seal)) {}
 
 TokenSource::~TokenSource() {
   if (token_) wipe(token_->value);
@@ -162,47 +178,169 @@ Result<AccessToken> TokenSource::fetch() {
       wipe(*value);
       return fail(errc::invalid_argument, "bearer token " + spec_.secret + " is empty or not printable ASCII");
     }
-    AccessToken t{std::move(*value), INT64_MAX, now};
+    AccessToken t;
+    t.value = std::move(*value);
+    t.expires_at = INT64_MAX;
+    t.fetched_at = now;
     return t;
   }
-  if (!metadata_) {
-    HttpExchange get;
-    get.url = metadata_url(spec_.issuer);
-    get.headers.emplace_back("Accept", "application/json");
-    OUTPOST_TRY(HttpAnswer a, http_(get));
-    if (a.status != 200) return fail(errc::io, "authorization server metadata " + get.url + ": HTTP " + std::to_string(a.status));
-    auto m = parse_as_metadata(a.body, spec_.issuer);
-    if (!m) return fail(m.error().wrap(get.url));
-    metadata_ = std::move(*m);
+  OUTPOST_TRY_VOID(ensure_metadata());
+  if (spec_.grant == AuthSpec::Grant::client_credentials) {
+    std::string grant = "grant_type=client_credentials&resource=" + form_encode(resource_);
+    if (!spec_.scope.empty()) grant += "&scope=" + form_encode(spec_.scope);
+    return token_request(std::move(grant));
   }
-  auto client_secret = secret_(spec_.secret);
-  if (!client_secret) return fail(client_secret.error().wrap("client secret " + spec_.secret));
+  // Authorization code: the operator's login left a refresh token, sealed.
+  auto refresh = secret_(spec_.refresh_secret);
+  if (!refresh) {
+    if (refresh.error().code() == make_error_code(errc::not_found)) {
+      return fail(errc::not_found, "no operator login for this server yet: run `outpost mcp login AGENT SERVER` on the node");
+    }
+    return fail(refresh.error().wrap("refresh token"));
+  }
+  std::string grant = "grant_type=refresh_token&refresh_token=" + form_encode(*refresh) + "&resource=" + form_encode(resource_);
+  auto t = token_request(std::move(grant));
+  if (t) {
+    auto kept = keep_refresh(*t, *refresh);
+    wipe(t->refresh);
+    if (!kept) {
+      wipe(*refresh);
+      return fail(kept.error());
+    }
+  }
+  wipe(*refresh);
+  return t;
+}
+
+Result<void> TokenSource::ensure_metadata() {
+  if (metadata_) return ok();
+  HttpExchange get;
+  get.url = metadata_url(spec_.issuer);
+  get.headers.emplace_back("Accept", "application/json");
+  OUTPOST_TRY(HttpAnswer a, http_(get));
+  if (a.status != 200) return fail(errc::io, "authorization server metadata " + get.url + ": HTTP " + std::to_string(a.status));
+  auto m = parse_as_metadata(a.body, spec_.issuer);
+  if (!m) return fail(m.error().wrap(get.url));
+  metadata_ = std::move(*m);
+  return ok();
+}
+
+Result<AccessToken> TokenSource::token_request(std::string grant) {
+  const int64_t now = clock_();
   HttpExchange post;
   post.method = "POST";
   post.url = metadata_->token_endpoint;
   post.content_type = "application/x-www-form-urlencoded";
   post.headers.emplace_back("Accept", "application/json");
-  post.body = "grant_type=client_credentials&resource=" + form_encode(resource_);
-  if (!spec_.scope.empty()) post.body += "&scope=" + form_encode(spec_.scope);
+  post.body = std::move(grant);
   std::string basic;
-  if (metadata_->basic) {
-    // RFC 6749 §2.3.1: each part form-encoded, then base64 of "id:secret".
-    std::string pair = form_encode(spec_.client_id) + ":" + form_encode(*client_secret);
-    basic = "Basic " + base64_encode(as_bytes(pair));
-    post.headers.emplace_back("Authorization", basic);
-    wipe(pair);
+  if (spec_.secret.empty()) {
+    post.body += "&client_id=" + form_encode(spec_.client_id);  // a public client (RFC 6749 §3.2.1)
   } else {
-    post.body += "&client_id=" + form_encode(spec_.client_id) + "&client_secret=" + form_encode(*client_secret);
+    auto client_secret = secret_(spec_.secret);
+    if (!client_secret) {
+      wipe(post.body);
+      return fail(client_secret.error().wrap("client secret " + spec_.secret));
+    }
+    if (metadata_->basic) {
+      // RFC 6749 §2.3.1: each part form-encoded, then base64 of "id:secret".
+      std::string pair = form_encode(spec_.client_id) + ":" + form_encode(*client_secret);
+      basic = "Basic " + base64_encode(as_bytes(pair));
+      post.headers.emplace_back("Authorization", basic);
+      wipe(pair);
+    } else {
+      post.body += "&client_id=" + form_encode(spec_.client_id) + "&client_secret=" + form_encode(*client_secret);
+    }
+    wipe(*client_secret);
   }
-  wipe(*client_secret);
   auto a = http_(post);
   wipe(basic);
   for (auto& [k, v] : post.headers) wipe(v);
   wipe(post.body);
   if (!a) return fail(a.error().wrap("token endpoint " + metadata_->token_endpoint));
   auto t = parse_token_response(a->status, a->body, now);
+  wipe(a->body);
   if (!t) return fail(t.error().wrap("token endpoint " + metadata_->token_endpoint));
   return t;
+}
+
+// A refresh token the server issued (first, or rotated: RFC 6749 §6, OAuth 2.1 §4.3.1) is sealed
+// before it is relied on; the old one is then spent.
+Result<void> TokenSource::keep_refresh(const AccessToken& t, std::string_view previous) {
+  if (t.refresh.empty() || t.refresh == previous) return ok();
+  if (!seal_) return fail(errc::unsupported, "no way to seal the refresh token");
+  if (auto r = seal_(spec_.refresh_secret, t.refresh); !r) return fail(r.error().wrap("sealing the refresh token"));
+  return ok();
+}
+
+Result<std::string> TokenSource::begin_login(const std::string& redirect_uri) {
+  if (spec_.kind != AuthSpec::Kind::oauth || spec_.grant != AuthSpec::Grant::authorization_code) {
+    return fail(errc::invalid_argument, "this server's credential is not an OAuth authorization-code login");
+  }
+  auto r = parse_upstream_url(redirect_uri);
+  if (!r || r->tls || !loopback_host(*r)) {
+    return fail(errc::invalid_argument, "the redirect URI must be http:// to a loopback address (RFC 8252 §7.3)");
+  }
+  std::lock_guard lock(mu_);
+  OUTPOST_TRY_VOID(ensure_metadata());
+  if (metadata_->authorization_endpoint.empty()) return fail(errc::unsupported, "the authorization server has no authorization_endpoint");
+  if (!metadata_->s256) {
+    return fail(errc::unsupported, "the authorization server does not offer PKCE with S256 (code_challenge_methods_supported)");
+  }
+  uint8_t raw[32];
+  random_bytes(std::span<uint8_t>(raw, sizeof raw));
+  PendingLogin p;
+  p.verifier = base64url_encode(ByteView(raw, sizeof raw));  // 43 characters of [A-Za-z0-9_-]
+  random_bytes(std::span<uint8_t>(raw, 16));
+  p.state = base64url_encode(ByteView(raw, 16));
+  std::fill(std::begin(raw), std::end(raw), 0);
+  p.redirect_uri = redirect_uri;
+  p.expires_at = clock_() + 600;
+  const Digest challenge = sha256(p.verifier);
+  std::string url = metadata_->authorization_endpoint;
+  url += url.find('?') == std::string::npos ? '?' : '&';
+  url += "response_type=code&client_id=" + form_encode(spec_.client_id) + "&redirect_uri=" + form_encode(redirect_uri) +
+         "&code_challenge=" + base64url_encode(ByteView(challenge.data(), challenge.size())) +
+         "&code_challenge_method=S256&state=" + p.state + "&resource=" + form_encode(resource_);
+  if (!spec_.scope.empty()) url += "&scope=" + form_encode(spec_.scope);
+  if (login_) wipe(login_->verifier);
+  login_ = std::move(p);
+  return url;
+}
+
+Result<void> TokenSource::finish_login(std::string_view code, std::string_view state) {
+  std::lock_guard lock(mu_);
+  if (!login_) return fail(errc::invalid_argument, "no login is under way for this server (begin one first)");
+  PendingLogin p = std::move(*login_);
+  login_.reset();  // one try: a wrong state or a late answer ends the login
+  auto clear = [&] { wipe(p.verifier); };
+  if (state != p.state) {
+    clear();
+    return fail(errc::verification_failed, "the redirect's state is not the login's (RFC 6749 §10.12): refused");
+  }
+  if (clock_() > p.expires_at) {
+    clear();
+    return fail(errc::timeout, "the login took longer than ten minutes: begin again");
+  }
+  if (code.empty()) {
+    clear();
+    return fail(errc::invalid_argument, "the redirect carries no code");
+  }
+  std::string grant = "grant_type=authorization_code&code=" + form_encode(code) + "&redirect_uri=" + form_encode(p.redirect_uri) +
+                      "&code_verifier=" + p.verifier + "&resource=" + form_encode(resource_);
+  clear();
+  auto t = token_request(std::move(grant));
+  if (!t) {
+    ++stats_.failed;
+    return fail(t.error());
+  }
+  if (t->refresh.empty()) return fail(errc::unsupported, "the token endpoint issued no refresh token: outpostd could not renew access");
+  OUTPOST_TRY_VOID(keep_refresh(*t, ""));
+  ++stats_.fetched;
+  if (token_) wipe(token_->value);
+  wipe(t->refresh);
+  token_ = std::move(*t);
+  return ok();
 }
 
 }  // namespace outpost::upstream

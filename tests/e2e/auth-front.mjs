@@ -12,15 +12,24 @@
 //   POST /token     the client credentials grant (RFC 6749 §4.4), client_secret_basic only;
 //                   the RFC 8707 resource must be ORIGIN/mcp. Tokens live --token-life seconds
 //                   (default 60). While --refuse-file exists: 400 invalid_client.
+//                   Also the authorization code grant with PKCE (S256 checked against the
+//                   code's challenge, the redirect_uri the code's) and the refresh token grant
+//                   (each refresh token works once: a new one comes with each answer); for these
+//                   a public client may send client_id in the body instead of Basic.
+//   GET  /authorize the authorization endpoint, approving at once (the test stands in for the
+//                   operator's consent): 302 to redirect_uri (loopback only) with code and state;
+//                   refused without code_challenge_method=S256.
 //   *    /mcp       needs "Authorization: Bearer T", T issued here and not expired (else 401
 //                   with WWW-Authenticate); then proxied to --upstream without the header,
 //                   the answer (JSON or an event stream) streamed back as it comes.
 // --log appends one JSON line per request:
-//   {"kind":"token","status","grant_type","resource","client_id","token"?}
+//   {"kind":"token","status","grant_type","resource","client_id","token"?,"refresh_token"?,
+//    "pkce":"ok"|"bad"?}
+//   {"kind":"authorize","status","client_id","redirect_uri","code_challenge_method","resource"}
 //   {"kind":"mcp","method","status","auth":"ok"|"missing"|"unknown"|"expired","token",
 //    "mcp_method","mcp_name","session","protocol_version","rpc_method"}
 
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { appendFileSync, existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
@@ -48,6 +57,8 @@ const tls = Boolean(opts['tls-cert']);
 const upstream = new URL(opts.upstream);
 const life = Number(opts['token-life']);
 const tokens = new Map(); // token -> expiry (ms)
+const codes = new Map(); // code -> {challenge, redirect_uri, resource}
+const refreshTokens = new Set(); // live refresh tokens (each works once)
 let origin = '';
 
 function log(entry) {
@@ -73,21 +84,71 @@ async function token(req, res) {
   const entry = { kind: 'token', grant_type: form.get('grant_type'), resource: form.get('resource') };
   const basic = /^Basic (.+)$/.exec(req.headers.authorization ?? '');
   const [id, secret] = basic ? Buffer.from(basic[1], 'base64').toString().split(':') : [];
-  entry.client_id = id ? decodeURIComponent(id) : null;
+  entry.client_id = id ? decodeURIComponent(id) : form.get('client_id');
   const refuse = (status, error, description) => {
     log({ ...entry, status });
     json(res, status, { error, error_description: description });
   };
   if (opts['refuse-file'] && existsSync(opts['refuse-file'])) return refuse(400, 'invalid_client', 'client disabled');
-  if (!basic || decodeURIComponent(id) !== opts['client-id'] || decodeURIComponent(secret ?? '') !== opts['client-secret']) {
+  const userGrant = entry.grant_type === 'authorization_code' || entry.grant_type === 'refresh_token';
+  const publicClient = userGrant && !basic && form.get('client_id') === opts['client-id'];
+  if (!publicClient && (!basic || decodeURIComponent(id) !== opts['client-id'] || decodeURIComponent(secret ?? '') !== opts['client-secret'])) {
     return refuse(401, 'invalid_client', 'bad client credentials');
   }
-  if (entry.grant_type !== 'client_credentials') return refuse(400, 'unsupported_grant_type', entry.grant_type);
   if (entry.resource !== `${origin}/mcp`) return refuse(400, 'invalid_target', `resource ${entry.resource}`);
+  let refresh;
+  if (entry.grant_type === 'authorization_code') {
+    const code = codes.get(form.get('code'));
+    codes.delete(form.get('code'));
+    if (!code) return refuse(400, 'invalid_grant', 'unknown or used code');
+    if (code.redirect_uri !== form.get('redirect_uri')) return refuse(400, 'invalid_grant', 'redirect_uri differs');
+    const verifier = form.get('code_verifier') ?? '';
+    entry.pkce = createHash('sha256').update(verifier).digest('base64url') === code.challenge ? 'ok' : 'bad';
+    if (entry.pkce !== 'ok') return refuse(400, 'invalid_grant', 'PKCE verification failed');
+    refresh = randomBytes(24).toString('base64url');
+  } else if (entry.grant_type === 'refresh_token') {
+    if (!refreshTokens.delete(form.get('refresh_token'))) return refuse(400, 'invalid_grant', 'unknown or used refresh token');
+    refresh = randomBytes(24).toString('base64url');
+  } else if (entry.grant_type !== 'client_credentials') {
+    return refuse(400, 'unsupported_grant_type', entry.grant_type);
+  }
   const t = randomBytes(18).toString('base64url');
   tokens.set(t, Date.now() + life * 1000);
-  log({ ...entry, status: 200, token: t });
-  json(res, 200, { access_token: t, token_type: 'Bearer', expires_in: life });
+  if (refresh) refreshTokens.add(refresh);
+  log({ ...entry, status: 200, token: t, ...(refresh ? { refresh_token: refresh } : {}) });
+  json(res, 200, { access_token: t, token_type: 'Bearer', expires_in: life, ...(refresh ? { refresh_token: refresh } : {}) });
+}
+
+function authorize(req, res) {
+  const q = new URL(req.url, 'http://x').searchParams;
+  const entry = {
+    kind: 'authorize',
+    client_id: q.get('client_id'),
+    redirect_uri: q.get('redirect_uri'),
+    code_challenge_method: q.get('code_challenge_method'),
+    resource: q.get('resource'),
+  };
+  let redirect;
+  try {
+    redirect = new URL(q.get('redirect_uri') ?? '');
+  } catch {
+    redirect = null;
+  }
+  const bad = (why) => {
+    log({ ...entry, status: 400 });
+    json(res, 400, { error: 'invalid_request', error_description: why });
+  };
+  if (q.get('response_type') !== 'code' || q.get('client_id') !== opts['client-id']) return bad('response_type or client_id');
+  if (!redirect || redirect.protocol !== 'http:' || redirect.hostname !== '127.0.0.1') return bad('redirect_uri must be loopback');
+  if (q.get('code_challenge_method') !== 'S256' || !q.get('code_challenge')) return bad('PKCE S256 required');
+  if (q.get('resource') !== `${origin}/mcp`) return bad(`resource ${q.get('resource')}`);
+  const code = randomBytes(18).toString('base64url');
+  codes.set(code, { challenge: q.get('code_challenge'), redirect_uri: q.get('redirect_uri') });
+  redirect.searchParams.set('code', code);
+  redirect.searchParams.set('state', q.get('state') ?? '');
+  log({ ...entry, status: 302 });
+  res.writeHead(302, { location: redirect.toString() });
+  res.end();
 }
 
 async function mcp(req, res) {
@@ -138,10 +199,15 @@ const handler = (req, res) => {
       json(res, 200, {
         issuer: origin,
         token_endpoint: `${origin}/token`,
-        grant_types_supported: ['client_credentials'],
-        token_endpoint_auth_methods_supported: ['client_secret_basic'],
+        authorization_endpoint: `${origin}/authorize`,
+        grant_types_supported: ['client_credentials', 'authorization_code', 'refresh_token'],
+        response_types_supported: ['code'],
+        code_challenge_methods_supported: ['S256'],
+        token_endpoint_auth_methods_supported: ['client_secret_basic', 'none'],
       }),
     );
+  } else if (req.method === 'GET' && path === '/authorize') {
+    done = Promise.resolve(authorize(req, res));
   } else if (req.method === 'POST' && path === '/token') {
     done = token(req, res);
   } else if (path === '/mcp') {

@@ -1449,3 +1449,140 @@ TEST_CASE("an HTTP agent reaches its MCP servers only through outpostd's endpoin
   CHECK(outpost_summary.at("dns-rebinding-protection").second == 0);  // outpost checks Host and Origin
   CHECK(n.daemon->stop(SIGTERM) == 0);
 }
+
+TEST_CASE("an operator logs in once with PKCE and outpostd renews access from the sealed refresh token", "[e2e]") {
+  Node n;
+  EverythingHttp everything(n.dir.path());
+  const fs::path cert = n.dir / "front.crt", key = n.dir / "front.key";
+  auto made = testing::run_program({"openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                                    "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost", "-days", "2",
+                                    "-keyout", key.string(), "-out", cert.string()});
+  REQUIRE(made.exit_code == 0);
+  const fs::path front_log = n.dir / "front.requests";
+  PortFilePeer front(n.dir.path(), "front",
+                     {node_binary(), (kE2e / "auth-front.mjs").string(), "--upstream",
+                      "http://127.0.0.1:" + std::to_string(everything.port) + "/mcp", "--client-id", "outpost-node",
+                      "--client-secret", "unused-by-a-public-client", "--token-life", "2", "--log", front_log.string(),
+                      "--tls-cert", cert.string(), "--tls-key", key.string()});
+  n.ports["@FRONT_PORT@"] = std::to_string(front.port);
+  n.ports["@EVERYTHING_PORT@"] = std::to_string(everything.port);
+  n.provision();
+  n.start_daemon();
+
+  const fs::path adir = n.dir / "agent-login", go = adir / "go";
+  const std::string front_url = "https://localhost:" + std::to_string(front.port);
+  json::object config{{"mcpServers", {{"remote", {{"command", testing::outpost_cli_path()}, {"args", {"mcp", "connect", "remote"}}}}}}};
+  const json::array steps = {
+      step("remote", "echo", {{"message", "before the login"}}),  // 0: no refresh token yet
+      json::object{{"server", "remote"}, {"op", "disconnect"}},   // 1: the failed connection dropped
+      json::object{{"op", "wait"}, {"file", go.string()}},        // 2
+      step("remote", "echo", {{"message", "after the login"}}),   // 3
+      json::object{{"op", "sleep"}, {"ms", 2500}},                // 4: the access token expires
+      step("remote", "echo", {{"message", "after a refresh"}}),   // 5
+      json::object{{"op", "env"}},                                // 6
+  };
+  write_text(adir / "config.json", json::serialize(config));
+  write_text(adir / "steps.json", json::serialize(steps));
+  write_text(adir / "manifest.yaml",
+             "name: remote\n"
+             "command: " + n.node + "\n"
+             "args: [\"" + (kE2e / "agent.mjs").string() + "\", \"" + (adir / "config.json").string() + "\", \"" +
+                 (adir / "steps.json").string() + "\"]\n"
+             "binary: " + (kE2e / "agent.mjs").string() + "\n"
+             "workdir: " + (adir / "work").string() + "\n"
+             "read_only: [\"" + kE2e.string() + "\", \"" + adir.string() + "\"]\n"
+             "task: e2e\n"
+             "restart: never\n"
+             "mcp_servers:\n"
+             "  remote:\n"
+             "    url: " + front_url + "/mcp\n"
+             "    ca: " + cert.string() + "\n"
+             "    auth: {type: oauth, grant: authorization_code, issuer: \"" + front_url + "\", client_id: outpost-node}\n");
+  ok({"agent", "deploy", (adir / "manifest.yaml").string()}, n.env());
+  auto agent_log = [&] { return testing::run_outpost({"agent", "logs", "remote"}, n.env()).out; };
+  REQUIRE(eventually([&] { return agent_log().find("{\"step\":0,") != std::string::npos; }, 60));
+
+  // The operator's login: the CLI prints the URL and waits on its loopback redirect; the
+  // "browser" (node's fetch, trusting the front's certificate) follows it, and the front
+  // approves at once.
+  testing::Background login({testing::outpost_cli_path(), "mcp", "login", "remote", "remote", "--timeout", "60"},
+                             n.dir / "login.out", n.env());
+  std::string url;
+  REQUIRE(eventually([&] {
+    auto text = read_text_file(n.dir / "login.out");
+    if (!text) return false;
+    const size_t at = text->find("https://");
+    if (at == std::string::npos) return false;
+    url = text->substr(at, text->find('\n', at) - at);
+    return true;
+  }, 30));
+  CHECK_THAT(url, Catch::Contains("code_challenge_method=S256"));
+  CHECK_THAT(url, Catch::Contains("code_challenge="));
+  auto browser = testing::run_program(
+      {node_binary(), "--input-type=module", "-e",
+       "const r = await fetch(process.argv[1], {redirect: 'manual'}); const back = await fetch(r.headers.get('location'));"
+       " console.log(r.status, back.status);",
+       url},
+      {"NODE_EXTRA_CA_CERTS=" + cert.string()});
+  INFO(browser.out + browser.err);
+  CHECK(browser.out.find("302 200") != std::string::npos);
+  REQUIRE(eventually([&] { return !login.running(); }, 30));
+  CHECK(login.stop() == 0);
+  INFO(*read_text_file(n.dir / "login.out"));
+  CHECK_THAT(*read_text_file(n.dir / "login.out"), Catch::Contains("logged in"));
+
+  write_text(go, "");
+  REQUIRE(eventually([&] { return n.agent_state("remote", "stopped"); }, 60));
+  const auto out = n.agent_output("remote");
+  INFO(agent_log());
+  auto at = [&](int64_t i) -> const json::object& {
+    const json::object* s = find_step(out, i);
+    REQUIRE(s != nullptr);
+    INFO(json::serialize(*s));
+    REQUIRE(s->at("ok") == true);
+    return *s;
+  };
+  // Before the login even initialize has no credential: the connection fails with what to do.
+  const json::object* first = find_step(out, 0);
+  REQUIRE(first != nullptr);
+  CHECK(first->at("ok") == false);
+  CHECK_THAT(std::string(first->at("error").as_string()), Catch::Contains("outpost mcp login"));
+  CHECK(content_text(at(3)) == "Echo: after the login");
+  CHECK(content_text(at(5)) == "Echo: after a refresh");
+
+  // The front saw the PKCE login and at least one refresh; the refresh tokens are in the TPM's
+  // sealed store, not in the agent's environment, and not in the sealed file as text.
+  auto text = read_text_file(front_log, 16 << 20);
+  REQUIRE(text);
+  bool authorized = false, exchanged = false;
+  int refreshed = 0;
+  std::vector<std::string> refresh_tokens;
+  for (const auto& e : json_lines(*text)) {
+    INFO(json::serialize(e));
+    if (e.at("kind") == "authorize") authorized = e.at("status") == 302 && e.at("code_challenge_method") == "S256";
+    if (e.at("kind") != "token") continue;
+    if (e.at("grant_type") == "authorization_code") exchanged = e.at("status") == 200 && e.at("pkce") == "ok";
+    if (e.at("grant_type") == "refresh_token" && e.at("status") == 200) ++refreshed;
+    if (e.contains("refresh_token")) refresh_tokens.push_back(std::string(e.at("refresh_token").as_string()));
+  }
+  CHECK(authorized);
+  CHECK(exchanged);
+  CHECK(refreshed >= 1);
+  REQUIRE(!refresh_tokens.empty());
+  std::string sealed;
+  for (const auto& f : fs::directory_iterator(n.state / "secrets")) {
+    if (f.path().filename().string().rfind("oauth-refresh-", 0) != 0) continue;
+    auto bytes = read_file(f.path());
+    if (bytes) sealed.assign(bytes->begin(), bytes->end());
+  }
+  CHECK(!sealed.empty());
+  const std::string env_text = json::serialize(at(6).at("env"));
+  for (const auto& r : refresh_tokens) {
+    CHECK(env_text.find(r) == std::string::npos);
+    CHECK(sealed.find(r) == std::string::npos);
+  }
+  bool recorded = false;
+  for (const auto& e : n.audit()) recorded = recorded || (e.contains("kind") && e.at("kind") == "oauth_login" && e.at("ok") == true);
+  CHECK(recorded);
+  CHECK(n.daemon->stop(SIGTERM) == 0);
+}

@@ -17,6 +17,8 @@
 #include <boost/beast/http.hpp>
 #include <boost/json.hpp>
 
+#include "outpost/base/bytes.h"
+#include "outpost/base/crypto.h"
 #include "outpost/base/errors.h"
 #include "upstream/http_upstream.h"
 #include "upstream/oauth.h"
@@ -261,7 +263,7 @@ struct FakeAs {
 TEST_CASE("the OAuth client fetches, caches, refreshes before expiry and after a 401", "[upstream][oauth]") {
   FakeAs as;
   int64_t now = 10'000;
-  AuthSpec spec{AuthSpec::Kind::oauth, "client-secret", "https://as.test", "node-7", "mcp:tools"};
+  AuthSpec spec{AuthSpec::Kind::oauth, "client-secret", "https://as.test", "node-7", "mcp:tools", AuthSpec::Grant::client_credentials, ""};
   TokenSource src(
       spec, "https://mcp.test/mcp",
       [](std::string_view name) -> Result<std::string> {
@@ -304,7 +306,7 @@ TEST_CASE("the OAuth client fetches, caches, refreshes before expiry and after a
 TEST_CASE("the OAuth client refuses a mix-up and reports a missing secret", "[upstream][oauth]") {
   int64_t now = 0;
   TokenSource mixed(
-      AuthSpec{AuthSpec::Kind::oauth, "s", "https://other.test", "c", ""}, "https://mcp.test/mcp",
+      AuthSpec{AuthSpec::Kind::oauth, "s", "https://other.test", "c", "", AuthSpec::Grant::client_credentials, ""}, "https://mcp.test/mcp",
       [](std::string_view) -> Result<std::string> { return std::string("x"); },
       [](const HttpExchange&) -> Result<HttpAnswer> {
         return HttpAnswer{200, "application/json", R"({"issuer":"https://as.test","token_endpoint":"https://as.test/token"})"};
@@ -315,7 +317,7 @@ TEST_CASE("the OAuth client refuses a mix-up and reports a missing secret", "[up
   CHECK(r.error().message().find("RFC 8414") != std::string::npos);
 
   TokenSource bearer(
-      AuthSpec{AuthSpec::Kind::bearer, "api-token", "", "", ""}, "https://mcp.test/mcp",
+      AuthSpec{AuthSpec::Kind::bearer, "api-token", "", "", "", AuthSpec::Grant::client_credentials, ""}, "https://mcp.test/mcp",
       [](std::string_view name) -> Result<std::string> { return fail(errc::not_found, std::string(name) + " is not sealed"); },
       nullptr, [&] { return now; });
   auto b = bearer.authorization(false);
@@ -324,6 +326,101 @@ TEST_CASE("the OAuth client refuses a mix-up and reports a missing secret", "[up
 
   TokenSource none(AuthSpec{}, "https://mcp.test/mcp", nullptr, nullptr, [&] { return now; });
   CHECK(none.authorization(false)->empty());
+}
+
+TEST_CASE("the OAuth login: PKCE S256, the state checked once, refresh tokens sealed and rotated", "[upstream][oauth]") {
+  int64_t now = 1'000;
+  std::map<std::string, std::string> sealed;  // the TPM's store, for this test
+  std::vector<HttpExchange> seen;
+  std::string challenge;
+  int refreshes = 0;
+  auto http = [&](const HttpExchange& x) -> Result<HttpAnswer> {
+    seen.push_back(x);
+    if (x.method == "GET") {
+      return HttpAnswer{200, "application/json",
+                        R"({"issuer":"https://as.test","token_endpoint":"https://as.test/token",)"
+                        R"("authorization_endpoint":"https://as.test/authorize","code_challenge_methods_supported":["S256"]})"};
+    }
+    if (x.body.find("grant_type=authorization_code") == 0) {
+      return HttpAnswer{200, "application/json", R"({"access_token":"a1","token_type":"Bearer","expires_in":100,"refresh_token":"r1"})"};
+    }
+    ++refreshes;
+    const std::string next = "r" + std::to_string(refreshes + 1);
+    return HttpAnswer{200, "application/json",
+                      R"({"access_token":"a)" + std::to_string(refreshes + 1) + R"(","token_type":"Bearer","expires_in":100,"refresh_token":")" + next + "\"}"};
+  };
+  AuthSpec spec{AuthSpec::Kind::oauth, "", "https://as.test", "node-7", "", AuthSpec::Grant::authorization_code, "oauth-refresh-x"};
+  TokenSource src(
+      spec, "https://mcp.test/mcp",
+      [&](std::string_view name) -> Result<std::string> {
+        auto it = sealed.find(std::string(name));
+        if (it == sealed.end()) return fail(errc::not_found, "no secret " + std::string(name));
+        return it->second;
+      },
+      http, [&] { return now; },
+      [&](std::string_view name, std::string_view value) -> Result<void> {
+        sealed[std::string(name)] = std::string(value);
+        return ok();
+      });
+
+  // Before the login: a clear refusal that says what to do.
+  auto before = src.authorization(false);
+  REQUIRE_FALSE(before);
+  CHECK(before.error().message().find("outpost mcp login") != std::string::npos);
+  CHECK_FALSE(src.begin_login("https://not-loopback.test/cb"));
+
+  auto url = src.begin_login("http://127.0.0.1:5555/callback");
+  REQUIRE(url);
+  CHECK(url->rfind("https://as.test/authorize?response_type=code&client_id=node-7&redirect_uri=http%3A%2F%2F127.0.0.1%3A5555%2Fcallback", 0) == 0);
+  CHECK(url->find("&code_challenge_method=S256&") != std::string::npos);
+  CHECK(url->find("&resource=https%3A%2F%2Fmcp.test%2Fmcp") != std::string::npos);
+  const size_t c = url->find("code_challenge=") + 15;
+  challenge = url->substr(c, url->find('&', c) - c);
+  const size_t st = url->find("&state=") + 7;
+  const std::string state = url->substr(st, url->find('&', st) - st);
+
+  // A wrong state ends the login: the right one afterwards is refused too.
+  CHECK_FALSE(src.finish_login("code-1", "forged"));
+  CHECK_FALSE(src.finish_login("code-1", state));
+  url = src.begin_login("http://127.0.0.1:5555/callback");
+  REQUIRE(url);
+  const size_t st2 = url->find("&state=") + 7;
+  const std::string state2 = url->substr(st2, url->find('&', st2) - st2);
+  const size_t c2 = url->find("code_challenge=") + 15;
+  challenge = url->substr(c2, url->find('&', c2) - c2);
+  REQUIRE(src.finish_login("code-2", state2));
+  // The exchange carried the verifier whose SHA-256 is the challenge (RFC 7636 §4.6).
+  const HttpExchange& exchange = seen.back();
+  CHECK(exchange.body.find("grant_type=authorization_code&code=code-2&redirect_uri=") == 0);
+  const size_t v = exchange.body.find("code_verifier=") + 14;
+  const std::string verifier = exchange.body.substr(v, exchange.body.find('&', v) - v);
+  CHECK(verifier.size() == 43);
+  const Digest d = sha256(verifier);
+  CHECK(base64url_encode(ByteView(d.data(), d.size())) == challenge);
+  CHECK(exchange.body.find("client_id=node-7") != std::string::npos);  // a public client
+  CHECK(sealed.at("oauth-refresh-x") == "r1");
+  CHECK(*src.authorization(false) == "Bearer a1");
+
+  // Expired: the refresh grant with the sealed token; the rotated one is sealed in its place.
+  now += 200;
+  CHECK(*src.authorization(false) == "Bearer a2");
+  CHECK(seen.back().body.find("grant_type=refresh_token&refresh_token=r1&") == 0);
+  CHECK(sealed.at("oauth-refresh-x") == "r2");
+  CHECK(*src.authorization(true) == "Bearer a3");
+  CHECK(seen.back().body.find("refresh_token=r2&") != std::string::npos);
+  CHECK(sealed.at("oauth-refresh-x") == "r3");
+
+  // A server without S256 is refused for a login.
+  TokenSource plain(
+      spec, "https://mcp.test/mcp", [](std::string_view) -> Result<std::string> { return std::string(); },
+      [](const HttpExchange&) -> Result<HttpAnswer> {
+        return HttpAnswer{200, "application/json",
+                          R"({"issuer":"https://as.test","token_endpoint":"https://as.test/token","authorization_endpoint":"https://as.test/a"})"};
+      },
+      [&] { return now; });
+  auto no_pkce = plain.begin_login("http://127.0.0.1:5555/callback");
+  REQUIRE_FALSE(no_pkce);
+  CHECK(no_pkce.error().message().find("S256") != std::string::npos);
 }
 
 // ---- HttpUpstream in process ----
