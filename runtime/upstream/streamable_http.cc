@@ -79,6 +79,11 @@ Result<UpstreamUrl> parse_upstream_url(std::string_view url) {
   }
   if (host.empty() || host.size() > 253) return bad_url(url, "has no host");
   u.host = lower(host);
+  // A name of labels, none empty ("." alone, "..", a leading dot; found by fuzz_upstream); one
+  // trailing dot (the root) is dropped.
+  if (!u.is_ip && (u.host.front() == '.' || u.host.find("..") != std::string::npos)) {
+    return bad_url(url, "the host is not a DNS name or an address");
+  }
   if (!u.is_ip && u.host.back() == '.') u.host.pop_back();
   u.port = u.tls ? 443 : 80;
   if (!port.empty()) {

@@ -59,6 +59,10 @@ TEST_CASE("MCP server URLs are parsed and normalised", "[upstream]") {
     REQUIRE_FALSE(r);
     CHECK(r.error().message().find("MCP server URL") != std::string::npos);
   }
+  for (const char* bad : {"http://.:", "http://./mcp", "https://../x", "https://.example.com/mcp", "https://a..b/mcp", "https://x..?:"}) {
+    INFO(bad);
+    CHECK_FALSE(parse_upstream_url(bad));
+  }
 }
 
 TEST_CASE("SSE events are parsed in any split", "[upstream]") {
