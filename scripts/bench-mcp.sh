@@ -84,8 +84,6 @@ valid: {not_before: 2026-01-01T00:00:00Z, not_after: 2099-01-01T00:00:00Z, max_o
 tools:
   - {server: everything, name: echo}
   - {server: remote, name: echo}
-egress:
-  - {id: remote-mcp, effect: allow, agents: [bench], destinations: [{cidr: 127.0.0.1/32, ports: [$http_port]}]}
 YAML
   for t in $(seq 0 49); do echo "  - {server: filler, name: tool$t}"; done
   echo "agents:"
@@ -97,6 +95,8 @@ YAML
   for i in $(seq 0 9998); do
     echo "  - {id: r$i, effect: allow, agents: [filler$((i % 20))], tools: [filler/tool$((i % 50))], args: [{pointer: /path, prefix: [/data/$i/]}]}"
   done
+  echo "egress:"
+  echo "  - {id: remote-mcp, effect: allow, agents: [bench], destinations: [{cidr: 127.0.0.1/32, ports: [$http_port]}]}"
 } >"$work/policy.yaml"
 "$outpost" keygen --out "$work/k.pem" >/dev/null
 "$outpost" trust init --key "$work/k.pem.pub" --threshold 1 -o "$work/root.json" >/dev/null

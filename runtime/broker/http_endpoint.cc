@@ -80,6 +80,19 @@ std::string rpc_error(const json::value& id, int code, const std::string& messag
   return json::serialize(json::object{{"jsonrpc", "2.0"}, {"id", id}, {"error", {{"code", code}, {"message", message}}}});
 }
 
+// MCP 2026-07-28's "unsupported protocol version" error: the versions this endpoint speaks, so
+// a client that probed with a newer one falls back to a session (the SDKs do).
+constexpr int kUnsupportedProtocolVersion = -32022;
+std::string unsupported_version(std::string_view requested, const std::string& message) {
+  json::array supported;
+  for (const char* v : kVersions) supported.emplace_back(v);
+  return json::serialize(json::object{
+      {"jsonrpc", "2.0"},
+      {"id", nullptr},
+      {"error", {{"code", kUnsupportedProtocolVersion}, {"message", message},
+                 {"data", {{"supported", std::move(supported)}, {"requested", std::string(requested.substr(0, 40))}}}}}});
+}
+
 bool valid_server_name(std::string_view s) {
   if (s.empty() || s.size() > 64) return false;
   for (char c : s) {
@@ -555,10 +568,12 @@ struct HttpEndpoint::Impl {
       asio::co_spawn(io, reader(s), asio::detached);
     } else {
       if (sid.empty()) {
-        if (version == "2026-07-28") {
-          co_return co_await refuse(sock, req, a, http::status::bad_request, -32600,
-                                    "MCP 2026-07-28 stateless requests are not served here yet: initialize a session "
-                                    "(MCP-Protocol-Version 2025-11-25 or earlier)");
+        if (!version.empty() && !supported_protocol_version(version)) {
+          co_return co_await reply(sock, req, http::status::bad_request,
+                                   unsupported_version(version, "MCP " + std::string(version.substr(0, 40)) +
+                                                                    " (stateless requests) is not served here yet: initialize a "
+                                                                    "session with 2025-11-25 or earlier"),
+                                   "", &a);
         }
         co_return co_await refuse(sock, req, a, http::status::bad_request, -32600, "no Mcp-Session-Id: initialize first");
       }
@@ -569,9 +584,10 @@ struct HttpEndpoint::Impl {
       s = it->second;
     }
     if (!version.empty() && !supported_protocol_version(version) && !c.initialize) {
-      co_return co_await refuse(sock, req, a, http::status::bad_request, -32600,
-                                "unsupported MCP-Protocol-Version " + std::string(version.substr(0, 40)) +
-                                    " (this endpoint speaks 2025-11-25, 2025-06-18, 2025-03-26, 2024-11-05)");
+      co_return co_await reply(sock, req, http::status::bad_request,
+                               unsupported_version(version, "unsupported MCP-Protocol-Version " + std::string(version.substr(0, 40)) +
+                                                                " (this endpoint speaks 2025-11-25, 2025-06-18, 2025-03-26, 2024-11-05)"),
+                               "", &a);
     }
     s->used = Clock::now();
     if (!c.request) {

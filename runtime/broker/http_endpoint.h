@@ -23,7 +23,9 @@
 // Accept and Content-Type; MCP-Protocol-Version, when sent, is one this endpoint speaks;
 // Mcp-Method and Mcp-Name (MCP 2026-07-28's headers), when sent, agree with the
 // body, or the request is refused before anything is decided. MCP 2026-07-28's stateless
-// requests (no initialize, no session) are refused with a JSON-RPC error that says so.
+// requests (no initialize, no session) and any other version the endpoint does not speak get
+// 2026-07-28's unsupported-version error (-32022 with the versions served), on which clients
+// that probe with server/discover fall back to a session.
 //
 // Threads: one event loop of its own runs every connection and session; `open` (which blocks:
 // a server may be started) runs on a small pool beside it. Public methods are thread-safe and

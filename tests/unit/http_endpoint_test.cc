@@ -271,6 +271,9 @@ TEST_CASE("the MCP endpoint carries an HTTP agent's session through the relay", 
                               R"({"jsonrpc":"2.0","id":5,"method":"tools/list"})");
   CHECK(stateless.status == 400);
   CHECK_THAT(stateless.body, Catch::Contains("2026-07-28"));
+  // MCP 2026-07-28's unsupported-version error, naming what is served: SDKs fall back on it.
+  CHECK(json::parse(stateless.body).at("error").at("code") == -32022);
+  CHECK(json::parse(stateless.body).at("error").at("data").at("supported").as_array().size() == 4);
   CHECK(exchange(port, http::verb::post, path, with(session, "MCP-Protocol-Version", "2024-01-01"), R"({"jsonrpc":"2.0","id":6,"method":"ping"})")
             .status == 400);
   CHECK(exchange(port, http::verb::post, path, with(session, "Origin", "http://evil.example"), R"({"jsonrpc":"2.0","id":7,"method":"ping"})")
