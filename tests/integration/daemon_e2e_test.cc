@@ -140,17 +140,11 @@ struct Node {
     }
   }
 
-  // Writes the SDK agent's config and steps, and its manifest; returns the manifest path.
-  fs::path agent(const std::string& name, const json::array& steps, const std::string& restart = "never") {
+  // The SDK agent (tests/e2e/agent.mjs) in <dir>/agent-NAME: its MCP config, its steps and its
+  // manifest with `servers_yaml` (the mcp_servers: block); returns the manifest path.
+  fs::path sdk_agent(const std::string& name, const json::object& config, const json::array& steps, const std::string& servers_yaml,
+                     const std::string& restart = "never") {
     const fs::path adir = dir / ("agent-" + name);
-    const fs::path nm = kE2e / "node_modules" / "@modelcontextprotocol";
-    json::object config{
-        {"mcpServers",
-         {{"fs", {{"command", testing::outpost_cli_path()},
-                  {"args", {"mcp", "connect", "fs"}}}},
-          {"everything", {{"command", testing::outpost_cli_path()}, {"args", {"mcp", "connect", "everything"}}}},
-          {"ops", {{"command", testing::outpost_cli_path()}, {"args", {"mcp", "connect", "ops"}}}}}},
-        {"roots", {"file://" + allowed.string()}}};
     write_text(adir / "config.json", json::serialize(config));
     write_text(adir / "steps.json", json::serialize(steps));
     const std::string manifest =
@@ -162,7 +156,22 @@ struct Node {
         "workdir: " + (adir / "work").string() + "\n"
         "read_only: [\"" + kE2e.string() + "\", \"" + adir.string() + "\"]\n"
         "task: e2e\n"
-        "restart: " + restart + "\n"
+        "restart: " + restart + "\n" + servers_yaml;
+    write_text(adir / "manifest.yaml", manifest);
+    return adir / "manifest.yaml";
+  }
+
+  // The SDK agent with the three servers most tests use (fs, everything, ops).
+  fs::path agent(const std::string& name, const json::array& steps, const std::string& restart = "never") {
+    const fs::path nm = kE2e / "node_modules" / "@modelcontextprotocol";
+    json::object config{
+        {"mcpServers",
+         {{"fs", {{"command", testing::outpost_cli_path()},
+                  {"args", {"mcp", "connect", "fs"}}}},
+          {"everything", {{"command", testing::outpost_cli_path()}, {"args", {"mcp", "connect", "everything"}}}},
+          {"ops", {{"command", testing::outpost_cli_path()}, {"args", {"mcp", "connect", "ops"}}}}}},
+        {"roots", {"file://" + allowed.string()}}};
+    const std::string servers =
         "mcp_servers:\n"
         "  fs:\n"
         "    command: " + node + "\n"
@@ -172,8 +181,7 @@ struct Node {
         "    args: [\"" + (nm / "server-everything" / "dist" / "index.js").string() + "\", stdio]\n"
         "    secrets: [{name: demo-token, env: DEMO_TOKEN}]\n"
         "  ops: {local: true}\n";
-    write_text(adir / "manifest.yaml", manifest);
-    return adir / "manifest.yaml";
+    return sdk_agent(name, config, steps, servers, restart);
   }
 
   json::object agent_entry(const std::string& name) {
@@ -216,6 +224,25 @@ const json::object* find_step(const std::vector<json::object>& out, int64_t i) {
     if (o.contains("step") && o.at("step").as_int64() == i) return &o;
   }
   return nullptr;
+}
+
+// Step i of an agent's output, which must have succeeded.
+const json::object& ok_step(const std::vector<json::object>& out, int64_t i) {
+  const json::object* s = find_step(out, i);
+  REQUIRE(s != nullptr);
+  INFO(json::serialize(*s));
+  REQUIRE(s->at("ok") == true);
+  return *s;
+}
+
+// A self-signed P-256 certificate for "localhost" (CN and subjectAltName), made by openssl.
+std::pair<fs::path, fs::path> localhost_cert(const fs::path& dir, const std::string& stem) {
+  const fs::path cert = dir / (stem + ".crt"), key = dir / (stem + ".key");
+  auto made = testing::run_program({"openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                                    "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost", "-days", "2",
+                                    "-keyout", key.string(), "-out", cert.string()});
+  REQUIRE(made.exit_code == 0);
+  return {cert, key};
 }
 
 std::string content_text(const json::object& o) {
@@ -1007,10 +1034,7 @@ TEST_CASE("a real agent framework reaches its model through egress and its tools
 TEST_CASE("egress leaves an agent only through the proxy, as the bundle decides", "[e2e]") {
   Node n;
   // The allowed HTTPS destination: the model server with a certificate made here.
-  const fs::path cert = n.dir / "tls.crt", key = n.dir / "tls.key";
-  auto made = testing::run_program({"openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                                    "-subj", "/CN=localhost", "-days", "2", "-keyout", key.string(), "-out", cert.string()});
-  REQUIRE(made.exit_code == 0);
+  const auto [cert, key] = localhost_cert(n.dir.path(), "tls");
   ModelServer https(n.dir.path(), "https", {"--tls-cert", cert.string(), "--tls-key", key.string()});
   Listener other = inet_listener(AF_INET, SOCK_STREAM, 0);  // loopback the policy names by host only
   n.ports["@TLS_PORT@"] = std::to_string(https.port);
@@ -1040,13 +1064,7 @@ TEST_CASE("egress leaves an agent only through the proxy, as the bundle decides"
   const auto out = n.agent_output("egresser");
   auto logs = testing::run_outpost({"agent", "logs", "egresser"}, n.env());
   INFO(logs.out);
-  auto at = [&](int64_t i) -> const json::object& {
-    const json::object* s = find_step(out, i);
-    REQUIRE(s != nullptr);
-    INFO(json::serialize(*s));
-    REQUIRE(s->at("ok") == true);
-    return *s;
-  };
+  auto at = [&](int64_t i) -> const json::object& { return ok_step(out, i); };
   CHECK(at(0).at("status") == 200);
   CHECK(at(0).at("tls") == "ok");
   CHECK_THAT(std::string(at(0).at("reply").as_string()), Catch::StartsWith("HTTP/1.1"));
@@ -1146,11 +1164,7 @@ TEST_CASE("remote MCP servers are reached over Streamable HTTP with credentials 
   EverythingHttp everything(n.dir.path());
   // The OAuth-protected front (authorization server and resource server) over HTTPS, with a
   // certificate for "localhost" that the agent's manifest pins as the CA.
-  const fs::path cert = n.dir / "front.crt", key = n.dir / "front.key";
-  auto made = testing::run_program({"openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                                    "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost", "-days", "2",
-                                    "-keyout", key.string(), "-out", cert.string()});
-  REQUIRE(made.exit_code == 0);
+  const auto [cert, key] = localhost_cert(n.dir.path(), "front");
   const std::string client_secret = "client-secret-only-outpostd-unseals";
   const fs::path front_log = n.dir / "front.requests", refuse = n.dir / "refuse-client";
   PortFilePeer front(n.dir.path(), "front",
@@ -1188,27 +1202,15 @@ TEST_CASE("remote MCP servers are reached over Streamable HTTP with credentials 
       json::object{{"op", "sleep"}, {"ms", 2500}},                                      // 10
       step("remote", "echo", {{"message", "refused client"}}),                          // 11
   };
-  write_text(adir / "config.json", json::serialize(config));
-  write_text(adir / "steps.json", json::serialize(steps));
-  const std::string manifest =
-      "name: remote\n"
-      "command: " + n.node + "\n"
-      "args: [\"" + (kE2e / "agent.mjs").string() + "\", \"" + (adir / "config.json").string() + "\", \"" +
-      (adir / "steps.json").string() + "\"]\n"
-      "binary: " + (kE2e / "agent.mjs").string() + "\n"
-      "workdir: " + (adir / "work").string() + "\n"
-      "read_only: [\"" + kE2e.string() + "\", \"" + adir.string() + "\"]\n"
-      "task: e2e\n"
-      "restart: never\n"
+  const fs::path manifest = n.sdk_agent("remote", config, steps,
       "mcp_servers:\n"
       "  remote:\n"
       "    url: " + front_url + "/mcp\n"
       "    ca: " + cert.string() + "\n"
       "    auth: {type: oauth, issuer: \"" + front_url + "\", client_id: outpost-node, secret: remote-client}\n"
       "  plain:\n"
-      "    url: http://127.0.0.1:" + std::to_string(everything.port) + "/mcp\n";
-  write_text(adir / "manifest.yaml", manifest);
-  ok({"agent", "deploy", (adir / "manifest.yaml").string()}, n.env());
+      "    url: http://127.0.0.1:" + std::to_string(everything.port) + "/mcp\n");
+  ok({"agent", "deploy", manifest.string()}, n.env());
 
   // Once the agent has made its call after the refresh (its step 8 is in its log), the
   // authorization server stops taking the client.
@@ -1234,13 +1236,7 @@ TEST_CASE("remote MCP servers are reached over Streamable HTTP with credentials 
   REQUIRE(logs.exit_code == 0);
   const auto out = json_lines(logs.out);
   INFO(replace_all(logs.out, large, "<300 KiB of x>"));
-  auto at = [&](int64_t i) -> const json::object& {
-    const json::object* s = find_step(out, i);
-    REQUIRE(s != nullptr);
-    INFO(json::serialize(*s));
-    REQUIRE(s->at("ok") == true);
-    return *s;
-  };
+  auto at = [&](int64_t i) -> const json::object& { return ok_step(out, i); };
   // The list is filtered as for a stdio server: what no rule allows is not shown.
   std::set<std::string> listed;
   for (const auto& t : at(0).at("tools").as_array()) listed.insert(std::string(t.as_string()));
@@ -1359,7 +1355,6 @@ TEST_CASE("an HTTP agent reaches its MCP servers only through outpostd's endpoin
 
   // The SDK's Streamable HTTP client, unchanged, to http://127.0.0.1:PORT/mcp/SERVER in the
   // agent's namespace (OUTPOST_MCP_URL): a stdio server and a remote one behind it.
-  const fs::path adir = n.dir / "agent-http";
   json::object config{{"mcpServers",
                        {{"everything", {{"url", "$OUTPOST_MCP_URL" "everything"}}}, {"plain", {{"url", "$OUTPOST_MCP_URL" "plain"}}}}}};
   const json::array steps = {
@@ -1371,30 +1366,12 @@ TEST_CASE("an HTTP agent reaches its MCP servers only through outpostd's endpoin
       step("plain", "echo", {{"message", "through both"}}),                           // 4
       json::object{{"op", "env"}},                                                    // 5
   };
-  write_text(adir / "config.json", json::serialize(config));
-  write_text(adir / "steps.json", json::serialize(steps));
-  write_text(adir / "manifest.yaml",
-             "name: httpagent\n"
-             "command: " + n.node + "\n"
-             "args: [\"" + (kE2e / "agent.mjs").string() + "\", \"" + (adir / "config.json").string() + "\", \"" +
-                 (adir / "steps.json").string() + "\"]\n"
-             "binary: " + (kE2e / "agent.mjs").string() + "\n"
-             "workdir: " + (adir / "work").string() + "\n"
-             "read_only: [\"" + kE2e.string() + "\", \"" + adir.string() + "\"]\n"
-             "task: e2e\n"
-             "restart: never\n" + servers);
-  ok({"agent", "deploy", (adir / "manifest.yaml").string()}, n.env());
+  ok({"agent", "deploy", n.sdk_agent("httpagent", config, steps, servers).string()}, n.env());
   REQUIRE(eventually([&] { return n.agent_state("httpagent", "stopped"); }, 60));
   const auto out = n.agent_output("httpagent");
   auto logs = testing::run_outpost({"agent", "logs", "httpagent"}, n.env());
   INFO(logs.out);
-  auto at = [&](int64_t i) -> const json::object& {
-    const json::object* s = find_step(out, i);
-    REQUIRE(s != nullptr);
-    INFO(json::serialize(*s));
-    REQUIRE(s->at("ok") == true);
-    return *s;
-  };
+  auto at = [&](int64_t i) -> const json::object& { return ok_step(out, i); };
   std::set<std::string> listed;
   for (const auto& t : at(0).at("tools").as_array()) listed.insert(std::string(t.as_string()));
   CHECK(listed == std::set<std::string>{"echo", "trigger-long-running-operation"});
@@ -1453,11 +1430,7 @@ TEST_CASE("an HTTP agent reaches its MCP servers only through outpostd's endpoin
 TEST_CASE("an operator logs in once with PKCE and outpostd renews access from the sealed refresh token", "[e2e]") {
   Node n;
   EverythingHttp everything(n.dir.path());
-  const fs::path cert = n.dir / "front.crt", key = n.dir / "front.key";
-  auto made = testing::run_program({"openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                                    "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost", "-days", "2",
-                                    "-keyout", key.string(), "-out", cert.string()});
-  REQUIRE(made.exit_code == 0);
+  const auto [cert, key] = localhost_cert(n.dir.path(), "front");
   const fs::path front_log = n.dir / "front.requests";
   PortFilePeer front(n.dir.path(), "front",
                      {node_binary(), (kE2e / "auth-front.mjs").string(), "--upstream",
@@ -1469,7 +1442,7 @@ TEST_CASE("an operator logs in once with PKCE and outpostd renews access from th
   n.provision();
   n.start_daemon();
 
-  const fs::path adir = n.dir / "agent-login", go = adir / "go";
+  const fs::path go = n.dir / "agent-remote" / "go";  // n.sdk_agent("remote", ...) writes its files there
   const std::string front_url = "https://localhost:" + std::to_string(front.port);
   json::object config{{"mcpServers", {{"remote", {{"command", testing::outpost_cli_path()}, {"args", {"mcp", "connect", "remote"}}}}}}};
   const json::array steps = {
@@ -1481,24 +1454,13 @@ TEST_CASE("an operator logs in once with PKCE and outpostd renews access from th
       step("remote", "echo", {{"message", "after a refresh"}}),   // 5
       json::object{{"op", "env"}},                                // 6
   };
-  write_text(adir / "config.json", json::serialize(config));
-  write_text(adir / "steps.json", json::serialize(steps));
-  write_text(adir / "manifest.yaml",
-             "name: remote\n"
-             "command: " + n.node + "\n"
-             "args: [\"" + (kE2e / "agent.mjs").string() + "\", \"" + (adir / "config.json").string() + "\", \"" +
-                 (adir / "steps.json").string() + "\"]\n"
-             "binary: " + (kE2e / "agent.mjs").string() + "\n"
-             "workdir: " + (adir / "work").string() + "\n"
-             "read_only: [\"" + kE2e.string() + "\", \"" + adir.string() + "\"]\n"
-             "task: e2e\n"
-             "restart: never\n"
+  const std::string servers =
              "mcp_servers:\n"
              "  remote:\n"
              "    url: " + front_url + "/mcp\n"
              "    ca: " + cert.string() + "\n"
-             "    auth: {type: oauth, grant: authorization_code, issuer: \"" + front_url + "\", client_id: outpost-node}\n");
-  ok({"agent", "deploy", (adir / "manifest.yaml").string()}, n.env());
+             "    auth: {type: oauth, grant: authorization_code, issuer: \"" + front_url + "\", client_id: outpost-node}\n";
+  ok({"agent", "deploy", n.sdk_agent("remote", config, steps, servers).string()}, n.env());
   auto agent_log = [&] { return testing::run_outpost({"agent", "logs", "remote"}, n.env()).out; };
   REQUIRE(eventually([&] { return agent_log().find("{\"step\":0,") != std::string::npos; }, 60));
 
@@ -1535,13 +1497,7 @@ TEST_CASE("an operator logs in once with PKCE and outpostd renews access from th
   REQUIRE(eventually([&] { return n.agent_state("remote", "stopped"); }, 60));
   const auto out = n.agent_output("remote");
   INFO(agent_log());
-  auto at = [&](int64_t i) -> const json::object& {
-    const json::object* s = find_step(out, i);
-    REQUIRE(s != nullptr);
-    INFO(json::serialize(*s));
-    REQUIRE(s->at("ok") == true);
-    return *s;
-  };
+  auto at = [&](int64_t i) -> const json::object& { return ok_step(out, i); };
   // Before the login even initialize has no credential: the connection fails with what to do.
   const json::object* first = find_step(out, 0);
   REQUIRE(first != nullptr);
