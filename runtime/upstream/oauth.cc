@@ -25,6 +25,17 @@ bool loopback_host(const UpstreamUrl& u) {
   return u.host == "localhost" || u.host == "::1" || u.host.rfind("127.", 0) == 0;
 }
 
+// An endpoint the metadata names: https, or plain HTTP to loopback only.
+Result<void> check_endpoint(const std::string& text, const char* field) {
+  auto url = parse_upstream_url(text);
+  if (!url) return fail(url.error().wrap(std::string("authorization server metadata: ") + field));
+  if (!url->tls && !loopback_host(*url)) {
+    return fail(errc::verification_failed, std::string("authorization server metadata: the ") + field + " " + url->text +
+                                             " is plain HTTP to a host that is not loopback");
+  }
+  return ok();
+}
+
 void wipe(std::string& s) {
   std::fill(s.begin(), s.end(), '\0');
   s.clear();
@@ -54,30 +65,18 @@ Result<AsMetadata> parse_as_metadata(std::string_view body, std::string_view exp
                                              "\", not the configured \"" + std::string(expected_issuer) + "\" (RFC 8414 §3.3)");
   }
   m.token_endpoint = text_of(o, "token_endpoint");
-  auto url = parse_upstream_url(m.token_endpoint);
-  if (!url) return fail(url.error().wrap("authorization server metadata: token_endpoint"));
-  if (!url->tls && !loopback_host(*url)) {
-    return fail(errc::verification_failed, "authorization server metadata: the token endpoint " + url->text +
-                                             " is plain HTTP to a host that is not loopback");
-  }
+  OUTPOST_TRY_VOID(check_endpoint(m.token_endpoint, "token_endpoint"));
   if (const json::value* methods = o.if_contains("token_endpoint_auth_methods_supported"); methods != nullptr && methods->is_array()) {
     bool basic = false, post = false;
     for (const auto& e : methods->as_array()) {
       if (e == "client_secret_basic") basic = true;
       if (e == "client_secret_post") post = true;
     }
-    if (!basic && !post) return fail(errc::unsupported, "the authorization server takes neither client_secret_basic nor client_secret_post");
     m.basic = basic;
+    m.secret_auth = basic || post;  // a server for public clients alone may name only "none"
   }
   m.authorization_endpoint = text_of(o, "authorization_endpoint");
-  if (!m.authorization_endpoint.empty()) {
-    auto a = parse_upstream_url(m.authorization_endpoint);
-    if (!a) return fail(a.error().wrap("authorization server metadata: authorization_endpoint"));
-    if (!a->tls && !loopback_host(*a)) {
-      return fail(errc::verification_failed, "authorization server metadata: the authorization endpoint " + a->text +
-                                               " is plain HTTP to a host that is not loopback");
-    }
-  }
+  if (!m.authorization_endpoint.empty()) OUTPOST_TRY_VOID(check_endpoint(m.authorization_endpoint, "authorization_endpoint"));
   if (const json::value* methods = o.if_contains("code_challenge_methods_supported"); methods != nullptr && methods->is_array()) {
     for (const auto& e : methods->as_array()) m.s256 = m.s256 || e == "S256";
   }
@@ -237,6 +236,10 @@ Result<AccessToken> TokenSource::token_request(std::string grant) {
   if (spec_.secret.empty()) {
     post.body += "&client_id=" + form_encode(spec_.client_id);  // a public client (RFC 6749 §3.2.1)
   } else {
+    if (!metadata_->secret_auth) {
+      wipe(post.body);
+      return fail(errc::unsupported, "the authorization server takes neither client_secret_basic nor client_secret_post");
+    }
     auto client_secret = secret_(spec_.secret);
     if (!client_secret) {
       wipe(post.body);

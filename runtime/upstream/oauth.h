@@ -58,6 +58,7 @@ struct AsMetadata {
   std::string issuer, token_endpoint;
   std::string authorization_endpoint;  // empty when the server offers none
   bool basic = true;  // client_secret_basic (else client_secret_post)
+  bool secret_auth = true;  // either of them: a confidential client can authenticate
   bool s256 = false;  // code_challenge_methods_supported names S256 (PKCE)
 };
 // The metadata document; an error unless its issuer is `expected_issuer` exactly and its token
