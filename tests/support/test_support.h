@@ -90,6 +90,10 @@ std::string outpost_cli_path();
 // A loopback TCP port with nothing listening on it right now.
 int unused_port();
 
+// A TCP socket listening on 127.0.0.1 at a port the kernel picks (written to `port`); the
+// caller owns the fd.
+int listen_on_loopback(uint16_t& port);
+
 // outpostd configuration lines giving this test process's daemons agent uids of their own
 // (64 from a base derived from the pid): tests run in parallel, each with an outpostd, and one
 // daemon's cleanup of an agent uid (kill_all_of_uid) must never reach another test's agent.

@@ -19,24 +19,12 @@
 #include "outpost/base/errors.h"
 #include "policy/compiler.h"
 #include "policy/engine.h"
+#include "test_support.h"
 
 using namespace outpost;
 using namespace std::chrono_literals;
 
 namespace {
-
-int listen_loopback(uint16_t& port) {
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
-  REQUIRE(::listen(fd, 16) == 0);
-  socklen_t len = sizeof a;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  port = ntohs(a.sin_port);
-  return fd;
-}
 
 int connect_loopback(uint16_t port) {
   int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -79,7 +67,7 @@ struct Upstream {
   std::mutex mu;
   std::vector<std::string> received;
   bool stop = false;
-  Upstream() : fd(listen_loopback(port)) {
+  Upstream() : fd(testing::listen_on_loopback(port)) {
     thread = std::thread([this] {
       std::vector<std::thread> conns;
       for (;;) {
@@ -193,7 +181,7 @@ egress:
     auto started = egress::Proxy::start({}, std::move(h));
     REQUIRE(started);
     proxy = std::move(*started);
-    sandbox::UniqueFd listener(listen_loopback(port));
+    sandbox::UniqueFd listener(testing::listen_on_loopback(port));
     proxy->serve(egress::Proxy::Binding{"coder", "build", flow, std::move(listener)});
   }
   std::vector<egress::EgressRecord> recorded() {

@@ -23,6 +23,7 @@
 
 #include "broker/http_endpoint.h"
 #include "outpost/base/errors.h"
+#include "test_support.h"
 
 using namespace outpost;
 using namespace outpost::broker;
@@ -155,19 +156,6 @@ struct ScriptedRelay {
   }
 };
 
-int free_listener(uint16_t& port) {
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  sockaddr_in sa{};
-  sa.sin_family = AF_INET;
-  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0);
-  REQUIRE(::listen(fd, 16) == 0);
-  socklen_t len = sizeof sa;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len);
-  port = ntohs(sa.sin_port);
-  return fd;
-}
-
 struct Answer {
   unsigned status = 0;
   std::string content_type, session, body;
@@ -210,7 +198,7 @@ std::map<std::string, std::string> with(std::map<std::string, std::string> h, co
 TEST_CASE("the MCP endpoint carries an HTTP agent's session through the relay", "[http-endpoint]") {
   ScriptedRelay relay;
   uint16_t port = 0;
-  int listener = free_listener(port);
+  int listener = testing::listen_on_loopback(port);
   HttpEndpointOptions o;
   o.port = port;
   HttpEndpointHooks h;
