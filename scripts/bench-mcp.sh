@@ -11,6 +11,9 @@
 #   outpost-http-http  the agent's client speaks Streamable HTTP to outpostd's endpoint in its
 #                 namespace ($OUTPOST_MCP_URL/remote), and outpostd HTTP to the server: a
 #                 gateway's position, HTTP on both sides
+#   outpost-http-2026  as outpost-http-http, with the v2 SDK client pinned to MCP 2026-07-28:
+#                 stateless requests, which outpostd's endpoint carries on a relay connection
+#                 of its own to the same 2025-era server
 # then outpostd's RSS with 10 agents running and a 10,000-rule bundle installed. After the
 # latency table, outpostd's own account of each outpost run (the relay's per-stage times from
 # the connection's mcp_disconnect audit record, per call).
@@ -121,9 +124,10 @@ start_daemon() {
 }
 export OUTPOST_SOCKET=$sock
 
-bench_agent() {  # LABEL [SERVER [http]]: runs bench-latency.mjs as an agent of outpostd; prints its JSON line
+bench_agent() {  # LABEL [SERVER [http [PROTOCOL]]]: runs bench-latency.mjs as an agent of outpostd; prints its JSON line
   local to=("--" "$outpost" "mcp" "connect" "${2:-everything}")
   [[ ${3:-} == http ]] && to=("--url" "http://127.0.0.1:3129/mcp/$2")  # OUTPOST_MCP_URL, the default port
+  [[ -n ${4:-} ]] && to=("--protocol" "$4" "${to[@]}")
   local to_json
   to_json=$(printf '"%s", ' "${to[@]}")
   cat >"$work/bench.yaml" <<YAML
@@ -155,6 +159,10 @@ YAML
     wait "$recorder" 2>/dev/null || true
   fi
   "$outpost" agent logs bench --bytes 100000 | grep "\"label\":\"$1\"" | tail -1
+  # Undeployed, or the next outpostd would bring it back (and run the benchmark again); and
+  # stopped before its record is read: the endpoint's connection for stateless requests stays
+  # open until the agent stops.
+  "$outpost" agent stop bench >/dev/null
   # outpostd's own account of where the connection's time went (its mcp_disconnect record).
   local record=
   for _ in $(seq 50); do
@@ -164,8 +172,6 @@ YAML
   done
   last_disconnect=$record
   echo "$record" | node -e 'const r = JSON.parse(require("fs").readFileSync(0, "utf8")); console.log(JSON.stringify({label: process.argv[1], calls: r.detail.allowed, timing: r.detail.timing}));' "$1" >>"$work/timing.jsonl"
-  # Undeployed, or the next outpostd would bring it back (and run the benchmark again).
-  "$outpost" agent stop bench >/dev/null
 }
 
 echo "# MCP tools/call latency, SDK client -> server-everything echo, $calls calls per run"
@@ -181,6 +187,7 @@ for r in $(seq "$rounds"); do
   start_daemon true
   bench_agent outpost-http remote | tee -a "$results"
   bench_agent outpost-http-http remote http | tee -a "$results"
+  bench_agent outpost-http-2026 remote http 2026-07-28 | tee -a "$results"
 done
 # One row per setup: the median over the rounds of each figure, and its range.
 node - "$results" "$work/timing.jsonl" <<'JS'
@@ -190,7 +197,7 @@ const med = (xs) => { const s = [...xs].sort((a, b) => a - b); return s[Math.flo
 const fig = (xs) => `${med(xs)} (${Math.min(...xs)}–${Math.max(...xs)})`;
 console.log('| setup | p50 µs | min µs | p99 µs | pipelined calls/s (32 in flight) |');
 console.log('| --- | --- | --- | --- | --- |');
-for (const label of ['direct', 'pump', 'outpost-durable', 'outpost-queued', 'direct-http', 'outpost-http', 'outpost-http-http']) {
+for (const label of ['direct', 'pump', 'outpost-durable', 'outpost-queued', 'direct-http', 'outpost-http', 'outpost-http-http', 'outpost-http-2026']) {
   const r = rows.filter((x) => x.label === label);
   if (r.length === 0) continue;
   console.log(`| ${label} | ${fig(r.map((x) => x.p50_us))} | ${fig(r.map((x) => x.min_us))} | ${fig(r.map((x) => x.p99_us))} | ${fig(r.map((x) => x.pipelined_calls_per_s))} |`);
@@ -198,7 +205,7 @@ for (const label of ['direct', 'pump', 'outpost-durable', 'outpost-queued', 'dir
 const p50 = (label) => med(rows.filter((x) => x.label === label).map((x) => x.p50_us));
 console.log(`# over the pump at p50: durable +${Math.round(p50('outpost-durable') - p50('pump'))} µs, queued +${Math.round(p50('outpost-queued') - p50('pump'))} µs`);
 const p99 = (label) => med(rows.filter((x) => x.label === label).map((x) => x.p99_us));
-for (const label of ['outpost-http', 'outpost-http-http']) {
+for (const label of ['outpost-http', 'outpost-http-http', 'outpost-http-2026']) {
   console.log(`# ${label} over direct-http: p50 +${Math.round(p50(label) - p50('direct-http'))} µs, p99 +${Math.round(p99(label) - p99('direct-http'))} µs`);
 }
 // outpostd's relay, per call: the sums of its mcp_disconnect record over the calls of the run
@@ -207,7 +214,7 @@ const timing = fs.readFileSync(process.argv[3], 'utf8').trim().split('\n').filte
 const stages = ['read', 'decide', 'commit', 'forward', 'response', 'return'];
 console.log('| relay, µs per call | ' + stages.join(' | ') + ' | calls per batch |');
 console.log('| --- |' + ' --- |'.repeat(stages.length + 1));
-for (const label of ['outpost-durable', 'outpost-queued', 'outpost-http', 'outpost-http-http']) {
+for (const label of ['outpost-durable', 'outpost-queued', 'outpost-http', 'outpost-http-http', 'outpost-http-2026']) {
   const r = timing.filter((x) => x.label === label && x.calls > 0);
   if (r.length === 0) continue;
   const cells = stages.map((s) => med(r.map((x) => x.timing[`${s}_us`] / x.calls)).toFixed(1));

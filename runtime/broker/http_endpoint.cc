@@ -45,7 +45,138 @@ using Clock = std::chrono::steady_clock;
 namespace {
 
 constexpr auto kTuple = asio::as_tuple(asio::use_awaitable);
-constexpr const char* kVersions[] = {"2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"};
+// The stateless revision first (what server/discover offers), then the session ones.
+constexpr const char* kModern = "2026-07-28";
+constexpr const char* kVersions[] = {kModern, "2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"};
+constexpr int kHeaderMismatch = -32020;
+constexpr int kInvalidParams = -32602;
+constexpr int kMethodNotFound = -32601;
+constexpr const char* kVersionKey = "io.modelcontextprotocol/protocolVersion";
+constexpr const char* kCapabilitiesKey = "io.modelcontextprotocol/clientCapabilities";
+
+// A revision of the stateless era: 2026-07-28 or a later date (revisions are dates, so they
+// order as strings).
+bool modern_revision(std::string_view v) {
+  if (v.size() != 10 || v[4] != '-' || v[7] != '-') return false;
+  for (size_t i : {0, 1, 2, 3, 5, 6, 8, 9}) {
+    if (!std::isdigit(static_cast<unsigned char>(v[i]))) return false;
+  }
+  return v >= std::string_view(kModern);
+}
+
+// Mcp-Name and Mcp-Param-* carry a value that is not plain header text as "=?base64?…?=".
+std::optional<std::string> header_value(std::string_view v) {
+  constexpr std::string_view kOpen = "=?base64?", kClose = "?=";
+  if (v.size() < kOpen.size() + kClose.size() || v.substr(0, kOpen.size()) != kOpen || v.substr(v.size() - kClose.size()) != kClose) {
+    return std::string(v);
+  }
+  auto decoded = base64_decode(v.substr(kOpen.size(), v.size() - kOpen.size() - kClose.size()));
+  if (!decoded) return std::nullopt;
+  return std::string(decoded->begin(), decoded->end());
+}
+
+// Where the value of the top-level member `key` of `text` begins. `text` is one JSON object
+// Boost.JSON has accepted already; the scan only finds byte positions in it (Boost.JSON's DOM
+// keeps none), so a result can be marked without re-serialising what the server wrote.
+std::optional<size_t> member_value(std::string_view text, std::string_view key) {
+  size_t i = 0;
+  const size_t n = text.size();
+  auto space = [&] {
+    while (i < n && (text[i] == ' ' || text[i] == '\t' || text[i] == '\n' || text[i] == '\r')) ++i;
+  };
+  auto skip_string = [&] {  // at its opening quote
+    for (++i; i < n; ++i) {
+      if (text[i] == '\\') {
+        ++i;
+      } else if (text[i] == '"') {
+        ++i;
+        return true;
+      }
+    }
+    return false;
+  };
+  space();
+  if (i >= n || text[i] != '{') return std::nullopt;
+  ++i;
+  for (;;) {
+    space();
+    if (i >= n || text[i] != '"') return std::nullopt;
+    const size_t k = i;
+    if (!skip_string()) return std::nullopt;
+    const std::string_view raw = text.substr(k, i - k);
+    bool match = false;
+    if (raw.find('\\') == std::string_view::npos) {
+      match = raw.substr(1, raw.size() - 2) == key;
+    } else {
+      boost::system::error_code ec;
+      json::value name = json::parse(raw, ec);
+      match = !ec && name.is_string() && name.as_string() == key;
+    }
+    space();
+    if (i >= n || text[i] != ':') return std::nullopt;
+    ++i;
+    space();
+    if (i >= n) return std::nullopt;
+    if (match) return i;
+    for (int depth = 0; i < n;) {
+      const char ch = text[i];
+      if (ch == '"') {
+        if (!skip_string()) return std::nullopt;
+        continue;
+      }
+      if (ch == '{' || ch == '[') {
+        ++depth;
+      } else if (ch == '}' || ch == ']') {
+        if (depth == 0) break;
+        --depth;
+      } else if (ch == ',' && depth == 0) {
+        break;
+      }
+      ++i;
+    }
+    if (i >= n || text[i] != ',') return std::nullopt;  // the object ends without `key`
+    ++i;
+  }
+}
+
+std::string complete_result_of(std::string_view line, const json::object& message, bool cacheable) {
+  const json::value* result = message.contains("method") ? nullptr : message.if_contains("result");
+  if (result == nullptr || !result->is_object()) return std::string(line);
+  const json::object& r = result->as_object();
+  std::string fields;
+  auto add = [&](const char* key, const char* value) {
+    if (r.contains(key)) return;
+    if (!fields.empty()) fields += ',';
+    fields += '"';
+    fields += key;
+    fields += "\":";
+    fields += value;
+  };
+  add("resultType", "\"complete\"");
+  if (cacheable) {
+    add("ttlMs", "0");
+    add("cacheScope", "\"private\"");
+  }
+  const std::optional<size_t> at = member_value(line, "result");
+  if (fields.empty() || !at || line[*at] != '{') return std::string(line);
+  if (!r.empty()) fields += ',';
+  std::string out;
+  out.reserve(line.size() + fields.size());
+  out.append(line.substr(0, *at + 1)).append(fields).append(line.substr(*at + 1));
+  return out;
+}
+
+// Results a 2026-07-28 client may cache (CacheableResult): lists and reads.
+bool cacheable_method(std::string_view m) {
+  return m == "tools/list" || m == "prompts/list" || m == "resources/list" || m == "resources/templates/list" ||
+         m == "resources/read";
+}
+
+// What 2026-07-28 removed, or this endpoint does not carry to a 2025-era relay connection.
+bool modern_method_not_carried(std::string_view m) {
+  return m == "ping" || m == "logging/setLevel" || m == "subscriptions/listen" || m == "resources/subscribe" ||
+         m == "resources/unsubscribe" || m.substr(0, 6) == "tasks/" || m == "initialize";
+}
 
 // Wakes one coroutine of the loop that waits for a change (the loop is single-threaded, so a
 // change made while the waiter is suspended is never missed).
@@ -69,6 +200,15 @@ struct Outbox {
   std::deque<std::string> lines;
   bool done = false;  // the response is in `lines`, or the session ended
   Signal signal;
+  // A 2026-07-28 request's: its response is marked complete (and cacheable, for lists), and
+  // its id is what a cancellation names when its stream goes away unanswered.
+  bool modern = false, cacheable = false;
+  std::string id_key;
+  // MCP 2026-07-28's multi round-trip requests: the answers the agent has given so far (its
+  // inputResponses and requestState), by key, and how many requests the server made of this
+  // run of the call.
+  json::object known;
+  int asked = 0;
   void push(std::string line, bool last) {
     lines.push_back(std::move(line));
     done = done || last;
@@ -83,12 +223,16 @@ std::string rpc_error(const json::value& id, int code, const std::string& messag
 // MCP 2026-07-28's "unsupported protocol version" error: the versions this endpoint speaks, so
 // a client that probed with a newer one falls back to a session (the SDKs do).
 constexpr int kUnsupportedProtocolVersion = -32022;
-std::string unsupported_version(std::string_view requested, const std::string& message) {
+constexpr const char* kSpoken = ": this endpoint speaks 2026-07-28 (stateless) and 2025-11-25, 2025-06-18, 2025-03-26, 2024-11-05 (sessions)";
+// Relay connections for 2026-07-28 requests per agent and server: a second is opened only for a
+// request whose id (or progress token) is in flight on the first, from another client.
+constexpr size_t kStatelessConnections = 4;
+std::string unsupported_version(const json::value& id, std::string_view requested, const std::string& message) {
   json::array supported;
   for (const char* v : kVersions) supported.emplace_back(v);
   return json::serialize(json::object{
       {"jsonrpc", "2.0"},
-      {"id", nullptr},
+      {"id", id},
       {"error", {{"code", kUnsupportedProtocolVersion}, {"message", message},
                  {"data", {{"supported", std::move(supported)}, {"requested", std::string(requested.substr(0, 40))}}}}}});
 }
@@ -114,7 +258,15 @@ bool supported_protocol_version(std::string_view version) {
   return false;
 }
 
-PostCheck check_post(std::string_view body, std::string_view mcp_method, std::string_view mcp_name) {
+std::string complete_result(std::string_view line, bool cacheable) {
+  boost::system::error_code ec;
+  json::value v = json::parse(line, ec);
+  if (ec || !v.is_object()) return std::string(line);
+  return complete_result_of(line, v.as_object(), cacheable);
+}
+
+PostCheck check_post(std::string_view body, std::string_view mcp_method, std::string_view mcp_name,
+                     std::string_view protocol_version) {
   PostCheck c;
   boost::system::error_code ec;
   json::value v = json::parse(body, ec);
@@ -152,35 +304,89 @@ PostCheck check_post(std::string_view body, std::string_view mcp_method, std::st
   c.initialize = c.request && c.method == "initialize";
   if (id != nullptr) c.id_key = json::serialize(*id);
   const json::object* params = nullptr;
+  const json::object* meta = nullptr;
   if (const json::value* p = o->if_contains("params")) params = p->if_object();
   if (params != nullptr) {
-    if (const json::value* meta = params->if_contains("_meta"); meta != nullptr && meta->is_object()) {
-      if (const json::value* token = meta->as_object().if_contains("progressToken")) c.progress_key = json::serialize(*token);
+    if (const json::value* m = params->if_contains("_meta"); m != nullptr && m->is_object()) {
+      meta = &m->as_object();
+      if (const json::value* token = meta->if_contains("progressToken")) c.progress_key = json::serialize(*token);
+    }
+  }
+  const char* named_by = c.method == "tools/call" || c.method == "prompts/get" ? "name"
+                         : c.method == "resources/read"                          ? "uri"
+                                                                                 : nullptr;
+
+  // The era: the body says (its _meta names a version), the header cross-checks. `initialize`
+  // is the session era's own handshake whatever it carries.
+  const json::value* body_version = meta != nullptr ? meta->if_contains(kVersionKey) : nullptr;
+  c.modern = !c.initialize && (body_version != nullptr || modern_revision(protocol_version));
+  if (c.modern) {
+    c.rpc_code = kHeaderMismatch;
+    if (c.method.empty()) {
+      c.rpc_code = -32600;
+      c.why = "a 2026-07-28 client sends requests and notifications only, never a response";
+      return c;
+    }
+    if (protocol_version.empty()) {
+      c.why = "MCP-Protocol-Version is required on a 2026-07-28 request";
+      return c;
+    }
+    if (body_version == nullptr || !body_version->is_string()) {
+      c.rpc_code = kInvalidParams;
+      c.why = std::string("params._meta[\"") + kVersionKey + "\"] (a string) is required on a 2026-07-28 request";
+      return c;
+    }
+    if (body_version->as_string() != protocol_version) {
+      c.why = "the headers and the body disagree: MCP-Protocol-Version is \"" + std::string(protocol_version.substr(0, 40)) +
+              "\" but params._meta names " + json::serialize(*body_version).substr(0, 40);
+      return c;
+    }
+    c.version = std::string(protocol_version);
+    if (c.request) {
+      if (const json::value* caps = meta->if_contains(kCapabilitiesKey); caps == nullptr || !caps->is_object()) {
+        c.rpc_code = kInvalidParams;
+        c.why = std::string("params._meta[\"") + kCapabilitiesKey + "\"] (an object) is required on a 2026-07-28 request";
+        return c;
+      }
+    }
+    if (c.version != kModern) {
+      c.unsupported = true;  // answered with the versions served (-32022); nothing else to check
+      c.ok = true;
+      c.rpc_code = -32022;
+      return c;
+    }
+    if (c.request && mcp_method.empty()) {
+      c.why = "Mcp-Method is required on a 2026-07-28 request";
+      return c;
+    }
+    if (c.request && named_by != nullptr && mcp_name.empty()) {
+      c.why = "Mcp-Name is required on a 2026-07-28 " + c.method + " request";
+      return c;
     }
   }
   // MCP 2026-07-28's routing headers: a gateway decides on them, so they must say what the
-  // body says.
+  // body says (in either era, when sent).
+  c.rpc_code = kHeaderMismatch;
   if (!mcp_method.empty() && mcp_method != c.method) {
     c.why = "the headers and the body disagree: Mcp-Method is \"" + std::string(mcp_method.substr(0, 100)) +
             "\" but the body's method is \"" + c.method.substr(0, 100) + "\"";
     return c;
   }
   if (!mcp_name.empty()) {
-    const char* field = c.method == "tools/call" || c.method == "prompts/get" ? "name"
-                        : c.method == "resources/read"                          ? "uri"
-                                                                                : nullptr;
-    if (field == nullptr) {
+    if (named_by == nullptr) {
       c.why = "the headers and the body disagree: Mcp-Name is given for " + (c.method.empty() ? "a response" : c.method.substr(0, 100)) +
               ", which names nothing";
       return c;
     }
-    const json::value* named = params != nullptr ? params->if_contains(field) : nullptr;
-    if (named == nullptr || !named->is_string() || named->as_string() != mcp_name) {
+    const std::optional<std::string> name = header_value(mcp_name);
+    const json::value* named = params != nullptr ? params->if_contains(named_by) : nullptr;
+    if (!name || named == nullptr || !named->is_string() || named->as_string() != *name) {
       c.why = "the headers and the body disagree: Mcp-Name is \"" + std::string(mcp_name.substr(0, 100)) + "\" but the body's params." +
-              field + " is " + (named != nullptr ? json::serialize(*named).substr(0, 100) : std::string("missing"));
+              named_by + " is " + (named != nullptr ? json::serialize(*named).substr(0, 100) : std::string("missing"));
       return c;
     }
   }
+  c.rpc_code = -32600;
   // The body as the agent wrote it, on one line: in valid JSON a raw CR or LF can only be
   // whitespace (inside strings they are escaped), so spaces in their place change nothing, and
   // numbers and strings reach the server byte for byte as on the stdio road.
@@ -195,6 +401,22 @@ struct HttpEndpoint::Impl {
   Impl(HttpEndpointOptions o, HttpEndpointHooks h) : options(o), hooks(std::move(h)), work(io.get_executor()), pool(2) {}
 
   struct AgentEntry;
+  struct Session;
+
+  // The relay connections that carry one agent's 2026-07-28 requests to one server, for one set
+  // of client capabilities outpostd declares on them (none, or the agent's elicitation,
+  // sampling and roots); loop only.
+  struct StatelessPool {
+    std::vector<std::weak_ptr<Session>> sessions;  // owned by `sessions` of the endpoint
+    bool opening = false;
+    std::vector<std::shared_ptr<Signal>> waiting;  // for a connection to open or come free
+    json::object declared;                          // the capabilities of its handshake
+    json::object handshake;                         // the server's InitializeResult
+    void wake() {
+      for (auto& w : waiting) w->notify();
+      waiting.clear();
+    }
+  };
 
   struct Session {
     Session(asio::io_context& io, std::string i, std::shared_ptr<AgentEntry> a, std::string s, HttpChannel c)
@@ -202,6 +424,11 @@ struct HttpEndpoint::Impl {
     std::string id;
     std::shared_ptr<AgentEntry> agent;
     std::string server, version;
+    bool stateless = false;  // the endpoint's own connection for 2026-07-28 requests
+    std::weak_ptr<StatelessPool> pool;
+    // Calls whose run ended in an input request: the server may still answer them; until it
+    // does, the connection takes no call that could ask (its requests would be ambiguous).
+    std::unordered_set<std::string> draining;
     HttpChannel channel;
     asio::posix::stream_descriptor in, out;  // from_relay, to_relay
     std::string pending_write;
@@ -222,6 +449,8 @@ struct HttpEndpoint::Impl {
     std::unordered_set<tcp::socket*> conns;  // loop only
     size_t sessions_open = 0;                // loop only
     size_t opening = 0;                      // sessions being opened on the pool; loop only
+    // By server and declared capabilities; loop only.
+    std::unordered_map<std::string, std::shared_ptr<StatelessPool>> stateless;
     std::atomic<uint64_t> sessions{0}, requests{0}, refused{0}, open_sessions{0};
   };
 
@@ -271,6 +500,7 @@ struct HttpEndpoint::Impl {
     sessions.erase(s->id);
     --s->agent->sessions_open;
     s->agent->open_sessions.fetch_sub(1);
+    if (auto p = s->pool.lock()) p->wake();
   }
 
   // False when the relay is not keeping up (the server stopped reading): the agent is told to
@@ -306,6 +536,7 @@ struct HttpEndpoint::Impl {
     }
     box->done = true;
     box->signal.notify();
+    if (auto p = s->pool.lock()) p->wake();
   }
   void cancel(const std::shared_ptr<Session>& s, std::string_view body) {
     boost::system::error_code ec;
@@ -322,6 +553,68 @@ struct HttpEndpoint::Impl {
     forget(s, box);
   }
 
+  // A 2026-07-28 request whose stream closed before its answer: closing is its cancellation
+  // (that revision has no notifications/cancelled over HTTP), passed on to the server.
+  void abandon(const std::shared_ptr<Session>& s, const std::shared_ptr<Outbox>& box) {
+    if (box->modern && !box->done && !s->ended && s->by_id.count(box->id_key) != 0) {
+      boost::system::error_code ec;
+      json::value id = json::parse(box->id_key, ec);
+      if (!ec) {
+        (void)send_line(s, json::serialize(json::object{{"jsonrpc", "2.0"}, {"method", "notifications/cancelled"},
+                                                        {"params", {{"requestId", id}, {"reason", "the agent closed the request's stream"}}}}));
+      }
+    }
+    forget(s, box);
+  }
+
+  // The server asks the client something on a connection for 2026-07-28 requests, where
+  // outpostd is the client. 2026-07-28 has no server-to-client requests: a server asks by
+  // answering the call with an input request, which the agent answers on a retry (MRTR). A
+  // 2025-era server asks mid-call instead, so outpostd ends this run of the call (cancelled
+  // upstream) and answers the agent with the question; the agent's retry is a new call, decided
+  // and recorded like the first, and when its run asks the same question (the n-th of the run)
+  // outpostd answers with what the agent gave. Only a call alone on its connection can ask
+  // (stateless_session), so the question is that call's.
+  void ask(const std::shared_ptr<Session>& s, const json::object& msg) {
+    const json::value& id = msg.at("id");
+    const json::value& method = msg.at("method");
+    auto reply_with = [&](json::object member) {
+      json::object r{{"jsonrpc", "2.0"}, {"id", id}};
+      for (auto& [k, v] : member) r[k] = std::move(v);
+      (void)send_line(s, json::serialize(r));
+    };
+    if (method == "ping") return reply_with({{"result", json::object{}}});
+    // What the question needs the client to have declared (outpostd declared it for the agent).
+    const char* needs = method == "elicitation/create"      ? "elicitation"
+                        : method == "sampling/createMessage" ? "sampling"
+                        : method == "roots/list"             ? "roots"
+                                                             : nullptr;
+    auto mine = s->pool.lock();
+    std::shared_ptr<Outbox> box = s->by_id.size() == 1 ? s->by_id.begin()->second : nullptr;
+    if (needs == nullptr || mine == nullptr || !mine->declared.contains(needs) || box == nullptr || !box->modern) {
+      return reply_with({{"error", {{"code", kMethodNotFound}, {"message", "outpostd cannot put this to the agent (MCP 2026-07-28 client)"}}}});
+    }
+    const std::string key = "outpost-" + std::to_string(++box->asked);
+    if (const json::value* given = box->known.if_contains(key)) return reply_with({{"result", *given}});
+    // Ask the agent. This run of the call ends here: the server is told it was cancelled, and
+    // its late answer, if any, is dropped.
+    reply_with({{"error", {{"code", -32800}, {"message", "the call is retried with the agent's answer (MCP 2026-07-28 input required)"}}}});
+    (void)send_line(s, json::serialize(json::object{
+                           {"jsonrpc", "2.0"},
+                           {"method", "notifications/cancelled"},
+                           {"params", {{"requestId", json::parse(box->id_key)}, {"reason", "input required from the agent"}}}}));
+    s->draining.insert(box->id_key);
+    json::object question{{"method", method}};
+    if (const json::value* params = msg.if_contains("params")) question["params"] = *params;
+    json::object result{{"resultType", "input_required"},
+                        {"inputRequests", {{key, std::move(question)}}},
+                        {"requestState", base64url_encode(as_bytes(json::serialize(box->known)))}};
+    const std::string line = json::serialize(json::object{{"jsonrpc", "2.0"}, {"id", json::parse(box->id_key)}, {"result", std::move(result)}});
+    s->by_id.clear();
+    for (auto p = s->by_progress.begin(); p != s->by_progress.end();) p = p->second == box ? s->by_progress.erase(p) : std::next(p);
+    box->push(line, true);
+  }
+
   // The server's messages, each to the stream that waits for it.
   void route(const std::shared_ptr<Session>& s, std::string line) {
     boost::system::error_code ec;
@@ -333,14 +626,24 @@ struct HttpEndpoint::Impl {
     std::replace(line.begin(), line.end(), '\r', ' ');
     if (o != nullptr && !o->contains("method")) {
       if (const json::value* id = o->if_contains("id")) {
-        auto it = s->by_id.find(json::serialize(*id));
+        const std::string key = json::serialize(*id);
+        if (s->draining.erase(key) != 0) {
+          if (auto p = s->pool.lock()) p->wake();
+          return;  // a run that ended in an input request: its answer was given
+        }
+        auto it = s->by_id.find(key);
         if (it == s->by_id.end()) return;  // its POST has gone: nobody to answer
         std::shared_ptr<Outbox> box = it->second;
         s->by_id.erase(it);
         for (auto p = s->by_progress.begin(); p != s->by_progress.end();) p = p->second == box ? s->by_progress.erase(p) : std::next(p);
-        box->push(std::move(line), true);
+        box->push(box->modern ? complete_result_of(line, *o, box->cacheable) : std::move(line), true);
+        if (auto p = s->pool.lock()) p->wake();
         return;
       }
+    }
+    if (s->stateless && o->contains("method") && o->contains("id")) {
+      ask(s, *o);
+      return;
     }
     if (o != nullptr && o->contains("method") && o->at("method") == "notifications/progress") {
       if (const json::value* params = o->if_contains("params"); params != nullptr && params->is_object()) {
@@ -353,6 +656,8 @@ struct HttpEndpoint::Impl {
         }
       }
     }
+    // 2026-07-28 has no stream for what relates to no request: dropped.
+    if (s->stateless) return;
     // Unclaimed: the GET stream, else the newest open POST stream, else held for a GET.
     if (s->get_stream) {
       s->get_stream->push(std::move(line), false);
@@ -457,7 +762,7 @@ struct HttpEndpoint::Impl {
     } stop_watch{sock};
     while (box->lines.empty() && !box->done && !*gone) co_await box->signal.wait();
     if (*gone) {
-      forget(s, box);
+      abandon(s, box);
       --s->streams_open;
       co_return false;
     }
@@ -493,11 +798,264 @@ struct HttpEndpoint::Impl {
       auto [ec, n] = co_await asio::async_write(sock, http::make_chunk_last(), kTuple);
       ok = !ec;
     }
-    if (!ok) forget(s, box);  // the agent went away: later messages for it are dropped
+    if (!ok) abandon(s, box);  // the agent went away: later messages for it are dropped
     --s->streams_open;
     s->used = Clock::now();
     co_return ok && req.keep_alive();
   }
+
+  // ---- opening relay connections ----
+
+  // A relay connection, or why there is none: `status` 503 (try again) or 200 (the relay's
+  // refusal, a JSON-RPC error); an empty `why` when the agent stopped meanwhile.
+  struct Opened {
+    std::shared_ptr<Session> session;
+    http::status status = http::status::ok;
+    std::string why;
+  };
+
+  asio::awaitable<bool> refuse_open(tcp::socket& sock, const Request& req, AgentEntry& a, const json::value& id, const Opened& o) {
+    if (o.why.empty()) co_return false;
+    if (o.status != http::status::ok) co_return co_await refuse(sock, req, a, o.status, -32000, o.why);
+    co_return co_await reply(sock, req, http::status::ok, rpc_error(id, -32000, o.why), "", &a);
+  }
+
+  asio::awaitable<Opened> open_session(std::shared_ptr<AgentEntry> agent, const std::string& server) {
+    AgentEntry& a = *agent;
+    if (a.sessions_open >= options.max_sessions_per_agent) {
+      // The least recently used idle session makes room (clients seldom DELETE theirs).
+      std::shared_ptr<Session> lru;
+      for (auto& [sid_, other] : sessions) {
+        if (other->agent->agent != a.agent || other->streams_open > 0 || !other->by_id.empty()) continue;
+        if (!lru || other->used < lru->used) lru = other;
+      }
+      if (!lru) {
+        co_return Opened{nullptr, http::status::service_unavailable,
+                         "agent " + a.agent + " has " + std::to_string(a.sessions_open) + " busy MCP sessions open already"};
+      }
+      end_session(lru, "the agent opened more sessions than it may keep");
+    }
+    // Opening blocks a pool thread (a server may be started): two at a time per agent, so one
+    // agent's slow server cannot hold up every other agent's sessions.
+    if (a.opening >= 2) {
+      co_return Opened{nullptr, http::status::service_unavailable, "agent " + a.agent + " is opening MCP sessions already: try again"};
+    }
+    ++a.sessions_open;  // reserved while the relay is opened
+    ++a.opening;
+    auto opened = co_await off_loop([&] { return hooks.open(a.agent, server); });
+    --a.opening;
+    --a.sessions_open;
+    if (!opened) co_return Opened{nullptr, http::status::ok, opened.error().message()};
+    if (a.stopped) co_return Opened{};  // the channel closes with `opened`: the relay ends
+    uint8_t raw[16];
+    random_bytes(std::span<uint8_t>(raw, sizeof raw));
+    auto s = std::make_shared<Session>(io, hex_encode(ByteView(raw, sizeof raw)), agent, server, std::move(*opened));
+    boost::system::error_code ec;
+    s->in.assign(s->channel.from_relay.get(), ec);
+    if (!ec) {
+      s->channel.from_relay.release();
+      s->out.assign(s->channel.to_relay.get(), ec);
+      if (!ec) s->channel.to_relay.release();
+    }
+    if (ec) co_return Opened{nullptr, http::status::ok, "MCP connection: " + ec.message()};
+    sessions[s->id] = s;
+    ++a.sessions_open;
+    a.sessions.fetch_add(1);
+    a.open_sessions.fetch_add(1);
+    asio::co_spawn(io, reader(s), asio::detached);
+    co_return Opened{s, http::status::ok, {}};
+  }
+
+  // outpostd's own 2025-11-25 handshake on a new connection for 2026-07-28 requests, declaring
+  // the capabilities of its pool: the server asks nothing of a client that cannot answer.
+  asio::awaitable<Result<json::object>> handshake(const std::shared_ptr<Session>& s, const json::object& declared) {
+    const std::string key = "\"outpost-handshake\"";
+    auto box = std::make_shared<Outbox>(io);
+    s->by_id[key] = box;
+    (void)send_line(s, json::serialize(json::object{
+                           {"jsonrpc", "2.0"},
+                           {"id", "outpost-handshake"},
+                           {"method", "initialize"},
+                           {"params", {{"protocolVersion", "2025-11-25"}, {"capabilities", declared},
+                                       {"clientInfo", {{"name", "outpostd"}, {"version", "0.1.0"}}}}}}));
+    const auto deadline = Clock::now() + std::chrono::seconds(30);
+    while (box->lines.empty() && !box->done && Clock::now() < deadline) co_await box->signal.wait_until(deadline);
+    s->by_id.erase(key);
+    boost::system::error_code ec;
+    json::value answer = box->lines.empty() ? json::value() : json::parse(box->lines.back(), ec);
+    const json::value* result = !ec && answer.is_object() ? answer.as_object().if_contains("result") : nullptr;
+    if (result == nullptr || !result->is_object() || !result->as_object().contains("protocolVersion")) {
+      std::string why = box->lines.empty() ? std::string("no answer in 30 s") : box->lines.back().substr(0, 300);
+      co_return fail(errc::unsupported, "the MCP server did not take outpostd's initialize: " + why);
+    }
+    if (const json::value* pv = result->as_object().if_contains("protocolVersion"); pv->is_string()) {
+      s->version = std::string(pv->as_string());
+    }
+    (void)send_line(s, R"({"jsonrpc":"2.0","method":"notifications/initialized"})");
+    co_return result->as_object();
+  }
+
+  // What a 2026-07-28 request needs of its connection.
+  struct Want {
+    json::object declared;   // the client capabilities a server could use on it
+    bool exclusive = false;  // a call that could ask: alone on its connection
+    bool any = false;        // server/discover: any connection of the pool
+  };
+
+  // A connection of the agent to `server` for a 2026-07-28 request: one of the pool for its
+  // declared capabilities on which its id and progress token are not in flight (for a call that
+  // could ask, one with nothing in flight), opened when there is none (at most
+  // kStatelessConnections; a call that could ask waits up to 30 s for one to come free).
+  asio::awaitable<Opened> stateless_session(std::shared_ptr<AgentEntry> agent, const std::string& server, const PostCheck& c,
+                                            const Want& want, std::shared_ptr<StatelessPool>& st) {
+    auto& slot = agent->stateless[server + "\n" + json::serialize(want.declared)];
+    if (!slot) {
+      slot = std::make_shared<StatelessPool>();
+      slot->declared = want.declared;
+    }
+    st = slot;
+    const auto deadline = Clock::now() + std::chrono::seconds(30);
+    for (;;) {
+      std::erase_if(st->sessions, [](const std::weak_ptr<Session>& w) {
+        auto s = w.lock();
+        return !s || s->ended;
+      });
+      for (auto& w : st->sessions) {
+        std::shared_ptr<Session> s = w.lock();
+        const bool fits = want.any ||
+                          (want.exclusive ? s->by_id.empty() && s->draining.empty()
+                                          : s->by_id.count(c.id_key) == 0 && (c.progress_key.empty() || s->by_progress.count(c.progress_key) == 0));
+        if (fits) co_return Opened{s, http::status::ok, {}};
+      }
+      if (!st->opening && st->sessions.size() < kStatelessConnections) break;
+      if (!st->opening && !want.exclusive) {
+        co_return Opened{nullptr, http::status::service_unavailable,
+                         "agent " + agent->agent + " has " + std::to_string(st->sessions.size()) + " requests with id " +
+                             c.id_key.substr(0, 40) + " in flight to " + server + " already"};
+      }
+      if (Clock::now() >= deadline) {
+        co_return Opened{nullptr, http::status::service_unavailable,
+                         "agent " + agent->agent + " has " + std::to_string(st->sessions.size()) + " calls to " + server +
+                             " that could ask it for input in flight already: try again"};
+      }
+      auto me = std::make_shared<Signal>(io);
+      st->waiting.push_back(me);
+      co_await me->wait_until(deadline);
+      if (agent->stopped) co_return Opened{};
+    }
+    st->opening = true;
+    Opened o = co_await open_session(agent, server);
+    if (o.session) {
+      o.session->stateless = true;
+      o.session->pool = st;
+      Result<json::object> shook = co_await handshake(o.session, st->declared);
+      if (shook) {
+        st->handshake = std::move(*shook);
+        st->sessions.push_back(o.session);
+      } else {
+        end_session(o.session, shook.error().message());
+        o = Opened{nullptr, http::status::ok, shook.error().message()};
+      }
+    }
+    st->opening = false;
+    st->wake();
+    co_return o;
+  }
+
+  // server/discover, from the handshake: the capabilities this endpoint carries to a
+  // 2026-07-28 client (no list-change or resource subscriptions: subscriptions/listen is not
+  // carried; no logging or tasks).
+  static std::string discover_result(const json::value& id, const json::object& handshake) {
+    json::object caps;
+    const json::value* upstream = handshake.if_contains("capabilities");
+    if (upstream != nullptr && upstream->is_object()) {
+      for (const char* k : {"tools", "prompts", "resources", "completions"}) {
+        const json::value* v = upstream->as_object().if_contains(k);
+        if (v == nullptr || !v->is_object()) continue;
+        json::object kept = v->as_object();
+        kept.erase("listChanged");
+        kept.erase("subscribe");
+        caps[k] = std::move(kept);
+      }
+    }
+    json::array versions;
+    for (const char* v : kVersions) versions.emplace_back(v);
+    json::object result{{"resultType", "complete"}, {"supportedVersions", std::move(versions)}, {"capabilities", std::move(caps)},
+                        {"ttlMs", 0}, {"cacheScope", "private"}};
+    if (const json::value* i = handshake.if_contains("instructions"); i != nullptr && i->is_string()) result["instructions"] = *i;
+    if (const json::value* info = handshake.if_contains("serverInfo"); info != nullptr && info->is_object()) {
+      result["_meta"] = json::object{{"io.modelcontextprotocol/serverInfo", *info}};
+    }
+    return json::serialize(json::object{{"jsonrpc", "2.0"}, {"id", id}, {"result", std::move(result)}});
+  }
+
+  asio::awaitable<bool> stateless_post(std::shared_ptr<tcp::socket> shared, const Request& req, std::shared_ptr<AgentEntry> agent,
+                                       const std::string& server, const PostCheck& c) {
+    tcp::socket& sock = *shared;
+    AgentEntry& a = *agent;
+    const json::value id = c.id_key.empty() ? json::value(nullptr) : json::parse(c.id_key);
+    if (c.unsupported) {
+      co_return co_await reply(sock, req, http::status::bad_request,
+                               unsupported_version(id, c.version, "MCP " + c.version.substr(0, 40) + " is not served here" + kSpoken), "", &a);
+    }
+    // A notification relates to no request of this era (2026-07-28 defines none over HTTP).
+    if (!c.request) co_return co_await reply(sock, req, http::status::accepted, "", "", &a);
+    if (modern_method_not_carried(c.method)) {
+      co_return co_await reply(sock, req, http::status::not_found,
+                               rpc_error(id, kMethodNotFound, "Method not found: " + c.method.substr(0, 100) +
+                                                                  " is not served to MCP 2026-07-28 requests here"),
+                               "", &a);
+    }
+    // What the request declares and carries (check_post has parsed it whole already).
+    const json::value message = json::parse(c.line);
+    const json::object& params = message.as_object().at("params").as_object();
+    Want want;
+    want.any = c.method == "server/discover";
+    const json::value& caps = params.at("_meta").at(kCapabilitiesKey);
+    for (const char* k : {"elicitation", "sampling", "roots"}) {
+      if (const json::value* v = caps.as_object().if_contains(k); v != nullptr && v->is_object()) want.declared[k] = *v;
+    }
+    if (json::object* roots = want.declared.contains("roots") ? want.declared["roots"].if_object() : nullptr) roots->erase("listChanged");
+    want.exclusive = !want.declared.empty() && (c.method == "tools/call" || c.method == "prompts/get" || c.method == "resources/read");
+    json::object known;
+    if (const json::value* state = params.if_contains("requestState")) {
+      // Ours, from an earlier round: the answers given so far.
+      std::optional<json::object> earlier;
+      if (auto raw = state->is_string() ? base64url_decode(state->as_string()) : base64url_decode("!")) {
+        boost::system::error_code ec;
+        json::value v = json::parse(std::string_view(reinterpret_cast<const char*>(raw->data()), raw->size()), ec);
+        if (!ec && v.is_object()) earlier = std::move(v.as_object());
+      }
+      if (!earlier) {
+        co_return co_await reply(sock, req, http::status::bad_request,
+                                 rpc_error(id, kInvalidParams, "params.requestState is not one outpostd gave"), "", &a);
+      }
+      known = std::move(*earlier);
+    }
+    if (const json::value* given = params.if_contains("inputResponses"); given != nullptr && given->is_object()) {
+      for (const auto& [k, v] : given->as_object()) known[k] = v;
+    }
+    std::shared_ptr<StatelessPool> st;
+    Opened o = co_await stateless_session(agent, server, c, want, st);
+    if (!o.session) co_return co_await refuse_open(sock, req, a, id, o);
+    std::shared_ptr<Session> s = o.session;
+    s->used = Clock::now();
+    if (want.any) co_return co_await reply(sock, req, http::status::ok, discover_result(id, st->handshake), "", &a);
+    auto box = std::make_shared<Outbox>(io);
+    box->modern = true;
+    box->cacheable = cacheable_method(c.method);
+    box->id_key = c.id_key;
+    box->known = std::move(known);
+    s->by_id[c.id_key] = box;
+    if (!c.progress_key.empty()) s->by_progress[c.progress_key] = box;
+    if (!send_line(s, c.line)) {
+      forget(s, box);
+      co_return co_await refuse(sock, req, a, http::status::service_unavailable, -32000, "the MCP server is not reading: try again later");
+    }
+    co_return co_await answer(shared, req, a, s, box, "");
+  }
+
+  // ---- the session era ----
 
   asio::awaitable<bool> post(std::shared_ptr<tcp::socket> shared, const Request& req, std::shared_ptr<AgentEntry> agent,
                              const std::string& server) {
@@ -510,9 +1068,10 @@ struct HttpEndpoint::Impl {
     if (req[http::field::content_type].substr(0, 16) != "application/json") {
       co_return co_await refuse(sock, req, a, http::status::unsupported_media_type, -32600, "Content-Type must be application/json");
     }
-    const PostCheck c = check_post(req.body(), req["Mcp-Method"], req["Mcp-Name"]);
-    if (!c.ok) co_return co_await refuse(sock, req, a, http::status::bad_request, c.rpc_code, c.why);
     const std::string_view version = req["MCP-Protocol-Version"];
+    const PostCheck c = check_post(req.body(), req["Mcp-Method"], req["Mcp-Name"], version);
+    if (!c.ok) co_return co_await refuse(sock, req, a, http::status::bad_request, c.rpc_code, c.why);
+    if (c.modern) co_return co_await stateless_post(shared, req, agent, server, c);
     const std::string_view sid = req["Mcp-Session-Id"];
     std::string line = c.line;
     const json::value id = c.id_key.empty() ? json::value(nullptr) : json::parse(c.id_key);
@@ -522,72 +1081,23 @@ struct HttpEndpoint::Impl {
       if (!sid.empty()) {
         co_return co_await refuse(sock, req, a, http::status::bad_request, -32600, "initialize opens a session: it carries no Mcp-Session-Id");
       }
-      if (a.sessions_open >= options.max_sessions_per_agent) {
-        // The least recently used idle session makes room (clients seldom DELETE theirs).
-        std::shared_ptr<Session> lru;
-        for (auto& [sid_, other] : sessions) {
-          if (other->agent->agent != a.agent || other->streams_open > 0 || !other->by_id.empty()) continue;
-          if (!lru || other->used < lru->used) lru = other;
-        }
-        if (!lru) {
-          co_return co_await refuse(sock, req, a, http::status::service_unavailable, -32000,
-                                    "agent " + a.agent + " has " + std::to_string(a.sessions_open) + " busy MCP sessions open already");
-        }
-        end_session(lru, "the agent opened more sessions than it may keep");
-      }
-      // Opening blocks a pool thread (a server may be started): two at a time per agent, so one
-      // agent's slow server cannot hold up every other agent's sessions.
-      if (a.opening >= 2) {
-        co_return co_await refuse(sock, req, a, http::status::service_unavailable, -32000,
-                                  "agent " + a.agent + " is opening MCP sessions already: try again");
-      }
-      ++a.sessions_open;  // reserved while the relay is opened
-      ++a.opening;
-      auto opened = co_await off_loop([&] { return hooks.open(a.agent, server); });
-      --a.opening;
-      --a.sessions_open;
-      if (!opened) {
-        co_return co_await reply(sock, req, http::status::ok, rpc_error(id, -32000, opened.error().message()), "", &a);
-      }
-      if (a.stopped) co_return false;  // the channel closes with `opened`: the relay ends
-      uint8_t raw[16];
-      random_bytes(std::span<uint8_t>(raw, sizeof raw));
-      s = std::make_shared<Session>(io, hex_encode(ByteView(raw, sizeof raw)), agent, server, std::move(*opened));
-      boost::system::error_code ec;
-      s->in.assign(s->channel.from_relay.get(), ec);
-      if (!ec) {
-        s->channel.from_relay.release();
-        s->out.assign(s->channel.to_relay.get(), ec);
-        if (!ec) s->channel.to_relay.release();
-      }
-      if (ec) co_return co_await reply(sock, req, http::status::ok, rpc_error(id, -32000, "MCP connection: " + ec.message()), "", &a);
-      sessions[s->id] = s;
-      ++a.sessions_open;
-      a.sessions.fetch_add(1);
-      a.open_sessions.fetch_add(1);
-      asio::co_spawn(io, reader(s), asio::detached);
+      Opened opened = co_await open_session(agent, server);
+      if (!opened.session) co_return co_await refuse_open(sock, req, a, id, opened);
+      s = opened.session;
     } else {
+      if (!version.empty() && !supported_protocol_version(version)) {
+        co_return co_await reply(sock, req, http::status::bad_request,
+                                 unsupported_version(id, version, "unsupported MCP-Protocol-Version " + std::string(version.substr(0, 40)) + kSpoken),
+                                 "", &a);
+      }
       if (sid.empty()) {
-        if (!version.empty() && !supported_protocol_version(version)) {
-          co_return co_await reply(sock, req, http::status::bad_request,
-                                   unsupported_version(version, "MCP " + std::string(version.substr(0, 40)) +
-                                                                    " (stateless requests) is not served here yet: initialize a "
-                                                                    "session with 2025-11-25 or earlier"),
-                                   "", &a);
-        }
         co_return co_await refuse(sock, req, a, http::status::bad_request, -32600, "no Mcp-Session-Id: initialize first");
       }
       auto it = sessions.find(std::string(sid));
-      if (it == sessions.end() || it->second->agent->agent != a.agent || it->second->server != server) {
+      if (it == sessions.end() || it->second->stateless || it->second->agent->agent != a.agent || it->second->server != server) {
         co_return co_await refuse(sock, req, a, http::status::not_found, -32001, "no such MCP session (it ended): initialize again");
       }
       s = it->second;
-    }
-    if (!version.empty() && !supported_protocol_version(version) && !c.initialize) {
-      co_return co_await reply(sock, req, http::status::bad_request,
-                               unsupported_version(version, "unsupported MCP-Protocol-Version " + std::string(version.substr(0, 40)) +
-                                                                " (this endpoint speaks 2025-11-25, 2025-06-18, 2025-03-26, 2024-11-05)"),
-                               "", &a);
     }
     s->used = Clock::now();
     if (!c.request) {
@@ -631,6 +1141,10 @@ struct HttpEndpoint::Impl {
 
   asio::awaitable<bool> get(std::shared_ptr<tcp::socket> shared, const Request& req, AgentEntry& a, const std::string& server) {
     tcp::socket& sock = *shared;
+    if (modern_revision(req["MCP-Protocol-Version"])) {
+      co_return co_await refuse(sock, req, a, http::status::method_not_allowed, -32600,
+                                "MCP 2026-07-28 has no GET stream (and outpost does not carry subscriptions/listen)");
+    }
     if (!accepts(req[http::field::accept], "text/event-stream")) {
       co_return co_await refuse(sock, req, a, http::status::not_acceptable, -32600, "Accept must name text/event-stream");
     }
@@ -638,7 +1152,7 @@ struct HttpEndpoint::Impl {
       co_return co_await refuse(sock, req, a, http::status::bad_request, -32600, "no Mcp-Session-Id: initialize first");
     }
     auto it = sessions.find(std::string(req["Mcp-Session-Id"]));
-    if (it == sessions.end() || it->second->agent->agent != a.agent || it->second->server != server) {
+    if (it == sessions.end() || it->second->stateless || it->second->agent->agent != a.agent || it->second->server != server) {
       co_return co_await refuse(sock, req, a, http::status::not_found, -32001, "no such MCP session (it ended): initialize again");
     }
     std::shared_ptr<Session> s = it->second;
@@ -655,11 +1169,14 @@ struct HttpEndpoint::Impl {
   }
 
   asio::awaitable<bool> remove(tcp::socket& sock, const Request& req, AgentEntry& a, const std::string& server) {
+    if (modern_revision(req["MCP-Protocol-Version"])) {
+      co_return co_await refuse(sock, req, a, http::status::method_not_allowed, -32600, "MCP 2026-07-28 has no sessions to DELETE");
+    }
     if (req["Mcp-Session-Id"].empty()) {
       co_return co_await refuse(sock, req, a, http::status::bad_request, -32600, "no Mcp-Session-Id");
     }
     auto it = sessions.find(std::string(req["Mcp-Session-Id"]));
-    if (it == sessions.end() || it->second->agent->agent != a.agent || it->second->server != server) {
+    if (it == sessions.end() || it->second->stateless || it->second->agent->agent != a.agent || it->second->server != server) {
       co_return co_await refuse(sock, req, a, http::status::not_found, -32001, "no such MCP session");
     }
     end_session(it->second, "ended by the agent");

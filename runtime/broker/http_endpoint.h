@@ -8,7 +8,8 @@
 // The agent is the listener its connection arrived on (a listener lives in one agent's
 // namespace), as the stdio road identifies it by pid.
 //
-// Protocol (MCP 2025-03-26 … 2025-11-25, sessions):
+// Protocol, two eras on the same path:
+// MCP 2025-03-26 … 2025-11-25 (sessions):
 //   POST   one JSON-RPC message (no batches). `initialize` opens a session and its answer
 //          carries Mcp-Session-Id; every later message must carry that id (400 without, 404
 //          for one the endpoint does not know or has ended). A request is answered as a
@@ -19,13 +20,24 @@
 //   GET    the session's standalone event stream: the server's requests and notifications
 //          that belong to no open request (one at a time: 409 for a second).
 //   DELETE ends the session: the relay and the server behind it.
+// MCP 2026-07-28 (stateless): a request carries its version and capabilities in
+//   params._meta and MCP-Protocol-Version, Mcp-Method and Mcp-Name in its headers; there is no
+//   handshake and no session id. The endpoint serves it on a relay connection of its own for
+//   the agent and server (HttpEndpoint keeps a few: a request goes to one where its id and
+//   progress token are not in flight), which it initialized with 2025-11-25 and no client
+//   capabilities, so the same relay decides and filters exactly as for a session.
+//   `server/discover` is answered from that handshake, its capabilities cut to what the
+//   endpoint carries; results are marked `"resultType":"complete"` (lists also
+//   `ttlMs`/`cacheScope: private`, as they are filtered per agent); closing a request's stream
+//   cancels it upstream. Methods 2026-07-28 removed or this endpoint does not carry
+//   (ping, logging/setLevel, subscriptions/listen, resources/subscribe, tasks) get 404 with
+//   -32601; the server's own requests on these connections (it was told the client has no
+//   capabilities) are answered with -32601 too, and its unrelated notifications dropped.
 // Checked on every request: Host and Origin name this loopback endpoint (DNS rebinding);
-// Accept and Content-Type; MCP-Protocol-Version, when sent, is one this endpoint speaks;
-// Mcp-Method and Mcp-Name (MCP 2026-07-28's headers), when sent, agree with the
-// body, or the request is refused before anything is decided. MCP 2026-07-28's stateless
-// requests (no initialize, no session) and any other version the endpoint does not speak get
-// 2026-07-28's unsupported-version error (-32022 with the versions served), on which clients
-// that probe with server/discover fall back to a session.
+// Accept and Content-Type; MCP-Protocol-Version is one this endpoint speaks (else 2026-07-28's
+// unsupported-version error, -32022 with the versions served); Mcp-Method and Mcp-Name
+// (required on 2026-07-28 requests, base64 sentinel decoded) agree with the body (else -32020,
+// HeaderMismatch), all before anything is decided.
 //
 // Threads: one event loop of its own runs every connection and session; `open` (which blocks:
 // a server may be started) runs on a small pool beside it. Public methods are thread-safe and
@@ -100,8 +112,10 @@ class HttpEndpoint {
 
 // What a POST's headers and body must agree on, checked before the message goes anywhere:
 // the body is one JSON-RPC 2.0 message; Mcp-Method (when sent) is its method and Mcp-Name
-// (when sent) its params.name (tools/call, prompts/get) or params.uri (resources/read).
-// Exposed for tests and the fuzz target.
+// (when sent; `=?base64?…?=` decoded) its params.name (tools/call, prompts/get) or params.uri
+// (resources/read). A 2026-07-28 request (its body's _meta names a protocol version, or
+// `protocol_version` is 2026-07-28 or later) must also carry both headers and the version in
+// both places, alike, and its client capabilities. Exposed for tests and the fuzz target.
 struct PostCheck {
   bool ok = false;
   unsigned status = 400;
@@ -110,14 +124,25 @@ struct PostCheck {
   // When ok:
   bool request = false;      // a method and an id
   bool initialize = false;
+  bool modern = false;       // MCP 2026-07-28 or later: stateless
+  bool unsupported = false;  // modern, of a revision this endpoint does not speak (-32022)
+  std::string version;       // modern: the revision asked for
   std::string method;        // empty for a response
   std::string id_key;        // the id, serialised (requests and responses)
   std::string progress_key;  // params._meta.progressToken, serialised, when given
   std::string line;          // the message written compactly: one line for the relay
 };
-PostCheck check_post(std::string_view body, std::string_view mcp_method, std::string_view mcp_name);
+PostCheck check_post(std::string_view body, std::string_view mcp_method, std::string_view mcp_name,
+                     std::string_view protocol_version = {});
 
-// The MCP revisions this endpoint speaks (MCP-Protocol-Version).
+// The MCP revisions this endpoint speaks (MCP-Protocol-Version): 2026-07-28 and the four
+// before it.
 bool supported_protocol_version(std::string_view version);
+
+// A 2025-era server's response as a 2026-07-28 client must see it: its result marked
+// "resultType":"complete" and, when `cacheable` (a list), "ttlMs":0 and "cacheScope":"private"
+// (outpost filters lists per agent), fields the result already has left alone; every other
+// byte as the server wrote it. Anything but a JSON-RPC result comes back unchanged.
+std::string complete_result(std::string_view line, bool cacheable);
 
 }  // namespace outpost::broker

@@ -12,16 +12,7 @@
 #include <iostream>
 
 #include <boost/beast/http/empty_body.hpp>
-// GCC 12 reports Beast's parser (inlined into put()) as reading an uninitialised optional: a
-// known false positive at -O2, here as in tests/integration/daemon_e2e_test.cc.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
-#include <boost/beast/http/parser.hpp>
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
+#include "outpost/base/beast_http.h"
 #include <boost/json/serialize.hpp>
 
 #include "cli.h"

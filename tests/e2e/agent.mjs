@@ -11,7 +11,12 @@
 // environment, then the server's "env" on top (the SDK alone would pass only its allowlist).
 // A server given as {"url": "http://..."} is reached with the SDK's Streamable HTTP client
 // instead; "$OUTPOST_MCP_URL" at its start is replaced by that variable (outpostd's endpoint
-// in the agent's namespace, http://127.0.0.1:PORT/mcp/).
+// in the agent's namespace, http://127.0.0.1:PORT/mcp/). With "protocol": "2026-07-28" as well,
+// the client is the SDK's v2 (@modelcontextprotocol/client), pinned to that revision: it
+// probes with server/discover and then sends stateless requests (no initialize, no session),
+// and declares no capabilities; with "elicit": {...} too, it declares elicitation and accepts
+// every elicitation (an input request of MCP 2026-07-28, which the SDK fulfils and retries
+// with) with that content.
 // The client declares the roots capability and answers every roots/list with CONFIG.roots.
 //
 // STEPS is a JSON array; each step prints one JSON line on stdout:
@@ -32,6 +37,9 @@
 //   {"op":"wait","file":PATH,"timeoutMs":N?}
 //       -> {"step":i,"op":"wait","ok":true}: once PATH exists (the harness's go-ahead), or
 //          ok:false after timeoutMs (default 30000)
+//   {"server":"fs","op":"version"}
+//       -> {"step":i,"server":"fs","op":"version","ok":true,"version":"2026-07-28"}: the
+//          protocol revision the client negotiated (v2 clients only)
 //   {"op":"env"}
 //       -> {"step":i,"op":"env","ok":true,"env":{...}}: this process's environment, for tests
 //          that check what the agent was (not) given
@@ -67,6 +75,7 @@ import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { ListRootsRequestSchema } from '@modelcontextprotocol/sdk/types.js';
+import { Client as ModernClient, StreamableHTTPClientTransport as ModernHttpTransport } from '@modelcontextprotocol/client';
 
 function out(obj) {
   process.stdout.write(JSON.stringify(obj) + '\n');
@@ -127,17 +136,27 @@ function connect(name) {
     if (!spec || (typeof spec.command !== 'string' && typeof spec.url !== 'string')) {
       throw new Error(`no server "${name}" in config`);
     }
-    const client = new Client(
-      { name: 'outpost-e2e-agent', version: '1.0.0' },
-      { capabilities: { roots: { listChanged: true } } },
-    );
-    client.setRequestHandler(ListRootsRequestSchema, async () => {
-      noteRootsRequest(name);
-      return { roots };
-    });
+    const url = spec.url ? new URL(spec.url.replace(/^\$OUTPOST_MCP_URL/, process.env.OUTPOST_MCP_URL ?? '')) : undefined;
+    const modern = url !== undefined && typeof spec.protocol === 'string';
+    const client = modern
+      ? new ModernClient({ name: 'outpost-e2e-agent', version: '1.0.0' },
+                         { capabilities: spec.elicit ? { elicitation: {} } : {}, versionNegotiation: { mode: { pin: spec.protocol } } })
+      : new Client({ name: 'outpost-e2e-agent', version: '1.0.0' }, { capabilities: { roots: { listChanged: true } } });
+    if (modern && spec.elicit) {
+      client.setRequestHandler('elicitation/create', async () => ({ action: 'accept', content: spec.elicit }));
+    }
+    if (!modern) {
+      client.setRequestHandler(ListRootsRequestSchema, async () => {
+        noteRootsRequest(name);
+        return { roots };
+      });
+    }
+    client.outpostModern = modern;
     client.onerror = (e) => process.stderr.write(`agent: ${name}: ${e?.message ?? e}\n`);
-    const transport = spec.url
-      ? new StreamableHTTPClientTransport(new URL(spec.url.replace(/^\$OUTPOST_MCP_URL/, process.env.OUTPOST_MCP_URL ?? '')))
+    const transport = modern
+      ? new ModernHttpTransport(url)
+      : url
+      ? new StreamableHTTPClientTransport(url)
       : new StdioClientTransport({
           command: spec.command,
           args: spec.args ?? [],
@@ -295,11 +314,9 @@ async function runStep(step) {
         options.resetTimeoutOnProgress = true;
       }
       if (step.timeoutMs) options.timeout = step.timeoutMs;
-      const res = await client.callTool(
-        { name: step.tool, arguments: step.arguments ?? {} },
-        undefined,
-        options,
-      );
+      const params = { name: step.tool, arguments: step.arguments ?? {} };
+      // The v2 client takes the options second (no result schema).
+      const res = client.outpostModern ? await client.callTool(params, options) : await client.callTool(params, undefined, options);
       const r = { isError: res.isError === true, content: res.content ?? [] };
       if (res.structuredContent !== undefined) r.structuredContent = res.structuredContent;
       if (step.progress) {
@@ -325,6 +342,10 @@ async function runStep(step) {
         await new Promise((resolve) => setTimeout(resolve, 50));
       }
       return {};
+    }
+    case 'version': {
+      const client = await connect(step.server);
+      return { version: client.getNegotiatedProtocolVersion?.() ?? null };
     }
     case 'env':
       return { env: { ...process.env } };

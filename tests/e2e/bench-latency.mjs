@@ -2,11 +2,13 @@
 // MCP round-trip latency through a stdio server command, measured with the official SDK client.
 //
 //   node bench-latency.mjs [--calls N] [--label L] [--warmup W] [--inflight K] [--tool T]
-//                          [--payload BYTES] (-- CMD ARGS... | --url URL)
+//                          [--payload BYTES] (-- CMD ARGS... | --url URL [--protocol 2026-07-28])
 //
 // CMD is an MCP server command: server-everything itself, the byte pump (tests/bench/pump.cc)
 // in front of it, or `outpost mcp connect SERVER`. With --url the client speaks Streamable
-// HTTP to the server at URL instead (server-everything's streamableHttp mode, directly). The client connects, checks that tool T
+// HTTP to the server at URL instead (server-everything's streamableHttp mode, directly); with
+// --protocol as well, the client is the v2 SDK's pinned to that revision (stateless requests,
+// no session: outpostd's endpoint serves them, server-everything does not). The client connects, checks that tool T
 // (default "echo") is listed, makes W (default 200) warm-up calls, then N (default 1000)
 // sequential tools/call requests, each timed with process.hrtime.bigint(), then N more with K
 // (default 32) in flight at once for throughput. Every answer must be the echo of what was
@@ -20,17 +22,18 @@ import process from 'node:process';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
+import { Client as ModernClient, StreamableHTTPClientTransport as ModernHttpTransport } from '@modelcontextprotocol/client';
 
 function usage(msg) {
   if (msg) process.stderr.write(`bench-latency: ${msg}\n`);
   process.stderr.write(
     'usage: node bench-latency.mjs [--calls N] [--label L] [--warmup W] [--inflight K] ' +
-      '[--tool T] [--payload BYTES] (-- CMD ARGS... | --url URL)\n',
+      '[--tool T] [--payload BYTES] (-- CMD ARGS... | --url URL [--protocol V])\n',
   );
   process.exit(2);
 }
 
-const opts = { calls: 1000, label: 'direct', warmup: 200, inflight: 32, tool: 'echo', payload: 16, url: '' };
+const opts = { calls: 1000, label: 'direct', warmup: 200, inflight: 32, tool: 'echo', payload: 16, url: '', protocol: '' };
 const argv = process.argv.slice(2);
 let sep = argv.indexOf('--');
 if (sep < 0) sep = argv.length;
@@ -48,14 +51,20 @@ for (let i = 0; i < sep; i += 2) {
   }
 }
 if ((command.length === 0) === (opts.url === '')) usage('give either a server command after -- or --url');
+if (opts.protocol !== '' && opts.url === '') usage('--protocol needs --url');
 
 const env = {};
 for (const [k, v] of Object.entries(process.env)) {
   if (v !== undefined && (k.startsWith('OUTPOST_') || k === 'PATH' || k === 'HOME')) env[k] = v;
 }
 
-const client = new Client({ name: 'outpost-bench-latency', version: '1.0.0' }, { capabilities: {} });
-const transport = opts.url
+const info = { name: 'outpost-bench-latency', version: '1.0.0' };
+const client = opts.protocol
+  ? new ModernClient(info, { capabilities: {}, versionNegotiation: { mode: { pin: opts.protocol } } })
+  : new Client(info, { capabilities: {} });
+const transport = opts.protocol
+  ? new ModernHttpTransport(new URL(opts.url))
+  : opts.url
   ? new StreamableHTTPClientTransport(new URL(opts.url))
   : new StdioClientTransport({ command: command[0], args: command.slice(1), env, stderr: 'inherit' });
 

@@ -209,7 +209,7 @@ struct Node {
   }
 
   std::vector<json::object> agent_output(const std::string& name) {
-    auto r = testing::run_outpost({"agent", "logs", name}, env());
+    auto r = testing::run_outpost({"agent", "logs", name, "--bytes", "4000000"}, env());
     REQUIRE(r.exit_code == 0);
     return json_lines(r.out);
   }
@@ -1354,9 +1354,14 @@ TEST_CASE("an HTTP agent reaches its MCP servers only through outpostd's endpoin
       "    url: http://127.0.0.1:" + std::to_string(everything.port) + "/mcp\n";
 
   // The SDK's Streamable HTTP client, unchanged, to http://127.0.0.1:PORT/mcp/SERVER in the
-  // agent's namespace (OUTPOST_MCP_URL): a stdio server and a remote one behind it.
+  // agent's namespace (OUTPOST_MCP_URL): a stdio server and a remote one behind it; and the v2
+  // SDK's client pinned to MCP 2026-07-28 (stateless requests) to the stdio server.
   json::object config{{"mcpServers",
-                       {{"everything", {{"url", "$OUTPOST_MCP_URL" "everything"}}}, {"plain", {{"url", "$OUTPOST_MCP_URL" "plain"}}}}}};
+                       {{"everything", {{"url", "$OUTPOST_MCP_URL" "everything"}}},
+                        {"plain", {{"url", "$OUTPOST_MCP_URL" "plain"}}},
+                        {"modern", {{"url", "$OUTPOST_MCP_URL" "everything"}, {"protocol", "2026-07-28"}}},
+                        {"asking", {{"url", "$OUTPOST_MCP_URL" "everything"}, {"protocol", "2026-07-28"}, {"elicit", {{"name", "Ada"}}}}}}}};
+  const std::string large(200'000, 'x');  // over a few SSE chunks and the relay's 64 KiB reads
   const json::array steps = {
       json::object{{"server", "everything"}, {"op", "list"}},                         // 0
       step("everything", "echo", {{"message", "over http"}}),                         // 1
@@ -1365,6 +1370,15 @@ TEST_CASE("an HTTP agent reaches its MCP servers only through outpostd's endpoin
                    {"arguments", {{"duration", 1}, {"steps", 3}}}, {"progress", true}},  // 3
       step("plain", "echo", {{"message", "through both"}}),                           // 4
       json::object{{"op", "env"}},                                                    // 5
+      json::object{{"server", "modern"}, {"op", "version"}},                          // 6
+      json::object{{"server", "modern"}, {"op", "list"}},                             // 7
+      step("modern", "echo", {{"message", "stateless"}}),                             // 8
+      step("modern", "get-env", {}),                                                  // 9: denied
+      json::object{{"server", "modern"}, {"op", "call"}, {"tool", "trigger-long-running-operation"},
+                   {"arguments", {{"duration", 1}, {"steps", 3}}}, {"progress", true}},  // 10
+      step("modern", "echo", {{"message", large}}),                                   // 11
+      json::object{{"server", "asking"}, {"op", "list"}},                             // 12
+      step("asking", "trigger-elicitation-request", {}),                              // 13
   };
   ok({"agent", "deploy", n.sdk_agent("httpagent", config, steps, servers).string()}, n.env());
   REQUIRE(eventually([&] { return n.agent_state("httpagent", "stopped"); }, 60));
@@ -1383,11 +1397,35 @@ TEST_CASE("an HTTP agent reaches its MCP servers only through outpostd's endpoin
   CHECK(content_text(at(4)) == "Echo: through both");
   const json::object& env = at(5).at("env").as_object();
   CHECK(env.at("OUTPOST_MCP_URL") == "http://127.0.0.1:3129/mcp/");
-  // Decided and recorded like stdio calls: three allowed, one denied.
-  int allowed = 0, denied = 0;
-  for (const auto& d : of_kind(n.audit(), "decision", "httpagent")) (d.at("allow") == true ? allowed : denied)++;
-  CHECK(allowed == 3);
-  CHECK(denied == 1);
+  // MCP 2026-07-28: negotiated by server/discover, then the same filtering and decisions.
+  CHECK(at(6).at("version") == "2026-07-28");
+  std::set<std::string> listed_modern;
+  for (const auto& t : at(7).at("tools").as_array()) listed_modern.insert(std::string(t.as_string()));
+  CHECK(listed_modern == listed);
+  CHECK(content_text(at(8)) == "Echo: stateless");
+  CHECK(at(9).at("isError") == true);
+  CHECK_THAT(content_text(at(9)), Catch::Contains("outpost denied"));
+  CHECK(at(10).at("isError") == false);
+  CHECK(at(10).at("progress").to_number<int64_t>() == 3);
+  CHECK(content_text(at(11)) == "Echo: " + large);
+  // A client that declares elicitation sees the tool that asks for it, and its question comes
+  // back as 2026-07-28's input request: the SDK answers and retries, and the retry (a new call,
+  // decided and recorded like the first) gets the answer to the server.
+  std::set<std::string> listed_asking;
+  for (const auto& t : at(12).at("tools").as_array()) listed_asking.insert(std::string(t.as_string()));
+  CHECK(listed_asking.count("trigger-elicitation-request") == 1);
+  CHECK(at(13).at("isError") == false);
+  CHECK_THAT(content_text(at(13)), Catch::Contains("Name: Ada"));
+  // Decided and recorded like stdio calls: eight allowed (the elicitation call twice: its run
+  // that asked, and the retry), two denied.
+  int allowed = 0, denied = 0, elicited = 0;
+  for (const auto& d : of_kind(n.audit(), "decision", "httpagent")) {
+    (d.at("allow") == true ? allowed : denied)++;
+    if (d.at("tool") == "trigger-elicitation-request") ++elicited;
+  }
+  CHECK(allowed == 8);
+  CHECK(denied == 2);
+  CHECK(elicited == 2);
 
   // The conformance suite against the bare server (from here) and through outpostd (as an agent,
   // the only place the endpoint exists): every scenario the bare server passes passes through

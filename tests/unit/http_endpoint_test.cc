@@ -18,7 +18,7 @@
 
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/beast/core.hpp>
-#include <boost/beast/http.hpp>
+#include "outpost/base/beast_http.h"
 #include <boost/json.hpp>
 
 #include "broker/http_endpoint.h"
@@ -80,8 +80,77 @@ TEST_CASE("a POST's headers must agree with its body", "[http-endpoint]") {
   CHECK_FALSE(check_post(R"({"jsonrpc":"2.0","id":1})", "", "").ok);
   CHECK(supported_protocol_version("2025-11-25"));
   CHECK(supported_protocol_version("2025-03-26"));
-  CHECK_FALSE(supported_protocol_version("2026-07-28"));
+  CHECK(supported_protocol_version("2026-07-28"));
+  CHECK_FALSE(supported_protocol_version("2026-07-29"));
   CHECK_FALSE(supported_protocol_version(""));
+}
+
+TEST_CASE("a 2026-07-28 POST carries its version, capabilities and routing headers alike", "[http-endpoint]") {
+  const std::string meta = R"("_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}})";
+  const std::string call = R"({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{},)" + meta + "}}";
+  PostCheck c = check_post(call, "tools/call", "echo", "2026-07-28");
+  REQUIRE(c.ok);
+  CHECK(c.modern);
+  CHECK_FALSE(c.unsupported);
+  CHECK(c.version == "2026-07-28");
+  // Mcp-Name in the base64 sentinel form ("echo"), and a wrong one.
+  CHECK(check_post(call, "tools/call", "=?base64?ZWNobw==?=", "2026-07-28").ok);
+  c = check_post(call, "tools/call", "=?base64?ZWNob3g=?=", "2026-07-28");
+  CHECK_FALSE(c.ok);
+  CHECK(c.rpc_code == -32020);
+  // Required headers: Mcp-Method always, Mcp-Name for what names something, the version.
+  c = check_post(call, "", "echo", "2026-07-28");
+  CHECK_FALSE(c.ok);
+  CHECK(c.rpc_code == -32020);
+  CHECK_THAT(c.why, Catch::Contains("Mcp-Method is required"));
+  c = check_post(call, "tools/call", "", "2026-07-28");
+  CHECK_FALSE(c.ok);
+  CHECK_THAT(c.why, Catch::Contains("Mcp-Name is required"));
+  c = check_post(call, "tools/call", "echo", "");
+  CHECK_FALSE(c.ok);
+  CHECK_THAT(c.why, Catch::Contains("MCP-Protocol-Version is required"));
+  // The header and the body name one version; the body names one at all; capabilities.
+  c = check_post(call, "tools/call", "echo", "2027-01-01");
+  CHECK_FALSE(c.ok);
+  CHECK(c.rpc_code == -32020);
+  c = check_post(R"({"jsonrpc":"2.0","id":1,"method":"tools/list"})", "tools/list", "", "2026-07-28");
+  CHECK_FALSE(c.ok);
+  CHECK(c.rpc_code == -32602);
+  c = check_post(R"({"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}})",
+                 "tools/list", "", "2026-07-28");
+  CHECK_FALSE(c.ok);
+  CHECK(c.rpc_code == -32602);
+  CHECK_THAT(c.why, Catch::Contains("clientCapabilities"));
+  // A later revision is answered with the versions served, not judged further.
+  c = check_post(R"({"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2027-01-01","io.modelcontextprotocol/clientCapabilities":{}}}})",
+                 "", "", "2027-01-01");
+  REQUIRE(c.ok);
+  CHECK(c.unsupported);
+  // No responses from a 2026-07-28 client; initialize stays the session era's.
+  CHECK_FALSE(check_post(R"({"jsonrpc":"2.0","id":1,"result":{"_meta":{}}})", "", "", "2026-07-28").ok);
+  c = check_post(R"({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25"}})", "initialize", "", "2026-07-28");
+  REQUIRE(c.ok);
+  CHECK_FALSE(c.modern);
+}
+
+TEST_CASE("a 2025-era result is marked complete for a 2026-07-28 client, byte for byte otherwise", "[http-endpoint]") {
+  CHECK(complete_result(R"({"jsonrpc":"2.0","id":1,"result":{}})", false) == R"({"jsonrpc":"2.0","id":1,"result":{"resultType":"complete"}})");
+  CHECK(complete_result(R"({"jsonrpc":"2.0","id":1,"result":{"tools":[]}})", true) ==
+        R"({"jsonrpc":"2.0","id":1,"result":{"resultType":"complete","ttlMs":0,"cacheScope":"private","tools":[]}})");
+  // Whatever precedes the result (strings with braces and escaped quotes, nested values) is
+  // skipped, and numbers stay as written.
+  const std::string odd = R"({"id":"a}\"b","x":{"result":[1,{"y":"}"}]}, "result" : {"n":123456789012345678901234567890,"f":0.10}})";
+  const std::string marked = complete_result(odd, false);
+  CHECK(marked.find(R"("result" : {"resultType":"complete","n":123456789012345678901234567890,"f":0.10})") != std::string::npos);
+  CHECK(json::parse(marked).at("x").at("result").as_array().size() == 2);
+  // A key spelled with an escape is the same key.
+  CHECK(json::parse(complete_result(R"({"id":1,"result":{}})", false)).at("result").at("resultType") == "complete");
+  // Fields the result has are left alone; errors, requests and non-objects pass unchanged.
+  CHECK(complete_result(R"({"id":1,"result":{"resultType":"input_required"}})", false) == R"({"id":1,"result":{"resultType":"input_required"}})");
+  CHECK(complete_result(R"({"id":1,"error":{"code":-1,"message":"x"}})", true) == R"({"id":1,"error":{"code":-1,"message":"x"}})");
+  CHECK(complete_result(R"({"id":1,"method":"m","result":{}})", true) == R"({"id":1,"method":"m","result":{}})");
+  CHECK(complete_result(R"({"id":1,"result":[]})", true) == R"({"id":1,"result":[]})");
+  CHECK(complete_result("not json", true) == "not json");
 }
 
 namespace {
@@ -121,16 +190,22 @@ struct ScriptedRelay {
           std::string reply;
           const std::string method = m.contains("method") ? std::string(m.at("method").as_string()) : "";
           if (method == "initialize") {
-            reply = json::serialize(json::object{{"jsonrpc", "2.0"}, {"id", m.at("id")},
-                                                 {"result", {{"protocolVersion", "2025-06-18"}, {"capabilities", json::object{}},
-                                                             {"serverInfo", {{"name", "scripted"}, {"version", "1"}}}}}});
+            reply = json::serialize(json::object{
+                {"jsonrpc", "2.0"},
+                {"id", m.at("id")},
+                {"result", {{"protocolVersion", "2025-06-18"},
+                            {"capabilities", {{"tools", {{"listChanged", true}}}, {"logging", json::object{}}}},
+                            {"instructions", "be brief"},
+                            {"serverInfo", {{"name", "scripted"}, {"version", "1"}}}}}});
           } else if (method == "notifications/initialized") {
             reply = R"({"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"hello"}})";
           } else if (method == "tools/call") {
             const auto& params = m.at("params").as_object();
-            if (params.contains("_meta")) {
-              reply = json::serialize(json::object{{"jsonrpc", "2.0"}, {"method", "notifications/progress"},
-                                                   {"params", {{"progressToken", params.at("_meta").at("progressToken")}, {"progress", 1}}}}) + "\n";
+            if (params.at("name") == "slow") std::this_thread::sleep_for(std::chrono::milliseconds(400));
+            if (params.at("name") == "ask") reply = R"({"jsonrpc":"2.0","id":"srv-1","method":"roots/list"})" "\n";
+            if (params.contains("_meta") && params.at("_meta").as_object().contains("progressToken")) {
+              reply += json::serialize(json::object{{"jsonrpc", "2.0"}, {"method", "notifications/progress"},
+                                                    {"params", {{"progressToken", params.at("_meta").at("progressToken")}, {"progress", 1}}}}) + "\n";
             }
             reply += json::serialize(json::object{
                 {"jsonrpc", "2.0"}, {"id", m.at("id")},
@@ -255,13 +330,12 @@ TEST_CASE("the MCP endpoint carries an HTTP agent's session through the relay", 
   CHECK(exchange(port, http::verb::post, path, kPost, R"({"jsonrpc":"2.0","id":4,"method":"ping"})").status == 400);
   CHECK(exchange(port, http::verb::post, path, with(kPost, "Mcp-Session-Id", "0123"), R"({"jsonrpc":"2.0","id":4,"method":"ping"})").status == 404);
   CHECK(exchange(port, http::verb::post, "/mcp/other", session, R"({"jsonrpc":"2.0","id":4,"method":"ping"})").status == 404);
-  Answer stateless = exchange(port, http::verb::post, path, with(kPost, "MCP-Protocol-Version", "2026-07-28"),
-                              R"({"jsonrpc":"2.0","id":5,"method":"tools/list"})");
-  CHECK(stateless.status == 400);
-  CHECK_THAT(stateless.body, Catch::Contains("2026-07-28"));
-  // MCP 2026-07-28's unsupported-version error, naming what is served: SDKs fall back on it.
-  CHECK(json::parse(stateless.body).at("error").at("code") == -32022);
-  CHECK(json::parse(stateless.body).at("error").at("data").at("supported").as_array().size() == 4);
+  Answer later = exchange(port, http::verb::post, path, with(session, "MCP-Protocol-Version", "2024-01-01"),
+                          R"({"jsonrpc":"2.0","id":5,"method":"tools/list"})");
+  CHECK(later.status == 400);
+  // MCP 2026-07-28's unsupported-version error, naming what is served.
+  CHECK(json::parse(later.body).at("error").at("code") == -32022);
+  CHECK(json::parse(later.body).at("error").at("data").at("supported").as_array().size() == 5);
   CHECK(exchange(port, http::verb::post, path, with(session, "MCP-Protocol-Version", "2024-01-01"), R"({"jsonrpc":"2.0","id":6,"method":"ping"})")
             .status == 400);
   CHECK(exchange(port, http::verb::post, path, with(session, "Origin", "http://evil.example"), R"({"jsonrpc":"2.0","id":7,"method":"ping"})")
@@ -296,4 +370,182 @@ TEST_CASE("the MCP endpoint carries an HTTP agent's session through the relay", 
   CHECK(counters.open_sessions == 0);
   CHECK(counters.refused >= 9);
   endpoint->reset();
+}
+
+TEST_CASE("the MCP endpoint serves 2026-07-28's stateless requests on relay connections of its own", "[http-endpoint]") {
+  ScriptedRelay relay;
+  uint16_t port = 0;
+  int listener = testing::listen_on_loopback(port);
+  HttpEndpointOptions o;
+  o.port = port;
+  HttpEndpointHooks h;
+  h.open = [&](const std::string& a, const std::string& s) { return relay.open(a, s); };
+  auto endpoint = HttpEndpoint::start(o, h);
+  REQUIRE(endpoint);
+  (*endpoint)->serve("agent-a", sandbox::UniqueFd(listener));
+  const std::string path = "/mcp/everything";
+  const auto modern = with(kPost, "MCP-Protocol-Version", "2026-07-28");
+  auto body = [](const std::string& id, const std::string& method, const std::string& params = "", const std::string& meta = "",
+                 const std::string& caps = R"({"elicitation":{}})") {
+    return R"({"jsonrpc":"2.0","id":)" + id + R"(,"method":")" + method + R"(","params":{)" + params + (params.empty() ? "" : ",") +
+           R"("_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":)" + caps +
+           meta + "}}}";
+  };
+  auto received = [&] {
+    std::lock_guard lock(relay.mu);
+    return relay.received;
+  };
+
+  // server/discover: answered from outpostd's own handshake, which declared no capabilities.
+  Answer discover = exchange(port, http::verb::post, path, with(modern, "Mcp-Method", "server/discover"), body("\"d\"", "server/discover"));
+  REQUIRE(discover.status == 200);
+  CHECK(discover.content_type == "application/json");
+  CHECK(discover.session.empty());
+  const json::value d = json::parse(discover.body);
+  CHECK(d.at("id") == "d");
+  const json::object& dr = d.at("result").as_object();
+  CHECK(dr.at("resultType") == "complete");
+  CHECK(dr.at("supportedVersions").as_array().front() == "2026-07-28");
+  CHECK(dr.at("capabilities").at("tools").as_object().empty());  // no listChanged: not carried
+  CHECK_FALSE(dr.at("capabilities").as_object().contains("logging"));
+  CHECK(dr.at("instructions") == "be brief");
+  CHECK(dr.at("_meta").at("io.modelcontextprotocol/serverInfo").at("name") == "scripted");
+  CHECK(dr.at("cacheScope") == "private");
+  {
+    const auto lines = received();
+    REQUIRE(lines.size() == 2);
+    const json::value init = json::parse(lines[0]);
+    CHECK(init.at("method") == "initialize");
+    // What outpostd can put to the agent: its elicitation (MRTR), nothing else it declared.
+    CHECK(init.at("params").at("capabilities") == json::parse(R"({"elicitation":{}})"));
+    CHECK(json::parse(lines[1]).at("method") == "notifications/initialized");
+  }
+
+  // A call with progress: its progress, then its result marked complete; the server's log
+  // notification of the handshake went nowhere.
+  Answer call = exchange(port, http::verb::post, path, with(with(modern, "Mcp-Method", "tools/call"), "Mcp-Name", "echo"),
+                         body("1", "tools/call", R"("name":"echo","arguments":{})", R"(,"progressToken":9)"));
+  REQUIRE(call.status == 200);
+  CHECK(call.content_type == "text/event-stream");
+  CHECK(call.session.empty());
+  CHECK(call.body.find("notifications/progress") < call.body.find("\"resultType\":\"complete\""));
+  CHECK_THAT(call.body, Catch::Contains("called echo"));
+  CHECK(call.body.find("notifications/message") == std::string::npos);
+  // The agent's line reached the relay as written (its own _meta included).
+  CHECK_THAT(received().back(), Catch::Contains("\"progressToken\":9"));
+
+  Answer list = exchange(port, http::verb::post, path, with(modern, "Mcp-Method", "tools/list"), body("2", "tools/list"));
+  REQUIRE(list.status == 200);
+  CHECK_THAT(list.body, Catch::Contains(R"("result":{"resultType":"complete","ttlMs":0,"cacheScope":"private"})"));
+
+  // The server asks what the agent did not declare: answered by outpostd (-32601), the call
+  // still answered.
+  Answer ask = exchange(port, http::verb::post, path, with(with(modern, "Mcp-Method", "tools/call"), "Mcp-Name", "ask"),
+                        body("3", "tools/call", R"("name":"ask","arguments":{})"));
+  CHECK_THAT(ask.body, Catch::Contains("called ask"));
+  CHECK(ask.body.find("roots/list") == std::string::npos);
+  bool answered = false;
+  for (int i = 0; i < 100 && !answered; ++i) {
+    for (const auto& l : received()) answered = answered || (l.find("\"srv-1\"") != std::string::npos && l.find("-32601") != std::string::npos);
+    if (!answered) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  CHECK(answered);
+
+  // The server asks what the agent declared (roots): the call's answer is MCP 2026-07-28's
+  // input request (this run is cancelled upstream); the agent's retry, a new call, runs again
+  // and the same question is answered with what the agent gave.
+  const std::string roots = R"({"roots":{}})";
+  Answer input = exchange(port, http::verb::post, path, with(with(modern, "Mcp-Method", "tools/call"), "Mcp-Name", "ask"),
+                          body("10", "tools/call", R"("name":"ask","arguments":{})", "", roots));
+  REQUIRE(input.status == 200);
+  const size_t data = input.body.find("data: ");
+  REQUIRE(data != std::string::npos);
+  const json::value asked = json::parse(input.body.substr(data + 6));
+  CHECK(asked.at("id") == 10);
+  const json::object& ir = asked.at("result").as_object();
+  CHECK(ir.at("resultType") == "input_required");
+  CHECK(ir.at("inputRequests").at("outpost-1").at("method") == "roots/list");
+  const std::string state(ir.at("requestState").as_string());
+  bool run_cancelled = false;
+  for (int i = 0; i < 100 && !run_cancelled; ++i) {
+    for (const auto& l : received()) run_cancelled = run_cancelled || (l.find("notifications/cancelled") != std::string::npos && l.find("\"requestId\":10") != std::string::npos);
+    if (!run_cancelled) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  CHECK(run_cancelled);
+  Answer retried = exchange(port, http::verb::post, path, with(with(modern, "Mcp-Method", "tools/call"), "Mcp-Name", "ask"),
+                            body("11", "tools/call",
+                                 R"("name":"ask","arguments":{},"inputResponses":{"outpost-1":{"roots":[{"uri":"file:///w"}]}},"requestState":")" + state + "\"",
+                                 "", roots));
+  CHECK_THAT(retried.body, Catch::Contains("called ask"));
+  CHECK_THAT(retried.body, Catch::Contains("\"resultType\":\"complete\""));
+  bool given = false;
+  for (int i = 0; i < 100 && !given; ++i) {
+    for (const auto& l : received()) given = given || (l.find("\"srv-1\"") != std::string::npos && l.find("file:///w") != std::string::npos);
+    if (!given) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  CHECK(given);
+  // A requestState outpostd did not give is refused.
+  Answer forged = exchange(port, http::verb::post, path, with(with(modern, "Mcp-Method", "tools/call"), "Mcp-Name", "ask"),
+                           body("12", "tools/call", R"("name":"ask","arguments":{},"requestState":"not-ours")", "", roots));
+  CHECK(forged.status == 400);
+  CHECK(json::parse(forged.body).at("error").at("code") == -32602);
+
+  // Refusals, before anything reaches the relay.
+  const size_t before = received().size();
+  Answer removed = exchange(port, http::verb::post, path, with(modern, "Mcp-Method", "ping"), body("4", "ping"));
+  CHECK(removed.status == 404);
+  CHECK(json::parse(removed.body).at("error").at("code") == -32601);
+  Answer no_name = exchange(port, http::verb::post, path, with(modern, "Mcp-Method", "tools/call"),
+                            body("5", "tools/call", R"("name":"echo","arguments":{})"));
+  CHECK(no_name.status == 400);
+  CHECK(json::parse(no_name.body).at("error").at("code") == -32020);
+  Answer newer = exchange(port, http::verb::post, path, with(with(kPost, "MCP-Protocol-Version", "2027-01-01"), "Mcp-Method", "tools/list"),
+                          R"({"jsonrpc":"2.0","id":6,"method":"tools/list","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2027-01-01","io.modelcontextprotocol/clientCapabilities":{}}}})");
+  CHECK(newer.status == 400);
+  CHECK(json::parse(newer.body).at("error").at("code") == -32022);
+  CHECK(json::parse(newer.body).at("error").at("data").at("requested") == "2027-01-01");
+  CHECK(json::parse(newer.body).at("id") == 6);
+  CHECK(exchange(port, http::verb::get, path, {{"Accept", "text/event-stream"}, {"MCP-Protocol-Version", "2026-07-28"}}).status == 405);
+  CHECK(received().size() == before);
+
+  // Two clients of the agent with one id in flight: the second goes to a second connection.
+  REQUIRE(relay.opened.load() == 2);
+  auto slow = std::async(std::launch::async, [&] {
+    return exchange(port, http::verb::post, path, with(with(modern, "Mcp-Method", "tools/call"), "Mcp-Name", "slow"),
+                    body("42", "tools/call", R"("name":"slow","arguments":{})"));
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  Answer same_id = exchange(port, http::verb::post, path, with(with(modern, "Mcp-Method", "tools/call"), "Mcp-Name", "echo"),
+                            body("42", "tools/call", R"("name":"echo","arguments":{})"));
+  CHECK_THAT(same_id.body, Catch::Contains("called echo"));
+  CHECK_THAT(slow.get().body, Catch::Contains("called slow"));
+  CHECK(relay.opened.load() == 3);
+
+  // A request whose stream closes before its answer is cancelled upstream.
+  {
+    boost::asio::io_context io;
+    tcp::socket sock(io);
+    sock.connect(tcp::endpoint(boost::asio::ip::make_address("127.0.0.1"), port));
+    http::request<http::string_body> req{http::verb::post, path, 11};
+    req.set(http::field::host, "127.0.0.1:" + std::to_string(port));
+    for (const auto& [k, v] : with(with(modern, "Mcp-Method", "tools/call"), "Mcp-Name", "slow")) req.set(k, v);
+    req.body() = body("\"gone\"", "tools/call", R"("name":"slow","arguments":{})");
+    req.prepare_payload();
+    http::write(sock, req);
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  bool cancelled = false;
+  for (int i = 0; i < 200 && !cancelled; ++i) {
+    for (const auto& l : received()) cancelled = cancelled || (l.find("notifications/cancelled") != std::string::npos && l.find("\"gone\"") != std::string::npos);
+    if (!cancelled) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  CHECK(cancelled);
+
+  // The endpoint's connections are not sessions an agent can name.
+  CHECK(exchange(port, http::verb::delete_, path, {{"Mcp-Session-Id", "whatever"}}).status == 404);
+  const auto counters = (*endpoint)->counters("agent-a");
+  CHECK(counters.sessions == 3);  // two for the agent's elicitation, one for its roots
+  endpoint->reset();
+  for (int i = 0; i < 100 && relay.ended.load() < 3; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  CHECK(relay.ended.load() == 3);
 }

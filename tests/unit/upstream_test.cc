@@ -14,16 +14,7 @@
 
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/beast/core.hpp>
-// GCC 12 reports Beast's parser as reading an uninitialised optional once inlined: a known false
-// positive at -O2 (as in runtime/cli/daemon_commands.cc).
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
-#include <boost/beast/http.hpp>
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
+#include "outpost/base/beast_http.h"
 #include <boost/json.hpp>
 
 #include "outpost/base/bytes.h"
