@@ -1,7 +1,10 @@
 #include "broker/http_endpoint.h"
 
 #include <pthread.h>
+#include <sys/socket.h>
 #include <unistd.h>
+
+#include <cerrno>
 
 #include <algorithm>
 #include <atomic>
@@ -75,9 +78,10 @@ std::optional<std::string> header_value(std::string_view v) {
   return std::string(decoded->begin(), decoded->end());
 }
 
-// Where the value of the top-level member `key` of `text` begins. `text` is one JSON object
-// Boost.JSON has accepted already; the scan only finds byte positions in it (Boost.JSON's DOM
-// keeps none), so a result can be marked without re-serialising what the server wrote.
+// Where the value of the top-level member `key` of `text` begins (of its last occurrence, the
+// one Boost.JSON keeps). `text` is one JSON object Boost.JSON has accepted already; the scan
+// only finds byte positions in it (Boost.JSON's DOM keeps none), so a result can be marked
+// without re-serialising what the server wrote.
 std::optional<size_t> member_value(std::string_view text, std::string_view key) {
   size_t i = 0;
   const size_t n = text.size();
@@ -98,8 +102,10 @@ std::optional<size_t> member_value(std::string_view text, std::string_view key) 
   space();
   if (i >= n || text[i] != '{') return std::nullopt;
   ++i;
+  std::optional<size_t> found;
   for (;;) {
     space();
+    if (i < n && text[i] == '}') return found;  // {}
     if (i >= n || text[i] != '"') return std::nullopt;
     const size_t k = i;
     if (!skip_string()) return std::nullopt;
@@ -117,7 +123,7 @@ std::optional<size_t> member_value(std::string_view text, std::string_view key) 
     ++i;
     space();
     if (i >= n) return std::nullopt;
-    if (match) return i;
+    if (match) found = i;
     for (int depth = 0; i < n;) {
       const char ch = text[i];
       if (ch == '"') {
@@ -134,7 +140,8 @@ std::optional<size_t> member_value(std::string_view text, std::string_view key) 
       }
       ++i;
     }
-    if (i >= n || text[i] != ',') return std::nullopt;  // the object ends without `key`
+    if (i < n && text[i] == '}') return found;
+    if (i >= n || text[i] != ',') return std::nullopt;
     ++i;
   }
 }
@@ -159,7 +166,8 @@ std::string complete_result_of(std::string_view line, const json::object& messag
   }
   const std::optional<size_t> at = member_value(line, "result");
   if (fields.empty() || !at || line[*at] != '{') return std::string(line);
-  if (!r.empty()) fields += ',';
+  const size_t next = line.find_first_not_of(" \t\r\n", *at + 1);
+  if (next != std::string_view::npos && line[next] != '}') fields += ',';
   std::string out;
   out.reserve(line.size() + fields.size());
   out.append(line.substr(0, *at + 1)).append(fields).append(line.substr(*at + 1));
@@ -202,7 +210,7 @@ struct Outbox {
   Signal signal;
   // A 2026-07-28 request's: its response is marked complete (and cacheable, for lists), and
   // its id is what a cancellation names when its stream goes away unanswered.
-  bool modern = false, cacheable = false;
+  bool modern = false, cacheable = false, exclusive = false;
   std::string id_key;
   // MCP 2026-07-28's multi round-trip requests: the answers the agent has given so far (its
   // inputResponses and requestState), by key, and how many requests the server made of this
@@ -316,10 +324,11 @@ PostCheck check_post(std::string_view body, std::string_view mcp_method, std::st
                          : c.method == "resources/read"                          ? "uri"
                                                                                  : nullptr;
 
-  // The era: the body says (its _meta names a version), the header cross-checks. `initialize`
-  // is the session era's own handshake whatever it carries.
+  // The era: 2026-07-28 or later named by the body's _meta or by the header (each must then
+  // agree with the other). `initialize` is the session era's own handshake whatever it carries.
   const json::value* body_version = meta != nullptr ? meta->if_contains(kVersionKey) : nullptr;
-  c.modern = !c.initialize && (body_version != nullptr || modern_revision(protocol_version));
+  const bool body_modern = body_version != nullptr && body_version->is_string() && modern_revision(body_version->as_string());
+  c.modern = !c.initialize && (body_modern || modern_revision(protocol_version));
   if (c.modern) {
     c.rpc_code = kHeaderMismatch;
     if (c.method.empty()) {
@@ -331,29 +340,30 @@ PostCheck check_post(std::string_view body, std::string_view mcp_method, std::st
       c.why = "MCP-Protocol-Version is required on a 2026-07-28 request";
       return c;
     }
-    if (body_version == nullptr || !body_version->is_string()) {
+    // A notification's _meta need not name its version (2026-07-28 defines none over HTTP).
+    if (c.request && body_version == nullptr) {
       c.rpc_code = kInvalidParams;
       c.why = std::string("params._meta[\"") + kVersionKey + "\"] (a string) is required on a 2026-07-28 request";
       return c;
     }
-    if (body_version->as_string() != protocol_version) {
+    if (body_version != nullptr && (!body_version->is_string() || body_version->as_string() != protocol_version)) {
       c.why = "the headers and the body disagree: MCP-Protocol-Version is \"" + std::string(protocol_version.substr(0, 40)) +
               "\" but params._meta names " + json::serialize(*body_version).substr(0, 40);
       return c;
     }
     c.version = std::string(protocol_version);
+    if (c.version != kModern) {
+      c.unsupported = true;  // answered with the versions served (-32022); nothing else to check
+      c.ok = true;
+      c.rpc_code = -32022;
+      return c;
+    }
     if (c.request) {
       if (const json::value* caps = meta->if_contains(kCapabilitiesKey); caps == nullptr || !caps->is_object()) {
         c.rpc_code = kInvalidParams;
         c.why = std::string("params._meta[\"") + kCapabilitiesKey + "\"] (an object) is required on a 2026-07-28 request";
         return c;
       }
-    }
-    if (c.version != kModern) {
-      c.unsupported = true;  // answered with the versions served (-32022); nothing else to check
-      c.ok = true;
-      c.rpc_code = -32022;
-      return c;
     }
     if (c.request && mcp_method.empty()) {
       c.why = "Mcp-Method is required on a 2026-07-28 request";
@@ -426,9 +436,9 @@ struct HttpEndpoint::Impl {
     std::string server, version;
     bool stateless = false;  // the endpoint's own connection for 2026-07-28 requests
     std::weak_ptr<StatelessPool> pool;
-    // Calls whose run ended in an input request: the server may still answer them; until it
-    // does, the connection takes no call that could ask (its requests would be ambiguous).
-    std::unordered_set<std::string> draining;
+    std::shared_ptr<Outbox> exclusive;          // a call that could ask: nothing else goes beside it
+    std::unordered_set<std::string> abandoned;  // requests whose stream closed before their answer
+    bool retired = false;                       // takes nothing new; ends once nothing is in flight
     HttpChannel channel;
     asio::posix::stream_descriptor in, out;  // from_relay, to_relay
     std::string pending_write;
@@ -531,6 +541,7 @@ struct HttpEndpoint::Impl {
   // A request nobody waits for any more (its stream went away, or the agent cancelled it): its
   // late messages are dropped, and the session can go idle.
   void forget(const std::shared_ptr<Session>& s, const std::shared_ptr<Outbox>& box) {
+    if (s->exclusive == box) s->exclusive.reset();
     for (auto* map : {&s->by_id, &s->by_progress}) {
       for (auto it = map->begin(); it != map->end();) it = it->second == box ? map->erase(it) : std::next(it);
     }
@@ -554,17 +565,26 @@ struct HttpEndpoint::Impl {
   }
 
   // A 2026-07-28 request whose stream closed before its answer: closing is its cancellation
-  // (that revision has no notifications/cancelled over HTTP), passed on to the server.
+  // (that revision has no notifications/cancelled over HTTP), passed on to the server. A call
+  // that could ask ends its connection instead (a later question of its run must not reach the
+  // next call); any other request's id stays taken on the connection until the server answers
+  // it, and a connection with many such ends once idle.
   void abandon(const std::shared_ptr<Session>& s, const std::shared_ptr<Outbox>& box) {
-    if (box->modern && !box->done && !s->ended && s->by_id.count(box->id_key) != 0) {
-      boost::system::error_code ec;
-      json::value id = json::parse(box->id_key, ec);
-      if (!ec) {
-        (void)send_line(s, json::serialize(json::object{{"jsonrpc", "2.0"}, {"method", "notifications/cancelled"},
-                                                        {"params", {{"requestId", id}, {"reason", "the agent closed the request's stream"}}}}));
-      }
-    }
+    const bool open = box->modern && !box->done && !s->ended && s->by_id.count(box->id_key) != 0;
     forget(s, box);
+    if (!open) return;
+    if (box->exclusive) {
+      end_session(s, "the agent closed the stream of a call that could ask it for input");
+      return;
+    }
+    boost::system::error_code ec;
+    json::value id = json::parse(box->id_key, ec);
+    if (ec) return;
+    (void)send_line(s, json::serialize(json::object{{"jsonrpc", "2.0"}, {"method", "notifications/cancelled"},
+                                                    {"params", {{"requestId", id}, {"reason", "the agent closed the request's stream"}}}}));
+    s->abandoned.insert(box->id_key);
+    if (s->abandoned.size() > 64) s->retired = true;
+    if (s->retired && s->by_id.empty()) end_session(s, "retired: the agent abandoned many requests on it");
   }
 
   // The server asks the client something on a connection for 2026-07-28 requests, where
@@ -590,29 +610,23 @@ struct HttpEndpoint::Impl {
                         : method == "roots/list"             ? "roots"
                                                              : nullptr;
     auto mine = s->pool.lock();
-    std::shared_ptr<Outbox> box = s->by_id.size() == 1 ? s->by_id.begin()->second : nullptr;
-    if (needs == nullptr || mine == nullptr || !mine->declared.contains(needs) || box == nullptr || !box->modern) {
+    std::shared_ptr<Outbox> box = s->exclusive;
+    if (needs == nullptr || mine == nullptr || !mine->declared.contains(needs) || box == nullptr || s->by_id.size() != 1) {
       return reply_with({{"error", {{"code", kMethodNotFound}, {"message", "outpostd cannot put this to the agent (MCP 2026-07-28 client)"}}}});
     }
     const std::string key = "outpost-" + std::to_string(++box->asked);
     if (const json::value* given = box->known.if_contains(key)) return reply_with({{"result", *given}});
-    // Ask the agent. This run of the call ends here: the server is told it was cancelled, and
-    // its late answer, if any, is dropped.
-    reply_with({{"error", {{"code", -32800}, {"message", "the call is retried with the agent's answer (MCP 2026-07-28 input required)"}}}});
-    (void)send_line(s, json::serialize(json::object{
-                           {"jsonrpc", "2.0"},
-                           {"method", "notifications/cancelled"},
-                           {"params", {{"requestId", json::parse(box->id_key)}, {"reason", "input required from the agent"}}}}));
-    s->draining.insert(box->id_key);
+    // Ask the agent. This run of the call ends here, with its connection (and the server's
+    // process behind it, for a stdio server): nothing of it can reach a later call.
     json::object question{{"method", method}};
     if (const json::value* params = msg.if_contains("params")) question["params"] = *params;
     json::object result{{"resultType", "input_required"},
                         {"inputRequests", {{key, std::move(question)}}},
                         {"requestState", base64url_encode(as_bytes(json::serialize(box->known)))}};
     const std::string line = json::serialize(json::object{{"jsonrpc", "2.0"}, {"id", json::parse(box->id_key)}, {"result", std::move(result)}});
-    s->by_id.clear();
-    for (auto p = s->by_progress.begin(); p != s->by_progress.end();) p = p->second == box ? s->by_progress.erase(p) : std::next(p);
+    forget(s, box);
     box->push(line, true);
+    end_session(s, "the call's run ended in a question for the agent (MCP 2026-07-28 input required)");
   }
 
   // The server's messages, each to the stream that waits for it.
@@ -627,17 +641,16 @@ struct HttpEndpoint::Impl {
     if (o != nullptr && !o->contains("method")) {
       if (const json::value* id = o->if_contains("id")) {
         const std::string key = json::serialize(*id);
-        if (s->draining.erase(key) != 0) {
-          if (auto p = s->pool.lock()) p->wake();
-          return;  // a run that ended in an input request: its answer was given
-        }
+        if (s->abandoned.erase(key) != 0) return;  // the agent gave up on it
         auto it = s->by_id.find(key);
         if (it == s->by_id.end()) return;  // its POST has gone: nobody to answer
         std::shared_ptr<Outbox> box = it->second;
         s->by_id.erase(it);
         for (auto p = s->by_progress.begin(); p != s->by_progress.end();) p = p->second == box ? s->by_progress.erase(p) : std::next(p);
+        if (s->exclusive == box) s->exclusive.reset();
         box->push(box->modern ? complete_result_of(line, *o, box->cacheable) : std::move(line), true);
         if (auto p = s->pool.lock()) p->wake();
+        if (s->retired && s->by_id.empty()) end_session(s, "retired: the agent abandoned many requests on it");
         return;
       }
     }
@@ -730,8 +743,8 @@ struct HttpEndpoint::Impl {
   }
 
   asio::awaitable<bool> refuse(tcp::socket& sock, const Request& req, AgentEntry& a, http::status status, int code,
-                               const std::string& why) {
-    co_return co_await reply(sock, req, status, rpc_error(nullptr, code, why), "", &a);
+                               const std::string& why, const json::value& id = nullptr) {
+    co_return co_await reply(sock, req, status, rpc_error(id, code, why), "", &a);
   }
 
   // Streams a POST's messages until its response, as an event stream (what the reference SDK
@@ -816,7 +829,7 @@ struct HttpEndpoint::Impl {
 
   asio::awaitable<bool> refuse_open(tcp::socket& sock, const Request& req, AgentEntry& a, const json::value& id, const Opened& o) {
     if (o.why.empty()) co_return false;
-    if (o.status != http::status::ok) co_return co_await refuse(sock, req, a, o.status, -32000, o.why);
+    if (o.status != http::status::ok) co_return co_await refuse(sock, req, a, o.status, -32000, o.why, id);
     co_return co_await reply(sock, req, http::status::ok, rpc_error(id, -32000, o.why), "", &a);
   }
 
@@ -908,7 +921,8 @@ struct HttpEndpoint::Impl {
   // kStatelessConnections; a call that could ask waits up to 30 s for one to come free).
   asio::awaitable<Opened> stateless_session(std::shared_ptr<AgentEntry> agent, const std::string& server, const PostCheck& c,
                                             const Want& want, std::shared_ptr<StatelessPool>& st) {
-    auto& slot = agent->stateless[server + "\n" + json::serialize(want.declared)];
+    const std::string pool_key = server + "\n" + json::serialize(want.declared);
+    auto& slot = agent->stateless[pool_key];
     if (!slot) {
       slot = std::make_shared<StatelessPool>();
       slot->declared = want.declared;
@@ -922,9 +936,10 @@ struct HttpEndpoint::Impl {
       });
       for (auto& w : st->sessions) {
         std::shared_ptr<Session> s = w.lock();
-        const bool fits = want.any ||
-                          (want.exclusive ? s->by_id.empty() && s->draining.empty()
-                                          : s->by_id.count(c.id_key) == 0 && (c.progress_key.empty() || s->by_progress.count(c.progress_key) == 0));
+        const bool free_id = s->by_id.count(c.id_key) == 0 && s->abandoned.count(c.id_key) == 0 &&
+                             (c.progress_key.empty() || s->by_progress.count(c.progress_key) == 0);
+        const bool fits = want.any || (!s->retired && !s->exclusive &&
+                                       (want.exclusive ? s->by_id.empty() && s->abandoned.empty() : free_id));
         if (fits) co_return Opened{s, http::status::ok, {}};
       }
       if (!st->opening && st->sessions.size() < kStatelessConnections) break;
@@ -959,6 +974,7 @@ struct HttpEndpoint::Impl {
     }
     st->opening = false;
     st->wake();
+    if (!o.session && st->sessions.empty()) agent->stateless.erase(pool_key);  // (a server it may not have)
     co_return o;
   }
 
@@ -1011,11 +1027,23 @@ struct HttpEndpoint::Impl {
     const json::object& params = message.as_object().at("params").as_object();
     Want want;
     want.any = c.method == "server/discover";
-    const json::value& caps = params.at("_meta").at(kCapabilitiesKey);
-    for (const char* k : {"elicitation", "sampling", "roots"}) {
-      if (const json::value* v = caps.as_object().if_contains(k); v != nullptr && v->is_object()) want.declared[k] = *v;
+    // Declared as the agent did, reduced to what selects a server's behaviour (a few pools at
+    // most, whatever the agent writes there).
+    const json::object& caps = params.at("_meta").at(kCapabilitiesKey).as_object();
+    struct Kept {
+      const char* capability;
+      const char* subs[2];
+    };
+    static constexpr Kept kKept[] = {{"elicitation", {"form", "url"}}, {"sampling", {"tools", "context"}}, {"roots", {nullptr, nullptr}}};
+    for (const Kept& k : kKept) {
+      const json::value* v = caps.if_contains(k.capability);
+      if (v == nullptr || !v->is_object()) continue;
+      json::object kept;
+      for (const char* sub : k.subs) {
+        if (sub != nullptr && v->as_object().contains(sub)) kept[sub] = json::object();
+      }
+      want.declared[k.capability] = std::move(kept);
     }
-    if (json::object* roots = want.declared.contains("roots") ? want.declared["roots"].if_object() : nullptr) roots->erase("listChanged");
     want.exclusive = !want.declared.empty() && (c.method == "tools/call" || c.method == "prompts/get" || c.method == "resources/read");
     json::object known;
     if (const json::value* state = params.if_contains("requestState")) {
@@ -1041,11 +1069,17 @@ struct HttpEndpoint::Impl {
     std::shared_ptr<Session> s = o.session;
     s->used = Clock::now();
     if (want.any) co_return co_await reply(sock, req, http::status::ok, discover_result(id, st->handshake), "", &a);
+    // The agent may have gone while its request waited for a connection: then it is not sent.
+    char probe;
+    const ssize_t peeked = ::recv(sock.native_handle(), &probe, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (peeked == 0 || (peeked < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) co_return false;
     auto box = std::make_shared<Outbox>(io);
     box->modern = true;
     box->cacheable = cacheable_method(c.method);
+    box->exclusive = want.exclusive;
     box->id_key = c.id_key;
     box->known = std::move(known);
+    if (want.exclusive) s->exclusive = box;
     s->by_id[c.id_key] = box;
     if (!c.progress_key.empty()) s->by_progress[c.progress_key] = box;
     if (!send_line(s, c.line)) {
@@ -1070,7 +1104,11 @@ struct HttpEndpoint::Impl {
     }
     const std::string_view version = req["MCP-Protocol-Version"];
     const PostCheck c = check_post(req.body(), req["Mcp-Method"], req["Mcp-Name"], version);
-    if (!c.ok) co_return co_await refuse(sock, req, a, http::status::bad_request, c.rpc_code, c.why);
+    if (!c.ok) {
+      // The request's own id when it has one (the revision's examples answer so).
+      const json::value failed_id = c.request && !c.id_key.empty() ? json::parse(c.id_key) : json::value(nullptr);
+      co_return co_await refuse(sock, req, a, http::status::bad_request, c.rpc_code, c.why, failed_id);
+    }
     if (c.modern) co_return co_await stateless_post(shared, req, agent, server, c);
     const std::string_view sid = req["Mcp-Session-Id"];
     std::string line = c.line;

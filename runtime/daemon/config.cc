@@ -263,7 +263,8 @@ Result<AgentManifest> parse_manifest(std::string_view yaml, std::string_view sou
       OUTPOST_TRY(s.name, r.text(kv.first, "mcp_servers"));
       const std::string path = "mcp_servers." + s.name;
       const YAML::Node& n = kv.second;
-      OUTPOST_TRY_VOID(r.fields(n, path, {"command", "args", "env_allow", "env", "secrets", "cwd", "local", "url", "ca", "auth"}));
+      OUTPOST_TRY_VOID(r.fields(n, path, {"command", "args", "env_allow", "env", "secrets", "cwd", "local", "url", "ca", "auth",
+                                              "credential_header"}));
       if (n["local"]) {
         OUTPOST_TRY(std::string l, r.text(n["local"], path + ".local"));
         if (l != "true" && l != "false") return fail(r.bad(n["local"], path + ".local must be true or false"));
@@ -311,10 +312,19 @@ Result<AgentManifest> parse_manifest(std::string_view yaml, std::string_view sou
             return fail(r.bad(a["type"], path + ".auth.type must be bearer or oauth"));
           }
         }
+        if (n["credential_header"]) {
+          OUTPOST_TRY(std::string h, r.text(n["credential_header"], path + ".credential_header"));
+          auto name = upstream::credential_header_name(h);
+          if (!name) return fail(r.bad(n["credential_header"], path + "." + name.error().message()));
+          if (*name == "Authorization" && s.auth.kind != upstream::AuthSpec::Kind::none) {
+            return fail(r.bad(n["credential_header"], path + ".credential_header: Authorization carries auth's token already"));
+          }
+          s.credential_header = std::move(*name);
+        }
         m.mcp_servers.push_back(std::move(s));
         continue;
-      } else if (n["ca"] || n["auth"]) {
-        return fail(r.bad(n, path + ": ca and auth are for a url server"));
+      } else if (n["ca"] || n["auth"] || n["credential_header"]) {
+        return fail(r.bad(n, path + ": ca, auth and credential_header are for a url server"));
       }
       if (!s.local) {
         OUTPOST_TRY(std::string cmd, r.text(n["command"], path + ".command"));

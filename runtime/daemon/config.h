@@ -100,6 +100,7 @@ struct McpServerSpec {
   std::string url;
   std::filesystem::path ca;        // a pinned CA (PEM); empty: the system's CA store
   upstream::AuthSpec auth;
+  std::string credential_header;   // the call-scoped credential also as this HTTP header
   // Local command tools: outpostd serves the bundle's `local_command` tools of this server
   // itself (`outpost mcp serve-local`); the executables come from the signed bundle.
   bool local = false;

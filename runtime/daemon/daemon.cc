@@ -1755,6 +1755,7 @@ void Daemon::Impl::serve_mcp(int fd, const json::object& req, const std::string&
     upstream::UpstreamOptions uo;
     uo.tls = std::move(*ctx);
     uo.max_message = config.max_line_bytes;
+    uo.credential_header = spec.credential_header;
     upstream::UpstreamHooks hooks;
     hooks.connect = outbound(agent_name, task, "MCP", flow);
     hooks.authorization = [tokens](bool refresh) { return tokens->authorization(refresh); };

@@ -306,7 +306,17 @@ struct HttpUpstream::Impl {
     if (!protocol_version.empty()) req.set("MCP-Protocol-Version", protocol_version);
     if (msg != nullptr && !msg->method.empty() && header_safe(msg->method)) {
       req.set("Mcp-Method", msg->method);
-      if (!msg->name.empty() && header_safe(msg->name)) req.set("Mcp-Name", msg->name);
+      if (!msg->name.empty()) req.set("Mcp-Name", mcp_name_header(msg->name));
+    }
+    // The call's credential (a compact JWS: base64url and dots, minted by outpostd).
+    if (msg != nullptr && !msg->credential.empty() && !options.credential_header.empty() && msg->credential.size() <= 8192 &&
+        std::all_of(msg->credential.begin(), msg->credential.end(),
+                    [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.'; })) {
+      if (options.credential_header == "Authorization") {
+        if (authorization.empty()) req.set(http::field::authorization, "Bearer " + msg->credential);
+      } else {
+        req.set(options.credential_header, msg->credential);
+      }
     }
     req.keep_alive(true);
     return req;

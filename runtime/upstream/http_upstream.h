@@ -50,6 +50,10 @@ struct UpstreamOptions {
   size_t max_idle = 8;             // keep-alive connections kept
   std::chrono::milliseconds connect_timeout{10'000};
   std::chrono::milliseconds request_timeout{600'000};  // a request until its answer ends (long tools)
+  // A call that carries a call-scoped credential (the policy asked for one: credential_ttl)
+  // also sends it as this header (a manifest's `credential_header`); "Authorization" sends it
+  // as a bearer token (only for a server with no `auth`). Empty: only in params._meta.
+  std::string credential_header;
 };
 
 // The TLS client context for `url` (null for http://): the CAs of `ca_pem` (a bundle, such as

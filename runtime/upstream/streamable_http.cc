@@ -7,6 +7,7 @@
 #include <boost/asio/ip/address.hpp>
 #include <boost/json.hpp>
 
+#include "outpost/base/bytes.h"
 #include "outpost/base/errors.h"
 
 namespace outpost::upstream {
@@ -212,6 +213,11 @@ Result<Outgoing> classify_outgoing(std::string_view line) {
           m.name = std::string(n->as_string());
         }
       }
+      if (m.method == "tools/call") {
+        const json::value* meta = params->as_object().if_contains("_meta");
+        const json::value* cred = meta != nullptr && meta->is_object() ? meta->as_object().if_contains("outpost/credential") : nullptr;
+        if (cred != nullptr && cred->is_string()) m.credential = std::string(cred->as_string());
+      }
     }
   }
   return m;
@@ -220,6 +226,28 @@ Result<Outgoing> classify_outgoing(std::string_view line) {
 bool header_safe(std::string_view value) {
   if (value.size() > 1024) return false;
   return std::all_of(value.begin(), value.end(), [](char c) { return c >= 0x20 && c < 0x7f; });
+}
+
+std::string mcp_name_header(std::string_view name) {
+  const bool sentinel = name.size() >= 11 && name.substr(0, 9) == "=?base64?" && name.substr(name.size() - 2) == "?=";
+  const bool padded = !name.empty() && (name.front() == ' ' || name.back() == ' ');
+  if (header_safe(name) && !sentinel && !padded) return std::string(name);
+  return "=?base64?" + base64_encode(as_bytes(name)) + "?=";
+}
+
+Result<std::string> credential_header_name(std::string_view name) {
+  static constexpr std::string_view kTokenChars = "!#$%&'*+-.^_`|~";
+  const bool token = !name.empty() && name.size() <= 64 && std::all_of(name.begin(), name.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || kTokenChars.find(c) != std::string_view::npos;
+  });
+  if (!token) return fail(errc::invalid_argument, "credential_header must be a header name (letters, digits, '-')");
+  std::string lower(name);
+  std::transform(lower.begin(), lower.end(), lower.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  for (const char* taken : {"host", "content-length", "content-type", "transfer-encoding", "connection", "accept", "te", "upgrade",
+                            "user-agent", "cookie", "mcp-session-id", "mcp-protocol-version", "mcp-method", "mcp-name"}) {
+    if (lower == taken) return fail(errc::invalid_argument, "credential_header cannot be " + std::string(name) + ": the transport sets it");
+  }
+  return lower == "authorization" ? std::string("Authorization") : std::string(name);
 }
 
 namespace {

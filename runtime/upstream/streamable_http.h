@@ -74,12 +74,22 @@ struct Outgoing {
   boost::json::value id;    // of a request
   std::string method;       // empty for a response
   std::string name;         // Mcp-Name: params.name (tools/call, prompts/get), params.uri (resources/read)
+  std::string credential;   // the call's credential, when the broker put one in params._meta
 };
 // The relay passes on only lines the broker parsed, so an error here is a broker bug or a batch.
 Result<Outgoing> classify_outgoing(std::string_view line);
 
 // A header value outpostd may send as it is: printable ASCII, no CR or LF, at most 1 KiB.
 bool header_safe(std::string_view value);
+// Mcp-Name's value (MCP 2026-07-28): the name as it is when header_safe, without leading or
+// trailing space and not itself of the form "=?base64?…?="; otherwise that form, base64 of its
+// UTF-8 bytes.
+std::string mcp_name_header(std::string_view name);
+
+// The name of the header an HTTP server reads the call-scoped credential from (a manifest's
+// `credential_header`), checked: an RFC 9110 token, not one the transport itself sets;
+// "Authorization" in any case comes back spelled so.
+Result<std::string> credential_header_name(std::string_view name);
 
 // The messages of an application/json body (one message, or an array of them) or of one SSE
 // event's data, each appended to `out` as one line ending in '\n'. An event with no data is

@@ -160,6 +160,7 @@ async function mcp(req, res) {
     mcp_name: req.headers['mcp-name'] ?? null,
     session: req.headers['mcp-session-id'] ?? null,
     protocol_version: req.headers['mcp-protocol-version'] ?? null,
+    credential: req.headers['x-outpost-credential'] ?? null,
   };
   try {
     entry.rpc_method = JSON.parse(body.toString()).method ?? null;

@@ -5,8 +5,8 @@
 // bits which MCP-Protocol-Version is sent (none, 2025-11-25, 2026-07-28, 2027-01-01); the rest
 // is the body.
 // Properties: an accepted message is one line of JSON that parses to an object; a routing
-// header that is given names exactly what the body names; an accepted 2026-07-28 request
-// carries Mcp-Method. A marked line is still JSON, only longer.
+// header that is given names exactly what the body names (unless the request is of a revision
+// answered as unsupported); an accepted 2026-07-28 request carries Mcp-Method. A marked line is still JSON, only longer.
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -40,8 +40,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (c.why.empty() || c.status != 400) std::abort();
     return 0;
   }
+  // A revision it does not speak is answered with the versions served before anything else
+  // is judged (its headers are that revision's business), and nothing of it is forwarded.
+  if (c.unsupported) {
+    if (!c.modern || !c.line.empty()) std::abort();
+    return 0;
+  }
   if (c.line.find('\n') != std::string::npos) std::abort();
-  if (c.modern && !c.unsupported && c.request && (method.empty() || c.version != "2026-07-28")) std::abort();
+  if (c.modern && c.request && (method.empty() || c.version != "2026-07-28")) std::abort();
   boost::json::value v = boost::json::parse(c.line, ec);
   if (ec || !v.is_object()) std::abort();
   if (!method.empty() && method != c.method) std::abort();

@@ -1208,6 +1208,7 @@ TEST_CASE("remote MCP servers are reached over Streamable HTTP with credentials 
       "    url: " + front_url + "/mcp\n"
       "    ca: " + cert.string() + "\n"
       "    auth: {type: oauth, issuer: \"" + front_url + "\", client_id: outpost-node, secret: remote-client}\n"
+      "    credential_header: X-Outpost-Credential\n"
       "  plain:\n"
       "    url: http://127.0.0.1:" + std::to_string(everything.port) + "/mcp\n");
   ok({"agent", "deploy", manifest.string()}, n.env());
@@ -1273,7 +1274,7 @@ TEST_CASE("remote MCP servers are reached over Streamable HTTP with credentials 
 
   // What the front saw: tokens asked for with the server's URL as resource indicator, every MCP
   // request with a valid token and the 2026-07-28 headers, never the refused call.
-  int calls = 0;
+  int calls = 0, credentials = 0;
   bool versioned = false;
   for (const auto& e : entries) {
     INFO(json::serialize(e));
@@ -1289,10 +1290,21 @@ TEST_CASE("remote MCP servers are reached over Streamable HTTP with credentials 
       ++calls;
       CHECK(e.at("mcp_name") != nullptr);
       CHECK(e.at("mcp_name") != "get-env");
+      // The call-scoped credential the policy asks for on echo, as the manifest's header too:
+      // a JWS of the agent's TPM key for this tool, which `outpost token verify` accepts.
+      if (e.at("mcp_name") == "echo") {
+        REQUIRE(e.at("credential").is_string());
+        ok({"token", "verify", std::string(e.at("credential").as_string()), "--state", n.state.string(), "--agent", "remote",
+            "--audience", "remote/echo"});
+        ++credentials;
+      } else {
+        CHECK(e.at("credential").is_null());
+      }
     }
     if (e.at("rpc_method") != "initialize" && !e.at("protocol_version").is_null()) versioned = true;
   }
   CHECK(calls == 4);  // echo, the long operation, the large echo, the echo after the refresh
+  CHECK(credentials == 3);
   CHECK(versioned);
 
   // outpostd's own connections are the agent's egress, decided and recorded; the calls are

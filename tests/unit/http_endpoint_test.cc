@@ -3,6 +3,7 @@
 // open() hook in place of outpostd's (the e2e tests run the official SDK client through the
 // real relay to the official servers).
 #include <fcntl.h>
+#include <signal.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -121,11 +122,20 @@ TEST_CASE("a 2026-07-28 POST carries its version, capabilities and routing heade
   CHECK_FALSE(c.ok);
   CHECK(c.rpc_code == -32602);
   CHECK_THAT(c.why, Catch::Contains("clientCapabilities"));
-  // A later revision is answered with the versions served, not judged further.
-  c = check_post(R"({"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2027-01-01","io.modelcontextprotocol/clientCapabilities":{}}}})",
+  // A later revision is answered with the versions served, not judged further (capabilities
+  // and headers are that revision's business).
+  c = check_post(R"({"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2027-01-01"}}})",
                  "", "", "2027-01-01");
   REQUIRE(c.ok);
   CHECK(c.unsupported);
+  // A notification need not name its version in _meta.
+  c = check_post(R"({"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":1}})", "notifications/cancelled", "", "2026-07-28");
+  REQUIRE(c.ok);
+  CHECK(c.modern);
+  // A body naming a session-era version is of that era.
+  CHECK_FALSE(check_post(R"({"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2025-11-25"}}})",
+                         "", "", "")
+                  .modern);
   // No responses from a 2026-07-28 client; initialize stays the session era's.
   CHECK_FALSE(check_post(R"({"jsonrpc":"2.0","id":1,"result":{"_meta":{}}})", "", "", "2026-07-28").ok);
   c = check_post(R"({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25"}})", "initialize", "", "2026-07-28");
@@ -151,6 +161,9 @@ TEST_CASE("a 2025-era result is marked complete for a 2026-07-28 client, byte fo
   CHECK(complete_result(R"({"id":1,"method":"m","result":{}})", true) == R"({"id":1,"method":"m","result":{}})");
   CHECK(complete_result(R"({"id":1,"result":[]})", true) == R"({"id":1,"result":[]})");
   CHECK(complete_result("not json", true) == "not json");
+  // Duplicate keys: the last one is the result Boost.JSON (and JavaScript) keep, and is marked.
+  CHECK(json::parse(complete_result(R"({"id":1,"result":{},"result":{"a":1}})", false)).at("result").at("resultType") == "complete");
+  CHECK(json::parse(complete_result(R"({"id":1,"result":{"x":1},"result":{ }})", false)).at("result").at("resultType") == "complete");
 }
 
 namespace {
@@ -373,6 +386,8 @@ TEST_CASE("the MCP endpoint carries an HTTP agent's session through the relay", 
 }
 
 TEST_CASE("the MCP endpoint serves 2026-07-28's stateless requests on relay connections of its own", "[http-endpoint]") {
+  // As in outpostd: a relay that writes after the endpoint ended its connection gets EPIPE.
+  ::signal(SIGPIPE, SIG_IGN);
   ScriptedRelay relay;
   uint16_t port = 0;
   int listener = testing::listen_on_loopback(port);
@@ -452,8 +467,8 @@ TEST_CASE("the MCP endpoint serves 2026-07-28's stateless requests on relay conn
   CHECK(answered);
 
   // The server asks what the agent declared (roots): the call's answer is MCP 2026-07-28's
-  // input request (this run is cancelled upstream); the agent's retry, a new call, runs again
-  // and the same question is answered with what the agent gave.
+  // input request, and the run ends with its connection; the agent's retry, a new call, runs
+  // again on a new one and the same question is answered with what the agent gave.
   const std::string roots = R"({"roots":{}})";
   Answer input = exchange(port, http::verb::post, path, with(with(modern, "Mcp-Method", "tools/call"), "Mcp-Name", "ask"),
                           body("10", "tools/call", R"("name":"ask","arguments":{})", "", roots));
@@ -466,12 +481,8 @@ TEST_CASE("the MCP endpoint serves 2026-07-28's stateless requests on relay conn
   CHECK(ir.at("resultType") == "input_required");
   CHECK(ir.at("inputRequests").at("outpost-1").at("method") == "roots/list");
   const std::string state(ir.at("requestState").as_string());
-  bool run_cancelled = false;
-  for (int i = 0; i < 100 && !run_cancelled; ++i) {
-    for (const auto& l : received()) run_cancelled = run_cancelled || (l.find("notifications/cancelled") != std::string::npos && l.find("\"requestId\":10") != std::string::npos);
-    if (!run_cancelled) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  CHECK(run_cancelled);
+  for (int i = 0; i < 100 && relay.ended.load() < 1; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  CHECK(relay.ended.load() == 1);
   Answer retried = exchange(port, http::verb::post, path, with(with(modern, "Mcp-Method", "tools/call"), "Mcp-Name", "ask"),
                             body("11", "tools/call",
                                  R"("name":"ask","arguments":{},"inputResponses":{"outpost-1":{"roots":[{"uri":"file:///w"}]}},"requestState":")" + state + "\"",
@@ -499,6 +510,7 @@ TEST_CASE("the MCP endpoint serves 2026-07-28's stateless requests on relay conn
                             body("5", "tools/call", R"("name":"echo","arguments":{})"));
   CHECK(no_name.status == 400);
   CHECK(json::parse(no_name.body).at("error").at("code") == -32020);
+  CHECK(json::parse(no_name.body).at("id") == 5);
   Answer newer = exchange(port, http::verb::post, path, with(with(kPost, "MCP-Protocol-Version", "2027-01-01"), "Mcp-Method", "tools/list"),
                           R"({"jsonrpc":"2.0","id":6,"method":"tools/list","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2027-01-01","io.modelcontextprotocol/clientCapabilities":{}}}})");
   CHECK(newer.status == 400);
@@ -509,7 +521,7 @@ TEST_CASE("the MCP endpoint serves 2026-07-28's stateless requests on relay conn
   CHECK(received().size() == before);
 
   // Two clients of the agent with one id in flight: the second goes to a second connection.
-  REQUIRE(relay.opened.load() == 2);
+  REQUIRE(relay.opened.load() == 3);
   auto slow = std::async(std::launch::async, [&] {
     return exchange(port, http::verb::post, path, with(with(modern, "Mcp-Method", "tools/call"), "Mcp-Name", "slow"),
                     body("42", "tools/call", R"("name":"slow","arguments":{})"));
@@ -519,21 +531,27 @@ TEST_CASE("the MCP endpoint serves 2026-07-28's stateless requests on relay conn
                             body("42", "tools/call", R"("name":"echo","arguments":{})"));
   CHECK_THAT(same_id.body, Catch::Contains("called echo"));
   CHECK_THAT(slow.get().body, Catch::Contains("called slow"));
-  CHECK(relay.opened.load() == 3);
+  CHECK(relay.opened.load() == 4);
 
-  // A request whose stream closes before its answer is cancelled upstream.
-  {
+  // A request whose stream closes before its answer is cancelled upstream; a call that could
+  // ask the agent ends its connection instead (nothing of its run may reach a later call).
+  auto walk_away = [&](const std::string& id, const std::string& caps) {
     boost::asio::io_context io;
     tcp::socket sock(io);
     sock.connect(tcp::endpoint(boost::asio::ip::make_address("127.0.0.1"), port));
     http::request<http::string_body> req{http::verb::post, path, 11};
     req.set(http::field::host, "127.0.0.1:" + std::to_string(port));
     for (const auto& [k, v] : with(with(modern, "Mcp-Method", "tools/call"), "Mcp-Name", "slow")) req.set(k, v);
-    req.body() = body("\"gone\"", "tools/call", R"("name":"slow","arguments":{})");
+    req.body() = body(id, "tools/call", R"("name":"slow","arguments":{})", "", caps);
     req.prepare_payload();
     http::write(sock, req);
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
+  };
+  const int ended_before = relay.ended.load();
+  walk_away("\"asking\"", R"({"elicitation":{}})");
+  for (int i = 0; i < 100 && relay.ended.load() == ended_before; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  CHECK(relay.ended.load() == ended_before + 1);
+  walk_away("\"gone\"", "{}");
   bool cancelled = false;
   for (int i = 0; i < 200 && !cancelled; ++i) {
     for (const auto& l : received()) cancelled = cancelled || (l.find("notifications/cancelled") != std::string::npos && l.find("\"gone\"") != std::string::npos);
@@ -544,8 +562,10 @@ TEST_CASE("the MCP endpoint serves 2026-07-28's stateless requests on relay conn
   // The endpoint's connections are not sessions an agent can name.
   CHECK(exchange(port, http::verb::delete_, path, {{"Mcp-Session-Id", "whatever"}}).status == 404);
   const auto counters = (*endpoint)->counters("agent-a");
-  CHECK(counters.sessions == 3);  // two for the agent's elicitation, one for its roots
+  // Two for the agent's elicitation, two for its roots (the run that asked ended with its
+  // own), one for no capabilities.
+  CHECK(counters.sessions == 5);
   endpoint->reset();
-  for (int i = 0; i < 100 && relay.ended.load() < 3; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  CHECK(relay.ended.load() == 3);
+  for (int i = 0; i < 100 && relay.ended.load() < 5; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  CHECK(relay.ended.load() == 5);
 }

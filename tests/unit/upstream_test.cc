@@ -19,6 +19,7 @@
 
 #include "outpost/base/bytes.h"
 #include "outpost/base/crypto.h"
+#include "daemon/config.h"
 #include "outpost/base/errors.h"
 #include "upstream/http_upstream.h"
 #include "upstream/oauth.h"
@@ -134,6 +135,47 @@ TEST_CASE("outgoing lines are classified for their POST and headers", "[upstream
 
   CHECK_FALSE(classify_outgoing("[1,2]"));
   CHECK_FALSE(classify_outgoing("{"));
+
+  // The call-scoped credential the broker put in _meta, for a credential header.
+  auto minted = classify_outgoing(R"({"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"echo","_meta":{"outpost/credential":"h.c.s"}}})");
+  REQUIRE(minted);
+  CHECK(minted->credential == "h.c.s");
+  CHECK(call->credential.empty());
+}
+
+TEST_CASE("Mcp-Name is sent plain or in MCP 2026-07-28's base64 form; credential headers are checked", "[upstream]") {
+  CHECK(mcp_name_header("echo") == "echo");
+  CHECK(mcp_name_header("file:///a b") == "file:///a b");
+  CHECK(mcp_name_header("Hello, \xe4\xb8\x96\xe7\x95\x8c") == "=?base64?SGVsbG8sIOS4lueVjA==?=");
+  CHECK(mcp_name_header(" padded ") == "=?base64?IHBhZGRlZCA=?=");
+  CHECK(mcp_name_header("line1\nline2") == "=?base64?bGluZTEKbGluZTI=?=");
+  CHECK(mcp_name_header("=?base64?literal?=") == "=?base64?PT9iYXNlNjQ/bGl0ZXJhbD89?=");
+
+  CHECK(credential_header_name("X-Outpost-Credential").value() == "X-Outpost-Credential");
+  CHECK(credential_header_name("authorization").value() == "Authorization");
+  CHECK_FALSE(credential_header_name(""));
+  CHECK_FALSE(credential_header_name("X Bad"));
+  CHECK_FALSE(credential_header_name("X-A\r\nInjected: 1"));
+  CHECK_FALSE(credential_header_name("Host"));
+  CHECK_FALSE(credential_header_name("mcp-session-id"));
+  CHECK_FALSE(credential_header_name("Content-Length"));
+}
+
+TEST_CASE("a url server's credential_header is parsed and checked in the manifest", "[upstream]") {
+  const std::string head = "name: a\ncommand: /bin/true\nmcp_servers:\n  r:\n    url: https://mcp.example/mcp\n";
+  auto m = daemon::parse_manifest(head + "    credential_header: X-Outpost-Credential\n", "m.yaml", "/");
+  REQUIRE(m);
+  REQUIRE(m->mcp_servers.size() == 1);
+  CHECK(m->mcp_servers[0].credential_header == "X-Outpost-Credential");
+  auto bearer = daemon::parse_manifest(head + "    credential_header: authorization\n", "m.yaml", "/");
+  REQUIRE(bearer);
+  CHECK(bearer->mcp_servers[0].credential_header == "Authorization");
+  // Authorization carries auth's token when there is one; the transport's own headers never.
+  auto both = daemon::parse_manifest(head + "    auth: {type: bearer, secret: tok}\n    credential_header: Authorization\n", "m.yaml", "/");
+  REQUIRE_FALSE(both);
+  CHECK_THAT(both.error().message(), Catch::Contains("Authorization carries auth's token"));
+  CHECK_FALSE(daemon::parse_manifest(head + "    credential_header: Mcp-Session-Id\n", "m.yaml", "/"));
+  CHECK_FALSE(daemon::parse_manifest("name: a\ncommand: /bin/true\nmcp_servers:\n  s: {command: /bin/true, credential_header: X-C}\n", "m.yaml", "/"));
 }
 
 TEST_CASE("header values with CR, LF or control bytes are refused", "[upstream]") {
@@ -595,7 +637,9 @@ TEST_CASE("HttpUpstream carries stdio lines over Streamable HTTP: session, SSE, 
     if (refresh) refreshed = true;  // the first is refused: one retry, then the new one serves
     return std::string(refreshed ? "Bearer t2" : "Bearer t1");
   };
-  HttpUpstream up(*url, UpstreamOptions{}, hooks);
+  UpstreamOptions options;
+  options.credential_header = "X-Outpost-Credential";
+  HttpUpstream up(*url, options, hooks);
   int in[2], out[2];
   REQUIRE(::pipe2(in, O_CLOEXEC) == 0);
   REQUIRE(::pipe2(out, O_CLOEXEC) == 0);
@@ -606,7 +650,7 @@ TEST_CASE("HttpUpstream carries stdio lines over Streamable HTTP: session, SSE, 
   std::string got = read_lines(out[0], 1);
   CHECK(got.find("\"protocolVersion\":\"2025-06-18\"") != std::string::npos);
   write_all(in[1], R"({"jsonrpc":"2.0","method":"notifications/initialized"})" "\n"
-                   R"({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{}}})" "\n"
+                   R"({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{},"_meta":{"outpost/credential":"eyJh.eyJi.c2ln"}}})" "\n"
                    R"({"jsonrpc":"2.0","id":2,"method":"fail"})" "\n");
   got = read_lines(out[0], 3);
   CHECK(got.find("notifications/progress") != std::string::npos);
@@ -626,6 +670,8 @@ TEST_CASE("HttpUpstream carries stdio lines over Streamable HTTP: session, SSE, 
     if (h.count("Mcp-Method") && h.at("Mcp-Method") == "tools/call") {
       saw_call = true;
       CHECK(h.at("Mcp-Name") == "echo");
+      CHECK(h.at("X-Outpost-Credential") == "eyJh.eyJi.c2ln");  // beside Authorization's token
+      CHECK(h.at("Authorization").rfind("Bearer t", 0) == 0);
       CHECK(h.at("Mcp-Session-Id") == "sess-1");
       CHECK(h.at("MCP-Protocol-Version") == "2025-06-18");
       CHECK(h.at("Accept").find("text/event-stream") != std::string::npos);
