@@ -34,6 +34,7 @@
 #include "outpost/base/bytes.h"
 #include "outpost/base/crypto.h"
 #include "outpost/base/errors.h"
+#include "outpost/base/json_text.h"
 #include "outpost/base/log.h"
 #include "outpost/base/tls.h"
 
@@ -78,74 +79,6 @@ std::optional<std::string> header_value(std::string_view v) {
   return std::string(decoded->begin(), decoded->end());
 }
 
-// Where the value of the top-level member `key` of `text` begins (of its last occurrence, the
-// one Boost.JSON keeps). `text` is one JSON object Boost.JSON has accepted already; the scan
-// only finds byte positions in it (Boost.JSON's DOM keeps none), so a result can be marked
-// without re-serialising what the server wrote.
-std::optional<size_t> member_value(std::string_view text, std::string_view key) {
-  size_t i = 0;
-  const size_t n = text.size();
-  auto space = [&] {
-    while (i < n && (text[i] == ' ' || text[i] == '\t' || text[i] == '\n' || text[i] == '\r')) ++i;
-  };
-  auto skip_string = [&] {  // at its opening quote
-    for (++i; i < n; ++i) {
-      if (text[i] == '\\') {
-        ++i;
-      } else if (text[i] == '"') {
-        ++i;
-        return true;
-      }
-    }
-    return false;
-  };
-  space();
-  if (i >= n || text[i] != '{') return std::nullopt;
-  ++i;
-  std::optional<size_t> found;
-  for (;;) {
-    space();
-    if (i < n && text[i] == '}') return found;  // {}
-    if (i >= n || text[i] != '"') return std::nullopt;
-    const size_t k = i;
-    if (!skip_string()) return std::nullopt;
-    const std::string_view raw = text.substr(k, i - k);
-    bool match = false;
-    if (raw.find('\\') == std::string_view::npos) {
-      match = raw.substr(1, raw.size() - 2) == key;
-    } else {
-      boost::system::error_code ec;
-      json::value name = json::parse(raw, ec);
-      match = !ec && name.is_string() && name.as_string() == key;
-    }
-    space();
-    if (i >= n || text[i] != ':') return std::nullopt;
-    ++i;
-    space();
-    if (i >= n) return std::nullopt;
-    if (match) found = i;
-    for (int depth = 0; i < n;) {
-      const char ch = text[i];
-      if (ch == '"') {
-        if (!skip_string()) return std::nullopt;
-        continue;
-      }
-      if (ch == '{' || ch == '[') {
-        ++depth;
-      } else if (ch == '}' || ch == ']') {
-        if (depth == 0) break;
-        --depth;
-      } else if (ch == ',' && depth == 0) {
-        break;
-      }
-      ++i;
-    }
-    if (i < n && text[i] == '}') return found;
-    if (i >= n || text[i] != ',') return std::nullopt;
-    ++i;
-  }
-}
-
 std::string complete_result_of(std::string_view line, const json::object& message, bool cacheable) {
   const json::value* result = message.contains("method") ? nullptr : message.if_contains("result");
   if (result == nullptr || !result->is_object()) return std::string(line);
@@ -164,14 +97,10 @@ std::string complete_result_of(std::string_view line, const json::object& messag
     add("ttlMs", "0");
     add("cacheScope", "\"private\"");
   }
-  const std::optional<size_t> at = member_value(line, "result");
+  const size_t top = line.find_first_not_of(" \t\r\n");
+  const std::optional<size_t> at = top == std::string_view::npos ? std::nullopt : json_member_offset(line, top, "result");
   if (fields.empty() || !at || line[*at] != '{') return std::string(line);
-  const size_t next = line.find_first_not_of(" \t\r\n", *at + 1);
-  if (next != std::string_view::npos && line[next] != '}') fields += ',';
-  std::string out;
-  out.reserve(line.size() + fields.size());
-  out.append(line.substr(0, *at + 1)).append(fields).append(line.substr(*at + 1));
-  return out;
+  return json_insert_members(line, *at, fields);
 }
 
 // Results a 2026-07-28 client may cache (CacheableResult): lists and reads.

@@ -22,8 +22,10 @@
 #include <boost/asio/write.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/json.hpp>
 
 #include "outpost/base/errors.h"
+#include "outpost/base/json_text.h"
 #include "outpost/base/tls.h"
 
 namespace outpost::upstream {
@@ -37,6 +39,7 @@ using boost::system::error_code;
 namespace {
 
 constexpr auto kNoThrow = asio::as_tuple(asio::use_awaitable);
+constexpr const char* kModernRevision = "2026-07-28";
 
 std::string lower(std::string_view s) {
   std::string out(s);
@@ -219,6 +222,10 @@ struct HttpUpstream::Impl {
   std::vector<ConnPtr> idle;   // keep-alive connections ready for the next POST
   std::string session_id;      // Mcp-Session-Id, from the answer to initialize
   std::string protocol_version;
+  // MCP 2026-07-28: the server answered outpostd's server/discover probe (sent when the agent
+  // initializes) with that revision, so every request goes to it stateless, with the envelope.
+  bool probed = false, modern = false;
+  std::string client_info = R"({"name":"outpostd","version":"0.1.0"})";  // the agent's, once known
   size_t in_flight = 0;
   bool stopping = false;
   std::optional<asio::steady_timer> changed;  // cancelled when in_flight or the writer changes
@@ -323,7 +330,15 @@ struct HttpUpstream::Impl {
   }
 
   // Carries one line; "" when the server took it (and answered it, for a request), else why not.
-  asio::awaitable<std::string> send(const std::string& line, const Outgoing& msg) {
+  asio::awaitable<std::string> send(const std::string& line, const Outgoing& msg, std::string* capture = nullptr) {
+    // The answer's lines: to the relay, or to the caller (outpostd's own probe).
+    auto deliver = [&](std::string lines) {
+      if (capture != nullptr) {
+        *capture += lines;
+      } else {
+        emit(modern ? modern_answers(std::move(lines), msg) : std::move(lines));
+      }
+    };
     bool fresh_retry = false;
     for (int attempt = 0; attempt < 2;) {
       auto auth = hooks.authorization(attempt == 1);
@@ -384,7 +399,7 @@ struct HttpUpstream::Impl {
             OUTPOST_TRY_VOID(append_messages(e.data, msg.request ? msg.id : boost::json::value(), lines, answered,
                                              msg.initialize ? &protocol_version : nullptr));
           }
-          emit(std::move(lines));
+          deliver(std::move(lines));
           return ok();
         });
       } else {
@@ -410,7 +425,7 @@ struct HttpUpstream::Impl {
           std::string lines;
           body = append_messages(text, msg.request ? msg.id : boost::json::value(), lines, answered,
                                  msg.initialize ? &protocol_version : nullptr);
-          emit(std::move(lines));
+          deliver(std::move(lines));
         }
       }
       if (!body) {
@@ -425,6 +440,135 @@ struct HttpUpstream::Impl {
     co_return "the MCP server refused outpost's credential (HTTP 401)";
   }
 
+  // ---- MCP 2026-07-28 servers ----
+  //
+  // The agent's client speaks a session revision (its relay carries initialize and the rest);
+  // a server that answers outpostd's server/discover with 2026-07-28 is spoken to in that
+  // revision instead: outpostd answers the agent's initialize from the discovery, leaves out
+  // what the revision removed (notifications, ping, logging/setLevel), and sends every request
+  // stateless with the per-request envelope in params._meta, inserted into the agent's bytes.
+  // The envelope declares no client capabilities: outpostd does not carry a 2026-07-28
+  // server's input requests to a session-era agent, so a server asks for none; one it returns
+  // anyway reaches the agent as a failed call with that reason.
+
+  std::string envelope() const {
+    return std::string(R"("io.modelcontextprotocol/protocolVersion":")") + kModernRevision +
+           R"(","io.modelcontextprotocol/clientCapabilities":{},"io.modelcontextprotocol/clientInfo":)" + client_info;
+  }
+
+  // The agent's request with the envelope in its params._meta; empty when it has no room for
+  // one (params that are not an object).
+  std::string with_envelope(const std::string& line) const {
+    const size_t top = line.find_first_not_of(" \t\r\n");
+    if (top == std::string::npos) return {};
+    const std::optional<size_t> params = json_member_offset(line, top, "params");
+    if (!params) return json_insert_members(line, top, R"("params":{"_meta":{)" + envelope() + "}}");
+    if (line[*params] != '{') return {};
+    const std::optional<size_t> meta = json_member_offset(line, *params, "_meta");
+    if (!meta) return json_insert_members(line, *params, R"("_meta":{)" + envelope() + "}");
+    if (line[*meta] != '{') return {};
+    return json_insert_members(line, *meta, envelope());
+  }
+
+  // A result of the stateless revision a session-era agent cannot take: an input request.
+  std::string modern_answers(std::string lines, const Outgoing& msg) const {
+    if (!msg.request || lines.find("input_required") == std::string::npos) return lines;
+    std::string kept;
+    size_t start = 0;
+    for (size_t nl; (nl = lines.find('\n', start)) != std::string::npos; start = nl + 1) {
+      const std::string_view one(lines.data() + start, nl - start);
+      boost::system::error_code ec;
+      boost::json::value v = boost::json::parse(one, ec);
+      const boost::json::object* o = ec ? nullptr : v.if_object();
+      const boost::json::value* result = o != nullptr && !o->contains("method") ? o->if_contains("result") : nullptr;
+      if (result != nullptr && result->is_object() && result->as_object().contains("resultType") &&
+          result->as_object().at("resultType") == "input_required" && o->contains("id") && o->at("id") == msg.id) {
+        kept += failure_line(msg, "the MCP server asked for input (MCP 2026-07-28 input required), which outpost does not carry "
+                                 "from a 2026-07-28 server to this agent");
+      } else {
+        kept.append(one).push_back('\n');
+      }
+    }
+    return kept;
+  }
+
+  // On the agent's initialize: is the server of the stateless revision? When it is, the agent
+  // gets its answer here, from the discovery.
+  asio::awaitable<bool> probe(const std::string& init_line, const Outgoing& init) {
+    probed = true;
+    boost::system::error_code ec;
+    const boost::json::value asked = boost::json::parse(init_line, ec);
+    const boost::json::object* params = nullptr;
+    if (!ec && asked.is_object() && asked.as_object().contains("params")) params = asked.as_object().at("params").if_object();
+    if (params != nullptr && params->contains("clientInfo") && params->at("clientInfo").is_object()) {
+      client_info = boost::json::serialize(params->at("clientInfo"));
+    }
+    Outgoing discover;
+    discover.request = true;
+    discover.id = "outpost-discover";
+    discover.method = "server/discover";
+    const std::string line = R"({"jsonrpc":"2.0","id":"outpost-discover","method":"server/discover","params":{"_meta":{)" + envelope() + "}}}";
+    protocol_version = kModernRevision;
+    std::string answer;
+    const std::string why = co_await send(line, discover, &answer);
+    protocol_version.clear();
+    const boost::json::object* result = nullptr;
+    boost::json::value answered;
+    if (why.empty()) {
+      answered = boost::json::parse(answer.substr(0, answer.find('\n')), ec);
+      if (!ec && answered.is_object() && answered.as_object().contains("result")) result = answered.as_object().at("result").if_object();
+    }
+    const boost::json::array* versions = nullptr;
+    if (result != nullptr && result->contains("supportedVersions")) versions = result->at("supportedVersions").if_array();
+    if (versions == nullptr || std::find(versions->begin(), versions->end(), boost::json::value(kModernRevision)) == versions->end()) {
+      co_return false;  // a session-era server (it refused the probe, or offers no 2026-07-28)
+    }
+    modern = true;
+    protocol_version = kModernRevision;
+    count(&Stats::modern);
+    // The agent's initialize, answered: the revision it asked for when outpostd's relay speaks
+    // it, the server's identity and what outpostd carries of its capabilities.
+    std::string version = "2025-11-25";
+    if (params != nullptr && params->contains("protocolVersion") && params->at("protocolVersion").is_string()) {
+      const std::string_view v = params->at("protocolVersion").as_string();
+      if (v == "2025-11-25" || v == "2025-06-18" || v == "2025-03-26" || v == "2024-11-05") version = std::string(v);
+    }
+    boost::json::object caps;
+    if (const boost::json::value* c = result->if_contains("capabilities"); c != nullptr && c->is_object()) {
+      for (const char* k : {"tools", "prompts", "resources", "completions"}) {
+        const boost::json::value* v = c->as_object().if_contains(k);
+        if (v == nullptr || !v->is_object()) continue;
+        boost::json::object kept = v->as_object();
+        kept.erase("listChanged");
+        kept.erase("subscribe");
+        caps[k] = std::move(kept);
+      }
+    }
+    boost::json::value info = boost::json::object{{"name", url.authority}, {"version", "unknown"}};
+    if (const boost::json::value* meta = result->if_contains("_meta"); meta != nullptr && meta->is_object()) {
+      if (const boost::json::value* i = meta->as_object().if_contains("io.modelcontextprotocol/serverInfo"); i != nullptr && i->is_object()) info = *i;
+    }
+    boost::json::object r{{"protocolVersion", version}, {"capabilities", std::move(caps)}, {"serverInfo", std::move(info)}};
+    if (const boost::json::value* i = result->if_contains("instructions"); i != nullptr && i->is_string()) r["instructions"] = *i;
+    emit(boost::json::serialize(boost::json::object{{"jsonrpc", "2.0"}, {"id", init.id}, {"result", std::move(r)}}) + "\n");
+    co_return true;
+  }
+
+  // One line of the agent's to a 2026-07-28 server; "" when carried or not to be carried.
+  asio::awaitable<std::string> send_modern(const std::string& line, const Outgoing& msg) {
+    if (!msg.request) co_return "";  // no notifications or responses in this revision over HTTP
+    if (msg.method == "ping" || msg.method == "logging/setLevel") {  // removed: answered here
+      emit(boost::json::serialize(boost::json::object{{"jsonrpc", "2.0"}, {"id", msg.id}, {"result", boost::json::object{}}}) + "\n");
+      co_return "";
+    }
+    if (msg.method == "resources/subscribe" || msg.method == "resources/unsubscribe") {
+      co_return "the MCP server speaks 2026-07-28, which has no resource subscriptions (outpost does not carry subscriptions/listen)";
+    }
+    const std::string enveloped = with_envelope(line);
+    if (enveloped.empty()) co_return "the request's params are not an object";
+    co_return co_await send(enveloped, msg);
+  }
+
   asio::awaitable<void> post(std::string line) {
     auto msg = classify_outgoing(line);
     if (msg) {
@@ -432,7 +576,15 @@ struct HttpUpstream::Impl {
       // (CR, LF, control bytes, over 1 KiB) is refused, never sent (no request smuggling).
       // (No co_await inside a conditional expression: GCC 12 destroys its temporaries twice.)
       std::string why = "the method is not a valid header value (MCP 2026-07-28's Mcp-Method)";
-      if (header_safe(msg->method)) why = co_await send(line, *msg);
+      bool answered_here = false;
+      if (header_safe(msg->method) && msg->initialize && !probed) answered_here = co_await probe(line, *msg);
+      if (answered_here) {
+        why.clear();
+      } else if (header_safe(msg->method) && modern) {
+        why = co_await send_modern(line, *msg);
+      } else if (header_safe(msg->method)) {
+        why = co_await send(line, *msg);
+      }
       if (!why.empty() && !stopping) {
         count(&Stats::failed);
         if (msg->request) emit(failure_line(*msg, why));

@@ -80,6 +80,7 @@ class HttpUpstream {
 
   struct Stats {
     uint64_t posts = 0, connections = 0, retried_401 = 0, failed = 0, sse_streams = 0;
+    uint64_t modern = 0;  // 1 when the server speaks MCP 2026-07-28 (stateless) to outpostd
   };
   Stats stats() const;
 

@@ -82,7 +82,7 @@ struct Node {
   fs::path outside = dir / "outside";
   std::unique_ptr<testing::Background> daemon;
   // Filled into policy.yaml.in by provision(): the harness's ports, when a test has them.
-  std::map<std::string, std::string> ports = {{"@MODEL_PORT@", "1"}, {"@TLS_PORT@", "2"}, {"@OTHER_PORT@", "3"}, {"@FRONT_PORT@", "4"}, {"@EVERYTHING_PORT@", "5"}};
+  std::map<std::string, std::string> ports = {{"@MODEL_PORT@", "1"}, {"@TLS_PORT@", "2"}, {"@OTHER_PORT@", "3"}, {"@FRONT_PORT@", "4"}, {"@EVERYTHING_PORT@", "5"}, {"@MODERN_PORT@", "6"}};
 
   std::vector<std::string> env() const { return {"OUTPOST_SOCKET=" + socket.string()}; }
 
@@ -1174,6 +1174,11 @@ TEST_CASE("remote MCP servers are reached over Streamable HTTP with credentials 
                       front_log.string(), "--tls-cert", cert.string(), "--tls-key", key.string()});
   n.ports["@FRONT_PORT@"] = std::to_string(front.port);
   n.ports["@EVERYTHING_PORT@"] = std::to_string(everything.port);
+  // A server of MCP 2026-07-28 only (the v2 SDK's, legacy traffic rejected): outpostd speaks
+  // that revision to it for the agent's session-era client.
+  const fs::path modern_log = n.dir / "modern.requests";
+  PortFilePeer modern(n.dir.path(), "modern", {node_binary(), (kE2e / "modern-server.mjs").string(), "--log", modern_log.string()});
+  n.ports["@MODERN_PORT@"] = std::to_string(modern.port);
   n.provision();
   write_text(n.dir / "client-secret.txt", client_secret);
   ok({"secret", "seal", "remote-client", "--in", (n.dir / "client-secret.txt").string(), "--state", n.state.string(), "--tcti",
@@ -1185,7 +1190,8 @@ TEST_CASE("remote MCP servers are reached over Streamable HTTP with credentials 
   const std::string front_url = "https://localhost:" + std::to_string(front.port);
   json::object config{{"mcpServers",
                        {{"remote", {{"command", testing::outpost_cli_path()}, {"args", {"mcp", "connect", "remote"}}}},
-                        {"plain", {{"command", testing::outpost_cli_path()}, {"args", {"mcp", "connect", "plain"}}}}}}};
+                        {"plain", {{"command", testing::outpost_cli_path()}, {"args", {"mcp", "connect", "plain"}}}},
+                        {"modern", {{"command", testing::outpost_cli_path()}, {"args", {"mcp", "connect", "modern"}}}}}}};
   const std::string large(300 * 1024, 'x');
   const json::array steps = {
       json::object{{"server", "remote"}, {"op", "list"}},                               // 0
@@ -1201,6 +1207,10 @@ TEST_CASE("remote MCP servers are reached over Streamable HTTP with credentials 
       json::object{{"op", "wait"}, {"file", go.string()}},                              // 9: the client is refused now
       json::object{{"op", "sleep"}, {"ms", 2500}},                                      // 10
       step("remote", "echo", {{"message", "refused client"}}),                          // 11
+      json::object{{"server", "modern"}, {"op", "list"}},                               // 12
+      step("modern", "echo", {{"message", "hello modern"}}),                            // 13
+      step("modern", "shred", {{"path", "/etc/passwd"}}),                               // 14: denied
+      json::object{{"server", "modern"}, {"op", "call"}, {"tool", "count"}, {"arguments", {{"n", 3}}}, {"progress", true}},  // 15
   };
   const fs::path manifest = n.sdk_agent("remote", config, steps,
       "mcp_servers:\n"
@@ -1210,7 +1220,9 @@ TEST_CASE("remote MCP servers are reached over Streamable HTTP with credentials 
       "    auth: {type: oauth, issuer: \"" + front_url + "\", client_id: outpost-node, secret: remote-client}\n"
       "    credential_header: X-Outpost-Credential\n"
       "  plain:\n"
-      "    url: http://127.0.0.1:" + std::to_string(everything.port) + "/mcp\n");
+      "    url: http://127.0.0.1:" + std::to_string(everything.port) + "/mcp\n"
+      "  modern:\n"
+      "    url: http://127.0.0.1:" + std::to_string(modern.port) + "/mcp\n");
   ok({"agent", "deploy", manifest.string()}, n.env());
 
   // Once the agent has made its call after the refresh (its step 8 is in its log), the
@@ -1254,6 +1266,38 @@ TEST_CASE("remote MCP servers are reached over Streamable HTTP with credentials 
   CHECK(content_text(at(7)) == "Echo: after refresh");
   CHECK(at(11).at("isError") == true);
   CHECK_THAT(content_text(at(11)), Catch::Contains("invalid_client"));
+  // The 2026-07-28 server: filtered, decided and with progress like the others, and what it saw
+  // was that revision only: no initialize, no session, every request with its envelope (the
+  // agent's own clientInfo) and headers that say what the body says.
+  std::set<std::string> listed_modern;
+  for (const auto& t : at(12).at("tools").as_array()) listed_modern.insert(std::string(t.as_string()));
+  CHECK(listed_modern == std::set<std::string>{"count", "echo"});
+  CHECK(content_text(at(13)) == "Echo: hello modern");
+  CHECK(at(14).at("isError") == true);
+  CHECK_THAT(content_text(at(14)), Catch::Contains("outpost denied"));
+  CHECK(content_text(at(15)) == "counted 3");
+  CHECK(at(15).at("progress").to_number<int64_t>() == 3);
+  {
+    auto text = read_text_file(modern_log, 1 << 20);
+    REQUIRE(text);
+    INFO(*text);
+    std::set<std::string> methods;
+    for (const auto& e : json_lines(*text)) {
+      CHECK(e.at("http") == "POST");
+      CHECK(e.at("version") == "2026-07-28");
+      CHECK(e.at("session").is_null());
+      CHECK(e.at("method") == e.at("rpc"));
+      CHECK(e.at("status") == 200);
+      std::set<std::string> keys;
+      for (const auto& k : e.at("meta").as_array()) keys.insert(std::string(k.as_string()));
+      CHECK(keys.count("io.modelcontextprotocol/protocolVersion") == 1);
+      CHECK(keys.count("io.modelcontextprotocol/clientCapabilities") == 1);
+      CHECK(e.at("client") == "outpost-e2e-agent");
+      methods.insert(std::string(e.at("rpc").as_string()));
+      if (e.at("rpc") == "tools/call") CHECK(e.at("name") != "shred");
+    }
+    CHECK(methods == std::set<std::string>{"server/discover", "tools/list", "tools/call"});
+  }
 
   // Neither the client secret nor any token reached the agent: not its environment, not its
   // work directory.
@@ -1320,8 +1364,8 @@ TEST_CASE("remote MCP servers are reached over Streamable HTTP with credentials 
   CHECK(methods == std::set<std::string>{"MCP", "OAUTH"});
   int allowed = 0, denied = 0;
   for (const auto& d : of_kind(audit, "decision", "remote")) (d.at("allow") == true ? allowed : denied)++;
-  CHECK(allowed == 6);
-  CHECK(denied == 1);
+  CHECK(allowed == 8);  // six to the session-era servers, two to the 2026-07-28 one
+  CHECK(denied == 2);
   CHECK(n.daemon->stop(SIGTERM) == 0);
 }
 

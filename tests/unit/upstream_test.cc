@@ -516,6 +516,7 @@ struct MiniServer {
   std::atomic<bool> deleted{false}, stopping{false};
   std::vector<std::thread> served;
   std::string good_token = "Bearer t2";
+  bool modern = false;  // a server of MCP 2026-07-28 only: server/discover, no sessions
 
   uint16_t port() const { return acceptor.local_endpoint().port(); }
   void start() {
@@ -556,7 +557,25 @@ struct MiniServer {
       } else {
         json::value m = json::parse(req.body());
         const std::string method(m.at("method").as_string());
-        if (!m.as_object().contains("id")) {
+        if (modern) {
+          res.result(http::status::ok);
+          res.set(http::field::content_type, "application/json");
+          json::object result;
+          if (method == "server/discover") {
+            result = {{"resultType", "complete"}, {"supportedVersions", {"2026-07-28"}},
+                      {"capabilities", {{"tools", {{"listChanged", true}}}, {"logging", json::object{}}}},
+                      {"_meta", {{"io.modelcontextprotocol/serverInfo", {{"name", "mini"}, {"version", "2"}}}}}};
+          } else if (method == "tools/call" && m.at("params").at("name") == "ask") {
+            result = {{"resultType", "input_required"}, {"inputRequests", {{"q", {{"method", "elicitation/create"}}}}}};
+          } else {
+            result = {{"resultType", "complete"}, {"content", json::array{{{"type", "text"}, {"text", "modern"}}}}};
+          }
+          if (!m.as_object().contains("id") || method == "initialize") {
+            res.result(http::status::bad_request);
+          } else {
+            res.body() = json::serialize(json::object{{"jsonrpc", "2.0"}, {"id", m.at("id")}, {"result", result}});
+          }
+        } else if (!m.as_object().contains("id")) {
           res.result(http::status::accepted);
         } else if (method == "initialize") {
           res.result(http::status::ok);
@@ -681,6 +700,73 @@ TEST_CASE("HttpUpstream carries stdio lines over Streamable HTTP: session, SSE, 
   CHECK(up.stats().retried_401 == 1);
   CHECK(up.stats().sse_streams >= 1);
   CHECK(connects.load() >= 1);
+}
+
+TEST_CASE("HttpUpstream speaks MCP 2026-07-28 to a server that answers server/discover with it", "[upstream]") {
+  MiniServer server;
+  server.modern = true;
+  server.good_token = "Bearer t";
+  server.start();
+  auto url = parse_upstream_url("http://127.0.0.1:" + std::to_string(server.port()) + "/mcp");
+  REQUIRE(url);
+  UpstreamHooks hooks;
+  hooks.connect = [&](const std::string& host, uint16_t port, const std::string&) -> Result<tcp::endpoint> {
+    return tcp::endpoint(boost::asio::ip::make_address(host), port);
+  };
+  hooks.authorization = [&](bool) -> Result<std::string> { return std::string("Bearer t"); };
+  HttpUpstream up(*url, UpstreamOptions{}, hooks);
+  int in[2], out[2];
+  REQUIRE(::pipe2(in, O_CLOEXEC) == 0);
+  REQUIRE(::pipe2(out, O_CLOEXEC) == 0);
+  Result<void> ran = ok();
+  std::thread carrier([&] { ran = up.run(in[0], out[1]); });
+
+  // The agent's initialize is answered from the discovery: its revision, the server's identity,
+  // the capabilities outpostd carries (no list changes: no subscriptions/listen).
+  write_all(in[1], R"({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{"roots":{}},"clientInfo":{"name":"agent-x","version":"1"}}})" "\n");
+  const json::value init = json::parse(read_lines(out[0], 1));
+  CHECK(init.at("id") == 0);
+  CHECK(init.at("result").at("protocolVersion") == "2025-06-18");
+  CHECK(init.at("result").at("serverInfo").at("name") == "mini");
+  CHECK(init.at("result").at("capabilities").at("tools").as_object().empty());
+  CHECK_FALSE(init.at("result").at("capabilities").as_object().contains("logging"));
+  write_all(in[1], R"({"jsonrpc":"2.0","method":"notifications/initialized"})" "\n"
+                   R"({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"n":123456789012345678901234567890},"_meta":{"progressToken":7}}})" "\n");
+  CHECK_THAT(read_lines(out[0], 1), Catch::Contains(R"("text":"modern")"));
+  write_all(in[1], R"({"jsonrpc":"2.0","id":2,"method":"ping"})" "\n");
+  CHECK_THAT(read_lines(out[0], 1), Catch::Contains(R"({"jsonrpc":"2.0","id":2,"result":{}})"));
+  // An input request the agent's revision cannot take: a failed call with the reason.
+  write_all(in[1], R"({"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"ask","arguments":{}}})" "\n");
+  const std::string asked = read_lines(out[0], 1);
+  CHECK_THAT(asked, Catch::Contains("input required"));
+  CHECK_THAT(asked, Catch::Contains(R"("isError":true)"));
+  ::close(in[1]);
+  carrier.join();
+  CHECK(ran);
+  ::close(out[0]);
+  CHECK(up.stats().modern == 1);
+
+  std::lock_guard lock(server.mu);
+  std::vector<std::string> methods;
+  for (const auto& h : server.requests) {
+    INFO(h.at("body"));
+    CHECK(h.at("MCP-Protocol-Version") == "2026-07-28");
+    CHECK(h.count("Mcp-Session-Id") == 0);
+    const json::value body = json::parse(h.at("body"));
+    methods.push_back(std::string(body.at("method").as_string()));
+    const json::object& meta = body.at("params").at("_meta").as_object();
+    CHECK(meta.at("io.modelcontextprotocol/protocolVersion") == "2026-07-28");
+    CHECK(meta.at("io.modelcontextprotocol/clientCapabilities").as_object().empty());
+  }
+  // Nothing but requests, no initialize, no ping; the call as the agent wrote it, envelope
+  // added to its own _meta, its number unrounded, the agent's clientInfo.
+  CHECK(methods == std::vector<std::string>{"server/discover", "tools/call", "tools/call"});
+  const std::string& call = server.requests[1].at("body");
+  CHECK_THAT(call, Catch::Contains("123456789012345678901234567890"));
+  CHECK_THAT(call, Catch::Contains(R"("progressToken":7)"));
+  CHECK(json::parse(call).at("params").at("_meta").at("io.modelcontextprotocol/clientInfo").at("name") == "agent-x");
+  CHECK(server.requests[1].at("Mcp-Name") == "echo");
+  CHECK_FALSE(server.deleted);  // no session to end
 }
 
 TEST_CASE("HttpUpstream answers every request when the server cannot be reached", "[upstream]") {
