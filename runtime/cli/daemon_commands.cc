@@ -219,7 +219,8 @@ int mcp_login(const Args& args) {
                             ((*query)["error_description"].empty() ? "" : " (" + (*query)["error_description"] + ")")));
   }
   auto finished = daemon::call_api(socket, {{"op", "oauth_finish"}, {"agent", agent}, {"server", server},
-                                            {"code", (*query)["code"]}, {"state", (*query)["state"]}});
+                                            {"code", (*query)["code"]}, {"state", (*query)["state"]},
+                                            {"iss", (*query)["iss"]}});
   if (!finished) return report(finished.error());
   std::cout << "logged in: outpostd holds a refresh token for " << agent << "/" << server << ", sealed by the TPM" << std::endl;
   return kExitOk;

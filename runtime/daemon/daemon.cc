@@ -1493,7 +1493,7 @@ json::object Daemon::Impl::oauth_login(const json::object& req, bool finish) {
     if (!login) return error_reply(login.error().message());
     return json::object{{"ok", true}, {"url", *login}};
   }
-  auto done = tokens->finish_login(str(req, "code"), str(req, "state"));
+  auto done = tokens->finish_login(str(req, "code"), str(req, "state"), str(req, "iss"));
   (void)log->record_event("oauth_login", {{"agent", agent}, {"server", server}, {"ok", static_cast<bool>(done)},
                                           {"error", done ? std::string() : done.error().message()}});
   if (!done) return error_reply(done.error().message());

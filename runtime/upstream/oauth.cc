@@ -80,6 +80,9 @@ Result<AsMetadata> parse_as_metadata(std::string_view body, std::string_view exp
   if (const json::value* methods = o.if_contains("code_challenge_methods_supported"); methods != nullptr && methods->is_array()) {
     for (const auto& e : methods->as_array()) m.s256 = m.s256 || e == "S256";
   }
+  if (const json::value* iss = o.if_contains("authorization_response_iss_parameter_supported"); iss != nullptr && iss->is_bool()) {
+    m.iss_response = iss->as_bool();
+  }
   return m;
 }
 
@@ -298,6 +301,8 @@ Result<std::string> TokenSource::begin_login(const std::string& redirect_uri) {
   p.state = base64url_encode(ByteView(raw, 16));
   std::fill(std::begin(raw), std::end(raw), 0);
   p.redirect_uri = redirect_uri;
+  p.issuer = metadata_->issuer;
+  p.iss_required = metadata_->iss_response;
   p.expires_at = clock_() + 600;
   const Digest challenge = sha256(p.verifier);
   std::string url = metadata_->authorization_endpoint;
@@ -311,7 +316,7 @@ Result<std::string> TokenSource::begin_login(const std::string& redirect_uri) {
   return url;
 }
 
-Result<void> TokenSource::finish_login(std::string_view code, std::string_view state) {
+Result<void> TokenSource::finish_login(std::string_view code, std::string_view state, std::string_view iss) {
   std::lock_guard lock(mu_);
   if (!login_) return fail(errc::invalid_argument, "no login is under way for this server (begin one first)");
   PendingLogin p = std::move(*login_);
@@ -324,6 +329,16 @@ Result<void> TokenSource::finish_login(std::string_view code, std::string_view s
   if (clock_() > p.expires_at) {
     clear();
     return fail(errc::timeout, "the login took longer than ten minutes: begin again");
+  }
+  // RFC 9207: a response that names its issuer must name the one this login went to.
+  if (!iss.empty() && iss != p.issuer) {
+    clear();
+    return fail(errc::verification_failed, "the redirect's iss is \"" + std::string(iss.substr(0, 200)) + "\", not the authorization server " +
+                                               p.issuer + " (a mix-up, RFC 9207): refused");
+  }
+  if (iss.empty() && p.iss_required) {
+    clear();
+    return fail(errc::verification_failed, "the authorization server sends iss with its responses (RFC 9207) and this one has none: refused");
   }
   if (code.empty()) {
     clear();

@@ -60,6 +60,7 @@ struct AsMetadata {
   bool basic = true;  // client_secret_basic (else client_secret_post)
   bool secret_auth = true;  // either of them: a confidential client can authenticate
   bool s256 = false;  // code_challenge_methods_supported names S256 (PKCE)
+  bool iss_response = false;  // authorization_response_iss_parameter_supported (RFC 9207)
 };
 // The metadata document; an error unless its issuer is `expected_issuer` exactly and its token
 // endpoint is an https URL (or http to loopback, as for an MCP server).
@@ -104,8 +105,10 @@ class TokenSource {
   // back to `redirect_uri` (a loopback address of the CLI's). Valid for ten minutes.
   Result<std::string> begin_login(const std::string& redirect_uri);
   // What came back to the redirect: the code is exchanged (with the PKCE verifier) and the
-  // refresh token sealed. An error for a state that is not the login's, or a late one.
-  Result<void> finish_login(std::string_view code, std::string_view state);
+  // refresh token sealed. An error for a state that is not the login's, or a late one, and for
+  // an `iss` (RFC 9207) that is not the authorization server's, or none when its metadata says
+  // it sends one (the mix-up defence MCP 2026-07-28 requires of clients).
+  Result<void> finish_login(std::string_view code, std::string_view state, std::string_view iss = {});
 
   // The Authorization header's value, empty for kind none. `refresh`: the server refused the
   // last one, so a cached value is not used again.
@@ -125,6 +128,8 @@ class TokenSource {
   Result<void> keep_refresh(const AccessToken& t, std::string_view previous);
   struct PendingLogin {
     std::string verifier, state, redirect_uri;
+    std::string issuer;         // whose response it must be (RFC 9207)
+    bool iss_required = false;  // its metadata says its responses carry iss
     int64_t expires_at = 0;
   };
   AuthSpec spec_;

@@ -146,6 +146,7 @@ function authorize(req, res) {
   codes.set(code, { challenge: q.get('code_challenge'), redirect_uri: q.get('redirect_uri') });
   redirect.searchParams.set('code', code);
   redirect.searchParams.set('state', q.get('state') ?? '');
+  redirect.searchParams.set('iss', origin);  // RFC 9207
   log({ ...entry, status: 302 });
   res.writeHead(302, { location: redirect.toString() });
   res.end();
@@ -204,6 +205,7 @@ const handler = (req, res) => {
         grant_types_supported: ['client_credentials', 'authorization_code', 'refresh_token'],
         response_types_supported: ['code'],
         code_challenge_methods_supported: ['S256'],
+        authorization_response_iss_parameter_supported: true,
         token_endpoint_auth_methods_supported: ['client_secret_basic', 'none'],
       }),
     );
