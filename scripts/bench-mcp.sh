@@ -14,6 +14,10 @@
 #   outpost-http-2026  as outpost-http-http, with the v2 SDK client pinned to MCP 2026-07-28:
 #                 stateless requests, which outpostd's endpoint carries on a relay connection
 #                 of its own to the same 2025-era server
+# and MCP 2026-07-28 on both sides, against tests/e2e/modern-server.mjs (the v2 SDK's server,
+# that revision only) on loopback:
+#   direct-2026   the v2 client pinned to 2026-07-28 straight to it
+#   outpost-2026  the same client to outpostd's endpoint, outpostd 2026-07-28 to the server
 # then outpostd's RSS with 10 agents running and a 10,000-rule bundle installed. After the
 # latency table, outpostd's own account of each outpost run (the relay's per-stage times from
 # the connection's mcp_disconnect audit record, per call).
@@ -48,6 +52,7 @@ stop_daemon() {
 cleanup() {
   stop_daemon
   if [[ -n ${http_pid:-} ]]; then kill "$http_pid" 2>/dev/null || true; wait "$http_pid" 2>/dev/null || true; fi
+  if [[ -n ${modern_pid:-} ]]; then kill "$modern_pid" 2>/dev/null || true; wait "$modern_pid" 2>/dev/null || true; fi
   if [[ -d $work/profile ]]; then
     rm -rf "$root/build/bench-mcp-profile"
     cp -r "$work/profile" "$root/build/bench-mcp-profile"
@@ -77,6 +82,13 @@ for _ in 1 2 3 4 5; do
 done
 [[ -n $http_pid ]] || { echo "bench-mcp: server-everything (streamableHttp) did not start" >&2; exit 1; }
 http_url=http://127.0.0.1:$http_port/mcp
+# A server of MCP 2026-07-28 only; it writes its port once listening.
+"$node" "$e2e/modern-server.mjs" --port-file "$work/modern.port" >"$work/modern.log" 2>&1 &
+modern_pid=$!
+for _ in $(seq 100); do [[ -s $work/modern.port ]] && break; sleep 0.1; done
+[[ -s $work/modern.port ]] || { echo "bench-mcp: modern-server.mjs did not start" >&2; exit 1; }
+modern_port=$(cat "$work/modern.port")
+modern_url=http://127.0.0.1:$modern_port/mcp
 
 # A bundle with the bench agent's rule among 10,000 others (20 agents x 50 tools of filler).
 {
@@ -87,19 +99,20 @@ valid: {not_before: 2026-01-01T00:00:00Z, not_after: 2099-01-01T00:00:00Z, max_o
 tools:
   - {server: everything, name: echo}
   - {server: remote, name: echo}
+  - {server: modern, name: echo}
 YAML
   for t in $(seq 0 49); do echo "  - {server: filler, name: tool$t}"; done
   echo "agents:"
-  echo "  - {name: bench, tools: [\"everything/*\", \"remote/*\"]}"
+  echo "  - {name: bench, tools: [\"everything/*\", \"remote/*\", \"modern/*\"]}"
   for a in $(seq 0 9); do echo "  - {name: idle$a, tools: [\"filler/*\"]}"; done
   for a in $(seq 0 19); do echo "  - {name: filler$a, tools: [\"filler/*\"]}"; done
   echo "rules:"
-  echo "  - {id: echo, effect: allow, agents: [bench], tools: [everything/echo, remote/echo], args: [{pointer: /message, max_length: 65536}]}"
+  echo "  - {id: echo, effect: allow, agents: [bench], tools: [everything/echo, remote/echo, modern/echo], args: [{pointer: /message, max_length: 65536}]}"
   for i in $(seq 0 9998); do
     echo "  - {id: r$i, effect: allow, agents: [filler$((i % 20))], tools: [filler/tool$((i % 50))], args: [{pointer: /path, prefix: [/data/$i/]}]}"
   done
   echo "egress:"
-  echo "  - {id: remote-mcp, effect: allow, agents: [bench], destinations: [{cidr: 127.0.0.1/32, ports: [$http_port]}]}"
+  echo "  - {id: remote-mcp, effect: allow, agents: [bench], destinations: [{cidr: 127.0.0.1/32, ports: [$http_port, $modern_port]}]}"
 } >"$work/policy.yaml"
 "$outpost" keygen --out "$work/k.pem" >/dev/null
 "$outpost" trust init --key "$work/k.pem.pub" --threshold 1 -o "$work/root.json" >/dev/null
@@ -141,6 +154,7 @@ restart: never
 mcp_servers:
   everything: {command: $node, args: ["$everything", stdio]}
   remote: {url: "$http_url"}
+  modern: {url: "$modern_url"}
 YAML
   "$outpost" agent deploy "$work/bench.yaml" >/dev/null
   local recorder=
@@ -188,6 +202,8 @@ for r in $(seq "$rounds"); do
   bench_agent outpost-http remote | tee -a "$results"
   bench_agent outpost-http-http remote http | tee -a "$results"
   bench_agent outpost-http-2026 remote http 2026-07-28 | tee -a "$results"
+  (cd "$e2e" && node bench-latency.mjs --calls "$calls" --label direct-2026 --protocol 2026-07-28 --url "$modern_url") | tee -a "$results"
+  bench_agent outpost-2026 modern http 2026-07-28 | tee -a "$results"
 done
 # One row per setup: the median over the rounds of each figure, and its range.
 node - "$results" "$work/timing.jsonl" <<'JS'
@@ -197,7 +213,7 @@ const med = (xs) => { const s = [...xs].sort((a, b) => a - b); return s[Math.flo
 const fig = (xs) => `${med(xs)} (${Math.min(...xs)}–${Math.max(...xs)})`;
 console.log('| setup | p50 µs | min µs | p99 µs | pipelined calls/s (32 in flight) |');
 console.log('| --- | --- | --- | --- | --- |');
-for (const label of ['direct', 'pump', 'outpost-durable', 'outpost-queued', 'direct-http', 'outpost-http', 'outpost-http-http', 'outpost-http-2026']) {
+for (const label of ['direct', 'pump', 'outpost-durable', 'outpost-queued', 'direct-http', 'outpost-http', 'outpost-http-http', 'outpost-http-2026', 'direct-2026', 'outpost-2026']) {
   const r = rows.filter((x) => x.label === label);
   if (r.length === 0) continue;
   console.log(`| ${label} | ${fig(r.map((x) => x.p50_us))} | ${fig(r.map((x) => x.min_us))} | ${fig(r.map((x) => x.p99_us))} | ${fig(r.map((x) => x.pipelined_calls_per_s))} |`);
@@ -205,8 +221,8 @@ for (const label of ['direct', 'pump', 'outpost-durable', 'outpost-queued', 'dir
 const p50 = (label) => med(rows.filter((x) => x.label === label).map((x) => x.p50_us));
 console.log(`# over the pump at p50: durable +${Math.round(p50('outpost-durable') - p50('pump'))} µs, queued +${Math.round(p50('outpost-queued') - p50('pump'))} µs`);
 const p99 = (label) => med(rows.filter((x) => x.label === label).map((x) => x.p99_us));
-for (const label of ['outpost-http', 'outpost-http-http', 'outpost-http-2026']) {
-  console.log(`# ${label} over direct-http: p50 +${Math.round(p50(label) - p50('direct-http'))} µs, p99 +${Math.round(p99(label) - p99('direct-http'))} µs`);
+for (const [label, base] of [['outpost-http', 'direct-http'], ['outpost-http-http', 'direct-http'], ['outpost-http-2026', 'direct-http'], ['outpost-2026', 'direct-2026']]) {
+  console.log(`# ${label} over ${base}: p50 +${Math.round(p50(label) - p50(base))} µs, p99 +${Math.round(p99(label) - p99(base))} µs`);
 }
 // outpostd's relay, per call: the sums of its mcp_disconnect record over the calls of the run
 // (sequential and pipelined together), medians over the rounds.
@@ -214,7 +230,7 @@ const timing = fs.readFileSync(process.argv[3], 'utf8').trim().split('\n').filte
 const stages = ['read', 'decide', 'commit', 'forward', 'response', 'return'];
 console.log('| relay, µs per call | ' + stages.join(' | ') + ' | calls per batch |');
 console.log('| --- |' + ' --- |'.repeat(stages.length + 1));
-for (const label of ['outpost-durable', 'outpost-queued', 'outpost-http', 'outpost-http-http', 'outpost-http-2026']) {
+for (const label of ['outpost-durable', 'outpost-queued', 'outpost-http', 'outpost-http-http', 'outpost-http-2026', 'outpost-2026']) {
   const r = timing.filter((x) => x.label === label && x.calls > 0);
   if (r.length === 0) continue;
   const cells = stages.map((s) => med(r.map((x) => x.timing[`${s}_us`] / x.calls)).toFixed(1));

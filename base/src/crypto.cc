@@ -7,6 +7,7 @@
 #include <mbedtls/ecdh.h>
 #include <mbedtls/ecdsa.h>
 #include <mbedtls/ecp.h>
+#include <mbedtls/gcm.h>
 #include <mbedtls/md.h>
 #include <mbedtls/pk.h>
 #include <mbedtls/platform_util.h>
@@ -179,6 +180,53 @@ Result<Bytes> aes_cfb_encrypt(ByteView key, ByteView iv, ByteView plaintext) {
                                                   plaintext.data(), out.data()),
                          "mbedtls_aes_crypt_cfb128"));
   mbedtls_platform_zeroize(feedback, sizeof feedback);
+  return out;
+}
+
+namespace {
+
+struct Gcm {
+  Gcm() { mbedtls_gcm_init(&ctx); }
+  ~Gcm() { mbedtls_gcm_free(&ctx); }  // wipes the key schedule
+  Gcm(const Gcm&) = delete;
+  Gcm& operator=(const Gcm&) = delete;
+  mbedtls_gcm_context ctx;
+};
+
+constexpr size_t kGcmTag = 16;
+
+Result<void> gcm_key(Gcm& gcm, ByteView key, ByteView nonce) {
+  if (key.size() != 32) return fail(errc::invalid_argument, "an AES-256-GCM key is 32 bytes, not " + std::to_string(key.size()));
+  if (nonce.size() != 12) return fail(errc::invalid_argument, "an AES-GCM nonce is 12 bytes, not " + std::to_string(nonce.size()));
+  return check(mbedtls_gcm_setkey(&gcm.ctx, MBEDTLS_CIPHER_ID_AES, key.data(), 256), "mbedtls_gcm_setkey");
+}
+
+}  // namespace
+
+Result<Bytes> aes_gcm_seal(ByteView key, ByteView nonce, ByteView aad, ByteView plaintext) {
+  Gcm gcm;
+  OUTPOST_TRY_VOID(gcm_key(gcm, key, nonce));
+  Bytes out(plaintext.size() + kGcmTag);
+  OUTPOST_TRY_VOID(check(mbedtls_gcm_crypt_and_tag(&gcm.ctx, MBEDTLS_GCM_ENCRYPT, plaintext.size(), nonce.data(), nonce.size(),
+                                                   aad.data(), aad.size(), plaintext.data(), out.data(), kGcmTag,
+                                                   out.data() + plaintext.size()),
+                         "mbedtls_gcm_crypt_and_tag"));
+  return out;
+}
+
+Result<Bytes> aes_gcm_open(ByteView key, ByteView nonce, ByteView aad, ByteView sealed) {
+  if (sealed.size() < kGcmTag) return fail(errc::verification_failed, "AES-GCM: shorter than its tag");
+  Gcm gcm;
+  OUTPOST_TRY_VOID(gcm_key(gcm, key, nonce));
+  const size_t n = sealed.size() - kGcmTag;
+  Bytes out(n);
+  const int rc = mbedtls_gcm_auth_decrypt(&gcm.ctx, n, nonce.data(), nonce.size(), aad.data(), aad.size(), sealed.data() + n, kGcmTag,
+                                          sealed.data(), out.data());
+  if (rc == MBEDTLS_ERR_GCM_AUTH_FAILED) {
+    mbedtls_platform_zeroize(out.data(), out.size());
+    return fail(errc::verification_failed, "AES-GCM: the tag does not match (altered, or another key)");
+  }
+  OUTPOST_TRY_VOID(check(rc, "mbedtls_gcm_auth_decrypt"));
   return out;
 }
 

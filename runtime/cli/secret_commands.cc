@@ -23,9 +23,9 @@ namespace {
 namespace json = boost::json;
 using attestation::SecretStore;
 
-// Reading more than the TPM can seal is enough to report the size; the cap keeps a mistaken
-// `--in /dev/zero` bounded.
-constexpr size_t kReadCap = 4096;
+// Reading one byte more than a secret may hold is enough to report the size; the cap keeps a
+// mistaken `--in /dev/zero` bounded.
+constexpr size_t kReadCap = SecretStore::kMaxSecretBytes + 1;
 
 // Wipes the plaintext when it goes out of scope, on every path.
 struct WipedBytes {
@@ -39,7 +39,7 @@ Result<void> read_secret(const std::string& source, Bytes& out) {
     return ok();
   }
   out.reserve(kReadCap + 1);  // no reallocation, so no unwiped copy left behind
-  uint8_t buf[512];
+  uint8_t buf[4096];
   for (;;) {
     ssize_t n = ::read(STDIN_FILENO, buf, sizeof buf);
     if (n < 0 && errno == EINTR) continue;

@@ -105,10 +105,10 @@ async function token(req, res) {
     const verifier = form.get('code_verifier') ?? '';
     entry.pkce = createHash('sha256').update(verifier).digest('base64url') === code.challenge ? 'ok' : 'bad';
     if (entry.pkce !== 'ok') return refuse(400, 'invalid_grant', 'PKCE verification failed');
-    refresh = randomBytes(24).toString('base64url');
+    refresh = newRefreshToken();
   } else if (entry.grant_type === 'refresh_token') {
     if (!refreshTokens.delete(form.get('refresh_token'))) return refuse(400, 'invalid_grant', 'unknown or used refresh token');
-    refresh = randomBytes(24).toString('base64url');
+    refresh = newRefreshToken();
   } else if (entry.grant_type !== 'client_credentials') {
     return refuse(400, 'unsupported_grant_type', entry.grant_type);
   }
@@ -117,6 +117,12 @@ async function token(req, res) {
   if (refresh) refreshTokens.add(refresh);
   log({ ...entry, status: 200, token: t, ...(refresh ? { refresh_token: refresh } : {}) });
   json(res, 200, { access_token: t, token_type: 'Bearer', expires_in: life, ...(refresh ? { refresh_token: refresh } : {}) });
+}
+
+// Refresh tokens as long as the JWTs many authorization servers issue (Keycloak, Entra ID):
+// 800 characters, over what the TPM seals itself, so outpostd's envelope is what keeps them.
+function newRefreshToken() {
+  return randomBytes(600).toString('base64url');
 }
 
 function authorize(req, res) {

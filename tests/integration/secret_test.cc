@@ -146,17 +146,43 @@ TEST_CASE("an altered sealed blob is refused with a clear error", "[fixture][sea
   CHECK(transient_count(*tpm) == 0);
 }
 
-TEST_CASE("secrets over 128 bytes or empty are refused before the TPM", "[fixture][seal]") {
+TEST_CASE("secrets over 128 bytes go in an envelope the TPM's key opens; empty or too long are refused", "[fixture][seal]") {
   TempDir dir;
   auto tpm = connect_to(testing::fixture_tcti());
   NodeIdentity id = provision_on(*tpm, dir / "state");
   SecretStore store(dir / "state", id);
-  auto big = store.seal(*tpm, "big", Bytes(Tpm::kMaxSealedBytes + 1, 'x'));
+  // A JWT refresh token is often 600-1,500 bytes: longer than the TPM seals itself.
+  std::string token(1500, 'r');
+  for (size_t i = 0; i < token.size(); i += 7) token[i] = static_cast<char>('a' + i % 26);
+  REQUIRE(store.seal(*tpm, "oauth-refresh-x", bytes_of(token)).has_value());
+  CHECK(*store.unseal(*tpm, "oauth-refresh-x") == bytes_of(token));
+  auto file = read_file(store.path_of("oauth-refresh-x"));
+  REQUIRE(file.has_value());
+  CHECK(std::string(file->begin(), file->begin() + 4) == "OPSE");
+  CHECK(std::search(file->begin(), file->end(), token.begin(), token.begin() + 40) == file->end());  // no plaintext
+  CHECK(*store.unseal(*tpm, "oauth-refresh-x") == bytes_of(token));  // again: the key is unsealed each time
+  REQUIRE(store.seal(*tpm, "just-over", Bytes(Tpm::kMaxSealedBytes + 1, 'x')).has_value());
+  CHECK(*store.unseal(*tpm, "just-over") == Bytes(Tpm::kMaxSealedBytes + 1, 'x'));
+
+  // The name is bound in: the same file under another name does not open.
+  REQUIRE(write_file_atomic(store.path_of("other"), *file, 0600).has_value());
+  auto moved = store.unseal(*tpm, "other");
+  REQUIRE_FALSE(moved.has_value());
+  CHECK_THAT(moved.error().message(), Catch::Contains("tag does not match"));
+  // An altered ciphertext, and a truncated envelope, are refused with what they are.
+  Bytes altered = *file;
+  altered[altered.size() - 20] ^= 0x01;
+  REQUIRE(write_file_atomic(store.path_of("oauth-refresh-x"), altered, 0600).has_value());
+  CHECK_THAT(store.unseal(*tpm, "oauth-refresh-x").error().message(), Catch::Contains("tag does not match"));
+  REQUIRE(write_file_atomic(store.path_of("oauth-refresh-x"), Bytes(file->begin(), file->begin() + 40), 0600).has_value());
+  CHECK_THAT(store.unseal(*tpm, "oauth-refresh-x").error().message(), Catch::Contains("truncated envelope"));
+
+  auto big = store.seal(*tpm, "big", Bytes(SecretStore::kMaxSecretBytes + 1, 'x'));
   REQUIRE_FALSE(big.has_value());
-  CHECK_THAT(big.error().message(), Catch::Contains("129 bytes is over the TPM's limit of 128 bytes"));
+  CHECK_THAT(big.error().message(), Catch::Contains("65537 bytes is over the limit of 65536 bytes"));
   CHECK_FALSE(store.seal(*tpm, "empty", Bytes{}).has_value());
   CHECK_FALSE(file_exists(store.path_of("big")));
-  CHECK(store.list()->empty());
+  CHECK(transient_count(*tpm) == 0);
 }
 
 TEST_CASE("sealing and unsealing leave no transient handles behind", "[fixture][seal]") {
@@ -177,7 +203,9 @@ TEST_CASE("sealing and unsealing leave no transient handles behind", "[fixture][
   (*blob)[blob->size() - 3] ^= 0x10;
   REQUIRE(write_file_atomic(store.path_of("s0"), *blob, 0600).has_value());
   CHECK_FALSE(store.unseal(*tpm, "s0").has_value());
-  CHECK_FALSE(store.seal(*tpm, "s1", Bytes(200, 1)).has_value());
+  CHECK_FALSE(store.seal(*tpm, "s1", Bytes(SecretStore::kMaxSecretBytes + 1, 1)).has_value());
+  REQUIRE(store.seal(*tpm, "s2", Bytes(200, 1)).has_value());  // an envelope: its key's handle flushed too
+  REQUIRE(*store.unseal(*tpm, "s2") == Bytes(200, 1));
   CHECK(transient_count(*tpm) == before);
   auto sessions = tpm->handles(HandleType::session);
   REQUIRE(sessions.has_value());
@@ -206,11 +234,16 @@ TEST_CASE("outpost secret seal and list from the command line", "[fixture][seal]
   REQUIRE(listed.exit_code == 0);
   CHECK(listed.out == "[\"gh\"]\n");
 
-  REQUIRE(write_file_atomic(dir / "big.txt", std::string(129, 'x')).has_value());
+  REQUIRE(write_file_atomic(dir / "long.txt", std::string(900, 'x')).has_value());
+  auto longer = testing::run_outpost({"secret", "seal", "long", "--in", (dir / "long.txt").string(), "--state", state,
+                                      "--tcti", tcti});
+  CHECK(longer.exit_code == 0);
+  CHECK_THAT(longer.out, Catch::Contains("sealed 900 bytes as \"long\""));
+  REQUIRE(write_file_atomic(dir / "big.txt", std::string(SecretStore::kMaxSecretBytes + 1, 'x')).has_value());
   auto big = testing::run_outpost({"secret", "seal", "big", "--in", (dir / "big.txt").string(), "--state", state,
                                    "--tcti", tcti});
   CHECK(big.exit_code == 1);
-  CHECK_THAT(big.err, Catch::Contains("over the TPM's limit of 128 bytes"));
+  CHECK_THAT(big.err, Catch::Contains("over the limit of 65536 bytes"));
   CHECK(std::count(big.err.begin(), big.err.end(), '\n') == 1);
 
   auto tpm = connect_to(tcti);

@@ -87,6 +87,34 @@ TEST_CASE("HMAC-SHA-256 matches RFC 4231 and AES-128-CFB matches SP 800-38A", "[
   CHECK_FALSE(aes_cfb_encrypt(key, ByteView(iv).first(8), plain).has_value());
 }
 
+TEST_CASE("AES-256-GCM seals and opens, and refuses anything altered", "[base][crypto]") {
+  // The GCM specification's test cases 13 and 14 (McGrew and Viega): a zero key and nonce.
+  const Bytes zero_key(32, 0), zero_nonce(12, 0);
+  auto empty = aes_gcm_seal(zero_key, zero_nonce, {}, {});
+  REQUIRE(empty.has_value());
+  CHECK(hex_encode(*empty) == "530f8afbc74536b9a963b4f1c4cb738b");
+  auto block = aes_gcm_seal(zero_key, zero_nonce, {}, Bytes(16, 0));
+  REQUIRE(block.has_value());
+  CHECK(hex_encode(*block) == "cea7403d4d606b6e074ec5d3baf39d18d0d1c8a799996bf0265b98b5d48ab919");
+  CHECK(*aes_gcm_open(zero_key, zero_nonce, {}, *block) == Bytes(16, 0));
+
+  Bytes key(32), nonce(12);
+  random_bytes(key);
+  random_bytes(nonce);
+  auto sealed = aes_gcm_seal(key, nonce, as_bytes("name"), as_bytes("a refresh token"));
+  REQUIRE(sealed.has_value());
+  CHECK(as_chars(*aes_gcm_open(key, nonce, as_bytes("name"), *sealed)) == "a refresh token");
+  auto other_aad = aes_gcm_open(key, nonce, as_bytes("other"), *sealed);
+  REQUIRE_FALSE(other_aad.has_value());
+  CHECK(other_aad.error().code() == make_error_code(errc::verification_failed));
+  Bytes altered = *sealed;
+  altered[0] ^= 1;
+  CHECK_FALSE(aes_gcm_open(key, nonce, as_bytes("name"), altered).has_value());
+  CHECK_FALSE(aes_gcm_open(key, nonce, as_bytes("name"), ByteView(*sealed).first(10)).has_value());
+  CHECK_FALSE(aes_gcm_seal(ByteView(key).first(16), nonce, {}, {}).has_value());
+  CHECK_FALSE(aes_gcm_seal(key, ByteView(nonce).first(8), {}, {}).has_value());
+}
+
 TEST_CASE("P-256 ECDH gives both sides the same x coordinate", "[base][crypto]") {
   auto a = EcPrivateKey::generate();
   auto b = EcPrivateKey::generate();

@@ -3,9 +3,16 @@
 // only this node's TPM gives them back. outpostd unseals a tool's secrets when it starts that
 // tool and hands them to the tool's process alone, never to an agent.
 //
-// On disk: <state>/secrets/<name>.sealed, marshalled TPM2B_PUBLIC || TPM2B_PRIVATE of a
-// KEYEDHASH data object (Tpm::seal), written atomically with mode 0600 in a 0700 directory.
-// A secret holds at most Tpm::kMaxSealedBytes (128) bytes.
+// On disk: <state>/secrets/<name>.sealed, written atomically with mode 0600 in a 0700
+// directory. A secret of up to Tpm::kMaxSealedBytes (128) bytes is sealed itself: the file is
+// the marshalled TPM2B_PUBLIC || TPM2B_PRIVATE of a KEYEDHASH data object (Tpm::seal). A longer
+// one (up to kMaxSecretBytes: a JWT refresh token, a certificate's key) is an envelope: a fresh
+// AES-256 key sealed that way, and the secret encrypted under it with AES-256-GCM, its name as
+// associated data (a file copied to another name does not open):
+//   "OPSE" 0x01 || u16 blob length (big-endian) || sealed key blob || 12-byte nonce ||
+//   ciphertext || 16-byte tag
+// ("OP" as a TPM2B_PUBLIC size would be 20,304 bytes, which no public area is: the two forms
+// cannot be mistaken for each other). Either way only this node's TPM opens it.
 //
 // Not thread-safe: one SecretStore per state directory and thread (the daemon serialises).
 #pragma once
@@ -29,8 +36,10 @@ class SecretStore {
   // name), as agent names are.
   static Result<void> validate_name(std::string_view name);
 
-  // Seals `secret` (1..128 bytes) under the SRK and stores it, replacing a secret of the same
-  // name; `*replaced` says whether there was one.
+  static constexpr size_t kMaxSecretBytes = 64 << 10;
+
+  // Seals `secret` (1..kMaxSecretBytes bytes) under the SRK and stores it, replacing a secret
+  // of the same name; `*replaced` says whether there was one.
   Result<void> seal(Tpm& tpm, std::string_view name, ByteView secret, bool* replaced = nullptr);
 
   // The plaintext; the caller should wipe it when done. errc::not_found when there is no

@@ -51,6 +51,13 @@ Result<Digest> hmac_sha256(ByteView key, ByteView data);
 // bytes, `iv` 16 bytes.
 Result<Bytes> aes_cfb_encrypt(ByteView key, ByteView iv, ByteView plaintext);
 
+// AES-256-GCM (NIST SP 800-38D) with a 96-bit nonce and a 128-bit tag: `key` 32 bytes,
+// `nonce` 12 (never reused with a key), `aad` authenticated but not encrypted. gcm_seal gives
+// ciphertext || tag; gcm_open checks the tag first and gives errc::verification_failed, and no
+// plaintext, when anything was altered.
+Result<Bytes> aes_gcm_seal(ByteView key, ByteView nonce, ByteView aad, ByteView plaintext);
+Result<Bytes> aes_gcm_open(ByteView key, ByteView nonce, ByteView aad, ByteView sealed);
+
 // Fills `out` from the kernel's CSPRNG (getrandom(2)).
 void random_bytes(std::span<uint8_t> out);
 
