@@ -273,6 +273,24 @@ Answer exchange(uint16_t port, http::verb verb, const std::string& path, const s
   return a;
 }
 
+// The endpoint in process for "agent-a", on a loopback listener, the scripted relay behind it.
+struct EndpointUnderTest {
+  ScriptedRelay relay;
+  uint16_t port = 0;
+  std::unique_ptr<HttpEndpoint> endpoint;
+  EndpointUnderTest() {
+    int listener = testing::listen_on_loopback(port);
+    HttpEndpointOptions o;
+    o.port = port;
+    HttpEndpointHooks h;
+    h.open = [this](const std::string& a, const std::string& s) { return relay.open(a, s); };
+    auto started = HttpEndpoint::start(o, h);
+    REQUIRE(started);
+    endpoint = std::move(*started);
+    endpoint->serve("agent-a", sandbox::UniqueFd(listener));
+  }
+};
+
 const std::map<std::string, std::string> kPost = {{"Content-Type", "application/json"},
                                                    {"Accept", "application/json, text/event-stream"}};
 
@@ -284,16 +302,10 @@ std::map<std::string, std::string> with(std::map<std::string, std::string> h, co
 }  // namespace
 
 TEST_CASE("the MCP endpoint carries an HTTP agent's session through the relay", "[http-endpoint]") {
-  ScriptedRelay relay;
-  uint16_t port = 0;
-  int listener = testing::listen_on_loopback(port);
-  HttpEndpointOptions o;
-  o.port = port;
-  HttpEndpointHooks h;
-  h.open = [&](const std::string& a, const std::string& s) { return relay.open(a, s); };
-  auto endpoint = HttpEndpoint::start(o, h);
-  REQUIRE(endpoint);
-  (*endpoint)->serve("agent-a", sandbox::UniqueFd(listener));
+  EndpointUnderTest t;
+  ScriptedRelay& relay = t.relay;
+  const uint16_t port = t.port;
+  auto& endpoint = t.endpoint;
   const std::string path = "/mcp/everything";
 
   // initialize: a session, answered (as an event stream of one event) with its id.
@@ -378,26 +390,20 @@ TEST_CASE("the MCP endpoint carries an HTTP agent's session through the relay", 
   CHECK(exchange(port, http::verb::post, path, session, R"({"jsonrpc":"2.0","id":9,"method":"ping"})").status == 404);
   for (int i = 0; i < 100 && relay.ended.load() < 1; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
   CHECK(relay.ended.load() == 1);
-  const auto counters = (*endpoint)->counters("agent-a");
+  const auto counters = endpoint->counters("agent-a");
   CHECK(counters.sessions == 1);
   CHECK(counters.open_sessions == 0);
   CHECK(counters.refused >= 9);
-  endpoint->reset();
+  endpoint.reset();
 }
 
 TEST_CASE("the MCP endpoint serves 2026-07-28's stateless requests on relay connections of its own", "[http-endpoint]") {
   // As in outpostd: a relay that writes after the endpoint ended its connection gets EPIPE.
   ::signal(SIGPIPE, SIG_IGN);
-  ScriptedRelay relay;
-  uint16_t port = 0;
-  int listener = testing::listen_on_loopback(port);
-  HttpEndpointOptions o;
-  o.port = port;
-  HttpEndpointHooks h;
-  h.open = [&](const std::string& a, const std::string& s) { return relay.open(a, s); };
-  auto endpoint = HttpEndpoint::start(o, h);
-  REQUIRE(endpoint);
-  (*endpoint)->serve("agent-a", sandbox::UniqueFd(listener));
+  EndpointUnderTest t;
+  ScriptedRelay& relay = t.relay;
+  const uint16_t port = t.port;
+  auto& endpoint = t.endpoint;
   const std::string path = "/mcp/everything";
   const auto modern = with(kPost, "MCP-Protocol-Version", "2026-07-28");
   auto body = [](const std::string& id, const std::string& method, const std::string& params = "", const std::string& meta = "",
@@ -561,11 +567,11 @@ TEST_CASE("the MCP endpoint serves 2026-07-28's stateless requests on relay conn
 
   // The endpoint's connections are not sessions an agent can name.
   CHECK(exchange(port, http::verb::delete_, path, {{"Mcp-Session-Id", "whatever"}}).status == 404);
-  const auto counters = (*endpoint)->counters("agent-a");
+  const auto counters = endpoint->counters("agent-a");
   // Two for the agent's elicitation, two for its roots (the run that asked ended with its
   // own), one for no capabilities.
   CHECK(counters.sessions == 5);
-  endpoint->reset();
+  endpoint.reset();
   for (int i = 0; i < 100 && relay.ended.load() < 5; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
   CHECK(relay.ended.load() == 5);
 }

@@ -455,21 +455,17 @@ TEST_CASE("the OAuth login: PKCE S256, the state checked once, refresh tokens se
   // A wrong state ends the login: the right one afterwards is refused too.
   CHECK_FALSE(src.finish_login("code-1", "forged"));
   CHECK_FALSE(src.finish_login("code-1", state));
-  url = src.begin_login("http://127.0.0.1:5555/callback");
-  REQUIRE(url);
-  const size_t st2 = url->find("&state=") + 7;
-  const std::string state2 = url->substr(st2, url->find('&', st2) - st2);
-  const size_t c2 = url->find("code_challenge=") + 15;
-  challenge = url->substr(c2, url->find('&', c2) - c2);
+  // A new login: its state, and its challenge kept for the token endpoint's check.
+  auto begin = [&]() -> std::string {
+    auto u = src.begin_login("http://127.0.0.1:5555/callback");
+    REQUIRE(u);
+    const size_t s = u->find("&state=") + 7, ch = u->find("code_challenge=") + 15;
+    challenge = u->substr(ch, u->find('&', ch) - ch);
+    return u->substr(s, u->find('&', s) - s);
+  };
   // RFC 9207: an iss that is not the server's is a mix-up, and ends the login too.
-  CHECK_THAT(src.finish_login("code-2", state2, "https://evil.test").error().message(), Catch::Contains("mix-up"));
-  url = src.begin_login("http://127.0.0.1:5555/callback");
-  REQUIRE(url);
-  const size_t st3 = url->find("&state=") + 7;
-  const std::string state3 = url->substr(st3, url->find('&', st3) - st3);
-  const size_t c3 = url->find("code_challenge=") + 15;
-  challenge = url->substr(c3, url->find('&', c3) - c3);
-  REQUIRE(src.finish_login("code-2", state3, "https://as.test"));
+  CHECK_THAT(src.finish_login("code-2", begin(), "https://evil.test").error().message(), Catch::Contains("mix-up"));
+  REQUIRE(src.finish_login("code-2", begin(), "https://as.test"));
   // The exchange carried the verifier whose SHA-256 is the challenge (RFC 7636 §4.6).
   const HttpExchange& exchange = seen.back();
   CHECK(exchange.body.find("grant_type=authorization_code&code=code-2&redirect_uri=") == 0);
