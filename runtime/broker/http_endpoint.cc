@@ -37,6 +37,7 @@
 #include "outpost/base/json_text.h"
 #include "outpost/base/log.h"
 #include "outpost/base/tls.h"
+#include "upstream/streamable_http.h"
 
 namespace outpost::broker {
 
@@ -381,11 +382,12 @@ struct HttpEndpoint::Impl {
   };
 
   struct AgentEntry {
-    AgentEntry(asio::io_context& io, std::string a) : agent(std::move(a)), acceptor(io) {}
+    AgentEntry(asio::io_context& io, std::string a) : agent(std::move(a)), acceptor(io), slot_free(io) {}
     std::string agent;
     tcp::acceptor acceptor;
     std::atomic<bool> stopped{false};
     std::unordered_set<tcp::socket*> conns;  // loop only
+    Signal slot_free;                        // a connection ended, or the agent stopped
     size_t sessions_open = 0;                // loop only
     size_t opening = 0;                      // sessions being opened on the pool; loop only
     // By server and declared capabilities; loop only.
@@ -911,18 +913,7 @@ struct HttpEndpoint::Impl {
   // 2026-07-28 client (no list-change or resource subscriptions: subscriptions/listen is not
   // carried; no logging or tasks).
   static std::string discover_result(const json::value& id, const json::object& handshake) {
-    json::object caps;
-    const json::value* upstream = handshake.if_contains("capabilities");
-    if (upstream != nullptr && upstream->is_object()) {
-      for (const char* k : {"tools", "prompts", "resources", "completions"}) {
-        const json::value* v = upstream->as_object().if_contains(k);
-        if (v == nullptr || !v->is_object()) continue;
-        json::object kept = v->as_object();
-        kept.erase("listChanged");
-        kept.erase("subscribe");
-        caps[k] = std::move(kept);
-      }
-    }
+    json::object caps = upstream::carried_capabilities(handshake.if_contains("capabilities"));
     json::array versions;
     for (const char* v : kVersions) versions.emplace_back(v);
     json::object result{{"resultType", "complete"}, {"supportedVersions", std::move(versions)}, {"capabilities", std::move(caps)},
@@ -1204,23 +1195,24 @@ struct HttpEndpoint::Impl {
       }
     }
     a->conns.erase(sock.get());
+    a->slot_free.notify();
     boost::system::error_code ignored;
     sock->close(ignored);
   }
 
+  // At the agent's connection cap the loop stops accepting until one of its connections ends:
+  // a client opening one more (undici frees a socket a tick after its response, so a burst of
+  // answers can briefly want cap + 1) waits in the listener's backlog instead of being closed
+  // unread, which it would report as a failed request. Idle keep-alive connections end at
+  // head_timeout, so the wait is bounded.
   asio::awaitable<void> accept_loop(std::shared_ptr<AgentEntry> a) {
     for (;;) {
+      while (a->conns.size() >= options.max_connections_per_agent && !a->stopped) co_await a->slot_free.wait();
       auto [ec, sock] = co_await a->acceptor.async_accept(kTuple);
       if (a->stopped || ec == asio::error::operation_aborted || !a->acceptor.is_open()) co_return;
       if (ec) {
         asio::steady_timer t(io, std::chrono::milliseconds(100));
         co_await t.async_wait(kTuple);
-        continue;
-      }
-      if (a->conns.size() >= options.max_connections_per_agent) {
-        boost::system::error_code ignored;
-        sock.close(ignored);
-        a->refused.fetch_add(1);
         continue;
       }
       sock.set_option(tcp::no_delay(true), ec);
@@ -1301,6 +1293,7 @@ void HttpEndpoint::stop_agent(const std::string& agent) {
   asio::post(impl_->io, [p = impl_.get(), a] {
     boost::system::error_code ec;
     a->acceptor.close(ec);
+    a->slot_free.notify();
     for (tcp::socket* s : a->conns) s->close(ec);
     std::vector<std::shared_ptr<Impl::Session>> mine;
     for (auto& [id, s] : p->sessions) {

@@ -533,17 +533,7 @@ struct HttpUpstream::Impl {
       const std::string_view v = params->at("protocolVersion").as_string();
       if (v == "2025-11-25" || v == "2025-06-18" || v == "2025-03-26" || v == "2024-11-05") version = std::string(v);
     }
-    boost::json::object caps;
-    if (const boost::json::value* c = result->if_contains("capabilities"); c != nullptr && c->is_object()) {
-      for (const char* k : {"tools", "prompts", "resources", "completions"}) {
-        const boost::json::value* v = c->as_object().if_contains(k);
-        if (v == nullptr || !v->is_object()) continue;
-        boost::json::object kept = v->as_object();
-        kept.erase("listChanged");
-        kept.erase("subscribe");
-        caps[k] = std::move(kept);
-      }
-    }
+    boost::json::object caps = carried_capabilities(result->if_contains("capabilities"));
     boost::json::value info = boost::json::object{{"name", url.authority}, {"version", "unknown"}};
     if (const boost::json::value* meta = result->if_contains("_meta"); meta != nullptr && meta->is_object()) {
       if (const boost::json::value* i = meta->as_object().if_contains("io.modelcontextprotocol/serverInfo"); i != nullptr && i->is_object()) info = *i;

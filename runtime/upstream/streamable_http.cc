@@ -295,6 +295,20 @@ Result<void> append_messages(std::string_view json_text, const json::value& id, 
   return ok();
 }
 
+boost::json::object carried_capabilities(const boost::json::value* capabilities) {
+  boost::json::object caps;
+  if (capabilities == nullptr || !capabilities->is_object()) return caps;
+  for (const char* k : {"tools", "prompts", "resources", "completions"}) {
+    const boost::json::value* v = capabilities->as_object().if_contains(k);
+    if (v == nullptr || !v->is_object()) continue;
+    boost::json::object kept = v->as_object();
+    kept.erase("listChanged");
+    kept.erase("subscribe");
+    caps[k] = std::move(kept);
+  }
+  return caps;
+}
+
 std::string failure_line(const Outgoing& request, std::string_view why) {
   const std::string text = "outpost: " + std::string(why);
   json::object o{{"jsonrpc", "2.0"}, {"id", request.id}};

@@ -21,6 +21,7 @@
 #include <string_view>
 #include <vector>
 
+#include <boost/json/object.hpp>
 #include <boost/json/value.hpp>
 
 #include "outpost/base/result.h"
@@ -96,6 +97,13 @@ Result<std::string> credential_header_name(std::string_view name);
 // nothing. `answered` is set when one of them is the response to `id` (null id: never).
 Result<void> append_messages(std::string_view json_text, const boost::json::value& id, std::string& out,
                              bool& answered, std::string* protocol_version = nullptr);
+
+// What outpostd carries of a server's capabilities (an InitializeResult's or a server/discover
+// result's `capabilities`) across a bridge between MCP's session era and 2026-07-28: tools,
+// prompts, resources and completions as the server states them, without `listChanged` and
+// `subscribe` (neither the bridge's notifications nor subscriptions/listen are carried), and
+// nothing else (no logging, tasks or experimental). A missing or malformed value gives {}.
+boost::json::object carried_capabilities(const boost::json::value* capabilities);
 
 // Answers to a request the server did not answer: a JSON-RPC error, or for `tools/call` a
 // CallToolResult marked isError (what the broker's own denials look like to the agent).

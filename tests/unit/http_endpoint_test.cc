@@ -278,9 +278,8 @@ struct EndpointUnderTest {
   ScriptedRelay relay;
   uint16_t port = 0;
   std::unique_ptr<HttpEndpoint> endpoint;
-  EndpointUnderTest() {
+  explicit EndpointUnderTest(HttpEndpointOptions o = {}) {
     int listener = testing::listen_on_loopback(port);
-    HttpEndpointOptions o;
     o.port = port;
     HttpEndpointHooks h;
     h.open = [this](const std::string& a, const std::string& s) { return relay.open(a, s); };
@@ -574,4 +573,26 @@ TEST_CASE("the MCP endpoint serves 2026-07-28's stateless requests on relay conn
   endpoint.reset();
   for (int i = 0; i < 100 && relay.ended.load() < 5; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
   CHECK(relay.ended.load() == 5);
+}
+
+TEST_CASE("the MCP endpoint holds a connection past its cap in the backlog, never closes it unread", "[http-endpoint]") {
+  HttpEndpointOptions o;
+  o.max_connections_per_agent = 2;
+  EndpointUnderTest t(o);
+  boost::asio::io_context io;
+  std::vector<tcp::socket> idle;
+  for (int i = 0; i < 2; ++i) {
+    idle.emplace_back(io);
+    idle.back().connect(tcp::endpoint(boost::asio::ip::make_address("127.0.0.1"), t.port));
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // both accepted: the cap is reached
+  // A third client's request waits: not answered, and not closed (which a client reports as a
+  // failed request).
+  auto third = std::async(std::launch::async, [&] { return exchange(t.port, http::verb::post, "/mcp/everything", kPost, R"({"jsonrpc":"2.0","id":4,"method":"ping"})"); });
+  CHECK(third.wait_for(std::chrono::milliseconds(300)) == std::future_status::timeout);
+  // One connection ends: the waiting one is taken and answered (no session: 400).
+  idle.front().close();
+  REQUIRE(third.wait_for(std::chrono::seconds(5)) == std::future_status::ready);
+  CHECK(third.get().status == 400);
+  CHECK(t.endpoint->counters("agent-a").refused == 1);  // the 400; no connection was refused
 }
