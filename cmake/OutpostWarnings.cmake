@@ -15,3 +15,10 @@ if(OUTPOST_FUZZ)
   target_compile_options(outpost_options INTERFACE -fsanitize=fuzzer-no-link,address,undefined)
   target_link_options(outpost_options INTERFACE -fsanitize=address,undefined)
 endif()
+if(NOT OUTPOST_SANITIZE AND NOT OUTPOST_FUZZ)
+  # Each function and object in a section of its own, and the linker drops those nothing
+  # reaches: outpostd's text is mapped whole (the kernel maps file pages around each one
+  # touched), so every unused function is resident memory (docs/benchmarks.md: outpostd's RSS).
+  target_compile_options(outpost_options INTERFACE -ffunction-sections -fdata-sections)
+  target_link_options(outpost_options INTERFACE -Wl,--gc-sections)
+endif()

@@ -33,7 +33,7 @@ rounds=${2:-3}
 # build/bench-mcp-profile; read with perf report -i build/bench-mcp-profile/LABEL.perf.data).
 if [[ -n ${BENCH_PROFILE:-} ]]; then "$root/scripts/setup.sh" linux-perf >/dev/null; else "$root/scripts/setup.sh" >/dev/null; fi
 mkdir -p "$root/build"
-"$root/scripts/build.sh" "$root/build" >/dev/null
+OUTPOST_BUILD_TARGETS="outpost outpostd mcp_pump" "$root/scripts/build.sh" "$root/build" >/dev/null
 outpost=$root/build/runtime/outpost
 outpostd=$root/build/runtime/outpostd
 pump=$root/build/tests/bench/mcp_pump

@@ -20,7 +20,6 @@ packages=(
   iproute2 procps
   ca-certificates  # the system CA store outpostd checks https:// MCP servers against
   openssl  # the egress tests' HTTPS server certificate (openssl req -x509)
-  libsystemd-dev
   libseccomp-dev  # the agent sandbox's syscall filter (runtime/sandbox)
   systemd file dpkg-dev  # tests/install: systemd-analyze, -sysusers, -tmpfiles; CPack DEB's dpkg-shlibdeps
 )

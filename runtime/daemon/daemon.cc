@@ -11,7 +11,6 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
-#include <systemd/sd-daemon.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -39,6 +38,7 @@
 #include "broker/session_state.h"
 #include "credentials/jws.h"
 #include "daemon/api.h"
+#include "daemon/service_notify.h"
 #include "broker/http_endpoint.h"
 #include "egress/proxy.h"
 #include "upstream/http_upstream.h"
@@ -1893,7 +1893,7 @@ void Daemon::Impl::poll_inbox() {
 
 void Daemon::Impl::shutdown() {
   if (stopping.exchange(true)) return;
-  sd_notify(0, "STOPPING=1");
+  if (auto n = notify_service_manager("STOPPING=1"); !n) OUTPOST_NOTE(warn, "telling systemd: " + n.error().message());
   OUTPOST_NOTE(info, "shutting down");
   boost::system::error_code ec;
   acceptor->close(ec);
@@ -2114,7 +2114,7 @@ Result<void> Daemon::run() {
   (void)m.log->record_event("daemon_start", {{"node_id", m.node.node_id}, {"socket", c.socket.string()}});
   if (auto s = m.start_sync(); !s) OUTPOST_NOTE(error, "sync with the hub not started: " + s.error().message());
   OUTPOST_NOTE(info, "outpostd ready on " + c.socket.string() + " (node " + m.node.node_id + ")");
-  sd_notify(0, "READY=1");
+  if (auto n = notify_service_manager("READY=1"); !n) OUTPOST_NOTE(warn, "telling systemd: " + n.error().message());
   m.io.run();
   return ok();
 }

@@ -10,6 +10,7 @@
 #include <deque>
 #include <map>
 #include <memory_resource>
+#include <new>
 #include <mutex>
 #include <span>
 #include <type_traits>
@@ -29,9 +30,10 @@ namespace {
 //
 // The compiled forms are flat: what a rule holds a list of (arguments, destinations, windows,
 // pointer tokens, ports) lives in the arena's pool, packed end to end, and the rule holds a
-// span. Nothing in them has a destructor, so the pool is released whole with the engine; a
-// 10,000-rule bundle costs a few hundred bytes a rule instead of a vector's bookkeeping and a
-// heap block for each list (docs/benchmarks.md: outpostd's memory).
+// span. Nothing in them has a destructor, so the pool is released whole with the engine. A
+// rule and an argument keep a pointer to their table in the bundle and read from it what
+// needs no compiling (id, reason, globs, bounds, rate, credential life), so a 10,000-rule
+// bundle costs about 130 bytes a rule beside its buffer (docs/benchmarks.md: outpostd's memory).
 
 std::string_view str(const flatbuffers::String* s) { return s ? std::string_view(s->data(), s->size()) : std::string_view(); }
 
@@ -93,16 +95,26 @@ struct Dest {
   std::span<const uint16_t> ports;
 };
 
+// An argument constraint: its values, bounds and limits are read from the bundle (`src`);
+// only what must be computed once is held here. 48 bytes.
 struct Arg {
+  const fb::ArgConstraint* src = nullptr;
   Pointer pointer;
-  fb::ArgOp op = fb::ArgOp::Prefix;
-  StrList values;
-  std::span<const double> numbers;            // OneOf: `values` read as numbers (NaN when not one)
-  std::span<const std::string_view> paths;    // PathPrefix: `values` normalized
-  double min = 0, max = 0;
-  uint32_t max_length = 0;
-  bool optional = false;
+  // OneOf: `values` read as numbers (NaN when not one); PathPrefix: `values` normalized. As
+  // many as `values`, in the arena; null for the other operators.
+  const void* compiled = nullptr;
   const re2::RE2* regex = nullptr;  // in Impl::regexes, shared by every rule with the same pattern
+  fb::ArgOp op = fb::ArgOp::Prefix;
+  bool optional = false;
+
+  StrList values() const { return StrList(src->values()); }
+  std::span<const double> numbers() const {
+    return compiled == nullptr ? std::span<const double>() : std::span(static_cast<const double*>(compiled), values().size());
+  }
+  std::span<const std::string_view> paths() const {
+    return compiled == nullptr ? std::span<const std::string_view>()
+                               : std::span(static_cast<const std::string_view*>(compiled), values().size());
+  }
 };
 
 struct Window {
@@ -110,20 +122,28 @@ struct Window {
   uint16_t start = 0, end = 0;
 };
 
-struct Rule {
-  std::string_view id, reason;
-  bool allow = false, shadow = false;
-  StrList agents, tools, tasks;
-  std::span<const Arg> args;
+// What a rule needs besides arguments, which most rules have neither of.
+struct RuleExtra {
   std::span<const Dest> dests;
-  bool within_clearance = false;
-  uint8_t max_sensitivity = 255;
   std::span<const Window> windows;
-  bool has_rate = false;
-  fb::RateScope rate_scope = fb::RateScope::Agent;
-  uint32_t rate_count = 0, rate_window = 0;
-  uint32_t ttl = 0;
 };
+
+// A tool-call rule: 40 bytes. Its id, reason, globs, rate and credential life are read from the
+// bundle (`src`) when needed; the flags every candidate is checked against are held here.
+struct Rule {
+  const fb::Rule* src = nullptr;
+  std::span<const Arg> args;
+  const RuleExtra* extra = nullptr;  // in the arena; null when the rule has no destinations or windows
+  bool allow = false, shadow = false, within_clearance = false, has_rate = false;
+  uint8_t max_sensitivity = 255;
+
+  std::string_view id() const { return str(src->id()); }
+  std::string_view reason() const { return str(src->reason()); }
+  StrList agents() const { return StrList(src->agents()); }
+  StrList tools() const { return StrList(src->tools()); }
+  StrList tasks() const { return StrList(src->tasks()); }
+};
+static_assert(sizeof(Rule) <= 40 && sizeof(Arg) <= 48, "the per-rule cost docs/benchmarks.md counts");
 
 struct Flow {
   std::string_view id, reason;
@@ -292,12 +312,12 @@ bool arg_holds(const Arg& a, const boost::json::value* args) {
   if (v == nullptr) return a.optional;
   if (a.op == fb::ArgOp::Range) {
     double d;
-    return as_number(*v, d) && d >= a.min && d <= a.max;
+    return as_number(*v, d) && d >= a.src->min() && d <= a.src->max();
   }
   if (a.op == fb::ArgOp::OneOf) {
     double d;
     if (as_number(*v, d)) {
-      for (double n : a.numbers) {
+      for (double n : a.numbers()) {
         if (n == d) return true;
       }
       return false;
@@ -307,23 +327,23 @@ bool arg_holds(const Arg& a, const boost::json::value* args) {
   std::string_view s(v->get_string().data(), v->get_string().size());
   switch (a.op) {
     case fb::ArgOp::Prefix:
-      for (std::string_view p : a.values) {
+      for (std::string_view p : a.values()) {
         if (s.substr(0, p.size()) == p) return true;
       }
       return false;
-    case fb::ArgOp::Glob: return any_glob(a.values, s);
+    case fb::ArgOp::Glob: return any_glob(a.values(), s);
     case fb::ArgOp::Regex: return a.regex && re2::RE2::FullMatch(s, *a.regex);
     case fb::ArgOp::OneOf:
-      for (std::string_view p : a.values) {
+      for (std::string_view p : a.values()) {
         if (s == p) return true;
       }
       return false;
-    case fb::ArgOp::MaxLength: return s.size() <= a.max_length;
+    case fb::ArgOp::MaxLength: return s.size() <= a.src->max_length();
     case fb::ArgOp::PathPrefix: {
       PathBuffer buf;
       auto norm = normalize_path(s, buf);
       if (!norm) return false;
-      for (std::string_view p : a.paths) {
+      for (std::string_view p : a.paths()) {
         if (path_under(*norm, p)) return true;
       }
       return false;
@@ -359,15 +379,17 @@ bool in_window(const Window& w, int64_t t) {
 
 // Conditions other than the agent and tool globs (the index has checked those).
 bool conditions_hold(const Rule& r, const Request& req, const Agent& agent) {
-  if (!r.tasks.empty() && !any_glob(r.tasks, req.task)) return false;
   if (r.within_clearance && req.sensitivity > agent.clearance) return false;
   if (req.sensitivity > r.max_sensitivity) return false;
-  if (!r.windows.empty()) {
-    bool any = false;
-    for (const auto& w : r.windows) any = any || in_window(w, req.time);
-    if (!any) return false;
+  if (const StrList tasks = r.tasks(); !tasks.empty() && !any_glob(tasks, req.task)) return false;
+  if (r.extra != nullptr) {
+    if (!r.extra->windows.empty()) {
+      bool any = false;
+      for (const auto& w : r.extra->windows) any = any || in_window(w, req.time);
+      if (!any) return false;
+    }
+    if (!r.extra->dests.empty() && (req.host.empty() || !any_dest(r.extra->dests, req.host, req.port))) return false;
   }
-  if (!r.dests.empty() && (req.host.empty() || !any_dest(r.dests, req.host, req.port))) return false;
   for (const auto& a : r.args) {
     if (!arg_holds(a, req.args)) return false;
   }
@@ -413,73 +435,66 @@ using RegexCache = std::map<std::string, std::unique_ptr<const re2::RE2>, std::l
 
 Result<Rule> compile_rule(const fb::Rule& r, RegexCache& regexes, Arena& arena) {
   Rule c;
-  c.id = str(r.id());
-  c.reason = str(r.reason());
+  c.src = &r;
+  const std::string_view id = str(r.id());
   c.allow = r.effect() == fb::Effect::Allow;
   c.shadow = r.shadow();
-  c.agents = StrList(r.agents());
-  c.tools = StrList(r.tools());
-  c.tasks = StrList(r.tasks());
   c.within_clearance = r.within_clearance();
   c.max_sensitivity = r.max_sensitivity();
-  c.ttl = r.credential_ttl();
-  OUTPOST_TRY(c.dests, compile_dests(r.destinations(), arena));
+  RuleExtra extra;
+  OUTPOST_TRY(extra.dests, compile_dests(r.destinations(), arena));
   if (r.time_windows() != nullptr) {
-    c.windows = compile_windows(*r.time_windows(), arena);
+    extra.windows = compile_windows(*r.time_windows(), arena);
   }
-  if (r.rate() != nullptr && r.rate()->count() > 0 && r.rate()->window() > 0) {
-    c.has_rate = true;
-    c.rate_scope = r.rate()->scope();
-    c.rate_count = r.rate()->count();
-    c.rate_window = r.rate()->window();
+  if (!extra.dests.empty() || !extra.windows.empty()) {
+    c.extra = new (arena.pool.allocate(sizeof(RuleExtra), alignof(RuleExtra))) RuleExtra(extra);
   }
+  c.has_rate = r.rate() != nullptr && r.rate()->count() > 0 && r.rate()->window() > 0;
   if (r.args() != nullptr) {
     std::vector<Arg> args;
     for (const fb::ArgConstraint* a : *r.args()) {
       Arg arg;
+      arg.src = a;
       Result<Pointer> p = parse_pointer(str(a->pointer()), arena);
-      if (!p) return fail(p.error().wrap("rule " + std::string(c.id)));
+      if (!p) return fail(p.error().wrap("rule " + std::string(id)));
       arg.pointer = std::move(*p);
       arg.op = a->op();
-      arg.values = StrList(a->values());
-      arg.min = a->min();
-      arg.max = a->max();
-      arg.max_length = a->max_length();
       arg.optional = a->optional();
+      const StrList values = arg.values();
       if (arg.op == fb::ArgOp::OneOf) {
         std::vector<double> numbers;
-        for (std::string_view v : arg.values) {
+        for (std::string_view v : values) {
           std::string text(v);
           char* end = nullptr;
           double d = std::strtod(text.c_str(), &end);
           numbers.push_back(end != text.c_str() && *end == '\0' ? d : std::nan(""));
         }
-        arg.numbers = pack(arena, numbers);
+        arg.compiled = pack(arena, numbers).data();
       }
       if (arg.op == fb::ArgOp::Regex) {
-        if (arg.values.empty()) return fail(errc::corrupt, "rule " + std::string(c.id) + ": regex constraint without a pattern");
-        auto cached = regexes.find(arg.values[0]);
+        if (values.empty()) return fail(errc::corrupt, "rule " + std::string(id) + ": regex constraint without a pattern");
+        auto cached = regexes.find(values[0]);
         if (cached == regexes.end()) {
           re2::RE2::Options opts;
           opts.set_log_errors(false);
-          std::string pattern(arg.values[0]);
+          std::string pattern(values[0]);
           auto re = std::make_unique<const re2::RE2>(pattern, opts);
-          if (!re->ok()) return fail(errc::corrupt, "rule " + std::string(c.id) + ": bad RE2 pattern: " + re->error());
+          if (!re->ok()) return fail(errc::corrupt, "rule " + std::string(id) + ": bad RE2 pattern: " + re->error());
           cached = regexes.emplace(std::move(pattern), std::move(re)).first;
         }
         arg.regex = cached->second.get();
       }
       if (arg.op == fb::ArgOp::PathPrefix) {
         std::vector<std::string_view> paths;
-        for (std::string_view v : arg.values) {
+        for (std::string_view v : values) {
           PathBuffer buf;
           auto norm = normalize_path(v, buf);
           if (!norm) {
-            return fail(errc::corrupt, "rule " + std::string(c.id) + ": path prefix \"" + std::string(v) + "\" is not an absolute path");
+            return fail(errc::corrupt, "rule " + std::string(id) + ": path prefix \"" + std::string(v) + "\" is not an absolute path");
           }
           paths.push_back(*norm == v ? v : keep(arena, std::string(*norm)));
         }
-        arg.paths = pack(arena, paths);
+        arg.compiled = pack(arena, paths).data();
       }
       args.push_back(arg);
     }
@@ -577,8 +592,8 @@ struct Engine::Impl {
     for (uint32_t r = 0; r < set.rules.size(); ++r) {
       const Rule& rule = set.rules[r];
       const int kind = rule.shadow ? 2 : rule.allow ? 1 : 0;
-      select_agents(rule.agents, as);
-      select_tools(rule.tools, ts);
+      select_agents(rule.agents(), as);
+      select_tools(rule.tools(), ts);
       for (uint32_t a : as) {
         for (uint32_t t : ts) buckets[pair(a, t)][static_cast<size_t>(kind)].push_back(r);
       }
@@ -713,7 +728,7 @@ Decision Engine::Impl::decide(const Request& req, Mode mode, RateLimiter* rates,
     for (uint32_t r = 0; r < set.rules.size(); ++r) {
       const Rule& rule = set.rules[r];
       if ((rule.shadow ? 2 : rule.allow ? 1 : 0) != kind) continue;
-      if (!any_glob_or_empty(rule.agents, agent.name) || !any_glob_or_empty(rule.tools, tool.full)) continue;
+      if (!any_glob_or_empty(rule.agents(), agent.name) || !any_glob_or_empty(rule.tools(), tool.full)) continue;
       if (!fn(r)) return;
     }
   };
@@ -763,11 +778,11 @@ Decision Engine::Impl::decide(const Request& req, Mode mode, RateLimiter* rates,
       if (flows_deny()) return false;
     }
     if (rule.has_rate && rates != nullptr) {
-      std::string_view key = rule.rate_scope == fb::RateScope::Agent ? req.agent
-                             : rule.rate_scope == fb::RateScope::Tool ? std::string_view(tool.full)
-                                                                      : req.task;
-      if (!rates->try_acquire(r | (mode == Mode::safe_set ? 0x40000000u : 0u), key, req.time, rule.rate_count,
-                              rule.rate_window)) {
+      const fb::RateLimit& rate = *rule.src->rate();
+      std::string_view key = rate.scope() == fb::RateScope::Agent ? req.agent
+                             : rate.scope() == fb::RateScope::Tool ? std::string_view(tool.full)
+                                                                   : req.task;
+      if (!rates->try_acquire(r | (mode == Mode::safe_set ? 0x40000000u : 0u), key, req.time, rate.count(), rate.window())) {
         d.rate_limited = true;
         return true;
       }
@@ -776,7 +791,8 @@ Decision Engine::Impl::decide(const Request& req, Mode mode, RateLimiter* rates,
     d.verdict = Verdict::allowed_by_rule;
     push_id(d.rules, d.rule_count, r);
     uint32_t ttl = agent.ttl;
-    if (rule.ttl > 0 && (ttl == 0 || rule.ttl < ttl)) ttl = rule.ttl;
+    const uint32_t rule_ttl = rule.src->credential_ttl();
+    if (rule_ttl > 0 && (ttl == 0 || rule_ttl < ttl)) ttl = rule_ttl;
     d.credential_ttl = ttl;
     return false;
   });
@@ -1182,7 +1198,7 @@ std::string Engine::rule_id(const Decision& d, uint32_t index) const {
     return f < impl_->flows.size() ? std::string(impl_->flows[f].id) : "?";
   }
   const RuleSet& set = d.mode == Mode::safe_set ? impl_->safe : impl_->normal;
-  return index < set.rules.size() ? std::string(set.rules[index].id) : "?";
+  return index < set.rules.size() ? std::string(set.rules[index].id()) : "?";
 }
 
 std::string_view verdict_name(Verdict v) {
@@ -1204,10 +1220,10 @@ std::string_view verdict_name(Verdict v) {
 std::string Engine::explain(const Decision& d, const Request& req) const {
   const RuleSet& set = d.mode == Mode::safe_set ? impl_->safe : impl_->normal;
   auto id_of = [&](uint32_t i) -> std::string {
-    return std::string(i >= kFlowBase ? impl_->flows[i - kFlowBase].id : set.rules[i].id);
+    return std::string(i >= kFlowBase ? impl_->flows[i - kFlowBase].id : set.rules[i].id());
   };
   auto reason_of = [&](uint32_t i) -> std::string {
-    std::string_view r = i >= kFlowBase ? impl_->flows[i - kFlowBase].reason : set.rules[i].reason;
+    std::string_view r = i >= kFlowBase ? impl_->flows[i - kFlowBase].reason : set.rules[i].reason();
     return r.empty() ? std::string() : " (" + std::string(r) + ")";
   };
   std::string call = std::string(req.agent) + " -> " + std::string(req.server) + "/" + std::string(req.tool);
