@@ -282,6 +282,10 @@ struct Daemon::Impl {
   std::map<std::string, uint32_t> api_by_agent;
   uint32_t agent_connections = 0;            // all agents' together
   asio::steady_timer accept_timer{io};
+  // Heap pages freed by ended MCP connections, given back a second after the last one ends
+  // (trim_heap). Asio thread only.
+  asio::steady_timer trim_timer{io};
+  bool trim_pending = false;
   int accept_backoff_ms = 0;
   std::string isolation_missing;             // privileges the sandbox lacks; "" when it has all
   std::atomic<uint64_t> refused_logged{0};   // refusals of API peers, audited one in a thousand
@@ -322,6 +326,23 @@ struct Daemon::Impl {
     // Compiling a large bundle leaves freed heap behind; give it back to the system so the
     // daemon's resident size reflects what it keeps (docs/benchmarks.md: RSS budget).
     malloc_trim(0);
+  }
+
+  // An MCP connection's buffers, parser and server state are freed when it ends, but glibc
+  // returns only free memory at the top of its heap to the system: pages freed in the middle
+  // stay resident. A second after the last connection of a burst ends, malloc_trim gives them
+  // back (docs/benchmarks.md: outpostd's memory). It walks the heap's free chunks once (tens of
+  // microseconds for a few megabytes) on the Asio thread, never on a call's path.
+  void trim_heap() {
+    asio::post(io, [this] {
+      if (trim_pending) return;
+      trim_pending = true;
+      trim_timer.expires_after(std::chrono::seconds(1));
+      trim_timer.async_wait([this](const boost::system::error_code& e) {
+        trim_pending = false;
+        if (!e) malloc_trim(0);
+      });
+    });
   }
 
   // ---- audit checkpoints and the disk budget (worker thread) ----
@@ -788,6 +809,7 @@ Result<broker::HttpChannel> Daemon::Impl::open_http_mcp(const std::string& agent
     std::thread([this, d = ctl[0], r = in[0], w = out[1], agent, server, peer] {
       serve_mcp(d, json::object{{"op", "mcp"}, {"server", server}}, agent, {r, w});
       ::close(d);
+      trim_heap();
       std::lock_guard lock(mu);
       count_connection(peer, -1);
       threads_done.notify_all();
@@ -1453,6 +1475,7 @@ void Daemon::Impl::serve(int fd, Peer peer) {
     }
     serve_mcp(fd, req, agent_name, std::move(fds));
     ::close(fd);
+    trim_heap();
     return;
   }
   if (op == "mcp") {

@@ -14,6 +14,7 @@
 #include <mutex>
 #include <span>
 #include <type_traits>
+#include <unordered_map>
 
 #include "match.h"
 #include "outpost/base/errors.h"
@@ -32,8 +33,10 @@ namespace {
 // pointer tokens, ports) lives in the arena's pool, packed end to end, and the rule holds a
 // span. Nothing in them has a destructor, so the pool is released whole with the engine. A
 // rule and an argument keep a pointer to their table in the bundle and read from it what
-// needs no compiling (id, reason, globs, bounds, rate, credential life), so a 10,000-rule
-// bundle costs about 130 bytes a rule beside its buffer (docs/benchmarks.md: outpostd's memory).
+// needs no compiling (id, reason, globs, bounds, rate, credential life), and rules that
+// test the same JSON pointer share its parsed form, so a 10,000-rule bundle of one argument
+// constraint each costs about 80 bytes a rule beside its buffer (docs/benchmarks.md:
+// outpostd's memory).
 
 std::string_view str(const flatbuffers::String* s) { return s ? std::string_view(s->data(), s->size()) : std::string_view(); }
 
@@ -96,25 +99,27 @@ struct Dest {
 };
 
 // An argument constraint: its values, bounds and limits are read from the bundle (`src`);
-// only what must be computed once is held here. 48 bytes.
+// only what must be computed once is held here. 32 bytes.
 struct Arg {
   const fb::ArgConstraint* src = nullptr;
-  Pointer pointer;
-  // OneOf: `values` read as numbers (NaN when not one); PathPrefix: `values` normalized. As
-  // many as `values`, in the arena; null for the other operators.
+  const Pointer* pointer = nullptr;  // in the arena, one per distinct pointer text in the bundle
+  // What the operator compiled, in the arena, or null: OneOf, `values` read as numbers (NaN
+  // when not one); PathPrefix, `values` normalized (as many as `values`); Regex, the pattern
+  // (in Impl::regexes, shared by every rule with the same one).
   const void* compiled = nullptr;
-  const re2::RE2* regex = nullptr;  // in Impl::regexes, shared by every rule with the same pattern
   fb::ArgOp op = fb::ArgOp::Prefix;
   bool optional = false;
 
   StrList values() const { return StrList(src->values()); }
   std::span<const double> numbers() const {
-    return compiled == nullptr ? std::span<const double>() : std::span(static_cast<const double*>(compiled), values().size());
+    if (op != fb::ArgOp::OneOf || compiled == nullptr) return {};
+    return std::span(static_cast<const double*>(compiled), values().size());
   }
   std::span<const std::string_view> paths() const {
-    return compiled == nullptr ? std::span<const std::string_view>()
-                               : std::span(static_cast<const std::string_view*>(compiled), values().size());
+    if (op != fb::ArgOp::PathPrefix || compiled == nullptr) return {};
+    return std::span(static_cast<const std::string_view*>(compiled), values().size());
   }
+  const re2::RE2* regex() const { return op == fb::ArgOp::Regex ? static_cast<const re2::RE2*>(compiled) : nullptr; }
 };
 
 struct Window {
@@ -143,7 +148,7 @@ struct Rule {
   StrList tools() const { return StrList(src->tools()); }
   StrList tasks() const { return StrList(src->tasks()); }
 };
-static_assert(sizeof(Rule) <= 40 && sizeof(Arg) <= 48, "the per-rule cost docs/benchmarks.md counts");
+static_assert(sizeof(Rule) <= 40 && sizeof(Arg) <= 32, "the per-rule cost docs/benchmarks.md counts");
 
 struct Flow {
   std::string_view id, reason;
@@ -308,7 +313,7 @@ bool as_number(const boost::json::value& v, double& out) {
 }
 
 bool arg_holds(const Arg& a, const boost::json::value* args) {
-  const boost::json::value* v = resolve(args, a.pointer);
+  const boost::json::value* v = resolve(args, *a.pointer);
   if (v == nullptr) return a.optional;
   if (a.op == fb::ArgOp::Range) {
     double d;
@@ -332,7 +337,7 @@ bool arg_holds(const Arg& a, const boost::json::value* args) {
       }
       return false;
     case fb::ArgOp::Glob: return any_glob(a.values(), s);
-    case fb::ArgOp::Regex: return a.regex && re2::RE2::FullMatch(s, *a.regex);
+    case fb::ArgOp::Regex: return a.regex() != nullptr && re2::RE2::FullMatch(s, *a.regex());
     case fb::ArgOp::OneOf:
       for (std::string_view p : a.values()) {
         if (s == p) return true;
@@ -432,8 +437,10 @@ Result<std::span<const Dest>> compile_dests(const flatbuffers::Vector<flatbuffer
 
 // Compiled RE2 patterns by source text: bundles repeat a few patterns over many rules.
 using RegexCache = std::map<std::string, std::unique_ptr<const re2::RE2>, std::less<>>;
+// Parsed JSON pointers by their text in the bundle, while it compiles: rules repeat a few.
+using PointerCache = std::unordered_map<std::string_view, const Pointer*>;
 
-Result<Rule> compile_rule(const fb::Rule& r, RegexCache& regexes, Arena& arena) {
+Result<Rule> compile_rule(const fb::Rule& r, RegexCache& regexes, PointerCache& pointers, Arena& arena) {
   Rule c;
   c.src = &r;
   const std::string_view id = str(r.id());
@@ -455,9 +462,16 @@ Result<Rule> compile_rule(const fb::Rule& r, RegexCache& regexes, Arena& arena) 
     for (const fb::ArgConstraint* a : *r.args()) {
       Arg arg;
       arg.src = a;
-      Result<Pointer> p = parse_pointer(str(a->pointer()), arena);
-      if (!p) return fail(p.error().wrap("rule " + std::string(id)));
-      arg.pointer = std::move(*p);
+      auto [known, fresh] = pointers.try_emplace(str(a->pointer()), nullptr);
+      if (fresh) {
+        Result<Pointer> p = parse_pointer(known->first, arena);
+        if (!p) {
+          pointers.erase(known);
+          return fail(p.error().wrap("rule " + std::string(id)));
+        }
+        known->second = new (arena.pool.allocate(sizeof(Pointer), alignof(Pointer))) Pointer(*p);
+      }
+      arg.pointer = known->second;
       arg.op = a->op();
       arg.optional = a->optional();
       const StrList values = arg.values();
@@ -482,7 +496,7 @@ Result<Rule> compile_rule(const fb::Rule& r, RegexCache& regexes, Arena& arena) 
           if (!re->ok()) return fail(errc::corrupt, "rule " + std::string(id) + ": bad RE2 pattern: " + re->error());
           cached = regexes.emplace(std::move(pattern), std::move(re)).first;
         }
-        arg.regex = cached->second.get();
+        arg.compiled = cached->second.get();
       }
       if (arg.op == fb::ArgOp::PathPrefix) {
         std::vector<std::string_view> paths;
@@ -885,16 +899,17 @@ Result<std::shared_ptr<const Engine>> Engine::build(std::shared_ptr<const void> 
     for (uint32_t t = 0; t < m.tools.size(); ++t) m.granted[m.pair(a, t)] = any_glob(m.agents[a].tool_globs, m.tools[t].full);
   }
   RegexCache& regexes = m.regexes;
+  PointerCache pointers;
   if (b.rules() != nullptr) {
     m.normal.rules.reserve(b.rules()->size());
     for (const fb::Rule* r : *b.rules()) {
-      OUTPOST_TRY(Rule c, compile_rule(*r, regexes, m.arena));
+      OUTPOST_TRY(Rule c, compile_rule(*r, regexes, pointers, m.arena));
       m.normal.rules.push_back(std::move(c));
     }
   }
   if (b.safe_set() != nullptr) {
     for (const fb::Rule* r : *b.safe_set()) {
-      OUTPOST_TRY(Rule c, compile_rule(*r, regexes, m.arena));
+      OUTPOST_TRY(Rule c, compile_rule(*r, regexes, pointers, m.arena));
       m.safe.rules.push_back(std::move(c));
     }
   }
@@ -1259,13 +1274,12 @@ struct RateLimiter::Impl {
     uint32_t count = 0;
   };
   std::mutex mu;
-  std::vector<Slot> slots;
+  size_t size = 1;          // a power of two
+  std::vector<Slot> slots;  // empty until the first event: most limiters never see one
 };
 
 RateLimiter::RateLimiter(size_t slots) : impl_(std::make_unique<Impl>()) {
-  size_t n = 1;
-  while (n < slots) n <<= 1;
-  impl_->slots.resize(n);
+  while (impl_->size < slots) impl_->size <<= 1;
 }
 RateLimiter::~RateLimiter() = default;
 
@@ -1279,6 +1293,7 @@ bool RateLimiter::try_acquire(uint32_t rule, std::string_view key, int64_t now, 
   const int64_t start = now - (now % static_cast<int64_t>(window));
   std::lock_guard<std::mutex> lock(impl_->mu);
   auto& slots = impl_->slots;
+  if (slots.empty()) slots.resize(impl_->size);
   const size_t mask = slots.size() - 1;
   // Linear probing over eight slots. A slot is reused only once its window has passed, so a
   // crowded table makes limits stricter (the call is refused), never looser.

@@ -180,7 +180,8 @@ class Engine {
   std::unique_ptr<Impl> impl_;
 };
 
-// Rate-limit counters: fixed windows per (rule, key), in a fixed-size table allocated once.
+// Rate-limit counters: fixed windows per (rule, key), in a fixed-size table allocated at the
+// first event (an agent whose rules set no rate never pays for one: 24 bytes a slot).
 // Thread-safe (one mutex; the table is small and the critical section a few loads).
 class RateLimiter {
  public:
