@@ -288,11 +288,8 @@ void McpSession::handle_call(const json::object& msg, std::string_view line, std
   }
   ++stats_.calls_allowed;
   // Remembered now, before the record is durable: should the commit fail, the call is refused
-  // but still counts in the agent's history (windows and taint only grow stricter). Its
-  // arguments only when a flow rule of the policy in force totals them: a history of 4,096
-  // calls otherwise holds up to 4,096 copies of nobody's arguments.
-  history.remember(options_.server, tool, now, view.engine->output_sensitivity(options_.server, tool),
-                   view.engine->totals_history_arguments() ? args : nullptr);
+  // but still counts in the agent's history (windows and taint only grow stricter).
+  history.remember(options_.server, tool, now, view.engine->output_sensitivity(options_.server, tool), args);
   history.unlock();
   std::string& out = ticket != 0 || holding() ? held_ : to_server;
   const size_t begin = out.size();

@@ -526,7 +526,6 @@ struct Engine::Impl {
   std::shared_ptr<const void> owner;
   Arena arena;   // strings the engine had to change, and the packed lists
   RegexCache regexes;  // every rule's compiled patterns, by source text
-  bool history_arguments = false;  // a flow rule totals earlier calls' arguments
   uint64_t version = 0;
   std::vector<Agent> agents;
   std::vector<Tool> tools;
@@ -838,7 +837,6 @@ uint8_t Engine::output_sensitivity(std::string_view server, std::string_view too
 
 uint64_t Engine::version() const { return impl_->version; }
 size_t Engine::rule_count() const { return impl_->normal.rules.size(); }
-bool Engine::totals_history_arguments() const { return impl_->history_arguments; }
 
 Result<std::shared_ptr<const Engine>> Engine::build(ByteView payload) {
   auto copy = std::make_shared<Bytes>(payload.begin(), payload.end());
@@ -932,7 +930,6 @@ Result<std::shared_ptr<const Engine>> Engine::build(std::shared_ptr<const void> 
       Result<Pointer> ptr = parse_pointer(str(f->total_pointer()), m.arena);
       if (!ptr) return fail(ptr.error().wrap("flow rule " + std::string(c.id)));
       c.total_pointer = std::move(*ptr);
-      if (c.kind == fb::FlowKind::WindowLimit && c.max_total > 0 && !c.total_pointer.empty()) m.history_arguments = true;
       m.flows.push_back(std::move(c));
     }
   }

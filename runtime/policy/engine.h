@@ -169,9 +169,6 @@ class Engine {
 
   // The label a call's result carries (the tool's output_sensitivity); 0 for unknown tools.
   uint8_t output_sensitivity(std::string_view server, std::string_view tool) const;
-  // Whether a flow rule totals a number from earlier calls' arguments (window_limit with
-  // max_total): only then must a session's history keep the arguments of its calls.
-  bool totals_history_arguments() const;
 
   uint64_t version() const;
   size_t rule_count() const;

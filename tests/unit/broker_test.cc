@@ -497,50 +497,6 @@ TEST_CASE("broker taint follows the agent to a new connection and to another ser
   CHECK(goes_out(alone, "fetch", R"({"url":"https://docs.example.org/x"})"));
 }
 
-TEST_CASE("broker keeps a call's arguments in the history only when a flow rule totals them", "[broker]") {
-  auto args_kept = [](broker::SessionState& st) {
-    auto locked = st.lock();
-    std::vector<bool> kept;
-    for (const auto& e : locked.history()) kept.push_back(e.args != nullptr);
-    return kept;
-  };
-  Sink sink;
-  // No flow rule of kPolicy totals anything: the history has the calls, not their arguments.
-  auto plain = std::make_shared<broker::SessionState>();
-  auto fs = connection(sink, plain, "fs", engine());
-  REQUIRE(goes_out(fs, "write_file", R"({"path":"/ws/out","content":"x"})"));
-  CHECK(args_kept(*plain) == std::vector<bool>{false});
-  CHECK_FALSE(engine()->totals_history_arguments());
-
-  // A spending limit totals /amount over the window: the arguments are kept, and the total
-  // holds across connections.
-  static const char* kTotals = R"(
-version: 5
-issuer: test
-valid: {not_before: 2026-01-01T00:00:00Z, not_after: 2099-01-01T00:00:00Z, max_offline: 72h}
-tools:
-  - {server: pay, name: send}
-agents:
-  - {name: coder, tools: ["pay/*"]}
-rules:
-  - {id: pay, effect: allow, agents: [coder], tools: ["pay/*"]}
-flow_rules:
-  - {id: spend, kind: window_limit, tools: [pay/send], window: 1h, max_total: 100, total_pointer: /amount}
-)";
-  auto totals = compile_engine(kTotals);
-  CHECK(totals->totals_history_arguments());
-  auto spent = std::make_shared<broker::SessionState>();
-  {
-    auto pay = connection(sink, spent, "pay", totals);
-    CHECK(goes_out(pay, "send", R"({"amount":60})"));
-  }
-  auto pay = connection(sink, spent, "pay", totals);
-  CHECK(goes_out(pay, "send", R"({"amount":40})"));
-  CHECK_FALSE(goes_out(pay, "send", R"({"amount":1})"));
-  CHECK(sink.records.back().rules == std::vector<std::string>{"spend"});
-  CHECK(args_kept(*spent) == std::vector<bool>{true, true});
-}
-
 TEST_CASE("broker keeps the most sensitive call when the shared history is full", "[broker]") {
   auto state = std::make_shared<broker::SessionState>(broker::SessionState::Limits{.max_history = 4});
   Sink sink;
