@@ -1203,16 +1203,33 @@ struct HttpEndpoint::Impl {
   // At the agent's connection cap the loop stops accepting until one of its connections ends:
   // a client opening one more (undici frees a socket a tick after its response, so a burst of
   // answers can briefly want cap + 1) waits in the listener's backlog instead of being closed
-  // unread, which it would report as a failed request. Idle keep-alive connections end at
-  // head_timeout, so the wait is bounded.
+  // unread, which it would report as a failed request. Connections may be held for good (event
+  // streams, long calls), so the wait lasts head_timeout at most: then the next connection is
+  // taken and answered 503 with Retry-After, and counted as refused.
   asio::awaitable<void> accept_loop(std::shared_ptr<AgentEntry> a) {
     for (;;) {
-      while (a->conns.size() >= options.max_connections_per_agent && !a->stopped) co_await a->slot_free.wait();
+      const auto until = Clock::now() + options.head_timeout;
+      while (a->conns.size() >= options.max_connections_per_agent && !a->stopped && Clock::now() < until) {
+        co_await a->slot_free.wait_until(until);
+      }
       auto [ec, sock] = co_await a->acceptor.async_accept(kTuple);
       if (a->stopped || ec == asio::error::operation_aborted || !a->acceptor.is_open()) co_return;
       if (ec) {
         asio::steady_timer t(io, std::chrono::milliseconds(100));
         co_await t.async_wait(kTuple);
+        continue;
+      }
+      if (a->conns.size() >= options.max_connections_per_agent) {
+        // A fresh socket's send buffer takes these bytes at once; the client may still see a
+        // reset if it had written its request, which it reports as a failure all the same.
+        static constexpr std::string_view kBusy =
+            "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+        boost::system::error_code ignored;
+        sock.non_blocking(true, ignored);
+        sock.send(asio::buffer(kBusy.data(), kBusy.size()), 0, ignored);
+        sock.shutdown(tcp::socket::shutdown_send, ignored);
+        sock.close(ignored);
+        a->refused.fetch_add(1);
         continue;
       }
       sock.set_option(tcp::no_delay(true), ec);

@@ -285,7 +285,6 @@ struct Daemon::Impl {
   // Heap pages freed by ended MCP connections, given back a second after the last one ends
   // (trim_heap). Asio thread only.
   asio::steady_timer trim_timer{io};
-  bool trim_pending = false;
   int accept_backoff_ms = 0;
   std::string isolation_missing;             // privileges the sandbox lacks; "" when it has all
   std::atomic<uint64_t> refused_logged{0};   // refusals of API peers, audited one in a thousand
@@ -330,16 +329,15 @@ struct Daemon::Impl {
 
   // An MCP connection's buffers, parser and server state are freed when it ends, but glibc
   // returns only free memory at the top of its heap to the system: pages freed in the middle
-  // stay resident. A second after the last connection of a burst ends, malloc_trim gives them
-  // back (docs/benchmarks.md: outpostd's memory). It walks the heap's free chunks once (tens of
-  // microseconds for a few megabytes) on the Asio thread, never on a call's path.
+  // stay resident. A second after the last connection of a burst ends (each end pushes the
+  // timer back), malloc_trim gives them back (docs/benchmarks.md: outpostd's memory). It walks
+  // the heap's free chunks once (tens of microseconds for a few megabytes) on the Asio thread,
+  // never on a call's path.
   void trim_heap() {
+    if (stopping) return;
     asio::post(io, [this] {
-      if (trim_pending) return;
-      trim_pending = true;
-      trim_timer.expires_after(std::chrono::seconds(1));
-      trim_timer.async_wait([this](const boost::system::error_code& e) {
-        trim_pending = false;
+      trim_timer.expires_after(std::chrono::seconds(1));  // cancels the wait armed before
+      trim_timer.async_wait([](const boost::system::error_code& e) {
         if (!e) malloc_trim(0);
       });
     });
@@ -1921,6 +1919,7 @@ void Daemon::Impl::shutdown() {
   boost::system::error_code ec;
   acceptor->close(ec);
   accept_timer.cancel();
+  trim_timer.cancel();
   inbox_timer.cancel();
   life_timer.cancel();
   audit_timer.cancel();

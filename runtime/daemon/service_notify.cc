@@ -19,7 +19,10 @@ Result<void> notify_service_manager(std::string_view state) {
   const std::string_view path(env);
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
-  if ((path[0] != '/' && path[0] != '@') || path.size() >= sizeof addr.sun_path) {
+  if (path.substr(0, 6) == "vsock:") {
+    return fail(errc::unsupported, "NOTIFY_SOCKET \"" + std::string(path) + "\": AF_VSOCK addresses are not supported");
+  }
+  if ((path[0] != '/' && path[0] != '@') || path.size() < 2 || path.size() >= sizeof addr.sun_path) {
     return fail(errc::invalid_argument, "NOTIFY_SOCKET \"" + std::string(path) + "\" is not a Unix socket path or an abstract name");
   }
   std::memcpy(addr.sun_path, path.data(), path.size());

@@ -16,7 +16,8 @@ namespace outpost::daemon {
 
 // Sends `state` ("READY=1", "STOPPING=1", ...) to the socket $NOTIFY_SOCKET names: a path, or
 // '@' for Linux's abstract namespace. Without $NOTIFY_SOCKET (not started by systemd) it does
-// nothing and succeeds; a malformed or unreachable socket is an error.
+// nothing and succeeds; a malformed or unreachable socket is an error, and so is systemd 254's
+// "vsock:CID:PORT" form (a service manager outside a VM), which outpostd does not speak.
 Result<void> notify_service_manager(std::string_view state);
 
 }  // namespace outpost::daemon

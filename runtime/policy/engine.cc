@@ -1274,8 +1274,8 @@ struct RateLimiter::Impl {
     uint32_t count = 0;
   };
   std::mutex mu;
-  size_t size = 1;          // a power of two
-  std::vector<Slot> slots;  // empty until the first event: most limiters never see one
+  size_t size = 1;                 // a power of two
+  std::unique_ptr<Slot[]> slots;   // null until the first event: most limiters never see one
 };
 
 RateLimiter::RateLimiter(size_t slots) : impl_(std::make_unique<Impl>()) {
@@ -1292,9 +1292,12 @@ bool RateLimiter::try_acquire(uint32_t rule, std::string_view key, int64_t now, 
   if (h == 0) h = 1;
   const int64_t start = now - (now % static_cast<int64_t>(window));
   std::lock_guard<std::mutex> lock(impl_->mu);
-  auto& slots = impl_->slots;
-  if (slots.empty()) slots.resize(impl_->size);
-  const size_t mask = slots.size() - 1;
+  if (impl_->slots == nullptr) {
+    impl_->slots.reset(new (std::nothrow) Impl::Slot[impl_->size]());
+    if (impl_->slots == nullptr) return false;  // no memory for the table: over the limit (fail closed)
+  }
+  Impl::Slot* slots = impl_->slots.get();
+  const size_t mask = impl_->size - 1;
   // Linear probing over eight slots. A slot is reused only once its window has passed, so a
   // crowded table makes limits stricter (the call is refused), never looser.
   Impl::Slot* victim = nullptr;

@@ -497,6 +497,36 @@ TEST_CASE("broker taint follows the agent to a new connection and to another ser
   CHECK(goes_out(alone, "fetch", R"({"url":"https://docs.example.org/x"})"));
 }
 
+TEST_CASE("broker counts calls made under an earlier bundle in a new spending limit", "[broker]") {
+  // The same tool under two bundles: the first sets no total, the second caps /amount at 100
+  // an hour. A cap pushed mid-session must count what the agent spent just before it arrived,
+  // so the history keeps calls' (small) arguments whatever the bundle in force.
+  const std::string head = R"(
+issuer: test
+valid: {not_before: 2026-01-01T00:00:00Z, not_after: 2099-01-01T00:00:00Z, max_offline: 72h}
+tools:
+  - {server: pay, name: send}
+agents:
+  - {name: coder, tools: ["pay/*"]}
+rules:
+  - {id: pay, effect: allow, agents: [coder], tools: ["pay/*"]}
+)";
+  auto before = compile_engine(("version: 5\n" + head).c_str());
+  auto capped = compile_engine(("version: 6\n" + head +
+                                "flow_rules:\n  - {id: spend, kind: window_limit, tools: [pay/send], window: 1h, max_total: 100, "
+                                "total_pointer: /amount}\n").c_str());
+  auto state = std::make_shared<broker::SessionState>();
+  Sink sink;
+  {
+    auto pay = connection(sink, state, "pay", before);
+    CHECK(goes_out(pay, "send", R"({"amount":60})"));
+  }
+  auto pay = connection(sink, state, "pay", capped);
+  CHECK(goes_out(pay, "send", R"({"amount":40})"));
+  CHECK_FALSE(goes_out(pay, "send", R"({"amount":1})"));
+  CHECK(sink.records.back().rules == std::vector<std::string>{"spend"});
+}
+
 TEST_CASE("broker keeps the most sensitive call when the shared history is full", "[broker]") {
   auto state = std::make_shared<broker::SessionState>(broker::SessionState::Limits{.max_history = 4});
   Sink sink;

@@ -254,6 +254,9 @@ Answer exchange(uint16_t port, http::verb verb, const std::string& path, const s
   boost::asio::io_context io;
   tcp::socket s(io);
   s.connect(tcp::endpoint(boost::asio::ip::make_address("127.0.0.1"), port));
+  // A test that goes wrong gets no answer (status 0) after 10 s instead of hanging.
+  const timeval limit{10, 0};
+  ::setsockopt(s.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof limit);
   http::request<http::string_body> req{verb, path, 11};
   req.set(http::field::host, "127.0.0.1:" + std::to_string(port));
   for (const auto& [k, v] : headers) req.set(k, v);
@@ -595,4 +598,26 @@ TEST_CASE("the MCP endpoint holds a connection past its cap in the backlog, neve
   REQUIRE(third.wait_for(std::chrono::seconds(5)) == std::future_status::ready);
   CHECK(third.get().status == 400);
   CHECK(t.endpoint->counters("agent-a").refused == 1);  // the 400; no connection was refused
+}
+
+TEST_CASE("the MCP endpoint answers 503 when its cap stays full past the head timeout", "[http-endpoint]") {
+  HttpEndpointOptions o;
+  o.max_connections_per_agent = 1;
+  o.head_timeout = std::chrono::milliseconds(500);
+  EndpointUnderTest t(o);
+  const std::string path = "/mcp/everything";
+  // A session whose event stream holds the agent's one connection for as long as it is open.
+  Answer init = exchange(t.port, http::verb::post, path, kPost,
+                         R"({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}})");
+  REQUIRE(init.status == 200);
+  auto get_headers = std::map<std::string, std::string>{{"Accept", "text/event-stream"}, {"Mcp-Session-Id", init.session}};
+  auto stream = std::async(std::launch::async, [&] { return exchange(t.port, http::verb::get, path, get_headers); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  // The next connection waits up to the head timeout, then is told to come back: never
+  // served (a ping without a session would get 400), never left hanging.
+  Answer busy = exchange(t.port, http::verb::post, path, kPost, R"({"jsonrpc":"2.0","id":1,"method":"ping"})");
+  CHECK((busy.status == 503 || busy.status == 0));  // 0: a reset, when the request was in before the close
+  CHECK(t.endpoint->counters("agent-a").refused == 1);
+  t.endpoint.reset();  // ends the session and its stream
+  CHECK(stream.wait_for(std::chrono::seconds(5)) == std::future_status::ready);
 }

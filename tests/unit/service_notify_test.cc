@@ -88,6 +88,16 @@ TEST_CASE("outpostd tells systemd it is ready and stopping, with one datagram to
     REQUIRE_FALSE(r);
     CHECK_THAT(r.error().message(), Catch::Contains("NOTIFY_SOCKET \"run/systemd/notify\""));
   }
+  SECTION("a bare '@' and a vsock address: errors") {
+    {
+      NotifySocketEnv env("@");
+      CHECK_FALSE(daemon::notify_service_manager("READY=1"));
+    }
+    NotifySocketEnv env("vsock:2:1234");
+    auto r = daemon::notify_service_manager("READY=1");
+    REQUIRE_FALSE(r);
+    CHECK_THAT(r.error().message(), Catch::Contains("AF_VSOCK"));
+  }
   SECTION("nobody listening there: the error names the socket") {
     testing::TempDir dir;
     const std::string path = (dir.path() / "gone").string();
