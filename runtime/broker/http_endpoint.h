@@ -76,7 +76,9 @@ struct HttpEndpointOptions {
   size_t max_body = 4 << 20;             // one message from the agent
   size_t max_line = 4 << 20;             // one message from the relay
   size_t max_sessions_per_agent = 16;   // beyond: the least recently used idle one ends
-  size_t max_connections_per_agent = 64;
+  // Room for a client's keep-alive pool: undici, with 32 calls in flight, briefly holds up to
+  // twice that (a socket is freed a tick after its response) plus a session's GET stream.
+  size_t max_connections_per_agent = 128;
   size_t max_unclaimed = 256;            // server messages held for a GET stream not yet open
   std::chrono::milliseconds head_timeout{10'000};
   std::chrono::seconds idle_session{600};  // no request and no open stream: the session ends
