@@ -75,6 +75,13 @@ struct Arena {
 };
 std::string_view keep(Arena& arena, std::string s) { return arena.strings.emplace_back(std::move(s)); }
 
+// Copies `v` into the pool: the pointer stays valid for the engine's life.
+template <class T>
+const T* place(Arena& arena, const T& v) {
+  static_assert(std::is_trivially_destructible_v<T>, "packed forms are released without destructors");
+  return new (arena.pool.allocate(sizeof(T), alignof(T))) T(v);
+}
+
 // Moves `v` into the pool: the span stays valid for the engine's life.
 template <class T>
 std::span<const T> pack(Arena& arena, std::vector<T>& v) {
@@ -454,7 +461,7 @@ Result<Rule> compile_rule(const fb::Rule& r, RegexCache& regexes, PointerCache& 
     extra.windows = compile_windows(*r.time_windows(), arena);
   }
   if (!extra.dests.empty() || !extra.windows.empty()) {
-    c.extra = new (arena.pool.allocate(sizeof(RuleExtra), alignof(RuleExtra))) RuleExtra(extra);
+    c.extra = place(arena, extra);
   }
   c.has_rate = r.rate() != nullptr && r.rate()->count() > 0 && r.rate()->window() > 0;
   if (r.args() != nullptr) {
@@ -469,7 +476,7 @@ Result<Rule> compile_rule(const fb::Rule& r, RegexCache& regexes, PointerCache& 
           pointers.erase(known);
           return fail(p.error().wrap("rule " + std::string(id)));
         }
-        known->second = new (arena.pool.allocate(sizeof(Pointer), alignof(Pointer))) Pointer(*p);
+        known->second = place(arena, *p);
       }
       arg.pointer = known->second;
       arg.op = a->op();
