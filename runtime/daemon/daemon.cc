@@ -111,6 +111,11 @@ int terminate_and_reap(pid_t pid, int pidfd, int grace_ms) {
 json::object error_reply(const std::string& text) { return json::object{{"ok", false}, {"error", text}}; }
 
 // A relay's time per stage, in microseconds summed over the connection (mcp_disconnect).
+json::object egress_json(const egress::Proxy::Counters& e) {
+  return json::object{{"allowed", e.allowed},   {"refused", e.refused},       {"open", e.open},
+                      {"bytes_up", e.bytes_up}, {"bytes_down", e.bytes_down}, {"dns_refused", e.dns_refused}};
+}
+
 json::object timing_json(const broker::RelayTiming& t) {
   auto us = [](uint64_t ns) { return ns / 1000; };
   return json::object{{"client_batches", t.client_batches}, {"server_batches", t.server_batches},
@@ -1136,6 +1141,7 @@ Result<void> Daemon::Impl::launch(Agent& a) {
     a.state = AgentState::refused;
     return fail(network.error().wrap("not launching " + m.name + ": its network namespace"));
   }
+  if (!network->dns) OUTPOST_NOTE(warn, "agent " + m.name + " has no DNS stub: " + network->dns_error);
 
   sandbox::IsolationPolicy ip;
   ip.uid = a.uid;
@@ -1149,7 +1155,7 @@ Result<void> Daemon::Impl::launch(Agent& a) {
   }
   ip.read_only.push_back(config.socket);  // outpostd's socket alone, not the folder it is in
   ip.network_namespace = network->ns.get();
-  ip.syscalls.allow_inet_stream = true;  // TCP, which in its namespace reaches the proxy alone
+  ip.syscalls.allow_inet = true;  // TCP and UDP, which in its namespace reach outpostd's listeners alone
   OUTPOST_TRY(auto isolation, sandbox::Isolation::prepare(ip));
 
   // Logs: rotated at the configured size, one generation kept.
@@ -1178,7 +1184,7 @@ Result<void> Daemon::Impl::launch(Agent& a) {
   a.pid = child->pid;
   a.pidfd = child->pidfd.release();
   a.start_time = child->start_time;
-  if (proxy) proxy->serve(egress::Proxy::Binding{m.name, m.task, a.flow, std::move(network->listener)});
+  if (proxy) proxy->serve(egress::Proxy::Binding{m.name, m.task, a.flow, std::move(network->listener), std::move(network->dns)});
   if (endpoint) endpoint->serve(m.name, std::move(network->mcp_listener));
   a.started_at = unix_now();
   a.state = AgentState::running;
@@ -1320,9 +1326,7 @@ json::object Daemon::Impl::agent_json(const Agent& a) const {
   for (const auto& s : a.manifest.mcp_servers) servers.push_back(json::value(s.name));
   o["mcp_servers"] = std::move(servers);
   if (proxy) {
-    const auto e = proxy->counters(a.manifest.name);
-    o["egress"] = json::object{{"allowed", e.allowed}, {"refused", e.refused}, {"open", e.open},
-                               {"bytes_up", e.bytes_up}, {"bytes_down", e.bytes_down}};
+    o["egress"] = egress_json(proxy->counters(a.manifest.name));
   }
   return o;
 }
@@ -1590,13 +1594,12 @@ json::object Daemon::Impl::handle(const json::object& req, const ucred& peer, bo
     o["sandbox"] = json::object{{"isolation", isolation_missing.empty()},
                                 {"missing", isolation_missing}};
     if (proxy) {
-      // Per agent: connections allowed and refused through its egress proxy, open now.
+      // Per agent: connections allowed and refused through its egress proxy, open now, and the
+      // queries its namespace's DNS stub refused.
       json::object egress;
       std::lock_guard lock(mu);
       for (const auto& name : launch_order) {
-        const auto e = proxy->counters(name);
-        egress[name] = json::object{{"allowed", e.allowed}, {"refused", e.refused}, {"open", e.open},
-                                    {"bytes_up", e.bytes_up}, {"bytes_down", e.bytes_down}};
+        egress[name] = egress_json(proxy->counters(name));
       }
       o["egress"] = std::move(egress);
     }

@@ -24,6 +24,7 @@
 #include <boost/json.hpp>
 
 #include "egress/client_hello.h"
+#include "egress/dns_stub.h"
 #include "outpost/base/bytes.h"
 #include "outpost/base/crypto.h"
 #include "outpost/base/errors.h"
@@ -232,9 +233,15 @@ struct AgentEntry {
   const std::shared_ptr<broker::SessionState> flow;
   const std::shared_ptr<AgentLimits> limits;
   tcp::acceptor acceptor;
+  std::optional<asio::ip::udp::socket> dns;  // the namespace's DNS stub, if it has one
   std::unordered_map<uint64_t, std::weak_ptr<Conn>> conns;
   std::atomic<bool> stopped{false};
-  std::atomic<uint64_t> allowed{0}, refused{0}, open{0}, bytes_up{0}, bytes_down{0};
+  std::atomic<uint64_t> allowed{0}, refused{0}, open{0}, bytes_up{0}, bytes_down{0}, dns_refused{0};
+  // The DNS records' rate: this second's count, and the queries not recorded one by one since
+  // the last record. Loop only.
+  int64_t dns_second = 0;
+  uint32_t dns_recorded = 0;
+  uint64_t dns_unrecorded = 0;
 };
 
 struct Conn {
@@ -305,6 +312,9 @@ struct Proxy::Impl {
   }
 
   asio::awaitable<void> accept_loop(std::shared_ptr<AgentEntry> a);
+  // Answers the namespace's DNS stub socket until the agent stops.
+  asio::awaitable<void> dns_loop(std::shared_ptr<AgentEntry> a);
+  void answer_dns(AgentEntry& a, std::span<uint8_t> buf);
   asio::awaitable<void> watchdog(std::shared_ptr<Conn> c);
   asio::awaitable<void> handle(std::shared_ptr<AgentEntry> a, std::shared_ptr<Conn> c, std::string id);
   // Copies from one side to the other until EOF, counting and charging; `still_allowed` is
@@ -380,6 +390,101 @@ asio::awaitable<void> Proxy::Impl::accept_loop(std::shared_ptr<AgentEntry> a) {
       }
     });
   }
+}
+
+asio::awaitable<void> Proxy::Impl::dns_loop(std::shared_ptr<AgentEntry> a) {
+  std::vector<uint8_t> buf(4096);  // a query is tens of bytes; a longer one is read truncated
+  for (;;) {
+    auto [ec] = co_await a->dns->async_wait(asio::socket_base::wait_read, kTuple);
+    if (a->stopped || ec == asio::error::operation_aborted || !a->dns->is_open()) co_return;
+    if (ec) {
+      asio::steady_timer t(io, std::chrono::milliseconds(100));
+      co_await t.async_wait(kTuple);
+      continue;
+    }
+    // A batch, then back to the loop's other work: a flood of queries cannot starve tunnels.
+    for (int i = 0; i < 64 && !a->stopped; ++i) answer_dns(*a, buf);
+  }
+}
+
+// One datagram, if there is one: read it with the address it was sent to, answer from there.
+void Proxy::Impl::answer_dns(AgentEntry& a, std::span<uint8_t> buf) {
+  sockaddr_in from{};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(in_pktinfo))];
+  iovec iov{buf.data(), buf.size()};
+  msghdr m{};
+  m.msg_name = &from;
+  m.msg_namelen = sizeof from;
+  m.msg_iov = &iov;
+  m.msg_iovlen = 1;
+  m.msg_control = control;
+  m.msg_controllen = sizeof control;
+  const int fd = a.dns->native_handle();
+  const ssize_t n = ::recvmsg(fd, &m, MSG_DONTWAIT);
+  if (n < 0) {
+    if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+      ::outpost::log::warn("outpostd", {{"msg", "DNS stub of agent " + a.agent + ": " + errno_error("recvmsg", errno).message()}});
+    }
+    return;
+  }
+  const in_pktinfo* to = nullptr;
+  for (cmsghdr* c = CMSG_FIRSTHDR(&m); c != nullptr; c = CMSG_NXTHDR(&m, c)) {
+    if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_PKTINFO) to = reinterpret_cast<const in_pktinfo*>(CMSG_DATA(c));
+  }
+  DnsAnswer answer = answer_dns_query(std::span<const uint8_t>(buf.data(), static_cast<size_t>(n)));
+  if (answer.reply.empty() || m.msg_namelen != sizeof from || from.sin_family != AF_INET) return;
+  a.dns_refused.fetch_add(1);
+
+  alignas(cmsghdr) char out_control[CMSG_SPACE(sizeof(in_pktinfo))] = {};
+  iovec out_iov{answer.reply.data(), answer.reply.size()};
+  msghdr out{};
+  out.msg_name = &from;
+  out.msg_namelen = sizeof from;
+  out.msg_iov = &out_iov;
+  out.msg_iovlen = 1;
+  if (to != nullptr) {  // the source the query was sent to: a resolver drops an answer from elsewhere
+    out.msg_control = out_control;
+    out.msg_controllen = sizeof out_control;
+    cmsghdr* c = CMSG_FIRSTHDR(&out);
+    c->cmsg_level = IPPROTO_IP;
+    c->cmsg_type = IP_PKTINFO;
+    c->cmsg_len = CMSG_LEN(sizeof(in_pktinfo));
+    in_pktinfo pi{};
+    pi.ipi_spec_dst = to->ipi_addr;
+    std::memcpy(CMSG_DATA(c), &pi, sizeof pi);
+  }
+  (void)::sendmsg(fd, &out, MSG_DONTWAIT | MSG_NOSIGNAL);  // a full socket buffer drops it, as UDP may
+
+  const int64_t now = unix_now();
+  if (now != a.dns_second) {
+    a.dns_second = now;
+    a.dns_recorded = 0;
+  }
+  if (a.dns_recorded >= kDnsRecordsPerSecond) {
+    ++a.dns_unrecorded;
+    return;
+  }
+  ++a.dns_recorded;
+  EgressRecord rec;
+  char id[24];
+  std::snprintf(id, sizeof id, "%016llx", static_cast<unsigned long long>(next_id++));
+  rec.id = id;
+  rec.time = now;
+  rec.agent = a.agent;
+  rec.task = a.task;
+  rec.method = "DNS";
+  rec.host = answer.name.empty() ? "(malformed query)" : answer.name;
+  rec.port = 53;
+  rec.verdict = "dns_refused";
+  rec.reason = answer.rcode == kDnsRefused
+                   ? "names are resolved by outpostd for the egress proxy (HTTPS_PROXY), not in the agent's namespace: "
+                     "its DNS stub answers every query REFUSED"
+                   : "a malformed or unsupported DNS message (answered with rcode " + std::to_string(answer.rcode) + ")";
+  if (a.dns_unrecorded > 0) {
+    rec.reason += "; " + std::to_string(a.dns_unrecorded) + " more queries since the last record, refused unrecorded";
+    a.dns_unrecorded = 0;
+  }
+  asio::post(pool, [this, rec = std::move(rec)] { (void)hooks.record(rec); });
 }
 
 // Closes the connection once its deadline passes; stages and traffic move the deadline on.
@@ -891,7 +996,9 @@ Proxy::~Proxy() {
 void Proxy::serve(Binding b) {
   stop_agent(b.agent);
   sandbox::UniqueFd listener = std::move(b.listener);
-  asio::post(impl_->io, [p = impl_.get(), agent = b.agent, task = b.task, flow = b.flow, fd = listener.release()] {
+  sandbox::UniqueFd dns = std::move(b.dns);
+  asio::post(impl_->io, [p = impl_.get(), agent = b.agent, task = b.task, flow = b.flow, fd = listener.release(),
+                         dns_fd = dns.release()] {
     auto& limits = p->limits[agent];
     if (!limits) limits = std::make_shared<AgentLimits>();
     auto a = std::make_shared<AgentEntry>(p->io, agent, task, flow, limits);
@@ -899,14 +1006,25 @@ void Proxy::serve(Binding b) {
     a->acceptor.assign(tcp::v4(), fd, ec);
     if (ec) {
       ::close(fd);
+      if (dns_fd >= 0) ::close(dns_fd);
       ::outpost::log::error("outpostd", {{"msg", "egress proxy for agent " + agent + ": " + ec.message()}});
       return;
+    }
+    if (dns_fd >= 0) {
+      a->dns.emplace(p->io);
+      a->dns->assign(asio::ip::udp::v4(), dns_fd, ec);
+      if (ec) {
+        ::close(dns_fd);
+        a->dns.reset();
+        ::outpost::log::error("outpostd", {{"msg", "DNS stub for agent " + agent + ": " + ec.message()}});
+      }
     }
     {
       std::lock_guard lock(p->mu);
       p->agents[agent] = a;
     }
     asio::co_spawn(p->io, p->accept_loop(a), asio::detached);
+    if (a->dns) asio::co_spawn(p->io, p->dns_loop(a), asio::detached);
   });
 }
 
@@ -923,6 +1041,7 @@ void Proxy::stop_agent(const std::string& agent) {
   asio::post(impl_->io, [a] {
     boost::system::error_code ec;
     a->acceptor.close(ec);
+    if (a->dns) a->dns->close(ec);
     for (auto& [id, weak] : a->conns) {
       if (auto c = weak.lock()) {
         if (c->end.empty()) c->end = "agent stopped";
@@ -937,7 +1056,8 @@ Proxy::Counters Proxy::counters(const std::string& agent) const {
   auto it = impl_->agents.find(agent);
   if (it == impl_->agents.end()) return {};
   const AgentEntry& a = *it->second;
-  return Counters{a.allowed.load(), a.refused.load(), a.open.load(), a.bytes_up.load(), a.bytes_down.load()};
+  return Counters{a.allowed.load(), a.refused.load(), a.open.load(), a.bytes_up.load(), a.bytes_down.load(),
+                  a.dns_refused.load()};
 }
 
 bool is_own_address(const asio::ip::address& address) {

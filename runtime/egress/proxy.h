@@ -37,7 +37,10 @@
 
 namespace outpost::egress {
 
-// One decision on one connection, as the audit log records it (event "egress").
+// One decision on one connection, as the audit log records it (event "egress"). A query to
+// the namespace's DNS stub is recorded this way too: method "DNS", host the question's name,
+// port 53, verdict "dns_refused" (at most kDnsRecordsPerSecond a second per agent; the rest
+// are counted, and the next record says how many).
 struct EgressRecord {
   std::string id;                // the connection; its close record carries the same
   int64_t time = 0;              // Unix seconds
@@ -70,6 +73,8 @@ struct EgressClose {
   int64_t duration_ms = 0;
   std::string end;  // "closed", "idle", "byte budget exhausted", "connect failed: ...", "agent stopped"
 };
+
+inline constexpr uint32_t kDnsRecordsPerSecond = 10;
 
 struct ProxyOptions {
   size_t max_head_bytes = 64 << 10;        // request line and headers
@@ -106,6 +111,10 @@ class Proxy {
     std::string agent, task;
     std::shared_ptr<broker::SessionState> flow;  // the agent's session: taint, sensitivity
     sandbox::UniqueFd listener;                  // a listening TCP socket (its namespace's)
+    // Its namespace's DNS stub (dns_stub.h): a UDP socket bound at 0.0.0.0:53 there with
+    // IP_PKTINFO on, so each answer leaves from the address its query was sent to (127.0.0.1,
+    // systemd-resolved's 127.0.0.53, ...). None: the namespace has no stub.
+    sandbox::UniqueFd dns;
   };
   // Starts accepting on the binding's listener; replaces an earlier binding of the agent. Rate
   // counts and byte budgets carry over from earlier bindings of the same agent.
@@ -115,6 +124,7 @@ class Proxy {
 
   struct Counters {
     uint64_t allowed = 0, refused = 0, open = 0, bytes_up = 0, bytes_down = 0;
+    uint64_t dns_refused = 0;  // queries the namespace's DNS stub answered REFUSED
   };
   // Since the agent's binding was made; zeros for an agent the proxy does not serve.
   Counters counters(const std::string& agent) const;

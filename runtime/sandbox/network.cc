@@ -46,6 +46,24 @@ Result<UniqueFd> listen_on_loopback(uint16_t port, const char* what) {
   return fd;
 }
 
+// The DNS stub's socket: every loopback address's port 53 (the namespace has no other).
+Result<UniqueFd> dns_socket() {
+  UniqueFd fd(::socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (!fd) return fail(errno_error("socket for the DNS stub", errno));
+  const int one = 1;
+  if (::setsockopt(fd.get(), IPPROTO_IP, IP_PKTINFO, &one, sizeof one) != 0) {
+    return fail(errno_error("setsockopt IP_PKTINFO for the DNS stub", errno));
+  }
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_port = htons(53);
+  sa.sin_addr.s_addr = htonl(INADDR_ANY);
+  if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0) {
+    return fail(errno_error("bind 0.0.0.0:53 in the agent's namespace (the DNS stub; needs CAP_NET_BIND_SERVICE)", errno));
+  }
+  return fd;
+}
+
 Result<AgentNetwork> make_here(uint16_t port, uint16_t mcp_port) {
   if (::unshare(CLONE_NEWNET) != 0) return fail(errno_error("unshare CLONE_NEWNET", errno));
   OUTPOST_TRY_VOID(loopback_up());
@@ -56,6 +74,11 @@ Result<AgentNetwork> make_here(uint16_t port, uint16_t mcp_port) {
   if (!net.ns) return fail(errno_error("open /proc/thread-self/ns/net", errno));
   OUTPOST_TRY(net.listener, listen_on_loopback(port, "egress proxy"));
   if (mcp_port != 0) { OUTPOST_TRY(net.mcp_listener, listen_on_loopback(mcp_port, "MCP endpoint")); }
+  if (auto dns = dns_socket()) {
+    net.dns = std::move(*dns);
+  } else {
+    net.dns_error = dns.error().message();
+  }
   return net;
 }
 

@@ -6,10 +6,19 @@
 // the listener, so its accepted connections come from the agent and nowhere else, and the
 // agent's identity is the namespace its connection arrived in.
 //
+// Beside them, a UDP socket at 0.0.0.0:53 for the DNS stub (egress/dns_stub.h): a resolver
+// configured at any loopback address (127.0.0.1, systemd-resolved's 127.0.0.53, or none, which
+// glibc and c-ares take as loopback) gets REFUSED at once; one configured elsewhere has no
+// route in a loopback-only namespace and fails at once too (ENETUNREACH). Port 53 takes
+// CAP_NET_BIND_SERVICE; without it the namespace has no stub (dns_error says why) and
+// resolvers at loopback addresses fail on the ICMP port-unreachable instead: still at once,
+// still in the namespace, only unrecorded.
+//
 // Needs CAP_SYS_ADMIN (a network namespace) and CAP_NET_ADMIN (loopback up), as Isolation does.
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 #include "outpost/base/result.h"
 #include "sandbox/sandbox.h"
@@ -22,6 +31,8 @@ struct AgentNetwork {
   uint16_t port = 0;
   UniqueFd mcp_listener;  // likewise at 127.0.0.1:mcp_port; none when mcp_port is 0
   uint16_t mcp_port = 0;
+  UniqueFd dns;           // UDP at 0.0.0.0:53 inside it, IP_PKTINFO on, non-blocking; or none
+  std::string dns_error;  // why there is none
 };
 
 // A fresh namespace with its listener. Made on a short-lived thread of its own: unshare(2)

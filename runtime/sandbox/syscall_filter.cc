@@ -35,9 +35,10 @@ constexpr uint64_t kNamespaceFlags[] = {CLONE_NEWNS,  CLONE_NEWCGROUP, CLONE_NEW
                                         CLONE_NEWUSER, CLONE_NEWPID,   CLONE_NEWNET, 0x00000080 /* CLONE_NEWTIME */};
 
 // socket(domain, type, protocol) and socketpair(domain, type, protocol, sv): refuse every
-// domain but the allowed ones, and within AF_INET/AF_INET6 every type but SOCK_STREAM and every
-// protocol but 0 and IPPROTO_TCP. Rules only ever refuse, and the allowed values are exact small
-// numbers, so upper register bits a caller sets cannot sneak a value past them.
+// domain but the allowed ones, and within AF_INET/AF_INET6 every type but SOCK_STREAM (protocol
+// 0 or IPPROTO_TCP) and SOCK_DGRAM (protocol 0 or IPPROTO_UDP). Rules only ever refuse, and the
+// allowed values are exact small numbers, so upper register bits a caller sets cannot sneak a
+// value past them.
 Result<void> refuse_sockets(scmp_filter_ctx ctx, int nr, bool allow_inet) {
   const std::string what = "seccomp_rule_add socket rules";
   // AF_UNSPEC (0) and everything from AF_INET (2) up, except what is allowed.
@@ -49,19 +50,28 @@ Result<void> refuse_sockets(scmp_filter_ctx ctx, int nr, bool allow_inet) {
     OUTPOST_TRY_VOID(check(seccomp_rule_add(ctx, kRefuse, nr, 1, arg(0, SCMP_CMP_EQ, d)), what));
   }
   OUTPOST_TRY_VOID(check(seccomp_rule_add(ctx, kRefuse, nr, 1, arg(0, SCMP_CMP_GT, AF_INET6)), what));
+  // The type's low four bits are the socket type; SOCK_NONBLOCK and SOCK_CLOEXEC sit above.
+  struct Allowed {
+    scmp_datum_t type, protocol;
+  };
+  constexpr Allowed kAllowed[] = {{SOCK_STREAM, IPPROTO_TCP}, {SOCK_DGRAM, IPPROTO_UDP}};
   for (scmp_datum_t d : {scmp_datum_t{AF_INET}, scmp_datum_t{AF_INET6}}) {
-    // The type's low four bits are the socket type; SOCK_NONBLOCK and SOCK_CLOEXEC sit above.
     for (scmp_datum_t t = 0; t < 16; ++t) {
-      if (t == SOCK_STREAM) continue;
+      if (t == SOCK_STREAM || t == SOCK_DGRAM) continue;
       OUTPOST_TRY_VOID(check(seccomp_rule_add(ctx, kRefuse, nr, 2, arg(0, SCMP_CMP_EQ, d),
                                               arg(1, SCMP_CMP_MASKED_EQ, 0xf, t)), what));
     }
-    for (scmp_datum_t p = 1; p < IPPROTO_TCP; ++p) {
-      OUTPOST_TRY_VOID(check(seccomp_rule_add(ctx, kRefuse, nr, 2, arg(0, SCMP_CMP_EQ, d), arg(2, SCMP_CMP_EQ, p)), what));
+    // Each allowed type with any protocol but 0 and its own: ICMP datagrams (ping sockets),
+    // UDP-Lite, SCTP, IPPROTO_MPTCP (262), anything negative.
+    for (const Allowed& a : kAllowed) {
+      const scmp_arg_cmp is_type = arg(1, SCMP_CMP_MASKED_EQ, 0xf, a.type);
+      for (scmp_datum_t p = 1; p < a.protocol; ++p) {
+        OUTPOST_TRY_VOID(check(seccomp_rule_add(ctx, kRefuse, nr, 3, arg(0, SCMP_CMP_EQ, d), is_type, arg(2, SCMP_CMP_EQ, p)),
+                               what));
+      }
+      OUTPOST_TRY_VOID(check(seccomp_rule_add(ctx, kRefuse, nr, 3, arg(0, SCMP_CMP_EQ, d), is_type,
+                                              arg(2, SCMP_CMP_GT, a.protocol)), what));
     }
-    // Above IPPROTO_TCP: UDP, raw protocols, IPPROTO_MPTCP (262), and anything negative.
-    OUTPOST_TRY_VOID(check(seccomp_rule_add(ctx, kRefuse, nr, 2, arg(0, SCMP_CMP_EQ, d),
-                                            arg(2, SCMP_CMP_GT, IPPROTO_TCP)), what));
   }
   return ok();
 }
@@ -98,8 +108,8 @@ Result<SyscallFilter> SyscallFilter::build(const SyscallFilterPolicy& policy) {
     OUTPOST_TRY_VOID(check(seccomp_rule_add(ctx.get(), kRefuse, SCMP_SYS(clone), 1, arg(0, SCMP_CMP_MASKED_EQ, flag, flag)),
                            "seccomp_rule_add clone"));
   }
-  OUTPOST_TRY_VOID(refuse_sockets(ctx.get(), SCMP_SYS(socket), policy.allow_inet_stream));
-  OUTPOST_TRY_VOID(refuse_sockets(ctx.get(), SCMP_SYS(socketpair), policy.allow_inet_stream));
+  OUTPOST_TRY_VOID(refuse_sockets(ctx.get(), SCMP_SYS(socket), policy.allow_inet));
+  OUTPOST_TRY_VOID(refuse_sockets(ctx.get(), SCMP_SYS(socketpair), policy.allow_inet));
 
   // libseccomp 2.5 exports only to a file descriptor: a memfd, read back whole.
   const int fd = ::memfd_create("outpost-seccomp", MFD_CLOEXEC);

@@ -3,8 +3,9 @@
 //
 // Default allow, with a deny list that answers EPERM (never kills: an agent sees a clear error
 // and can carry on):
-//   * socket()/socketpair(): AF_UNIX only; with allow_inet_stream also AF_INET/AF_INET6 of type
-//     SOCK_STREAM and protocol 0 or IPPROTO_TCP. MPTCP, UDP, raw, packet and netlink are refused.
+//   * socket()/socketpair(): AF_UNIX only; with allow_inet also AF_INET/AF_INET6 TCP (type
+//     SOCK_STREAM, protocol 0 or IPPROTO_TCP) and UDP (SOCK_DGRAM, 0 or IPPROTO_UDP). MPTCP,
+//     ping sockets, UDP-Lite, SCTP, raw, packet and netlink are refused.
 //   * no namespaces (unshare, setns, clone with any CLONE_NEW* flag; clone3 answers ENOSYS so
 //     libc falls back to clone, whose flags a filter can read), no mounts or chroot, no ptrace
 //     or process_vm_*, no bpf, perf_event_open, keyctl/add_key/request_key, no file handles
@@ -25,7 +26,11 @@
 namespace outpost::sandbox {
 
 struct SyscallFilterPolicy {
-  bool allow_inet_stream = false;  // TCP sockets (the egress proxy in the agent's namespace)
+  // TCP and UDP sockets. Only for an agent in its own loopback-only namespace
+  // (sandbox/network.h), where they reach outpostd's listeners there (the egress proxy, the
+  // MCP endpoint, the DNS stub) and the agent's own sockets, nothing else: a filter cannot read
+  // the address a connect() or sendto() names, the namespace is what bounds it.
+  bool allow_inet = false;
 };
 
 class SyscallFilter {

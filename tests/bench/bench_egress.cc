@@ -5,6 +5,8 @@
 // proxy's event-loop thread spends per connection. In process on the host's loopback (no agent
 // namespace: that costs nothing per connection); decision records go to memory, so the
 // durable record's fdatasync (bench_audit) comes on top when audit.durable_decisions is on.
+// And the DNS stub: a lookup's REFUSED round trip beside a query to a port nobody listens on
+// (what a resolver meets in a namespace without the stub), and the answer's own cost.
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <fcntl.h>
@@ -27,6 +29,7 @@
 #include <vector>
 
 #include "egress/client_hello.h"
+#include "egress/dns_stub.h"
 #include "egress/proxy.h"
 #include "policy/compiler.h"
 #include "policy/engine.h"
@@ -174,6 +177,7 @@ struct Rig {
   std::shared_ptr<const policy::Engine> engine;
   std::unique_ptr<egress::Proxy> proxy;
   uint16_t port = 0;
+  uint16_t dns_port = 0;  // the stub's socket, as sandbox/network.cc makes it, on a free port
   std::vector<uint8_t> hello = egress::build_client_hello("localhost");
   Rig() {
     const std::string e = std::to_string(echo.port), s = std::to_string(sink.port);
@@ -195,7 +199,17 @@ struct Rig {
     if (const char* b = std::getenv("OUTPOST_BENCH_BUFFER")) o.buffer_bytes = std::strtoull(b, nullptr, 10);
     proxy = std::move(*egress::Proxy::start(o, std::move(h)));
     sandbox::UniqueFd listener(listen_loopback(port));
-    proxy->serve(egress::Proxy::Binding{"bench", "bench", std::make_shared<broker::SessionState>(), std::move(listener)});
+    sandbox::UniqueFd dns(::socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+    const int one = 1;
+    ::setsockopt(dns.get(), IPPROTO_IP, IP_PKTINFO, &one, sizeof one);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    socklen_t len = sizeof a;
+    if (::bind(dns.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) std::abort();
+    ::getsockname(dns.get(), reinterpret_cast<sockaddr*>(&a), &len);
+    dns_port = ntohs(a.sin_port);
+    proxy->serve(egress::Proxy::Binding{"bench", "bench", std::make_shared<broker::SessionState>(), std::move(listener),
+                                        std::move(dns)});
   }
   // A tunnel through the proxy to `to`, its ClientHello sent.
   int tunnel(uint16_t to, const std::string& host = "localhost") {
@@ -279,6 +293,50 @@ void setup_proxy(benchmark::State& state, const std::string& host) {
   report(state, us);
   state.counters["loop_cpu_us_per_conn"] = (loop_cpu_seconds() - cpu0) * 1e6 / static_cast<double>(state.iterations());
 }
+// A resolver's query over a connected UDP socket to 127.0.0.1:port, until its answer (the
+// stub's REFUSED) or its error (ECONNREFUSED from the port-unreachable) comes back.
+void lookup(benchmark::State& state, bool stub) {
+  Rig& r = rig();
+  uint16_t closed_port = 0;
+  {
+    int probe = listen_loopback(closed_port);  // a port just freed: nobody listens for UDP there
+    ::close(probe);
+  }
+  int fd = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(stub ? r.dns_port : closed_port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) std::abort();
+  const auto q = egress::build_dns_query(0x4242, "api.example.com", 28);
+  std::vector<double> us;
+  uint8_t buf[512];
+  const double cpu0 = loop_cpu_seconds();
+  for (auto _ : state) {
+    const auto t0 = Clock::now();
+    if (::send(fd, q.data(), q.size(), 0) < 0 && errno != ECONNREFUSED) std::abort();
+    const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    if (stub ? n <= 12 || buf[3] != egress::kDnsRefused : n >= 0 || errno != ECONNREFUSED) {
+      state.SkipWithError("unexpected answer");
+      break;
+    }
+    us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+  }
+  ::close(fd);
+  report(state, us);
+  if (stub) state.counters["loop_cpu_us_per_query"] = (loop_cpu_seconds() - cpu0) * 1e6 / static_cast<double>(state.iterations());
+}
+void BM_lookup_no_listener(benchmark::State& state) { lookup(state, false); }
+void BM_lookup_dns_stub(benchmark::State& state) { lookup(state, true); }
+BENCHMARK(BM_lookup_no_listener)->UseRealTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_lookup_dns_stub)->UseRealTime()->Unit(benchmark::kMicrosecond);
+
+void BM_dns_answer(benchmark::State& state) {
+  const auto q = egress::build_dns_query(0x4242, "api.example.com", 28);
+  for (auto _ : state) benchmark::DoNotOptimize(egress::answer_dns_query(q));
+}
+BENCHMARK(BM_dns_answer);
+
 void BM_setup_proxy(benchmark::State& state) { setup_proxy(state, "localhost"); }
 void BM_setup_proxy_address(benchmark::State& state) { setup_proxy(state, "127.0.0.1"); }
 BENCHMARK(BM_setup_proxy)->UseRealTime()->Unit(benchmark::kMicrosecond);

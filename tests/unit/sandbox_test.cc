@@ -545,7 +545,7 @@ SyscallFilter filter_of(bool allow_inet) {
 
 }  // namespace
 
-TEST_CASE("the syscall filter leaves AF_UNIX and, when asked, plain TCP", "[sandbox]") {
+TEST_CASE("the syscall filter leaves AF_UNIX and, when asked, plain TCP and UDP", "[sandbox]") {
   const SyscallFilter closed = filter_of(false), tcp = filter_of(true);
   CHECK(errno_filtered(closed, [] { return socket_errno(AF_UNIX, SOCK_STREAM, 0); }) == 0);
   CHECK(errno_filtered(closed, [] { return socket_errno(AF_UNIX, SOCK_DGRAM, 0); }) == 0);
@@ -553,9 +553,14 @@ TEST_CASE("the syscall filter leaves AF_UNIX and, when asked, plain TCP", "[sand
   CHECK(errno_filtered(closed, [] { return socket_errno(AF_INET6, SOCK_STREAM, 0); }) == EPERM);
   CHECK(errno_filtered(tcp, [] { return socket_errno(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0); }) == 0);
   CHECK(errno_filtered(tcp, [] { return socket_errno(AF_INET6, SOCK_STREAM, IPPROTO_TCP); }) == 0);
-  // Everything else, even with TCP allowed.
+  CHECK(errno_filtered(tcp, [] { return socket_errno(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0); }) == 0);
+  CHECK(errno_filtered(tcp, [] { return socket_errno(AF_INET6, SOCK_DGRAM, IPPROTO_UDP); }) == 0);
+  CHECK(errno_filtered(closed, [] { return socket_errno(AF_INET, SOCK_DGRAM, 0); }) == EPERM);
+  // Everything else, even with TCP and UDP allowed: each type only with its own protocol.
   const int refused[][3] = {{AF_INET, SOCK_STREAM, 262 /* IPPROTO_MPTCP */}, {AF_INET6, SOCK_STREAM, 262},
-                             {AF_INET, SOCK_DGRAM, 0}, {AF_INET6, SOCK_DGRAM, 0}, {AF_INET, SOCK_RAW, IPPROTO_ICMP},
+                             {AF_INET, SOCK_STREAM, IPPROTO_UDP}, {AF_INET, SOCK_DGRAM, IPPROTO_TCP},
+                             {AF_INET, SOCK_DGRAM, IPPROTO_UDPLITE}, {AF_INET6, SOCK_DGRAM, IPPROTO_SCTP},
+                             {AF_INET, SOCK_RAW, IPPROTO_ICMP},
                              {AF_INET, SOCK_DGRAM, IPPROTO_ICMP}, {AF_INET, SOCK_RAW, IPPROTO_RAW},
                              {AF_INET, SOCK_SEQPACKET, 0}, {AF_PACKET, SOCK_RAW, 0}, {AF_NETLINK, SOCK_RAW, 0},
                              {AF_UNSPEC, SOCK_STREAM, 0}};
