@@ -429,7 +429,14 @@ void check_isolation(Report& r) {
   }
   r.ok("sandbox.egress", "agents get a network namespace of their own: loopback and the egress proxy alone");
   if (network->dns) {
-    r.ok("sandbox.dns", "a DNS stub answers REFUSED in each agent's namespace (names are resolved by outpostd)");
+    std::string at = "loopback";
+    for (const auto& a : network->resolver_addresses) at += ", " + a;
+    if (!network->resolver_error.empty()) {
+      r.warn("sandbox.dns", "a DNS stub answers in each agent's namespace, but " + network->resolver_error,
+             "a resolver inside configured at that nameserver fails at once (no route) and goes unrecorded");
+    } else {
+      r.ok("sandbox.dns", "a DNS stub answers REFUSED in each agent's namespace at " + at + " (names are resolved by outpostd)");
+    }
   } else {
     r.warn("sandbox.dns", "no DNS stub in agents' namespaces: " + network->dns_error,
            "resolvers inside still fail at once (port unreachable), but their queries go unrecorded; give outpostd "

@@ -1142,6 +1142,7 @@ Result<void> Daemon::Impl::launch(Agent& a) {
     return fail(network.error().wrap("not launching " + m.name + ": its network namespace"));
   }
   if (!network->dns) OUTPOST_NOTE(warn, "agent " + m.name + " has no DNS stub: " + network->dns_error);
+  if (!network->resolver_error.empty()) OUTPOST_NOTE(warn, "agent " + m.name + "'s DNS stub: " + network->resolver_error);
 
   sandbox::IsolationPolicy ip;
   ip.uid = a.uid;

@@ -1,5 +1,6 @@
 #include "sandbox/network.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <net/if.h>
 #include <netinet/in.h>
@@ -8,11 +9,13 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstring>
 #include <optional>
 #include <thread>
 
 #include "outpost/base/errors.h"
+#include "outpost/base/files.h"
 
 namespace outpost::sandbox {
 
@@ -44,6 +47,21 @@ Result<UniqueFd> listen_on_loopback(uint16_t port, const char* what) {
   }
   if (::listen(fd.get(), 128) != 0) return fail(errno_error("listen", errno));
   return fd;
+}
+
+// `address`/32 on loopback as the alias lo:index, so that packets to it stay in the namespace.
+Result<void> add_loopback_address(const std::string& address, int index) {
+  UniqueFd s(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  if (!s) return fail(errno_error("socket for a loopback address", errno));
+  ifreq ifr{};
+  std::snprintf(ifr.ifr_name, sizeof ifr.ifr_name, "lo:%d", index);
+  auto* sin = reinterpret_cast<sockaddr_in*>(&ifr.ifr_addr);
+  sin->sin_family = AF_INET;
+  if (::inet_pton(AF_INET, address.c_str(), &sin->sin_addr) != 1) return fail(errc::invalid_argument, "not an IPv4 address: " + address);
+  if (::ioctl(s.get(), SIOCSIFADDR, &ifr) != 0) return fail(errno_error("ioctl SIOCSIFADDR " + address + " on lo", errno));
+  sin->sin_addr.s_addr = htonl(0xffffffffu);
+  if (::ioctl(s.get(), SIOCSIFNETMASK, &ifr) != 0) return fail(errno_error("ioctl SIOCSIFNETMASK " + address + "/32", errno));
+  return {};
 }
 
 // The DNS stub's socket: every loopback address's port 53 (the namespace has no other).
@@ -78,11 +96,47 @@ Result<AgentNetwork> make_here(uint16_t port, uint16_t mcp_port) {
     net.dns = std::move(*dns);
   } else {
     net.dns_error = dns.error().message();
+    return net;
+  }
+  // The host's nameservers, where the agent's resolver will ask (it reads the same file).
+  if (auto conf = read_text_file("/etc/resolv.conf", 1 << 16)) {
+    int index = 1;
+    for (const std::string& a : ipv4_nameservers(*conf)) {
+      if (auto added = add_loopback_address(a, index++); !added) {
+        net.resolver_error = added.error().message();  // this nameserver stays unreachable: fails at once
+        continue;
+      }
+      net.resolver_addresses.push_back(a);
+    }
   }
   return net;
 }
 
 }  // namespace
+
+std::vector<std::string> ipv4_nameservers(std::string_view conf) {
+  std::vector<std::string> out;
+  size_t count = 0;  // nameserver lines glibc would read (MAXNS), of either family
+  while (!conf.empty() && count < 3) {
+    const size_t eol = conf.find('\n');
+    std::string_view line = conf.substr(0, eol);
+    conf = eol == std::string_view::npos ? std::string_view() : conf.substr(eol + 1);
+    constexpr std::string_view kKey = "nameserver";
+    if (!line.starts_with(kKey) || line.size() == kKey.size() || (line[kKey.size()] != ' ' && line[kKey.size()] != '\t')) continue;
+    line.remove_prefix(kKey.size());
+    const size_t start = line.find_first_not_of(" \t");
+    if (start == std::string_view::npos) continue;
+    line.remove_prefix(start);
+    line = line.substr(0, line.find_first_of(" \t\r#;"));
+    ++count;
+    in_addr a{};
+    const std::string text(line);
+    if (::inet_pton(AF_INET, text.c_str(), &a) != 1) continue;  // IPv6, or not an address
+    if ((ntohl(a.s_addr) >> 24) == 127 || a.s_addr == 0) continue;  // loopback is there already
+    out.push_back(text);
+  }
+  return out;
+}
 
 Result<AgentNetwork> make_agent_network(uint16_t port, uint16_t mcp_port) {
   std::optional<Result<AgentNetwork>> out;

@@ -6,10 +6,12 @@
 // the listener, so its accepted connections come from the agent and nowhere else, and the
 // agent's identity is the namespace its connection arrived in.
 //
-// Beside them, a UDP socket at 0.0.0.0:53 for the DNS stub (egress/dns_stub.h): a resolver
-// configured at any loopback address (127.0.0.1, systemd-resolved's 127.0.0.53, or none, which
-// glibc and c-ares take as loopback) gets REFUSED at once; one configured elsewhere has no
-// route in a loopback-only namespace and fails at once too (ENETUNREACH). Port 53 takes
+// Beside them, a UDP socket at 0.0.0.0:53 for the DNS stub (egress/dns_stub.h). The IPv4
+// nameservers of the host's /etc/resolv.conf (which the agent reads) are added to the
+// namespace's loopback as /32 addresses, so a resolver inside asks the stub whatever it is
+// configured with: at a loopback address (127.0.0.1, systemd-resolved's 127.0.0.53, or none,
+// which glibc and c-ares take as loopback) or at the host's. An IPv6 nameserver has no route
+// in the namespace and fails at once (ENETUNREACH). Port 53 takes
 // CAP_NET_BIND_SERVICE; without it the namespace has no stub (dns_error says why) and
 // resolvers at loopback addresses fail on the ICMP port-unreachable instead: still at once,
 // still in the namespace, only unrecorded.
@@ -19,6 +21,8 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include "outpost/base/result.h"
 #include "sandbox/sandbox.h"
@@ -33,7 +37,13 @@ struct AgentNetwork {
   uint16_t mcp_port = 0;
   UniqueFd dns;           // UDP at 0.0.0.0:53 inside it, IP_PKTINFO on, non-blocking; or none
   std::string dns_error;  // why there is none
+  std::vector<std::string> resolver_addresses;  // the host's nameservers added to its loopback
+  std::string resolver_error;                   // one that could not be (it stays unreachable)
 };
+
+// The IPv4 nameservers of a resolv.conf's text, in order, loopback ones left out (the namespace
+// has all of 127/8 already); at most three, as glibc reads.
+std::vector<std::string> ipv4_nameservers(std::string_view resolv_conf);
 
 // A fresh namespace with its listener. Made on a short-lived thread of its own: unshare(2)
 // moves only the calling thread, and no other thread of the caller changes namespace.

@@ -58,10 +58,10 @@
 //       -> {..., "status":N, "verdict":.., "reason":.., "body":"..."}: one absolute-form GET
 //   {"op":"egress","mode":"direct","host":"127.0.0.1","port":P}
 //       -> {..., "connected":false, "code":"EACCES"|...}: TCP without the proxy
-//   {"op":"egress","mode":"resolve","host":H}
+//   {"op":"egress","mode":"resolve","host":H,"stubHost":S}
 //       -> {..., "lookup":"<code>", "lookupMs":T, "stub":"<code>", "stubMs":T}: H resolved in
-//          the namespace, by getaddrinfo (dns.lookup, /etc/resolv.conf as the host has it) and
-//          by c-ares asking 127.0.0.1:53 (the DNS stub); each code is the error (or "resolved")
+//          the namespace by getaddrinfo (dns.lookup, /etc/resolv.conf as the host has it), and S
+//          (default H) by c-ares asking 127.0.0.1:53; each code is the error (or "resolved")
 // server-filesystem asks for roots/list right after initialization and then REPLACES its
 // command-line directories with the valid roots, some milliseconds after the answer; a test
 // that depends on that waits with {"op":"roots","atLeast":1} then {"op":"sleep","ms":300}.
@@ -263,7 +263,7 @@ async function egress(step) {
     const [lookup, lookupMs] = await timed(() => dns.promises.lookup(step.host));
     const stub = new dns.promises.Resolver({ timeout: 5000, tries: 1 });
     stub.setServers(['127.0.0.1']);
-    const [stubCode, stubMs] = await timed(() => stub.resolve4(step.host));
+    const [stubCode, stubMs] = await timed(() => stub.resolve4(step.stubHost ?? step.host));
     return { lookup, lookupMs, stub: stubCode, stubMs };
   }
   if (step.mode === 'direct') {

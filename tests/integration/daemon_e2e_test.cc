@@ -1061,7 +1061,8 @@ TEST_CASE("egress leaves an agent only through the proxy, as the bundle decides"
       json::object{{"op", "egress"}, {"mode", "direct"}, {"host", "127.0.0.1"}, {"port", https.port}},    // 7
       step("everything", "get-env", {}),                                   // 8: confidential data
       connect("localhost", https.port),                                    // 9: now tainted
-      json::object{{"op", "egress"}, {"mode", "resolve"}, {"host", "secret-by-dns.exfil.example"}},  // 10
+      json::object{{"op", "egress"}, {"mode", "resolve"}, {"host", "gai.secret-by-dns.exfil.example"},
+                   {"stubHost", "cares.secret-by-dns.exfil.example"}},  // 10
   };
   ok({"agent", "deploy", n.agent("egresser", steps).string()}, n.env());
   REQUIRE(eventually([&] { return n.agent_state("egresser", "stopped"); }, 60));
@@ -1093,8 +1094,8 @@ TEST_CASE("egress leaves an agent only through the proxy, as the bundle decides"
   CHECK(at(8).at("isError") == false);
   refused(9, "flow_denied");
   CHECK_FALSE(other.received());
-  // DNS from inside: the stub answers REFUSED at once; getaddrinfo with the host's resolv.conf
-  // fails too (here a resolver off loopback: no route in the namespace), never resolving.
+  // DNS from inside: the stub answers REFUSED at once, at 127.0.0.1 and at the host's own
+  // nameservers (added to the namespace's loopback); nothing resolves.
   CHECK(at(10).at("stub") == "EREFUSED");
   CHECK(at(10).at("lookup") != "resolved");
 
@@ -1121,9 +1122,21 @@ TEST_CASE("egress leaves an agent only through the proxy, as the bundle decides"
   const json::object* tainted = record("localhost", https.port, "flow_denied");
   REQUIRE(tainted != nullptr);
   CHECK(tainted->at("rule") == "egresser-no-exfiltration");
-  const json::object* query = record("secret-by-dns.exfil.example", 53, "dns_refused");
+  const json::object* query = record("cares.secret-by-dns.exfil.example", 53, "dns_refused");
   REQUIRE(query != nullptr);
   CHECK(query->at("method") == "DNS");
+  {  // getaddrinfo asked the stub too, when the host's resolv.conf names an IPv4 nameserver or none
+    const auto conf = read_text_file("/etc/resolv.conf", 1 << 16);
+    bool any = false, v4 = false;
+    std::istringstream lines(conf ? *conf : "");
+    for (std::string word, value; lines >> word;) {
+      if (word != "nameserver" || !(lines >> value)) continue;
+      in_addr a{};
+      any = true;
+      v4 = v4 || ::inet_pton(AF_INET, value.c_str(), &a) == 1;
+    }
+    if (v4 || !any) CHECK(record("gai.secret-by-dns.exfil.example", 53, "dns_refused") != nullptr);
+  }
   // `outpost status` counts the refusals.
   const auto entry = n.agent_entry("egresser");
   INFO(json::serialize(entry));

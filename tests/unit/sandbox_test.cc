@@ -17,10 +17,12 @@
 #include <cerrno>
 #include <cstdlib>
 #include <fstream>
+#include <thread>
 #include <set>
 #include <tuple>
 
 #include "outpost/base/files.h"
+#include "sandbox/network.h"
 #include "sandbox/sandbox.h"
 #include "test_support.h"
 
@@ -664,4 +666,61 @@ TEST_CASE("isolation refuses uid 0 and a device named as a path", "[sandbox]") {
   auto device = Isolation::prepare(ip);
   REQUIRE_FALSE(device.has_value());
   CHECK_THAT(device.error().message(), Catch::Contains("is a device"));
+}
+
+TEST_CASE("the host's IPv4 nameservers are read as glibc reads them", "[sandbox]") {
+  CHECK(ipv4_nameservers("nameserver 10.255.255.53\n") == std::vector<std::string>{"10.255.255.53"});
+  // Loopback (already the namespace's) and IPv6 left out, comments and options skipped, a
+  // trailing comment cut, the fourth nameserver line not read (MAXNS is 3).
+  CHECK(ipv4_nameservers("# nameserver 1.1.1.1\nsearch example.org\nnameserver 127.0.0.53\nnameserver ::1\n"
+                         "nameserver\t192.168.1.1 # the router\nnameserver 9.9.9.9\n") ==
+        std::vector<std::string>{"192.168.1.1"});
+  CHECK(ipv4_nameservers("nameservers 8.8.8.8\nnameserver\nnameserver 0.0.0.0\nnameserver 8.8.4.4\r\n") ==
+        std::vector<std::string>{"8.8.4.4"});
+  CHECK(ipv4_nameservers("").empty());
+}
+
+TEST_CASE("an agent's network namespace holds its listeners, the DNS stub and the host's nameservers", "[sandbox]") {
+  REQUIRE(::geteuid() == 0);  // a network namespace and port 53 (the suite runs as root)
+  auto net = make_agent_network(3128, 3129);
+  REQUIRE(net);
+  REQUIRE(net->dns);
+  CHECK(net->resolver_error.empty());
+  std::vector<std::string> expected;
+  if (auto conf = read_text_file("/etc/resolv.conf", 1 << 16)) expected = ipv4_nameservers(*conf);
+  CHECK(net->resolver_addresses == expected);
+  // From inside: a query to 127.0.0.1:53, 127.0.0.53:53 and each host nameserver reaches the
+  // stub's socket (and nothing reaches the host: the namespace has no route).
+  std::vector<std::string> targets = {"127.0.0.1", "127.0.0.53"};
+  targets.insert(targets.end(), expected.begin(), expected.end());
+  targets.push_back("192.0.2.1");  // TEST-NET-1: no route
+  std::vector<int> sent;
+  std::thread([&] {
+    if (::setns(net->ns.get(), CLONE_NEWNET) != 0) return;
+    for (const auto& t : targets) {
+      int fd = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+      sockaddr_in a{};
+      a.sin_family = AF_INET;
+      a.sin_port = htons(53);
+      ::inet_pton(AF_INET, t.c_str(), &a.sin_addr);
+      sent.push_back(::sendto(fd, t.data(), t.size(), 0, reinterpret_cast<sockaddr*>(&a), sizeof a) >= 0 ? 0 : errno);
+      ::close(fd);
+    }
+  }).join();
+  REQUIRE(sent.size() == targets.size());
+  std::set<std::string> arrived;
+  char buf[64];
+  pollfd p{net->dns.get(), POLLIN, 0};
+  while (::poll(&p, 1, 1000) > 0) {
+    const ssize_t n = ::recv(net->dns.get(), buf, sizeof buf, 0);
+    if (n <= 0) break;
+    arrived.emplace(buf, static_cast<size_t>(n));
+  }
+  for (size_t i = 0; i + 1 < targets.size(); ++i) {
+    INFO(targets[i]);
+    CHECK(sent[i] == 0);
+    CHECK(arrived.count(targets[i]) == 1);
+  }
+  CHECK(sent.back() == ENETUNREACH);
+  CHECK(arrived.count("192.0.2.1") == 0);
 }
