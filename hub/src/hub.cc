@@ -15,6 +15,7 @@
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http.hpp>
 #include <boost/json.hpp>
+#include <array>
 #include <charconv>
 #include <chrono>
 #include <map>
@@ -28,6 +29,7 @@
 #include "outpost/base/errors.h"
 #include "outpost/base/files.h"
 #include "outpost/base/log.h"
+#include "outpost/base/metrics.h"
 #include "outpost/base/time.h"
 #include "outpost/base/tls.h"
 #include "outpost/offline_cache/audit_log.h"
@@ -249,6 +251,16 @@ struct Hub::Impl {
   // Keys the hub's stateless challenges (credential activation): derived from its TLS key, so
   // hub instances on one database that share a certificate answer each other's challenges.
   Digest challenge_key{};
+  // Prometheus metrics (GET /metrics; docs/hub.md, "Metrics").
+  static constexpr std::array<const char*, 12> kRoutes = {"enroll", "nodes", "node", "records", "nonce", "attestation",
+                                                          "evidence_put", "evidence_get", "bundle", "bundles", "metrics",
+                                                          "other"};
+  std::array<metrics::Histogram, kRoutes.size()> request_seconds;
+  metrics::CounterFamily requests{{"route", "code"}, 1024};
+  metrics::CounterFamily alert_counts{{"kind"}, 64};
+  uint64_t records_stored = 0, record_duplicates = 0, upload_bytes = 0;
+  static size_t route_index(const std::vector<std::string>& parts, http::verb method);
+  Response metrics_page();
   // Declared last, destroyed first: the coroutine frames it still holds (connections, pollers)
   // are destroyed while the members above they refer to are alive.
   asio::io_context io{1};
@@ -294,6 +306,7 @@ struct Hub::Impl {
       return;
     }
     last = now;
+    alert_counts.add({kind});
     log::warn("hub.alert", {{"node", node_id}, {"kind", kind}, {"detail", detail}});
     auto r = store->add_alert({node_id, kind, detail, format_rfc3339_utc(unix_now())});
     if (!r) log::error("hub.store", {{"error", r.error().message()}});
@@ -395,7 +408,12 @@ asio::awaitable<void> Hub::Impl::serve(tcp::socket socket) {
       res = std::move(*early);  // the body was not read: the connection cannot go on
     } else {
       Request req = parser.release();
+      const size_t route_at = route_index(path_parts(req.target()), req.method());
+      const auto started = std::chrono::steady_clock::now();
       res = co_await route(req);
+      request_seconds[route_at].observe_ns(static_cast<uint64_t>(
+          std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - started).count()));
+      requests.add({kRoutes[route_at], std::to_string(res.result_int())});
       // After a refused upload or state, a request pipelined behind it was built on it (the
       // next batch of the same run): the connection ends so that it is not judged too.
       keep_alive = req.keep_alive() && !(res.result_int() >= 400 && req.method() != http::verb::get);
@@ -411,11 +429,64 @@ asio::awaitable<void> Hub::Impl::serve(tcp::socket socket) {
   co_await stream.shutdown();
 }
 
+size_t Hub::Impl::route_index(const std::vector<std::string>& parts, http::verb method) {
+  const auto at = [](std::string_view name) {
+    for (size_t i = 0; i < kRoutes.size(); ++i) {
+      if (name == kRoutes[i]) return i;
+    }
+    return kRoutes.size() - 1;
+  };
+  if (parts.size() == 1 && parts[0] == "metrics") return at("metrics");
+  if (parts.size() < 2 || parts[0] != "v1") return at("other");
+  if (parts.size() == 2) {
+    if (parts[1] == "nodes") return at("nodes");
+    return at(parts[1]);  // enroll, bundle, bundles, or other
+  }
+  if (parts[1] != "nodes") return at("other");
+  if (parts.size() == 3) return at("node");
+  if (parts.size() == 4 && parts[3] == "evidence") return at(method == http::verb::put ? "evidence_put" : "evidence_get");
+  return parts.size() == 4 ? at(parts[3]) : at("other");
+}
+
+// GET /metrics: the Prometheus exposition. Open, as the responder routes are (docs/hub.md,
+// "Not yet": roles); it names nodes only by count.
+Response Hub::Impl::metrics_page() {
+  metrics::Writer w;
+  w.family("outpost_hub_requests_total", "counter", "Requests answered, by route and HTTP status");
+  w.counters("outpost_hub_requests_total", requests);
+  w.family("outpost_hub_request_seconds", "histogram", "Time from a request's body read to its answer, by route (the store's commit included)");
+  for (size_t i = 0; i < kRoutes.size(); ++i) {
+    const auto snap = request_seconds[i].snapshot();
+    if (snap.count > 0) w.histogram("outpost_hub_request_seconds", {{"route", kRoutes[i]}}, snap);
+  }
+  w.family("outpost_hub_records_stored_total", "counter", "Audit records verified and stored since the hub started (rate() of it is the ingest rate)");
+  w.sample("outpost_hub_records_stored_total", {}, static_cast<double>(records_stored));
+  w.family("outpost_hub_record_duplicates_total", "counter", "Uploaded records the hub already held (resent after a lost acknowledgement)");
+  w.sample("outpost_hub_record_duplicates_total", {}, static_cast<double>(record_duplicates));
+  w.family("outpost_hub_upload_bytes_total", "counter", "Bytes of record uploads accepted");
+  w.sample("outpost_hub_upload_bytes_total", {}, static_cast<double>(upload_bytes));
+  w.family("outpost_hub_alerts_total", "counter", "Alerts raised since the hub started (forks, refused uploads, AK changes, ...), by kind");
+  w.counters("outpost_hub_alerts_total", alert_counts);
+  w.family("outpost_hub_open_connections", "gauge", "Open client connections");
+  w.sample("outpost_hub_open_connections", {}, static_cast<double>(connections));
+  w.family("outpost_hub_bundle_waiters", "gauge", "Nodes long-polling for a new bundle on this instance");
+  w.sample("outpost_hub_bundle_waiters", {}, static_cast<double>(bundle_waiters.size()));
+  if (auto nodes = store->nodes()) {
+    w.family("outpost_hub_nodes", "gauge", "Enrolled nodes");
+    w.sample("outpost_hub_nodes", {}, static_cast<double>(nodes->size()));
+  }
+  Response res{http::status::ok, 11};
+  res.set(http::field::content_type, metrics::kContentType);
+  res.body() = w.take();
+  return res;
+}
+
 asio::awaitable<Response> Hub::Impl::route(const Request& req) {
   const auto parts = path_parts(req.target());
   const bool get = req.method() == http::verb::get;
   const bool post = req.method() == http::verb::post;
   const bool put = req.method() == http::verb::put;
+  if (parts.size() == 1 && parts[0] == "metrics" && get) co_return metrics_page();
   if (parts.size() < 2 || parts[0] != "v1") co_return reply_error(404, "no such resource: " + std::string(req.target()));
   if (parts.size() == 2 && parts[1] == "enroll" && post) co_return enroll(req);
   if (parts.size() == 2 && parts[1] == "nodes" && get) co_return list_nodes();
@@ -622,6 +693,9 @@ Response Hub::Impl::upload_records(const std::string& node_id, const Request& re
   // Last contact moves only for records whose checkpoint quote the node's AK signed: anyone
   // can replay records the hub already holds.
   if (!rows.empty()) (void)store->touch(node_id, now_ms());
+  records_stored += rows.size();
+  record_duplicates += plan.duplicates;
+  upload_bytes += req.body().size();
   const uint64_t acked = rows.empty() ? node->acked_seq : rows.back().seq;
   return reply_json(200, json::object{{"acked_seq", acked}, {"stored", rows.size()}, {"duplicates", plan.duplicates},
                                       {"pending", plan.pending}});

@@ -80,6 +80,7 @@ int bundle_command(const Args& args);
 int decide_command(const Args& args);
 int policy_command(const Args& args);
 int status_command(const Args& args);
+int metrics_command(const Args& args);
 int token_command(const Args& args);   // token_commands.cc
 int secret_command(const Args& args);  // secret_commands.cc
 int mcp_command(const Args& args);

@@ -20,6 +20,7 @@ operator:
   trust pin ROOT.json | trust update ROOT…     the node's bundle trust anchors
   bundle install B                             verify and install a signed bundle (TPM-bound)
   status [--json]                              bundle in force, life and offline budget left
+  metrics                                      outpostd's Prometheus metrics (text exposition)
   secret seal NAME [--in FILE] | secret list   tool secrets sealed by the TPM (outpostd stopped)
   agent deploy MANIFEST | list | stop N | logs N   agents under outpostd
 agent (its MCP configuration runs this):
@@ -70,6 +71,7 @@ int main(int argc, char** argv) {
     if (group == "decide") return outpost::cli::decide_command(rest);
     if (group == "policy") return outpost::cli::policy_command(rest);
     if (group == "status") return outpost::cli::status_command(rest);
+    if (group == "metrics") return outpost::cli::metrics_command(rest);
     if (group == "token") return outpost::cli::token_command(rest);
     if (group == "secret") return outpost::cli::secret_command(rest);
     if (group == "mcp") return outpost::cli::mcp_command(rest);

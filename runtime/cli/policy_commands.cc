@@ -769,4 +769,21 @@ int policy_command(const Args& args) {
 
 int status_command(const Args& args) { return status(args); }
 
+// outpostd's Prometheus exposition, as its metrics listener serves it (docs/daemon.md,
+// "Metrics"): for node_exporter's textfile collector, or a look by hand.
+int metrics_command(const Args& args) {
+  po::options_description d("metrics");
+  add_node_options(d);
+  auto vm = parse(args, "outpost metrics [--state DIR]", d);
+  if (!vm) return kExitOk;
+  auto ctx = resolve_node(*vm);
+  if (!ctx) return report(ctx.error());
+  const std::filesystem::path socket = daemon::default_socket(ctx->state_dir);
+  if (!daemon_running(socket)) return report(Error(make_error_code(errc::not_found), "outpostd is not running (no " + socket.string() + ")"));
+  auto r = daemon::call_api(socket, {{"op", "metrics"}});
+  if (!r) return report(r.error());
+  std::cout << std::string(r->at("text").as_string());
+  return kExitOk;
+}
+
 }  // namespace outpost::cli

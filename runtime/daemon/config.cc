@@ -1,5 +1,6 @@
 #include "daemon/config.h"
 
+#include <boost/asio/ip/address.hpp>
 #include <yaml-cpp/yaml.h>
 
 #include <set>
@@ -90,7 +91,25 @@ Result<DaemonConfig> parse_daemon_config(std::string_view yaml, std::string_view
   Reader r(source);
   DaemonConfig c;
   OUTPOST_TRY_VOID(r.fields(root, "outpostd", {"board", "state_dir", "tcti", "socket", "inbox", "api", "limits", "sandbox",
-                                               "inbox_poll_ms", "life_check_s", "audit", "hub", "egress"}));
+                                               "inbox_poll_ms", "life_check_s", "audit", "hub", "egress", "metrics"}));
+  if (YAML::Node m = root["metrics"]) {
+    OUTPOST_TRY_VOID(r.fields(m, "metrics", {"listen"}));
+    if (m["listen"]) {
+      OUTPOST_TRY(c.metrics_listen, r.text(m["listen"], "metrics.listen"));
+      // Metrics name agents and rules: a loopback address only (a scraper on the node, or an
+      // SSH tunnel); anything wider is an operator's reverse proxy's job, with its own auth.
+      const size_t colon = c.metrics_listen.rfind(':');
+      boost::system::error_code ec;
+      std::string host = colon == std::string::npos ? "" : c.metrics_listen.substr(0, colon);
+      if (host.size() > 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+      const auto address = boost::asio::ip::make_address(host, ec);
+      const std::string port = colon == std::string::npos ? "" : c.metrics_listen.substr(colon + 1);
+      const unsigned long p = port.empty() || port.find_first_not_of("0123456789") != std::string::npos ? 0 : std::stoul(port.substr(0, 6));
+      if (ec || !address.is_loopback() || p == 0 || p > 65535) {
+        return fail(r.bad(m["listen"], "metrics.listen must be a loopback address and port, as 127.0.0.1:9464 or [::1]:9464"));
+      }
+    }
+  }
   if (root["board"]) { OUTPOST_TRY(c.board, r.text(root["board"], "board")); }
   if (root["state_dir"]) { OUTPOST_TRY(std::string s, r.text(root["state_dir"], "state_dir")); c.state_dir = s; }
   if (root["tcti"]) { OUTPOST_TRY(c.tcti, r.text(root["tcti"], "tcti")); }

@@ -44,6 +44,10 @@ struct DaemonConfig {
   // http://127.0.0.1:mcp_port/mcp/SERVER in the same namespace (docs/daemon.md, "HTTP agents").
   uint16_t mcp_port = 3129;
 
+  // Prometheus metrics over HTTP at http://metrics_listen/metrics (docs/daemon.md, "Metrics"):
+  // a loopback address and port; empty, the default: none (`outpost metrics` still prints them).
+  std::string metrics_listen;
+
   // The API socket under abuse (docs/daemon.md, "The API socket").
   uint32_t api_max_connections = 256;          // all peers together
   uint32_t api_max_connections_per_uid = 16;   // one operator or local user

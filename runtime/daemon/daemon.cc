@@ -38,6 +38,7 @@
 #include "broker/session_state.h"
 #include "credentials/jws.h"
 #include "daemon/api.h"
+#include "daemon/metrics_http.h"
 #include "daemon/service_notify.h"
 #include "broker/http_endpoint.h"
 #include "egress/proxy.h"
@@ -52,6 +53,7 @@
 #include "outpost/base/bytes.h"
 #include "outpost/base/crypto.h"
 #include "outpost/base/errors.h"
+#include "outpost/base/metrics.h"
 #include "outpost/offline_cache/evidence.h"
 #include "outpost/base/files.h"
 #include "outpost/base/log.h"
@@ -140,15 +142,20 @@ fs::path self_dir() {
 // broker denies what it cannot record).
 class CountingSink : public broker::DecisionSink {
  public:
-  CountingSink(broker::DecisionSink* log, std::shared_ptr<std::atomic<uint64_t>> count, std::shared_ptr<std::atomic<bool>> blocked)
-      : log_(log), count_(std::move(count)), blocked_(std::move(blocked)) {}
+  CountingSink(broker::DecisionSink* log, std::shared_ptr<std::atomic<uint64_t>> count, std::shared_ptr<std::atomic<bool>> blocked,
+               metrics::CounterFamily* decisions)
+      : log_(log), count_(std::move(count)), blocked_(std::move(blocked)), decisions_(decisions) {}
   Result<void> record(const broker::DecisionRecord& r) override {
     OUTPOST_TRY_VOID(admit());
-    return log_->record(r);
+    OUTPOST_TRY_VOID(log_->record(r));
+    counted(r);
+    return {};
   }
   Result<uint64_t> stage(const broker::DecisionRecord& r) override {
     OUTPOST_TRY_VOID(admit());
-    return log_->stage(r);
+    OUTPOST_TRY(uint64_t ticket, log_->stage(r));
+    counted(r);
+    return ticket;
   }
   Result<void> commit(uint64_t ticket) override { return log_->commit(ticket); }
 
@@ -160,9 +167,14 @@ class CountingSink : public broker::DecisionSink {
     return {};
   }
 
+  void counted(const broker::DecisionRecord& r) {
+    decisions_->add({r.agent, "tool", r.verdict, r.rules.empty() ? std::string_view() : std::string_view(r.rules.front())});
+  }
+
   broker::DecisionSink* log_;
   std::shared_ptr<std::atomic<uint64_t>> count_;
   std::shared_ptr<std::atomic<bool>> blocked_;
+  metrics::CounterFamily* decisions_;
 };
 
 }  // namespace
@@ -293,6 +305,12 @@ struct Daemon::Impl {
   int accept_backoff_ms = 0;
   std::string isolation_missing;             // privileges the sandbox lacks; "" when it has all
   std::atomic<uint64_t> refused_logged{0};   // refusals of API peers, audited one in a thousand
+  // Prometheus metrics (docs/daemon.md, "Metrics"): decisions recorded, by agent, kind (tool,
+  // egress), verdict and deciding rule; the broker's time per batch of an agent's calls.
+  metrics::CounterFamily decision_counts{{"agent", "kind", "verdict", "rule"}};
+  metrics::Histogram decide_histogram, hold_histogram;
+  std::unique_ptr<MetricsListener> metrics_listener;
+  std::string metrics_text();
   uint64_t audit_ticks = 0;                  // the worker's 200 ms ticks
   std::condition_variable threads_done;
   std::atomic<bool> stopping{false};
@@ -485,7 +503,9 @@ struct Daemon::Impl {
       flow = it->second->flow;
     }
     if (blocked->load()) return fail(make_error_code(errc::unsupported), "the agent is paused: it wrote most of the audit log's budget");
-    if (!r.allow && flow && !flow->admit_deny_record()) {
+    // DNS stub records have a rate of their own (egress::kDnsRecordsPerSecond): a resolver's
+    // retries must not use up the deny budget real refusals are recorded under.
+    if (!r.allow && r.method != "DNS" && flow && !flow->admit_deny_record()) {
       broker::DecisionRecord d;
       d.time = r.time;
       d.agent = r.agent;
@@ -500,7 +520,9 @@ struct Daemon::Impl {
       return ok();
     }
     records->fetch_add(1, std::memory_order_relaxed);
-    return log->record_egress(r.agent, r.bundle_version, r.time, egress::egress_json(r), r.allow);
+    OUTPOST_TRY_VOID(log->record_egress(r.agent, r.bundle_version, r.time, egress::egress_json(r), r.allow));
+    decision_counts.add({r.agent, "egress", r.verdict, r.rule});
+    return ok();
   }
 
   // Denials over an agent's deny budget, each kind as one record with its count.
@@ -510,7 +532,11 @@ struct Daemon::Impl {
       records.fetch_add(1, std::memory_order_relaxed);
       if (auto r = log->record_coalesced(agent, task, c); !r) {
         OUTPOST_NOTE(error, "coalesced denials of " + agent + " (" + std::to_string(c.count) + ") not recorded: " + r.error().message());
+        continue;
       }
+      decision_counts.add({agent, c.server == "egress" ? "egress" : "tool", c.verdict,
+                           c.rules.empty() ? std::string_view() : std::string_view(c.rules.front())},
+                          c.count);
     }
   }
   void write_all_coalesced() {
@@ -1308,6 +1334,98 @@ void Daemon::Impl::wake_connections(const std::string& agent) {
   }
 }
 
+// The Prometheus exposition (docs/daemon.md, "Metrics"): the decision counters and broker
+// histograms kept as calls happen, the rest read now from what `status` reports.
+std::string Daemon::Impl::metrics_text() {
+  metrics::Writer w;
+  w.family("outpost_decisions_total", "counter",
+           "Decisions recorded in the audit log, by agent, kind (tool call or egress), verdict and deciding rule; "
+           "denials over the deny budget are counted when their coalesced record is written");
+  w.counters("outpost_decisions_total", decision_counts);
+  w.family("outpost_broker_decide_seconds", "histogram",
+           "Per batch of an agent's MCP messages (one read): cutting, parsing, deciding and staging the records");
+  w.histogram("outpost_broker_decide_seconds", {}, decide_histogram.snapshot());
+  w.family("outpost_broker_hold_seconds", "histogram",
+           "Per batch: how long its calls waited in outpostd before going to the server (decide and the records' commit)");
+  w.histogram("outpost_broker_hold_seconds", {}, hold_histogram.snapshot());
+
+  {
+    std::lock_guard lock(mu);
+    std::map<std::string, uint64_t> by_state;
+    for (const auto& [name, a] : agents) ++by_state[std::string(state_name(a->state))];
+    w.family("outpost_agents", "gauge", "Deployed agents by state");
+    for (const char* st : {"running", "restarting", "stopped", "refused", "revoked"}) {
+      w.sample("outpost_agents", {{"state", st}}, static_cast<double>(by_state[st]));
+    }
+    w.family("outpost_mcp_connections", "gauge", "Open MCP connections of agents");
+    w.sample("outpost_mcp_connections", {}, static_cast<double>(connections.size()));
+    if (proxy) {
+      std::vector<std::pair<std::string, egress::Proxy::Counters>> egress;
+      for (const auto& name : launch_order) egress.emplace_back(name, proxy->counters(name));
+      w.family("outpost_egress_connections_total", "counter", "Egress proxy connections by agent and result, since the agent's launch");
+      for (const auto& [name, e] : egress) {
+        w.sample("outpost_egress_connections_total", {{"agent", name}, {"result", "allowed"}}, static_cast<double>(e.allowed));
+        w.sample("outpost_egress_connections_total", {{"agent", name}, {"result", "refused"}}, static_cast<double>(e.refused));
+      }
+      w.family("outpost_egress_open_connections", "gauge", "Egress connections open now, by agent");
+      for (const auto& [name, e] : egress) w.sample("outpost_egress_open_connections", {{"agent", name}}, static_cast<double>(e.open));
+      w.family("outpost_egress_bytes_total", "counter", "Bytes through the egress proxy by agent and direction, since the agent's launch");
+      for (const auto& [name, e] : egress) {
+        w.sample("outpost_egress_bytes_total", {{"agent", name}, {"direction", "up"}}, static_cast<double>(e.bytes_up));
+        w.sample("outpost_egress_bytes_total", {{"agent", name}, {"direction", "down"}}, static_cast<double>(e.bytes_down));
+      }
+      w.family("outpost_dns_refused_total", "counter", "Queries the DNS stub in the agent's namespace answered REFUSED");
+      for (const auto& [name, e] : egress) w.sample("outpost_dns_refused_total", {{"agent", name}}, static_cast<double>(e.dns_refused));
+    }
+  }
+
+  auto& l = log->log();
+  w.family("outpost_audit_last_seq", "gauge", "Sequence number of the newest audit record");
+  w.sample("outpost_audit_last_seq", {}, static_cast<double>(l.last_seq()));
+  w.family("outpost_audit_disk_bytes", "gauge", "Bytes the audit log holds on disk");
+  w.sample("outpost_audit_disk_bytes", {}, static_cast<double>(l.disk_bytes()));
+  w.family("outpost_audit_budget_bytes", "gauge", "The board's audit log budget");
+  w.sample("outpost_audit_budget_bytes", {}, static_cast<double>(board.audit_log_bytes));
+  w.family("outpost_audit_refusing", "gauge", "1 while the audit log refuses records (full, or a write failed)");
+  w.sample("outpost_audit_refusing", {}, l.refusing().empty() ? 0 : 1);
+
+  const attestation::TpmHealth th = tpm->health();
+  w.family("outpost_tpm_connected", "gauge", "1 while the TPM answers, 0 from a transport failure until a reconnect succeeds");
+  w.sample("outpost_tpm_connected", {}, th.connected ? 1 : 0);
+  w.family("outpost_tpm_errors_total", "counter", "TPM connections lost, plus reconnect attempts that failed");
+  w.sample("outpost_tpm_errors_total", {}, static_cast<double>(th.failures));
+  w.family("outpost_tpm_reconnects_total", "counter", "TPM connections re-established after a failure");
+  w.sample("outpost_tpm_reconnects_total", {}, static_cast<double>(th.reconnects));
+
+  if (sync) {
+    const auto st = sync->status();
+    w.family("outpost_sync_backlog_records", "gauge", "Durable audit records the hub has not acknowledged yet");
+    w.sample("outpost_sync_backlog_records", {}, static_cast<double>(st.backlog()));
+    w.family("outpost_sync_uploaded_records_total", "counter", "Audit records the hub acknowledged since outpostd started");
+    w.sample("outpost_sync_uploaded_records_total", {}, static_cast<double>(st.uploaded_records));
+    w.family("outpost_sync_failures_total", "counter", "Failed rounds with the hub since outpostd started");
+    w.sample("outpost_sync_failures_total", {}, static_cast<double>(st.failures));
+    w.family("outpost_sync_last_contact_timestamp_seconds", "gauge", "Unix time of the last successful exchange with the hub (0: none)");
+    w.sample("outpost_sync_last_contact_timestamp_seconds", {}, static_cast<double>(st.last_contact_ms / 1000));
+  }
+
+  const auto p = policy.load();
+  w.family("outpost_bundle_version", "gauge", "Version of the policy bundle in force (0: none installed)");
+  w.sample("outpost_bundle_version", {}, p->installed ? static_cast<double>(p->installed->state.version) : 0);
+  if (p->installed) {
+    w.family("outpost_bundle_offline_seconds_left", "gauge", "Seconds of the bundle's offline budget left (it turns safe-set or deny-all at 0)");
+    w.sample("outpost_bundle_offline_seconds_left", {}, static_cast<double>(p->status.offline_left));
+    w.family("outpost_bundle_not_after_timestamp_seconds", "gauge", "Unix time the bundle expires");
+    w.sample("outpost_bundle_not_after_timestamp_seconds", {}, static_cast<double>(p->status.not_after));
+  }
+  w.family("outpost_policy_mode", "gauge", "1 for the mode decisions are made in: normal, safe_set or deny_all");
+  for (const auto& [mode, name] : {std::pair{policy::Mode::normal, "normal"}, std::pair{policy::Mode::safe_set, "safe_set"},
+                                   std::pair{policy::Mode::deny_all, "deny_all"}}) {
+    w.sample("outpost_policy_mode", {{"mode", name}}, p->mode == mode ? 1 : 0);
+  }
+  return w.take();
+}
+
 json::object Daemon::Impl::agent_json(const Agent& a) const {
   json::object o{{"name", a.manifest.name},
                  {"state", a.paused_for_budget ? "paused" : state_name(a.state)},
@@ -1583,6 +1701,7 @@ json::object Daemon::Impl::handle(const json::object& req, const ucred& peer, bo
                         {"pcrs", base64_encode(attestation::encode_pcrs_tpm2tools(q->pcrs))},
                         {"ak", node.ak_public.to_pem()}};
   }
+  if (op == "metrics") return json::object{{"ok", true}, {"text", metrics_text()}};
   if (op == "status") {
     auto p = policy.load();
     json::object o{{"ok", true}, {"node_id", node.node_id}, {"board", board.name}};
@@ -1735,11 +1854,13 @@ void Daemon::Impl::serve_mcp(int fd, const json::object& req, const std::string&
       OUTPOST_TRY(Tpm::LoadedKey loaded, keys.load(*tpm, key));
       return credentials::mint(c, key.public_key, [&](const Digest& d) { return tpm->sign(loaded, d); });
     };
-    CountingSink sink(log.get(), audit_records, records_blocked);
+    CountingSink sink(log.get(), audit_records, records_blocked, &decision_counts);
     broker::McpSession session(broker::McpSession::Options{agent_name, task, server_name, 4096, flow},
                                [this] { return view(); }, &sink, minter);
     broker::RelayFds rf{fds[0], fds[1], server_in, server_out, fd, wake};
     broker::RelayTiming timing;
+    timing.decide_histogram = &decide_histogram;
+    timing.hold_histogram = &hold_histogram;
     broker::RelayEnd end = broker::run_relay(rf, session, config.max_line_bytes, &timing);
     if (rf.server_in >= 0) ::close(rf.server_in);  // EOF to the server: the MCP stdio shutdown
     int status = end_server();
@@ -2068,6 +2189,12 @@ Result<void> Daemon::run() {
   if (bec) return fail(bec, "listen on " + c.socket.string());
   // Anyone may connect; SO_PEERCRED and the ancestry check decide what they may do.
   ::chmod(c.socket.c_str(), 0666);
+  if (!c.metrics_listen.empty()) {
+    auto listener = MetricsListener::start(m.io, c.metrics_listen, [&m] { return m.metrics_text(); });
+    if (!listener) return fail(listener.error());
+    m.metrics_listener = std::move(*listener);
+    OUTPOST_NOTE(info, "metrics at http://" + c.metrics_listen + "/metrics");
+  }
 
   // Agents that were deployed when outpostd last stopped come back, measured and checked again.
   for (const auto& e : fs::directory_iterator(c.state_dir / "agents", ec)) {

@@ -314,7 +314,12 @@ struct Proxy::Impl {
   asio::awaitable<void> accept_loop(std::shared_ptr<AgentEntry> a);
   // Answers the namespace's DNS stub socket until the agent stops.
   asio::awaitable<void> dns_loop(std::shared_ptr<AgentEntry> a);
-  void answer_dns(AgentEntry& a, std::span<uint8_t> buf);
+  // One datagram answered: 1; none waiting: 0; a socket error: -1.
+  int answer_dns(AgentEntry& a, std::span<uint8_t> buf);
+  // The record of the queries not yet recorded one by one, if any, when the agent stops (while
+  // it runs, the next recorded query carries the count).
+  void record_unrecorded_dns(AgentEntry& a);
+  void record_dns(AgentEntry& a, std::string host, std::string reason);
   asio::awaitable<void> watchdog(std::shared_ptr<Conn> c);
   asio::awaitable<void> handle(std::shared_ptr<AgentEntry> a, std::shared_ptr<Conn> c, std::string id);
   // Copies from one side to the other until EOF, counting and charging; `still_allowed` is
@@ -403,12 +408,42 @@ asio::awaitable<void> Proxy::Impl::dns_loop(std::shared_ptr<AgentEntry> a) {
       continue;
     }
     // A batch, then back to the loop's other work: a flood of queries cannot starve tunnels.
-    for (int i = 0; i < 64 && !a->stopped; ++i) answer_dns(*a, buf);
+    int got = 1;
+    for (int i = 0; i < 64 && got > 0 && !a->stopped; ++i) got = answer_dns(*a, buf);
+    if (got < 0) {  // logged; wait before trying the socket again rather than spin on it
+      asio::steady_timer t(io, std::chrono::milliseconds(100));
+      co_await t.async_wait(kTuple);
+    }
   }
 }
 
+void Proxy::Impl::record_dns(AgentEntry& a, std::string host, std::string reason) {
+  EgressRecord rec;
+  char id[24];
+  std::snprintf(id, sizeof id, "%016llx", static_cast<unsigned long long>(next_id++));
+  rec.id = id;
+  rec.time = options.clock();
+  rec.agent = a.agent;
+  rec.task = a.task;
+  rec.method = "DNS";
+  rec.host = std::move(host);
+  rec.port = 53;
+  rec.verdict = "dns_refused";
+  rec.reason = std::move(reason);
+  if (const auto view = hooks.policy(); view.engine) rec.bundle_version = view.engine->version();
+  asio::post(pool, [this, rec = std::move(rec)] { (void)hooks.record(rec); });
+}
+
+void Proxy::Impl::record_unrecorded_dns(AgentEntry& a) {
+  if (a.dns_unrecorded == 0) return;
+  record_dns(a, "(queries not recorded one by one)",
+             std::to_string(a.dns_unrecorded) + " more queries refused past " + std::to_string(kDnsRecordsPerSecond) +
+                 " records a second, not recorded one by one");
+  a.dns_unrecorded = 0;
+}
+
 // One datagram, if there is one: read it with the address it was sent to, answer from there.
-void Proxy::Impl::answer_dns(AgentEntry& a, std::span<uint8_t> buf) {
+int Proxy::Impl::answer_dns(AgentEntry& a, std::span<uint8_t> buf) {
   sockaddr_in from{};
   alignas(cmsghdr) char control[CMSG_SPACE(sizeof(in_pktinfo))];
   iovec iov{buf.data(), buf.size()};
@@ -422,17 +457,16 @@ void Proxy::Impl::answer_dns(AgentEntry& a, std::span<uint8_t> buf) {
   const int fd = a.dns->native_handle();
   const ssize_t n = ::recvmsg(fd, &m, MSG_DONTWAIT);
   if (n < 0) {
-    if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
-      ::outpost::log::warn("outpostd", {{"msg", "DNS stub of agent " + a.agent + ": " + errno_error("recvmsg", errno).message()}});
-    }
-    return;
+    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return 0;
+    ::outpost::log::warn("outpostd", {{"msg", "DNS stub of agent " + a.agent + ": " + errno_error("recvmsg", errno).message()}});
+    return -1;
   }
   const in_pktinfo* to = nullptr;
   for (cmsghdr* c = CMSG_FIRSTHDR(&m); c != nullptr; c = CMSG_NXTHDR(&m, c)) {
     if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_PKTINFO) to = reinterpret_cast<const in_pktinfo*>(CMSG_DATA(c));
   }
   DnsAnswer answer = answer_dns_query(std::span<const uint8_t>(buf.data(), static_cast<size_t>(n)));
-  if (answer.reply.empty() || m.msg_namelen != sizeof from || from.sin_family != AF_INET) return;
+  if (answer.reply.empty() || m.msg_namelen != sizeof from || from.sin_family != AF_INET) return 1;  // not a query: dropped
   a.dns_refused.fetch_add(1);
 
   alignas(cmsghdr) char out_control[CMSG_SPACE(sizeof(in_pktinfo))] = {};
@@ -455,36 +489,26 @@ void Proxy::Impl::answer_dns(AgentEntry& a, std::span<uint8_t> buf) {
   }
   (void)::sendmsg(fd, &out, MSG_DONTWAIT | MSG_NOSIGNAL);  // a full socket buffer drops it, as UDP may
 
-  const int64_t now = unix_now();
+  const int64_t now = options.clock();
   if (now != a.dns_second) {
     a.dns_second = now;
     a.dns_recorded = 0;
   }
   if (a.dns_recorded >= kDnsRecordsPerSecond) {
     ++a.dns_unrecorded;
-    return;
+    return 1;
   }
   ++a.dns_recorded;
-  EgressRecord rec;
-  char id[24];
-  std::snprintf(id, sizeof id, "%016llx", static_cast<unsigned long long>(next_id++));
-  rec.id = id;
-  rec.time = now;
-  rec.agent = a.agent;
-  rec.task = a.task;
-  rec.method = "DNS";
-  rec.host = answer.name.empty() ? "(malformed query)" : answer.name;
-  rec.port = 53;
-  rec.verdict = "dns_refused";
-  rec.reason = answer.rcode == kDnsRefused
-                   ? "names are resolved by outpostd for the egress proxy (HTTPS_PROXY), not in the agent's namespace: "
-                     "its DNS stub answers every query REFUSED"
-                   : "a malformed or unsupported DNS message (answered with rcode " + std::to_string(answer.rcode) + ")";
+  std::string reason = answer.rcode == kDnsRefused
+                           ? "names are resolved by outpostd for the egress proxy (HTTPS_PROXY), not in the agent's "
+                             "namespace: its DNS stub answers every query REFUSED"
+                           : "a malformed or unsupported DNS message (answered with rcode " + std::to_string(answer.rcode) + ")";
   if (a.dns_unrecorded > 0) {
-    rec.reason += "; " + std::to_string(a.dns_unrecorded) + " more queries since the last record, refused unrecorded";
+    reason += "; " + std::to_string(a.dns_unrecorded) + " more queries since the last record, refused unrecorded";
     a.dns_unrecorded = 0;
   }
-  asio::post(pool, [this, rec = std::move(rec)] { (void)hooks.record(rec); });
+  record_dns(a, answer.name.empty() ? "(malformed query)" : answer.name, std::move(reason));
+  return 1;
 }
 
 // Closes the connection once its deadline passes; stages and traffic move the deadline on.
@@ -1038,10 +1062,11 @@ void Proxy::stop_agent(const std::string& agent) {
     a = it->second;  // kept (stopped) for its counters until the agent is served again
   }
   if (a->stopped.exchange(true)) return;
-  asio::post(impl_->io, [a] {
+  asio::post(impl_->io, [a, p = impl_.get()] {
     boost::system::error_code ec;
     a->acceptor.close(ec);
     if (a->dns) a->dns->close(ec);
+    p->record_unrecorded_dns(*a);
     for (auto& [id, weak] : a->conns) {
       if (auto c = weak.lock()) {
         if (c->end.empty()) c->end = "agent stopped";

@@ -33,6 +33,7 @@
 #include "broker/mcp_session.h"
 #include "broker/session_state.h"
 #include "outpost/base/result.h"
+#include "outpost/base/time.h"
 #include "sandbox/sandbox.h"
 
 namespace outpost::egress {
@@ -40,7 +41,7 @@ namespace outpost::egress {
 // One decision on one connection, as the audit log records it (event "egress"). A query to
 // the namespace's DNS stub is recorded this way too: method "DNS", host the question's name,
 // port 53, verdict "dns_refused" (at most kDnsRecordsPerSecond a second per agent; the rest
-// are counted, and the next record says how many).
+// are counted, and the next record, or one written when the agent stops, says how many).
 struct EgressRecord {
   std::string id;                // the connection; its close record carries the same
   int64_t time = 0;              // Unix seconds
@@ -86,6 +87,7 @@ struct ProxyOptions {
   size_t max_connections_per_agent = 64;
   size_t max_connections = 1024;           // all agents together
   size_t buffer_bytes = 256 << 10;         // the pipe each direction splices through
+  std::function<int64_t()> clock = [] { return unix_now(); };  // Unix seconds of DNS records and their rate (tests set it)
 };
 
 struct ProxyHooks {
@@ -124,7 +126,7 @@ class Proxy {
 
   struct Counters {
     uint64_t allowed = 0, refused = 0, open = 0, bytes_up = 0, bytes_down = 0;
-    uint64_t dns_refused = 0;  // queries the namespace's DNS stub answered REFUSED
+    uint64_t dns_refused = 0;  // queries the namespace's DNS stub answered (REFUSED, or FORMERR/NOTIMP)
   };
   // Since the agent's binding was made; zeros for an agent the proxy does not serve.
   Counters counters(const std::string& agent) const;

@@ -82,7 +82,7 @@ Result<UniqueFd> dns_socket() {
   return fd;
 }
 
-Result<AgentNetwork> make_here(uint16_t port, uint16_t mcp_port) {
+Result<AgentNetwork> make_here(uint16_t port, uint16_t mcp_port, const std::filesystem::path& resolv_conf) {
   if (::unshare(CLONE_NEWNET) != 0) return fail(errno_error("unshare CLONE_NEWNET", errno));
   OUTPOST_TRY_VOID(loopback_up());
   AgentNetwork net;
@@ -99,7 +99,7 @@ Result<AgentNetwork> make_here(uint16_t port, uint16_t mcp_port) {
     return net;
   }
   // The host's nameservers, where the agent's resolver will ask (it reads the same file).
-  if (auto conf = read_text_file("/etc/resolv.conf", 1 << 16)) {
+  if (auto conf = read_text_file(resolv_conf, 1 << 16)) {
     int index = 1;
     for (const std::string& a : ipv4_nameservers(*conf)) {
       if (auto added = add_loopback_address(a, index++); !added) {
@@ -128,20 +128,24 @@ std::vector<std::string> ipv4_nameservers(std::string_view conf) {
     if (start == std::string_view::npos) continue;
     line.remove_prefix(start);
     line = line.substr(0, line.find_first_of(" \t\r#;"));
-    ++count;
     in_addr a{};
+    in6_addr a6{};
     const std::string text(line);
-    if (::inet_pton(AF_INET, text.c_str(), &a) != 1) continue;  // IPv6, or not an address
+    if (::inet_pton(AF_INET, text.c_str(), &a) != 1) {
+      if (::inet_pton(AF_INET6, text.c_str(), &a6) == 1) ++count;  // counts, has no route in the namespace
+      continue;                                                     // not an address: glibc skips it
+    }
+    ++count;
     if ((ntohl(a.s_addr) >> 24) == 127 || a.s_addr == 0) continue;  // loopback is there already
     out.push_back(text);
   }
   return out;
 }
 
-Result<AgentNetwork> make_agent_network(uint16_t port, uint16_t mcp_port) {
+Result<AgentNetwork> make_agent_network(uint16_t port, uint16_t mcp_port, const std::filesystem::path& resolv_conf) {
   std::optional<Result<AgentNetwork>> out;
   // The thread ends in the new namespace; the namespace lives on through the fds.
-  std::thread([&] { out.emplace(make_here(port, mcp_port)); }).join();
+  std::thread([&] { out.emplace(make_here(port, mcp_port, resolv_conf)); }).join();
   return std::move(*out);
 }
 

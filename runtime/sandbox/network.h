@@ -20,6 +20,7 @@
 #pragma once
 
 #include <cstdint>
+#include <filesystem>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -42,11 +43,14 @@ struct AgentNetwork {
 };
 
 // The IPv4 nameservers of a resolv.conf's text, in order, loopback ones left out (the namespace
-// has all of 127/8 already); at most three, as glibc reads.
+// has all of 127/8 already); among the first three nameserver lines that are addresses, as
+// glibc reads them (MAXNS).
 std::vector<std::string> ipv4_nameservers(std::string_view resolv_conf);
 
 // A fresh namespace with its listener. Made on a short-lived thread of its own: unshare(2)
 // moves only the calling thread, and no other thread of the caller changes namespace.
-Result<AgentNetwork> make_agent_network(uint16_t port, uint16_t mcp_port = 0);
+// resolv_conf: the file whose nameservers are added (the agent reads /etc/resolv.conf).
+Result<AgentNetwork> make_agent_network(uint16_t port, uint16_t mcp_port = 0,
+                                        const std::filesystem::path& resolv_conf = "/etc/resolv.conf");
 
 }  // namespace outpost::sandbox

@@ -110,6 +110,10 @@ Result<SyscallFilter> SyscallFilter::build(const SyscallFilterPolicy& policy) {
   }
   OUTPOST_TRY_VOID(refuse_sockets(ctx.get(), SCMP_SYS(socket), policy.allow_inet));
   OUTPOST_TRY_VOID(refuse_sockets(ctx.get(), SCMP_SYS(socketpair), policy.allow_inet));
+  // UDP socket options (UDP_ENCAP for ESP-in-UDP, UDP_SEGMENT, UDP_GRO): kernel code no agent
+  // needs to reach, for the resolver-only UDP it has.
+  OUTPOST_TRY_VOID(check(seccomp_rule_add(ctx.get(), kRefuse, SCMP_SYS(setsockopt), 1, arg(1, SCMP_CMP_EQ, IPPROTO_UDP)),
+                         "seccomp_rule_add setsockopt"));
 
   // libseccomp 2.5 exports only to a file descriptor: a memfd, read back whole.
   const int fd = ::memfd_create("outpost-seccomp", MFD_CLOEXEC);

@@ -5,7 +5,8 @@
 // and can carry on):
 //   * socket()/socketpair(): AF_UNIX only; with allow_inet also AF_INET/AF_INET6 TCP (type
 //     SOCK_STREAM, protocol 0 or IPPROTO_TCP) and UDP (SOCK_DGRAM, 0 or IPPROTO_UDP). MPTCP,
-//     ping sockets, UDP-Lite, SCTP, raw, packet and netlink are refused.
+//     ping sockets, UDP-Lite, SCTP, raw, packet and netlink are refused, and so are UDP's own
+//     socket options (setsockopt at level SOL_UDP).
 //   * no namespaces (unshare, setns, clone with any CLONE_NEW* flag; clone3 answers ENOSYS so
 //     libc falls back to clone, whose flags a filter can read), no mounts or chroot, no ptrace
 //     or process_vm_*, no bpf, perf_event_open, keyctl/add_key/request_key, no file handles

@@ -343,6 +343,7 @@ asio::awaitable<void> SyncClient::Impl::upload_loop() {
         std::lock_guard lock(mu);
         first = st.last_error.empty();
         st.last_error = msg;
+        ++st.failures;
         st.next_attempt_ms = now_ms() + wait.count();
       }
       if (first) log::warn("sync.failed", {{"hub", settings.hub.url()}, {"error", msg}});

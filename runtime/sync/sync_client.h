@@ -64,6 +64,7 @@ struct SyncStatus {
   int64_t last_contact_ms = 0;   // Unix ms of the last successful exchange
   int64_t last_attested_ms = 0;  // Unix ms of the last quote over a hub nonce the hub verified
   std::string last_error;        // of the last failed attempt, until one succeeds
+  uint64_t failures = 0;         // failed attempts since start (metrics: outpost_sync_failures_total)
   int64_t next_attempt_ms = 0;   // after a failure: when the next attempt is due
   uint64_t bundles_installed = 0;
   uint64_t backlog() const { return durable_seq > acked_seq ? durable_seq - acked_seq : 0; }

@@ -3,6 +3,7 @@
 #include <benchmark/benchmark.h>
 
 #include "broker/mcp_session.h"
+#include "outpost/base/metrics.h"
 #include "outpost/fb/bundle_generated.h"
 #include "policy/compiler.h"
 
@@ -97,6 +98,48 @@ void BM_large_write_call(benchmark::State& state) {
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * static_cast<int64_t>(line.size()));
 }
 BENCHMARK(BM_large_write_call)->Arg(4 << 10)->Arg(1 << 20);
+
+// What outpostd's metrics cost on the call path (docs/daemon.md, "Metrics"): a histogram
+// observation per batch, a counter increment per decision recorded; and a scrape's rendering.
+void BM_histogram_observe(benchmark::State& state) {
+  metrics::Histogram h;
+  uint64_t ns = 1000;
+  for (auto _ : state) {
+    h.observe_ns(ns);
+    ns = ns * 7 % 50'000'000 + 1000;
+  }
+  benchmark::DoNotOptimize(h.snapshot().count);
+}
+BENCHMARK(BM_histogram_observe);
+
+void BM_decision_counter_add(benchmark::State& state) {
+  metrics::CounterFamily f({"agent", "kind", "verdict", "rule"});
+  const std::string rules[] = {"notes-read", "notes-write", "fs-read", "web-fetch"};
+  size_t i = 0;
+  for (auto _ : state) f.add({"coder", "tool", "allowed_by_rule", rules[i++ & 3]});
+  benchmark::DoNotOptimize(f.snapshot().size());
+}
+BENCHMARK(BM_decision_counter_add);
+
+// A scrape of `series` decision counters and two histograms.
+void BM_render_exposition(benchmark::State& state) {
+  metrics::CounterFamily f({"agent", "kind", "verdict", "rule"});
+  for (int64_t i = 0; i < state.range(0); ++i) f.add({"agent-" + std::to_string(i % 32), "tool", "allowed_by_rule", "rule-" + std::to_string(i)});
+  metrics::Histogram h;
+  for (int i = 0; i < 1000; ++i) h.observe_ns(static_cast<uint64_t>(i) * 1000);
+  size_t bytes = 0;
+  for (auto _ : state) {
+    metrics::Writer w;
+    w.family("outpost_decisions_total", "counter", "Decisions");
+    w.counters("outpost_decisions_total", f);
+    w.family("outpost_broker_hold_seconds", "histogram", "Hold");
+    w.histogram("outpost_broker_hold_seconds", {}, h.snapshot());
+    w.histogram("outpost_broker_decide_seconds", {}, h.snapshot());
+    bytes = w.take().size();
+  }
+  state.counters["bytes"] = static_cast<double>(bytes);
+}
+BENCHMARK(BM_render_exposition)->Arg(100)->Arg(4096)->Unit(benchmark::kMicrosecond);
 
 }  // namespace
 

@@ -276,6 +276,16 @@ TEST_CASE("the hub down for the whole run, then up: every record arrives exactly
   auto info = n.hub_get("/v1/nodes/" + n.node_id);
   REQUIRE(info.status == 200);
   CHECK(json::parse(info.body).at("acked_seq").to_number<uint64_t>() == acked);
+  {  // its metrics count what it stored (issue 15): every record once, uploads by route and code
+    auto m = n.hub_get("/metrics");
+    REQUIRE(m.status == 200);
+    INFO(m.body);
+    CHECK(m.header("content-type") == "text/plain; version=0.0.4; charset=utf-8");
+    CHECK_THAT(m.body, Catch::Contains("\noutpost_hub_records_stored_total " + std::to_string(acked) + "\n"));
+    CHECK_THAT(m.body, Catch::Contains("\noutpost_hub_nodes 1\n"));
+    CHECK_THAT(m.body, Catch::Contains("outpost_hub_requests_total{route=\"records\",code=\"200\"}"));
+    CHECK_THAT(m.body, Catch::Contains("outpost_hub_request_seconds_count{route=\"records\"}"));
+  }
 
   SECTION("a replayed upload is deduplicated, a forked one and a gap refused, an unknown node refused") {
     auto replay = n.hub_request({"POST", "/v1/nodes/" + n.node_id + "/records", std::string(as_chars(local)), "application/octet-stream"});

@@ -9,6 +9,7 @@
 
 #include <catch2/catch.hpp>
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <mutex>
 #include <string>
@@ -136,6 +137,7 @@ struct Harness {
   std::unique_ptr<egress::Proxy> proxy;
   uint16_t port = 0;
   uint16_t dns_port = 0;  // the DNS stub's, on the host's loopback here (53 in a namespace)
+  std::atomic<int64_t> now{1'800'000'000};  // the proxy's clock for DNS records (Unix seconds)
 
   Harness() {
     const std::string p1 = std::to_string(tunnel.port), p2 = std::to_string(web.port), p3 = std::to_string(tiny.port);
@@ -181,7 +183,9 @@ egress:
       if (name != "model-key") return fail(errc::not_found, "no such secret");
       return std::string("sk-held-by-outpostd");
     };
-    auto started = egress::Proxy::start({}, std::move(h));
+    egress::ProxyOptions options;
+    options.clock = [this] { return now.load(); };
+    auto started = egress::Proxy::start(options, std::move(h));
     REQUIRE(started);
     proxy = std::move(*started);
     sandbox::UniqueFd listener(testing::listen_on_loopback(port));
@@ -532,24 +536,39 @@ TEST_CASE("the proxy's DNS stub answers from the address it was asked at, counts
     REQUIRE(a.size() == q.size());
     CHECK(a[3] == egress::kDnsRefused);
   }
-  auto records = h.recorded();
-  for (int i = 0; i < 200 && records.size() < 2; ++i) {
-    std::this_thread::sleep_for(10ms);
-    records = h.recorded();
-  }
+  // The records are written off the loop: wait for `n` of them (a minute at most).
+  auto wait_for = [&](size_t n) {
+    for (int i = 0; i < 6000 && h.recorded().size() < n; ++i) std::this_thread::sleep_for(10ms);
+    return h.recorded();
+  };
+  auto records = wait_for(2);
   REQUIRE(records.size() == 2);
   CHECK(records[0].method == "DNS");
   CHECK(records[0].host == "exfil.example.net");
   CHECK(records[0].port == 53);
   CHECK(records[0].verdict == "dns_refused");
+  CHECK(records[0].time == h.now.load());
   CHECK_FALSE(records[0].allow);
   CHECK(records[0].agent == "coder");
   CHECK(h.proxy->counters("coder").dns_refused == 2);
 
-  // A flood is answered whole and recorded at a bounded rate, the rest counted.
+  // A flood within one second of the proxy's clock: every query answered, 10 recorded.
   for (int i = 0; i < 40; ++i) CHECK(ask("127.0.0.1", h.dns_port, egress::build_dns_query(static_cast<uint16_t>(i), "x.test", 1)).size() > 12);
   CHECK(h.proxy->counters("coder").dns_refused == 42);
-  std::this_thread::sleep_for(100ms);
-  CHECK(h.recorded().size() < 42);
+  CHECK(wait_for(10).size() == 10);
+  // The next second's first record says how many went unrecorded; past its ten, the rest are
+  // summed up in one record when the agent stops.
+  h.now += 1;
+  for (int i = 0; i < 13; ++i) CHECK(ask("127.0.0.1", h.dns_port, egress::build_dns_query(7, "y.test", 1)).size() > 12);
+  CHECK(wait_for(20).size() == 20);
   h.proxy->stop_agent("coder");
+  records = wait_for(21);
+  REQUIRE(records.size() == 21);
+  int carried = 0, summed = 0;
+  for (const auto& r : records) {
+    carried += r.reason.find("; 32 more queries since the last record") != std::string::npos;
+    summed += r.host == "(queries not recorded one by one)" && r.reason.starts_with("3 more queries refused");
+  }
+  CHECK(carried == 1);
+  CHECK(summed == 1);
 }

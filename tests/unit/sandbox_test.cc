@@ -677,17 +677,24 @@ TEST_CASE("the host's IPv4 nameservers are read as glibc reads them", "[sandbox]
         std::vector<std::string>{"192.168.1.1"});
   CHECK(ipv4_nameservers("nameservers 8.8.8.8\nnameserver\nnameserver 0.0.0.0\nnameserver 8.8.4.4\r\n") ==
         std::vector<std::string>{"8.8.4.4"});
+  // A line that is no address is skipped and does not count (glibc reads three addresses).
+  CHECK(ipv4_nameservers("nameserver foo\nnameserver 10.0.0.1\nnameserver ::1\nnameserver 10.0.0.2\nnameserver 10.0.0.3\n") ==
+        std::vector<std::string>{"10.0.0.1", "10.0.0.2"});
   CHECK(ipv4_nameservers("").empty());
 }
 
 TEST_CASE("an agent's network namespace holds its listeners, the DNS stub and the host's nameservers", "[sandbox]") {
   REQUIRE(::geteuid() == 0);  // a network namespace and port 53 (the suite runs as root)
-  auto net = make_agent_network(3128, 3129);
+  const TempDir dir;
+  const auto conf = dir.path() / "resolv.conf";
+  // A comment, an unparsable line (glibc skips it, it does not count to three), loopback.
+  write_text(conf, "# nameserver 8.8.8.8\nnameserver 10.255.255.53\nnameserver dns.example\nnameserver 127.0.0.53\n"
+                   "nameserver 192.0.2.53\nnameserver 198.51.100.53\n");
+  auto net = make_agent_network(3128, 3129, conf);
   REQUIRE(net);
   REQUIRE(net->dns);
   CHECK(net->resolver_error.empty());
-  std::vector<std::string> expected;
-  if (auto conf = read_text_file("/etc/resolv.conf", 1 << 16)) expected = ipv4_nameservers(*conf);
+  const std::vector<std::string> expected = {"10.255.255.53", "192.0.2.53"};
   CHECK(net->resolver_addresses == expected);
   // From inside: a query to 127.0.0.1:53, 127.0.0.53:53 and each host nameserver reaches the
   // stub's socket (and nothing reaches the host: the namespace has no route).
