@@ -558,6 +558,24 @@ TEST_CASE("the syscall filter leaves AF_UNIX and, when asked, plain TCP and UDP"
   CHECK(errno_filtered(tcp, [] { return socket_errno(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0); }) == 0);
   CHECK(errno_filtered(tcp, [] { return socket_errno(AF_INET6, SOCK_DGRAM, IPPROTO_UDP); }) == 0);
   CHECK(errno_filtered(closed, [] { return socket_errno(AF_INET, SOCK_DGRAM, 0); }) == EPERM);
+  // UDP's own socket options are not for agents (ESP-in-UDP, segmentation offload); the
+  // socket's general ones still are.
+  CHECK(errno_filtered(tcp, [] {
+          int fd = ::socket(AF_INET, SOCK_DGRAM, 0);
+          const int v = 1;
+          const int rc = ::setsockopt(fd, IPPROTO_UDP, 100 /* UDP_ENCAP */, &v, sizeof v);
+          const int err = rc < 0 ? errno : 0;
+          ::close(fd);
+          return err;
+        }) == EPERM);
+  CHECK(errno_filtered(tcp, [] {
+          int fd = ::socket(AF_INET, SOCK_DGRAM, 0);
+          const int v = 1;
+          const int rc = ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &v, sizeof v);
+          const int err = rc < 0 ? errno : 0;
+          ::close(fd);
+          return err;
+        }) == 0);
   // Everything else, even with TCP and UDP allowed: each type only with its own protocol.
   const int refused[][3] = {{AF_INET, SOCK_STREAM, 262 /* IPPROTO_MPTCP */}, {AF_INET6, SOCK_STREAM, 262},
                              {AF_INET, SOCK_STREAM, IPPROTO_UDP}, {AF_INET, SOCK_DGRAM, IPPROTO_TCP},
