@@ -1,12 +1,13 @@
 #include "outpost/base/metrics.h"
 
+#include <charconv>
 #include <cmath>
 #include <cstdio>
 
 namespace outpost::metrics {
 
 void Histogram::observe_ns(uint64_t ns) {
-  const double s = static_cast<double>(ns) * 1e-9;
+  const double s = static_cast<double>(ns) / 1e9;  // correctly rounded: 10000 ns is exactly the 1e-05 bound
   size_t i = 0;
   while (i < kBounds.size() && s > kBounds[i]) ++i;
   buckets_[i].fetch_add(1, std::memory_order_relaxed);
@@ -19,7 +20,7 @@ Histogram::Snapshot Histogram::snapshot() const {
     s.buckets[i] = buckets_[i].load(std::memory_order_relaxed);
     s.count += s.buckets[i];
   }
-  s.sum_seconds = static_cast<double>(sum_ns_.load(std::memory_order_relaxed)) * 1e-9;
+  s.sum_seconds = static_cast<double>(sum_ns_.load(std::memory_order_relaxed)) / 1e9;
   return s;
 }
 
@@ -86,9 +87,9 @@ void number(std::string& out, double v) {
     std::snprintf(buf, sizeof buf, "%.0f", v);
     out += buf;
   } else {
-    char buf[32];
-    std::snprintf(buf, sizeof buf, "%.9g", v);
-    out += buf;
+    char buf[32];  // the shortest text that reads back as the same double
+    const auto r = std::to_chars(buf, buf + sizeof buf, v, std::chars_format::general);
+    out.append(buf, r.ptr);
   }
 }
 

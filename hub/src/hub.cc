@@ -406,6 +406,8 @@ asio::awaitable<void> Hub::Impl::serve(tcp::socket socket) {
     bool keep_alive = false;
     if (early) {
       res = std::move(*early);  // the body was not read: the connection cannot go on
+      requests.add({kRoutes[route_index(path_parts(parser.get().target()), parser.get().method())],
+                    std::to_string(res.result_int())});
     } else {
       Request req = parser.release();
       const size_t route_at = route_index(path_parts(req.target()), req.method());

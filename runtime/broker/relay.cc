@@ -138,8 +138,13 @@ RelayEnd run_relay(RelayFds& fds, McpSession& session, size_t max_line, RelayTim
     if (!from_client.buf.empty() || from_client.eof) {
       ++t.client_batches;
       const uint64_t batch_start = t0;
+      bool cut = false;  // a whole line in this batch (not a partial one, not EOF alone)
       from_client.lines(
-          max_line, [&](std::string_view line) { session.from_client(line, to_server.data, to_client.data); },
+          max_line,
+          [&](std::string_view line) {
+            cut = true;
+            session.from_client(line, to_server.data, to_client.data);
+          },
           [&] { session.oversized_from_client(to_client.data); });
       const uint64_t t1 = now_ns();
       t.decide_ns += t1 - t0;
@@ -148,8 +153,8 @@ RelayEnd run_relay(RelayFds& fds, McpSession& session, size_t max_line, RelayTim
       session.release(to_server.data, to_client.data);
       t0 = now_ns();
       t.commit_ns += t0 - t1;
-      if (t.decide_histogram != nullptr) t.decide_histogram->observe_ns(t1 - batch_start);
-      if (t.hold_histogram != nullptr) t.hold_histogram->observe_ns(t0 - batch_start);
+      if (cut && t.decide_histogram != nullptr) t.decide_histogram->observe_ns(t1 - batch_start);
+      if (cut && t.hold_histogram != nullptr) t.hold_histogram->observe_ns(t0 - batch_start);
     }
     if (!from_server.buf.empty() || from_server.eof) {
       ++t.server_batches;

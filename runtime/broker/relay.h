@@ -28,8 +28,9 @@ enum class RelayEnd { finished, control_closed, woken, io_error };
 // Where a relay's time went, summed over its batches (a batch: the lines one wake-up read).
 // Clock reads are vDSO calls, a few tens of nanoseconds each: always on.
 struct RelayTiming {
-  // Per client batch, when set (outpostd's metrics): the decide stage, and the hold (decide
-  // and commit: how long the batch's calls waited in outpostd before going to the server).
+  // Per client batch with at least one whole line, when set (outpostd's metrics): the decide
+  // stage, and the hold (decide and commit: how long the batch's calls waited in outpostd
+  // before going to the server).
   metrics::Histogram* decide_histogram = nullptr;
   metrics::Histogram* hold_histogram = nullptr;
   uint64_t client_batches = 0, server_batches = 0;

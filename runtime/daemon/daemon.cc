@@ -19,6 +19,7 @@
 #include <set>
 #include <mutex>
 #include <optional>
+#include <algorithm>
 #include <future>
 #include <thread>
 #include <tuple>
@@ -154,10 +155,23 @@ class CountingSink : public broker::DecisionSink {
   Result<uint64_t> stage(const broker::DecisionRecord& r) override {
     OUTPOST_TRY_VOID(admit());
     OUTPOST_TRY(uint64_t ticket, log_->stage(r));
-    counted(r);
+    if (ticket == 0) {
+      counted(r);  // recorded already
+    } else {
+      staged_.push_back(Staged{ticket, r.agent, r.verdict, r.rules.empty() ? std::string() : r.rules.front()});
+    }
     return ticket;
   }
-  Result<void> commit(uint64_t ticket) override { return log_->commit(ticket); }
+  // Staged decisions count once durable; those of a failed commit never were recorded.
+  Result<void> commit(uint64_t ticket) override {
+    Result<void> done = log_->commit(ticket);
+    auto end = std::partition(staged_.begin(), staged_.end(), [&](const Staged& s) { return s.ticket > ticket; });
+    if (done) {
+      for (auto it = end; it != staged_.end(); ++it) decisions_->add({it->agent, "tool", it->verdict, it->rule});
+    }
+    staged_.erase(end, staged_.end());
+    return done;
+  }
 
  private:
   // Refused while the agent is paused; else counted against its share.
@@ -171,10 +185,16 @@ class CountingSink : public broker::DecisionSink {
     decisions_->add({r.agent, "tool", r.verdict, r.rules.empty() ? std::string_view() : std::string_view(r.rules.front())});
   }
 
+  struct Staged {
+    uint64_t ticket;
+    std::string agent, verdict, rule;
+  };
+
   broker::DecisionSink* log_;
   std::shared_ptr<std::atomic<uint64_t>> count_;
   std::shared_ptr<std::atomic<bool>> blocked_;
   metrics::CounterFamily* decisions_;
+  std::vector<Staged> staged_;  // the relay's thread only, as the sink is
 };
 
 }  // namespace
@@ -1374,7 +1394,7 @@ std::string Daemon::Impl::metrics_text() {
         w.sample("outpost_egress_bytes_total", {{"agent", name}, {"direction", "up"}}, static_cast<double>(e.bytes_up));
         w.sample("outpost_egress_bytes_total", {{"agent", name}, {"direction", "down"}}, static_cast<double>(e.bytes_down));
       }
-      w.family("outpost_dns_refused_total", "counter", "Queries the DNS stub in the agent's namespace answered REFUSED");
+      w.family("outpost_dns_refused_total", "counter", "Queries the DNS stub in the agent's namespace answered (REFUSED, or FORMERR/NOTIMP for a malformed one)");
       for (const auto& [name, e] : egress) w.sample("outpost_dns_refused_total", {{"agent", name}}, static_cast<double>(e.dns_refused));
     }
   }

@@ -1,10 +1,12 @@
 #include "daemon/metrics_http.h"
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
 
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 
@@ -24,8 +26,10 @@ constexpr auto kDeadline = std::chrono::seconds(5);
 }  // namespace
 
 struct MetricsListener::Impl : std::enable_shared_from_this<MetricsListener::Impl> {
-  Impl(asio::io_context& io, std::function<std::string()> r) : acceptor(io), render(std::move(r)) {}
+  Impl(asio::io_context& io, std::function<std::string()> r) : acceptor(io), retry(io), render(std::move(r)) {}
   tcp::acceptor acceptor;
+  asio::steady_timer retry;  // after a failed accept (EMFILE): the backlog would fail again at once
+  int backoff_ms = 0;
   std::function<std::string()> render;
   std::atomic<size_t> open{0};
   bool stopped = false;
@@ -41,13 +45,22 @@ struct MetricsListener::Impl : std::enable_shared_from_this<MetricsListener::Imp
   void accept() {
     acceptor.async_accept([self = shared_from_this()](const boost::system::error_code& ec, tcp::socket s) {
       if (self->stopped || ec == asio::error::operation_aborted) return;
-      if (!ec) {
-        if (self->open.load() >= kMaxConnections) {
-          boost::system::error_code ignored;
-          s.close(ignored);
-        } else {
-          self->serve(std::make_shared<Exchange>(std::move(s)));
-        }
+      if (ec) {
+        // Out of descriptors: the connection stays in the backlog and would fail the next
+        // accept too; wait (50 ms, doubling to 2 s) instead of spinning the daemon's loop.
+        self->backoff_ms = std::clamp(self->backoff_ms * 2, 50, 2000);
+        self->retry.expires_after(std::chrono::milliseconds(self->backoff_ms));
+        self->retry.async_wait([self](const boost::system::error_code& wec) {
+          if (!wec && !self->stopped) self->accept();
+        });
+        return;
+      }
+      self->backoff_ms = 0;
+      if (self->open.load() >= kMaxConnections) {
+        boost::system::error_code ignored;
+        s.close(ignored);
+      } else {
+        self->serve(std::make_shared<Exchange>(std::move(s)));
       }
       self->accept();
     });
@@ -118,6 +131,7 @@ MetricsListener::~MetricsListener() {
     impl->stopped = true;
     boost::system::error_code ignored;
     impl->acceptor.close(ignored);
+    impl->retry.cancel();
   });
 }
 

@@ -1007,6 +1007,12 @@ Proxy::~Proxy() {
     for (const auto& [name, a] : impl_->agents) names.push_back(name);
   }
   for (const auto& n : names) stop_agent(n);
+  // The loop runs the stops just posted (their last records handed to the pool) before anything
+  // below can stop it.
+  std::promise<void> stopped;
+  auto barrier = stopped.get_future();
+  asio::post(impl_->io, [&stopped] { stopped.set_value(); });
+  barrier.wait_for(std::chrono::seconds(2));
   // The closed connections wind down on the loop (their close records written); whatever is
   // still waiting on a hook after two seconds is dropped with it.
   const auto give_up = Clock::now() + std::chrono::seconds(2);

@@ -978,23 +978,9 @@ double metric_sum(const std::string& text, const std::string& prefix) {
   return sum;
 }
 
-// GET http://127.0.0.1:port/metrics, the answer's body ("" on any failure).
+// GET http://127.0.0.1:port/metrics, the answer's body ("" unless it is a 200).
 std::string scrape(uint16_t port) {
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(port);
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  std::string out;
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0) {
-    timeval tv{10, 0};
-    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    const std::string req = "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
-    (void)::send(fd, req.data(), req.size(), MSG_NOSIGNAL);
-    char buf[8192];
-    for (ssize_t r; (r = ::recv(fd, buf, sizeof buf, 0)) > 0;) out.append(buf, static_cast<size_t>(r));
-  }
-  ::close(fd);
+  const std::string out = testing::loopback_exchange(port, "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
   const size_t body = out.find("\r\n\r\n");
   return out.starts_with("HTTP/1.1 200") && body != std::string::npos ? out.substr(body + 4) : "";
 }
@@ -1004,8 +990,7 @@ TEST_CASE("a real agent framework reaches its model through egress and its tools
   ModelServer model(n.dir.path(), "model", {"--require-auth", std::string("Bearer ") + kModelKey});
   n.ports["@MODEL_PORT@"] = std::to_string(model.port);
   n.provision();
-  uint16_t metrics_port = 0;
-  ::close(testing::listen_on_loopback(metrics_port));  // a free port for outpostd's metrics
+  const uint16_t metrics_port = static_cast<uint16_t>(testing::unused_port());
   n.start_daemon("metrics:\n  listen: 127.0.0.1:" + std::to_string(metrics_port) + "\n");
   // The OpenAI Agents SDK, unchanged, on Node 22 from npm; no key of its own: outpostd adds the
   // model server's to each request (plain HTTP to the node's own model server).

@@ -194,6 +194,30 @@ int listen_on_loopback(uint16_t& port) {
   return fd;
 }
 
+int connect_loopback(uint16_t port, int timeout_s) {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  REQUIRE(fd >= 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+  timeval tv{timeout_s, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  return fd;
+}
+
+std::string loopback_exchange(uint16_t port, const std::string& request) {
+  const int fd = connect_loopback(port, 10);
+  std::string out;
+  if (::send(fd, request.data(), request.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(request.size())) {
+    char buf[8192];
+    for (ssize_t n; (n = ::recv(fd, buf, sizeof buf, 0)) > 0;) out.append(buf, static_cast<size_t>(n));
+  }
+  ::close(fd);
+  return out;
+}
+
 std::vector<std::pair<std::string, std::string>> snapshot_tree(const std::filesystem::path& dir) {
   std::vector<std::pair<std::string, std::string>> out;
   if (!std::filesystem::exists(dir)) return out;

@@ -94,6 +94,14 @@ int unused_port();
 // caller owns the fd.
 int listen_on_loopback(uint16_t& port);
 
+// A TCP connection to 127.0.0.1:port (REQUIREd), reads timing out after timeout_s; the caller
+// owns the fd.
+int connect_loopback(uint16_t port, int timeout_s = 5);
+
+// Sends `request` on a new connection to 127.0.0.1:port and reads until the peer closes (or a
+// read times out after 10 s): the whole answer, "" when nothing came.
+std::string loopback_exchange(uint16_t port, const std::string& request);
+
 // outpostd configuration lines giving this test process's daemons agent uids of their own
 // (64 from a base derived from the pid): tests run in parallel, each with an outpostd, and one
 // daemon's cleanup of an agent uid (kill_all_of_uid) must never reach another test's agent.

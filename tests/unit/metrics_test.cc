@@ -16,6 +16,7 @@
 #include "daemon/config.h"
 #include "daemon/metrics_http.h"
 #include "outpost/base/metrics.h"
+#include "test_support.h"
 
 using namespace outpost;
 
@@ -155,22 +156,7 @@ TEST_CASE("outpostd's metrics listener answers GET /metrics on loopback and noth
   REQUIRE(port != 0);
   auto guard = boost::asio::make_work_guard(io);
   std::thread loop([&] { io.run(); });
-  auto exchange = [&](const std::string& request) {
-    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_port = htons(port);
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
-    timeval tv{10, 0};
-    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    REQUIRE(::send(fd, request.data(), request.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(request.size()));
-    std::string out;
-    char buf[4096];
-    for (ssize_t n; (n = ::recv(fd, buf, sizeof buf, 0)) > 0;) out.append(buf, static_cast<size_t>(n));
-    ::close(fd);
-    return out;
-  };
+  auto exchange = [&](const std::string& request) { return testing::loopback_exchange(port, request); };
   const std::string ok = exchange("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
   CHECK_THAT(ok, Catch::StartsWith("HTTP/1.1 200 OK\r\n"));
   CHECK_THAT(ok, Catch::Contains("Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n"));
