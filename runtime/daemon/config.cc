@@ -1,10 +1,10 @@
 #include "daemon/config.h"
 
-#include <boost/asio/ip/address.hpp>
 #include <yaml-cpp/yaml.h>
 
 #include <set>
 
+#include "daemon/metrics_http.h"
 #include "outpost/base/errors.h"
 #include "outpost/base/files.h"
 #include "upstream/streamable_http.h"
@@ -98,14 +98,8 @@ Result<DaemonConfig> parse_daemon_config(std::string_view yaml, std::string_view
       OUTPOST_TRY(c.metrics_listen, r.text(m["listen"], "metrics.listen"));
       // Metrics name agents and rules: a loopback address only (a scraper on the node, or an
       // SSH tunnel); anything wider is an operator's reverse proxy's job, with its own auth.
-      const size_t colon = c.metrics_listen.rfind(':');
-      boost::system::error_code ec;
-      std::string host = colon == std::string::npos ? "" : c.metrics_listen.substr(0, colon);
-      if (host.size() > 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
-      const auto address = boost::asio::ip::make_address(host, ec);
-      const std::string port = colon == std::string::npos ? "" : c.metrics_listen.substr(colon + 1);
-      const unsigned long p = port.empty() || port.find_first_not_of("0123456789") != std::string::npos ? 0 : std::stoul(port.substr(0, 6));
-      if (ec || !address.is_loopback() || p == 0 || p > 65535) {
+      const auto endpoint = loopback_endpoint(c.metrics_listen);
+      if (!endpoint || endpoint->port() == 0) {
         return fail(r.bad(m["listen"], "metrics.listen must be a loopback address and port, as 127.0.0.1:9464 or [::1]:9464"));
       }
     }

@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <cstdlib>
 
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -103,8 +102,7 @@ struct MetricsListener::Impl : std::enable_shared_from_this<MetricsListener::Imp
   }
 };
 
-Result<std::unique_ptr<MetricsListener>> MetricsListener::start(asio::io_context& io, const std::string& listen,
-                                                                std::function<std::string()> render) {
+Result<tcp::endpoint> loopback_endpoint(const std::string& listen) {
   const size_t colon = listen.rfind(':');
   if (colon == std::string::npos) return fail(errc::invalid_argument, "metrics.listen: no port in \"" + listen + "\"");
   std::string host = listen.substr(0, colon);
@@ -112,10 +110,18 @@ Result<std::unique_ptr<MetricsListener>> MetricsListener::start(asio::io_context
   boost::system::error_code ec;
   const auto address = asio::ip::make_address(host, ec);
   if (ec || !address.is_loopback()) return fail(errc::invalid_argument, "metrics.listen: not a loopback address: " + listen);
-  const unsigned long port = std::strtoul(listen.c_str() + colon + 1, nullptr, 10);
-  if (port > 65535) return fail(errc::invalid_argument, "metrics.listen: bad port in " + listen);
+  const std::string port = listen.substr(colon + 1);
+  if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos || std::stoul(port) > 65535) {
+    return fail(errc::invalid_argument, "metrics.listen: bad port in " + listen);
+  }
+  return tcp::endpoint(address, static_cast<uint16_t>(std::stoul(port)));
+}
+
+Result<std::unique_ptr<MetricsListener>> MetricsListener::start(asio::io_context& io, const std::string& listen,
+                                                                std::function<std::string()> render) {
+  OUTPOST_TRY(tcp::endpoint ep, loopback_endpoint(listen));
   auto impl = std::make_shared<Impl>(io, std::move(render));
-  const tcp::endpoint ep(address, static_cast<uint16_t>(port));
+  boost::system::error_code ec;
   impl->acceptor.open(ep.protocol(), ec);
   if (!ec) impl->acceptor.set_option(asio::socket_base::reuse_address(true), ec);
   if (!ec) impl->acceptor.bind(ep, ec);

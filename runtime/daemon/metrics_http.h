@@ -11,10 +11,15 @@
 #include <string>
 
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
 
 #include "outpost/base/result.h"
 
 namespace outpost::daemon {
+
+// "127.0.0.1:9464", "[::1]:9464": the endpoint, or why it is not a loopback address with a
+// port (0 allowed: any free one). What `metrics.listen` is checked with, and what start() binds.
+Result<boost::asio::ip::tcp::endpoint> loopback_endpoint(const std::string& listen);
 
 class MetricsListener {
  public:
