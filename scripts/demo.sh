@@ -168,6 +168,7 @@ fill "$root/examples/agents/mcp-demo-policy.yaml.in" >"$iam/mcp-demo.yaml"
 step "outpost-hub on loopback: a development CA and certificate, the IAM's trust root for publishing"
 "$root/build/hub/outpost-hub" init "$work/hub" --bundle-trust "$iam/root.json"
 sed -i 's/^listen: .*/listen: 127.0.0.1:0/' "$work/hub/hub.yaml"
+printf 'fleets:\n  default: edge-demo\n' >>"$work/hub/hub.yaml"  # nodes that enrol join fleet edge-demo
 "$root/build/hub/outpost-hub" --config "$work/hub/hub.yaml" --port-file "$work/hub/port" >"$work/hub.log" 2>&1 &
 hub_pid=$!
 for _ in $(seq 100); do [[ -s $work/hub/port ]] && break; sleep 0.1; done
@@ -233,7 +234,7 @@ step "central IAM publishes bundle v3 to the hub; the node's long poll installs 
 "$outpost" bundle build "$iam/mcp-demo.yaml" -o "$iam/mcp-demo-v3.opb" --version 3
 "$outpost" bundle sign "$iam/mcp-demo-v3.opb" --key "$iam/k1.pem" >/dev/null
 "$outpost" bundle sign "$iam/mcp-demo-v3.opb" --key "$iam/k2.pem" >/dev/null
-"$outpost" bundle publish "$iam/mcp-demo-v3.opb" --hub "$hub_url" --ca "$work/hub/ca.pem"
+"$outpost" bundle publish "$iam/mcp-demo-v3.opb" --hub "$hub_url" --ca "$work/hub/ca.pem" --token-file "$work/hub/iam.token"
 for _ in $(seq 100); do "$outpost" status --json | grep -q '"version":3' && break; sleep 0.1; done
 "$outpost" status --json | grep -q '"version":3' && echo "the node runs bundle v3"
 
@@ -244,8 +245,12 @@ for _ in $(seq 300); do "$outpost" status --json | grep -q '"backlog":0,' && bre
 step "a responder pulls the node's evidence from the hub and verifies it offline"
 node_id=$("$outpost" node info --json | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).node_id))')
 "$outpost" node info --json | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>process.stdout.write(JSON.parse(s).ak_public_pem))' >"$work/node-ak.pem"
-"$outpost" evidence pull --hub "$hub_url" --ca "$work/hub/ca.pem" --node "$node_id" --out "$work/evidence.pkg"
+"$outpost" evidence pull --hub "$hub_url" --ca "$work/hub/ca.pem" --node "$node_id" --out "$work/evidence.pkg" \
+  --token-file "$work/hub/responder.token"
 "$outpost" evidence verify "$work/evidence.pkg" --trust "$work/node-ak.pem"
+
+step "the fleet operator lists the hub's nodes (operator credential; a responder's or IAM's would be refused)"
+"$outpost" fleet list --hub "$hub_url" --ca "$work/hub/ca.pem" --token-file "$work/hub/operator.token"
 
 step "a real agent framework (the OpenAI Agents SDK, unchanged): its model through outpost's egress, its tools through the broker"
 fill "$root/examples/agents/framework-agent.yaml.in" >"$work/framework-agent/manifest.yaml"

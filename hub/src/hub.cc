@@ -16,6 +16,7 @@
 #include <boost/beast/http.hpp>
 #include <boost/json.hpp>
 #include <array>
+#include <cctype>
 #include <charconv>
 #include <chrono>
 #include <map>
@@ -128,6 +129,31 @@ std::optional<std::string> older_state(const offline_cache::EvidencePackage& nex
 
 }  // namespace
 
+const char* role_name(Role role) {
+  switch (role) {
+    case Role::operator_: return "operator";
+    case Role::responder: return "responder";
+    case Role::iam: return "iam";
+  }
+  return "?";
+}
+
+std::string make_token() {
+  std::array<uint8_t, 32> b{};
+  random_bytes(b);
+  return hex_encode(b);
+}
+
+std::string token_sha256(std::string_view token) { return hex_encode(sha256(as_bytes(token))); }
+
+bool valid_fleet_name(std::string_view fleet) {
+  if (fleet.empty() || fleet.size() > 64) return false;
+  for (char c : fleet) {
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-')) return false;
+  }
+  return true;
+}
+
 // ---- configuration --------------------------------------------------------------------------
 
 Result<HubConfig> load_hub_config(const fs::path& file) {
@@ -181,6 +207,61 @@ Result<HubConfig> load_hub_config(const fs::path& file) {
         c.activation_required = mode == "required";
       } else if (key == "allow_nodes") {
         for (const auto& n : v) c.allow_nodes.insert(n.as<std::string>());
+      } else if (key == "fleets") {
+        auto fleet = [&](const YAML::Node& f, const std::string& where) -> Result<std::string> {
+          std::string name = f.as<std::string>();
+          if (!valid_fleet_name(name)) {
+            return fail(errc::invalid_argument, file.string() + ": " + where + ": \"" + name + "\" is not a fleet name (1 to 64 of A-Z a-z 0-9 . _ -)");
+          }
+          return name;
+        };
+        for (const auto& f : v) {
+          const std::string fk = f.first.as<std::string>();
+          if (fk == "default") {
+            OUTPOST_TRY(c.default_fleet, fleet(f.second, "fleets.default"));
+          } else if (fk == "assign") {
+            for (const auto& a : f.second) {
+              OUTPOST_TRY(c.assigned_fleets[a.first.as<std::string>()], fleet(a.second, "fleets.assign"));
+            }
+          } else {
+            return fail(errc::invalid_argument, file.string() + ": fleets: unknown field \"" + fk + "\" (default, assign)");
+          }
+        }
+      } else if (key == "credentials") {
+        for (const auto& cr : v) {
+          Credential cred;
+          std::string hash;
+          bool has_role = false;
+          for (const auto& f : cr) {
+            const std::string fk = f.first.as<std::string>();
+            if (fk == "name") {
+              cred.name = f.second.as<std::string>();
+            } else if (fk == "token_sha256") {
+              hash = f.second.as<std::string>();
+            } else if (fk == "role") {
+              const std::string r = f.second.as<std::string>();
+              has_role = true;
+              if (r == "operator") {
+                cred.role = Role::operator_;
+              } else if (r == "responder") {
+                cred.role = Role::responder;
+              } else if (r == "iam") {
+                cred.role = Role::iam;
+              } else {
+                return fail(errc::invalid_argument, file.string() + ": credentials: role \"" + r + "\": operator, responder or iam");
+              }
+            } else {
+              return fail(errc::invalid_argument, file.string() + ": credentials: unknown field \"" + fk + "\" (name, role, token_sha256)");
+            }
+          }
+          auto raw = hex_decode(hash);
+          if (cred.name.empty() || !has_role || !raw || raw->size() != 32) {
+            return fail(errc::invalid_argument, file.string() + ": credentials: each needs a name, a role and token_sha256 (64 hex digits; `outpost-hub token` prints it)");
+          }
+          if (!c.credentials.emplace(hex_encode(*raw), cred).second) {
+            return fail(errc::invalid_argument, file.string() + ": credentials: " + cred.name + " has the token of another credential");
+          }
+        }
       } else if (key == "long_poll_max_seconds") {
         c.long_poll_max_s = v.as<uint32_t>();
       } else if (key == "max_upload_bytes") {
@@ -216,6 +297,14 @@ Result<InitResult> init_hub_dir(const fs::path& dir, const std::vector<std::stri
   OUTPOST_TRY_VOID(write_file_atomic(dir / "server.key", pki.server_key_pem, 0600));
   OUTPOST_TRY(std::string pin, tls::spki_pin_of_certificate(pki.server_cert_pem));
   OUTPOST_TRY_VOID(write_file_atomic(dir / "server.pin", pin + "\n", 0644));
+  std::string credentials = "# Who may read the fleet, pull evidence, publish (docs/hub.md, Roles). Only the tokens'\n"
+                            "# hashes are here; the tokens are in *.token beside this file, for development.\n"
+                            "credentials:\n";
+  for (const char* role : {"operator", "responder", "iam"}) {
+    const std::string token = make_token();
+    OUTPOST_TRY_VOID(write_file_atomic(dir / (std::string(role) + ".token"), token + "\n", 0600));
+    credentials += "  - name: " + std::string(role) + " (development)\n    role: " + role + "\n    token_sha256: " + token_sha256(token) + "\n";
+  }
   std::string yaml =
       "# outpost-hub configuration (docs/hub.md). Made by `outpost-hub init` for development: the\n"
       "# CA in ca.pem is a development CA; enrolment is open to any node.\n"
@@ -224,7 +313,7 @@ Result<InitResult> init_hub_dir(const fs::path& dir, const std::vector<std::stri
       "tls:\n"
       "  certificate: server.pem\n"
       "  key: server.key\n"
-      "enrolment: open\n";
+      "enrolment: open\n" + credentials;
   if (!bundle_trust.empty()) {
     OUTPOST_TRY(std::string trust, read_text_file(bundle_trust, 1 << 20));
     OUTPOST_TRY_VOID(offline_cache::TrustRoot::parse(trust));
@@ -252,12 +341,13 @@ struct Hub::Impl {
   // hub instances on one database that share a certificate answer each other's challenges.
   Digest challenge_key{};
   // Prometheus metrics (GET /metrics; docs/hub.md, "Metrics").
-  static constexpr std::array<const char*, 12> kRoutes = {"enroll", "nodes", "node", "records", "nonce", "attestation",
-                                                          "evidence_put", "evidence_get", "bundle", "bundles", "metrics",
-                                                          "other"};
+  static constexpr std::array<const char*, 13> kRoutes = {"enroll", "nodes", "node", "records", "nonce", "attestation",
+                                                          "evidence_put", "evidence_get", "bundle", "bundles", "fleet",
+                                                          "metrics", "other"};
   std::array<metrics::Histogram, kRoutes.size()> request_seconds;
   metrics::CounterFamily requests{{"route", "code"}, 1024};
   metrics::CounterFamily alert_counts{{"kind"}, 64};
+  metrics::CounterFamily refusals{{"route", "reason"}, 256};
   uint64_t records_stored = 0, record_duplicates = 0, upload_bytes = 0;
   static size_t route_index(const std::vector<std::string>& parts, http::verb method);
   Response metrics_page();
@@ -268,7 +358,13 @@ struct Hub::Impl {
 
   asio::awaitable<void> accept_loop();
   asio::awaitable<void> serve(tcp::socket socket);
-  asio::awaitable<Response> route(const Request& req);
+  asio::awaitable<Response> route(const Request& req, const std::string& peer);
+  // Which roles may use the route (a mask of Role; 0: a node's route, which carries what its
+  // TPM signed and needs no credential).
+  static unsigned roles_for(const std::vector<std::string>& parts, const Request& req);
+  // The credential a request's bearer token names, or the refusal of one whose token is
+  // missing, unknown or of another role (logged and counted).
+  std::variant<const Credential*, Response> authorize(const Request& req, unsigned allowed, size_t route_at, const std::string& peer);
   // The largest body the request whose header is `h` may carry, or an error reply.
   std::variant<uint64_t, Response> body_limit(const http::request_header<>& h);
 
@@ -286,6 +382,12 @@ struct Hub::Impl {
   Response node_info(const std::string& node_id);
   Response list_nodes();
   Response publish(const Request& req);
+  Response move_fleet(const std::string& node_id, const Request& req, const Credential& by);
+  // The fleet a node enrolling now joins (hub.yaml's fleets).
+  std::string fleet_at_enrolment(const std::string& node_id) const {
+    auto it = config.assigned_fleets.find(node_id);
+    return it == config.assigned_fleets.end() ? config.default_fleet : it->second;
+  }
   asio::awaitable<Response> get_bundle(const Request& req);
   // The newest bundle whose scope admits `scope` (any bundle when none), among the
   // kScopeSearch newest published.
@@ -358,6 +460,8 @@ asio::awaitable<void> Hub::Impl::serve(tcp::socket socket) {
   } count{connections};
   boost::system::error_code ignored;
   socket.set_option(tcp::no_delay(true), ignored);
+  std::string peer;
+  if (auto ep = socket.remote_endpoint(ignored); !ignored) peer = ep.address().to_string() + ":" + std::to_string(ep.port());
   tls::Stream stream(std::move(socket), tls);
   {
     tls::SocketDeadline deadline(stream.socket(), std::chrono::seconds(10));
@@ -412,7 +516,7 @@ asio::awaitable<void> Hub::Impl::serve(tcp::socket socket) {
       Request req = parser.release();
       const size_t route_at = route_index(path_parts(req.target()), req.method());
       const auto started = std::chrono::steady_clock::now();
-      res = co_await route(req);
+      res = co_await route(req, peer);
       request_seconds[route_at].observe_ns(static_cast<uint64_t>(
           std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - started).count()));
       requests.add({kRoutes[route_at], std::to_string(res.result_int())});
@@ -469,6 +573,8 @@ Response Hub::Impl::metrics_page() {
   w.sample("outpost_hub_upload_bytes_total", {}, static_cast<double>(upload_bytes));
   w.family("outpost_hub_alerts_total", "counter", "Alerts raised since the hub started (forks, refused uploads, AK changes, ...), by kind");
   w.counters("outpost_hub_alerts_total", alert_counts);
+  w.family("outpost_hub_refusals_total", "counter", "Requests refused for their credential: none, unknown, or of another role (reason), by route");
+  w.counters("outpost_hub_refusals_total", refusals);
   w.family("outpost_hub_open_connections", "gauge", "Open client connections");
   w.sample("outpost_hub_open_connections", {}, static_cast<double>(connections));
   w.family("outpost_hub_bundle_waiters", "gauge", "Nodes long-polling for a new bundle on this instance");
@@ -483,11 +589,72 @@ Response Hub::Impl::metrics_page() {
   return res;
 }
 
-asio::awaitable<Response> Hub::Impl::route(const Request& req) {
+unsigned Hub::Impl::roles_for(const std::vector<std::string>& parts, const Request& req) {
+  constexpr unsigned kOperator = static_cast<unsigned>(Role::operator_), kResponder = static_cast<unsigned>(Role::responder),
+                     kIam = static_cast<unsigned>(Role::iam);
+  const http::verb m = req.method();
+  if (parts.size() == 1 && parts[0] == "metrics") return kOperator | kResponder;
+  if (parts.size() < 2 || parts[0] != "v1") return 0;  // a 404 for anyone
+  if (parts.size() == 2 && parts[1] == "nodes") return kOperator | kResponder;
+  if (parts.size() == 2 && parts[1] == "bundles") return kIam;
+  // A node polls for what is served to it (?node=N); the newest bundle, or any other, is for
+  // the roles.
+  if (parts.size() == 2 && parts[1] == "bundle") return query_param(req.target(), "node").empty() ? kOperator | kResponder | kIam : 0;
+  if (parts.size() == 3 && parts[1] == "nodes") return kOperator | kResponder;
+  if (parts.size() == 4 && parts[1] == "nodes" && parts[3] == "evidence" && m == http::verb::get) return kResponder;
+  if (parts.size() == 4 && parts[1] == "nodes" && parts[3] == "fleet") return kOperator;
+  return 0;  // enrol, records, evidence state, nonce, attestation: the node's own, checked by its TPM's signatures
+}
+
+std::variant<const Credential*, Response> Hub::Impl::authorize(const Request& req, unsigned allowed, size_t route_at, const std::string& peer) {
+  std::string_view header = req[http::field::authorization];
+  std::string_view token;
+  if (header.size() > 7 && (header.substr(0, 7) == "Bearer " || header.substr(0, 7) == "bearer ")) {
+    token = header.substr(7);
+    while (!token.empty() && token.front() == ' ') token.remove_prefix(1);
+    while (!token.empty() && token.back() == ' ') token.remove_suffix(1);
+  }
+  const Credential* who = nullptr;
+  if (!token.empty()) {
+    auto it = config.credentials.find(token_sha256(token));
+    if (it != config.credentials.end()) who = &it->second;
+  }
+  std::vector<std::string> allowed_names;
+  for (Role r : {Role::operator_, Role::responder, Role::iam}) {
+    if (allowed & static_cast<unsigned>(r)) allowed_names.emplace_back(role_name(r));
+  }
+  std::string roles;
+  for (const auto& n : allowed_names) roles += (roles.empty() ? "" : ", ") + n;
+  const std::string what = std::string(req.method_string()) + " " + std::string(req.target().substr(0, req.target().find('?')));
+  if (!who) {
+    const char* reason = token.empty() ? "no_credential" : "unknown_credential";
+    refusals.add({kRoutes[route_at], reason});
+    log::warn("hub.refused", {{"request", what}, {"peer", peer}, {"reason", reason}, {"roles", roles}});
+    Response r = reply_error(401, token.empty() ? what + " needs a credential of role " + roles + " (Authorization: Bearer <token>)"
+                                                : what + ": the token is not one of this hub's credentials");
+    r.set(http::field::www_authenticate, "Bearer realm=\"outpost-hub\"");
+    return r;
+  }
+  if (!(allowed & static_cast<unsigned>(who->role))) {
+    refusals.add({kRoutes[route_at], "role"});
+    log::warn("hub.refused", {{"request", what}, {"peer", peer}, {"reason", "role"}, {"credential", who->name},
+                              {"role", role_name(who->role)}, {"roles", roles}});
+    return reply_error(403, what + " is for role " + roles + "; credential \"" + who->name + "\" is " + role_name(who->role));
+  }
+  return who;
+}
+
+asio::awaitable<Response> Hub::Impl::route(const Request& req, const std::string& peer) {
   const auto parts = path_parts(req.target());
   const bool get = req.method() == http::verb::get;
   const bool post = req.method() == http::verb::post;
   const bool put = req.method() == http::verb::put;
+  const Credential* who = nullptr;
+  if (const unsigned allowed = roles_for(parts, req); allowed != 0) {
+    auto a = authorize(req, allowed, route_index(parts, req.method()), peer);
+    if (auto* refused = std::get_if<Response>(&a)) co_return std::move(*refused);
+    who = std::get<const Credential*>(a);
+  }
   if (parts.size() == 1 && parts[0] == "metrics" && get) co_return metrics_page();
   if (parts.size() < 2 || parts[0] != "v1") co_return reply_error(404, "no such resource: " + std::string(req.target()));
   if (parts.size() == 2 && parts[1] == "enroll" && post) co_return enroll(req);
@@ -502,6 +669,7 @@ asio::awaitable<Response> Hub::Impl::route(const Request& req) {
     if (parts.size() == 4 && parts[3] == "attestation" && post) co_return attestation(id, req);
     if (parts.size() == 4 && parts[3] == "evidence" && put) co_return put_evidence(id, req);
     if (parts.size() == 4 && parts[3] == "evidence" && get) co_return pull_evidence(id, req);
+    if (parts.size() == 4 && parts[3] == "fleet" && put) co_return move_fleet(id, req, *who);
   }
   co_return reply_error(404, "no such resource: " + std::string(req.method_string()) + " " + std::string(req.target()));
 }
@@ -550,7 +718,8 @@ Response Hub::Impl::enroll(const Request& req) {
       return reply_error(409, "enrol: node " + id->node_id + " is enrolled with another AK; a swapped or cleared TPM needs the operator");
     }
     // No touch(): node.json is public, so this request proves nothing about the node being alive.
-    return reply_json(200, json::object{{"node_id", id->node_id}, {"acked_seq", (*existing)->acked_seq}, {"enrolled", false}});
+    return reply_json(200, json::object{{"node_id", id->node_id}, {"acked_seq", (*existing)->acked_seq}, {"enrolled", false},
+                                        {"fleet", (*existing)->fleet}});
   }
   bool activated = false;
   if (config.activation_required) {
@@ -583,10 +752,12 @@ Response Hub::Impl::enroll(const Request& req) {
   n.ak_pem = id->ak_public.to_pem();
   n.enrolled_at = format_rfc3339_utc(unix_now());
   n.last_contact_ms = now_ms();
+  n.fleet = fleet_at_enrolment(n.node_id);
   auto r = store->enroll(n);
   if (!r) return reply_error(500, r.error().message());
-  log::info("hub.enrolled", {{"node", n.node_id}, {"board", id->board}, {"activated", activated ? "yes" : "no"}});
-  return reply_json(200, json::object{{"node_id", n.node_id}, {"acked_seq", 0}, {"enrolled", true}, {"activated", activated}});
+  log::info("hub.enrolled", {{"node", n.node_id}, {"board", id->board}, {"activated", activated ? "yes" : "no"}, {"fleet", n.fleet}});
+  return reply_json(200, json::object{{"node_id", n.node_id}, {"acked_seq", 0}, {"enrolled", true}, {"activated", activated},
+                                      {"fleet", n.fleet}});
 }
 
 // Nonces for fresh attestation are stateless, so any hub instance on the database checks any
@@ -797,6 +968,7 @@ Response Hub::Impl::node_info(const std::string& node_id) {
                                       {"acked_seq", node->acked_seq},
                                       {"acked_hash", hex_encode(node->acked_hash)},
                                       {"last_contact_ms", node->last_contact_ms},
+                                      {"fleet", node->fleet},
                                       {"alerts", std::move(alerts)}});
 }
 
@@ -805,7 +977,7 @@ Response Hub::Impl::list_nodes() {
   if (!nodes) return reply_error(500, nodes.error().message());
   json::array out;
   for (const auto& n : *nodes) {
-    out.push_back(json::object{{"node_id", n.node_id}, {"acked_seq", n.acked_seq}, {"last_contact_ms", n.last_contact_ms}});
+    out.push_back(json::object{{"node_id", n.node_id}, {"fleet", n.fleet}, {"acked_seq", n.acked_seq}, {"last_contact_ms", n.last_contact_ms}});
   }
   return reply_json(200, out);
 }
@@ -846,40 +1018,74 @@ asio::awaitable<Response> Hub::Impl::get_bundle(const Request& req) {
     if (!n || *n < 0) co_return reply_error(400, "wait: seconds expected");
     wait = std::min<int64_t>(*n, config.long_poll_max_s);
   }
-  // ?node=N: the newest bundle whose scope admits that node (its enrolled id and board; nodes
-  // have no fleet yet). Without it, the newest bundle (publishers, responders).
+  // ?node=N: the newest bundle whose scope admits that node (its enrolled id and board, and the
+  // fleet it is in now, which every answer names in X-Outpost-Fleet: the node learns a move
+  // from it). Without it, the newest bundle (publishers, responders).
+  const std::string node_id = query_param(req.target(), "node");
   std::optional<offline_cache::NodeScope> scope;
-  if (auto id = query_param(req.target(), "node"); !id.empty()) {
-    auto node = known_node(id);
-    if (!node) co_return reply_error(node.error().is(errc::not_found) ? 404 : 500, node.error().message());
+  auto read_scope = [&]() -> std::optional<Response> {
+    if (node_id.empty()) return std::nullopt;
+    auto node = known_node(node_id);
+    if (!node) return reply_error(node.error().is(errc::not_found) ? 404 : 500, node.error().message());
     auto identity = attestation::NodeIdentity::from_json(node->identity_json);
-    if (!identity) co_return reply_error(500, "stored identity: " + identity.error().message());
-    scope = offline_cache::NodeScope{identity->node_id, identity->board, ""};
-  }
+    if (!identity) return reply_error(500, "stored identity: " + identity.error().message());
+    scope = offline_cache::NodeScope{identity->node_id, identity->board, node->fleet};
+    return std::nullopt;
+  };
+  if (auto refused = read_scope()) co_return std::move(*refused);
+  const std::string fleet_asked = scope ? scope->fleet : std::string();
   const std::string inm(req[http::field::if_none_match]);
   const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(wait);
   for (;;) {
     auto current = newest_bundle_for(scope);
     if (!current) co_return reply_error(500, current.error().message());
     const std::string etag = *current ? "\"" + (*current)->sha256 + "\"" : std::string();
+    std::optional<Response> r;
     if (*current && inm != etag) {
-      auto r = reply(200, std::string(as_chars((*current)->bytes)), "application/vnd.outpost.bundle");
-      r.set(http::field::etag, etag);
-      r.set("X-Outpost-Bundle-Version", std::to_string((*current)->version));
-      co_return r;
+      r = reply(200, std::string(as_chars((*current)->bytes)), "application/vnd.outpost.bundle");
+      r->set(http::field::etag, etag);
+      r->set("X-Outpost-Bundle-Version", std::to_string((*current)->version));
+    } else if (std::chrono::steady_clock::now() >= until || (scope && scope->fleet != fleet_asked)) {
+      // Held to the end, or the node was moved while it waited: it hears of its fleet now.
+      if (*current) {
+        r = reply(304, "");
+        r->set(http::field::etag, etag);
+      } else {
+        r = reply_error(404, scope ? "no bundle published for this node" : "no bundle published");
+      }
     }
-    if (std::chrono::steady_clock::now() >= until) {
-      if (!*current) co_return reply_error(404, scope ? "no bundle published for this node" : "no bundle published");
-      auto r = reply(304, "");
-      r.set(http::field::etag, etag);
-      co_return r;
+    if (r) {
+      if (scope) r->set("X-Outpost-Fleet", scope->fleet);
+      co_return std::move(*r);
     }
     asio::steady_timer timer(io);
     timer.expires_at(until);
     bundle_waiters.insert(&timer);
     co_await timer.async_wait(kNoThrow);
     bundle_waiters.erase(&timer);
+    if (auto refused = read_scope()) co_return std::move(*refused);
   }
+}
+
+// PUT /v1/nodes/<id>/fleet, body {"fleet": "name"} ("" or null: no fleet). The hub serves the
+// node the newest bundle of its new fleet; the node learns the move from its next bundle poll
+// (woken now) and installs that bundle when it is newer than the one in force.
+Response Hub::Impl::move_fleet(const std::string& node_id, const Request& req, const Credential& by) {
+  boost::system::error_code ec;
+  json::value v = json::parse(req.body(), ec);
+  const json::value* f = !ec && v.is_object() ? v.as_object().if_contains("fleet") : nullptr;
+  if (!f || !(f->is_string() || f->is_null())) return reply_error(400, "fleet: a body {\"fleet\": \"name\"} expected");
+  const std::string fleet = f->is_string() ? std::string(f->as_string()) : std::string();
+  if (!fleet.empty() && !valid_fleet_name(fleet)) {
+    return reply_error(400, "fleet: \"" + fleet + "\" is not a fleet name (1 to 64 of A-Z a-z 0-9 . _ -)");
+  }
+  auto node = known_node(node_id);
+  if (!node) return reply_error(node.error().is(errc::not_found) ? 404 : 500, node.error().message());
+  auto r = store->set_fleet(node_id, fleet);
+  if (!r) return reply_error(r.error().is(errc::not_found) ? 404 : 500, r.error().message());
+  log::info("hub.fleet_moved", {{"node", node_id}, {"from", node->fleet}, {"to", fleet}, {"by", by.name}});
+  for (auto* t : bundle_waiters) t->cancel();
+  return reply_json(200, json::object{{"node_id", node_id}, {"fleet", fleet}, {"previous", node->fleet}});
 }
 
 Result<std::optional<BundleRow>> Hub::Impl::newest_bundle_for(const std::optional<offline_cache::NodeScope>& scope) {

@@ -20,7 +20,9 @@
 namespace outpost::hub {
 namespace {
 
-const char* kSchema = R"sql(
+// Schema v1, as hubs before versioning made it (IF NOT EXISTS: on their databases, which have
+// no schema_migrations table, it changes nothing).
+constexpr const char* kSchemaV1 = R"sql(
 CREATE TABLE IF NOT EXISTS nodes (
   node_id text PRIMARY KEY,
   identity_json text NOT NULL,
@@ -62,15 +64,26 @@ CREATE TABLE IF NOT EXISTS alerts (
 CREATE INDEX IF NOT EXISTS alerts_node ON alerts (node_id, id);
 )sql";
 
-// Whether every table and index of kSchema exists (looked up as CREATE would, by search_path).
-constexpr const char* kSchemaPresent =
-    "SELECT to_regclass('nodes') IS NOT NULL AND to_regclass('records') IS NOT NULL AND "
-    "to_regclass('records_time') IS NOT NULL AND to_regclass('evidence_state') IS NOT NULL AND "
-    "to_regclass('bundles') IS NOT NULL AND to_regclass('alerts') IS NOT NULL AND to_regclass('alerts_node') IS NOT NULL";
+struct Migration {
+  int version;
+  const char* what;
+  const char* sql;
+};
+// In order; the last is kSchemaVersion (store.h). schema_migrations holds a row per version
+// applied, inserted in the migration's transaction (PostgreSQL's DDL is transactional).
+constexpr Migration kMigrations[] = {
+    {1, "the tables", kSchemaV1},
+    {2, "nodes.fleet", "ALTER TABLE nodes ADD COLUMN IF NOT EXISTS fleet text NOT NULL DEFAULT ''"},
+};
+static_assert(std::size(kMigrations) == static_cast<size_t>(kSchemaVersion));
+
+constexpr const char* kMigrationsTable =
+    "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, what text NOT NULL, "
+    "applied_at timestamptz NOT NULL DEFAULT now())";
 
 // The key of the transaction-scoped advisory lock that serialises schema creation
-// (0x6f7574706f7374, "outpost" in ASCII): concurrent CREATE ... IF NOT EXISTS can otherwise
-// collide in the catalog.
+// (0x6f7574706f7374, "outpost" in ASCII): instances starting together migrate one after the
+// other (concurrent CREATE ... IF NOT EXISTS can otherwise collide in the catalog).
 constexpr const char* kSchemaLock = "SELECT pg_advisory_xact_lock(31372865377891188)";
 
 // Rows per page of scan_records: a node's history is streamed, never loaded whole.
@@ -199,7 +212,7 @@ Digest digest_at(const PGresult* r, int row, int col) {
 
 constexpr const char* kNodeColumns =
     "SELECT node_id, identity_json, ak_pem, enrolled_at, acked_seq, acked_hash, clock, reset_count, restart_count, safe, "
-    "last_contact_ms FROM nodes";
+    "last_contact_ms, fleet FROM nodes";
 
 NodeRow node_at(const PGresult* r, int row) {
   NodeRow n;
@@ -218,6 +231,7 @@ NodeRow node_at(const PGresult* r, int row) {
     n.last_clock = c;
   }
   n.last_contact_ms = int_at(r, row, 10);
+  n.fleet = text_at(r, row, 11);
   return n;
 }
 
@@ -260,20 +274,43 @@ class PostgresStore final : public Store {
  public:
   explicit PostgresStore(PgConn conn) : conn_(std::move(conn)) { quiet_notices(); }
 
-  // Creates the tables and indexes that are missing. When all are there (every start but the
-  // first) no DDL is run at all, so a role that may only read and write them, on tables a DBA
-  // made, opens the store too.
-  Result<void> create_schema() {
-    OUTPOST_TRY(auto present, run(kSchemaPresent, Params()));
-    if (PQntuples(present.get()) == 1 && bool_at(present.get(), 0, 0)) return ok();
+  // Brings the database to kSchemaVersion. When it is there already (every start but the first
+  // after an upgrade) no DDL runs and no lock is taken, so a role that may only read and write
+  // the tables a DBA made opens the store too.
+  Result<void> migrate() {
+    OUTPOST_TRY(int at, schema_version());
+    if (at == kSchemaVersion) return ok();
+    if (at > kSchemaVersion) return newer_than_this_hub(at);
     auto r = [&]() -> Result<void> {
       OUTPOST_TRY_VOID(exec("BEGIN"));
       OUTPOST_TRY_VOID(exec(kSchemaLock));
-      OUTPOST_TRY_VOID(exec(kSchema));
+      OUTPOST_TRY_VOID(exec(kMigrationsTable));
+      OUTPOST_TRY(int locked_at, schema_version());  // another instance may have migrated meanwhile
+      if (locked_at > kSchemaVersion) return newer_than_this_hub(locked_at);
+      for (const auto& m : kMigrations) {
+        if (m.version <= locked_at) continue;
+        auto applied = exec(m.sql);
+        if (!applied) return fail(applied.error().wrap("schema migration to v" + std::to_string(m.version) + " (" + m.what + ")"));
+        OUTPOST_TRY_VOID(run("INSERT INTO schema_migrations (version, what) VALUES ($1, $2)",
+                             Params().i64(m.version).text(m.what)));
+      }
       return exec("COMMIT");
     }();
     if (!r) rollback_if_open();
     return r;
+  }
+
+  Result<int> schema_version() override {
+    OUTPOST_TRY(auto t, read("SELECT to_regclass('schema_migrations') IS NOT NULL", Params()));
+    if (!bool_at(t.get(), 0, 0)) return 0;
+    OUTPOST_TRY(auto v, read("SELECT coalesce(max(version), 0)::bigint FROM schema_migrations", Params()));
+    return static_cast<int>(int_at(v.get(), 0, 0));
+  }
+
+  Result<void> set_fleet(const std::string& node_id, const std::string& fleet) override {
+    OUTPOST_TRY(auto r, write("UPDATE nodes SET fleet = $2 WHERE node_id = $1", Params().text(node_id).text(fleet)));
+    if (std::string_view(PQcmdTuples(r.get())) == "0") return fail(errc::not_found, "node " + node_id + " is not enrolled");
+    return ok();
   }
 
   Result<std::optional<NodeRow>> node(const std::string& id) override {
@@ -291,8 +328,9 @@ class PostgresStore final : public Store {
   }
 
   Result<void> enroll(const NodeRow& n) override {
-    auto r = write("INSERT INTO nodes (node_id, identity_json, ak_pem, enrolled_at, acked_seq, acked_hash) VALUES ($1, $2, $3, $4, 0, $5)",
-                   Params().text(n.node_id).text(n.identity_json).text(n.ak_pem).text(n.enrolled_at).bytes(n.acked_hash));
+    auto r = write("INSERT INTO nodes (node_id, identity_json, ak_pem, enrolled_at, acked_seq, acked_hash, fleet) "
+                   "VALUES ($1, $2, $3, $4, 0, $5, $6)",
+                   Params().text(n.node_id).text(n.identity_json).text(n.ak_pem).text(n.enrolled_at).bytes(n.acked_hash).text(n.fleet));
     if (!r && r.error().is(errc::already_exists)) return fail(errc::already_exists, "node " + n.node_id + " is already enrolled");
     if (!r) return fail(r.error());
     return ok();
@@ -417,6 +455,11 @@ class PostgresStore final : public Store {
 
  private:
   PGconn* conn() const { return conn_.get(); }
+
+  static Result<void> newer_than_this_hub(int at) {
+    return fail(errc::unsupported, "the database is at schema v" + std::to_string(at) + ", newer than this hub's v" +
+                                       std::to_string(kSchemaVersion) + ": run a hub at least as new as the one that wrote it");
+  }
 
   // One statement with parameters, results in binary.
   Result<PgResult> run(const char* sql, const Params& p) {
@@ -543,8 +586,8 @@ Result<std::unique_ptr<Store>> open_postgres_store(const std::string& conninfo) 
                                        " is older than 9.5 (INSERT ... ON CONFLICT)");
   }
   auto store = std::make_unique<PostgresStore>(std::move(conn));
-  auto r = store->create_schema();
-  if (!r) return fail(r.error().wrap(where + ": create the tables"));
+  auto r = store->migrate();
+  if (!r) return fail(r.error().wrap(where + ": schema migration"));
   return std::unique_ptr<Store>(std::move(store));
 }
 

@@ -10,7 +10,9 @@
 namespace outpost::hub {
 namespace {
 
-const char* kSchema = R"sql(
+// Schema v1, as hubs before versioning made it (IF NOT EXISTS: on their databases, which say
+// user_version 0, it changes nothing).
+constexpr const char* kSchemaV1 = R"sql(
 CREATE TABLE IF NOT EXISTS nodes (
   node_id TEXT PRIMARY KEY,
   identity_json TEXT NOT NULL,
@@ -50,6 +52,19 @@ CREATE TABLE IF NOT EXISTS alerts (
   at TEXT NOT NULL
 );
 )sql";
+
+struct Migration {
+  int version;
+  const char* what;
+  const char* sql;
+};
+// In order; the last is kSchemaVersion (store.h). PRAGMA user_version records where a database
+// is: it lives in the file's header and is written in the migration's transaction.
+constexpr Migration kMigrations[] = {
+    {1, "the tables", kSchemaV1},
+    {2, "nodes.fleet", "ALTER TABLE nodes ADD COLUMN fleet TEXT NOT NULL DEFAULT ''"},
+};
+static_assert(std::size(kMigrations) == static_cast<size_t>(kSchemaVersion));
 
 class SqliteStore;
 
@@ -128,12 +143,13 @@ NodeRow node_of(const Stmt& s) {
     n.last_clock = c;
   }
   n.last_contact_ms = s.i64(10);
+  n.fleet = s.text(11);
   return n;
 }
 
 constexpr const char* kNodeColumns =
     "SELECT node_id, identity_json, ak_pem, enrolled_at, acked_seq, acked_hash, clock, reset_count, restart_count, safe, "
-    "last_contact_ms FROM nodes";
+    "last_contact_ms, fleet FROM nodes";
 
 class SqliteStore final : public Store {
  public:
@@ -167,8 +183,9 @@ class SqliteStore final : public Store {
   }
 
   Result<void> enroll(const NodeRow& n) override {
-    Stmt s(db_, "INSERT INTO nodes (node_id, identity_json, ak_pem, enrolled_at, acked_seq, acked_hash) VALUES (?,?,?,?,0,?)");
+    Stmt s(db_, "INSERT INTO nodes (node_id, identity_json, ak_pem, enrolled_at, acked_seq, acked_hash, fleet) VALUES (?,?,?,?,0,?,?)");
     s.bind(1, n.node_id).bind(2, n.identity_json).bind(3, n.ak_pem).bind(4, n.enrolled_at).bind(5, ByteView(n.acked_hash));
+    s.bind(6, n.fleet);
     auto r = s.run();
     if (!r && sqlite3_extended_errcode(db_) == SQLITE_CONSTRAINT_PRIMARYKEY) {
       return fail(errc::already_exists, "node " + n.node_id + " is already enrolled");
@@ -227,6 +244,42 @@ class SqliteStore final : public Store {
     Stmt s(db_, "UPDATE nodes SET last_contact_ms = ? WHERE node_id = ?");
     s.bind(1, now_ms).bind(2, node_id);
     return s.run();
+  }
+
+  Result<void> set_fleet(const std::string& node_id, const std::string& fleet) override {
+    Stmt s(db_, "UPDATE nodes SET fleet = ? WHERE node_id = ?");
+    s.bind(1, fleet).bind(2, node_id);
+    OUTPOST_TRY_VOID(s.run());
+    if (sqlite3_changes(db_) == 0) return fail(errc::not_found, "node " + node_id + " is not enrolled");
+    return ok();
+  }
+
+  Result<int> schema_version() override {
+    Stmt s(db_, "PRAGMA user_version");
+    OUTPOST_TRY(bool row, s.step());
+    return row ? static_cast<int>(s.i64(0)) : 0;
+  }
+
+  // Brings the database to kSchemaVersion in one IMMEDIATE transaction (the write lock is held
+  // from its start, so two processes opening one file cannot both migrate).
+  Result<void> migrate() {
+    OUTPOST_TRY_VOID(exec("BEGIN IMMEDIATE"));
+    auto r = [&]() -> Result<void> {
+      OUTPOST_TRY(int at, schema_version());
+      if (at > kSchemaVersion) {
+        return fail(errc::unsupported, "the database is at schema v" + std::to_string(at) + ", newer than this hub's v" +
+                                           std::to_string(kSchemaVersion) + ": run a hub at least as new as the one that wrote it");
+      }
+      for (const auto& m : kMigrations) {
+        if (m.version <= at) continue;
+        auto applied = exec(m.sql);
+        if (!applied) return fail(applied.error().wrap("schema migration to v" + std::to_string(m.version) + " (" + m.what + ")"));
+      }
+      if (at < kSchemaVersion) OUTPOST_TRY_VOID(exec(("PRAGMA user_version = " + std::to_string(kSchemaVersion)).c_str()));
+      return exec("COMMIT");
+    }();
+    if (!r && !sqlite3_get_autocommit(db_)) (void)exec("ROLLBACK");
+    return r;
   }
 
   Result<void> put_evidence_state(const std::string& node_id, const Bytes& package, const std::string& at) override {
@@ -345,10 +398,11 @@ Result<std::unique_ptr<Store>> open_sqlite_store(const std::filesystem::path& fi
   }
   auto store = std::make_unique<SqliteStore>(db);
   sqlite3_busy_timeout(db, 5000);
-  for (const char* sql : {"PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL", "PRAGMA foreign_keys=ON", kSchema}) {
+  for (const char* sql : {"PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL", "PRAGMA foreign_keys=ON"}) {
     auto r = store->exec(sql);
     if (!r) return fail(r.error().wrap(file.string()));
   }
+  if (auto r = store->migrate(); !r) return fail(r.error().wrap(file.string()));
   return std::unique_ptr<Store>(std::move(store));
 }
 

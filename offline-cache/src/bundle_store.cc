@@ -83,7 +83,19 @@ bool is_hex_digest(const std::string& s) {
 
 }  // namespace
 
-Result<void> check_scope(const fb::Bundle& b, const NodeScope& node) {
+std::string read_node_fleet(const std::filesystem::path& state_dir) {
+  auto text = read_text_file(state_dir / "fleet", 256);
+  if (!text) return {};
+  std::string f = *text;
+  while (!f.empty() && (f.back() == '\n' || f.back() == ' ')) f.pop_back();
+  return f;
+}
+
+Result<void> write_node_fleet(const std::filesystem::path& state_dir, const std::string& fleet) {
+  return write_file_atomic(state_dir / "fleet", fleet + "\n", 0644);
+}
+
+Result<void> check_scope(const fb::Bundle& b, const NodeScope& node, bool with_fleet) {
   const fb::Scope* scope = b.scope();
   if (scope == nullptr) return ok();
   if (!admits(scope->nodes(), node.node_id)) {
@@ -92,7 +104,7 @@ Result<void> check_scope(const fb::Bundle& b, const NodeScope& node) {
   if (!admits(scope->boards(), node.board)) {
     return fail(errc::verification_failed, "the bundle's scope does not include board " + node.board);
   }
-  if (!admits(scope->fleets(), node.fleet)) {
+  if (with_fleet && !admits(scope->fleets(), node.fleet)) {
     return fail(errc::verification_failed, "the bundle's scope does not include fleet \"" + node.fleet + "\"");
   }
   return ok();
@@ -294,7 +306,7 @@ Result<BundleStore::Installed> BundleStore::load(Tpm& tpm, const TrustRoot& root
   OUTPOST_TRY(SignedBundle bundle, SignedBundle::parse(std::move(bytes)));
   if (bundle.version() != state->version) return fail(errc::corrupt, "installed bundle version differs from its state");
   OUTPOST_TRY_VOID(verify_bundle_signatures(bundle, root));
-  OUTPOST_TRY_VOID(check_scope(bundle.bundle(), scope_));
+  OUTPOST_TRY_VOID(check_scope(bundle.bundle(), scope_, /*with_fleet=*/false));
   OUTPOST_TRY(attestation::TimeInfo t, tpm.read_clock());
   BundleStatus status = evaluate_life(bundle.bundle(), *state, wall_now, t.clock);
   if (wall_now > state->wall_high_water + 60) {

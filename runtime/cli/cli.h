@@ -90,6 +90,8 @@ int audit_command(const Args& args);         // audit_commands.cc
 int evidence_command(const Args& args);        // evidence_commands.cc
 int bundle_publish_command(const Args& args);  // hub_commands.cc
 int evidence_pull_command(const Args& args);   // hub_commands.cc
+int fleet_list_command(const Args& args);      // hub_commands.cc
+int fleet_move_command(const Args& args);      // hub_commands.cc
 int mcp_serve_local(const Args& args);  // the MCP server of local command tools (mcp_local.cc)
 // agent deploy/list/stop/logs through outpostd; -1 when `sub` is none of them.
 int agent_daemon_command(const std::string& sub, const Args& rest);

@@ -44,6 +44,8 @@ responder:
   audit tail [-n N] [--json] | audit verify [--ak ak.pem]   the node's audit log
   evidence export --out PKG [--since T] [--until T] | verify PKG --trust AK.pem   evidence packages
   evidence pull --hub URL --node N --out PKG [--since T] [--until T] (--ca CA | --pin H)   from outpost-hub
+  fleet list | fleet move N --to FLEET   --hub URL (--ca CA | --pin H)   the hub's nodes by fleet; move one
+                                               (hub commands take --token-file T or $OUTPOST_HUB_TOKEN: your role's credential)
 
 Every command that touches the node takes --board, --state and --tcti; OUTPOST_BOARD,
 OUTPOST_STATE and OUTPOST_TCTI give defaults. Logs: OUTPOST_LOG=debug|info|warn|error,
@@ -81,6 +83,12 @@ int main(int argc, char** argv) {
       return outpost::cli::evidence_pull_command(outpost::cli::Args(rest.begin() + 1, rest.end()));
     }
     if (group == "evidence") return outpost::cli::evidence_command(rest);
+    if (group == "fleet" && !rest.empty() && rest[0] == "list") {
+      return outpost::cli::fleet_list_command(outpost::cli::Args(rest.begin() + 1, rest.end()));
+    }
+    if (group == "fleet" && !rest.empty() && rest[0] == "move") {
+      return outpost::cli::fleet_move_command(outpost::cli::Args(rest.begin() + 1, rest.end()));
+    }
     throw outpost::cli::UsageError("unknown command \"" + group + "\" (see outpost --help)");
   } catch (const outpost::cli::UsageError& e) {
     std::fprintf(stderr, "outpost: %s\n", e.what());

@@ -325,7 +325,7 @@ Result<NodeStore> open_node_store(const po::variables_map& vm) {
 
 offline_cache::BundleStore store_of(NodeStore& n) {
   return offline_cache::BundleStore(n.ctx.state_dir, n.id, n.ctx.board.rollback_counter_index,
-                                    offline_cache::NodeScope{n.id.node_id, n.id.board, ""});
+                                    offline_cache::NodeScope{n.id.node_id, n.id.board, offline_cache::read_node_fleet(n.ctx.state_dir)});
 }
 
 void print_status(const offline_cache::BundleStatus& s, int64_t now) {
@@ -689,6 +689,9 @@ int status(const Args& args) {
                   << o.at("acked_seq").to_number<uint64_t>() << "), last contact " << (contact.empty() ? "never" : contact);
         if (const auto* att = o.if_contains("last_attested"); att && att->is_string() && !att->as_string().empty()) {
           std::cout << ", attested " << std::string(att->as_string());
+        }
+        if (const auto* f = o.if_contains("fleet"); f && f->is_string() && !f->as_string().empty()) {
+          std::cout << ", fleet " << std::string(f->as_string());
         }
         if (!error.empty()) {
           std::cout << "; failing: " << error << " (next attempt " << std::string(o.at("next_attempt").as_string()) << ")";

@@ -782,6 +782,19 @@ Result<void> Daemon::Impl::start_sync() {
   }
   sync::SyncHooks hooks;
   hooks.install_bundle = [this](Bytes b) { return install_bundle(std::move(b), "hub"); };
+  hooks.fleet = [this] {
+    std::lock_guard lock(install_mu);
+    return store->fleet();
+  };
+  hooks.set_fleet = [this](const std::string& fleet) -> Result<void> {
+    std::lock_guard lock(install_mu);
+    const std::string from = store->fleet();
+    OUTPOST_TRY_VOID(offline_cache::write_node_fleet(config.state_dir, fleet));
+    store->set_fleet(fleet);
+    (void)log->record_event("fleet_assigned", {{"origin", "hub"}, {"fleet", fleet}, {"previous", from}});
+    OUTPOST_NOTE(info, "the hub put this node in fleet \"" + fleet + "\" (was \"" + from + "\")");
+    return ok();
+  };
   hooks.bundle_version = [this]() -> uint64_t {
     auto p = policy.load();
     return p->installed ? p->installed->state.version : 0;
@@ -1759,7 +1772,8 @@ json::object Daemon::Impl::handle(const json::object& req, const ucred& peer, bo
                                {"last_attested", st.last_attested_ms ? format_rfc3339_utc(st.last_attested_ms / 1000) : ""},
                                {"last_error", st.last_error},
                                {"next_attempt", st.next_attempt_ms ? format_rfc3339_utc(st.next_attempt_ms / 1000) : ""},
-                               {"bundles_installed", st.bundles_installed}};
+                               {"bundles_installed", st.bundles_installed},
+                               {"fleet", st.fleet}};
     } else {
       o["sync"] = nullptr;
     }
@@ -2150,7 +2164,8 @@ Result<std::unique_ptr<Daemon>> Daemon::create(DaemonConfig config) {
   OUTPOST_TRY(m->tpm, Tpm::connect(c.tcti));
   OUTPOST_TRY_VOID(attestation::check_tpm_matches(*m->tpm, m->node));
   m->store = std::make_unique<offline_cache::BundleStore>(c.state_dir, m->node, m->board.rollback_counter_index,
-                                                          offline_cache::NodeScope{m->node.node_id, m->node.board, ""});
+                                                          offline_cache::NodeScope{m->node.node_id, m->node.board,
+                                                                                   offline_cache::read_node_fleet(c.state_dir)});
   if (auto text = read_text_file(c.state_dir / "trust" / "root.json", 1 << 20)) {
     auto root = offline_cache::TrustRoot::parse(*text);
     if (!root) return fail(root.error().wrap("trust/root.json"));

@@ -97,6 +97,7 @@ asio::awaitable<Result<void>> HubConnection::send(const HubRequest& req) {
                                        req.target, 11};
   msg.set(http::field::host, endpoint_.host);
   msg.set(http::field::user_agent, "outpost");
+  if (!endpoint_.bearer_token.empty()) msg.set(http::field::authorization, "Bearer " + endpoint_.bearer_token);
   for (const auto& [k, v] : req.headers) msg.set(k, v);
   if (!req.body.empty() || req.method != "GET") {
     msg.set(http::field::content_type, req.content_type);

@@ -25,6 +25,9 @@ struct HubEndpoint {
   uint16_t port = 443;
   std::string ca_pem;
   std::string pin_sha256;
+  // A role's credential (operator, responder, IAM: docs/hub.md "Roles"), sent as
+  // `Authorization: Bearer` on every request; nodes send none.
+  std::string bearer_token;
   std::string url() const { return "https://" + host + ":" + std::to_string(port); }
 };
 

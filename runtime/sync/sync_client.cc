@@ -41,6 +41,16 @@ Result<uint64_t> acked_of(const HubResponse& r) {
   return acked;
 }
 
+// The "fleet" of an enrolment answer (nothing from a hub that names none).
+std::optional<std::string> fleet_of(const HubResponse& r) {
+  boost::system::error_code ec;
+  json::value v = json::parse(r.body, ec);
+  if (ec || !v.is_object()) return std::nullopt;
+  const json::value* f = v.as_object().if_contains("fleet");
+  if (!f || !f->is_string()) return std::nullopt;
+  return std::string(f->as_string());
+}
+
 }  // namespace
 
 struct SyncClient::Impl {
@@ -68,6 +78,16 @@ struct SyncClient::Impl {
   void update(F&& f) {
     std::lock_guard lock(mu);
     f(st);
+  }
+  // The hub named the node's fleet (over the channel its pin or CA authenticated): a change is
+  // handed to outpostd, which keeps it and checks later installs against it.
+  void learn_fleet(const std::optional<std::string>& fleet) {
+    if (!fleet || !hooks.fleet || !hooks.set_fleet || *fleet == hooks.fleet()) return;
+    if (auto r = hooks.set_fleet(*fleet); !r) {
+      log::warn("sync.fleet", {{"fleet", *fleet}, {"error", r.error().message()}});
+      return;
+    }
+    update([&](SyncStatus& s) { s.fleet = *fleet; });
   }
   uint64_t acked() const {
     std::lock_guard lock(mu);
@@ -142,6 +162,7 @@ asio::awaitable<Result<bool>> SyncClient::Impl::upload_round(HubConnection& c) {
       s.enrolled = true;
       s.acked_seq = *a;
     });
+    learn_fleet(fleet_of(*r));
     log::info("sync.enrolled", {{"hub", settings.hub.url()}, {"acked_seq", std::to_string(*a)}});
   }
   if (hooks.quote && (last_attested == std::chrono::steady_clock::time_point{} ||
@@ -392,6 +413,8 @@ asio::awaitable<void> SyncClient::Impl::bundle_loop() {
     }
     backoff = settings.backoff_initial;
     update([](SyncStatus& s) { s.last_contact_ms = now_ms(); });
+    // Before an install: the bundle served is checked against the fleet the hub names with it.
+    if (auto f = r->headers.find("x-outpost-fleet"); f != r->headers.end()) learn_fleet(f->second);
     if (r->status == 404) continue;  // none published; the hub held the poll
     if (r->status == 304) continue;
     etag = r->header("etag");
@@ -426,6 +449,7 @@ Result<std::unique_ptr<SyncClient>> SyncClient::start(SyncSettings settings, std
   impl->tls = std::move(tls);
   impl->st.hub = impl->settings.hub.url();
   impl->st.durable_seq = log.durable_seq();
+  if (impl->hooks.fleet) impl->st.fleet = impl->hooks.fleet();
   Impl* m = impl.get();
   asio::co_spawn(m->io, m->upload_loop(), asio::detached);
   asio::co_spawn(m->io, m->bundle_loop(), asio::detached);

@@ -41,6 +41,10 @@ struct SyncSettings {
 struct SyncHooks {
   // Installs a bundle the hub serves (outpostd's install path; blocking). Returns its version.
   std::function<Result<uint64_t>(Bytes)> install_bundle;
+  // The fleet the node is in as it knows it, and the hub's word that it is in another one now
+  // (from the enrolment answer or a bundle poll's X-Outpost-Fleet; persisted by outpostd).
+  std::function<std::string()> fleet;
+  std::function<Result<void>(const std::string&)> set_fleet;
   // The version of the bundle in force (0: none), so an older one served is not offered again.
   std::function<uint64_t()> bundle_version;
   // Asks outpostd for a checkpoint now (returns at once).
@@ -67,6 +71,7 @@ struct SyncStatus {
   uint64_t failures = 0;         // failed attempts since start (metrics: outpost_sync_failures_total)
   int64_t next_attempt_ms = 0;   // after a failure: when the next attempt is due
   uint64_t bundles_installed = 0;
+  std::string fleet;             // as the hub last named it ("" none)
   uint64_t backlog() const { return durable_seq > acked_seq ? durable_seq - acked_seq : 0; }
 };
 

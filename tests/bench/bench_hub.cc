@@ -128,6 +128,14 @@ struct HubProcess {
     endpoint.port = static_cast<uint16_t>(std::stoi(*port));
     endpoint.pin_sha256 = init->pin_sha256;
   }
+  // The endpoint with a role's credential (the token `outpost-hub init` wrote).
+  sync::HubEndpoint as(const std::string& role) const {
+    sync::HubEndpoint e = endpoint;
+    auto token = read_text_file(dir / "hub" / (role + ".token"));
+    OUTPOST_CHECK(token.has_value(), "the role's token");
+    e.bearer_token = token->substr(0, 64);
+    return e;
+  }
   ~HubProcess() {
     ::kill(pid, SIGTERM);
     int status = 0;
@@ -353,9 +361,10 @@ void BM_publish_latency(benchmark::State& state) {
     OUTPOST_CHECK(tls.has_value(), "tls");
     auto v1 = testing::sign_bundle(testing::make_bundle({.version = 1}), {&hub.iam});
     auto v2 = testing::sign_bundle(testing::make_bundle({.version = 2}), {&hub.iam});
-    auto first = sync::hub_request_blocking(hub.endpoint, {"POST", "/v1/bundles", std::string(as_chars(v1)), "application/octet-stream"});
+    const sync::HubEndpoint iam = hub.as("iam"), operator_ = hub.as("operator");
+    auto first = sync::hub_request_blocking(iam, {"POST", "/v1/bundles", std::string(as_chars(v1)), "application/octet-stream"});
     OUTPOST_CHECK(first.has_value() && first->status == 200, "publish v1");
-    auto got = sync::hub_request_blocking(hub.endpoint, {"GET", "/v1/bundle"});
+    auto got = sync::hub_request_blocking(iam, {"GET", "/v1/bundle"});
     const std::string etag = got->header("etag");
     asio::io_context io;
     std::vector<double> latencies;
@@ -363,7 +372,7 @@ void BM_publish_latency(benchmark::State& state) {
     Clock::time_point published{};
     for (int64_t i = 0; i < pollers; ++i) {
       asio::co_spawn(io, [&]() -> asio::awaitable<void> {
-        sync::HubConnection c(io.get_executor(), hub.endpoint, *tls);
+        sync::HubConnection c(io.get_executor(), operator_, *tls);
         auto hello = co_await c.request({"GET", "/v1/nodes"});  // connected and handshaken before the poll
         if (!hello) {
           ++failures;
@@ -389,7 +398,7 @@ void BM_publish_latency(benchmark::State& state) {
       }
       t.expires_after(std::chrono::milliseconds(300));  // every poll request has reached the hub
       co_await t.async_wait(asio::use_awaitable);
-      sync::HubConnection c(io.get_executor(), hub.endpoint, *tls);
+      sync::HubConnection c(io.get_executor(), iam, *tls);
       published = Clock::now();
       auto r = co_await c.request({"POST", "/v1/bundles", std::string(as_chars(v2)), "application/octet-stream"});
       if (!r || r->status != 200) ++failures;

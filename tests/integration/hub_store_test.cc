@@ -5,6 +5,7 @@
 // hub after a restart). Then what only PostgreSQL has: a commit waiting on another instance's
 // row lock, schema creation by instances starting together, a lost connection.
 #include <libpq-fe.h>
+#include <sqlite3.h>
 
 #include <atomic>
 #include <catch2/catch.hpp>
@@ -433,6 +434,25 @@ STORE_CASE("two stores racing to commit after the same record: exactly one wins"
   }
 }
 
+STORE_CASE("fleets: a node enrols into one and is moved to another; an unknown node is not_found", fleets_case) {
+  auto store = backend.open();
+  CHECK(value_of(store->schema_version()) == hub::kSchemaVersion);
+  NodeRow lab = node_row("n-lab");
+  lab.fleet = "lab";
+  require_ok(store->enroll(lab));
+  require_ok(store->enroll(node_row("n-none")));
+  CHECK(value_of(store->node("n-lab"))->fleet == "lab");
+  CHECK(value_of(store->node("n-none"))->fleet == "");
+  require_ok(store->set_fleet("n-none", "retail-eu"));
+  require_ok(store->set_fleet("n-lab", ""));
+  auto again = backend.open();  // another instance, or the hub restarted
+  auto all = value_of(again->nodes());
+  REQUIRE(all.size() == 2);
+  CHECK(all[0].fleet == "");
+  CHECK(all[1].fleet == "retail-eu");
+  require_error(store->set_fleet("n-other", "lab"), errc::not_found);
+}
+
 TEST_CASE("hub.yaml's database: a PostgreSQL URI is kept as given, a file is under the config's folder", "[store][config]") {
   testing::TempDir dir;
   auto init = value_of(hub::init_hub_dir(dir / "hub", {}, {}));
@@ -582,7 +602,7 @@ TEST_CASE("postgres: a role that may only read and write opens a store on tables
   auto refused = hub::open_store(role_uri);
   REQUIRE_FALSE(refused.has_value());
   INFO(refused.error().message());
-  CHECK(refused.error().message().find("create the tables") != std::string::npos);
+  CHECK(refused.error().message().find("schema migration") != std::string::npos);
   CHECK(refused.error().message().find("permission denied") != std::string::npos);
 
   auto owner = backend.open();  // makes the tables
@@ -616,4 +636,83 @@ TEST_CASE("postgres: connection strings, and errors that name the server but not
   auto no_database = hub::open_store(postgres().uri("no_such_database"));
   REQUIRE_FALSE(no_database.has_value());
   CHECK(no_database.error().message().find("no_such_database") != std::string::npos);
+}
+
+// ---- schema migrations ---------------------------------------------------------------------
+
+namespace {
+
+// The nodes table as hubs before schema versioning made it, with a node in it.
+constexpr const char* kNodesV1 =
+    "CREATE TABLE nodes (node_id text PRIMARY KEY, identity_json text NOT NULL, ak_pem text NOT NULL, "
+    "enrolled_at text NOT NULL, acked_seq bigint NOT NULL DEFAULT 0, acked_hash bytea NOT NULL, clock bigint, "
+    "reset_count bigint, restart_count bigint, safe boolean, last_contact_ms bigint NOT NULL DEFAULT 0)";
+constexpr const char* kNodeV1Row =
+    "INSERT INTO nodes (node_id, identity_json, ak_pem, enrolled_at, acked_seq, acked_hash) "
+    "VALUES ('old', '{}', 'pem', '2026-01-01T00:00:00Z', 7, X'00')";
+
+void sqlite_exec(const fs::path& file, const std::string& sql) {
+  sqlite3* db = nullptr;
+  REQUIRE(sqlite3_open(file.c_str(), &db) == SQLITE_OK);
+  char* err = nullptr;
+  const int rc = sqlite3_exec(db, sql.c_str(), nullptr, nullptr, &err);
+  INFO(sql << ": " << (err ? err : ""));
+  sqlite3_free(err);
+  sqlite3_close(db);
+  REQUIRE(rc == SQLITE_OK);
+}
+
+}  // namespace
+
+TEST_CASE("sqlite: a database from before schema versions is migrated keeping its rows; a newer one is refused", "[store][sqlite]") {
+  SqliteBackend backend;
+  std::string v1 = kNodesV1;
+  v1.replace(v1.find("bytea"), 5, "BLOB");  // SQLite's spelling; the rest SQLite takes as it is
+  sqlite_exec(backend.database(), v1 + "; " + kNodeV1Row);
+  {
+    auto store = backend.open();
+    CHECK(value_of(store->schema_version()) == hub::kSchemaVersion);
+    auto old = value_of(store->node("old"));
+    REQUIRE(old.has_value());
+    CHECK(old->acked_seq == 7);
+    CHECK(old->fleet == "");
+    require_ok(store->set_fleet("old", "lab"));
+    require_ok(store->commit_records("old", 7, records(8, 3), clock_at(1)));  // the other tables were made
+  }
+  CHECK(value_of(backend.open()->node("old"))->fleet == "lab");  // opened again: nothing to do
+  sqlite_exec(backend.database(), "PRAGMA user_version = " + std::to_string(hub::kSchemaVersion + 1));
+  auto newer = hub::open_store(backend.database());
+  REQUIRE_FALSE(newer.has_value());
+  INFO(newer.error().message());
+  CHECK(newer.error().is(errc::unsupported));
+  CHECK(newer.error().message().find("newer than this hub's") != std::string::npos);
+}
+
+TEST_CASE("postgres: a database from before schema versions is migrated keeping its rows; a newer one is refused", "[store][postgres]") {
+  PostgresBackend backend;
+  {
+    PgConn c = pg_connect(backend.database());
+    pg_exec(c.get(), kNodesV1);
+    std::string row = kNodeV1Row;
+    row.replace(row.find("X'00'"), 5, "'\\x00'::bytea");  // PostgreSQL's bytea literal
+    pg_exec(c.get(), row);
+  }
+  {
+    auto store = backend.open();
+    CHECK(value_of(store->schema_version()) == hub::kSchemaVersion);
+    auto old = value_of(store->node("old"));
+    REQUIRE(old.has_value());
+    CHECK(old->acked_seq == 7);
+    CHECK(old->fleet == "");
+    require_ok(store->commit_records("old", 7, records(8, 3), clock_at(1)));
+  }
+  CHECK(value_of(postgres().query(backend.name(), "SELECT string_agg(version::text || ' ' || what, ', ' ORDER BY version) FROM schema_migrations")) ==
+        "1 the tables, 2 nodes.fleet");
+  value_of(postgres().query(backend.name(), "INSERT INTO schema_migrations (version, what) VALUES (" +
+                                                std::to_string(hub::kSchemaVersion + 1) + ", 'from a newer hub')"));
+  auto newer = hub::open_store(backend.database());
+  REQUIRE_FALSE(newer.has_value());
+  INFO(newer.error().message());
+  CHECK(newer.error().is(errc::unsupported));
+  CHECK(newer.error().message().find("newer than this hub's") != std::string::npos);
 }

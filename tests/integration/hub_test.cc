@@ -209,16 +209,26 @@ struct HubNode {
     }, 60));
   }
 
-  sync::HubResponse hub_request(sync::HubRequest req) {
+  // A role's token, as `outpost-hub init` wrote it (hub/<role>.token).
+  std::string token(const std::string& role) const {
+    auto t = read_text_file(hubdir / (role + ".token"));
+    REQUIRE(t);
+    return t->substr(0, 64);
+  }
+  std::string token_file(const std::string& role) const { return (hubdir / (role + ".token")).string(); }
+  // As `role` ("" sends no credential); the responder reads everything a test looks at.
+  sync::HubResponse hub_request(sync::HubRequest req, const std::string& role = "responder") {
     sync::HubEndpoint ep;
     ep.host = "127.0.0.1";
     ep.port = static_cast<uint16_t>(hub_port);
     ep.pin_sha256 = pin;
+    if (!role.empty()) ep.bearer_token = token(role);
     auto r = sync::hub_request_blocking(ep, std::move(req));
     if (!r) return {};
     return *r;
   }
-  sync::HubResponse hub_get(const std::string& target) { return hub_request({"GET", target}); }
+  sync::HubResponse hub_get(const std::string& target, const std::string& role = "responder") { return hub_request({"GET", target}, role); }
+  std::string url() const { return "https://127.0.0.1:" + std::to_string(hub_port); }
 
   // Waits until the hub acknowledged everything durable; returns that sequence number.
   uint64_t wait_caught_up(int seconds) {
@@ -238,7 +248,8 @@ struct HubNode {
 
   // Pulls the node's evidence from the hub and verifies it offline; returns the report.
   json::object pull_and_verify(const std::string& name) {
-    ok({"evidence", "pull", "--hub", "https://127.0.0.1:" + std::to_string(hub_port), "--pin", pin, "--node", node_id, "--out", p(name.c_str())});
+    ok({"evidence", "pull", "--hub", url(), "--pin", pin, "--node", node_id, "--out", p(name.c_str()), "--token-file",
+        token_file("responder")});
     auto v = testing::run_outpost({"evidence", "verify", p(name.c_str()), "--trust", p("ak.pem"), "--json"});
     INFO(v.out << v.err);
     REQUIRE(v.exit_code == 0);
@@ -399,21 +410,21 @@ TEST_CASE("the hub down for the whole run, then up: every record arrives exactly
   }
 
   SECTION("a published bundle reaches the node by its long poll; a rollback and a foreign signature are refused") {
-    ok({"bundle", "publish", n.p("b2.opb"), "--hub", "https://127.0.0.1:" + std::to_string(n.hub_port), "--ca",
-        (n.hubdir / "ca.pem").string()});
+    ok({"bundle", "publish", n.p("b2.opb"), "--hub", n.url(), "--ca", (n.hubdir / "ca.pem").string()},
+       {"OUTPOST_HUB_TOKEN=" + n.token("iam")});
     REQUIRE(eventually([&] {
       auto b = n.status().at("bundle");
       return b.is_object() && b.as_object().at("version").to_number<uint64_t>() == 2;
     }, 20));
-    auto rollback = testing::run_outpost({"bundle", "publish", n.p("b1.opb"), "--hub", "https://127.0.0.1:" + std::to_string(n.hub_port),
-                                          "--pin", n.pin});
+    auto rollback = testing::run_outpost({"bundle", "publish", n.p("b1.opb"), "--hub", n.url(), "--pin", n.pin, "--token-file",
+                                          n.token_file("iam")});
     CHECK(rollback.exit_code != 0);
     CHECK(rollback.err.find("rollback refused") != std::string::npos);
     ok({"keygen", "--out", n.p("other.pem")});
     ok({"bundle", "build", std::string(OUTPOST_SOURCE_DIR) + "/examples/policy/edge-agents.yaml", "-o", n.p("b3.opb"), "--version", "3"});
     ok({"bundle", "sign", n.p("b3.opb"), "--key", n.p("other.pem")});
-    auto foreign = testing::run_outpost({"bundle", "publish", n.p("b3.opb"), "--hub", "https://127.0.0.1:" + std::to_string(n.hub_port),
-                                         "--pin", n.pin});
+    auto foreign = testing::run_outpost({"bundle", "publish", n.p("b3.opb"), "--hub", n.url(), "--pin", n.pin, "--token-file",
+                                         n.token_file("iam")});
     CHECK(foreign.exit_code != 0);
     CHECK(foreign.err.find("HTTP 422") != std::string::npos);
     // v3 for another board: the hub serves it to no node here. The node keeps polling and is
@@ -426,7 +437,7 @@ TEST_CASE("the hub down for the whole run, then up: every record arrives exactly
       testing::write_text(n.dir / "x86.yaml", policy);
       ok({"bundle", "build", n.p("x86.yaml"), "-o", n.p("x86.opb"), "--version", "3"});
       ok({"bundle", "sign", n.p("x86.opb"), "--key", n.p("k.pem")});
-      ok({"bundle", "publish", n.p("x86.opb"), "--hub", "https://127.0.0.1:" + std::to_string(n.hub_port), "--pin", n.pin});
+      ok({"bundle", "publish", n.p("x86.opb"), "--hub", n.url(), "--pin", n.pin, "--token-file", n.token_file("iam")});
       auto mine = n.hub_get("/v1/bundle?node=" + n.node_id);
       CHECK(mine.status == 200);
       CHECK(mine.header("x-outpost-bundle-version") == "2");
@@ -436,8 +447,8 @@ TEST_CASE("the hub down for the whole run, then up: every record arrives exactly
       CHECK(n.status().at("bundle").as_object().at("version").to_number<uint64_t>() == 2);
     }
     // A client pinning another key does not talk to this hub.
-    auto wrong_pin = testing::run_outpost({"evidence", "pull", "--hub", "https://127.0.0.1:" + std::to_string(n.hub_port), "--pin",
-                                           std::string(64, 'a'), "--node", n.node_id, "--out", n.p("x.pkg")});
+    auto wrong_pin = testing::run_outpost({"evidence", "pull", "--hub", n.url(), "--pin", std::string(64, 'a'), "--node", n.node_id,
+                                           "--out", n.p("x.pkg"), "--token-file", n.token_file("responder")});
     CHECK(wrong_pin.exit_code != 0);
     CHECK(wrong_pin.err.find("not the pinned one") != std::string::npos);
   }
@@ -466,4 +477,131 @@ TEST_CASE("uploads cut mid-way and a hub restarted mid-sync lose and duplicate n
   auto v = testing::run_outpost({"audit", "verify", "--state", n.state.string()});
   INFO(v.out << v.err);
   CHECK(v.exit_code == 0);
+}
+
+TEST_CASE("roles: each route takes only its roles' credentials, refusals are logged and counted; fleets reach the node", "[hub-fleet]") {
+  HubNode n;
+  n.provision();
+  {  // Nodes enrolling join fleet "lab"; the credentials are the three `outpost-hub init` wrote.
+    std::string y = *read_text_file(n.hubdir / "hub.yaml");
+    write_text(n.hubdir / "hub.yaml", y + "fleets:\n  default: lab\n");
+  }
+  n.start_hub();
+  n.start_daemon(n.hub_port);
+  REQUIRE(eventually([&] { return n.sync_status().at("fleet") == "lab"; }, 30));
+  CHECK(*read_text_file(n.state / "fleet") == "lab\n");
+
+  SECTION("roles") {
+    // No credential, a made-up one, another role's: 401, 401, 403, with what the route takes.
+    auto none = n.hub_get("/v1/nodes", "");
+    CHECK(none.status == 401);
+    CHECK(none.header("www-authenticate") == "Bearer realm=\"outpost-hub\"");
+    CHECK_THAT(none.body, Catch::Contains("needs a credential of role operator, responder"));
+    sync::HubEndpoint made_up;
+    made_up.host = "127.0.0.1";
+    made_up.port = static_cast<uint16_t>(n.hub_port);
+    made_up.pin_sha256 = n.pin;
+    made_up.bearer_token = std::string(64, 'f');
+    auto unknown = sync::hub_request_blocking(made_up, {"GET", "/v1/nodes"});
+    REQUIRE(unknown);
+    CHECK(unknown->status == 401);
+    CHECK_THAT(unknown->body, Catch::Contains("not one of this hub's credentials"));
+
+    struct Case {
+      const char* method;
+      std::string target;
+      const char* role;
+      unsigned status;
+    };
+    const std::string node = "/v1/nodes/" + n.node_id;
+    const std::vector<Case> cases = {
+        {"GET", "/v1/nodes", "operator", 200},          {"GET", "/v1/nodes", "responder", 200},
+        {"GET", "/v1/nodes", "iam", 403},               {"GET", node, "operator", 200},
+        {"GET", node, "iam", 403},                      {"GET", node + "/evidence", "responder", 200},
+        {"GET", node + "/evidence", "operator", 403},   {"GET", node + "/evidence", "iam", 403},
+        {"GET", node + "/evidence", "", 401},           {"PUT", node + "/fleet", "responder", 403},
+        {"PUT", node + "/fleet", "iam", 403},           {"PUT", node + "/fleet", "", 401},
+        {"POST", "/v1/bundles", "operator", 403},       {"POST", "/v1/bundles", "responder", 403},
+        {"POST", "/v1/bundles", "", 401},               {"GET", "/metrics", "operator", 200},
+        {"GET", "/metrics", "iam", 403},                {"GET", "/metrics", "", 401},
+        // (404: let in, and nothing is published yet.)
+        {"GET", "/v1/bundle", "iam", 404},              {"GET", "/v1/bundle", "", 401},
+        // What a node sends needs no credential: its TPM signed it.
+        {"GET", "/v1/bundle?node=" + n.node_id, "", 404}, {"GET", node + "/nonce", "", 200},
+    };
+    for (const auto& c : cases) {
+      sync::HubRequest req(c.method, c.target, c.method == std::string("PUT") ? "{\"fleet\":\"x\"}" : "");
+      auto r = n.hub_request(req, c.role);
+      INFO(c.method << " " << c.target << " as " << (*c.role ? c.role : "nobody") << ": " << r.body);
+      CHECK(r.status == c.status);
+    }
+    auto publish = testing::run_outpost({"bundle", "publish", n.p("b2.opb"), "--hub", n.url(), "--pin", n.pin});
+    CHECK(publish.exit_code != 0);
+    CHECK_THAT(publish.err, Catch::Contains("HTTP 401"));
+    CHECK(n.hub_get("/v1/nodes/" + n.node_id).body.find("\"fleet\":\"lab\"") != std::string::npos);  // nothing moved it
+
+    // Every refusal is in the hub's log (who, from where, why) and in its metrics.
+    auto log = *read_text_file(n.dir / "hub.log");
+    CHECK(log.find("hub.refused request=\"GET /v1/nodes\"") != std::string::npos);
+    CHECK(log.find("reason=role credential=\"iam (development)\" role=iam") != std::string::npos);
+    CHECK(log.find("reason=unknown_credential") != std::string::npos);
+    auto m = n.hub_get("/metrics", "operator");
+    INFO(m.body);
+    CHECK_THAT(m.body, Catch::Contains("outpost_hub_refusals_total{route=\"nodes\",reason=\"no_credential\"} 1\n"));
+    CHECK_THAT(m.body, Catch::Contains("outpost_hub_refusals_total{route=\"evidence_get\",reason=\"role\"} 2\n"));
+    CHECK_THAT(m.body, Catch::Contains("outpost_hub_refusals_total{route=\"bundles\",reason=\"no_credential\"} 2\n"));
+  }
+
+  SECTION("fleets: the node gets its fleet's bundle; moved, it learns the new fleet and installs that one") {
+    // v2 for fleet lab, v3 for fleet retail: the node (lab) is served and installs v2 only.
+    const std::string policy = *read_text_file(std::string(OUTPOST_SOURCE_DIR) + "/examples/policy/edge-agents.yaml");
+    const std::string from = "boards: [sim, x86-64]";
+    REQUIRE(policy.find(from) != std::string::npos);
+    for (auto [version, fleet] : {std::pair{2, "lab"}, std::pair{3, "retail"}}) {
+      std::string scoped = policy;
+      scoped.replace(scoped.find(from), from.size(), from + "\n  fleets: [" + fleet + "]");
+      const std::string name = std::string(fleet) + ".opb";
+      write_text(n.dir / (std::string(fleet) + ".yaml"), scoped);
+      ok({"bundle", "build", n.p((std::string(fleet) + ".yaml").c_str()), "-o", n.p(name.c_str()), "--version", std::to_string(version)});
+      ok({"bundle", "sign", n.p(name.c_str()), "--key", n.p("k.pem")});
+      ok({"bundle", "publish", n.p(name.c_str()), "--hub", n.url(), "--pin", n.pin, "--token-file", n.token_file("iam")});
+    }
+    auto bundle_version = [&] {
+      auto b = n.status().at("bundle");
+      return b.is_object() ? b.as_object().at("version").to_number<uint64_t>() : 0;
+    };
+    REQUIRE(eventually([&] { return bundle_version() == 2; }, 20));
+    auto served = n.hub_get("/v1/bundle?node=" + n.node_id, "");
+    CHECK(served.header("x-outpost-bundle-version") == "2");
+    CHECK(served.header("x-outpost-fleet") == "lab");
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+    CHECK(bundle_version() == 2);  // v3 is newer but not for its fleet
+
+    // The operator moves it: the node hears it at once (its poll is woken) and installs v3.
+    auto move = testing::run_outpost({"fleet", "move", n.node_id, "--to", "retail", "--hub", n.url(), "--pin", n.pin},
+                                     {"OUTPOST_HUB_TOKEN=" + n.token("operator")});
+    INFO(move.out << move.err);
+    CHECK(move.exit_code == 0);
+    CHECK_THAT(move.out, Catch::Contains("fleet lab -> retail"));
+    REQUIRE(eventually([&] { return n.sync_status().at("fleet") == "retail" && bundle_version() == 3; }, 20));
+    CHECK(*read_text_file(n.state / "fleet") == "retail\n");
+    auto list = ok({"fleet", "list", "--hub", n.url(), "--pin", n.pin, "--token-file", n.token_file("operator")});
+    CHECK_THAT(list.out, Catch::Contains(n.node_id));
+    CHECK_THAT(list.out, Catch::Contains("retail"));
+    auto audit = ok(n.with_node({"audit", "tail", "-n", "200", "--json"}));
+    CHECK_THAT(audit.out, Catch::Contains("fleet_assigned"));
+
+    // Moved back to lab, whose newest (v2) is older than v3: v3 stays in force, across a
+    // restart too (a move never leaves the node without its policy).
+    ok({"fleet", "move", n.node_id, "--to", "lab", "--hub", n.url(), "--pin", n.pin, "--token-file", n.token_file("operator")});
+    REQUIRE(eventually([&] { return n.sync_status().at("fleet") == "lab"; }, 20));
+    REQUIRE(n.daemon->stop() == 0);
+    n.start_daemon(n.hub_port);
+    auto b = n.status().at("bundle").as_object();
+    CHECK(b.at("version").to_number<uint64_t>() == 3);
+    CHECK(b.at("mode") == "normal");
+    // A fleet name the hub would not keep is refused; so is a move for a node it does not know.
+    CHECK(n.hub_request({"PUT", "/v1/nodes/" + n.node_id + "/fleet", "{\"fleet\":\"no spaces\"}"}, "operator").status == 400);
+    CHECK(n.hub_request({"PUT", "/v1/nodes/00112233445566778899aabbccddeeff/fleet", "{\"fleet\":\"lab\"}"}, "operator").status == 404);
+  }
 }

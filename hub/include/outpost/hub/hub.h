@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <optional>
 #include <set>
@@ -15,6 +16,25 @@
 #include "outpost/hub/store.h"
 
 namespace outpost::hub {
+
+// Who may use the hub's read and write routes beyond what nodes send (docs/hub.md "Roles").
+// Nodes need no credential: what they send is signed by their TPM.
+enum class Role : uint8_t {
+  operator_ = 1,   // reads the fleet (nodes, bundles, metrics, the console) and moves nodes between fleets
+  responder = 2,   // reads the fleet and pulls evidence packages
+  iam = 4,         // publishes bundles and reads what is served
+};
+const char* role_name(Role role);
+struct Credential {
+  std::string name;  // who holds it, for the log
+  Role role;
+};
+// A bearer token: 32 random bytes, hex (what `outpost-hub token` and `init` write).
+std::string make_token();
+// What hub.yaml keeps of a token: the SHA-256 of its text, hex.
+std::string token_sha256(std::string_view token);
+// Fleet names: 1 to 64 of [A-Za-z0-9._-].
+bool valid_fleet_name(std::string_view fleet);
 
 struct HubConfig {
   std::string listen_host = "127.0.0.1";
@@ -27,6 +47,11 @@ struct HubConfig {
   // credential activation); off: the AK is trusted on first use.
   bool activation_required = true;
   std::set<std::string> allow_nodes;
+  // Fleets at enrolment: a node named in `fleets.assign` joins that fleet, any other one
+  // `fleets.default` ("" for none). Operators move nodes later (PUT /v1/nodes/N/fleet).
+  std::string default_fleet;
+  std::map<std::string, std::string> assigned_fleets;  // node id -> fleet
+  std::map<std::string, Credential> credentials;       // by token_sha256
   uint32_t long_poll_max_s = 55;
   uint64_t max_upload_bytes = 64ull << 20;    // a records upload or an evidence state
   uint64_t max_pull_bytes = 512ull << 20;     // a responder's package; a larger range is refused (413)
@@ -38,7 +63,9 @@ struct HubConfig {
 Result<HubConfig> load_hub_config(const std::filesystem::path& file);
 
 // `outpost-hub init DIR`: a development CA, the hub's certificate for `names` (default
-// localhost and 127.0.0.1), hub.yaml with open enrolment; writes nothing over existing files.
+// localhost and 127.0.0.1), a token per role (operator.token, responder.token, iam.token, mode
+// 0600), hub.yaml with open enrolment and those tokens' hashes; writes nothing over existing
+// files.
 struct InitResult {
   std::filesystem::path config;
   std::string pin_sha256;  // what nodes pin (hub.pin_sha256 in outpostd.yaml)

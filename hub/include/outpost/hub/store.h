@@ -36,6 +36,7 @@ struct NodeRow {
   Digest acked_hash{};
   std::optional<attestation::ClockInfo> last_clock;  // of the last verified checkpoint
   int64_t last_contact_ms = 0;
+  std::string fleet;          // "" when the node is in no fleet
 };
 
 struct RecordRow {
@@ -80,6 +81,8 @@ class Store {
   // The first seq whose time is at least `time_ms` (0 when none).
   virtual Result<uint64_t> first_seq_at(const std::string& node_id, int64_t time_ms) = 0;
   virtual Result<void> touch(const std::string& node_id, int64_t now_ms) = 0;
+  // Moves an enrolled node to `fleet` ("" for none); errc::not_found for an unknown node.
+  virtual Result<void> set_fleet(const std::string& node_id, const std::string& fleet) = 0;
 
   virtual Result<void> put_evidence_state(const std::string& node_id, const Bytes& package, const std::string& at) = 0;
   virtual Result<std::optional<Bytes>> evidence_state(const std::string& node_id) = 0;
@@ -91,7 +94,17 @@ class Store {
 
   virtual Result<void> add_alert(const AlertRow& alert) = 0;
   virtual Result<std::vector<AlertRow>> alerts(const std::string& node_id) = 0;
+
+  // The schema version the database is at (kSchemaVersion once opened).
+  virtual Result<int> schema_version() = 0;
 };
+
+// The schema this hub writes. Opening a store applies the migrations from the database's
+// version up to this one, in order, each in the transaction that records it; a database at a
+// newer version (written by a newer hub) is refused, never altered. docs/hub.md "Schema".
+//   1  nodes, records, evidence_state, bundles, alerts (what hubs before versioning made)
+//   2  nodes.fleet
+inline constexpr int kSchemaVersion = 2;
 
 // SQLite in WAL mode with synchronous=FULL: a commit the hub acknowledged survives power loss
 // (the node deletes what the hub acknowledged).

@@ -45,8 +45,15 @@ struct NodeScope {
   std::string board;
   std::string fleet;  // empty: the node belongs to no fleet
 };
-// Whether the bundle's scope admits this node (an empty list admits any).
-Result<void> check_scope(const fb::Bundle& bundle, const NodeScope& node);
+// Whether the bundle's scope admits this node (an empty list admits any). Without
+// `with_fleet` the fleet is not looked at (a bundle in force stays so when the node is moved).
+Result<void> check_scope(const fb::Bundle& bundle, const NodeScope& node, bool with_fleet = true);
+
+// The fleet the hub put this node in, as the sync client last heard it (<state>/fleet; "" when
+// none or never heard). Written atomically when it changes; bundles installed after that are
+// checked against it.
+std::string read_node_fleet(const std::filesystem::path& state_dir);
+Result<void> write_node_fleet(const std::filesystem::path& state_dir, const std::string& fleet);
 
 struct BundleState {
   uint64_t version = 0;
@@ -111,6 +118,12 @@ class BundleStore {
   // scope) with its status now; raises the wall-clock high-water mark. errc::not_found when
   // nothing is installed.
   Result<Installed> load(attestation::Tpm& tpm, const TrustRoot& root, int64_t wall_now);
+
+  // The node was moved to another fleet: installs from now on are checked against it. The
+  // bundle in force stays in force (load() does not look at the fleet) until a newer one of
+  // the new fleet is installed.
+  void set_fleet(std::string fleet) { scope_.fleet = std::move(fleet); }
+  const std::string& fleet() const { return scope_.fleet; }
 
   // A successful hub contact: the offline budget starts again from the TPM clock now.
   Result<void> record_contact(attestation::Tpm& tpm, int64_t wall_now);
