@@ -9,6 +9,7 @@
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -21,6 +22,8 @@
 #include <chrono>
 #include <map>
 #include <variant>
+
+#include <unistd.h>
 
 #include "outpost/attestation/credential.h"
 #include "outpost/attestation/node.h"
@@ -357,6 +360,15 @@ struct Hub::Impl {
   tcp::acceptor acceptor{io};
 
   asio::awaitable<void> accept_loop();
+  // Wakes this instance's long polls when any instance on the database says what is served
+  // changed (Store::wake_fd; PostgreSQL LISTEN/NOTIFY).
+  asio::awaitable<void> wake_loop();
+  // What is served changed here: this instance's pollers look again now, the other
+  // instances' once the store's word reaches them.
+  void served_changed() {
+    for (auto* t : bundle_waiters) t->cancel();
+    if (auto r = store->notify(); !r) log::warn("hub.notify", {{"error", r.error().message()}});
+  }
   asio::awaitable<void> serve(tcp::socket socket);
   asio::awaitable<Response> route(const Request& req, const std::string& peer);
   // Which roles may use the route (a mask of Role; 0: a node's route, which carries what its
@@ -432,6 +444,33 @@ asio::awaitable<void> Hub::Impl::accept_loop() {
       continue;
     }
     asio::co_spawn(io, serve(std::move(socket)), asio::detached);
+  }
+}
+
+asio::awaitable<void> Hub::Impl::wake_loop() {
+  if (store->wake_fd() < 0) co_return;  // one instance (SQLite): nobody else to hear from
+  auto backoff = std::chrono::seconds(1);
+  for (;;) {
+    // Asio owns (and closes) a descriptor of its own, made anew after each drain: the store may
+    // have re-established its connection on another socket (maybe under the same number).
+    if (const int fd = store->wake_fd(); fd >= 0) {
+      asio::posix::stream_descriptor readable(io, ::dup(fd));
+      auto [ec] = co_await readable.async_wait(asio::posix::stream_descriptor::wait_read, kNoThrow);
+      if (ec == asio::error::operation_aborted) co_return;
+    }
+    auto woken = store->drain_wakes();
+    if (!woken) {
+      // Meanwhile pollers here still see a publish elsewhere when their hold ends.
+      log::warn("hub.wake", {{"error", woken.error().message()}, {"retry_s", std::to_string(backoff.count())}});
+      asio::steady_timer pause(io, backoff);
+      co_await pause.async_wait(kNoThrow);
+      backoff = std::min(backoff * 2, std::chrono::seconds(30));
+      continue;
+    }
+    backoff = std::chrono::seconds(1);
+    if (*woken) {
+      for (auto* t : bundle_waiters) t->cancel();
+    }
   }
 }
 
@@ -1005,7 +1044,7 @@ Response Hub::Impl::publish(const Request& req) {
   auto r = store->put_bundle(row);
   if (!r) return reply_error(r.error().is(errc::already_exists) ? 409 : 500, r.error().message());
   log::info("hub.published", {{"version", std::to_string(row.version)}, {"waiters", std::to_string(bundle_waiters.size())}});
-  for (auto* t : bundle_waiters) t->cancel();
+  served_changed();
   return reply_json(200, json::object{{"version", row.version}, {"sha256", row.sha256}});
 }
 
@@ -1084,7 +1123,7 @@ Response Hub::Impl::move_fleet(const std::string& node_id, const Request& req, c
   auto r = store->set_fleet(node_id, fleet);
   if (!r) return reply_error(r.error().is(errc::not_found) ? 404 : 500, r.error().message());
   log::info("hub.fleet_moved", {{"node", node_id}, {"from", node->fleet}, {"to", fleet}, {"by", by.name}});
-  for (auto* t : bundle_waiters) t->cancel();
+  served_changed();
   return reply_json(200, json::object{{"node_id", node_id}, {"fleet", fleet}, {"previous", node->fleet}});
 }
 
@@ -1142,6 +1181,7 @@ Result<void> Hub::run(bool handle_signals) {
     });
   }
   asio::co_spawn(m.io, m.accept_loop(), asio::detached);
+  asio::co_spawn(m.io, m.wake_loop(), asio::detached);
   log::info("hub.listening", {{"address", m.config.listen_host + ":" + std::to_string(port())}});
   m.io.run();
   return ok();

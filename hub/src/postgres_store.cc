@@ -270,9 +270,46 @@ std::string copy_data(const std::string& node_id, const std::vector<RecordRow>& 
   return out;
 }
 
+// The channel hub instances tell each other on that what is served changed.
+constexpr const char* kWakeChannel = "outpost_hub";
+
 class PostgresStore final : public Store {
  public:
-  explicit PostgresStore(PgConn conn) : conn_(std::move(conn)) { quiet_notices(); }
+  PostgresStore(PgConn conn, PgConn listen) : conn_(std::move(conn)), listen_(std::move(listen)) { quiet_notices(); }
+
+  // LISTEN on the second connection (it only ever listens: a blocking query on the first one
+  // must not hold notifications back, nor they it).
+  Result<void> listen() {
+    OUTPOST_TRY(auto r, check(listen_.get(), PQexec(listen_.get(), (std::string("LISTEN ") + kWakeChannel).c_str()), "PQexec"));
+    (void)r;
+    return ok();
+  }
+
+  Result<void> notify() override {
+    OUTPOST_TRY_VOID(write("SELECT pg_notify($1, 'changed')", Params().text(kWakeChannel)));
+    return ok();
+  }
+
+  int wake_fd() override { return PQsocket(listen_.get()); }
+
+  Result<bool> drain_wakes() override {
+    bool woken = false;
+    if (PQstatus(listen_.get()) == CONNECTION_OK && PQconsumeInput(listen_.get()) == 1) {
+      while (PGnotify* n = PQnotifies(listen_.get())) {
+        woken = true;
+        PQfreemem(n);
+      }
+      if (PQstatus(listen_.get()) == CONNECTION_OK) return woken;
+    }
+    // Lost: whatever was notified meanwhile is lost with it, so the pollers look again once
+    // the connection listens anew.
+    log::warn("hub.store.listen_lost", {{"error", one_line(PQerrorMessage(listen_.get()))}});
+    PQreset(listen_.get());
+    if (PQstatus(listen_.get()) != CONNECTION_OK) return fail(errc::io, "PQreset (listening): " + one_line(PQerrorMessage(listen_.get())));
+    OUTPOST_TRY_VOID(listen());
+    log::info("hub.store.listening_again", {{"host", PQhost(listen_.get())}});
+    return true;
+  }
 
   // Brings the database to kSchemaVersion. When it is there already (every start but the first
   // after an upgrade) no DDL runs and no lock is taken, so a role that may only read and write
@@ -563,6 +600,7 @@ class PostgresStore final : public Store {
   }
 
   PgConn conn_;
+  PgConn listen_;
 };
 
 }  // namespace
@@ -574,20 +612,24 @@ Result<std::unique_ptr<Store>> open_postgres_store(const std::string& conninfo) 
   const char* keywords[] = {"connect_timeout", "keepalives_idle", "keepalives_interval", "keepalives_count",
                             "application_name", "client_encoding", "dbname", nullptr};
   const char* values[] = {"10", "30", "10", "3", "outpost-hub", "UTF8", conninfo.c_str(), nullptr};
-  PgConn conn(PQconnectdbParams(keywords, values, /*expand_dbname=*/1));
-  if (!conn) return fail(errc::io, "PQconnectdbParams: out of memory");
-  // Errors name the server and database, never the connection string (it may hold a password).
-  if (PQstatus(conn.get()) != CONNECTION_OK) {
-    return fail(errc::io, "PostgreSQL: PQconnectdbParams: " + one_line(PQerrorMessage(conn.get())));
-  }
+  auto connect = [&]() -> Result<PgConn> {
+    PgConn c(PQconnectdbParams(keywords, values, /*expand_dbname=*/1));
+    if (!c) return fail(errc::io, "PQconnectdbParams: out of memory");
+    // Errors name the server and database, never the connection string (it may hold a password).
+    if (PQstatus(c.get()) != CONNECTION_OK) return fail(errc::io, "PostgreSQL: PQconnectdbParams: " + one_line(PQerrorMessage(c.get())));
+    return c;
+  };
+  OUTPOST_TRY(PgConn conn, connect());
   const std::string where = std::string("PostgreSQL database ") + PQdb(conn.get()) + " on " + PQhost(conn.get()) + ":" + PQport(conn.get());
   if (PQserverVersion(conn.get()) < 90500) {
     return fail(errc::unsupported, where + ": server version " + std::to_string(PQserverVersion(conn.get())) +
                                        " is older than 9.5 (INSERT ... ON CONFLICT)");
   }
-  auto store = std::make_unique<PostgresStore>(std::move(conn));
+  OUTPOST_TRY(PgConn listening, connect());
+  auto store = std::make_unique<PostgresStore>(std::move(conn), std::move(listening));
   auto r = store->migrate();
   if (!r) return fail(r.error().wrap(where + ": schema migration"));
+  if (auto l = store->listen(); !l) return fail(l.error().wrap(where + ": LISTEN"));
   return std::unique_ptr<Store>(std::move(store));
 }
 

@@ -97,6 +97,16 @@ class Store {
 
   // The schema version the database is at (kSchemaVersion once opened).
   virtual Result<int> schema_version() = 0;
+
+  // Wake-ups across hub instances on one database (PostgreSQL LISTEN/NOTIFY): notify() tells
+  // every instance, this one included, that what is served changed (a bundle published, a
+  // node moved); wake_fd() is a descriptor that turns readable when such a word may have come,
+  // and drain_wakes() reads what came: true when long polls should look again (a lost and
+  // re-established listening connection counts: words may have been missed). The descriptor
+  // may change after drain_wakes(). SQLite has one instance: -1, and nothing to drain.
+  virtual Result<void> notify() { return ok(); }
+  virtual int wake_fd() { return -1; }
+  virtual Result<bool> drain_wakes() { return false; }
 };
 
 // The schema this hub writes. Opening a store applies the migrations from the database's
