@@ -22,6 +22,7 @@ packages=(
   openssl  # the egress tests' HTTPS server certificate (openssl req -x509)
   libseccomp-dev  # the agent sandbox's syscall filter (runtime/sandbox)
   systemd file dpkg-dev  # tests/install: systemd-analyze, -sysusers, -tmpfiles; CPack DEB's dpkg-shlibdeps
+  chromium  # the hub console's test loads its pages headless over the DevTools protocol (tests/e2e/console-check.mjs)
 )
 # Extra packages a caller needs for itself (scripts/bench-mcp.sh's profile: linux-perf).
 packages+=("$@")

@@ -70,10 +70,10 @@ Response reply_error(unsigned status, const std::string& message) {
   return reply_json(status, json::object{{"error", message}});
 }
 
-// "a=1&b=2" -> value of `key`, or empty.
-std::string query_param(std::string_view target, std::string_view key) {
+// "a=1&b=2" -> value of `key` (nothing when absent; "" when given empty).
+std::optional<std::string> query_param_given(std::string_view target, std::string_view key) {
   auto q = target.find('?');
-  if (q == std::string_view::npos) return {};
+  if (q == std::string_view::npos) return std::nullopt;
   std::string_view rest = target.substr(q + 1);
   while (!rest.empty()) {
     auto amp = rest.find('&');
@@ -83,7 +83,10 @@ std::string query_param(std::string_view target, std::string_view key) {
     if (amp == std::string_view::npos) break;
     rest = rest.substr(amp + 1);
   }
-  return {};
+  return std::nullopt;
+}
+std::string query_param(std::string_view target, std::string_view key) {
+  return query_param_given(target, key).value_or(std::string());
 }
 
 std::optional<int64_t> parse_i64(const std::string& s) {
@@ -334,8 +337,24 @@ struct Hub::Impl {
   std::unique_ptr<Store> store;
   std::optional<offline_cache::TrustRoot> trust;
   std::shared_ptr<tls::Context> tls;
-  // Long-pollers of /v1/bundle wait on these timers; a publish cancels them all.
-  std::set<asio::steady_timer*> bundle_waiters;
+  // Long-pollers of /v1/bundle wait on these timers, by the node they poll for ("" for a
+  // role's poll); a publish cancels them all, a fleet move the node's.
+  std::multimap<std::string, asio::steady_timer*> bundle_waiters;
+  void wake(const std::string& node) {
+    if (node.empty()) {
+      for (auto& [n, t] : bundle_waiters) t->cancel();
+      return;
+    }
+    auto [from, to] = bundle_waiters.equal_range(node);
+    for (auto it = from; it != to; ++it) it->second->cancel();
+  }
+  // hub.refused lines: at most kRefusalLines a second, the rest counted into the next one
+  // (a scanner must not flood the log; the metric counts every refusal).
+  static constexpr int kRefusalLines = 10;
+  int64_t refusal_second = 0;
+  int refusal_lines = 0;
+  uint64_t refusals_unlogged = 0;
+  void log_refusal(std::initializer_list<log::Field> fields);
   size_t connections = 0;
   // Alerts from uploads nobody has authenticated yet are kept at most once a minute per node
   // and kind, so a stream of garbage cannot flood the table; the rest are counted in the log.
@@ -365,18 +384,30 @@ struct Hub::Impl {
   asio::awaitable<void> wake_loop();
   // What is served changed here: this instance's pollers look again now, the other
   // instances' once the store's word reaches them.
-  void served_changed() {
-    for (auto* t : bundle_waiters) t->cancel();
-    if (auto r = store->notify(); !r) log::warn("hub.notify", {{"error", r.error().message()}});
+  // `node` ("": every node).
+  void served_changed(const std::string& node) {
+    wake(node);
+    if (auto r = store->notify(node); !r) log::warn("hub.notify", {{"error", r.error().message()}});
   }
   asio::awaitable<void> serve(tcp::socket socket);
-  asio::awaitable<Response> route(const Request& req, const std::string& peer);
-  // Which roles may use the route (a mask of Role; 0: a node's route, which carries what its
-  // TPM signed and needs no credential).
-  static unsigned roles_for(const std::vector<std::string>& parts, const Request& req);
-  // The credential a request's bearer token names, or the refusal of one whose token is
-  // missing, unknown or of another role (logged and counted).
-  std::variant<const Credential*, Response> authorize(const Request& req, unsigned allowed, size_t route_at, const std::string& peer);
+  asio::awaitable<Response> route(const Request& req, const Credential* who);
+  // Who may use a route: the roles in `roles` (a mask of Role) and, when `node` is set, that
+  // node itself with its node token. Nothing at all: a node's route, whose body carries what
+  // its TPM signed (records, quotes, evidence) or proves it (enrolment).
+  struct Access {
+    unsigned roles = 0;
+    std::string node;
+  };
+  static Access access_for(const http::request_header<>& h);
+  // The credential a request's bearer token names (nullptr: the node itself, by its node
+  // token), or the refusal of one whose token is missing, unknown or of another role (logged
+  // and counted). Decided on the header, before any body is read.
+  std::variant<const Credential*, Response> authorize(const http::request_header<>& h, const Access& access, size_t route_at,
+                                                      const std::string& peer);
+  // A node's bearer of identity for its bundle poll, handed out once it has shown its TPM
+  // (credential activation): an HMAC of its id under the challenge key, so every instance
+  // that shares the certificate checks it and nothing is stored.
+  std::string node_token(const std::string& node_id) const;
   // The largest body the request whose header is `h` may carry, or an error reply.
   std::variant<uint64_t, Response> body_limit(const http::request_header<>& h);
 
@@ -394,7 +425,7 @@ struct Hub::Impl {
   Response node_info(const std::string& node_id);
   Response list_nodes();
   Response publish(const Request& req);
-  Response move_fleet(const std::string& node_id, const Request& req, const Credential& by);
+  Response move_fleet(const std::string& node_id, const Request& req, const Credential* by);
   // The fleet a node enrolling now joins (hub.yaml's fleets).
   std::string fleet_at_enrolment(const std::string& node_id) const {
     auto it = config.assigned_fleets.find(node_id);
@@ -468,9 +499,7 @@ asio::awaitable<void> Hub::Impl::wake_loop() {
       continue;
     }
     backoff = std::chrono::seconds(1);
-    if (*woken) {
-      for (auto* t : bundle_waiters) t->cancel();
-    }
+    for (const auto& node : *woken) wake(node);
   }
 }
 
@@ -517,6 +546,7 @@ asio::awaitable<void> Hub::Impl::serve(tcp::socket socket) {
     // route takes; the route's own limit is applied once the header says which route it is.
     parser.body_limit(std::max<uint64_t>(config.max_upload_bytes, 1 << 20));
     std::optional<Response> early;  // an answer given before the body is read
+    const Credential* who = nullptr;
     {
       tls::SocketDeadline deadline(stream.socket(), std::chrono::seconds(120));  // idle keep-alive
       auto [ec, n] = co_await http::async_read_header(stream, buffer, parser, kNoThrow);
@@ -525,6 +555,17 @@ asio::awaitable<void> Hub::Impl::serve(tcp::socket socket) {
       } else if (ec) {
         if (ec != http::error::end_of_stream) log::debug("hub.read", {{"error", ec.message()}});
         break;
+      }
+      if (!early) {
+        const auto& h = parser.get();
+        if (const Access access = access_for(h); access.roles != 0 || !access.node.empty()) {
+          auto a = authorize(h, access, route_index(path_parts(h.target()), h.method()), peer);
+          if (auto* refused = std::get_if<Response>(&a)) {
+            early = std::move(*refused);
+          } else {
+            who = std::get<const Credential*>(a);
+          }
+        }
       }
       auto limit = early ? std::variant<uint64_t, Response>(uint64_t{0}) : body_limit(parser.get());
       if (early) {
@@ -555,7 +596,7 @@ asio::awaitable<void> Hub::Impl::serve(tcp::socket socket) {
       Request req = parser.release();
       const size_t route_at = route_index(path_parts(req.target()), req.method());
       const auto started = std::chrono::steady_clock::now();
-      res = co_await route(req, peer);
+      res = co_await route(req, who);
       request_seconds[route_at].observe_ns(static_cast<uint64_t>(
           std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - started).count()));
       requests.add({kRoutes[route_at], std::to_string(res.result_int())});
@@ -628,27 +669,65 @@ Response Hub::Impl::metrics_page() {
   return res;
 }
 
-unsigned Hub::Impl::roles_for(const std::vector<std::string>& parts, const Request& req) {
+Hub::Impl::Access Hub::Impl::access_for(const http::request_header<>& h) {
   constexpr unsigned kOperator = static_cast<unsigned>(Role::operator_), kResponder = static_cast<unsigned>(Role::responder),
                      kIam = static_cast<unsigned>(Role::iam);
-  const http::verb m = req.method();
-  if (parts.size() == 1 && parts[0] == "metrics") return kOperator | kResponder;
-  if (parts.size() < 2 || parts[0] != "v1") return 0;  // a 404 for anyone
-  if (parts.size() == 2 && parts[1] == "nodes") return kOperator | kResponder;
-  if (parts.size() == 2 && parts[1] == "bundles") return kIam;
-  // A node polls for what is served to it (?node=N); the newest bundle, or any other, is for
-  // the roles.
-  if (parts.size() == 2 && parts[1] == "bundle") return query_param(req.target(), "node").empty() ? kOperator | kResponder | kIam : 0;
-  if (parts.size() == 3 && parts[1] == "nodes") return kOperator | kResponder;
-  if (parts.size() == 4 && parts[1] == "nodes" && parts[3] == "evidence" && m == http::verb::get) return kResponder;
-  if (parts.size() == 4 && parts[1] == "nodes" && parts[3] == "fleet") return kOperator;
-  return 0;  // enrol, records, evidence state, nonce, attestation: the node's own, checked by its TPM's signatures
+  const auto parts = path_parts(h.target());
+  const http::verb m = h.method();
+  if (parts.size() == 1 && parts[0] == "metrics") return {kOperator | kResponder, ""};
+  if (parts.size() < 2 || parts[0] != "v1") return {};  // a 404 for anyone
+  if (parts.size() == 2 && parts[1] == "nodes") return {kOperator | kResponder, ""};
+  if (parts.size() == 2 && parts[1] == "bundles") return {kIam, ""};
+  // What is served to node N: that node (its node token) or a role; the newest bundle: a role.
+  if (parts.size() == 2 && parts[1] == "bundle") return {kOperator | kResponder | kIam, query_param(h.target(), "node")};
+  if (parts.size() == 3 && parts[1] == "nodes") return {kOperator | kResponder, ""};
+  if (parts.size() == 4 && parts[1] == "nodes" && parts[3] == "evidence" && m == http::verb::get) return {kResponder, ""};
+  if (parts.size() == 4 && parts[1] == "nodes" && parts[3] == "fleet") return {kOperator, ""};
+  // Enrolment (proved by credential activation), records and evidence state (signed by the
+  // node's AK, checked link by link), nonces (worth nothing alone), attestation (a quote).
+  return {};
 }
 
-std::variant<const Credential*, Response> Hub::Impl::authorize(const Request& req, unsigned allowed, size_t route_at, const std::string& peer) {
-  std::string_view header = req[http::field::authorization];
+std::string Hub::Impl::node_token(const std::string& node_id) const {
+  auto mac = hmac_sha256(challenge_key, as_bytes("outpost-hub/node-token/v1\n" + node_id));
+  return mac ? hex_encode(*mac) : std::string();  // hmac_sha256 fails only on a broken mbedTLS
+}
+
+void Hub::Impl::log_refusal(std::initializer_list<log::Field> fields) {
+  const int64_t second = now_ms() / 1000;
+  if (second != refusal_second) {
+    refusal_second = second;
+    refusal_lines = 0;
+  }
+  if (++refusal_lines > kRefusalLines) {
+    ++refusals_unlogged;
+    return;
+  }
+  if (refusals_unlogged > 0) {
+    log::warn("hub.refused_unlogged", {{"count", std::to_string(refusals_unlogged)}});
+    refusals_unlogged = 0;
+  }
+  log::warn("hub.refused", fields);
+}
+
+std::variant<const Credential*, Response> Hub::Impl::authorize(const http::request_header<>& h, const Access& access,
+                                                                size_t route_at, const std::string& peer) {
+  const std::string what = std::string(h.method_string()) + " " + std::string(h.target().substr(0, h.target().find('?')));
+  if (!access.node.empty()) {
+    const std::string presented(h["X-Outpost-Node-Token"]);
+    if (!presented.empty()) {
+      if (equal_constant_time(as_bytes(presented), as_bytes(node_token(access.node)))) return static_cast<const Credential*>(nullptr);
+      refusals.add({kRoutes[route_at], "node_token"});
+      log_refusal({{"request", what}, {"peer", peer}, {"reason", "node_token"}, {"node", access.node}});
+      Response r = reply_error(401, what + ": not node " + access.node + "'s node token (enrol again for it)");
+      r.set(http::field::www_authenticate, "Bearer realm=\"outpost-hub\"");
+      return r;
+    }
+  }
+  // RFC 7235: the scheme is case-insensitive.
+  std::string_view header = h[http::field::authorization];
   std::string_view token;
-  if (header.size() > 7 && (header.substr(0, 7) == "Bearer " || header.substr(0, 7) == "bearer ")) {
+  if (header.size() > 7 && boost::beast::iequals(header.substr(0, 7), "bearer ")) {
     token = header.substr(7);
     while (!token.empty() && token.front() == ' ') token.remove_prefix(1);
     while (!token.empty() && token.back() == ' ') token.remove_suffix(1);
@@ -658,42 +737,35 @@ std::variant<const Credential*, Response> Hub::Impl::authorize(const Request& re
     auto it = config.credentials.find(token_sha256(token));
     if (it != config.credentials.end()) who = &it->second;
   }
-  std::vector<std::string> allowed_names;
-  for (Role r : {Role::operator_, Role::responder, Role::iam}) {
-    if (allowed & static_cast<unsigned>(r)) allowed_names.emplace_back(role_name(r));
-  }
   std::string roles;
-  for (const auto& n : allowed_names) roles += (roles.empty() ? "" : ", ") + n;
-  const std::string what = std::string(req.method_string()) + " " + std::string(req.target().substr(0, req.target().find('?')));
+  for (Role r : {Role::operator_, Role::responder, Role::iam}) {
+    if (access.roles & static_cast<unsigned>(r)) roles += (roles.empty() ? "" : ", ") + std::string(role_name(r));
+  }
+  if (!access.node.empty()) roles += ", or node " + access.node + " (X-Outpost-Node-Token)";
   if (!who) {
     const char* reason = token.empty() ? "no_credential" : "unknown_credential";
     refusals.add({kRoutes[route_at], reason});
-    log::warn("hub.refused", {{"request", what}, {"peer", peer}, {"reason", reason}, {"roles", roles}});
+    log_refusal({{"request", what}, {"peer", peer}, {"reason", reason}, {"roles", roles}});
     Response r = reply_error(401, token.empty() ? what + " needs a credential of role " + roles + " (Authorization: Bearer <token>)"
                                                 : what + ": the token is not one of this hub's credentials");
     r.set(http::field::www_authenticate, "Bearer realm=\"outpost-hub\"");
     return r;
   }
-  if (!(allowed & static_cast<unsigned>(who->role))) {
+  if (!(access.roles & static_cast<unsigned>(who->role))) {
     refusals.add({kRoutes[route_at], "role"});
-    log::warn("hub.refused", {{"request", what}, {"peer", peer}, {"reason", "role"}, {"credential", who->name},
-                              {"role", role_name(who->role)}, {"roles", roles}});
+    log_refusal({{"request", what}, {"peer", peer}, {"reason", "role"}, {"credential", who->name}, {"role", role_name(who->role)},
+                 {"roles", roles}});
     return reply_error(403, what + " is for role " + roles + "; credential \"" + who->name + "\" is " + role_name(who->role));
   }
   return who;
 }
 
-asio::awaitable<Response> Hub::Impl::route(const Request& req, const std::string& peer) {
+// `who`: the credential serve() found for the route (nullptr: none needed, or the node's own).
+asio::awaitable<Response> Hub::Impl::route(const Request& req, const Credential* who) {
   const auto parts = path_parts(req.target());
   const bool get = req.method() == http::verb::get;
   const bool post = req.method() == http::verb::post;
   const bool put = req.method() == http::verb::put;
-  const Credential* who = nullptr;
-  if (const unsigned allowed = roles_for(parts, req); allowed != 0) {
-    auto a = authorize(req, allowed, route_index(parts, req.method()), peer);
-    if (auto* refused = std::get_if<Response>(&a)) co_return std::move(*refused);
-    who = std::get<const Credential*>(a);
-  }
   if (parts.size() == 1 && parts[0] == "metrics" && get) co_return metrics_page();
   if (parts.size() < 2 || parts[0] != "v1") co_return reply_error(404, "no such resource: " + std::string(req.target()));
   if (parts.size() == 2 && parts[1] == "enroll" && post) co_return enroll(req);
@@ -708,7 +780,7 @@ asio::awaitable<Response> Hub::Impl::route(const Request& req, const std::string
     if (parts.size() == 4 && parts[3] == "attestation" && post) co_return attestation(id, req);
     if (parts.size() == 4 && parts[3] == "evidence" && put) co_return put_evidence(id, req);
     if (parts.size() == 4 && parts[3] == "evidence" && get) co_return pull_evidence(id, req);
-    if (parts.size() == 4 && parts[3] == "fleet" && put) co_return move_fleet(id, req, *who);
+    if (parts.size() == 4 && parts[3] == "fleet" && put) co_return move_fleet(id, req, who);
   }
   co_return reply_error(404, "no such resource: " + std::string(req.method_string()) + " " + std::string(req.target()));
 }
@@ -724,7 +796,9 @@ Digest Hub::Impl::activation_secret(const std::string& node_id, ByteView ak_name
 // made for its EK and AK (202); it enrols by sending the same body again with the opened
 // secret in X-Outpost-Activation ("<expires_ms>:<hex>"), which only the TPM holding both keys
 // can produce. The AK is pinned at enrolment: a different AK later is refused (a swapped TPM
-// or a forged identity needs the operator).
+// or a forged identity needs the operator). The answer to a node that proved its TPM carries
+// its node token and fleet; a known node asks for them again (X-Outpost-Want-Token) through
+// the same challenge, since node.json alone is public.
 Response Hub::Impl::enroll(const Request& req) {
   auto id = attestation::NodeIdentity::from_json(req.body());
   if (!id) return reply_error(400, "enrol: " + id.error().message());
@@ -757,8 +831,9 @@ Response Hub::Impl::enroll(const Request& req) {
       return reply_error(409, "enrol: node " + id->node_id + " is enrolled with another AK; a swapped or cleared TPM needs the operator");
     }
     // No touch(): node.json is public, so this request proves nothing about the node being alive.
-    return reply_json(200, json::object{{"node_id", id->node_id}, {"acked_seq", (*existing)->acked_seq}, {"enrolled", false},
-                                        {"fleet", (*existing)->fleet}});
+    if (std::string_view(req["X-Outpost-Want-Token"]).empty()) {
+      return reply_json(200, json::object{{"node_id", id->node_id}, {"acked_seq", (*existing)->acked_seq}, {"enrolled", false}});
+    }
   }
   bool activated = false;
   if (config.activation_required) {
@@ -785,6 +860,10 @@ Response Hub::Impl::enroll(const Request& req) {
     }
     activated = true;
   }
+  if (*existing) {  // a known node that showed its TPM (or any, with activation off: trust on first use)
+    return reply_json(200, json::object{{"node_id", id->node_id}, {"acked_seq", (*existing)->acked_seq}, {"enrolled", false},
+                                        {"fleet", (*existing)->fleet}, {"node_token", node_token(id->node_id)}});
+  }
   NodeRow n;
   n.node_id = id->node_id;
   n.identity_json = std::string(req.body());
@@ -796,7 +875,7 @@ Response Hub::Impl::enroll(const Request& req) {
   if (!r) return reply_error(500, r.error().message());
   log::info("hub.enrolled", {{"node", n.node_id}, {"board", id->board}, {"activated", activated ? "yes" : "no"}, {"fleet", n.fleet}});
   return reply_json(200, json::object{{"node_id", n.node_id}, {"acked_seq", 0}, {"enrolled", true}, {"activated", activated},
-                                      {"fleet", n.fleet}});
+                                      {"fleet", n.fleet}, {"node_token", node_token(n.node_id)}});
 }
 
 // Nonces for fresh attestation are stateless, so any hub instance on the database checks any
@@ -861,7 +940,7 @@ Response Hub::Impl::attestation(const std::string& node_id, const Request& req) 
     return reply_error(409, "attestation: the TPM reset count went back (" + std::to_string(parsed->clock.reset_count) + " < " +
                                 std::to_string(node->last_clock->reset_count) + ")");
   }
-  (void)store->touch(node_id, now_ms());
+  (void)store->touch_attested(node_id, now_ms());
   log::info("hub.attested", {{"node", node_id}, {"reset_count", std::to_string(parsed->clock.reset_count)}});
   return reply_json(200, json::object{{"verified", true},
                                       {"clock", parsed->clock.clock},
@@ -895,8 +974,12 @@ Response Hub::Impl::upload_records(const std::string& node_id, const Request& re
     return reply_error(422, "records: " + plan.reason);
   }
   const auto& rows = plan.rows;
+  // The node's word on how far its log is durable (the console's backlog; not signed), kept
+  // with the records.
+  std::optional<uint64_t> durable;
+  if (auto d = parse_i64(std::string(req["X-Outpost-Durable-Seq"])); d && *d >= 0) durable = static_cast<uint64_t>(*d);
   if (!rows.empty()) {
-    auto c = store->commit_records(node_id, node->acked_seq, rows, plan.clock);
+    auto c = store->commit_records(node_id, node->acked_seq, rows, plan.clock, durable);
     if (!c) {
       if (c.error().is(errc::already_exists)) return reply_error(409, c.error().message());
       return reply_error(c.error().code().value() == ENOSPC ? 507 : 500, c.error().message());
@@ -937,6 +1020,9 @@ Response Hub::Impl::put_evidence(const std::string& node_id, const Request& req)
   }
   auto r = store->put_evidence_state(node_id, Bytes(req.body().begin(), req.body().end()), format_rfc3339_utc(unix_now()));
   if (!r) return reply_error(500, r.error().message());
+  uint64_t newest = 0;
+  for (const auto& b : pkg->bundles) newest = std::max(newest, b.version);
+  (void)store->set_reported(node_id, newest, std::nullopt);
   return reply_json(200, json::object{{"ok", true}});
 }
 
@@ -1007,7 +1093,10 @@ Response Hub::Impl::node_info(const std::string& node_id) {
                                       {"acked_seq", node->acked_seq},
                                       {"acked_hash", hex_encode(node->acked_hash)},
                                       {"last_contact_ms", node->last_contact_ms},
+                                      {"last_attested_ms", node->last_attested_ms},
                                       {"fleet", node->fleet},
+                                      {"bundle_version", node->bundle_version},
+                                      {"durable_seq", node->durable_seq},
                                       {"alerts", std::move(alerts)}});
 }
 
@@ -1016,7 +1105,13 @@ Response Hub::Impl::list_nodes() {
   if (!nodes) return reply_error(500, nodes.error().message());
   json::array out;
   for (const auto& n : *nodes) {
-    out.push_back(json::object{{"node_id", n.node_id}, {"fleet", n.fleet}, {"acked_seq", n.acked_seq}, {"last_contact_ms", n.last_contact_ms}});
+    out.push_back(json::object{{"node_id", n.node_id},
+                               {"fleet", n.fleet},
+                               {"acked_seq", n.acked_seq},
+                               {"durable_seq", n.durable_seq},
+                               {"last_contact_ms", n.last_contact_ms},
+                               {"last_attested_ms", n.last_attested_ms},
+                               {"bundle_version", n.bundle_version}});
   }
   return reply_json(200, out);
 }
@@ -1044,7 +1139,7 @@ Response Hub::Impl::publish(const Request& req) {
   auto r = store->put_bundle(row);
   if (!r) return reply_error(r.error().is(errc::already_exists) ? 409 : 500, r.error().message());
   log::info("hub.published", {{"version", std::to_string(row.version)}, {"waiters", std::to_string(bundle_waiters.size())}});
-  served_changed();
+  served_changed("");
   return reply_json(200, json::object{{"version", row.version}, {"sha256", row.sha256}});
 }
 
@@ -1072,7 +1167,9 @@ asio::awaitable<Response> Hub::Impl::get_bundle(const Request& req) {
     return std::nullopt;
   };
   if (auto refused = read_scope()) co_return std::move(*refused);
-  const std::string fleet_asked = scope ? scope->fleet : std::string();
+  // The node says which fleet it believes it is in (&fleet=): if that is not the hub's word, it
+  // is answered at once (a move it missed, or a state directory that lost it).
+  const std::string fleet_asked = query_param_given(req.target(), "fleet").value_or(scope ? scope->fleet : std::string());
   const std::string inm(req[http::field::if_none_match]);
   const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(wait);
   for (;;) {
@@ -1099,9 +1196,9 @@ asio::awaitable<Response> Hub::Impl::get_bundle(const Request& req) {
     }
     asio::steady_timer timer(io);
     timer.expires_at(until);
-    bundle_waiters.insert(&timer);
+    const auto waiting = bundle_waiters.emplace(node_id, &timer);
     co_await timer.async_wait(kNoThrow);
-    bundle_waiters.erase(&timer);
+    bundle_waiters.erase(waiting);
     if (auto refused = read_scope()) co_return std::move(*refused);
   }
 }
@@ -1109,7 +1206,7 @@ asio::awaitable<Response> Hub::Impl::get_bundle(const Request& req) {
 // PUT /v1/nodes/<id>/fleet, body {"fleet": "name"} ("" or null: no fleet). The hub serves the
 // node the newest bundle of its new fleet; the node learns the move from its next bundle poll
 // (woken now) and installs that bundle when it is newer than the one in force.
-Response Hub::Impl::move_fleet(const std::string& node_id, const Request& req, const Credential& by) {
+Response Hub::Impl::move_fleet(const std::string& node_id, const Request& req, const Credential* by) {
   boost::system::error_code ec;
   json::value v = json::parse(req.body(), ec);
   const json::value* f = !ec && v.is_object() ? v.as_object().if_contains("fleet") : nullptr;
@@ -1122,9 +1219,22 @@ Response Hub::Impl::move_fleet(const std::string& node_id, const Request& req, c
   if (!node) return reply_error(node.error().is(errc::not_found) ? 404 : 500, node.error().message());
   auto r = store->set_fleet(node_id, fleet);
   if (!r) return reply_error(r.error().is(errc::not_found) ? 404 : 500, r.error().message());
-  log::info("hub.fleet_moved", {{"node", node_id}, {"from", node->fleet}, {"to", fleet}, {"by", by.name}});
-  served_changed();
-  return reply_json(200, json::object{{"node_id", node_id}, {"fleet", fleet}, {"previous", node->fleet}});
+  log::info("hub.fleet_moved", {{"node", node_id}, {"from", node->fleet}, {"to", fleet}, {"by", by ? by->name : "?"}});
+  served_changed(node_id);
+  json::object out{{"node_id", node_id}, {"fleet", fleet}, {"previous", node->fleet}};
+  // The node installs only a bundle newer than the one in force: if its new fleet has none, the
+  // old fleet's policy stays in force there until one is published.
+  if (auto identity = attestation::NodeIdentity::from_json(node->identity_json)) {
+    auto served = newest_bundle_for(offline_cache::NodeScope{identity->node_id, identity->board, fleet});
+    const uint64_t newest = served && *served ? (**served).version : 0;
+    out["newest_for_fleet"] = newest;
+    if (node->bundle_version > 0 && newest <= node->bundle_version) {
+      out["warning"] = "node " + node_id + " runs bundle v" + std::to_string(node->bundle_version) + " and fleet \"" + fleet +
+                       "\" has " + (newest ? "only v" + std::to_string(newest) : std::string("no bundle")) +
+                       ": the policy in force there stays until a newer bundle for the fleet is published";
+    }
+  }
+  return reply_json(200, out);
 }
 
 Result<std::optional<BundleRow>> Hub::Impl::newest_bundle_for(const std::optional<offline_cache::NodeScope>& scope) {
@@ -1157,6 +1267,19 @@ Result<std::unique_ptr<Hub>> Hub::create(HubConfig config) {
   }
   OUTPOST_TRY(impl->tls, tls::Context::server({impl->config.cert_chain_pem, impl->config.key_pem}));
   OUTPOST_TRY(impl->challenge_key, hmac_sha256(as_bytes(impl->config.key_pem), as_bytes(std::string_view("outpost-hub challenge key v1"))));
+  if (impl->config.credentials.empty()) {
+    log::warn("hub.no_credentials", {{"config", impl->config.source_file.string()},
+                                     {"detail", "no credentials: operators, responders and the IAM are refused (401) on every route of "
+                                                "theirs; add some with outpost-hub token (docs/hub.md, Roles)"}});
+  }
+  // fleets.assign names fleets for enrolment; a node enrolled before keeps what the hub holds.
+  for (const auto& [node_id, fleet] : impl->config.assigned_fleets) {
+    auto held = impl->store->node(node_id);
+    if (held && *held && (**held).fleet != fleet) {
+      log::warn("hub.fleet_assign_ignored", {{"node", node_id}, {"assigned", fleet}, {"held", (**held).fleet},
+                                             {"detail", "enrolled already: move it with outpost fleet move"}});
+    }
+  }
   boost::system::error_code ec;
   auto addr = asio::ip::make_address(impl->config.listen_host, ec);
   if (ec) return fail(errc::invalid_argument, "listen address \"" + impl->config.listen_host + "\": " + ec.message());

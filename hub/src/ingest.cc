@@ -1,5 +1,7 @@
 #include "outpost/hub/ingest.h"
 
+#include <boost/json/parse.hpp>
+
 #include "outpost/offline_cache/audit_log.h"
 #include "outpost/offline_cache/chain_verifier.h"
 
@@ -30,6 +32,27 @@ bool backed_by_quote(const offline_cache::SegmentParse& parsed, size_t first, co
 }
 
 }  // namespace
+
+void fill_search_columns(const offline_cache::AuditRecord& r, RecordRow& row) {
+  row.agent = r.agent;
+  row.event = r.event;
+  if (r.kind != offline_cache::RecordKind::decision) return;
+  boost::system::error_code ec;
+  const boost::json::value v = boost::json::parse(r.detail, ec);
+  if (ec || !v.is_object()) return;
+  const auto& o = v.as_object();
+  const auto text = [&](const char* k) {
+    const auto* f = o.if_contains(k);
+    return f && f->is_string() ? std::string(f->as_string()) : std::string();
+  };
+  if (const std::string tool = text("tool"); !tool.empty()) {
+    row.subject = text("server").empty() ? tool : text("server") + "/" + tool;
+  } else {
+    row.subject = text("host");  // egress
+  }
+  if (const auto* allow = o.if_contains("allow"); allow && allow->is_bool()) row.verdict = allow->as_bool() ? "allow" : "deny";
+  row.reason = text("reason").substr(0, 200);
+}
 
 UploadPlan plan_upload(ByteView body, const NodeRow& node, const EcPublicKey& ak,
                        const std::function<std::optional<Digest>(uint64_t)>& stored_hash) {
@@ -75,6 +98,7 @@ UploadPlan plan_upload(ByteView body, const NodeRow& node, const EcPublicKey& ak
     row.kind = static_cast<uint8_t>(r.kind);
     row.hash = r.hash;
     row.frame.assign(body.begin() + static_cast<ptrdiff_t>(r.offset), body.begin() + static_cast<ptrdiff_t>(end));
+    fill_search_columns(r, row);
     plan.rows.push_back(std::move(row));
     if (r.kind == offline_cache::RecordKind::checkpoint) {
       anchored = plan.rows.size();

@@ -73,7 +73,14 @@ struct Migration {
 // applied, inserted in the migration's transaction (PostgreSQL's DDL is transactional).
 constexpr Migration kMigrations[] = {
     {1, "the tables", kSchemaV1},
-    {2, "nodes.fleet", "ALTER TABLE nodes ADD COLUMN IF NOT EXISTS fleet text NOT NULL DEFAULT ''"},
+    {2, "nodes.fleet", "ALTER TABLE nodes ADD COLUMN fleet text NOT NULL DEFAULT ''"},
+    {3, "search columns",
+     "ALTER TABLE records ADD COLUMN agent text NOT NULL DEFAULT '', ADD COLUMN event text NOT NULL DEFAULT '', "
+     "ADD COLUMN subject text NOT NULL DEFAULT '', ADD COLUMN verdict text NOT NULL DEFAULT '', "
+     "ADD COLUMN reason text NOT NULL DEFAULT '';"
+     "CREATE INDEX records_search ON records (time_ms);"
+     "ALTER TABLE nodes ADD COLUMN last_attested_ms bigint NOT NULL DEFAULT 0, ADD COLUMN bundle_version bigint NOT NULL DEFAULT 0, "
+     "ADD COLUMN durable_seq bigint NOT NULL DEFAULT 0;"},
 };
 static_assert(std::size(kMigrations) == static_cast<size_t>(kSchemaVersion));
 
@@ -212,7 +219,16 @@ Digest digest_at(const PGresult* r, int row, int col) {
 
 constexpr const char* kNodeColumns =
     "SELECT node_id, identity_json, ak_pem, enrolled_at, acked_seq, acked_hash, clock, reset_count, restart_count, safe, "
-    "last_contact_ms, fleet FROM nodes";
+    "last_contact_ms, fleet, last_attested_ms, bundle_version, durable_seq FROM nodes";
+
+// A record's search columns from `first` on: agent, event, subject, verdict, reason.
+void search_columns_at(const PGresult* r, int row, int first, RecordRow& out) {
+  out.agent = text_at(r, row, first);
+  out.event = text_at(r, row, first + 1);
+  out.subject = text_at(r, row, first + 2);
+  out.verdict = text_at(r, row, first + 3);
+  out.reason = text_at(r, row, first + 4);
+}
 
 NodeRow node_at(const PGresult* r, int row) {
   NodeRow n;
@@ -232,6 +248,9 @@ NodeRow node_at(const PGresult* r, int row) {
   }
   n.last_contact_ms = int_at(r, row, 10);
   n.fleet = text_at(r, row, 11);
+  n.last_attested_ms = int_at(r, row, 12);
+  n.bundle_version = static_cast<uint64_t>(int_at(r, row, 13));
+  n.durable_seq = static_cast<uint64_t>(int_at(r, row, 14));
   return n;
 }
 
@@ -241,7 +260,10 @@ NodeRow node_at(const PGresult* r, int row) {
 std::string copy_data(const std::string& node_id, const std::vector<RecordRow>& rows) {
   std::string out;
   size_t size = 19 + 2;
-  for (const auto& r : rows) size += 2 + 6 * 4 + node_id.size() + 8 + 8 + 2 + r.hash.size() + r.frame.size();
+  for (const auto& r : rows) {
+    size += 2 + 11 * 4 + node_id.size() + 8 + 8 + 2 + r.hash.size() + r.frame.size() + r.agent.size() + r.event.size() +
+            r.subject.size() + r.verdict.size() + r.reason.size();
+  }
   out.reserve(size);
   auto be = [&](uint64_t v, int bytes) {
     for (int i = bytes - 1; i >= 0; --i) out.push_back(static_cast<char>(v >> (8 * i)));
@@ -258,13 +280,14 @@ std::string copy_data(const std::string& node_id, const std::vector<RecordRow>& 
   be(0, 4);  // flags
   be(0, 4);  // header extension length
   for (const auto& r : rows) {
-    be(6, 2);
+    be(11, 2);
     field(node_id);
     integer(r.seq, 8);
     integer(static_cast<uint64_t>(r.time_ms), 8);
     integer(r.kind, 2);
     field(as_chars(r.hash));
     field(as_chars(r.frame));
+    for (const std::string* v : {&r.agent, &r.event, &r.subject, &r.verdict, &r.reason}) field(*v);
   }
   be(0xffff, 2);
   return out;
@@ -285,18 +308,18 @@ class PostgresStore final : public Store {
     return ok();
   }
 
-  Result<void> notify() override {
-    OUTPOST_TRY_VOID(write("SELECT pg_notify($1, 'changed')", Params().text(kWakeChannel)));
+  Result<void> notify(const std::string& node) override {
+    OUTPOST_TRY_VOID(write("SELECT pg_notify($1, $2)", Params().text(kWakeChannel).text(node)));
     return ok();
   }
 
   int wake_fd() override { return PQsocket(listen_.get()); }
 
-  Result<bool> drain_wakes() override {
-    bool woken = false;
+  Result<std::vector<std::string>> drain_wakes() override {
+    std::vector<std::string> woken;
     if (PQstatus(listen_.get()) == CONNECTION_OK && PQconsumeInput(listen_.get()) == 1) {
       while (PGnotify* n = PQnotifies(listen_.get())) {
-        woken = true;
+        woken.emplace_back(n->extra ? n->extra : "");
         PQfreemem(n);
       }
       if (PQstatus(listen_.get()) == CONNECTION_OK) return woken;
@@ -308,7 +331,7 @@ class PostgresStore final : public Store {
     if (PQstatus(listen_.get()) != CONNECTION_OK) return fail(errc::io, "PQreset (listening): " + one_line(PQerrorMessage(listen_.get())));
     OUTPOST_TRY_VOID(listen());
     log::info("hub.store.listening_again", {{"host", PQhost(listen_.get())}});
-    return true;
+    return std::vector<std::string>{""};
   }
 
   // Brings the database to kSchemaVersion. When it is there already (every start but the first
@@ -322,7 +345,10 @@ class PostgresStore final : public Store {
       OUTPOST_TRY_VOID(exec("BEGIN"));
       OUTPOST_TRY_VOID(exec(kSchemaLock));
       OUTPOST_TRY_VOID(exec(kMigrationsTable));
-      OUTPOST_TRY(int locked_at, schema_version());  // another instance may have migrated meanwhile
+      // Another instance may have migrated meanwhile. Read with run(), never read(): a read
+      // that met a lost connection would go on in a new session, outside this transaction.
+      OUTPOST_TRY(auto v, run("SELECT coalesce(max(version), 0)::bigint FROM schema_migrations", Params()));
+      const int locked_at = static_cast<int>(int_at(v.get(), 0, 0));
       if (locked_at > kSchemaVersion) return newer_than_this_hub(locked_at);
       for (const auto& m : kMigrations) {
         if (m.version <= locked_at) continue;
@@ -342,6 +368,59 @@ class PostgresStore final : public Store {
     if (!bool_at(t.get(), 0, 0)) return 0;
     OUTPOST_TRY(auto v, read("SELECT coalesce(max(version), 0)::bigint FROM schema_migrations", Params()));
     return static_cast<int>(int_at(v.get(), 0, 0));
+  }
+
+  Result<void> touch_attested(const std::string& node_id, int64_t now_ms) override {
+    OUTPOST_TRY_VOID(write("UPDATE nodes SET last_contact_ms = $2, last_attested_ms = $2 WHERE node_id = $1", Params().text(node_id).i64(now_ms)));
+    return ok();
+  }
+
+  Result<void> set_reported(const std::string& node_id, std::optional<uint64_t> bundle_version,
+                            std::optional<uint64_t> durable_seq) override {
+    Params p;
+    p.text(node_id);
+    if (bundle_version) {
+      p.i64(static_cast<int64_t>(*bundle_version));
+    } else {
+      p.null(kInt8Oid);
+    }
+    if (durable_seq) {
+      p.i64(static_cast<int64_t>(*durable_seq));
+    } else {
+      p.null(kInt8Oid);
+    }
+    OUTPOST_TRY_VOID(write("UPDATE nodes SET bundle_version = coalesce($2, bundle_version), durable_seq = coalesce($3, durable_seq) "
+                           "WHERE node_id = $1", p));
+    return ok();
+  }
+
+  Result<std::map<std::string, uint64_t>> alert_counts() override {
+    OUTPOST_TRY(auto r, read("SELECT node_id, count(*) FROM alerts GROUP BY node_id", Params()));
+    std::map<std::string, uint64_t> out;
+    for (int i = 0; i < PQntuples(r.get()); ++i) out[text_at(r.get(), i, 0)] = static_cast<uint64_t>(int_at(r.get(), i, 1));
+    return out;
+  }
+
+  Result<std::vector<FoundRecord>> search_records(const RecordQuery& q) override {
+    OUTPOST_TRY(auto r, read("SELECT node_id, seq, time_ms, kind, hash, agent, event, subject, verdict, reason FROM records "
+                             "WHERE ($1 = '' OR node_id = $1) AND ($2 = '' OR agent = $2) "
+                             "AND ($3 = '' OR subject = $3 OR subject LIKE '%/' || $3) AND ($4 = '' OR verdict = $4) "
+                             "AND ($5 = 0 OR kind = 0) AND ($6 = 0 OR time_ms >= $6) AND ($7 = 0 OR time_ms <= $7) "
+                             "ORDER BY time_ms DESC, seq DESC LIMIT $8",
+                             Params().text(q.node_id).text(q.agent).text(q.subject).text(q.verdict).i64(q.decisions_only ? 1 : 0)
+                                 .i64(q.since_ms).i64(q.until_ms).i64(static_cast<int64_t>(q.limit))));
+    std::vector<FoundRecord> out;
+    for (int i = 0; i < PQntuples(r.get()); ++i) {
+      FoundRecord f;
+      f.node_id = text_at(r.get(), i, 0);
+      f.row.seq = static_cast<uint64_t>(int_at(r.get(), i, 1));
+      f.row.time_ms = int_at(r.get(), i, 2);
+      f.row.kind = static_cast<uint8_t>(int_at(r.get(), i, 3));
+      f.row.hash = digest_at(r.get(), i, 4);
+      search_columns_at(r.get(), i, 5, f.row);
+      out.push_back(std::move(f));
+    }
+    return out;
   }
 
   Result<void> set_fleet(const std::string& node_id, const std::string& fleet) override {
@@ -373,14 +452,15 @@ class PostgresStore final : public Store {
     return ok();
   }
 
+  using Store::commit_records;
   Result<void> commit_records(const std::string& node_id, uint64_t expect_acked, const std::vector<RecordRow>& rows,
-                              const std::optional<attestation::ClockInfo>& last_clock) override {
+                              const std::optional<attestation::ClockInfo>& last_clock, std::optional<uint64_t> durable_seq) override {
     if (rows.empty()) return ok();
     OUTPOST_TRY_VOID(check_rows_follow(expect_acked, rows));
     // Never retried here: if the connection drops around COMMIT the outcome is unknown, and
     // the node's next upload (conditional on what the hub then holds) settles it.
     OUTPOST_TRY_VOID(reconnect_if_lost());
-    auto r = commit_in_transaction(node_id, expect_acked, rows, last_clock);
+    auto r = commit_in_transaction(node_id, expect_acked, rows, last_clock, durable_seq);
     if (!r) rollback_if_open();
     return r;
   }
@@ -394,7 +474,8 @@ class PostgresStore final : public Store {
 
   Result<void> scan_records(const std::string& node_id, uint64_t from_seq,
                             const std::function<bool(const RecordRow&)>& each) override {
-    static const std::string sql = "SELECT seq, time_ms, kind, hash, frame FROM records WHERE node_id = $1 AND seq >= $2 "
+    static const std::string sql = "SELECT seq, time_ms, kind, hash, frame, agent, event, subject, verdict, reason FROM records "
+                                   "WHERE node_id = $1 AND seq >= $2 "
                                    "ORDER BY seq LIMIT " + std::to_string(kScanPage);
     uint64_t next = from_seq;
     for (;;) {
@@ -408,6 +489,7 @@ class PostgresStore final : public Store {
         r.kind = static_cast<uint8_t>(int_at(p, i, 2));
         r.hash = digest_at(p, i, 3);
         r.frame = bytes_at(p, i, 4);
+        search_columns_at(p, i, 5, r);
         if (!each(r)) return ok();
         next = r.seq + 1;
       }
@@ -548,7 +630,7 @@ class PostgresStore final : public Store {
   }
 
   Result<void> commit_in_transaction(const std::string& node_id, uint64_t expect_acked, const std::vector<RecordRow>& rows,
-                                     const std::optional<attestation::ClockInfo>& clock) {
+                                     const std::optional<attestation::ClockInfo>& clock, std::optional<uint64_t> durable_seq) {
     OUTPOST_TRY_VOID(exec("BEGIN ISOLATION LEVEL READ COMMITTED"));
     // The row lock this UPDATE takes serialises hub instances appending for one node: a second
     // one waits here, then re-reads the committed row, finds acked_seq moved and matches nothing.
@@ -559,8 +641,13 @@ class PostgresStore final : public Store {
     } else {
       p.null(kInt8Oid).null(kInt8Oid).null(kInt8Oid).null(kBoolOid);
     }
+    if (durable_seq) {
+      p.i64(static_cast<int64_t>(*durable_seq));
+    } else {
+      p.null(kInt8Oid);
+    }
     OUTPOST_TRY(auto up, run("UPDATE nodes SET acked_seq = $3, acked_hash = $4, clock = $5, reset_count = $6, restart_count = $7, "
-                             "safe = $8 WHERE node_id = $1 AND acked_seq = $2",
+                             "safe = $8, durable_seq = coalesce($9, durable_seq) WHERE node_id = $1 AND acked_seq = $2",
                              p));
     if (std::string_view(PQcmdTuples(up.get())) != "1") {
       OUTPOST_TRY(auto cur, run("SELECT acked_seq FROM nodes WHERE node_id = $1", Params().text(node_id)));
@@ -578,7 +665,7 @@ class PostgresStore final : public Store {
   }
 
   Result<void> copy_records(const std::string& node_id, const std::vector<RecordRow>& rows) {
-    OUTPOST_TRY(auto start, check(conn(), PQexec(conn(), "COPY records (node_id, seq, time_ms, kind, hash, frame) FROM STDIN (FORMAT binary)"),
+    OUTPOST_TRY(auto start, check(conn(), PQexec(conn(), "COPY records (node_id, seq, time_ms, kind, hash, frame, agent, event, subject, verdict, reason) FROM STDIN (FORMAT binary)"),
                                   "PQexec"));
     if (PQresultStatus(start.get()) != PGRES_COPY_IN) return fail(errc::io, "COPY records: the server did not start the copy");
     const std::string data = copy_data(node_id, rows);
@@ -621,9 +708,9 @@ Result<std::unique_ptr<Store>> open_postgres_store(const std::string& conninfo) 
   };
   OUTPOST_TRY(PgConn conn, connect());
   const std::string where = std::string("PostgreSQL database ") + PQdb(conn.get()) + " on " + PQhost(conn.get()) + ":" + PQport(conn.get());
-  if (PQserverVersion(conn.get()) < 90500) {
+  if (PQserverVersion(conn.get()) < 90600) {
     return fail(errc::unsupported, where + ": server version " + std::to_string(PQserverVersion(conn.get())) +
-                                       " is older than 9.5 (INSERT ... ON CONFLICT)");
+                                       " is older than 9.6 (INSERT ... ON CONFLICT, ALTER TABLE with several ADD COLUMN)");
   }
   OUTPOST_TRY(PgConn listening, connect());
   auto store = std::make_unique<PostgresStore>(std::move(conn), std::move(listening));

@@ -63,6 +63,16 @@ struct Migration {
 constexpr Migration kMigrations[] = {
     {1, "the tables", kSchemaV1},
     {2, "nodes.fleet", "ALTER TABLE nodes ADD COLUMN fleet TEXT NOT NULL DEFAULT ''"},
+    {3, "search columns",
+     "ALTER TABLE records ADD COLUMN agent TEXT NOT NULL DEFAULT '';"
+     "ALTER TABLE records ADD COLUMN event TEXT NOT NULL DEFAULT '';"
+     "ALTER TABLE records ADD COLUMN subject TEXT NOT NULL DEFAULT '';"
+     "ALTER TABLE records ADD COLUMN verdict TEXT NOT NULL DEFAULT '';"
+     "ALTER TABLE records ADD COLUMN reason TEXT NOT NULL DEFAULT '';"
+     "CREATE INDEX records_search ON records (time_ms);"
+     "ALTER TABLE nodes ADD COLUMN last_attested_ms INTEGER NOT NULL DEFAULT 0;"
+     "ALTER TABLE nodes ADD COLUMN bundle_version INTEGER NOT NULL DEFAULT 0;"
+     "ALTER TABLE nodes ADD COLUMN durable_seq INTEGER NOT NULL DEFAULT 0;"},
 };
 static_assert(std::size(kMigrations) == static_cast<size_t>(kSchemaVersion));
 
@@ -144,12 +154,24 @@ NodeRow node_of(const Stmt& s) {
   }
   n.last_contact_ms = s.i64(10);
   n.fleet = s.text(11);
+  n.last_attested_ms = s.i64(12);
+  n.bundle_version = static_cast<uint64_t>(s.i64(13));
+  n.durable_seq = static_cast<uint64_t>(s.i64(14));
   return n;
 }
 
 constexpr const char* kNodeColumns =
     "SELECT node_id, identity_json, ak_pem, enrolled_at, acked_seq, acked_hash, clock, reset_count, restart_count, safe, "
-    "last_contact_ms, fleet FROM nodes";
+    "last_contact_ms, fleet, last_attested_ms, bundle_version, durable_seq FROM nodes";
+
+// A record's search columns from `first` on: agent, event, subject, verdict, reason.
+void search_columns_of(const Stmt& s, int first, RecordRow& r) {
+  r.agent = s.text(first);
+  r.event = s.text(first + 1);
+  r.subject = s.text(first + 2);
+  r.verdict = s.text(first + 3);
+  r.reason = s.text(first + 4);
+}
 
 class SqliteStore final : public Store {
  public:
@@ -193,12 +215,13 @@ class SqliteStore final : public Store {
     return r;
   }
 
+  using Store::commit_records;
   Result<void> commit_records(const std::string& node_id, uint64_t expect_acked, const std::vector<RecordRow>& rows,
-                              const std::optional<attestation::ClockInfo>& last_clock) override {
+                              const std::optional<attestation::ClockInfo>& last_clock, std::optional<uint64_t> durable_seq) override {
     if (rows.empty()) return ok();
     OUTPOST_TRY_VOID(check_rows_follow(expect_acked, rows));
     OUTPOST_TRY_VOID(exec("BEGIN IMMEDIATE"));
-    auto r = commit_locked(node_id, expect_acked, rows, last_clock);
+    auto r = commit_locked(node_id, expect_acked, rows, last_clock, durable_seq);
     if (r) r = exec("COMMIT");
     // A failed COMMIT (SQLITE_FULL, SQLITE_IOERR) can leave the transaction open: it must not
     // linger, or the next upload would find these rows and take them for duplicates of records
@@ -217,7 +240,8 @@ class SqliteStore final : public Store {
 
   Result<void> scan_records(const std::string& node_id, uint64_t from_seq,
                             const std::function<bool(const RecordRow&)>& each) override {
-    Stmt s(db_, "SELECT seq, time_ms, kind, hash, frame FROM records WHERE node_id = ? AND seq >= ? ORDER BY seq");
+    Stmt s(db_, "SELECT seq, time_ms, kind, hash, frame, agent, event, subject, verdict, reason FROM records "
+                "WHERE node_id = ? AND seq >= ? ORDER BY seq");
     s.bind(1, node_id).bind(2, static_cast<int64_t>(from_seq));
     for (;;) {
       OUTPOST_TRY(bool row, s.step());
@@ -228,6 +252,7 @@ class SqliteStore final : public Store {
       r.kind = static_cast<uint8_t>(s.i64(2));
       r.hash = to_digest(s.blob(3));
       r.frame = s.blob(4);
+      search_columns_of(s, 5, r);
       if (!each(r)) return ok();
     }
   }
@@ -252,6 +277,62 @@ class SqliteStore final : public Store {
     OUTPOST_TRY_VOID(s.run());
     if (sqlite3_changes(db_) == 0) return fail(errc::not_found, "node " + node_id + " is not enrolled");
     return ok();
+  }
+
+  Result<void> touch_attested(const std::string& node_id, int64_t now_ms) override {
+    Stmt s(db_, "UPDATE nodes SET last_contact_ms = ?, last_attested_ms = ? WHERE node_id = ?");
+    s.bind(1, now_ms).bind(2, now_ms).bind(3, node_id);
+    return s.run();
+  }
+
+  Result<void> set_reported(const std::string& node_id, std::optional<uint64_t> bundle_version,
+                            std::optional<uint64_t> durable_seq) override {
+    Stmt s(db_, "UPDATE nodes SET bundle_version = coalesce(?, bundle_version), durable_seq = coalesce(?, durable_seq) WHERE node_id = ?");
+    if (bundle_version) {
+      s.bind(1, static_cast<int64_t>(*bundle_version));
+    } else {
+      s.bind_null(1);
+    }
+    if (durable_seq) {
+      s.bind(2, static_cast<int64_t>(*durable_seq));
+    } else {
+      s.bind_null(2);
+    }
+    s.bind(3, node_id);
+    return s.run();
+  }
+
+  Result<std::map<std::string, uint64_t>> alert_counts() override {
+    Stmt s(db_, "SELECT node_id, count(*) FROM alerts GROUP BY node_id");
+    std::map<std::string, uint64_t> out;
+    for (;;) {
+      OUTPOST_TRY(bool row, s.step());
+      if (!row) return out;
+      out[s.text(0)] = static_cast<uint64_t>(s.i64(1));
+    }
+  }
+
+  Result<std::vector<FoundRecord>> search_records(const RecordQuery& q) override {
+    Stmt s(db_,
+           "SELECT node_id, seq, time_ms, kind, hash, agent, event, subject, verdict, reason FROM records "
+           "WHERE (?1 = '' OR node_id = ?1) AND (?2 = '' OR agent = ?2) AND (?3 = '' OR subject = ?3 OR subject LIKE '%/' || ?3) "
+           "AND (?4 = '' OR verdict = ?4) AND (?5 = 0 OR kind = 0) AND (?6 = 0 OR time_ms >= ?6) AND (?7 = 0 OR time_ms <= ?7) "
+           "ORDER BY time_ms DESC, seq DESC LIMIT ?8");
+    s.bind(1, q.node_id).bind(2, q.agent).bind(3, q.subject).bind(4, q.verdict).bind(5, int64_t{q.decisions_only ? 1 : 0});
+    s.bind(6, q.since_ms).bind(7, q.until_ms).bind(8, static_cast<int64_t>(q.limit));
+    std::vector<FoundRecord> out;
+    for (;;) {
+      OUTPOST_TRY(bool row, s.step());
+      if (!row) return out;
+      FoundRecord f;
+      f.node_id = s.text(0);
+      f.row.seq = static_cast<uint64_t>(s.i64(1));
+      f.row.time_ms = s.i64(2);
+      f.row.kind = static_cast<uint8_t>(s.i64(3));
+      f.row.hash = to_digest(s.blob(4));
+      search_columns_of(s, 5, f.row);
+      out.push_back(std::move(f));
+    }
   }
 
   Result<int> schema_version() override {
@@ -353,7 +434,7 @@ class SqliteStore final : public Store {
 
  private:
   Result<void> commit_locked(const std::string& node_id, uint64_t expect_acked, const std::vector<RecordRow>& rows,
-                             const std::optional<attestation::ClockInfo>& clock) {
+                             const std::optional<attestation::ClockInfo>& clock, std::optional<uint64_t> durable_seq) {
     Stmt cur(db_, "SELECT acked_seq FROM nodes WHERE node_id = ?");
     cur.bind(1, node_id);
     OUTPOST_TRY(bool found, cur.step());
@@ -362,16 +443,18 @@ class SqliteStore final : public Store {
       return fail(errc::already_exists, "node " + node_id + ": records after seq " + std::to_string(expect_acked) +
                                             " were stored meanwhile");
     }
-    Stmt ins(db_, "INSERT INTO records (node_id, seq, time_ms, kind, hash, frame) VALUES (?,?,?,?,?,?)");
+    Stmt ins(db_, "INSERT INTO records (node_id, seq, time_ms, kind, hash, frame, agent, event, subject, verdict, reason) "
+                  "VALUES (?,?,?,?,?,?,?,?,?,?,?)");
     for (const auto& r : rows) {
       ins.reset();
       ins.bind(1, node_id).bind(2, static_cast<int64_t>(r.seq)).bind(3, r.time_ms).bind(4, int64_t{r.kind});
       ins.bind(5, ByteView(r.hash)).bind(6, ByteView(r.frame));
+      ins.bind(7, r.agent).bind(8, r.event).bind(9, r.subject).bind(10, r.verdict).bind(11, r.reason);
       OUTPOST_TRY_VOID(ins.run());
     }
     Stmt up(db_,
-            "UPDATE nodes SET acked_seq = ?, acked_hash = ?, clock = ?, reset_count = ?, restart_count = ?, safe = ? "
-            "WHERE node_id = ?");
+            "UPDATE nodes SET acked_seq = ?, acked_hash = ?, clock = ?, reset_count = ?, restart_count = ?, safe = ?, "
+            "durable_seq = coalesce(?, durable_seq) WHERE node_id = ?");
     up.bind(1, static_cast<int64_t>(rows.back().seq)).bind(2, ByteView(rows.back().hash));
     if (clock) {
       up.bind(3, static_cast<int64_t>(clock->clock)).bind(4, int64_t{clock->reset_count});
@@ -379,7 +462,12 @@ class SqliteStore final : public Store {
     } else {
       up.bind_null(3).bind_null(4).bind_null(5).bind_null(6);
     }
-    up.bind(7, node_id);
+    if (durable_seq) {
+      up.bind(7, static_cast<int64_t>(*durable_seq));
+    } else {
+      up.bind_null(7);
+    }
+    up.bind(8, node_id);
     return up.run();
   }
 

@@ -83,10 +83,10 @@ bool is_hex_digest(const std::string& s) {
 
 }  // namespace
 
-std::string read_node_fleet(const std::filesystem::path& state_dir) {
-  auto text = read_text_file(state_dir / "fleet", 256);
-  if (!text) return {};
-  std::string f = *text;
+Result<std::string> read_node_fleet(const std::filesystem::path& state_dir) {
+  const auto path = state_dir / "fleet";
+  if (!file_exists(path)) return std::string();
+  OUTPOST_TRY(std::string f, read_text_file(path, 256));
   while (!f.empty() && (f.back() == '\n' || f.back() == ' ')) f.pop_back();
   return f;
 }

@@ -1,8 +1,10 @@
-// The CLI's outpost-hub verbs: `bundle publish` (central IAM) and `evidence pull` (responder),
-// over HTTPS (sync/hub_client.h). The hub is authenticated by --ca (its CA; the URL's host is
+// The CLI's outpost-hub verbs: `bundle publish` (central IAM), `evidence pull` (responder) and
+// `fleet list|move` (operator), over HTTPS (sync/hub_client.h), with the role's credential
+// from --token-file or $OUTPOST_HUB_TOKEN (never an argument: ps shows those). The hub is authenticated by --ca (its CA; the URL's host is
 // checked) or --pin (its key's SHA-256, as `outpost-hub init` prints it).
 #include <boost/json.hpp>
 #include <cstdio>
+#include <cctype>
 #include <cstdlib>
 
 #include "cli.h"
@@ -32,12 +34,12 @@ Result<sync::HubEndpoint> hub_endpoint(const po::variables_map& vm) {
   }
   // Never on the command line, where other users see it (ps): a file, or the environment.
   if (vm.count("token-file")) {
-    OUTPOST_TRY(std::string token, read_text_file(vm["token-file"].as<std::string>(), 4096));
-    while (!token.empty() && (token.back() == '\n' || token.back() == '\r' || token.back() == ' ')) token.pop_back();
-    ep.bearer_token = std::move(token);
+    OUTPOST_TRY(ep.bearer_token, read_text_file(vm["token-file"].as<std::string>(), 4096));
   } else if (const char* env = std::getenv("OUTPOST_HUB_TOKEN")) {
     ep.bearer_token = env;
   }
+  while (!ep.bearer_token.empty() && std::isspace(static_cast<unsigned char>(ep.bearer_token.back()))) ep.bearer_token.pop_back();
+  while (!ep.bearer_token.empty() && std::isspace(static_cast<unsigned char>(ep.bearer_token.front()))) ep.bearer_token.erase(0, 1);
   return ep;
 }
 
@@ -156,8 +158,15 @@ int fleet_move_command(const Args& args) {
   std::string previous = !ec && v.is_object() && v.as_object().contains("previous") && v.as_object().at("previous").is_string()
                              ? std::string(v.as_object().at("previous").as_string())
                              : std::string();
-  std::printf("node %s: fleet %s -> %s; it learns this at its next bundle poll\n", node.c_str(), previous.empty() ? "(none)" : previous.c_str(),
-              fleet.empty() ? "(none)" : fleet.c_str());
+  std::printf("node %s: fleet %s -> %s; the node hears of it at its bundle poll\n", node.c_str(),
+              previous.empty() ? "(none)" : previous.c_str(), fleet.empty() ? "(none)" : fleet.c_str());
+  // The node installs only what is newer than its bundle in force: say so when the new fleet
+  // has nothing newer, since the old fleet's policy then stays in force there.
+  if (!ec && v.is_object()) {
+    if (const auto* w = v.as_object().if_contains("warning"); w && w->is_string()) {
+      std::fprintf(stderr, "outpost: warning: %s\n", std::string(w->as_string()).c_str());
+    }
+  }
   return kExitOk;
 }
 

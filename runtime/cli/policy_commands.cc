@@ -323,9 +323,20 @@ Result<NodeStore> open_node_store(const po::variables_map& vm) {
   return n;
 }
 
+// The fleet the hub put the node in; one that cannot be read is reported, and installs are
+// then checked as for a node in no fleet.
+std::string fleet_of(const NodeStore& n) {
+  auto f = offline_cache::read_node_fleet(n.ctx.state_dir);
+  if (!f) {
+    std::fprintf(stderr, "outpost: %s\n", f.error().message().c_str());
+    return {};
+  }
+  return *f;
+}
+
 offline_cache::BundleStore store_of(NodeStore& n) {
   return offline_cache::BundleStore(n.ctx.state_dir, n.id, n.ctx.board.rollback_counter_index,
-                                    offline_cache::NodeScope{n.id.node_id, n.id.board, offline_cache::read_node_fleet(n.ctx.state_dir)});
+                                    offline_cache::NodeScope{n.id.node_id, n.id.board, fleet_of(n)});
 }
 
 void print_status(const offline_cache::BundleStatus& s, int64_t now) {

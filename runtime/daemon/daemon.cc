@@ -776,6 +776,7 @@ Result<void> Daemon::Impl::start_sync() {
   s.idle_poll = std::chrono::milliseconds(h.idle_poll_ms);
   s.bundle_wait = std::chrono::seconds(h.bundle_wait_s);
   s.attest_interval = std::chrono::seconds(h.attest_interval_s);
+  s.token_file = config.state_dir / "hub-token";
   if (board.checkpoint.every_records >= s.batch_records) {
     OUTPOST_NOTE(warn, "hub.batch_records (" + std::to_string(s.batch_records) + ") is not above the board's checkpoint cadence (" +
                            std::to_string(board.checkpoint.every_records) + " records): uploads may find no checkpoint");
@@ -2163,9 +2164,9 @@ Result<std::unique_ptr<Daemon>> Daemon::create(DaemonConfig config) {
   OUTPOST_TRY(m->node, attestation::load_identity(c.state_dir));
   OUTPOST_TRY(m->tpm, Tpm::connect(c.tcti));
   OUTPOST_TRY_VOID(attestation::check_tpm_matches(*m->tpm, m->node));
+  OUTPOST_TRY(std::string fleet, offline_cache::read_node_fleet(c.state_dir));
   m->store = std::make_unique<offline_cache::BundleStore>(c.state_dir, m->node, m->board.rollback_counter_index,
-                                                          offline_cache::NodeScope{m->node.node_id, m->node.board,
-                                                                                   offline_cache::read_node_fleet(c.state_dir)});
+                                                          offline_cache::NodeScope{m->node.node_id, m->node.board, fleet});
   if (auto text = read_text_file(c.state_dir / "trust" / "root.json", 1 << 20)) {
     auto root = offline_cache::TrustRoot::parse(*text);
     if (!root) return fail(root.error().wrap("trust/root.json"));

@@ -12,6 +12,7 @@
 #include <random>
 
 #include "outpost/base/errors.h"
+#include "outpost/base/files.h"
 #include "outpost/base/log.h"
 #include "outpost/attestation/quote_files.h"
 #include "outpost/offline_cache/audit_frames.h"
@@ -41,12 +42,13 @@ Result<uint64_t> acked_of(const HubResponse& r) {
   return acked;
 }
 
-// The "fleet" of an enrolment answer (nothing from a hub that names none).
-std::optional<std::string> fleet_of(const HubResponse& r) {
+// A string field of an enrolment answer ("fleet", "node_token"; nothing from a hub that sends
+// none).
+std::optional<std::string> answer_field(const HubResponse& r, const char* name) {
   boost::system::error_code ec;
   json::value v = json::parse(r.body, ec);
   if (ec || !v.is_object()) return std::nullopt;
-  const json::value* f = v.as_object().if_contains("fleet");
+  const json::value* f = v.as_object().if_contains(name);
   if (!f || !f->is_string()) return std::nullopt;
   return std::string(f->as_string());
 }
@@ -81,13 +83,34 @@ struct SyncClient::Impl {
   }
   // The hub named the node's fleet (over the channel its pin or CA authenticated): a change is
   // handed to outpostd, which keeps it and checks later installs against it.
-  void learn_fleet(const std::optional<std::string>& fleet) {
-    if (!fleet || !hooks.fleet || !hooks.set_fleet || *fleet == hooks.fleet()) return;
+  // False when it could not be kept: nothing may then be installed against the old fleet.
+  bool learn_fleet(const std::optional<std::string>& fleet) {
+    if (!fleet || !hooks.fleet || !hooks.set_fleet || *fleet == hooks.fleet()) return true;
     if (auto r = hooks.set_fleet(*fleet); !r) {
       log::warn("sync.fleet", {{"fleet", *fleet}, {"error", r.error().message()}});
-      return;
+      return false;
     }
     update([&](SyncStatus& s) { s.fleet = *fleet; });
+    return true;
+  }
+  // The node token (guarded by mu): empty until the hub handed one out.
+  std::string node_token;
+  std::string token() const {
+    std::lock_guard lock(mu);
+    return node_token;
+  }
+  void keep_token(const std::string& t) {
+    {
+      std::lock_guard lock(mu);
+      node_token = t;
+    }
+    if (settings.token_file.empty()) return;
+    auto w = t.empty() ? Result<void>(ok()) : write_file_atomic(settings.token_file, t + "\n", 0600);
+    if (t.empty()) {
+      std::error_code ec;
+      std::filesystem::remove(settings.token_file, ec);
+    }
+    if (!w) log::warn("sync.node_token", {{"file", settings.token_file.string()}, {"error", w.error().message()}});
   }
   uint64_t acked() const {
     std::lock_guard lock(mu);
@@ -141,7 +164,10 @@ asio::awaitable<Result<bool>> SyncClient::Impl::upload_round(HubConnection& c) {
     enrolled = st.enrolled;
   }
   if (!enrolled) {
+    // Without a node token the node asks for one: the hub then challenges even a known node.
+    const bool want_token = token().empty();
     HubRequest req{"POST", "/v1/enroll", node_json};  // a named local: it lives across the suspension
+    if (want_token) req.headers["X-Outpost-Want-Token"] = "1";
     auto r = co_await c.request(std::move(req));
     if (!r) co_return fail(r.error());
     if (r->status == 202) {
@@ -151,6 +177,7 @@ asio::awaitable<Result<bool>> SyncClient::Impl::upload_round(HubConnection& c) {
       if (!answer) co_return fail(answer.error());
       HubRequest again{"POST", "/v1/enroll", node_json};
       again.headers["X-Outpost-Activation"] = *answer;
+      if (want_token) again.headers["X-Outpost-Want-Token"] = "1";
       r = co_await c.request(std::move(again));
       if (!r) co_return fail(r.error());
       if (r->status == 200) log::info("sync.activated", {{"hub", settings.hub.url()}});
@@ -162,7 +189,8 @@ asio::awaitable<Result<bool>> SyncClient::Impl::upload_round(HubConnection& c) {
       s.enrolled = true;
       s.acked_seq = *a;
     });
-    learn_fleet(fleet_of(*r));
+    if (auto t = answer_field(*r, "node_token"); t && !t->empty()) keep_token(*t);
+    learn_fleet(answer_field(*r, "fleet"));
     log::info("sync.enrolled", {{"hub", settings.hub.url()}, {"acked_seq", std::to_string(*a)}});
   }
   if (hooks.quote && (last_attested == std::chrono::steady_clock::time_point{} ||
@@ -219,6 +247,8 @@ asio::awaitable<Result<bool>> SyncClient::Impl::upload_round(HubConnection& c) {
       }
       HubRequest req{"POST", "/v1/nodes/" + node_id + "/records", std::move(batch->body), "application/vnd.outpost.audit-frames"};
       req.timeout = 120s;
+      // How far the log is durable here: the hub's console shows the backlog from it.
+      req.headers["X-Outpost-Durable-Seq"] = std::to_string(durable);
       const size_t bytes = req.body.size();
       auto sent = co_await c.send(req);
       if (!sent) co_return fail(sent.error());
@@ -400,11 +430,24 @@ asio::awaitable<void> SyncClient::Impl::bundle_loop() {
     // long-poll, or a proxy that strips the ETag, must not turn this into a busy loop.
     co_await sleep(next_poll - std::chrono::steady_clock::now());
     next_poll = std::chrono::steady_clock::now() + 1s;
-    // The hub offers the newest bundle whose scope includes this node.
-    HubRequest req{"GET", "/v1/bundle?wait=" + std::to_string(settings.bundle_wait.count()) + "&node=" + node_id, ""};
+    {
+      std::lock_guard lock(mu);
+      if (!st.enrolled) continue;  // the upload loop enrols first (and gets the node token)
+    }
+    // The hub offers the newest bundle whose scope includes this node; the fleet is the one the
+    // node believes it is in, so that a move it missed is answered at once.
+    const std::string believed = hooks.fleet ? hooks.fleet() : std::string();
+    HubRequest req{"GET", "/v1/bundle?wait=" + std::to_string(settings.bundle_wait.count()) + "&node=" + node_id + "&fleet=" + believed, ""};
     if (!etag.empty()) req.headers["If-None-Match"] = etag;
+    if (const std::string t = token(); !t.empty()) req.headers["X-Outpost-Node-Token"] = t;
     req.timeout = settings.bundle_wait + 15s;
     auto r = co_await c.request(std::move(req));
+    if (r && r->status == 401) {
+      // The hub does not take the token (another hub key, or none yet): enrol again for one.
+      log::warn("sync.bundle", {{"error", hub_error(*r, "bundle poll").message()}});
+      keep_token("");
+      update([](SyncStatus& s) { s.enrolled = false; });
+    }
     if (!r || (r->status != 200 && r->status != 304 && r->status != 404)) {
       if (r) c.close();
       co_await sleep(jittered(backoff));
@@ -414,7 +457,14 @@ asio::awaitable<void> SyncClient::Impl::bundle_loop() {
     backoff = settings.backoff_initial;
     update([](SyncStatus& s) { s.last_contact_ms = now_ms(); });
     // Before an install: the bundle served is checked against the fleet the hub names with it.
-    if (auto f = r->headers.find("x-outpost-fleet"); f != r->headers.end()) learn_fleet(f->second);
+    if (auto f = r->headers.find("x-outpost-fleet"); f != r->headers.end() && f->second != believed) {
+      if (!learn_fleet(f->second)) {
+        co_await sleep(jittered(backoff));
+        backoff = std::min(backoff * 2, settings.backoff_max);
+        continue;
+      }
+      etag.clear();  // what the old fleet's check refused may pass now
+    }
     if (r->status == 404) continue;  // none published; the hub held the poll
     if (r->status == 304) continue;
     etag = r->header("etag");
@@ -450,6 +500,13 @@ Result<std::unique_ptr<SyncClient>> SyncClient::start(SyncSettings settings, std
   impl->st.hub = impl->settings.hub.url();
   impl->st.durable_seq = log.durable_seq();
   if (impl->hooks.fleet) impl->st.fleet = impl->hooks.fleet();
+  if (!impl->settings.token_file.empty()) {
+    if (auto t = read_text_file(impl->settings.token_file, 4096)) {
+      std::string token = *t;
+      while (!token.empty() && (token.back() == '\n' || token.back() == ' ')) token.pop_back();
+      impl->node_token = token;
+    }
+  }
   Impl* m = impl.get();
   asio::co_spawn(m->io, m->upload_loop(), asio::detached);
   asio::co_spawn(m->io, m->bundle_loop(), asio::detached);

@@ -36,6 +36,9 @@ struct SyncSettings {
   std::chrono::seconds bundle_wait{25};          // the long-poll's hold at the hub
   std::chrono::seconds checkpoint_min_interval{5};  // between checkpoints the sync asks for
   std::chrono::seconds attest_interval{600};     // a quote over a hub nonce at least this often
+  // Where the node token the hub hands out once the TPM showed itself is kept (it authenticates
+  // the bundle poll); empty: kept in memory only, asked for again at each start.
+  std::filesystem::path token_file;
 };
 
 struct SyncHooks {

@@ -8,6 +8,7 @@
 #include <sqlite3.h>
 
 #include <atomic>
+#include <boost/json.hpp>
 #include <catch2/catch.hpp>
 #include <latch>
 #include <thread>
@@ -457,6 +458,50 @@ STORE_CASE("fleets: a node enrols into one and is moved to another; an unknown n
   require_error(store->set_fleet("n-other", "lab"), errc::not_found);
 }
 
+TEST_CASE("hub.yaml's credentials and fleets: what init writes loads; malformed entries are refused, saying why", "[store][config]") {
+  testing::TempDir dir;
+  auto init = value_of(hub::init_hub_dir(dir / "hub", {}, {}));
+  const std::string yaml = value_of(read_text_file(init.config));
+  auto config = value_of(hub::load_hub_config(init.config));
+  REQUIRE(config.credentials.size() == 3);
+  for (const char* role : {"operator", "responder", "iam"}) {
+    const std::string token = value_of(read_text_file(dir / "hub" / (std::string(role) + ".token"))).substr(0, 64);
+    auto it = config.credentials.find(hub::token_sha256(token));
+    REQUIRE(it != config.credentials.end());
+    CHECK(std::string(hub::role_name(it->second.role)) == role);
+    CHECK(yaml.find(token) == std::string::npos);  // only its hash is in hub.yaml
+  }
+  auto with = [&](const std::string& extra) {
+    testing::write_text(init.config, yaml + extra);
+    return hub::load_hub_config(init.config);
+  };
+  auto fleets = value_of(with("fleets:\n  default: lab\n  assign:\n    n1: retail-eu\n"));
+  CHECK(fleets.default_fleet == "lab");
+  CHECK(fleets.assigned_fleets.at("n1") == "retail-eu");
+  const std::string hash(64, 'a');
+  for (const auto& [extra, says] : std::vector<std::pair<std::string, std::string>>{
+           {"fleets:\n  default: \"no spaces\"\n", "is not a fleet name"},
+           {"fleets:\n  other: x\n", "unknown field \"other\""},
+           {"credentials:\n  - {name: x, role: admin, token_sha256: " + hash + "}\n", "operator, responder or iam"},
+           {"credentials:\n  - {name: x, role: iam, token_sha256: abc}\n", "64 hex digits"},
+           {"credentials:\n  - {role: iam, token_sha256: " + hash + "}\n", "needs a name"},
+           {"credentials:\n  - {name: x, role: iam, token: " + hash + "}\n", "unknown field \"token\""},
+           {"credentials:\n  - {name: x, role: iam, token_sha256: " + hash + "}\n  - {name: y, role: operator, token_sha256: " + hash + "}\n",
+            "has the token of another credential"}}) {
+    std::string y = yaml;
+    if (extra.rfind("credentials:", 0) == 0) y = y.substr(0, y.find("# Who may read"));  // replaces init's own
+    testing::write_text(init.config, y + extra);
+    auto r = hub::load_hub_config(init.config);
+    REQUIRE_FALSE(r.has_value());
+    INFO(r.error().message());
+    CHECK(r.error().message().find(says) != std::string::npos);
+  }
+  CHECK(hub::valid_fleet_name("retail-eu.1_b"));
+  CHECK_FALSE(hub::valid_fleet_name(""));
+  CHECK_FALSE(hub::valid_fleet_name(std::string(65, 'a')));
+  CHECK_FALSE(hub::valid_fleet_name("a/b"));
+}
+
 TEST_CASE("hub.yaml's database: a PostgreSQL URI is kept as given, a file is under the config's folder", "[store][config]") {
   testing::TempDir dir;
   auto init = value_of(hub::init_hub_dir(dir / "hub", {}, {}));
@@ -711,7 +756,7 @@ TEST_CASE("postgres: a database from before schema versions is migrated keeping 
     require_ok(store->commit_records("old", 7, records(8, 3), clock_at(1)));
   }
   CHECK(value_of(postgres().query(backend.name(), "SELECT string_agg(version::text || ' ' || what, ', ' ORDER BY version) FROM schema_migrations")) ==
-        "1 the tables, 2 nodes.fleet");
+        "1 the tables, 2 nodes.fleet, 3 search columns");
   value_of(postgres().query(backend.name(), "INSERT INTO schema_migrations (version, what) VALUES (" +
                                                 std::to_string(hub::kSchemaVersion + 1) + ", 'from a newer hub')"));
   auto newer = hub::open_store(backend.database());
@@ -761,16 +806,22 @@ TEST_CASE("postgres: two hub instances on one database: a publish on one wakes a
     return *r;
   };
 
-  // A node enrols on b; v1 is published on a; the node polls b and is served v1.
+  // A node enrols on a; v1 is published on a; the node polls b and is served v1.
   EcPrivateKey ak = value_of(EcPrivateKey::generate());
   const auto node = testing::soft_identity(ak.public_key());
-  REQUIRE(request(at[1], {"POST", "/v1/enroll", node.to_json()}).status == 200);
+  sync::HubRequest enrol{"POST", "/v1/enroll", node.to_json()};
+  enrol.headers["X-Outpost-Want-Token"] = "1";  // activation is off: trusted on first use
+  auto enrolled = request(at[0], enrol);
+  REQUIRE(enrolled.status == 200);
+  const std::string node_token(boost::json::parse(enrolled.body).at("node_token").as_string());
   auto publish = [&](uint64_t version) {
     const Bytes b = testing::sign_bundle(testing::make_bundle({.version = version}), {&iam});
     return request(as(at[0], "iam"), {"POST", "/v1/bundles", std::string(as_chars(b)), "application/vnd.outpost.bundle"}).status;
   };
   REQUIRE(publish(1) == 200);
-  auto first = request(at[1], {"GET", "/v1/bundle?node=" + node.node_id});
+  sync::HubRequest poll_now{"GET", "/v1/bundle?node=" + node.node_id};
+  poll_now.headers["X-Outpost-Node-Token"] = node_token;  // a's token is b's: one certificate
+  auto first = request(at[1], poll_now);
   REQUIRE(first.status == 200);
   REQUIRE(first.header("x-outpost-bundle-version") == "1");
 
@@ -780,6 +831,7 @@ TEST_CASE("postgres: two hub instances on one database: a publish on one wakes a
   std::thread poller([&] {
     sync::HubRequest poll("GET", "/v1/bundle?wait=30&node=" + node.node_id);
     poll.headers["If-None-Match"] = first.header("etag");
+    poll.headers["X-Outpost-Node-Token"] = node_token;
     poll.timeout = std::chrono::seconds(45);
     auto r = sync::hub_request_blocking(at[1], std::move(poll));
     answered = std::chrono::steady_clock::now();

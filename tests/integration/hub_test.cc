@@ -178,11 +178,12 @@ struct HubNode {
     hub.reset();
   }
 
-  void start_daemon(int port, const std::string& extra = "") {
+  void start_daemon(int port, const std::string& extra = "", int bundle_wait_s = 5) {
     write_text(dir / "outpostd.yaml",
                "board: sim\nstate_dir: " + state.string() + "\ntcti: \"" + swtpm.tcti() + "\"\nsocket: " + socket.string() +
                    "\ninbox_poll_ms: 100\n" + testing::agent_uid_config() + "hub:\n  url: https://127.0.0.1:" + std::to_string(port) + "\n  pin_sha256: " + pin +
-                   "\n  idle_poll_ms: 100\n  backoff_initial_ms: 100\n  backoff_max_ms: 800\n  bundle_wait_s: 5\n" + extra);
+                   "\n  idle_poll_ms: 100\n  backoff_initial_ms: 100\n  backoff_max_ms: 800\n  bundle_wait_s: " +
+                   std::to_string(bundle_wait_s) + "\n" + extra);
     daemon = std::make_unique<testing::Background>(
         std::vector<std::string>{testing::outpostd_path(), "--config", (dir / "outpostd.yaml").string()}, dir / "outpostd.log");
     bool up = eventually([&] { return testing::run_outpost({"status", "--json"}, env()).exit_code == 0; }, 30);
@@ -484,12 +485,17 @@ TEST_CASE("roles: each route takes only its roles' credentials, refusals are log
   n.provision();
   {  // Nodes enrolling join fleet "lab"; the credentials are the three `outpost-hub init` wrote.
     std::string y = *read_text_file(n.hubdir / "hub.yaml");
-    write_text(n.hubdir / "hub.yaml", y + "fleets:\n  default: lab\n");
+    write_text(n.hubdir / "hub.yaml", y + "fleets:\n  default: lab\nlong_poll_max_seconds: 60\n");
   }
   n.start_hub();
-  n.start_daemon(n.hub_port);
+  // Polls held 60 s: what the node learns sooner, it learned by being woken.
+  n.start_daemon(n.hub_port, "", 60);
   REQUIRE(eventually([&] { return n.sync_status().at("fleet") == "lab"; }, 30));
   CHECK(*read_text_file(n.state / "fleet") == "lab\n");
+  // The node token the hub handed out once the TPM showed itself: kept for the node only.
+  REQUIRE(fs::exists(n.state / "hub-token"));
+  CHECK((fs::status(n.state / "hub-token").permissions() & (fs::perms::group_all | fs::perms::others_all)) == fs::perms::none);
+  const std::string node_token = read_text_file(n.state / "hub-token")->substr(0, 64);
 
   SECTION("roles") {
     // No credential, a made-up one, another role's: 401, 401, 403, with what the route takes.
@@ -526,12 +532,18 @@ TEST_CASE("roles: each route takes only its roles' credentials, refusals are log
         {"GET", "/metrics", "iam", 403},                {"GET", "/metrics", "", 401},
         // (404: let in, and nothing is published yet.)
         {"GET", "/v1/bundle", "iam", 404},              {"GET", "/v1/bundle", "", 401},
-        // What a node sends needs no credential: its TPM signed it.
-        {"GET", "/v1/bundle?node=" + n.node_id, "", 404}, {"GET", node + "/nonce", "", 200},
+        // What is served to a node: to the roles, or to that node with its node token.
+        {"GET", "/v1/bundle?node=" + n.node_id, "operator", 404}, {"GET", "/v1/bundle?node=" + n.node_id, "", 401},
+        {"GET", "/v1/bundle?node=" + n.node_id, "node", 404},     {"GET", "/v1/bundle?node=" + n.node_id, "other-node", 401},
+        // What a node sends needs no credential: its TPM signed it (a nonce alone is worth nothing).
+        {"GET", node + "/nonce", "", 200},
     };
     for (const auto& c : cases) {
       sync::HubRequest req(c.method, c.target, c.method == std::string("PUT") ? "{\"fleet\":\"x\"}" : "");
-      auto r = n.hub_request(req, c.role);
+      const std::string role = c.role;
+      if (role == "node") req.headers["X-Outpost-Node-Token"] = node_token;
+      if (role == "other-node") req.headers["X-Outpost-Node-Token"] = std::string(64, '0');
+      auto r = n.hub_request(req, role == "node" || role == "other-node" ? "" : role);
       INFO(c.method << " " << c.target << " as " << (*c.role ? c.role : "nobody") << ": " << r.body);
       CHECK(r.status == c.status);
     }
@@ -539,6 +551,16 @@ TEST_CASE("roles: each route takes only its roles' credentials, refusals are log
     CHECK(publish.exit_code != 0);
     CHECK_THAT(publish.err, Catch::Contains("HTTP 401"));
     CHECK(n.hub_get("/v1/nodes/" + n.node_id).body.find("\"fleet\":\"lab\"") != std::string::npos);  // nothing moved it
+    // node.json is public: sent again, it gets neither the fleet nor a token; asking for a
+    // token brings the TPM challenge.
+    const std::string node_json = *read_text_file(n.state / "node.json");
+    auto again = n.hub_request({"POST", "/v1/enroll", node_json}, "");
+    CHECK(again.status == 200);
+    CHECK(again.body.find("node_token") == std::string::npos);
+    CHECK(again.body.find("fleet") == std::string::npos);
+    sync::HubRequest want{"POST", "/v1/enroll", node_json};
+    want.headers["X-Outpost-Want-Token"] = "1";
+    CHECK(n.hub_request(want, "").status == 202);
 
     // Every refusal is in the hub's log (who, from where, why) and in its metrics.
     auto log = *read_text_file(n.dir / "hub.log");
@@ -571,7 +593,7 @@ TEST_CASE("roles: each route takes only its roles' credentials, refusals are log
       return b.is_object() ? b.as_object().at("version").to_number<uint64_t>() : 0;
     };
     REQUIRE(eventually([&] { return bundle_version() == 2; }, 20));
-    auto served = n.hub_get("/v1/bundle?node=" + n.node_id, "");
+    auto served = n.hub_get("/v1/bundle?node=" + n.node_id, "operator");
     CHECK(served.header("x-outpost-bundle-version") == "2");
     CHECK(served.header("x-outpost-fleet") == "lab");
     std::this_thread::sleep_for(std::chrono::seconds(1));
@@ -583,6 +605,7 @@ TEST_CASE("roles: each route takes only its roles' credentials, refusals are log
     INFO(move.out << move.err);
     CHECK(move.exit_code == 0);
     CHECK_THAT(move.out, Catch::Contains("fleet lab -> retail"));
+    CHECK(move.err.find("warning") == std::string::npos);  // retail has v3, newer than v2 in force
     REQUIRE(eventually([&] { return n.sync_status().at("fleet") == "retail" && bundle_version() == 3; }, 20));
     CHECK(*read_text_file(n.state / "fleet") == "retail\n");
     auto list = ok({"fleet", "list", "--hub", n.url(), "--pin", n.pin, "--token-file", n.token_file("operator")});
@@ -593,10 +616,12 @@ TEST_CASE("roles: each route takes only its roles' credentials, refusals are log
 
     // Moved back to lab, whose newest (v2) is older than v3: v3 stays in force, across a
     // restart too (a move never leaves the node without its policy).
-    ok({"fleet", "move", n.node_id, "--to", "lab", "--hub", n.url(), "--pin", n.pin, "--token-file", n.token_file("operator")});
+    REQUIRE(eventually([&] { return n.hub_get("/v1/nodes/" + n.node_id).body.find("\"bundle_version\":3") != std::string::npos; }, 20));
+    auto back = ok({"fleet", "move", n.node_id, "--to", "lab", "--hub", n.url(), "--pin", n.pin, "--token-file", n.token_file("operator")});
+    CHECK_THAT(back.err, Catch::Contains("runs bundle v3 and fleet \"lab\" has only v2"));
     REQUIRE(eventually([&] { return n.sync_status().at("fleet") == "lab"; }, 20));
     REQUIRE(n.daemon->stop() == 0);
-    n.start_daemon(n.hub_port);
+    n.start_daemon(n.hub_port, "", 60);
     auto b = n.status().at("bundle").as_object();
     CHECK(b.at("version").to_number<uint64_t>() == 3);
     CHECK(b.at("mode") == "normal");

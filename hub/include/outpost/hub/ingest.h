@@ -13,6 +13,7 @@
 
 #include "outpost/base/crypto.h"
 #include "outpost/hub/store.h"
+#include "outpost/offline_cache/audit_log.h"
 
 namespace outpost::hub {
 
@@ -25,6 +26,10 @@ struct UploadPlan {
   uint64_t duplicates = 0;            // records the hub held already, byte for byte
   size_t pending = 0;                 // new records after the last checkpoint: not stored
 };
+
+// A record's search columns (agent, event; for decisions the subject, verdict and reason from
+// its detail): what the console searches by.
+void fill_search_columns(const offline_cache::AuditRecord& record, RecordRow& row);
 
 // `stored_hash(seq)`: the hash of a record the hub holds for this node (nullopt: none, or the
 // lookup failed).

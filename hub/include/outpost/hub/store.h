@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -37,6 +38,11 @@ struct NodeRow {
   std::optional<attestation::ClockInfo> last_clock;  // of the last verified checkpoint
   int64_t last_contact_ms = 0;
   std::string fleet;          // "" when the node is in no fleet
+  int64_t last_attested_ms = 0;  // of the last fresh quote the hub verified (0: none)
+  // What the node last reported (not signed: for the console, never for a decision): the
+  // newest bundle in its evidence state, and how far its log was durable at its last upload.
+  uint64_t bundle_version = 0;
+  uint64_t durable_seq = 0;
 };
 
 struct RecordRow {
@@ -45,6 +51,24 @@ struct RecordRow {
   uint8_t kind = 0;
   Digest hash{};
   Bytes frame;  // magic | length | payload | SHA-256, as in the node's segment
+  // Indexed for search (the console), read from the record at ingest; "" when it has none.
+  std::string agent;
+  std::string event;    // "decision", "egress", "denials_coalesced", a lifecycle event, ...
+  std::string subject;  // a decision's server/tool, an egress' host
+  std::string verdict;  // "allow" or "deny" for decisions, else ""
+  std::string reason;   // a decision's reason (at most 200 bytes)
+};
+
+// A search over every node's records (newest first).
+struct RecordQuery {
+  std::string node_id, agent, subject, verdict;  // "" matches any
+  bool decisions_only = true;                    // kind decision
+  int64_t since_ms = 0, until_ms = 0;            // 0: open
+  size_t limit = 200;
+};
+struct FoundRecord {
+  std::string node_id;
+  RecordRow row;  // without its frame
 };
 
 struct BundleRow {
@@ -71,9 +95,15 @@ class Store {
   virtual Result<void> enroll(const NodeRow& node) = 0;
   // Appends `rows` (consecutive, starting at expect_acked + 1) and moves the node's chain state
   // to the last of them, in one transaction; errc::already_exists (nothing written) when the
-  // stored acked_seq is no longer expect_acked.
+  // stored acked_seq is no longer expect_acked. `durable_seq`, when given, is what the node
+  // reported with the upload (NodeRow::durable_seq), kept in the same transaction.
   virtual Result<void> commit_records(const std::string& node_id, uint64_t expect_acked, const std::vector<RecordRow>& rows,
-                                      const std::optional<attestation::ClockInfo>& last_clock) = 0;
+                                      const std::optional<attestation::ClockInfo>& last_clock,
+                                      std::optional<uint64_t> durable_seq) = 0;
+  Result<void> commit_records(const std::string& node_id, uint64_t expect_acked, const std::vector<RecordRow>& rows,
+                              const std::optional<attestation::ClockInfo>& last_clock) {
+    return commit_records(node_id, expect_acked, rows, last_clock, std::nullopt);
+  }
   virtual Result<std::optional<Digest>> record_hash(const std::string& node_id, uint64_t seq) = 0;
   // Records with seq >= from_seq in order, to `each` (false stops).
   virtual Result<void> scan_records(const std::string& node_id, uint64_t from_seq,
@@ -83,6 +113,14 @@ class Store {
   virtual Result<void> touch(const std::string& node_id, int64_t now_ms) = 0;
   // Moves an enrolled node to `fleet` ("" for none); errc::not_found for an unknown node.
   virtual Result<void> set_fleet(const std::string& node_id, const std::string& fleet) = 0;
+  // A fresh quote verified now: last contact and last attestation.
+  virtual Result<void> touch_attested(const std::string& node_id, int64_t now_ms) = 0;
+  // What the node reported; nullopt leaves a value as it is.
+  virtual Result<void> set_reported(const std::string& node_id, std::optional<uint64_t> bundle_version,
+                                    std::optional<uint64_t> durable_seq) = 0;
+  // Open alerts per node (nodes with none are absent).
+  virtual Result<std::map<std::string, uint64_t>> alert_counts() = 0;
+  virtual Result<std::vector<FoundRecord>> search_records(const RecordQuery& query) = 0;
 
   virtual Result<void> put_evidence_state(const std::string& node_id, const Bytes& package, const std::string& at) = 0;
   virtual Result<std::optional<Bytes>> evidence_state(const std::string& node_id) = 0;
@@ -98,15 +136,18 @@ class Store {
   // The schema version the database is at (kSchemaVersion once opened).
   virtual Result<int> schema_version() = 0;
 
-  // Wake-ups across hub instances on one database (PostgreSQL LISTEN/NOTIFY): notify() tells
-  // every instance, this one included, that what is served changed (a bundle published, a
-  // node moved); wake_fd() is a descriptor that turns readable when such a word may have come,
-  // and drain_wakes() reads what came: true when long polls should look again (a lost and
-  // re-established listening connection counts: words may have been missed). The descriptor
-  // may change after drain_wakes(). SQLite has one instance: -1, and nothing to drain.
-  virtual Result<void> notify() { return ok(); }
+  // Wake-ups across hub instances on one database (PostgreSQL LISTEN/NOTIFY): notify(node)
+  // tells every instance, this one included, that what is served to `node` changed ("": to
+  // every node: a bundle was published); wake_fd() turns readable when such a word may have
+  // come, and drain_wakes() reads what came: the nodes named ("" for all; a lost and
+  // re-established listening connection gives "", since words may have been missed). SQLite
+  // has one instance: -1, and nothing to drain.
+  virtual Result<void> notify(const std::string& node) {
+    (void)node;
+    return ok();
+  }
   virtual int wake_fd() { return -1; }
-  virtual Result<bool> drain_wakes() { return false; }
+  virtual Result<std::vector<std::string>> drain_wakes() { return std::vector<std::string>{}; }
 };
 
 // The schema this hub writes. Opening a store applies the migrations from the database's
@@ -114,7 +155,10 @@ class Store {
 // newer version (written by a newer hub) is refused, never altered. docs/hub.md "Schema".
 //   1  nodes, records, evidence_state, bundles, alerts (what hubs before versioning made)
 //   2  nodes.fleet
-inline constexpr int kSchemaVersion = 2;
+//   3  records' search columns (agent, event, subject, verdict, reason) and an index on time;
+//      nodes' last_attested_ms, bundle_version, durable_seq (records stored before v3 keep ""
+//      in the search columns: a node's page still reads them from their frames)
+inline constexpr int kSchemaVersion = 3;
 
 // SQLite in WAL mode with synchronous=FULL: a commit the hub acknowledged survives power loss
 // (the node deletes what the hub acknowledged).

@@ -50,9 +50,11 @@ struct NodeScope {
 Result<void> check_scope(const fb::Bundle& bundle, const NodeScope& node, bool with_fleet = true);
 
 // The fleet the hub put this node in, as the sync client last heard it (<state>/fleet; "" when
-// none or never heard). Written atomically when it changes; bundles installed after that are
-// checked against it.
-std::string read_node_fleet(const std::filesystem::path& state_dir);
+// there is no such file: never heard). Written atomically when it changes; bundles installed
+// after that are checked against it. A file that cannot be read is an error, not "no fleet".
+// Not signed: the fleet is as strong as the hub's word and the state directory's permissions
+// (docs/hub.md, Fleets).
+Result<std::string> read_node_fleet(const std::filesystem::path& state_dir);
 Result<void> write_node_fleet(const std::filesystem::path& state_dir, const std::string& fleet);
 
 struct BundleState {
@@ -115,7 +117,7 @@ class BundleStore {
   }
 
   // The installed bundle, re-verified (state signature, TPM counter, bundle hash, signatures,
-  // scope) with its status now; raises the wall-clock high-water mark. errc::not_found when
+  // scope but the fleet: a move leaves the bundle in force) with its status now; raises the wall-clock high-water mark. errc::not_found when
   // nothing is installed.
   Result<Installed> load(attestation::Tpm& tpm, const TrustRoot& root, int64_t wall_now);
 
