@@ -284,4 +284,21 @@ daemon_pid=
 step "outpost audit verify: the chain, no gaps, and every checkpoint's TPM quote checked with the AK"
 "$outpost" audit verify
 "$outpost" audit tail -n 3
+
+step "the hub console: the fleet page, opened in headless Chromium as the operator signs in"
+"$node22" "$e2e/console-check.mjs" --chromium /usr/bin/chromium --url "$hub_url" --pin "$(cat "$work/hub/server.pin")" \
+  --token-file "$work/hub/operator.token" --node "$node_id" --screenshot "$work/console-fleet.png" >"$work/console.json"
+node -e 'const o = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8")), f = o.pages.fleet;
+  if (!f.rows.includes(process.argv[2])) { console.error("demo: the node is not on the fleet page"); process.exit(1); }
+  console.log(`  ${f.title}: ${f.rows.length} node(s), this one among them; loaded in ${f.ms} ms`);
+  console.log(`  its timeline: ${o.pages.node.text.match(/Denied \(\d+\)/)} · ${o.pages.node.text.match(/Allowed \(\d+\)/)}`);' \
+  "$work/console.json" "$node_id"
+echo "  screenshot: $work/console-fleet.png"
 printf '\ndemo finished; state was in %s\n' "$work"
+printf 'the hub console: %s/console (sign in with the token in %s; the CA is %s)\n' "$hub_url" "$work/hub/operator.token" "$work/hub/ca.pem"
+if [[ ${OUTPOST_DEMO_KEEP_HUB:-} == 1 ]]; then
+  echo "outpost-hub keeps serving it (pid $hub_pid; stop it with kill $hub_pid)"
+  hub_pid=
+else
+  echo "(outpost-hub stops with the demo; OUTPOST_DEMO_KEEP_HUB=1 keeps it serving)"
+fi

@@ -163,9 +163,11 @@ offline_cache::AuditEntry decision(uint64_t i) {
   e.event = "decision";
   e.agent = "agent-07";
   e.bundle_version = 12;
-  e.detail = R"({"task":"report","server":"fs","tool":"write_file","allow":true,"verdict":"allow",)"
-             R"("rules":["write-allowed"],"args_sha256":"mQ2rYl0cJmGk3m9mE5oXk1bq2q3XzF2oN0ZbV6Jt8yQ","i":)" +
-             std::to_string(i) + "}";
+  // Every tenth is a deny (the console's searches find some).
+  const bool allow = i % 10 != 0;
+  e.detail = std::string(R"({"task":"report","server":"fs","tool":"write_file","allow":)") + (allow ? "true" : "false") +
+             R"(,"verdict":")" + (allow ? "allow" : "deny") +
+             R"(","rules":["write-allowed"],"args_sha256":"mQ2rYl0cJmGk3m9mE5oXk1bq2q3XzF2oN0ZbV6Jt8yQ","i":)" + std::to_string(i) + "}";
   return e;
 }
 
@@ -296,7 +298,8 @@ int64_t server_pss_kb(pid_t postmaster) {
   return kb;
 }
 
-enum class HubStore { sqlite, postgres };
+// postgres_two: two hub instances on one database, the nodes split between them.
+enum class HubStore { sqlite, postgres, postgres_two };
 
 void BM_hub_ingest(benchmark::State& state, HubStore store) {
   const int64_t nodes = scaled(state.range(0), 20);
@@ -305,7 +308,7 @@ void BM_hub_ingest(benchmark::State& state, HubStore store) {
     // Declared before the hub, so that it stops after it.
     std::unique_ptr<testing::PostgresServer> postgres;
     std::string database;
-    if (store == HubStore::postgres) {
+    if (store != HubStore::sqlite) {
       auto started = testing::PostgresServer::start({.fsync = true, .parent = bench_base()});
       if (!started) {
         state.SkipWithError(("PostgreSQL: " + started.error().message()).c_str());
@@ -315,7 +318,10 @@ void BM_hub_ingest(benchmark::State& state, HubStore store) {
       OUTPOST_CHECK(postgres->create_database("outpost").has_value(), "create the hub's database");
       database = postgres->uri("outpost");
     }
-    HubProcess hub("ingest", database);
+    std::vector<std::unique_ptr<HubProcess>> hubs;
+    hubs.push_back(std::make_unique<HubProcess>("ingest-a", database));
+    if (store == HubStore::postgres_two) hubs.push_back(std::make_unique<HubProcess>("ingest-b", database));
+    HubProcess& hub = *hubs.front();
     testing::SoftAk ak;  // one software AK for every simulated node: the hub's work per node is the same
     auto log = make_log(hub.dir / "node-log", ak, per_node - per_node / 100, 99);
     std::vector<std::string> batches(1);
@@ -327,14 +333,20 @@ void BM_hub_ingest(benchmark::State& state, HubStore store) {
     if (batches.back().empty()) batches.pop_back();
     std::vector<attestation::NodeIdentity> ids;
     for (int64_t i = 0; i < nodes; ++i) ids.push_back(testing::soft_identity(ak.pub()));
-    auto tls = sync::HubConnection::make_tls(hub.endpoint);
-    OUTPOST_CHECK(tls.has_value(), "tls");
+    std::vector<std::shared_ptr<tls::Context>> tls;  // one per instance: each has a key of its own here
+    for (const auto& h : hubs) {
+      auto t = sync::HubConnection::make_tls(h->endpoint);
+      OUTPOST_CHECK(t.has_value(), "tls");
+      tls.push_back(*t);
+    }
     asio::io_context io;
     std::vector<double> latencies;
     int failures = 0;
     const auto t0 = Clock::now();
-    for (const auto& id : ids) {
-      asio::co_spawn(io, upload_node(io, hub.endpoint, *tls, id.to_json(), id.node_id, batches, latencies, failures), asio::detached);
+    for (size_t i = 0; i < ids.size(); ++i) {
+      const size_t at = i % hubs.size();
+      asio::co_spawn(io, upload_node(io, hubs[at]->endpoint, tls[at], ids[i].to_json(), ids[i].node_id, batches, latencies, failures),
+                     asio::detached);
     }
     io.run();
     const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
@@ -344,12 +356,79 @@ void BM_hub_ingest(benchmark::State& state, HubStore store) {
     state.counters["records"] = records;
     state.counters["records_per_s"] = records / secs;
     percentiles(state, latencies, "upload_");
-    state.counters["hub_peak_rss_MB"] = static_cast<double>(hub.peak_rss_kb()) / 1024.0;
-    state.counters["hub_cpu_s"] = hub.cpu_seconds();
+    double cpu = 0, rss = 0;
+    for (const auto& h : hubs) {
+      cpu += h->cpu_seconds();
+      rss = std::max(rss, static_cast<double>(h->peak_rss_kb()) / 1024.0);
+    }
+    state.counters["hub_peak_rss_MB"] = rss;  // of the largest instance
+    state.counters["hub_cpu_s"] = cpu;        // of all instances
+    state.counters["instances"] = static_cast<double>(hubs.size());
     if (postgres) {
       state.counters["postgres_cpu_s"] = server_cpu_seconds(postgres->pid());
       state.counters["postgres_pss_MB"] = static_cast<double>(server_pss_kb(postgres->pid())) / 1024.0;
     }
+  }
+}
+
+// The console at N nodes, each with a batch of 100 records (a tenth of them denies): time to
+// answer the fleet page, a node's page, the rollout and a search for denies, over one
+// keep-alive connection as an operator (p50/p99 of 20 loads each; page sizes).
+void BM_console(benchmark::State& state) {
+  const int64_t nodes = scaled(state.range(0), 20);
+  for (auto _ : state) {
+    HubProcess hub("console");
+    testing::SoftAk ak;
+    auto log = make_log(hub.dir / "node-log", ak, 99, 99);
+    std::string batch;
+    OUTPOST_CHECK(offline_cache::read_audit_frames(log->dir(), 1, log->last_seq(), [&](const offline_cache::AuditFrame& f) {
+      batch.append(as_chars(f.frame));
+      return true;
+    }).has_value(), "read frames");
+    std::vector<attestation::NodeIdentity> ids;
+    for (int64_t i = 0; i < nodes; ++i) ids.push_back(testing::soft_identity(ak.pub()));
+    auto tls = sync::HubConnection::make_tls(hub.endpoint);
+    OUTPOST_CHECK(tls.has_value(), "tls");
+    {
+      asio::io_context io;
+      std::vector<double> ignored;
+      int failures = 0;
+      const std::vector<std::string> batches{batch};  // outlives the coroutines, which hold a reference
+      for (const auto& id : ids) {
+        asio::co_spawn(io, upload_node(io, hub.endpoint, *tls, id.to_json(), id.node_id, batches, ignored, failures), asio::detached);
+      }
+      io.run();
+      OUTPOST_CHECK(failures == 0, "seed the fleet");
+    }
+    auto v1 = testing::sign_bundle(testing::make_bundle({.version = 1}), {&hub.iam});
+    OUTPOST_CHECK(sync::hub_request_blocking(hub.as("iam"), {"POST", "/v1/bundles", std::string(as_chars(v1)), "application/octet-stream"})
+                      .has_value(), "publish");
+    const std::vector<std::pair<std::string, std::string>> pages = {
+        {"fleet", "/console"}, {"node", "/console/nodes/" + ids.front().node_id}, {"bundles", "/console/bundles"},
+        {"denies", "/console/decisions?verdict=deny"}};
+    asio::io_context io;
+    double total = 0;
+    asio::co_spawn(io, [&]() -> asio::awaitable<void> {
+      sync::HubConnection c(io.get_executor(), hub.as("operator"), *tls);
+      for (const auto& [name, path] : pages) {
+        std::vector<double> ms;
+        size_t bytes = 0;
+        for (int i = 0; i < 21; ++i) {
+          const auto t0 = Clock::now();
+          auto r = co_await c.request({"GET", path});
+          OUTPOST_CHECK(r.has_value() && r->status == 200, "console page");
+          if (i == 0) continue;  // the first warms the bundle cache
+          ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+          bytes = r->body.size();
+        }
+        for (double x : ms) total += x / 1000.0;
+        percentiles(state, ms, name + "_");
+        state.counters[name + "_KB"] = static_cast<double>(bytes) / 1024.0;
+      }
+    }, asio::detached);
+    io.run();
+    state.SetIterationTime(total);
+    state.counters["nodes"] = static_cast<double>(nodes);
   }
 }
 
@@ -427,6 +506,8 @@ void BM_publish_latency(benchmark::State& state) {
 BENCHMARK(BM_backlog_sync)->Args({100000, 100})->Args({100000, 1000})->Args({1000000, 1000})->UseManualTime()->Iterations(1)->Unit(benchmark::kMillisecond);
 BENCHMARK_CAPTURE(BM_hub_ingest, sqlite, HubStore::sqlite)->Args({1000, 200})->UseManualTime()->Iterations(1)->Unit(benchmark::kMillisecond);
 BENCHMARK_CAPTURE(BM_hub_ingest, postgres, HubStore::postgres)->Args({1000, 200})->UseManualTime()->Iterations(1)->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_hub_ingest, postgres_two, HubStore::postgres_two)->Args({1000, 200})->UseManualTime()->Iterations(1)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_console)->Arg(1000)->UseManualTime()->Iterations(1)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_publish_latency)->Arg(1)->Arg(100)->Arg(1000)->UseManualTime()->Iterations(1)->Unit(benchmark::kMillisecond);
 
 BENCHMARK_MAIN();
