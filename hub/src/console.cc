@@ -142,14 +142,14 @@ std::string fleet_page(const FleetView& v) {
   b += "<div><b id=\"node-count\">" + std::to_string(v.nodes.size()) + "</b> nodes</div>";
   b += "<div class=\"" + std::string(stale ? "bad" : "ok") + "\">" + std::to_string(stale) + " not heard from in 15 min</div>";
   b += "<div class=\"" + std::string(behind ? "warn" : "ok") + "\">" + std::to_string(behind) + " behind the bundle served to them</div>";
-  b += "<div class=\"" + std::string(alerting ? "bad" : "ok") + "\">" + std::to_string(alerting) + " with open alerts</div>";
+  b += "<div class=\"" + std::string(alerting ? "bad" : "ok") + "\">" + std::to_string(alerting) + " with alerts</div>";
   b += "<div>" + std::to_string(never_attested) + " never attested</div>";
   if (v.newest_version > 0) {
     b += "<div>newest bundle v" + std::to_string(v.newest_version) + ": in force on " + std::to_string(running_newest) + " of " +
          std::to_string(v.nodes.size()) + " (<a href=\"/console/bundles\">rollout</a>)</div>";
   }
   b += "</div><table id=\"fleet\"><thead><tr><th>node</th><th>fleet</th><th>board</th><th>last contact</th><th>last good quote</th>"
-       "<th>bundle in force</th><th>offline budget left (est.)</th><th>audit backlog</th><th>open alerts</th></tr></thead><tbody>";
+       "<th>bundle in force</th><th>offline budget left (est.)</th><th>audit backlog</th><th>alerts</th></tr></thead><tbody>";
   for (const auto& n : v.nodes) {
     const bool is_stale = n.node.last_contact_ms <= 0 || v.now_ms - n.node.last_contact_ms > kStaleMs;
     b += "<tr data-node=\"" + escape(n.node.node_id) + "\"><td>" + node_link(n.node.node_id) + "</td>";
@@ -190,10 +190,10 @@ std::string node_page(const NodeView& v) {
   row("audit chain", "records 1 to " + std::to_string(n.acked_seq) + " held, each verified link by link and anchored by a checkpoint quote " +
                          "the node's AK signed; the node reported " + std::to_string(n.durable_seq) + " durable");
   row("evidence state", escape(v.evidence));
-  row("evidence package", v.may_download ? "<a href=\"/v1/nodes/" + escape(url_encode(n.node_id)) +
+  row("evidence package", v.may_download ? "<a href=\"/console/nodes/" + escape(url_encode(n.node_id)) +
                                                "/evidence\">download</a> (check it offline: outpost evidence verify PKG --trust AK.pem)"
                                          : std::string("a responder's credential downloads it"));
-  b += "</table><h2>Alerts</h2>";
+  b += "</table><h2>Alerts (" + std::to_string(v.node.alerts) + (v.node.alerts > v.alerts.size() ? ", the newest " + std::to_string(v.alerts.size()) + " shown" : std::string()) + ")</h2>";
   if (v.alerts.empty()) {
     b += "<p class=\"ok\">none</p>";
   } else {
@@ -201,15 +201,20 @@ std::string node_page(const NodeView& v) {
     for (const auto& a : v.alerts) b += "<tr>" + cell(a.at) + cell(a.kind, "bad") + cell(a.detail) + "</tr>";
     b += "</table>";
   }
-  // The newest records, read from their frames: decisions with denies first, then the rest.
-  std::vector<std::pair<const offline_cache::AuditRecord*, RecordRow>> denied, allowed, other;
+  // The newest records, read from their frames: decisions with denies first, then those whose
+  // verdict cannot be read (never shown as allowed), then allowed, then the rest.
+  std::vector<std::pair<const offline_cache::AuditRecord*, RecordRow>> denied, unknown, allowed, other;
   for (const auto& r : v.records) {
     RecordRow s;
     fill_search_columns(r, s);
-    if (r.kind == offline_cache::RecordKind::decision) {
-      (s.verdict == "deny" ? denied : allowed).emplace_back(&r, std::move(s));
-    } else {
+    if (r.kind != offline_cache::RecordKind::decision) {
       other.emplace_back(&r, std::move(s));
+    } else if (s.verdict == "deny") {
+      denied.emplace_back(&r, std::move(s));
+    } else if (s.verdict == "allow") {
+      allowed.emplace_back(&r, std::move(s));
+    } else {
+      unknown.emplace_back(&r, std::move(s));
     }
   }
   auto table = [&](const char* id, const char* title, const auto& rows, bool decisions) {
@@ -235,6 +240,7 @@ std::string node_page(const NodeView& v) {
        " records held; search all of them under <a href=\"/console/decisions?node=" + escape(url_encode(n.node_id)) +
        "\">Decisions</a>.</p>";
   table("denied", "Denied", denied, true);
+  if (!unknown.empty()) table("unknown", "Verdict unreadable", unknown, true);
   table("allowed", "Allowed", allowed, true);
   table("lifecycle", "Checkpoints and lifecycle", other, false);
   return b;

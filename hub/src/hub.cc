@@ -14,6 +14,7 @@
 #include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <boost/asio/thread_pool.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http.hpp>
@@ -21,8 +22,11 @@
 #include <array>
 #include <cctype>
 #include <charconv>
+#include <cstring>
 #include <chrono>
 #include <map>
+#include <mutex>
+#include <thread>
 #include <variant>
 
 #include <unistd.h>
@@ -302,6 +306,14 @@ Result<HubConfig> load_hub_config(const fs::path& file) {
         c.max_upload_bytes = v.as<uint64_t>();
       } else if (key == "max_pull_bytes") {
         c.max_pull_bytes = v.as<uint64_t>();
+      } else if (key == "node_tokens") {
+        std::string mode = v.as<std::string>();
+        if (mode != "required" && mode != "optional") {
+          return fail(errc::invalid_argument, file.string() + ": node_tokens: \"required\" or \"optional\", not \"" + mode + "\"");
+        }
+        c.node_tokens_required = mode == "required";
+      } else if (key == "ingest_threads") {
+        c.ingest_threads = v.as<uint32_t>();
       } else if (key == "max_connections") {
         c.max_connections = v.as<uint32_t>();
         if (c.max_connections == 0) return fail(errc::invalid_argument, file.string() + ": max_connections must be positive");
@@ -406,6 +418,41 @@ struct Hub::Impl {
   asio::io_context io{1};
   tcp::acceptor acceptor{io};
 
+  // Record uploads are verified and committed off the event loop (docs/hub.md "Threading"), on
+  // these threads, each job with a store connection of its own from `idle_stores`. SQLite
+  // takes one writer at a time: its commits queue on sqlite_commit_mu instead of sleeping in
+  // SQLite's busy handler; PostgreSQL's row locks order them.
+  std::mutex stores_mu;
+  std::vector<std::unique_ptr<Store>> idle_stores;
+  std::mutex sqlite_commit_mu;
+  bool serialize_commits = true;
+  Result<std::unique_ptr<Store>> take_store() {
+    {
+      std::lock_guard lock(stores_mu);
+      if (!idle_stores.empty()) {
+        auto st = std::move(idle_stores.back());
+        idle_stores.pop_back();
+        return st;
+      }
+    }
+    return open_store(config.database.string());
+  }
+  void give_store(std::unique_ptr<Store> st) {
+    std::lock_guard lock(stores_mu);
+    idle_stores.push_back(std::move(st));
+  }
+  // What an upload did, for the event loop to count and alert on (Impl's other state is the
+  // loop's alone).
+  struct Ingested {
+    Response response;
+    std::optional<std::pair<std::string, std::string>> alert;  // kind, detail
+    uint64_t stored = 0, duplicates = 0;
+  };
+  Ingested ingest(Store& st, const std::string& node_id, const std::string& body, const std::string& durable_header);
+  static asio::awaitable<Ingested> run_on_pool(std::function<Ingested()> job);
+  // Declared after everything its jobs use, so destroyed (stopped and joined) before them.
+  std::unique_ptr<asio::thread_pool> ingest_pool;
+
   asio::awaitable<void> accept_loop();
   // Wakes this instance's long polls when any instance on the database says what is served
   // changed (Store::wake_fd; PostgreSQL LISTEN/NOTIFY).
@@ -436,7 +483,12 @@ struct Hub::Impl {
   // A node's bearer of identity for its bundle poll, handed out once it has shown its TPM
   // (credential activation): an HMAC of its id under the challenge key, so every instance
   // that shares the certificate checks it and nothing is stored.
-  std::string node_token(const std::string& node_id) const;
+  std::string node_token(const std::string& node_id, const std::string& ak_pem) const;
+  // The console's sign-in cookie: "<expires_ms>.<token sha256>.<MAC>", not the token itself (it
+  // is useless as a bearer token, and expires on the server's clock); the credential is
+  // looked up by the hash, so removing it from hub.yaml ends its sessions too.
+  std::string console_session_cookie(const std::string& token_hash, int64_t expires_ms) const;
+  const Credential* console_session(std::string_view cookie) const;
   // The largest body the request whose header is `h` may carry, or an error reply.
   std::variant<uint64_t, Response> body_limit(const http::request_header<>& h);
 
@@ -444,7 +496,7 @@ struct Hub::Impl {
   // The secret a credential activation challenge for (node, AK name) carries, valid until
   // expires_ms: recomputed on the answer, so nothing is stored between the two requests.
   Digest activation_secret(const std::string& node_id, ByteView ak_name, int64_t expires_ms) const;
-  Response upload_records(const std::string& node_id, const Request& req);
+  asio::awaitable<Response> upload_records(const std::string& node_id, const Request& req);
   Response nonce(const std::string& node_id);
   Response attestation(const std::string& node_id, const Request& req);
   // The MAC part of a nonce for `node_id` valid until expires_ms (kNonceMacBytes bytes).
@@ -457,7 +509,8 @@ struct Hub::Impl {
   Response move_fleet(const std::string& node_id, const Request& req, const Credential* by);
   // GET /console...: the pages (docs/hub.md "Console"); /console/login and /console/logout.
   Response console(const Request& req, const std::vector<std::string>& parts, const Credential* who);
-  Result<console::FleetView> fleet_view(const std::string& fleet);
+  using RecentBundles = std::vector<std::pair<BundleRow, std::shared_ptr<offline_cache::SignedBundle>>>;
+  Result<console::FleetView> fleet_view(const std::string& fleet, const RecentBundles& recent);
   // The newest published bundles, parsed once each (bundle_admits).
   Result<std::vector<std::pair<BundleRow, std::shared_ptr<offline_cache::SignedBundle>>>> recent_parsed();
   // Fills in a node's board, the newest bundle served to it and its offline budget left.
@@ -516,13 +569,21 @@ asio::awaitable<void> Hub::Impl::accept_loop() {
 }
 
 asio::awaitable<void> Hub::Impl::wake_loop() {
-  if (store->wake_fd() < 0) co_return;  // one instance (SQLite): nobody else to hear from
+  if (!store->can_wake()) co_return;  // one instance (SQLite): nobody else to hear from
   auto backoff = std::chrono::seconds(1);
   for (;;) {
     // Asio owns (and closes) a descriptor of its own, made anew after each drain: the store may
     // have re-established its connection on another socket (maybe under the same number).
     if (const int fd = store->wake_fd(); fd >= 0) {
-      asio::posix::stream_descriptor readable(io, ::dup(fd));
+      const int own = ::dup(fd);
+      if (own < 0) {  // out of descriptors: try again later rather than end the loop
+        log::warn("hub.wake", {{"error", std::string("dup: ") + std::strerror(errno)}});
+        asio::steady_timer pause(io, backoff);
+        co_await pause.async_wait(kNoThrow);
+        backoff = std::min(backoff * 2, std::chrono::seconds(30));
+        continue;
+      }
+      asio::posix::stream_descriptor readable(io, own);
       auto [ec] = co_await readable.async_wait(asio::posix::stream_descriptor::wait_read, kNoThrow);
       if (ec == asio::error::operation_aborted) co_return;
     }
@@ -730,9 +791,30 @@ Hub::Impl::Access Hub::Impl::access_for(const http::request_header<>& h) {
   return {};
 }
 
-std::string Hub::Impl::node_token(const std::string& node_id) const {
-  auto mac = hmac_sha256(challenge_key, as_bytes("outpost-hub/node-token/v1\n" + node_id));
+std::string Hub::Impl::node_token(const std::string& node_id, const std::string& ak_pem) const {
+  // Bound to the AK as well: a node re-enrolled with another TPM does not keep the old token.
+  auto mac = hmac_sha256(challenge_key, as_bytes("outpost-hub/node-token/v2\n" + node_id + "\n" + hex_encode(sha256(as_bytes(ak_pem)))));
   return mac ? hex_encode(*mac) : std::string();  // hmac_sha256 fails only on a broken mbedTLS
+}
+
+std::string Hub::Impl::console_session_cookie(const std::string& token_hash, int64_t expires_ms) const {
+  const std::string body = std::to_string(expires_ms) + "." + token_hash;
+  auto mac = hmac_sha256(challenge_key, as_bytes("outpost-hub/console/v1\n" + body));
+  return mac ? body + "." + hex_encode(*mac) : std::string();
+}
+
+const Credential* Hub::Impl::console_session(std::string_view cookie) const {
+  const auto last = cookie.rfind('.');
+  if (last == std::string_view::npos) return nullptr;
+  const std::string body(cookie.substr(0, last));
+  auto mac = hmac_sha256(challenge_key, as_bytes("outpost-hub/console/v1\n" + body));
+  if (!mac || !equal_constant_time(as_bytes(cookie.substr(last + 1)), as_bytes(hex_encode(*mac)))) return nullptr;
+  const auto dot = body.find('.');
+  const auto expires = parse_i64(body.substr(0, dot));
+  if (dot == std::string::npos || !expires || *expires < now_ms()) return nullptr;
+  auto it = config.credentials.find(body.substr(dot + 1));
+  if (it == config.credentials.end()) return nullptr;
+  return (it->second.role == Role::operator_ || it->second.role == Role::responder) ? &it->second : nullptr;
 }
 
 void Hub::Impl::log_refusal(std::initializer_list<log::Field> fields) {
@@ -757,8 +839,14 @@ std::variant<const Credential*, Response> Hub::Impl::authorize(const http::reque
   const std::string what = std::string(h.method_string()) + " " + std::string(h.target().substr(0, h.target().find('?')));
   if (!access.node.empty()) {
     const std::string presented(h["X-Outpost-Node-Token"]);
+    if (presented.empty() && !config.node_tokens_required && std::string_view(h[http::field::authorization]).empty()) {
+      return static_cast<const Credential*>(nullptr);  // node_tokens: optional (nodes from before tokens)
+    }
     if (!presented.empty()) {
-      if (equal_constant_time(as_bytes(presented), as_bytes(node_token(access.node)))) return static_cast<const Credential*>(nullptr);
+      auto node = store->node(access.node);
+      if (node && *node && equal_constant_time(as_bytes(presented), as_bytes(node_token(access.node, (**node).ak_pem)))) {
+        return static_cast<const Credential*>(nullptr);
+      }
       refusals.add({kRoutes[route_at], "node_token"});
       log_refusal({{"request", what}, {"peer", peer}, {"reason", "node_token"}, {"node", access.node}});
       Response r = reply_error(401, what + ": not node " + access.node + "'s node token (enrol again for it)");
@@ -774,12 +862,20 @@ std::variant<const Credential*, Response> Hub::Impl::authorize(const http::reque
     while (!token.empty() && token.front() == ' ') token.remove_prefix(1);
     while (!token.empty() && token.back() == ' ') token.remove_suffix(1);
   }
-  std::string cookie_token;
-  if (token.empty() && access.cookie) {
-    cookie_token = console_cookie(h[http::field::cookie]);
-    token = cookie_token;
-  }
   const Credential* who = nullptr;
+  if (token.empty() && access.cookie) {
+    const std::string cookie = console_cookie(h[http::field::cookie]);
+    who = cookie.empty() ? nullptr : console_session(cookie);
+    if (!who && h.method() == http::verb::get) {
+      // A browser with no session, or an expired or revoked one: to the sign-in page.
+      Response r = reply_html(303, "");
+      r.set(http::field::location, "/console/login");
+      if (!cookie.empty()) {
+        r.set(http::field::set_cookie, std::string(kConsoleCookie) + "=; Path=/console; Secure; HttpOnly; SameSite=Strict; Max-Age=0");
+      }
+      return r;
+    }
+  }
   if (!token.empty()) {
     auto it = config.credentials.find(token_sha256(token));
     if (it != config.credentials.end()) who = &it->second;
@@ -789,11 +885,6 @@ std::variant<const Credential*, Response> Hub::Impl::authorize(const http::reque
     if (access.roles & static_cast<unsigned>(r)) roles += (roles.empty() ? "" : ", ") + std::string(role_name(r));
   }
   if (!access.node.empty()) roles += ", or node " + access.node + " (X-Outpost-Node-Token)";
-  if (!who && access.cookie && h.method() == http::verb::get && token.empty()) {
-    Response r = reply_html(303, "");  // a browser with no sign-in yet: to the sign-in page
-    r.set(http::field::location, "/console/login");
-    return r;
-  }
   if (!who) {
     const char* reason = token.empty() ? "no_credential" : "unknown_credential";
     refusals.add({kRoutes[route_at], reason});
@@ -828,7 +919,7 @@ asio::awaitable<Response> Hub::Impl::route(const Request& req, const Credential*
   if (parts.size() >= 3 && parts[1] == "nodes") {
     const std::string& id = parts[2];
     if (parts.size() == 3 && get) co_return node_info(id);
-    if (parts.size() == 4 && parts[3] == "records" && post) co_return upload_records(id, req);
+    if (parts.size() == 4 && parts[3] == "records" && post) co_return co_await upload_records(id, req);
     if (parts.size() == 4 && parts[3] == "nonce" && get) co_return nonce(id);
     if (parts.size() == 4 && parts[3] == "attestation" && post) co_return attestation(id, req);
     if (parts.size() == 4 && parts[3] == "evidence" && put) co_return put_evidence(id, req);
@@ -887,6 +978,10 @@ Response Hub::Impl::enroll(const Request& req) {
     if (std::string_view(req["X-Outpost-Want-Token"]).empty()) {
       return reply_json(200, json::object{{"node_id", id->node_id}, {"acked_seq", (*existing)->acked_seq}, {"enrolled", false}});
     }
+    if (!config.activation_required) {
+      // Nothing but node.json, which is public, would stand behind the token.
+      return reply_error(403, "enrol: with activation off, a node's token is handed out at its first enrolment only");
+    }
   }
   bool activated = false;
   if (config.activation_required) {
@@ -915,7 +1010,7 @@ Response Hub::Impl::enroll(const Request& req) {
   }
   if (*existing) {  // a known node that showed its TPM (or any, with activation off: trust on first use)
     return reply_json(200, json::object{{"node_id", id->node_id}, {"acked_seq", (*existing)->acked_seq}, {"enrolled", false},
-                                        {"fleet", (*existing)->fleet}, {"node_token", node_token(id->node_id)}});
+                                        {"fleet", (*existing)->fleet}, {"node_token", node_token(id->node_id, (*existing)->ak_pem)}});
   }
   NodeRow n;
   n.node_id = id->node_id;
@@ -928,7 +1023,7 @@ Response Hub::Impl::enroll(const Request& req) {
   if (!r) return reply_error(500, r.error().message());
   log::info("hub.enrolled", {{"node", n.node_id}, {"board", id->board}, {"activated", activated ? "yes" : "no"}, {"fleet", n.fleet}});
   return reply_json(200, json::object{{"node_id", n.node_id}, {"acked_seq", 0}, {"enrolled", true}, {"activated", activated},
-                                      {"fleet", n.fleet}, {"node_token", node_token(n.node_id)}});
+                                      {"fleet", n.fleet}, {"node_token", node_token(n.node_id, n.ak_pem)}});
 }
 
 // Nonces for fresh attestation are stateless, so any hub instance on the database checks any
@@ -1005,48 +1100,73 @@ Response Hub::Impl::attestation(const std::string& node_id, const Request& req) 
 // POST /v1/nodes/<id>/records, body: audit frames from the hub's acknowledged sequence on (or
 // earlier: records the hub has are compared and skipped). Stored through the last checkpoint
 // whose quote the node's AK signed; the rest waits for the next checkpoint.
-Response Hub::Impl::upload_records(const std::string& node_id, const Request& req) {
-  auto node = known_node(node_id);
-  if (!node) return reply_error(node.error().is(errc::not_found) ? 404 : 500, node.error().message());
-  auto ak = EcPublicKey::from_pem(node->ak_pem);
-  if (!ak) return reply_error(500, "stored AK: " + ak.error().message());
+asio::awaitable<Response> Hub::Impl::upload_records(const std::string& node_id, const Request& req) {
+  // The job owns copies of what it reads (the body, a few KB to max_upload_bytes), so a hub
+  // stopping while it runs leaves it nothing dangling; `this` outlives it (ingest_pool is
+  // joined first when the hub goes).
+  auto job = [this, node_id, body = req.body(), durable = std::string(req["X-Outpost-Durable-Seq"])]() -> Ingested {
+    auto st = take_store();
+    if (!st) return Ingested{reply_error(500, st.error().message()), std::nullopt, 0, 0};
+    Ingested out = ingest(**st, node_id, body, durable);
+    give_store(std::move(*st));
+    return out;
+  };
+  Ingested out = co_await asio::co_spawn(*ingest_pool, run_on_pool(std::move(job)), asio::use_awaitable);
+  // Back on the event loop.
+  if (out.alert) alert(node_id, out.alert->first, out.alert->second);
+  records_stored += out.stored;
+  record_duplicates += out.duplicates;
+  if (out.response.result_int() == 200) upload_bytes += req.body().size();
+  co_return std::move(out.response);
+}
+
+// The job, in a coroutine frame of its own that owns it (a capturing lambda coroutine would
+// keep only a reference to a lambda gone by the time it runs).
+asio::awaitable<Hub::Impl::Ingested> Hub::Impl::run_on_pool(std::function<Ingested()> job) { co_return job(); }
+
+// On an ingest thread. Stored through the last checkpoint whose quote the node's AK signed.
+Hub::Impl::Ingested Hub::Impl::ingest(Store& st, const std::string& node_id, const std::string& body, const std::string& durable_header) {
+  auto refuse = [](unsigned status, const std::string& message) { return Ingested{reply_error(status, message), std::nullopt, 0, 0}; };
+  auto node = st.node(node_id);
+  if (!node) return refuse(500, node.error().message());
+  if (!*node) return refuse(404, "node " + node_id + " is not enrolled");
+  auto ak = EcPublicKey::from_pem((*node)->ak_pem);
+  if (!ak) return refuse(500, "stored AK: " + ak.error().message());
   std::optional<Error> lookup_error;
-  UploadPlan plan = plan_upload(as_bytes(req.body()), *node, *ak, [&](uint64_t seq) -> std::optional<Digest> {
-    auto h = store->record_hash(node_id, seq);
+  UploadPlan plan = plan_upload(as_bytes(body), **node, *ak, [&](uint64_t seq) -> std::optional<Digest> {
+    auto h = st.record_hash(node_id, seq);
     if (!h && !lookup_error) lookup_error = h.error();
     return h ? *h : std::nullopt;
   });
   // A failed lookup is the hub's trouble, not evidence of a fork.
-  if (lookup_error) return reply_error(500, lookup_error->message());
+  if (lookup_error) return refuse(500, lookup_error->message());
   if (plan.verdict == UploadPlan::Verdict::fork) {
-    alert(node_id, "fork", plan.reason);
-    return reply_error(409, plan.reason);
+    return Ingested{reply_error(409, plan.reason), std::pair<std::string, std::string>{"fork", plan.reason}, 0, 0};
   }
   if (plan.verdict == UploadPlan::Verdict::refused) {
-    alert(node_id, "refused_upload", plan.reason);
-    return reply_error(422, "records: " + plan.reason);
+    return Ingested{reply_error(422, "records: " + plan.reason), std::pair<std::string, std::string>{"refused_upload", plan.reason}, 0, 0};
   }
   const auto& rows = plan.rows;
-  // The node's word on how far its log is durable (the console's backlog; not signed), kept
-  // with the records.
-  std::optional<uint64_t> durable;
-  if (auto d = parse_i64(std::string(req["X-Outpost-Durable-Seq"])); d && *d >= 0) durable = static_cast<uint64_t>(*d);
   if (!rows.empty()) {
-    auto c = store->commit_records(node_id, node->acked_seq, rows, plan.clock, durable);
+    Store::CommitAlso also;
+    // The node's word on how far its log is durable (the console's backlog; not signed).
+    if (auto d = parse_i64(durable_header); d && *d >= 0) also.durable_seq = static_cast<uint64_t>(*d);
+    // Last contact moves only for records whose checkpoint quote the node's AK signed: anyone
+    // can replay records the hub already holds.
+    also.contact_ms = now_ms();
+    if (plan.bundle_version > 0) also.bundle_version = plan.bundle_version;
+    std::unique_lock<std::mutex> one_writer(sqlite_commit_mu, std::defer_lock);
+    if (serialize_commits) one_writer.lock();
+    auto c = st.commit_records(node_id, (*node)->acked_seq, rows, plan.clock, also);
     if (!c) {
-      if (c.error().is(errc::already_exists)) return reply_error(409, c.error().message());
-      return reply_error(c.error().code().value() == ENOSPC ? 507 : 500, c.error().message());
+      if (c.error().is(errc::already_exists)) return refuse(409, c.error().message());
+      return refuse(c.error().code().value() == ENOSPC ? 507 : 500, c.error().message());
     }
   }
-  // Last contact moves only for records whose checkpoint quote the node's AK signed: anyone
-  // can replay records the hub already holds.
-  if (!rows.empty()) (void)store->touch(node_id, now_ms());
-  records_stored += rows.size();
-  record_duplicates += plan.duplicates;
-  upload_bytes += req.body().size();
-  const uint64_t acked = rows.empty() ? node->acked_seq : rows.back().seq;
-  return reply_json(200, json::object{{"acked_seq", acked}, {"stored", rows.size()}, {"duplicates", plan.duplicates},
-                                      {"pending", plan.pending}});
+  const uint64_t acked = rows.empty() ? (*node)->acked_seq : rows.back().seq;
+  return Ingested{reply_json(200, json::object{{"acked_seq", acked}, {"stored", rows.size()}, {"duplicates", plan.duplicates},
+                                               {"pending", plan.pending}}),
+                  std::nullopt, rows.size(), plan.duplicates};
 }
 
 // PUT /v1/nodes/<id>/evidence: the node's evidence state (identity, certifications, runtime
@@ -1073,9 +1193,6 @@ Response Hub::Impl::put_evidence(const std::string& node_id, const Request& req)
   }
   auto r = store->put_evidence_state(node_id, Bytes(req.body().begin(), req.body().end()), format_rfc3339_utc(unix_now()));
   if (!r) return reply_error(500, r.error().message());
-  uint64_t newest = 0;
-  for (const auto& b : pkg->bundles) newest = std::max(newest, b.version);
-  (void)store->set_reported(node_id, newest, std::nullopt);
   return reply_json(200, json::object{{"ok", true}});
 }
 
@@ -1349,13 +1466,12 @@ console::FleetNode Hub::Impl::fleet_node(NodeRow node,
   return f;
 }
 
-Result<console::FleetView> Hub::Impl::fleet_view(const std::string& fleet) {
+Result<console::FleetView> Hub::Impl::fleet_view(const std::string& fleet, const RecentBundles& recent) {
   console::FleetView v;
   v.now_ms = now_ms();
   v.fleet = fleet;
   OUTPOST_TRY(auto nodes, store->nodes());
   OUTPOST_TRY(auto alerts, store->alert_counts());
-  OUTPOST_TRY(auto recent, recent_parsed());
   if (!recent.empty()) v.newest_version = recent.front().first.version;
   std::set<std::string> fleets;
   for (auto& n : nodes) {
@@ -1401,7 +1517,9 @@ Response Hub::Impl::console(const Request& req, const std::vector<std::string>& 
     log::info("hub.console_sign_in", {{"credential", it->second.name}});
     Response r = reply_html(303, "");
     r.set(http::field::location, "/console");
-    r.set(http::field::set_cookie, std::string(kConsoleCookie) + "=" + token + "; Path=/console; Secure; HttpOnly; SameSite=Strict; Max-Age=43200");
+    constexpr int64_t kSessionSeconds = 12 * 3600;
+    r.set(http::field::set_cookie, std::string(kConsoleCookie) + "=" + console_session_cookie(it->first, now_ms() + kSessionSeconds * 1000) +
+                                       "; Path=/console; Secure; HttpOnly; SameSite=Strict; Max-Age=" + std::to_string(kSessionSeconds));
     return r;
   }
   if (parts.size() == 2 && parts[1] == "logout") {
@@ -1412,7 +1530,9 @@ Response Hub::Impl::console(const Request& req, const std::vector<std::string>& 
   }
   if (!get) return page(405, "Console", "<p>The console only reads: GET.</p>");
   if (parts.size() == 1) {
-    auto v = fleet_view(console::url_decode(query_param(req.target(), "fleet")));
+    auto recent = recent_parsed();
+    if (!recent) return failed(recent.error());
+    auto v = fleet_view(console::url_decode(query_param(req.target(), "fleet")), *recent);
     if (!v) return failed(v.error());
     return page(200, "Fleet", console::fleet_page(*v));
   }
@@ -1428,11 +1548,21 @@ Response Hub::Impl::console(const Request& req, const std::vector<std::string>& 
     v.records_held = (*node)->acked_seq;
     v.node = fleet_node(std::move(**node), *recent, v.now_ms);
     v.may_download = who && who->role == Role::responder;
-    if (auto a = store->alerts(node_id)) v.alerts = std::move(*a);
-    v.node.alerts = v.alerts.size();
+    if (auto a = store->alerts(node_id)) {
+      v.node.alerts = a->size();
+      constexpr size_t kAlertsShown = 50;  // the newest
+      if (a->size() > kAlertsShown) a->erase(a->begin(), a->end() - kAlertsShown);
+      v.alerts = std::move(*a);
+    }
+    // The newest 200 records, but no more than 4 MiB of them (a record may be up to 1 MiB).
     constexpr uint64_t kTimeline = 200;
+    constexpr size_t kTimelineBytes = 4u << 20;
     const uint64_t from = v.records_held > kTimeline ? v.records_held - kTimeline + 1 : 1;
+    size_t bytes = 0;
     auto scan = store->scan_records(node_id, from, [&](const RecordRow& r) {
+      bytes += r.frame.size();
+      if (bytes > kTimelineBytes) v.records.clear();  // keep the newest: start again from here
+      if (bytes > kTimelineBytes) bytes = r.frame.size();
       auto parsed = offline_cache::parse_segment(r.frame, "stored");
       if (!parsed.records.empty()) v.records.push_back(std::move(parsed.records.front()));
       return true;
@@ -1456,11 +1586,21 @@ Response Hub::Impl::console(const Request& req, const std::vector<std::string>& 
     }
     return page(200, "Node " + node_id, console::node_page(v));
   }
+  if (parts.size() == 4 && parts[1] == "nodes" && parts[3] == "evidence") {
+    // The evidence package, as GET /v1/nodes/N/evidence gives it, for a signed-in responder.
+    if (!who || who->role != Role::responder) return page(403, "Evidence", "<p class=\"bad\">A responder's credential downloads evidence.</p>");
+    const std::string node_id = console::url_decode(parts[2]);
+    Response r = pull_evidence(node_id, req);
+    if (r.result_int() == 200) {
+      r.set(http::field::content_disposition, "attachment; filename=\"" + console::url_encode(node_id) + ".evidence\"");
+    }
+    return r;
+  }
   if (parts.size() == 2 && parts[1] == "bundles") {
-    auto v = fleet_view("");
-    if (!v) return failed(v.error());
     auto recent = recent_parsed();
     if (!recent) return failed(recent.error());
+    auto v = fleet_view("", *recent);
+    if (!v) return failed(v.error());
     std::vector<console::BundleRollout> out;
     for (const auto& [row, bundle] : *recent) {
       console::BundleRollout x;
@@ -1523,6 +1663,9 @@ Result<std::unique_ptr<Hub>> Hub::create(HubConfig config) {
   auto impl = std::make_unique<Impl>();
   impl->config = std::move(config);
   OUTPOST_TRY(impl->store, open_store(impl->config.database.string()));
+  impl->serialize_commits = !is_postgres_uri(impl->config.database.string());
+  if (impl->config.ingest_threads == 0) impl->config.ingest_threads = std::max(1u, std::thread::hardware_concurrency());
+  impl->ingest_pool = std::make_unique<asio::thread_pool>(impl->config.ingest_threads);
   if (!impl->config.bundle_trust_json.empty()) {
     OUTPOST_TRY(auto t, offline_cache::TrustRoot::parse(impl->config.bundle_trust_json));
     impl->trust = std::move(t);

@@ -33,9 +33,41 @@ bool backed_by_quote(const offline_cache::SegmentParse& parsed, size_t first, co
 
 }  // namespace
 
+std::string search_text(std::string_view in, size_t max_bytes) {
+  std::string out;
+  out.reserve(std::min(in.size(), max_bytes));
+  size_t i = 0;
+  while (i < in.size()) {
+    const auto c = static_cast<unsigned char>(in[i]);
+    // The length of the sequence starting here, if it is a well-formed one (RFC 3629: no
+    // overlongs, no surrogates, nothing above U+10FFFF); 0 if not.
+    size_t n = 0;
+    if (c >= 0x01 && c < 0x80) {
+      n = 1;
+    } else if (c >= 0xc2 && c <= 0xdf) {
+      n = 2;
+    } else if (c >= 0xe0 && c <= 0xef) {
+      n = 3;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+      n = 4;
+    }
+    bool good = n > 0 && i + n <= in.size();
+    for (size_t k = 1; good && k < n; ++k) good = (static_cast<unsigned char>(in[i + k]) & 0xc0) == 0x80;
+    if (good && n >= 3) {
+      const auto c1 = static_cast<unsigned char>(in[i + 1]);
+      if ((c == 0xe0 && c1 < 0xa0) || (c == 0xed && c1 > 0x9f) || (c == 0xf0 && c1 < 0x90) || (c == 0xf4 && c1 > 0x8f)) good = false;
+    }
+    const std::string_view piece = good ? in.substr(i, n) : std::string_view("\xef\xbf\xbd");  // U+FFFD
+    if (out.size() + piece.size() > max_bytes) break;  // cut on a character's boundary
+    out.append(piece);
+    i += good ? n : 1;
+  }
+  return out;
+}
+
 void fill_search_columns(const offline_cache::AuditRecord& r, RecordRow& row) {
-  row.agent = r.agent;
-  row.event = r.event;
+  row.agent = search_text(r.agent, 256);
+  row.event = search_text(r.event, 64);
   if (r.kind != offline_cache::RecordKind::decision) return;
   boost::system::error_code ec;
   const boost::json::value v = boost::json::parse(r.detail, ec);
@@ -45,13 +77,15 @@ void fill_search_columns(const offline_cache::AuditRecord& r, RecordRow& row) {
     const auto* f = o.if_contains(k);
     return f && f->is_string() ? std::string(f->as_string()) : std::string();
   };
-  if (const std::string tool = text("tool"); !tool.empty()) {
-    row.subject = text("server").empty() ? tool : text("server") + "/" + tool;
-  } else {
-    row.subject = text("host");  // egress
+  // An egress decision's subject is its host (a coalesced one's tool is "egress").
+  const std::string tool = text("tool"), host = text("host");
+  if (!host.empty()) {
+    row.subject = search_text(host, 256);
+  } else if (!tool.empty()) {
+    row.subject = search_text(text("server").empty() ? tool : text("server") + "/" + tool, 256);
   }
   if (const auto* allow = o.if_contains("allow"); allow && allow->is_bool()) row.verdict = allow->as_bool() ? "allow" : "deny";
-  row.reason = text("reason").substr(0, 200);
+  row.reason = search_text(text("reason"), 200);
 }
 
 UploadPlan plan_upload(ByteView body, const NodeRow& node, const EcPublicKey& ak,
@@ -72,6 +106,7 @@ UploadPlan plan_upload(ByteView body, const NodeRow& node, const EcPublicKey& ak
   start.last_clock = node.last_clock;
   offline_cache::ChainVerifier verifier(ak, start, stored_hash);
   size_t anchored = 0;
+  uint64_t version_seen = 0;
   plan.clock = node.last_clock;
   for (size_t i = 0; i < parsed.records.size(); ++i) {
     const auto& r = parsed.records[i];
@@ -100,9 +135,21 @@ UploadPlan plan_upload(ByteView body, const NodeRow& node, const EcPublicKey& ak
     row.frame.assign(body.begin() + static_cast<ptrdiff_t>(r.offset), body.begin() + static_cast<ptrdiff_t>(end));
     fill_search_columns(r, row);
     plan.rows.push_back(std::move(row));
+    // The bundle in force as the node's own signed records say: an install's version, or the
+    // version a decision was made under.
+    if (r.event == "bundle_install") {
+      boost::system::error_code ec;
+      const boost::json::value d = boost::json::parse(r.detail, ec);
+      const auto* v = !ec && d.is_object() ? d.as_object().if_contains("version") : nullptr;
+      if (v && v->is_uint64()) version_seen = v->as_uint64();
+      if (v && v->is_int64() && v->as_int64() > 0) version_seen = static_cast<uint64_t>(v->as_int64());
+    } else if (r.bundle_version > 0) {
+      version_seen = r.bundle_version;
+    }
     if (r.kind == offline_cache::RecordKind::checkpoint) {
       anchored = plan.rows.size();
       plan.clock = verifier.state().last_clock;
+      plan.bundle_version = version_seen;
     }
   }
   plan.pending = plan.rows.size() - anchored;

@@ -78,7 +78,9 @@ constexpr Migration kMigrations[] = {
      "ALTER TABLE records ADD COLUMN agent text NOT NULL DEFAULT '', ADD COLUMN event text NOT NULL DEFAULT '', "
      "ADD COLUMN subject text NOT NULL DEFAULT '', ADD COLUMN verdict text NOT NULL DEFAULT '', "
      "ADD COLUMN reason text NOT NULL DEFAULT '';"
-     "CREATE INDEX records_search ON records (time_ms);"
+     "CREATE INDEX records_at ON records (time_ms);"
+     "CREATE INDEX records_agent ON records (agent, time_ms);"
+     "CREATE INDEX records_denies ON records (time_ms) WHERE verdict = 'deny';"
      "ALTER TABLE nodes ADD COLUMN last_attested_ms bigint NOT NULL DEFAULT 0, ADD COLUMN bundle_version bigint NOT NULL DEFAULT 0, "
      "ADD COLUMN durable_seq bigint NOT NULL DEFAULT 0;"},
 };
@@ -296,26 +298,48 @@ std::string copy_data(const std::string& node_id, const std::vector<RecordRow>& 
 // The channel hub instances tell each other on that what is served changed.
 constexpr const char* kWakeChannel = "outpost_hub";
 
+// A connection with the hub's defaults, which the connection string may override (it is
+// expanded in place of dbname, after them): a bounded connect, and keepalives so that a
+// vanished server is noticed in about a minute rather than hours while the hub waits on it.
+Result<PgConn> connect_pg(const std::string& conninfo) {
+  const char* keywords[] = {"connect_timeout", "keepalives_idle", "keepalives_interval", "keepalives_count",
+                            "application_name", "client_encoding", "dbname", nullptr};
+  const char* values[] = {"10", "30", "10", "3", "outpost-hub", "UTF8", conninfo.c_str(), nullptr};
+  PgConn c(PQconnectdbParams(keywords, values, /*expand_dbname=*/1));
+  if (!c) return fail(errc::io, "PQconnectdbParams: out of memory");
+  // Errors name the server and database, never the connection string (it may hold a password).
+  if (PQstatus(c.get()) != CONNECTION_OK) return fail(errc::io, "PostgreSQL: PQconnectdbParams: " + one_line(PQerrorMessage(c.get())));
+  return c;
+}
+
 class PostgresStore final : public Store {
  public:
-  PostgresStore(PgConn conn, PgConn listen) : conn_(std::move(conn)), listen_(std::move(listen)) { quiet_notices(); }
+  PostgresStore(PgConn conn, std::string conninfo) : conn_(std::move(conn)), conninfo_(std::move(conninfo)) { quiet_notices(); }
 
-  // LISTEN on the second connection (it only ever listens: a blocking query on the first one
-  // must not hold notifications back, nor they it).
+  // LISTEN on a second connection, made on first use (only the store the event loop watches
+  // listens; the ingest threads' stores never do). It only ever listens: a blocking query on
+  // the first one must not hold notifications back, nor they it.
   Result<void> listen() {
+    if (!listen_) { OUTPOST_TRY(listen_, connect_pg(conninfo_)); }
     OUTPOST_TRY(auto r, check(listen_.get(), PQexec(listen_.get(), (std::string("LISTEN ") + kWakeChannel).c_str()), "PQexec"));
     (void)r;
     return ok();
   }
+
+  bool can_wake() const override { return true; }
 
   Result<void> notify(const std::string& node) override {
     OUTPOST_TRY_VOID(write("SELECT pg_notify($1, $2)", Params().text(kWakeChannel).text(node)));
     return ok();
   }
 
-  int wake_fd() override { return PQsocket(listen_.get()); }
+  int wake_fd() override { return listen_ ? PQsocket(listen_.get()) : -1; }
 
   Result<std::vector<std::string>> drain_wakes() override {
+    if (!listen_) {  // the first call: from now on this store hears every instance
+      OUTPOST_TRY_VOID(listen());
+      return std::vector<std::string>{""};
+    }
     std::vector<std::string> woken;
     if (PQstatus(listen_.get()) == CONNECTION_OK && PQconsumeInput(listen_.get()) == 1) {
       while (PGnotify* n = PQnotifies(listen_.get())) {
@@ -375,25 +399,6 @@ class PostgresStore final : public Store {
     return ok();
   }
 
-  Result<void> set_reported(const std::string& node_id, std::optional<uint64_t> bundle_version,
-                            std::optional<uint64_t> durable_seq) override {
-    Params p;
-    p.text(node_id);
-    if (bundle_version) {
-      p.i64(static_cast<int64_t>(*bundle_version));
-    } else {
-      p.null(kInt8Oid);
-    }
-    if (durable_seq) {
-      p.i64(static_cast<int64_t>(*durable_seq));
-    } else {
-      p.null(kInt8Oid);
-    }
-    OUTPOST_TRY_VOID(write("UPDATE nodes SET bundle_version = coalesce($2, bundle_version), durable_seq = coalesce($3, durable_seq) "
-                           "WHERE node_id = $1", p));
-    return ok();
-  }
-
   Result<std::map<std::string, uint64_t>> alert_counts() override {
     OUTPOST_TRY(auto r, read("SELECT node_id, count(*) FROM alerts GROUP BY node_id", Params()));
     std::map<std::string, uint64_t> out;
@@ -402,13 +407,26 @@ class PostgresStore final : public Store {
   }
 
   Result<std::vector<FoundRecord>> search_records(const RecordQuery& q) override {
-    OUTPOST_TRY(auto r, read("SELECT node_id, seq, time_ms, kind, hash, agent, event, subject, verdict, reason FROM records "
-                             "WHERE ($1 = '' OR node_id = $1) AND ($2 = '' OR agent = $2) "
-                             "AND ($3 = '' OR subject = $3 OR subject LIKE '%/' || $3) AND ($4 = '' OR verdict = $4) "
-                             "AND ($5 = 0 OR kind = 0) AND ($6 = 0 OR time_ms >= $6) AND ($7 = 0 OR time_ms <= $7) "
-                             "ORDER BY time_ms DESC, seq DESC LIMIT $8",
-                             Params().text(q.node_id).text(q.agent).text(q.subject).text(q.verdict).i64(q.decisions_only ? 1 : 0)
-                                 .i64(q.since_ms).i64(q.until_ms).i64(static_cast<int64_t>(q.limit))));
+    // Only the filters given, so that an index can serve them (see the SQLite store).
+    std::string sql = "SELECT node_id, seq, time_ms, kind, hash, agent, event, subject, verdict, reason FROM records WHERE true";
+    Params p;
+    int n = 0;
+    auto param = [&](const std::string& v) {
+      p.text(v);
+      return "$" + std::to_string(++n);
+    };
+    if (!q.node_id.empty()) sql += " AND node_id = " + param(q.node_id);
+    if (!q.agent.empty()) sql += " AND agent = " + param(q.agent);
+    if (!q.subject.empty()) {  // server/tool, or the tool alone: compared, never a pattern
+      const std::string at = param(q.subject);
+      sql += " AND (subject = " + at + " OR right(subject, length(" + at + ") + 1) = '/' || " + at + ")";
+    }
+    if (q.verdict == "deny" || q.verdict == "allow") sql += " AND verdict = '" + q.verdict + "'";  // one of two constants
+    if (q.decisions_only) sql += " AND kind = 0";
+    if (q.since_ms) sql += " AND time_ms >= " + std::to_string(q.since_ms);
+    if (q.until_ms) sql += " AND time_ms <= " + std::to_string(q.until_ms);
+    sql += " ORDER BY time_ms DESC, seq DESC LIMIT " + std::to_string(q.limit);
+    OUTPOST_TRY(auto r, read(sql.c_str(), p));
     std::vector<FoundRecord> out;
     for (int i = 0; i < PQntuples(r.get()); ++i) {
       FoundRecord f;
@@ -454,13 +472,13 @@ class PostgresStore final : public Store {
 
   using Store::commit_records;
   Result<void> commit_records(const std::string& node_id, uint64_t expect_acked, const std::vector<RecordRow>& rows,
-                              const std::optional<attestation::ClockInfo>& last_clock, std::optional<uint64_t> durable_seq) override {
+                              const std::optional<attestation::ClockInfo>& last_clock, const CommitAlso& also) override {
     if (rows.empty()) return ok();
     OUTPOST_TRY_VOID(check_rows_follow(expect_acked, rows));
     // Never retried here: if the connection drops around COMMIT the outcome is unknown, and
     // the node's next upload (conditional on what the hub then holds) settles it.
     OUTPOST_TRY_VOID(reconnect_if_lost());
-    auto r = commit_in_transaction(node_id, expect_acked, rows, last_clock, durable_seq);
+    auto r = commit_in_transaction(node_id, expect_acked, rows, last_clock, also);
     if (!r) rollback_if_open();
     return r;
   }
@@ -630,7 +648,7 @@ class PostgresStore final : public Store {
   }
 
   Result<void> commit_in_transaction(const std::string& node_id, uint64_t expect_acked, const std::vector<RecordRow>& rows,
-                                     const std::optional<attestation::ClockInfo>& clock, std::optional<uint64_t> durable_seq) {
+                                     const std::optional<attestation::ClockInfo>& clock, const CommitAlso& also) {
     OUTPOST_TRY_VOID(exec("BEGIN ISOLATION LEVEL READ COMMITTED"));
     // The row lock this UPDATE takes serialises hub instances appending for one node: a second
     // one waits here, then re-reads the committed row, finds acked_seq moved and matches nothing.
@@ -641,13 +659,20 @@ class PostgresStore final : public Store {
     } else {
       p.null(kInt8Oid).null(kInt8Oid).null(kInt8Oid).null(kBoolOid);
     }
-    if (durable_seq) {
-      p.i64(static_cast<int64_t>(*durable_seq));
+    if (also.durable_seq) {
+      p.i64(static_cast<int64_t>(*also.durable_seq));
+    } else {
+      p.null(kInt8Oid);
+    }
+    p.i64(also.contact_ms);
+    if (also.bundle_version) {
+      p.i64(static_cast<int64_t>(*also.bundle_version));
     } else {
       p.null(kInt8Oid);
     }
     OUTPOST_TRY(auto up, run("UPDATE nodes SET acked_seq = $3, acked_hash = $4, clock = $5, reset_count = $6, restart_count = $7, "
-                             "safe = $8, durable_seq = coalesce($9, durable_seq) WHERE node_id = $1 AND acked_seq = $2",
+                             "safe = $8, durable_seq = coalesce($9, durable_seq), last_contact_ms = greatest(last_contact_ms, $10), "
+                             "bundle_version = coalesce($11, bundle_version) WHERE node_id = $1 AND acked_seq = $2",
                              p));
     if (std::string_view(PQcmdTuples(up.get())) != "1") {
       OUTPOST_TRY(auto cur, run("SELECT acked_seq FROM nodes WHERE node_id = $1", Params().text(node_id)));
@@ -687,36 +712,24 @@ class PostgresStore final : public Store {
   }
 
   PgConn conn_;
-  PgConn listen_;
+  std::string conninfo_;
+  PgConn listen_;  // null until listen()
 };
 
 }  // namespace
 
 Result<std::unique_ptr<Store>> open_postgres_store(const std::string& conninfo) {
-  // Defaults the connection string may override (it is expanded in place of dbname, after
-  // them): a bounded connect, and keepalives so that a vanished server is noticed in about a
-  // minute rather than hours while the hub waits on it.
-  const char* keywords[] = {"connect_timeout", "keepalives_idle", "keepalives_interval", "keepalives_count",
-                            "application_name", "client_encoding", "dbname", nullptr};
-  const char* values[] = {"10", "30", "10", "3", "outpost-hub", "UTF8", conninfo.c_str(), nullptr};
-  auto connect = [&]() -> Result<PgConn> {
-    PgConn c(PQconnectdbParams(keywords, values, /*expand_dbname=*/1));
-    if (!c) return fail(errc::io, "PQconnectdbParams: out of memory");
-    // Errors name the server and database, never the connection string (it may hold a password).
-    if (PQstatus(c.get()) != CONNECTION_OK) return fail(errc::io, "PostgreSQL: PQconnectdbParams: " + one_line(PQerrorMessage(c.get())));
-    return c;
-  };
-  OUTPOST_TRY(PgConn conn, connect());
+  OUTPOST_TRY(PgConn conn, connect_pg(conninfo));
   const std::string where = std::string("PostgreSQL database ") + PQdb(conn.get()) + " on " + PQhost(conn.get()) + ":" + PQport(conn.get());
-  if (PQserverVersion(conn.get()) < 90600) {
+  // 11: ADD COLUMN with a default (schema v3) changes the catalog only; before it, the whole
+  // records table was rewritten under an exclusive lock.
+  if (PQserverVersion(conn.get()) < 110000) {
     return fail(errc::unsupported, where + ": server version " + std::to_string(PQserverVersion(conn.get())) +
-                                       " is older than 9.6 (INSERT ... ON CONFLICT, ALTER TABLE with several ADD COLUMN)");
+                                       " is older than 11 (ADD COLUMN ... DEFAULT without rewriting the table)");
   }
-  OUTPOST_TRY(PgConn listening, connect());
-  auto store = std::make_unique<PostgresStore>(std::move(conn), std::move(listening));
+  auto store = std::make_unique<PostgresStore>(std::move(conn), conninfo);
   auto r = store->migrate();
   if (!r) return fail(r.error().wrap(where + ": schema migration"));
-  if (auto l = store->listen(); !l) return fail(l.error().wrap(where + ": LISTEN"));
   return std::unique_ptr<Store>(std::move(store));
 }
 

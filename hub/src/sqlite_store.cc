@@ -69,7 +69,9 @@ constexpr Migration kMigrations[] = {
      "ALTER TABLE records ADD COLUMN subject TEXT NOT NULL DEFAULT '';"
      "ALTER TABLE records ADD COLUMN verdict TEXT NOT NULL DEFAULT '';"
      "ALTER TABLE records ADD COLUMN reason TEXT NOT NULL DEFAULT '';"
-     "CREATE INDEX records_search ON records (time_ms);"
+     "CREATE INDEX records_at ON records (time_ms);"
+     "CREATE INDEX records_agent ON records (agent, time_ms);"
+     "CREATE INDEX records_denies ON records (time_ms) WHERE verdict = 'deny';"
      "ALTER TABLE nodes ADD COLUMN last_attested_ms INTEGER NOT NULL DEFAULT 0;"
      "ALTER TABLE nodes ADD COLUMN bundle_version INTEGER NOT NULL DEFAULT 0;"
      "ALTER TABLE nodes ADD COLUMN durable_seq INTEGER NOT NULL DEFAULT 0;"},
@@ -217,11 +219,11 @@ class SqliteStore final : public Store {
 
   using Store::commit_records;
   Result<void> commit_records(const std::string& node_id, uint64_t expect_acked, const std::vector<RecordRow>& rows,
-                              const std::optional<attestation::ClockInfo>& last_clock, std::optional<uint64_t> durable_seq) override {
+                              const std::optional<attestation::ClockInfo>& last_clock, const CommitAlso& also) override {
     if (rows.empty()) return ok();
     OUTPOST_TRY_VOID(check_rows_follow(expect_acked, rows));
     OUTPOST_TRY_VOID(exec("BEGIN IMMEDIATE"));
-    auto r = commit_locked(node_id, expect_acked, rows, last_clock, durable_seq);
+    auto r = commit_locked(node_id, expect_acked, rows, last_clock, also);
     if (r) r = exec("COMMIT");
     // A failed COMMIT (SQLITE_FULL, SQLITE_IOERR) can leave the transaction open: it must not
     // linger, or the next upload would find these rows and take them for duplicates of records
@@ -285,23 +287,6 @@ class SqliteStore final : public Store {
     return s.run();
   }
 
-  Result<void> set_reported(const std::string& node_id, std::optional<uint64_t> bundle_version,
-                            std::optional<uint64_t> durable_seq) override {
-    Stmt s(db_, "UPDATE nodes SET bundle_version = coalesce(?, bundle_version), durable_seq = coalesce(?, durable_seq) WHERE node_id = ?");
-    if (bundle_version) {
-      s.bind(1, static_cast<int64_t>(*bundle_version));
-    } else {
-      s.bind_null(1);
-    }
-    if (durable_seq) {
-      s.bind(2, static_cast<int64_t>(*durable_seq));
-    } else {
-      s.bind_null(2);
-    }
-    s.bind(3, node_id);
-    return s.run();
-  }
-
   Result<std::map<std::string, uint64_t>> alert_counts() override {
     Stmt s(db_, "SELECT node_id, count(*) FROM alerts GROUP BY node_id");
     std::map<std::string, uint64_t> out;
@@ -313,13 +298,29 @@ class SqliteStore final : public Store {
   }
 
   Result<std::vector<FoundRecord>> search_records(const RecordQuery& q) override {
-    Stmt s(db_,
-           "SELECT node_id, seq, time_ms, kind, hash, agent, event, subject, verdict, reason FROM records "
-           "WHERE (?1 = '' OR node_id = ?1) AND (?2 = '' OR agent = ?2) AND (?3 = '' OR subject = ?3 OR subject LIKE '%/' || ?3) "
-           "AND (?4 = '' OR verdict = ?4) AND (?5 = 0 OR kind = 0) AND (?6 = 0 OR time_ms >= ?6) AND (?7 = 0 OR time_ms <= ?7) "
-           "ORDER BY time_ms DESC, seq DESC LIMIT ?8");
-    s.bind(1, q.node_id).bind(2, q.agent).bind(3, q.subject).bind(4, q.verdict).bind(5, int64_t{q.decisions_only ? 1 : 0});
-    s.bind(6, q.since_ms).bind(7, q.until_ms).bind(8, static_cast<int64_t>(q.limit));
+    // Only the filters given, so that an index can serve them (denies: a partial index; an
+    // agent: (agent, time); a node: (node, time); else the time index from the newest).
+    std::string sql = "SELECT node_id, seq, time_ms, kind, hash, agent, event, subject, verdict, reason FROM records WHERE 1 = 1";
+    std::vector<std::string> texts;
+    if (!q.node_id.empty()) {
+      sql += " AND node_id = ?";
+      texts.push_back(q.node_id);
+    }
+    if (!q.agent.empty()) {
+      sql += " AND agent = ?";
+      texts.push_back(q.agent);
+    }
+    if (!q.subject.empty()) {  // server/tool, or the tool alone: compared, never a pattern
+      sql += " AND (subject = ? OR substr(subject, -(length(?) + 1)) = '/' || ?)";
+      texts.insert(texts.end(), {q.subject, q.subject, q.subject});
+    }
+    if (q.verdict == "deny" || q.verdict == "allow") sql += " AND verdict = '" + q.verdict + "'";  // one of two constants
+    if (q.decisions_only) sql += " AND kind = 0";
+    if (q.since_ms) sql += " AND time_ms >= " + std::to_string(q.since_ms);
+    if (q.until_ms) sql += " AND time_ms <= " + std::to_string(q.until_ms);
+    sql += " ORDER BY time_ms DESC, seq DESC LIMIT " + std::to_string(q.limit);
+    Stmt s(db_, sql.c_str());
+    for (size_t i = 0; i < texts.size(); ++i) s.bind(static_cast<int>(i + 1), texts[i]);
     std::vector<FoundRecord> out;
     for (;;) {
       OUTPOST_TRY(bool row, s.step());
@@ -434,7 +435,7 @@ class SqliteStore final : public Store {
 
  private:
   Result<void> commit_locked(const std::string& node_id, uint64_t expect_acked, const std::vector<RecordRow>& rows,
-                             const std::optional<attestation::ClockInfo>& clock, std::optional<uint64_t> durable_seq) {
+                             const std::optional<attestation::ClockInfo>& clock, const CommitAlso& also) {
     Stmt cur(db_, "SELECT acked_seq FROM nodes WHERE node_id = ?");
     cur.bind(1, node_id);
     OUTPOST_TRY(bool found, cur.step());
@@ -454,7 +455,8 @@ class SqliteStore final : public Store {
     }
     Stmt up(db_,
             "UPDATE nodes SET acked_seq = ?, acked_hash = ?, clock = ?, reset_count = ?, restart_count = ?, safe = ?, "
-            "durable_seq = coalesce(?, durable_seq) WHERE node_id = ?");
+            "durable_seq = coalesce(?, durable_seq), last_contact_ms = max(last_contact_ms, ?), "
+            "bundle_version = coalesce(?, bundle_version) WHERE node_id = ?");
     up.bind(1, static_cast<int64_t>(rows.back().seq)).bind(2, ByteView(rows.back().hash));
     if (clock) {
       up.bind(3, static_cast<int64_t>(clock->clock)).bind(4, int64_t{clock->reset_count});
@@ -462,12 +464,18 @@ class SqliteStore final : public Store {
     } else {
       up.bind_null(3).bind_null(4).bind_null(5).bind_null(6);
     }
-    if (durable_seq) {
-      up.bind(7, static_cast<int64_t>(*durable_seq));
+    if (also.durable_seq) {
+      up.bind(7, static_cast<int64_t>(*also.durable_seq));
     } else {
       up.bind_null(7);
     }
-    up.bind(8, node_id);
+    up.bind(8, also.contact_ms);
+    if (also.bundle_version) {
+      up.bind(9, static_cast<int64_t>(*also.bundle_version));
+    } else {
+      up.bind_null(9);
+    }
+    up.bind(10, node_id);
     return up.run();
   }
 

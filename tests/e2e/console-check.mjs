@@ -106,6 +106,8 @@ try {
   await describe("bundles", "/console/bundles");
   await describe("denied", "/console/decisions?verdict=deny");
   await describe("signed_out", "/console/logout");
+  await load("/console");
+  out.after_sign_out = await evaluate("location.pathname");
 } catch (e) {
   out.error = String(e && e.stack || e);
 } finally {

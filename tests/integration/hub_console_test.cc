@@ -35,7 +35,8 @@ T value_of(Result<T> r) {
 
 // `n` decisions by `agent`, every third one denied, and a checkpoint quoted by `ak` at the end:
 // the frames, as the node's log holds them.
-std::string node_records(const fs::path& dir, const testing::SoftAk& ak, const std::string& agent, int n) {
+std::string node_records(const fs::path& dir, const testing::SoftAk& ak, const std::string& agent, int n,
+                         const std::string& markup = "") {
   offline_cache::AuditLogOptions o;
   auto log = value_of(offline_cache::AuditLog::open(dir, o));
   for (int i = 1; i <= n; ++i) {
@@ -46,9 +47,9 @@ std::string node_records(const fs::path& dir, const testing::SoftAk& ak, const s
     e.bundle_version = 1;
     const bool allow = i % 3 != 0;
     e.detail = json::serialize(json::object{{"kind", "decision"}, {"agent", agent}, {"server", "fs"},
-                                            {"tool", allow ? "read_file" : "write_file"}, {"allow", allow},
+                                            {"tool", (allow ? "read_file" : "write_file") + markup}, {"allow", allow},
                                             {"verdict", allow ? "allow" : "deny"},
-                                            {"reason", allow ? "reads are allowed" : "writes outside /srv/out are denied"}});
+                                            {"reason", (allow ? "reads are allowed" : "writes outside /srv/out are denied") + markup}});
     REQUIRE(log->append(e).has_value());
   }
   attestation::PcrBank bank;
@@ -99,26 +100,29 @@ TEST_CASE("the hub console in headless Chromium: sign-in, the seeded fleet, a no
     e.bearer_token = value_of(read_text_file(dir / "hub" / (std::string(role) + ".token"))).substr(0, 64);
     return e;
   };
-  auto request = [](const sync::HubEndpoint& e, sync::HubRequest req) {
+  auto request = [&dir](const sync::HubEndpoint& e, sync::HubRequest req) {
     auto r = sync::hub_request_blocking(e, std::move(req));
     INFO((r ? r->body : r.error().message()));
+    auto log = read_text_file(dir / "hub.log");
+    INFO("hub.log: " << (log ? *log : std::string()));
     REQUIRE(r.has_value());
     return *r;
   };
 
-  // The fleet: each node enrols and uploads its decisions; an agent name a node made up to
-  // inject markup is shown as text.
-  const std::vector<std::string> agents = {"reporter", "<script>alert(1)</script>", "inventory"};
+  // The fleet: each node enrols and uploads its decisions; the markup one node puts in its
+  // agent name, tools and reasons is shown as text.
+  const std::string markup = "<script>alert(1)</script>";
+  const std::vector<std::string> agents = {"reporter", markup, "inventory"};
   for (size_t i = 0; i < nodes.size(); ++i) {
     REQUIRE(request(at, {"POST", "/v1/enroll", nodes[i].to_json()}).status == 200);
-    const std::string frames = node_records(dir / ("log-" + std::to_string(i)), aks[i], agents[i], 12);
+    const std::string frames = node_records(dir / ("log-" + std::to_string(i)), aks[i], agents[i], 12, i == 1 ? markup : "");
     auto up = request(at, {"POST", "/v1/nodes/" + nodes[i].node_id + "/records", frames, "application/vnd.outpost.audit-frames"});
     REQUIRE(up.status == 200);
     REQUIRE(json::parse(up.body).at("stored").to_number<uint64_t>() == 13);
   }
   const Bytes bundle = testing::sign_bundle(testing::make_bundle({.version = 1}), {&iam});
   REQUIRE(request(as("iam"), {"POST", "/v1/bundles", std::string(as_chars(bundle)), "application/vnd.outpost.bundle"}).status == 200);
-  {  // The first node reports v1 in force (its evidence state): the console shows its offline budget.
+  {  // The first node's evidence state (its page says whether it is the enrolled node's).
     offline_cache::EvidencePackage state;
     state.node_identity_json = nodes[0].to_json();
     state.board = "sim";
@@ -134,10 +138,47 @@ TEST_CASE("the hub console in headless Chromium: sign-in, the seeded fleet, a no
   CHECK(page.header("content-type") == "text/html; charset=utf-8");
   CHECK_THAT(page.header("content-security-policy"), Catch::StartsWith("default-src 'none'"));
   CHECK(request(as("iam"), {"GET", "/console"}).status == 403);
-  auto decisions = request(as("responder"), {"GET", "/console/decisions?verdict=deny"});
-  CHECK(decisions.body.find("<script>alert(1)</script>") == std::string::npos);
-  CHECK(decisions.body.find("&lt;script&gt;alert(1)&lt;/script&gt;") != std::string::npos);
+  for (const std::string& path : std::vector<std::string>{"/console/decisions?verdict=deny", "/console/nodes/" + nodes[1].node_id}) {
+    auto html = request(as("responder"), {"GET", path});
+    CHECK(html.body.find(markup) == std::string::npos);
+    CHECK(html.body.find("&lt;script&gt;alert(1)&lt;/script&gt;") != std::string::npos);
+  }
   CHECK(request(as("operator"), {"GET", "/console/decisions?since=yesterday"}).status == 400);
+
+  // Sign-in sessions: a cookie that is not the token; a responder's downloads evidence, an
+  // operator's does not; a made-up or tampered one is sent to sign in again, and cleared.
+  auto sign_in = [&](const char* role) {
+    const std::string token = value_of(read_text_file(dir / "hub" / (std::string(role) + ".token"))).substr(0, 64);
+    auto r = request(at, {"POST", "/console/login", "token=" + token, "application/x-www-form-urlencoded"});
+    REQUIRE(r.status == 303);
+    const std::string cookie = r.header("set-cookie");
+    CHECK(cookie.find(token) == std::string::npos);
+    CHECK_THAT(cookie, Catch::Contains("HttpOnly; SameSite=Strict"));
+    return cookie.substr(0, cookie.find(';'));
+  };
+  auto with_cookie = [&](const std::string& cookie, const std::string& path) {
+    sync::HubRequest req{"GET", path};
+    req.headers["Cookie"] = cookie;
+    return request(at, req);
+  };
+  const std::string responder = sign_in("responder"), operator_ = sign_in("operator");
+  auto download = with_cookie(responder, "/console/nodes/" + nodes[0].node_id + "/evidence");
+  CHECK(download.status == 200);
+  CHECK_THAT(download.header("content-disposition"), Catch::StartsWith("attachment"));
+  CHECK(with_cookie(operator_, "/console/nodes/" + nodes[0].node_id + "/evidence").status == 403);
+  std::string tampered = operator_;
+  tampered[tampered.size() - 1] = tampered.back() == '0' ? '1' : '0';
+  auto stale = with_cookie(tampered, "/console");
+  CHECK(stale.status == 303);
+  CHECK(stale.header("location") == "/console/login");
+  CHECK_THAT(stale.header("set-cookie"), Catch::Contains("Max-Age=0"));
+  CHECK(with_cookie(operator_, "/console").status == 200);
+  // The session is not a bearer token.
+  sync::HubEndpoint as_cookie = at;
+  as_cookie.bearer_token = operator_.substr(operator_.find('=') + 1);
+  CHECK(request(as_cookie, {"GET", "/v1/nodes"}).status == 401);
+  CHECK(request(at, {"POST", "/console/login", "token=" + value_of(read_text_file(dir / "hub" / "iam.token")).substr(0, 64),
+                     "application/x-www-form-urlencoded"}).status == 401);
 
   // In the browser, as an operator.
   const fs::path artifacts = OUTPOST_TEST_ARTIFACTS;
@@ -165,7 +206,7 @@ TEST_CASE("the hub console in headless Chromium: sign-in, the seeded fleet, a no
   const std::string fleet_text(fleet.at("text").as_string());
   CHECK_THAT(fleet_text, Catch::Contains("3 nodes"));
   CHECK_THAT(fleet_text, Catch::Contains("retail-eu"));
-  CHECK_THAT(fleet_text, Catch::Contains("newest bundle v1: in force on 1 of 3"));
+  CHECK_THAT(fleet_text, Catch::Contains("newest bundle v1: in force on 3 of 3"));  // as their signed records say
   // Its offline budget (a day) less the seconds since its last contact.
   CHECK((fleet_text.find("23 h 59 min") != std::string::npos || fleet_text.find("24 h 0 min") != std::string::npos));
   const std::string node_text(pages.at("node").as_object().at("text").as_string());
@@ -178,8 +219,13 @@ TEST_CASE("the hub console in headless Chromium: sign-in, the seeded fleet, a no
   CHECK_THAT(rollout, Catch::Contains("v1"));
   const std::string denied(pages.at("denied").as_object().at("text").as_string());
   CHECK_THAT(denied, Catch::Contains("12 found"));  // 4 denies on each of 3 nodes
-  CHECK_THAT(denied, Catch::Contains("<script>alert(1)</script>"));  // shown as text, never run
+  CHECK_THAT(denied, Catch::Contains(markup));  // shown as text, never run
+  for (const char* p : {"fleet", "node", "bundles", "denied"}) {
+    INFO(p);
+    CHECK(pages.at(p).as_object().at("scripts").as_int64() == 0);
+  }
   CHECK(pages.at("signed_out").as_object().at("url") == "/console/login");
+  CHECK(out.at("after_sign_out") == "/console/login");  // the fleet page, loaded again, asks to sign in
   REQUIRE(fs::exists(shot));
   CHECK(fs::file_size(shot) > 10000);
   CHECK(hub.stop() == 0);

@@ -31,6 +31,7 @@ using hub::AlertRow;
 using hub::BundleRow;
 using hub::NodeRow;
 using hub::RecordRow;
+using hub::RecordQuery;
 using hub::Store;
 
 namespace {
@@ -437,6 +438,76 @@ STORE_CASE("two stores racing to commit after the same record: exactly one wins"
     for (size_t i = 0; i < stored.size(); ++i) REQUIRE(same_record(stored[i], winner[i]));
     acked += 20;
   }
+}
+
+STORE_CASE("search: decisions by node, agent, tool, verdict and time, newest first; attestation and alert counts", search_case) {
+  auto store = backend.open();
+  require_ok(store->enroll(node_row("n1")));
+  require_ok(store->enroll(node_row("n2")));
+  // Non-ASCII text, as ingest leaves it (hub::search_text): PostgreSQL's text takes it.
+  const std::string reason = "écrire hors de /srv/out est refusé — 書き込み拒否";
+  auto decided = [&](uint64_t first, const std::string& agent) {
+    auto rows = records(first, 20);
+    for (auto& r : rows) {
+      r.agent = agent;
+      r.event = r.kind == 0 ? "decision" : "checkpoint";
+      if (r.kind != 0) continue;
+      const bool deny = r.seq % 4 == 0;
+      r.subject = deny ? "fs/write_file" : "fs/read_file";
+      r.verdict = deny ? "deny" : "allow";
+      r.reason = deny ? reason : "reads are allowed";
+    }
+    return rows;
+  };
+  require_ok(store->commit_records("n1", 0, decided(1, "reporter"), clock_at(1)));
+  require_ok(store->commit_records("n2", 0, decided(1, "inventory"), clock_at(1)));
+  auto search = [&](RecordQuery q) { return value_of(store->search_records(q)); };
+  RecordQuery denies;
+  denies.verdict = "deny";
+  auto found = search(denies);
+  REQUIRE(found.size() == 10);  // seq 4, 8, 12, 16, 20 on each node
+  CHECK(found.front().row.time_ms >= found.back().row.time_ms);
+  CHECK(found.front().row.reason == reason);
+  RecordQuery by_agent;
+  by_agent.agent = "inventory";
+  by_agent.verdict = "deny";
+  for (const auto& f : search(by_agent)) CHECK(f.node_id == "n2");
+  RecordQuery tool;
+  tool.subject = "write_file";  // the tool alone matches server/tool
+  CHECK(search(tool).size() == 10);
+  tool.subject = "fs/write_file";
+  CHECK(search(tool).size() == 10);
+  tool.subject = "write_fil_";  // compared, never a pattern
+  CHECK(search(tool).empty());
+  tool.subject = "%";
+  CHECK(search(tool).empty());
+  RecordQuery window;
+  window.node_id = "n1";
+  window.since_ms = 1000 + 10 * 5;
+  window.until_ms = 1000 + 10 * 9;
+  CHECK(search(window).size() == 5);
+  RecordQuery few;
+  few.limit = 3;
+  CHECK(search(few).size() == 3);
+
+  require_ok(store->touch_attested("n1", 123456));
+  CHECK(value_of(store->node("n1"))->last_attested_ms == 123456);
+  CHECK(value_of(store->node("n1"))->last_contact_ms == 123456);
+  require_ok(store->add_alert({"n2", "fork", "x", "2026-11-28T10:00:00Z"}));
+  require_ok(store->add_alert({"n2", "refused_upload", "y", "2026-11-28T10:00:01Z"}));
+  auto counts = value_of(store->alert_counts());
+  CHECK(counts.size() == 1);
+  CHECK(counts["n2"] == 2);
+  // What an upload's commit carries besides the rows.
+  Store::CommitAlso also;
+  also.durable_seq = 90;
+  also.contact_ms = 5000;
+  also.bundle_version = 7;
+  require_ok(store->commit_records("n1", 20, records(21, 5), clock_at(2), also));
+  auto n1 = value_of(store->node("n1"));
+  CHECK(n1->durable_seq == 90);
+  CHECK(n1->bundle_version == 7);
+  CHECK(n1->last_contact_ms == 123456);  // only ever forward
 }
 
 STORE_CASE("fleets: a node enrols into one and is moved to another; an unknown node is not_found", fleets_case) {

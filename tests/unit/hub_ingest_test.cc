@@ -172,3 +172,41 @@ TEST_CASE("an upload that skips records or is cut mid-frame is refused and store
 
 }  // namespace
 }  // namespace outpost::hub
+
+TEST_CASE("search columns are UTF-8 PostgreSQL takes: ill-formed bytes and NUL replaced, cut on a character", "[hub-ingest]") {
+  const std::string fffd = "\xef\xbf\xbd";
+  CHECK(outpost::hub::search_text("read_file", 64) == "read_file");
+  CHECK(outpost::hub::search_text(std::string("a\0b", 3), 64) == "a" + fffd + "b");
+  CHECK(outpost::hub::search_text("\xff\xfe", 64) == fffd + fffd);
+  CHECK(outpost::hub::search_text("\xc0\xaf", 64) == fffd + fffd);              // an overlong '/'
+  CHECK(outpost::hub::search_text("\xed\xa0\x80", 64) == fffd + fffd + fffd);  // a surrogate
+  CHECK(outpost::hub::search_text("\xe2\x82", 64) == fffd + fffd);             // cut short
+  // 100 "é" (2 bytes each) cut to 199 bytes: 99 whole characters, never half of one.
+  std::string e;
+  for (int i = 0; i < 100; ++i) e += "\xc3\xa9";
+  const std::string cut = outpost::hub::search_text(e, 199);
+  CHECK(cut.size() == 198);
+  CHECK(cut == e.substr(0, 198));
+
+  // From a decision's detail: the subject, verdict and reason; an egress decision's host.
+  outpost::offline_cache::AuditRecord r;
+  r.kind = outpost::offline_cache::RecordKind::decision;
+  r.event = "decision";
+  r.agent = "reporter";
+  r.detail = R"({"server":"fs","tool":"write\u0000file","allow":false,"reason":"no"})";
+  outpost::hub::RecordRow row;
+  outpost::hub::fill_search_columns(r, row);
+  CHECK(row.subject == "fs/write" + fffd + "file");
+  CHECK(row.verdict == "deny");
+  CHECK(row.reason == "no");
+  r.event = "egress";
+  r.detail = R"({"host":"api.example.org","allow":true})";
+  outpost::hub::RecordRow egress;
+  outpost::hub::fill_search_columns(r, egress);
+  CHECK(egress.subject == "api.example.org");
+  CHECK(egress.verdict == "allow");
+  r.detail = "not json";
+  outpost::hub::RecordRow unreadable;
+  outpost::hub::fill_search_columns(r, unreadable);
+  CHECK(unreadable.verdict.empty());  // the console shows it apart, never as allowed
+}

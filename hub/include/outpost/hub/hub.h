@@ -46,6 +46,10 @@ struct HubConfig {
   // A node enrols only once its TPM has opened a credential made for its EK and AK (TPM2
   // credential activation); off: the AK is trusted on first use.
   bool activation_required = true;
+  // A node's bundle poll must carry its node token (docs/hub.md "Roles"); false
+  // (`node_tokens: optional`) also lets in polls with none, from nodes older than tokens,
+  // while a fleet is upgraded.
+  bool node_tokens_required = true;
   std::set<std::string> allow_nodes;
   // Fleets at enrolment: a node named in `fleets.assign` joins that fleet, any other one
   // `fleets.default` ("" for none). Operators move nodes later (PUT /v1/nodes/N/fleet).
@@ -56,6 +60,9 @@ struct HubConfig {
   uint64_t max_upload_bytes = 64ull << 20;    // a records upload or an evidence state
   uint64_t max_pull_bytes = 512ull << 20;     // a responder's package; a larger range is refused (413)
   uint32_t max_connections = 4096;            // more wait in the listen backlog
+  // Threads that verify and store record uploads, off the event loop (each with a store
+  // connection of its own); default: the machine's cores.
+  uint32_t ingest_threads = 0;
   std::filesystem::path source_file;
 };
 

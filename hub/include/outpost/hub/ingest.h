@@ -25,7 +25,14 @@ struct UploadPlan {
   std::optional<attestation::ClockInfo> clock;  // the chain's clock after them
   uint64_t duplicates = 0;            // records the hub held already, byte for byte
   size_t pending = 0;                 // new records after the last checkpoint: not stored
+  // The bundle in force as the stored records show it (the last install or decision's
+  // version; 0: they say nothing): signed by the node's AK, unlike its evidence state.
+  uint64_t bundle_version = 0;
 };
+
+// `in` as UTF-8 PostgreSQL's text takes: each ill-formed sequence and NUL becomes U+FFFD, and
+// it is cut, on a character's boundary, to at most max_bytes.
+std::string search_text(std::string_view in, size_t max_bytes);
 
 // A record's search columns (agent, event; for decisions the subject, verdict and reason from
 // its detail): what the console searches by.

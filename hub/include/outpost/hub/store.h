@@ -39,8 +39,8 @@ struct NodeRow {
   int64_t last_contact_ms = 0;
   std::string fleet;          // "" when the node is in no fleet
   int64_t last_attested_ms = 0;  // of the last fresh quote the hub verified (0: none)
-  // What the node last reported (not signed: for the console, never for a decision): the
-  // newest bundle in its evidence state, and how far its log was durable at its last upload.
+  // The bundle in force as the node's stored (AK-signed) records last showed it, and how far
+  // its log was durable at its last upload (its word, not signed: for the console only).
   uint64_t bundle_version = 0;
   uint64_t durable_seq = 0;
 };
@@ -95,14 +95,18 @@ class Store {
   virtual Result<void> enroll(const NodeRow& node) = 0;
   // Appends `rows` (consecutive, starting at expect_acked + 1) and moves the node's chain state
   // to the last of them, in one transaction; errc::already_exists (nothing written) when the
-  // stored acked_seq is no longer expect_acked. `durable_seq`, when given, is what the node
-  // reported with the upload (NodeRow::durable_seq), kept in the same transaction.
+  // stored acked_seq is no longer expect_acked. `also` is what changes with them in the same
+  // transaction (one commit, one flush).
+  struct CommitAlso {
+    std::optional<uint64_t> durable_seq;  // what the node reported with the upload (NodeRow::durable_seq)
+    int64_t contact_ms = 0;               // the node's last contact, when not 0
+    std::optional<uint64_t> bundle_version;  // the bundle in force its records show (NodeRow::bundle_version)
+  };
   virtual Result<void> commit_records(const std::string& node_id, uint64_t expect_acked, const std::vector<RecordRow>& rows,
-                                      const std::optional<attestation::ClockInfo>& last_clock,
-                                      std::optional<uint64_t> durable_seq) = 0;
+                                      const std::optional<attestation::ClockInfo>& last_clock, const CommitAlso& also) = 0;
   Result<void> commit_records(const std::string& node_id, uint64_t expect_acked, const std::vector<RecordRow>& rows,
                               const std::optional<attestation::ClockInfo>& last_clock) {
-    return commit_records(node_id, expect_acked, rows, last_clock, std::nullopt);
+    return commit_records(node_id, expect_acked, rows, last_clock, CommitAlso{});
   }
   virtual Result<std::optional<Digest>> record_hash(const std::string& node_id, uint64_t seq) = 0;
   // Records with seq >= from_seq in order, to `each` (false stops).
@@ -115,9 +119,6 @@ class Store {
   virtual Result<void> set_fleet(const std::string& node_id, const std::string& fleet) = 0;
   // A fresh quote verified now: last contact and last attestation.
   virtual Result<void> touch_attested(const std::string& node_id, int64_t now_ms) = 0;
-  // What the node reported; nullopt leaves a value as it is.
-  virtual Result<void> set_reported(const std::string& node_id, std::optional<uint64_t> bundle_version,
-                                    std::optional<uint64_t> durable_seq) = 0;
   // Open alerts per node (nodes with none are absent).
   virtual Result<std::map<std::string, uint64_t>> alert_counts() = 0;
   virtual Result<std::vector<FoundRecord>> search_records(const RecordQuery& query) = 0;
@@ -140,12 +141,13 @@ class Store {
   // tells every instance, this one included, that what is served to `node` changed ("": to
   // every node: a bundle was published); wake_fd() turns readable when such a word may have
   // come, and drain_wakes() reads what came: the nodes named ("" for all; a lost and
-  // re-established listening connection gives "", since words may have been missed). SQLite
-  // has one instance: -1, and nothing to drain.
+  // re-established listening connection gives "", since words may have been missed; the
+  // first call starts listening). SQLite has one instance: can_wake() is false.
   virtual Result<void> notify(const std::string& node) {
     (void)node;
     return ok();
   }
+  virtual bool can_wake() const { return false; }
   virtual int wake_fd() { return -1; }
   virtual Result<std::vector<std::string>> drain_wakes() { return std::vector<std::string>{}; }
 };
