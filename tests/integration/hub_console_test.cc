@@ -228,5 +228,20 @@ TEST_CASE("the hub console in headless Chromium: sign-in, the seeded fleet, a no
   CHECK(out.at("after_sign_out") == "/console/login");  // the fleet page, loaded again, asks to sign in
   REQUIRE(fs::exists(shot));
   CHECK(fs::file_size(shot) > 10000);
+
+  // A node's bundle poll needs its node token; with node_tokens: optional (a fleet upgrading
+  // from nodes older than tokens) one with none is let in, a wrong one still refused.
+  const std::string poll = "/v1/bundle?node=" + nodes[0].node_id;
+  CHECK(request(at, {"GET", poll}).status == 401);
   CHECK(hub.stop() == 0);
+  testing::write_text(init.config, value_of(read_text_file(init.config)) + "node_tokens: optional\n");
+  fs::remove(port_file);
+  testing::Background upgrading({OUTPOST_HUB_BIN, "--config", init.config.string(), "--port-file", port_file.string()}, dir / "hub2.log");
+  REQUIRE(testing::eventually([&] { return file_exists(port_file); }, 20));
+  at.port = static_cast<uint16_t>(std::stoi(value_of(read_text_file(port_file))));
+  CHECK(request(at, {"GET", poll}).status == 200);
+  sync::HubRequest wrong{"GET", poll};
+  wrong.headers["X-Outpost-Node-Token"] = std::string(64, '0');
+  CHECK(request(at, wrong).status == 401);
+  CHECK(upgrading.stop() == 0);
 }

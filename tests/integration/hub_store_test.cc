@@ -567,6 +567,9 @@ TEST_CASE("hub.yaml's credentials and fleets: what init writes loads; malformed 
     INFO(r.error().message());
     CHECK(r.error().message().find(says) != std::string::npos);
   }
+  CHECK_FALSE(value_of(with("node_tokens: optional\n")).node_tokens_required);
+  CHECK(value_of(with("ingest_threads: 3\n")).ingest_threads == 3);
+  CHECK_FALSE(with("node_tokens: sometimes\n").has_value());
   CHECK(hub::valid_fleet_name("retail-eu.1_b"));
   CHECK_FALSE(hub::valid_fleet_name(""));
   CHECK_FALSE(hub::valid_fleet_name(std::string(65, 'a')));
