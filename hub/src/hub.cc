@@ -19,6 +19,7 @@
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http.hpp>
 #include <boost/json.hpp>
+#include <algorithm>
 #include <array>
 #include <cctype>
 #include <charconv>
@@ -95,7 +96,8 @@ std::string query_param(std::string_view target, std::string_view key) {
   return query_param_given(target, key).value_or(std::string());
 }
 
-// The console's sign-in cookie: the credential's token, HttpOnly and Secure, for /console only.
+// The console's sign-in cookie (a session: Hub::Impl::console_session), HttpOnly and Secure,
+// for /console only.
 constexpr std::string_view kConsoleCookie = "outpost_console";
 std::string console_cookie(std::string_view header) {
   while (!header.empty()) {
@@ -200,6 +202,14 @@ Result<HubConfig> load_hub_config(const fs::path& file) {
   c.source_file = file;
   const fs::path base = file.parent_path();
   auto rel = [&](const std::string& p) { return fs::path(p).is_absolute() ? fs::path(p) : base / p; };
+  // A field that takes one of two words: true for `yes`.
+  auto either = [&](const std::string& key, const YAML::Node& v, const char* yes, const char* no) -> Result<bool> {
+    const std::string word = v.as<std::string>();
+    if (word != yes && word != no) {
+      return fail(errc::invalid_argument, file.string() + ": " + key + ": \"" + yes + "\" or \"" + no + "\", not \"" + word + "\"");
+    }
+    return word == yes;
+  };
   try {
     YAML::Node root = YAML::Load(text);
     if (!root.IsMap()) return fail(errc::invalid_argument, file.string() + ": not a YAML mapping");
@@ -232,17 +242,9 @@ Result<HubConfig> load_hub_config(const fs::path& file) {
       } else if (key == "bundle_trust") {
         OUTPOST_TRY(c.bundle_trust_json, read_text_file(rel(v.as<std::string>()), 1 << 20));
       } else if (key == "enrolment") {
-        std::string mode = v.as<std::string>();
-        if (mode != "open" && mode != "allow_list") {
-          return fail(errc::invalid_argument, file.string() + ": enrolment: \"open\" or \"allow_list\", not \"" + mode + "\"");
-        }
-        c.enrol_open = mode == "open";
+        OUTPOST_TRY(c.enrol_open, either(key, v, "open", "allow_list"));
       } else if (key == "activation") {
-        std::string mode = v.as<std::string>();
-        if (mode != "required" && mode != "off") {
-          return fail(errc::invalid_argument, file.string() + ": activation: \"required\" or \"off\", not \"" + mode + "\"");
-        }
-        c.activation_required = mode == "required";
+        OUTPOST_TRY(c.activation_required, either(key, v, "required", "off"));
       } else if (key == "allow_nodes") {
         for (const auto& n : v) c.allow_nodes.insert(n.as<std::string>());
       } else if (key == "fleets") {
@@ -307,11 +309,7 @@ Result<HubConfig> load_hub_config(const fs::path& file) {
       } else if (key == "max_pull_bytes") {
         c.max_pull_bytes = v.as<uint64_t>();
       } else if (key == "node_tokens") {
-        std::string mode = v.as<std::string>();
-        if (mode != "required" && mode != "optional") {
-          return fail(errc::invalid_argument, file.string() + ": node_tokens: \"required\" or \"optional\", not \"" + mode + "\"");
-        }
-        c.node_tokens_required = mode == "required";
+        OUTPOST_TRY(c.node_tokens_required, either(key, v, "required", "optional"));
       } else if (key == "ingest_threads") {
         c.ingest_threads = v.as<uint32_t>();
       } else if (key == "max_connections") {
@@ -413,19 +411,21 @@ struct Hub::Impl {
   uint64_t records_stored = 0, record_duplicates = 0, upload_bytes = 0;
   static size_t route_index(const std::vector<std::string>& parts, http::verb method);
   Response metrics_page();
-  // Declared last, destroyed first: the coroutine frames it still holds (connections, pollers)
-  // are destroyed while the members above they refer to are alive.
+  // Destroyed after the ingest pool below and before everything above: the coroutine frames it
+  // still holds (connections, pollers) are destroyed while the members they refer to are alive.
   asio::io_context io{1};
   tcp::acceptor acceptor{io};
 
   // Record uploads are verified and committed off the event loop (docs/hub.md "Threading"), on
-  // these threads, each job with a store connection of its own from `idle_stores`. SQLite
-  // takes one writer at a time: its commits queue on sqlite_commit_mu instead of sleeping in
-  // SQLite's busy handler; PostgreSQL's row locks order them.
+  // these threads, each job with a store connection of its own from `idle_stores` (opened at
+  // start, one per thread). SQLite's writers take turns on a lock of the store's (one writer
+  // per file); PostgreSQL's row locks order them.
   std::mutex stores_mu;
   std::vector<std::unique_ptr<Store>> idle_stores;
-  std::mutex sqlite_commit_mu;
-  bool serialize_commits = true;
+  // Uploads handed to the pool and not answered yet (the loop's alone); past the cap an upload
+  // is answered 503 at once, so a flood queues no unbounded work and memory.
+  size_t ingest_in_flight = 0;
+  static constexpr size_t kIngestQueueCap = 256;
   Result<std::unique_ptr<Store>> take_store() {
     {
       std::lock_guard lock(stores_mu);
@@ -465,7 +465,7 @@ struct Hub::Impl {
     if (auto r = store->notify(node); !r) log::warn("hub.notify", {{"error", r.error().message()}});
   }
   asio::awaitable<void> serve(tcp::socket socket);
-  asio::awaitable<Response> route(const Request& req, const Credential* who);
+  asio::awaitable<Response> route(Request& req, const Credential* who);
   // Who may use a route: the roles in `roles` (a mask of Role) and, when `node` is set, that
   // node itself with its node token. Nothing at all: a node's route, whose body carries what
   // its TPM signed (records, quotes, evidence) or proves it (enrolment).
@@ -496,7 +496,7 @@ struct Hub::Impl {
   // The secret a credential activation challenge for (node, AK name) carries, valid until
   // expires_ms: recomputed on the answer, so nothing is stored between the two requests.
   Digest activation_secret(const std::string& node_id, ByteView ak_name, int64_t expires_ms) const;
-  asio::awaitable<Response> upload_records(const std::string& node_id, const Request& req);
+  asio::awaitable<Response> upload_records(const std::string& node_id, Request& req);
   Response nonce(const std::string& node_id);
   Response attestation(const std::string& node_id, const Request& req);
   // The MAC part of a nonce for `node_id` valid until expires_ms (kNonceMacBytes bytes).
@@ -904,7 +904,7 @@ std::variant<const Credential*, Response> Hub::Impl::authorize(const http::reque
 }
 
 // `who`: the credential serve() found for the route (nullptr: none needed, or the node's own).
-asio::awaitable<Response> Hub::Impl::route(const Request& req, const Credential* who) {
+asio::awaitable<Response> Hub::Impl::route(Request& req, const Credential* who) {
   const auto parts = path_parts(req.target());
   const bool get = req.method() == http::verb::get;
   const bool post = req.method() == http::verb::post;
@@ -979,8 +979,9 @@ Response Hub::Impl::enroll(const Request& req) {
       return reply_json(200, json::object{{"node_id", id->node_id}, {"acked_seq", (*existing)->acked_seq}, {"enrolled", false}});
     }
     if (!config.activation_required) {
-      // Nothing but node.json, which is public, would stand behind the token.
-      return reply_error(403, "enrol: with activation off, a node's token is handed out at its first enrolment only");
+      // Nothing but node.json, which is public, would stand behind the token: none is handed
+      // out again (the node goes on uploading; its polls need node_tokens: optional).
+      return reply_json(200, json::object{{"node_id", id->node_id}, {"acked_seq", (*existing)->acked_seq}, {"enrolled", false}});
     }
   }
   bool activated = false;
@@ -1100,11 +1101,22 @@ Response Hub::Impl::attestation(const std::string& node_id, const Request& req) 
 // POST /v1/nodes/<id>/records, body: audit frames from the hub's acknowledged sequence on (or
 // earlier: records the hub has are compared and skipped). Stored through the last checkpoint
 // whose quote the node's AK signed; the rest waits for the next checkpoint.
-asio::awaitable<Response> Hub::Impl::upload_records(const std::string& node_id, const Request& req) {
-  // The job owns copies of what it reads (the body, a few KB to max_upload_bytes), so a hub
-  // stopping while it runs leaves it nothing dangling; `this` outlives it (ingest_pool is
-  // joined first when the hub goes).
-  auto job = [this, node_id, body = req.body(), durable = std::string(req["X-Outpost-Durable-Seq"])]() -> Ingested {
+asio::awaitable<Response> Hub::Impl::upload_records(const std::string& node_id, Request& req) {
+  if (ingest_in_flight >= kIngestQueueCap) {
+    Response busy = reply_error(503, "records: the hub is busy storing other uploads; send it again shortly");
+    busy.set(http::field::retry_after, "1");
+    co_return busy;
+  }
+  ++ingest_in_flight;
+  struct InFlight {
+    size_t& n;
+    ~InFlight() { --n; }
+  } in_flight{ingest_in_flight};
+  const size_t body_bytes = req.body().size();
+  // The job owns what it reads (the body moved in, a few KB to max_upload_bytes), so a hub
+  // stopping while it runs leaves it nothing dangling; `this` outlives it (the pool is
+  // stopped and joined when the hub stops).
+  auto job = [this, node_id, body = std::move(req.body()), durable = std::string(req["X-Outpost-Durable-Seq"])]() -> Ingested {
     auto st = take_store();
     if (!st) return Ingested{reply_error(500, st.error().message()), std::nullopt, 0, 0};
     Ingested out = ingest(**st, node_id, body, durable);
@@ -1116,7 +1128,7 @@ asio::awaitable<Response> Hub::Impl::upload_records(const std::string& node_id, 
   if (out.alert) alert(node_id, out.alert->first, out.alert->second);
   records_stored += out.stored;
   record_duplicates += out.duplicates;
-  if (out.response.result_int() == 200) upload_bytes += req.body().size();
+  if (out.response.result_int() == 200) upload_bytes += body_bytes;
   co_return std::move(out.response);
 }
 
@@ -1155,8 +1167,6 @@ Hub::Impl::Ingested Hub::Impl::ingest(Store& st, const std::string& node_id, con
     // can replay records the hub already holds.
     also.contact_ms = now_ms();
     if (plan.bundle_version > 0) also.bundle_version = plan.bundle_version;
-    std::unique_lock<std::mutex> one_writer(sqlite_commit_mu, std::defer_lock);
-    if (serialize_commits) one_writer.lock();
     auto c = st.commit_records(node_id, (*node)->acked_seq, rows, plan.clock, also);
     if (!c) {
       if (c.error().is(errc::already_exists)) return refuse(409, c.error().message());
@@ -1663,8 +1673,13 @@ Result<std::unique_ptr<Hub>> Hub::create(HubConfig config) {
   auto impl = std::make_unique<Impl>();
   impl->config = std::move(config);
   OUTPOST_TRY(impl->store, open_store(impl->config.database.string()));
-  impl->serialize_commits = !is_postgres_uri(impl->config.database.string());
-  if (impl->config.ingest_threads == 0) impl->config.ingest_threads = std::max(1u, std::thread::hardware_concurrency());
+  // Each ingest thread holds a database connection (PostgreSQL: threads + 2 per instance, with
+  // the loop's and the listening one), so the default stays modest on large machines.
+  if (impl->config.ingest_threads == 0) impl->config.ingest_threads = std::clamp(std::thread::hardware_concurrency(), 1u, 4u);
+  for (uint32_t i = 0; i < impl->config.ingest_threads; ++i) {  // at start: a shortage fails now, not at an upload
+    OUTPOST_TRY(auto st, open_store(impl->config.database.string()));
+    impl->idle_stores.push_back(std::move(st));
+  }
   impl->ingest_pool = std::make_unique<asio::thread_pool>(impl->config.ingest_threads);
   if (!impl->config.bundle_trust_json.empty()) {
     OUTPOST_TRY(auto t, offline_cache::TrustRoot::parse(impl->config.bundle_trust_json));
@@ -1712,6 +1727,10 @@ Result<void> Hub::run(bool handle_signals) {
   asio::co_spawn(m.io, m.wake_loop(), asio::detached);
   log::info("hub.listening", {{"address", m.config.listen_host + ":" + std::to_string(port())}});
   m.io.run();
+  // Stopped: queued uploads are dropped (their nodes send them again), running ones finish
+  // before run() returns, so nothing commits after the hub said it stopped.
+  m.ingest_pool->stop();
+  m.ingest_pool->join();
   return ok();
 }
 

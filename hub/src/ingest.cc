@@ -141,10 +141,12 @@ UploadPlan plan_upload(ByteView body, const NodeRow& node, const EcPublicKey& ak
       boost::system::error_code ec;
       const boost::json::value d = boost::json::parse(r.detail, ec);
       const auto* v = !ec && d.is_object() ? d.as_object().if_contains("version") : nullptr;
-      if (v && v->is_uint64()) version_seen = v->as_uint64();
-      if (v && v->is_int64() && v->as_int64() > 0) version_seen = static_cast<uint64_t>(v->as_int64());
+      // Installs only move forward (the TPM's rollback counter): the highest seen is in force,
+      // whatever a decision made under the old one, or a late flush, says after it.
+      if (v && v->is_uint64()) version_seen = std::max(version_seen, v->as_uint64());
+      if (v && v->is_int64() && v->as_int64() > 0) version_seen = std::max(version_seen, static_cast<uint64_t>(v->as_int64()));
     } else if (r.bundle_version > 0) {
-      version_seen = r.bundle_version;
+      version_seen = std::max(version_seen, r.bundle_version);
     }
     if (r.kind == offline_cache::RecordKind::checkpoint) {
       anchored = plan.rows.size();

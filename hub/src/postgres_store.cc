@@ -78,9 +78,9 @@ constexpr Migration kMigrations[] = {
      "ALTER TABLE records ADD COLUMN agent text NOT NULL DEFAULT '', ADD COLUMN event text NOT NULL DEFAULT '', "
      "ADD COLUMN subject text NOT NULL DEFAULT '', ADD COLUMN verdict text NOT NULL DEFAULT '', "
      "ADD COLUMN reason text NOT NULL DEFAULT '';"
-     "CREATE INDEX records_at ON records (time_ms);"
-     "CREATE INDEX records_agent ON records (agent, time_ms);"
-     "CREATE INDEX records_denies ON records (time_ms) WHERE verdict = 'deny';"
+     "CREATE INDEX records_at ON records (time_ms, seq);"
+     "CREATE INDEX records_agent ON records (agent, time_ms, seq);"
+     "CREATE INDEX records_denies ON records (time_ms, seq) WHERE verdict = 'deny';"
      "ALTER TABLE nodes ADD COLUMN last_attested_ms bigint NOT NULL DEFAULT 0, ADD COLUMN bundle_version bigint NOT NULL DEFAULT 0, "
      "ADD COLUMN durable_seq bigint NOT NULL DEFAULT 0;"},
 };
@@ -672,7 +672,7 @@ class PostgresStore final : public Store {
     }
     OUTPOST_TRY(auto up, run("UPDATE nodes SET acked_seq = $3, acked_hash = $4, clock = $5, reset_count = $6, restart_count = $7, "
                              "safe = $8, durable_seq = coalesce($9, durable_seq), last_contact_ms = greatest(last_contact_ms, $10), "
-                             "bundle_version = coalesce($11, bundle_version) WHERE node_id = $1 AND acked_seq = $2",
+                             "bundle_version = greatest(bundle_version, coalesce($11, 0)) WHERE node_id = $1 AND acked_seq = $2",
                              p));
     if (std::string_view(PQcmdTuples(up.get())) != "1") {
       OUTPOST_TRY(auto cur, run("SELECT acked_seq FROM nodes WHERE node_id = $1", Params().text(node_id)));

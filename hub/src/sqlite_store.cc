@@ -3,6 +3,9 @@
 #include <sqlite3.h>
 
 #include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
 
 #include "outpost/base/errors.h"
 #include "outpost/hub/store.h"
@@ -69,9 +72,9 @@ constexpr Migration kMigrations[] = {
      "ALTER TABLE records ADD COLUMN subject TEXT NOT NULL DEFAULT '';"
      "ALTER TABLE records ADD COLUMN verdict TEXT NOT NULL DEFAULT '';"
      "ALTER TABLE records ADD COLUMN reason TEXT NOT NULL DEFAULT '';"
-     "CREATE INDEX records_at ON records (time_ms);"
-     "CREATE INDEX records_agent ON records (agent, time_ms);"
-     "CREATE INDEX records_denies ON records (time_ms) WHERE verdict = 'deny';"
+     "CREATE INDEX records_at ON records (time_ms, seq);"
+     "CREATE INDEX records_agent ON records (agent, time_ms, seq);"
+     "CREATE INDEX records_denies ON records (time_ms, seq) WHERE verdict = 'deny';"
      "ALTER TABLE nodes ADD COLUMN last_attested_ms INTEGER NOT NULL DEFAULT 0;"
      "ALTER TABLE nodes ADD COLUMN bundle_version INTEGER NOT NULL DEFAULT 0;"
      "ALTER TABLE nodes ADD COLUMN durable_seq INTEGER NOT NULL DEFAULT 0;"},
@@ -175,9 +178,22 @@ void search_columns_of(const Stmt& s, int first, RecordRow& r) {
   r.reason = s.text(first + 4);
 }
 
+// SQLite has one writer at a time per file. Stores of one process on one file (the hub's event
+// loop and its ingest threads) take turns on this lock instead of meeting SQLITE_BUSY and
+// sleeping in SQLite's busy handler, which would stall the loop and, under steady ingest, fail
+// its writes after the busy timeout. (Other processes on the file still meet the busy timeout.)
+std::mutex& writer_lock(const std::string& file) {
+  static std::mutex registry_mu;
+  static std::map<std::string, std::unique_ptr<std::mutex>> registry;
+  std::lock_guard lock(registry_mu);
+  auto& m = registry[file];
+  if (!m) m = std::make_unique<std::mutex>();
+  return *m;
+}
+
 class SqliteStore final : public Store {
  public:
-  explicit SqliteStore(sqlite3* db) : db_(db) {}
+  SqliteStore(sqlite3* db, std::mutex& writer) : db_(db), writer_(writer) {}
   ~SqliteStore() override { sqlite3_close(db_); }
 
   Result<void> exec(const char* sql) {
@@ -207,6 +223,7 @@ class SqliteStore final : public Store {
   }
 
   Result<void> enroll(const NodeRow& n) override {
+    std::lock_guard one_writer(writer_);
     Stmt s(db_, "INSERT INTO nodes (node_id, identity_json, ak_pem, enrolled_at, acked_seq, acked_hash, fleet) VALUES (?,?,?,?,0,?,?)");
     s.bind(1, n.node_id).bind(2, n.identity_json).bind(3, n.ak_pem).bind(4, n.enrolled_at).bind(5, ByteView(n.acked_hash));
     s.bind(6, n.fleet);
@@ -222,6 +239,7 @@ class SqliteStore final : public Store {
                               const std::optional<attestation::ClockInfo>& last_clock, const CommitAlso& also) override {
     if (rows.empty()) return ok();
     OUTPOST_TRY_VOID(check_rows_follow(expect_acked, rows));
+    std::lock_guard one_writer(writer_);
     OUTPOST_TRY_VOID(exec("BEGIN IMMEDIATE"));
     auto r = commit_locked(node_id, expect_acked, rows, last_clock, also);
     if (r) r = exec("COMMIT");
@@ -268,12 +286,14 @@ class SqliteStore final : public Store {
   }
 
   Result<void> touch(const std::string& node_id, int64_t now_ms) override {
+    std::lock_guard one_writer(writer_);
     Stmt s(db_, "UPDATE nodes SET last_contact_ms = ? WHERE node_id = ?");
     s.bind(1, now_ms).bind(2, node_id);
     return s.run();
   }
 
   Result<void> set_fleet(const std::string& node_id, const std::string& fleet) override {
+    std::lock_guard one_writer(writer_);
     Stmt s(db_, "UPDATE nodes SET fleet = ? WHERE node_id = ?");
     s.bind(1, fleet).bind(2, node_id);
     OUTPOST_TRY_VOID(s.run());
@@ -282,6 +302,7 @@ class SqliteStore final : public Store {
   }
 
   Result<void> touch_attested(const std::string& node_id, int64_t now_ms) override {
+    std::lock_guard one_writer(writer_);
     Stmt s(db_, "UPDATE nodes SET last_contact_ms = ?, last_attested_ms = ? WHERE node_id = ?");
     s.bind(1, now_ms).bind(2, now_ms).bind(3, node_id);
     return s.run();
@@ -345,6 +366,7 @@ class SqliteStore final : public Store {
   // Brings the database to kSchemaVersion in one IMMEDIATE transaction (the write lock is held
   // from its start, so two processes opening one file cannot both migrate).
   Result<void> migrate() {
+    std::lock_guard one_writer(writer_);
     OUTPOST_TRY_VOID(exec("BEGIN IMMEDIATE"));
     auto r = [&]() -> Result<void> {
       OUTPOST_TRY(int at, schema_version());
@@ -365,6 +387,7 @@ class SqliteStore final : public Store {
   }
 
   Result<void> put_evidence_state(const std::string& node_id, const Bytes& package, const std::string& at) override {
+    std::lock_guard one_writer(writer_);
     Stmt s(db_, "INSERT OR REPLACE INTO evidence_state (node_id, package, received_at) VALUES (?,?,?)");
     s.bind(1, node_id).bind(2, ByteView(package)).bind(3, at);
     return s.run();
@@ -379,6 +402,7 @@ class SqliteStore final : public Store {
   }
 
   Result<void> put_bundle(const BundleRow& b) override {
+    std::lock_guard one_writer(writer_);
     Stmt s(db_, "INSERT INTO bundles (version, sha256, bytes, published_at) VALUES (?,?,?,?)");
     s.bind(1, static_cast<int64_t>(b.version)).bind(2, b.sha256).bind(3, ByteView(b.bytes)).bind(4, b.published_at);
     auto r = s.run();
@@ -417,6 +441,7 @@ class SqliteStore final : public Store {
   }
 
   Result<void> add_alert(const AlertRow& a) override {
+    std::lock_guard one_writer(writer_);
     Stmt s(db_, "INSERT INTO alerts (node_id, kind, detail, at) VALUES (?,?,?,?)");
     s.bind(1, a.node_id).bind(2, a.kind).bind(3, a.detail).bind(4, a.at);
     return s.run();
@@ -456,7 +481,7 @@ class SqliteStore final : public Store {
     Stmt up(db_,
             "UPDATE nodes SET acked_seq = ?, acked_hash = ?, clock = ?, reset_count = ?, restart_count = ?, safe = ?, "
             "durable_seq = coalesce(?, durable_seq), last_contact_ms = max(last_contact_ms, ?), "
-            "bundle_version = coalesce(?, bundle_version) WHERE node_id = ?");
+            "bundle_version = max(bundle_version, coalesce(?, 0)) WHERE node_id = ?");
     up.bind(1, static_cast<int64_t>(rows.back().seq)).bind(2, ByteView(rows.back().hash));
     if (clock) {
       up.bind(3, static_cast<int64_t>(clock->clock)).bind(4, int64_t{clock->reset_count});
@@ -480,6 +505,7 @@ class SqliteStore final : public Store {
   }
 
   sqlite3* db_;
+  std::mutex& writer_;
 };
 
 }  // namespace
@@ -492,7 +518,7 @@ Result<std::unique_ptr<Store>> open_sqlite_store(const std::filesystem::path& fi
     sqlite3_close(db);
     return fail(err.error().wrap(file.string()));
   }
-  auto store = std::make_unique<SqliteStore>(db);
+  auto store = std::make_unique<SqliteStore>(db, writer_lock(std::filesystem::absolute(file).lexically_normal().string()));
   sqlite3_busy_timeout(db, 5000);
   for (const char* sql : {"PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL", "PRAGMA foreign_keys=ON"}) {
     auto r = store->exec(sql);

@@ -93,8 +93,6 @@ struct SyncClient::Impl {
     update([&](SyncStatus& s) { s.fleet = *fleet; });
     return true;
   }
-  // Set once the first enrolment succeeded (the io thread's alone).
-  bool enrolled_once = false;
   // The node token (guarded by mu): empty until the hub handed one out.
   std::string node_token;
   std::string token() const {
@@ -192,7 +190,6 @@ asio::awaitable<Result<bool>> SyncClient::Impl::upload_round(HubConnection& c) {
       s.acked_seq = *a;
     });
     if (auto t = answer_field(*r, "node_token"); t && !t->empty()) keep_token(*t);
-    enrolled_once = true;
     learn_fleet(answer_field(*r, "fleet"));
     log::info("sync.enrolled", {{"hub", settings.hub.url()}, {"acked_seq", std::to_string(*a)}});
   }
@@ -433,24 +430,33 @@ asio::awaitable<void> SyncClient::Impl::bundle_loop() {
     // long-poll, or a proxy that strips the ETag, must not turn this into a busy loop.
     co_await sleep(next_poll - std::chrono::steady_clock::now());
     next_poll = std::chrono::steady_clock::now() + 1s;
-    // Not before the first enrolment (which brings the node token); after it, whatever the
-    // uploads do: a failing upload must not keep policy from the node.
-    if (!enrolled_once && token().empty()) continue;
+    // With a node token, poll whatever the uploads do: a failing upload must not keep policy
+    // from the node. Without one, wait for the enrolment under way (which brings it); a hub
+    // that hands out none (older, or activation off) is polled without once enrolled.
+    const std::string sent_token = token();
+    if (sent_token.empty()) {
+      std::lock_guard lock(mu);
+      if (!st.enrolled) continue;
+    }
     // The hub offers the newest bundle whose scope includes this node; the fleet is the one the
     // node believes it is in, so that a move it missed is answered at once.
     const std::string believed = hooks.fleet ? hooks.fleet() : std::string();
     HubRequest req{"GET", "/v1/bundle?wait=" + std::to_string(settings.bundle_wait.count()) + "&node=" + node_id + "&fleet=" + believed, ""};
     if (!etag.empty()) req.headers["If-None-Match"] = etag;
-    if (const std::string t = token(); !t.empty()) req.headers["X-Outpost-Node-Token"] = t;
+    if (!sent_token.empty()) req.headers["X-Outpost-Node-Token"] = sent_token;
     req.timeout = settings.bundle_wait + 15s;
     auto r = co_await c.request(std::move(req));
     if (r && r->status == 401) {
       // The hub does not take the token (another hub key, or none yet): enrol again for one,
       // now rather than at the upload loop's next round.
       log::warn("sync.bundle", {{"error", hub_error(*r, "bundle poll").message()}});
-      keep_token("");
-      update([](SyncStatus& s) { s.enrolled = false; });
-      wake.cancel();
+      // Only the token this poll carried, if it is still the one kept (the upload loop may
+      // have got a new one meanwhile).
+      if (!sent_token.empty() && token() == sent_token) {
+        keep_token("");
+        update([](SyncStatus& s) { s.enrolled = false; });
+        wake.cancel();
+      }
     }
     if (!r || (r->status != 200 && r->status != 304 && r->status != 404)) {
       if (r) c.close();

@@ -26,12 +26,7 @@ using namespace outpost;
 
 namespace {
 
-template <class T>
-T value_of(Result<T> r) {
-  INFO((r ? std::string() : r.error().message()));
-  REQUIRE(r.has_value());
-  return std::move(r).value();
-}
+using testing::value_of;
 
 // `n` decisions by `agent`, every third one denied, and a checkpoint quoted by `ak` at the end:
 // the frames, as the node's log holds them.

@@ -36,12 +36,7 @@ using hub::Store;
 
 namespace {
 
-template <class T>
-T value_of(Result<T> r) {
-  INFO((r ? std::string() : r.error().message()));
-  REQUIRE(r.has_value());
-  return std::move(r).value();
-}
+using testing::value_of;
 void require_ok(const Result<void>& r) {
   INFO((r ? std::string() : r.error().message()));
   REQUIRE(r.has_value());
@@ -774,6 +769,15 @@ constexpr const char* kNodeV1Row =
     "INSERT INTO nodes (node_id, identity_json, ak_pem, enrolled_at, acked_seq, acked_hash) "
     "VALUES ('old', '{}', 'pem', '2026-01-01T00:00:00Z', 7, X'00')";
 
+// The database is at a version above the hub's: opening it is refused, and says why.
+void refused_as_newer(const Backend& backend) {
+  auto newer = hub::open_store(backend.database());
+  REQUIRE_FALSE(newer.has_value());
+  INFO(newer.error().message());
+  CHECK(newer.error().is(errc::unsupported));
+  CHECK(newer.error().message().find("newer than this hub's") != std::string::npos);
+}
+
 void sqlite_exec(const fs::path& file, const std::string& sql) {
   sqlite3* db = nullptr;
   REQUIRE(sqlite3_open(file.c_str(), &db) == SQLITE_OK);
@@ -804,11 +808,7 @@ TEST_CASE("sqlite: a database from before schema versions is migrated keeping it
   }
   CHECK(value_of(backend.open()->node("old"))->fleet == "lab");  // opened again: nothing to do
   sqlite_exec(backend.database(), "PRAGMA user_version = " + std::to_string(hub::kSchemaVersion + 1));
-  auto newer = hub::open_store(backend.database());
-  REQUIRE_FALSE(newer.has_value());
-  INFO(newer.error().message());
-  CHECK(newer.error().is(errc::unsupported));
-  CHECK(newer.error().message().find("newer than this hub's") != std::string::npos);
+  refused_as_newer(backend);
 }
 
 TEST_CASE("postgres: a database from before schema versions is migrated keeping its rows; a newer one is refused", "[store][postgres]") {
@@ -833,11 +833,7 @@ TEST_CASE("postgres: a database from before schema versions is migrated keeping 
         "1 the tables, 2 nodes.fleet, 3 search columns");
   value_of(postgres().query(backend.name(), "INSERT INTO schema_migrations (version, what) VALUES (" +
                                                 std::to_string(hub::kSchemaVersion + 1) + ", 'from a newer hub')"));
-  auto newer = hub::open_store(backend.database());
-  REQUIRE_FALSE(newer.has_value());
-  INFO(newer.error().message());
-  CHECK(newer.error().is(errc::unsupported));
-  CHECK(newer.error().message().find("newer than this hub's") != std::string::npos);
+  refused_as_newer(backend);
 }
 
 // ---- two hub instances on one database -----------------------------------------------------

@@ -7,9 +7,20 @@
 #include <string>
 #include <vector>
 
+#include <catch2/catch.hpp>
+
+#include "outpost/base/result.h"
 #include "processes.h"  // eventually(), and what Background and unused_port() are made of
 
 namespace outpost::testing {
+
+// The value of a Result the test needs, or the test stops there with the error's message.
+template <class T>
+T value_of(Result<T> r) {
+  INFO((r ? std::string() : r.error().message()));
+  REQUIRE(r.has_value());
+  return std::move(r).value();
+}
 
 // A fresh directory under $TMPDIR, removed with everything in it when this goes away.
 class TempDir {
