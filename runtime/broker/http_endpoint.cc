@@ -1224,12 +1224,13 @@ struct HttpEndpoint::Impl {
         // reset if it had written its request, which it reports as a failure all the same.
         static constexpr std::string_view kBusy =
             "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+        // Counted before the answer goes out: whoever reads the 503 then sees it counted.
+        a->refused.fetch_add(1);
         boost::system::error_code ignored;
         sock.non_blocking(true, ignored);
         sock.send(asio::buffer(kBusy.data(), kBusy.size()), 0, ignored);
         sock.shutdown(tcp::socket::shutdown_send, ignored);
         sock.close(ignored);
-        a->refused.fetch_add(1);
         continue;
       }
       sock.set_option(tcp::no_delay(true), ec);
