@@ -527,6 +527,8 @@ struct Hub::Impl {
   static constexpr size_t kScopeSearch = 32;
   Result<std::optional<BundleRow>> newest_bundle_for(const std::optional<offline_cache::NodeScope>& scope);
   std::map<std::string, std::shared_ptr<offline_cache::SignedBundle>> bundle_admits;  // by sha256
+  // A published bundle, parsed (once: bundle_admits keeps it).
+  Result<std::shared_ptr<offline_cache::SignedBundle>> parsed_bundle(const BundleRow& b);
 
   Result<NodeRow> known_node(const std::string& node_id) {
     OUTPOST_TRY(auto n, store->node(node_id));
@@ -1421,17 +1423,22 @@ Result<std::optional<BundleRow>> Hub::Impl::newest_bundle_for(const std::optiona
   if (!scope) return store->latest_bundle();
   OUTPOST_TRY(auto recent, store->recent_bundles(kScopeSearch));
   for (auto& b : recent) {
-    auto it = bundle_admits.find(b.sha256);
-    if (it == bundle_admits.end()) {
-      // Bundles never change once published: each is parsed once (they passed publish's checks).
-      auto parsed = offline_cache::SignedBundle::parse(b.bytes);
-      if (!parsed) return fail(parsed.error().wrap("stored bundle v" + std::to_string(b.version)));
-      if (bundle_admits.size() >= 4 * kScopeSearch) bundle_admits.clear();
-      it = bundle_admits.emplace(b.sha256, std::make_shared<offline_cache::SignedBundle>(std::move(*parsed))).first;
-    }
-    if (offline_cache::check_scope(it->second->bundle(), *scope)) return std::optional<BundleRow>(std::move(b));
+    OUTPOST_TRY(auto parsed, parsed_bundle(b));
+    if (offline_cache::check_scope(parsed->bundle(), *scope)) return std::optional<BundleRow>(std::move(b));
   }
   return std::optional<BundleRow>();
+}
+
+Result<std::shared_ptr<offline_cache::SignedBundle>> Hub::Impl::parsed_bundle(const BundleRow& b) {
+  auto it = bundle_admits.find(b.sha256);
+  if (it == bundle_admits.end()) {
+    // Bundles never change once published: each is parsed once (they passed publish's checks).
+    auto parsed = offline_cache::SignedBundle::parse(b.bytes);
+    if (!parsed) return fail(parsed.error().wrap("stored bundle v" + std::to_string(b.version)));
+    if (bundle_admits.size() >= 4 * kScopeSearch) bundle_admits.clear();
+    it = bundle_admits.emplace(b.sha256, std::make_shared<offline_cache::SignedBundle>(std::move(*parsed))).first;
+  }
+  return it->second;
 }
 
 // ---- the console ---------------------------------------------------------------------------
@@ -1440,15 +1447,9 @@ Result<std::vector<std::pair<BundleRow, std::shared_ptr<offline_cache::SignedBun
   OUTPOST_TRY(auto recent, store->recent_bundles(kScopeSearch));
   std::vector<std::pair<BundleRow, std::shared_ptr<offline_cache::SignedBundle>>> out;
   for (auto& b : recent) {
-    auto it = bundle_admits.find(b.sha256);
-    if (it == bundle_admits.end()) {
-      auto parsed = offline_cache::SignedBundle::parse(b.bytes);
-      if (!parsed) return fail(parsed.error().wrap("stored bundle v" + std::to_string(b.version)));
-      if (bundle_admits.size() >= 4 * kScopeSearch) bundle_admits.clear();
-      it = bundle_admits.emplace(b.sha256, std::make_shared<offline_cache::SignedBundle>(std::move(*parsed))).first;
-    }
+    OUTPOST_TRY(auto parsed, parsed_bundle(b));
     b.bytes.clear();
-    out.emplace_back(std::move(b), it->second);
+    out.emplace_back(std::move(b), std::move(parsed));
   }
   return out;
 }
