@@ -114,7 +114,11 @@ try {
   try { ws && ws.close(); } catch {}
   chrome.kill("SIGTERM");
   await new Promise((r) => { if (chrome.exitCode !== null) r(); else chrome.on("exit", r); setTimeout(r, 5000); });
-  rmSync(profile, { recursive: true, force: true });
+  // Chromium's helpers may still be writing the profile as they exit: retry, and never let
+  // the clean-up decide the check.
+  try { rmSync(profile, { recursive: true, force: true, maxRetries: 20, retryDelay: 100 }); } catch (e) {
+    process.stderr.write(`console-check: profile ${profile} left behind: ${e.message}\n`);
+  }
 }
 console.log(JSON.stringify(out));
 process.exit(out.error ? 1 : 0);
