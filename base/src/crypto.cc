@@ -385,8 +385,17 @@ std::string EcPublicKey::thumbprint() const {
   return base64url_encode(sha256(canonical));
 }
 
+// P-256, one per thread and kept: mbedTLS computes the generator's comb table in the group
+// at its first multiplication and reuses it after (MBEDTLS_ECP_FIXED_POINT_OPTIM), which a
+// fresh group per verify paid every time (1.4 ms a verify instead of 1.0 here,
+// docs/benchmarks.md). Per thread because that first use writes the table without a lock.
+static Group& thread_p256() {
+  thread_local Group grp;
+  return grp;
+}
+
 Result<void> EcPublicKey::verify(const Digest& digest, const RawSignature& sig) const {
-  Group grp;
+  Group& grp = thread_p256();
   Point q;
   Mpi r, s;
   uint8_t buf[65];

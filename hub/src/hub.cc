@@ -25,6 +25,7 @@
 #include <charconv>
 #include <cstring>
 #include <chrono>
+#include <deque>
 #include <map>
 #include <mutex>
 #include <thread>
@@ -312,6 +313,9 @@ Result<HubConfig> load_hub_config(const fs::path& file) {
         OUTPOST_TRY(c.node_tokens_required, either(key, v, "required", "optional"));
       } else if (key == "ingest_threads") {
         c.ingest_threads = v.as<uint32_t>();
+      } else if (key == "ingest_queue") {
+        c.ingest_queue = v.as<uint32_t>();
+        if (c.ingest_queue == 0) return fail(errc::invalid_argument, file.string() + ": ingest_queue must be positive");
       } else if (key == "max_connections") {
         c.max_connections = v.as<uint32_t>();
         if (c.max_connections == 0) return fail(errc::invalid_argument, file.string() + ": max_connections must be positive");
@@ -409,23 +413,51 @@ struct Hub::Impl {
   metrics::CounterFamily alert_counts{{"kind"}, 64};
   metrics::CounterFamily refusals{{"route", "reason"}, 256};
   uint64_t records_stored = 0, record_duplicates = 0, upload_bytes = 0;
+  uint64_t group_commits = 0, group_commit_items = 0;  // group commit (SQLite)
+
   static size_t route_index(const std::vector<std::string>& parts, http::verb method);
   Response metrics_page();
+  // Uploads handed to the pool and not answered yet (the loop's alone). Past the cap
+  // (hub.yaml's ingest_queue) an upload waits its turn, first come first served, for
+  // kIngestSlotWait at most and is then answered 503, so the pool's queue stays bounded and a
+  // fleet reconnecting at once is not sent away.
+  size_t ingest_in_flight = 0;
+  uint64_t ingest_waits = 0;  // uploads that waited for a slot
+  static constexpr std::chrono::seconds kIngestSlotWait{20};
+  // Waiting uploads hold their bodies: past this many bytes waiting, another is answered 503
+  // at once instead of joining them.
+  static constexpr uint64_t kIngestWaitBytes = 256ull << 20;
+  uint64_t ingest_waiting_bytes = 0;
+  struct SlotWaiter {
+    asio::steady_timer timer;
+    bool granted = false;
+  };
+  std::deque<SlotWaiter*> ingest_waiters;
+  // A finished upload hands its slot to the longest waiter, if any, rather than freeing it:
+  // a newcomer cannot take it between the wake and the waiter's resumption. Declared before
+  // `io`: the frames io destroys at the end release their slots here.
+  void release_ingest_slot() {
+    if (ingest_waiters.empty()) {
+      --ingest_in_flight;
+      return;
+    }
+    SlotWaiter* next = ingest_waiters.front();
+    ingest_waiters.pop_front();
+    next->granted = true;
+    next->timer.cancel();
+  }
+  asio::awaitable<bool> take_ingest_slot(uint64_t body_bytes);
   // Destroyed after the ingest pool below and before everything above: the coroutine frames it
   // still holds (connections, pollers) are destroyed while the members they refer to are alive.
   asio::io_context io{1};
   tcp::acceptor acceptor{io};
 
-  // Record uploads are verified and committed off the event loop (docs/hub.md "Threading"), on
-  // these threads, each job with a store connection of its own from `idle_stores` (opened at
-  // start, one per thread). SQLite's writers take turns on a lock of the store's (one writer
-  // per file); PostgreSQL's row locks order them.
+  // Record uploads are verified off the event loop (docs/hub.md "Threading") on these threads,
+  // each job with a store connection of its own from `idle_stores` (opened at start, one per
+  // thread); with PostgreSQL each thread commits its upload too (the server's row locks order
+  // them), with SQLite the commit thread below does.
   std::mutex stores_mu;
   std::vector<std::unique_ptr<Store>> idle_stores;
-  // Uploads handed to the pool and not answered yet (the loop's alone); past the cap an upload
-  // is answered 503 at once, so a flood queues no unbounded work and memory.
-  size_t ingest_in_flight = 0;
-  static constexpr size_t kIngestQueueCap = 256;
   Result<std::unique_ptr<Store>> take_store() {
     {
       std::lock_guard lock(stores_mu);
@@ -447,11 +479,47 @@ struct Hub::Impl {
     Response response;
     std::optional<std::pair<std::string, std::string>> alert;  // kind, detail
     uint64_t stored = 0, duplicates = 0;
+    size_t led_groups = 0, led_items = 0;  // the group commits this one's job ran, and their writes
+    Result<void> commit = ok();  // the store's answer (for an enrolment, all there is)
   };
-  Ingested ingest(Store& st, const std::string& node_id, const std::string& body, const std::string& durable_header);
+  void count_group(const Ingested& done) {
+    group_commits += done.led_groups;
+    group_commit_items += done.led_items;
+  }
+  // An upload verified, with rows to commit.
+  struct Verified {
+    Store::CommitItem item;
+    uint64_t duplicates = 0, pending = 0;
+  };
+  // On an ingest thread: the answer when nothing is to be stored, else what to commit.
+  std::variant<Ingested, Verified> verify_upload(Store& st, const std::string& node_id, const std::string& body,
+                                                 const std::string& durable_header);
+  static Ingested committed(const Verified& v, const Result<void>& commit);
   static asio::awaitable<Ingested> run_on_pool(std::function<Ingested()> job);
-  // Declared after everything its jobs use, so destroyed (stopped and joined) before them.
+  // SQLite has one writer: verified uploads queue here and the commit thread stores all that
+  // queued while it was busy in one transaction (one flush; Store::commit_group), on a
+  // connection of its own whose page cache no other writer invalidates. PostgreSQL takes
+  // concurrent writers: each ingest thread commits its own upload.
+  struct QueuedCommit {
+    Verified verified;
+    // The commit thread's alone: the result, and the groups this upload's job committed (it
+    // leads when an earlier job has not taken it) with the writes they held.
+    std::optional<Result<void>> result;
+    size_t led_groups = 0, led_items = 0;
+  };
+  bool group_commit = false;
+  // The commit connection's page cache: a group of uploads' dirty pages (up to a few MB of
+  // index leaves for 256 uploads scattered in time) stay in it until the commit.
+  static constexpr int64_t kCommitCacheKib = 64 * 1024;
+  static constexpr size_t kGroupItems = 256;
+  static constexpr size_t kGroupBytes = 32ull << 20;
+  std::mutex commit_mu;
+  std::vector<std::shared_ptr<QueuedCommit>> commit_queue;
+  std::unique_ptr<Store> commit_store;
+  Result<void> commit_queued(const std::shared_ptr<QueuedCommit>& mine);
+  // Declared after everything their jobs use, so destroyed (stopped and joined) before them.
   std::unique_ptr<asio::thread_pool> ingest_pool;
+  std::unique_ptr<asio::thread_pool> commit_thread;
 
   asio::awaitable<void> accept_loop();
   // Wakes this instance's long polls when any instance on the database says what is served
@@ -492,7 +560,18 @@ struct Hub::Impl {
   // The largest body the request whose header is `h` may carry, or an error reply.
   std::variant<uint64_t, Response> body_limit(const http::request_header<>& h);
 
-  Response enroll(const Request& req);
+  // A node enrolling for the first time, once its checks passed.
+  struct NewNode {
+    NodeRow row;
+    bool activated = false;
+    std::string board;
+  };
+  asio::awaitable<Response> enroll(const Request& req);
+  // The answer, or nullopt with `fresh` filled: a node to insert.
+  std::optional<Response> check_enrolment(const Request& req, NewNode& fresh);
+  Response enrolled(const NewNode& fresh, const Result<void>& inserted);
+  // Runs `item` through the commit thread's group (group_commit only).
+  asio::awaitable<Ingested> commit_in_group(Verified item);
   // The secret a credential activation challenge for (node, AK name) carries, valid until
   // expires_ms: recomputed on the answer, so nothing is stored between the two requests.
   Digest activation_secret(const std::string& node_id, ByteView ak_name, int64_t expires_ms) const;
@@ -748,6 +827,14 @@ Response Hub::Impl::metrics_page() {
   }
   w.family("outpost_hub_records_stored_total", "counter", "Audit records verified and stored since the hub started (rate() of it is the ingest rate)");
   w.sample("outpost_hub_records_stored_total", {}, static_cast<double>(records_stored));
+  w.family("outpost_hub_ingest_waits_total", "counter", "Record uploads that waited for a place in the ingest queue (hub.yaml ingest_queue)");
+  w.sample("outpost_hub_ingest_waits_total", {}, static_cast<double>(ingest_waits));
+  if (group_commit) {
+    w.family("outpost_hub_group_commits_total", "counter", "SQLite group commits of record uploads and enrolments (one transaction and one flush each)");
+    w.sample("outpost_hub_group_commits_total", {}, static_cast<double>(group_commits));
+    w.family("outpost_hub_group_commit_items_total", "counter", "Record uploads and enrolments in those groups, stored or refused (over the commits: writes per flush)");
+    w.sample("outpost_hub_group_commit_items_total", {}, static_cast<double>(group_commit_items));
+  }
   w.family("outpost_hub_record_duplicates_total", "counter", "Uploaded records the hub already held (resent after a lost acknowledgement)");
   w.sample("outpost_hub_record_duplicates_total", {}, static_cast<double>(record_duplicates));
   w.family("outpost_hub_upload_bytes_total", "counter", "Bytes of record uploads accepted");
@@ -914,7 +1001,7 @@ asio::awaitable<Response> Hub::Impl::route(Request& req, const Credential* who) 
   if (parts.size() == 1 && parts[0] == "metrics" && get) co_return metrics_page();
   if (!parts.empty() && parts[0] == "console") co_return console(req, parts, who);
   if (parts.size() < 2 || parts[0] != "v1") co_return reply_error(404, "no such resource: " + std::string(req.target()));
-  if (parts.size() == 2 && parts[1] == "enroll" && post) co_return enroll(req);
+  if (parts.size() == 2 && parts[1] == "enroll" && post) co_return co_await enroll(req);
   if (parts.size() == 2 && parts[1] == "nodes" && get) co_return list_nodes();
   if (parts.size() == 2 && parts[1] == "bundle" && get) co_return co_await get_bundle(req);
   if (parts.size() == 2 && parts[1] == "bundles" && post) co_return publish(req);
@@ -945,7 +1032,44 @@ Digest Hub::Impl::activation_secret(const std::string& node_id, ByteView ak_name
 // or a forged identity needs the operator). The answer to a node that proved its TPM carries
 // its node token and fleet; a known node asks for them again (X-Outpost-Want-Token) through
 // the same challenge, since node.json alone is public.
-Response Hub::Impl::enroll(const Request& req) {
+asio::awaitable<Response> Hub::Impl::enroll(const Request& req) {
+  NewNode fresh;
+  if (auto answer = check_enrolment(req, fresh)) co_return std::move(*answer);
+  if (!group_commit) co_return enrolled(fresh, store->enroll(fresh.row));
+  // SQLite: in the commit thread's next group, so a fleet enrolling at once shares flushes
+  // and the loop does not wait for any.
+  Verified v;
+  v.item.enrol = fresh.row;
+  Ingested done = co_await commit_in_group(std::move(v));
+  count_group(done);
+  co_return enrolled(fresh, done.commit);
+}
+
+Response Hub::Impl::enrolled(const NewNode& fresh, const Result<void>& inserted) {
+  if (!inserted && inserted.error().is(errc::already_exists)) {
+    // Another enrolment of this node was stored between the check and this insert (a retry,
+    // another instance, the node's twin): answered as one found enrolled at the check would be.
+    auto existing = store->node(fresh.row.node_id);
+    if (!existing || !*existing) return reply_error(500, existing ? "enrol: the node vanished" : existing.error().message());
+    if ((*existing)->ak_pem != fresh.row.ak_pem) {
+      alert(fresh.row.node_id, "ak_changed", "enrolment with a different AK refused");
+      return reply_error(409, "enrol: node " + fresh.row.node_id + " is enrolled with another AK; a swapped or cleared TPM needs the operator");
+    }
+    json::object answer{{"node_id", fresh.row.node_id}, {"acked_seq", (*existing)->acked_seq}, {"enrolled", false}};
+    if (fresh.activated) {  // it showed its TPM: its token, as a known node that asked gets
+      answer["fleet"] = (*existing)->fleet;
+      answer["node_token"] = node_token(fresh.row.node_id, (*existing)->ak_pem);
+    }
+    return reply_json(200, answer);
+  }
+  if (!inserted) return reply_error(500, inserted.error().message());
+  const NodeRow& n = fresh.row;
+  log::info("hub.enrolled", {{"node", n.node_id}, {"board", fresh.board}, {"activated", fresh.activated ? "yes" : "no"}, {"fleet", n.fleet}});
+  return reply_json(200, json::object{{"node_id", n.node_id}, {"acked_seq", 0}, {"enrolled", true}, {"activated", fresh.activated},
+                                      {"fleet", n.fleet}, {"node_token", node_token(n.node_id, n.ak_pem)}});
+}
+
+std::optional<Response> Hub::Impl::check_enrolment(const Request& req, NewNode& fresh) {
   auto id = attestation::NodeIdentity::from_json(req.body());
   if (!id) return reply_error(400, "enrol: " + id.error().message());
   Digest ek_hash = sha256(id->ek_public.to_der());
@@ -1015,18 +1139,16 @@ Response Hub::Impl::enroll(const Request& req) {
     return reply_json(200, json::object{{"node_id", id->node_id}, {"acked_seq", (*existing)->acked_seq}, {"enrolled", false},
                                         {"fleet", (*existing)->fleet}, {"node_token", node_token(id->node_id, (*existing)->ak_pem)}});
   }
-  NodeRow n;
+  NodeRow& n = fresh.row;
   n.node_id = id->node_id;
   n.identity_json = std::string(req.body());
   n.ak_pem = id->ak_public.to_pem();
   n.enrolled_at = format_rfc3339_utc(unix_now());
   n.last_contact_ms = now_ms();
   n.fleet = fleet_at_enrolment(n.node_id);
-  auto r = store->enroll(n);
-  if (!r) return reply_error(500, r.error().message());
-  log::info("hub.enrolled", {{"node", n.node_id}, {"board", id->board}, {"activated", activated ? "yes" : "no"}, {"fleet", n.fleet}});
-  return reply_json(200, json::object{{"node_id", n.node_id}, {"acked_seq", 0}, {"enrolled", true}, {"activated", activated},
-                                      {"fleet", n.fleet}, {"node_token", node_token(n.node_id, n.ak_pem)}});
+  fresh.activated = activated;
+  fresh.board = id->board;
+  return std::nullopt;
 }
 
 // Nonces for fresh attestation are stateless, so any hub instance on the database checks any
@@ -1104,42 +1226,151 @@ Response Hub::Impl::attestation(const std::string& node_id, const Request& req) 
 // earlier: records the hub has are compared and skipped). Stored through the last checkpoint
 // whose quote the node's AK signed; the rest waits for the next checkpoint.
 asio::awaitable<Response> Hub::Impl::upload_records(const std::string& node_id, Request& req) {
-  if (ingest_in_flight >= kIngestQueueCap) {
+  const bool placed = co_await take_ingest_slot(req.body().size());  // not in the condition: GCC 12
+  if (!placed) {
     Response busy = reply_error(503, "records: the hub is busy storing other uploads; send it again shortly");
     busy.set(http::field::retry_after, "1");
     co_return busy;
   }
-  ++ingest_in_flight;
   struct InFlight {
-    size_t& n;
-    ~InFlight() { --n; }
-  } in_flight{ingest_in_flight};
+    Impl& hub;
+    ~InFlight() { hub.release_ingest_slot(); }
+  } in_flight{*this};
   const size_t body_bytes = req.body().size();
   // The job owns what it reads (the body moved in, a few KB to max_upload_bytes), so a hub
   // stopping while it runs leaves it nothing dangling; `this` outlives it (the pool is
   // stopped and joined when the hub stops).
-  auto job = [this, node_id, body = std::move(req.body()), durable = std::string(req["X-Outpost-Durable-Seq"])]() -> Ingested {
+  // Verified on an ingest thread; with group commit, handed back with its rows to queue for
+  // the commit thread, else committed there too.
+  auto verified = std::make_shared<std::optional<Verified>>();
+  auto job = [this, verified, node_id, body = std::move(req.body()), durable = std::string(req["X-Outpost-Durable-Seq"])]() -> Ingested {
     auto st = take_store();
     if (!st) return Ingested{reply_error(500, st.error().message()), std::nullopt, 0, 0};
-    Ingested out = ingest(**st, node_id, body, durable);
+    auto v = verify_upload(**st, node_id, body, durable);
+    Ingested out;
+    if (auto* answer = std::get_if<Ingested>(&v)) {
+      out = std::move(*answer);
+    } else if (group_commit) {
+      *verified = std::move(std::get<Verified>(v));
+    } else {
+      const auto& item = std::get<Verified>(v).item;
+      out = committed(std::get<Verified>(v), (*st)->commit_records(item.node_id, item.expect_acked, item.rows, item.last_clock, item.also));
+    }
     give_store(std::move(*st));
     return out;
   };
   Ingested out = co_await asio::co_spawn(*ingest_pool, run_on_pool(std::move(job)), asio::use_awaitable);
+  if (verified->has_value()) out = co_await commit_in_group(std::move(**verified));
   // Back on the event loop.
   if (out.alert) alert(node_id, out.alert->first, out.alert->second);
   records_stored += out.stored;
+  count_group(out);
   record_duplicates += out.duplicates;
   if (out.response.result_int() == 200) upload_bytes += body_bytes;
   co_return std::move(out.response);
+}
+
+// A slot in the ingest pool's queue: at once below the cap, else after the uploads ahead of
+// this one; false past kIngestSlotWait, or at once when the waiting bodies would pass
+// kIngestWaitBytes. (When the hub stops, a waiting frame is destroyed, not resumed.)
+asio::awaitable<bool> Hub::Impl::take_ingest_slot(uint64_t body_bytes) {
+  if (ingest_in_flight < config.ingest_queue && ingest_waiters.empty()) {
+    ++ingest_in_flight;
+    co_return true;
+  }
+  if (ingest_waiting_bytes + body_bytes > kIngestWaitBytes) co_return false;
+  ++ingest_waits;
+  SlotWaiter w{asio::steady_timer(io, kIngestSlotWait)};
+  ingest_waiters.push_back(&w);
+  // Leaves the queue however this frame ends: timed out, or destroyed with the hub's loop.
+  struct Queued {
+    Impl& hub;
+    SlotWaiter* waiter;
+    uint64_t bytes;
+    ~Queued() {
+      if (auto it = std::find(hub.ingest_waiters.begin(), hub.ingest_waiters.end(), waiter); it != hub.ingest_waiters.end()) {
+        hub.ingest_waiters.erase(it);
+      }
+      hub.ingest_waiting_bytes -= bytes;
+    }
+  } queued{*this, &w, body_bytes};
+  ingest_waiting_bytes += body_bytes;
+  co_await w.timer.async_wait(kNoThrow);
+  co_return w.granted;
 }
 
 // The job, in a coroutine frame of its own that owns it (a capturing lambda coroutine would
 // keep only a reference to a lambda gone by the time it runs).
 asio::awaitable<Hub::Impl::Ingested> Hub::Impl::run_on_pool(std::function<Ingested()> job) { co_return job(); }
 
+asio::awaitable<Hub::Impl::Ingested> Hub::Impl::commit_in_group(Verified item) {
+  auto queued = std::make_shared<QueuedCommit>(QueuedCommit{std::move(item), std::nullopt});
+  {
+    std::lock_guard lock(commit_mu);
+    commit_queue.push_back(queued);
+  }
+  auto commit = [this, queued]() -> Ingested {
+    Result<void> r = commit_queued(queued);
+    Ingested answer = queued->verified.item.enrol ? Ingested{} : committed(queued->verified, r);
+    answer.commit = std::move(r);
+    answer.led_groups = queued->led_groups;
+    answer.led_items = queued->led_items;
+    return answer;
+  };
+  co_return co_await asio::co_spawn(*commit_thread, run_on_pool(std::move(commit)), asio::use_awaitable);
+}
+
+// On the commit thread, one job per queued upload, in the order queued: the first job finds
+// its upload and every one queued after it, and commits them together; the jobs after it find
+// their result there.
+Result<void> Hub::Impl::commit_queued(const std::shared_ptr<QueuedCommit>& mine) {
+  // Not answered by an earlier job: still queued. The groups are taken from the front, each
+  // up to kGroupItems writes and kGroupBytes of rows (so one transaction stays within the
+  // connection's cache and no upload waits on an unbounded group), until this one's is done.
+  while (!mine->result) {
+    std::vector<std::shared_ptr<QueuedCommit>> group;
+    {
+      std::lock_guard lock(commit_mu);
+      size_t bytes = 0, n = 0;
+      while (n < commit_queue.size() && n < kGroupItems) {
+        size_t item_bytes = 0;
+        for (const auto& r : commit_queue[n]->verified.item.rows) item_bytes += r.frame.size();
+        if (n > 0 && bytes + item_bytes > kGroupBytes) break;
+        bytes += item_bytes;
+        ++n;
+      }
+      group.assign(commit_queue.begin(), commit_queue.begin() + static_cast<std::ptrdiff_t>(n));
+      commit_queue.erase(commit_queue.begin(), commit_queue.begin() + static_cast<std::ptrdiff_t>(n));
+    }
+    if (group.empty()) return fail(errc::io, "commit_queued: the upload is neither queued nor answered");
+    std::vector<const Store::CommitItem*> items;
+    items.reserve(group.size());
+    for (const auto& q : group) items.push_back(&q->verified.item);
+    auto results = commit_store->commit_group(items);
+    for (size_t i = 0; i < group.size(); ++i) group[i]->result = std::move(results[i]);
+    ++mine->led_groups;
+    mine->led_items += group.size();
+  }
+  return *mine->result;
+}
+
+// The answer to an upload from its commit's result.
+Hub::Impl::Ingested Hub::Impl::committed(const Verified& v, const Result<void>& commit) {
+  auto refuse = [](unsigned status, const std::string& message) { return Ingested{reply_error(status, message), std::nullopt, 0, 0}; };
+  if (!commit) {
+    if (commit.error().is(errc::already_exists)) return refuse(409, commit.error().message());
+    return refuse(commit.error().code().value() == ENOSPC ? 507 : 500, commit.error().message());
+  }
+  const auto& rows = v.item.rows;
+  return Ingested{reply_json(200, json::object{{"acked_seq", rows.back().seq}, {"stored", rows.size()}, {"duplicates", v.duplicates},
+                                               {"pending", v.pending}}),
+                  std::nullopt, rows.size(), v.duplicates};
+}
+
 // On an ingest thread. Stored through the last checkpoint whose quote the node's AK signed.
-Hub::Impl::Ingested Hub::Impl::ingest(Store& st, const std::string& node_id, const std::string& body, const std::string& durable_header) {
+std::variant<Hub::Impl::Ingested, Hub::Impl::Verified> Hub::Impl::verify_upload(Store& st, const std::string& node_id,
+                                                                                const std::string& body,
+                                                                                const std::string& durable_header) {
   auto refuse = [](unsigned status, const std::string& message) { return Ingested{reply_error(status, message), std::nullopt, 0, 0}; };
   auto node = st.node(node_id);
   if (!node) return refuse(500, node.error().message());
@@ -1160,25 +1391,25 @@ Hub::Impl::Ingested Hub::Impl::ingest(Store& st, const std::string& node_id, con
   if (plan.verdict == UploadPlan::Verdict::refused) {
     return Ingested{reply_error(422, "records: " + plan.reason), std::pair<std::string, std::string>{"refused_upload", plan.reason}, 0, 0};
   }
-  const auto& rows = plan.rows;
-  if (!rows.empty()) {
-    Store::CommitAlso also;
-    // The node's word on how far its log is durable (the console's backlog; not signed).
-    if (auto d = parse_i64(durable_header); d && *d >= 0) also.durable_seq = static_cast<uint64_t>(*d);
-    // Last contact moves only for records whose checkpoint quote the node's AK signed: anyone
-    // can replay records the hub already holds.
-    also.contact_ms = now_ms();
-    if (plan.bundle_version > 0) also.bundle_version = plan.bundle_version;
-    auto c = st.commit_records(node_id, (*node)->acked_seq, rows, plan.clock, also);
-    if (!c) {
-      if (c.error().is(errc::already_exists)) return refuse(409, c.error().message());
-      return refuse(c.error().code().value() == ENOSPC ? 507 : 500, c.error().message());
-    }
+  if (plan.rows.empty()) {
+    return Ingested{reply_json(200, json::object{{"acked_seq", (*node)->acked_seq}, {"stored", 0}, {"duplicates", plan.duplicates},
+                                                 {"pending", plan.pending}}),
+                    std::nullopt, 0, plan.duplicates};
   }
-  const uint64_t acked = rows.empty() ? (*node)->acked_seq : rows.back().seq;
-  return Ingested{reply_json(200, json::object{{"acked_seq", acked}, {"stored", rows.size()}, {"duplicates", plan.duplicates},
-                                               {"pending", plan.pending}}),
-                  std::nullopt, rows.size(), plan.duplicates};
+  Verified v;
+  v.item.node_id = node_id;
+  v.item.expect_acked = (*node)->acked_seq;
+  v.item.rows = std::move(plan.rows);
+  v.item.last_clock = plan.clock;
+  // The node's word on how far its log is durable (the console's backlog; not signed).
+  if (auto d = parse_i64(durable_header); d && *d >= 0) v.item.also.durable_seq = static_cast<uint64_t>(*d);
+  // Last contact moves only for records whose checkpoint quote the node's AK signed: anyone
+  // can replay records the hub already holds.
+  v.item.also.contact_ms = now_ms();
+  if (plan.bundle_version > 0) v.item.also.bundle_version = plan.bundle_version;
+  v.duplicates = plan.duplicates;
+  v.pending = plan.pending;
+  return v;
 }
 
 // PUT /v1/nodes/<id>/evidence: the node's evidence state (identity, certifications, runtime
@@ -1682,6 +1913,11 @@ Result<std::unique_ptr<Hub>> Hub::create(HubConfig config) {
     impl->idle_stores.push_back(std::move(st));
   }
   impl->ingest_pool = std::make_unique<asio::thread_pool>(impl->config.ingest_threads);
+  impl->group_commit = !is_postgres_uri(impl->config.database.string());
+  if (impl->group_commit) {
+    OUTPOST_TRY(impl->commit_store, open_sqlite_store(impl->config.database, Impl::kCommitCacheKib));
+    impl->commit_thread = std::make_unique<asio::thread_pool>(1);
+  }
   if (!impl->config.bundle_trust_json.empty()) {
     OUTPOST_TRY(auto t, offline_cache::TrustRoot::parse(impl->config.bundle_trust_json));
     impl->trust = std::move(t);
@@ -1731,7 +1967,9 @@ Result<void> Hub::run(bool handle_signals) {
   // Stopped: queued uploads are dropped (their nodes send them again), running ones finish
   // before run() returns, so nothing commits after the hub said it stopped.
   m.ingest_pool->stop();
+  if (m.commit_thread) m.commit_thread->stop();
   m.ingest_pool->join();
+  if (m.commit_thread) m.commit_thread->join();
   return ok();
 }
 

@@ -69,7 +69,7 @@ struct Migration {
   const char* what;
   const char* sql;
 };
-// In order; the last is kSchemaVersion (store.h). schema_migrations holds a row per version
+// In order; the last is kPostgresSchemaVersion (store.h). schema_migrations holds a row per version
 // applied, inserted in the migration's transaction (PostgreSQL's DDL is transactional).
 constexpr Migration kMigrations[] = {
     {1, "the tables", kSchemaV1},
@@ -84,7 +84,7 @@ constexpr Migration kMigrations[] = {
      "ALTER TABLE nodes ADD COLUMN last_attested_ms bigint NOT NULL DEFAULT 0, ADD COLUMN bundle_version bigint NOT NULL DEFAULT 0, "
      "ADD COLUMN durable_seq bigint NOT NULL DEFAULT 0;"},
 };
-static_assert(std::size(kMigrations) == static_cast<size_t>(kSchemaVersion));
+static_assert(std::size(kMigrations) == static_cast<size_t>(kPostgresSchemaVersion));
 
 constexpr const char* kMigrationsTable =
     "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, what text NOT NULL, "
@@ -358,13 +358,13 @@ class PostgresStore final : public Store {
     return std::vector<std::string>{""};
   }
 
-  // Brings the database to kSchemaVersion. When it is there already (every start but the first
+  // Brings the database to kPostgresSchemaVersion. When it is there already (every start but the first
   // after an upgrade) no DDL runs and no lock is taken, so a role that may only read and write
   // the tables a DBA made opens the store too.
   Result<void> migrate() {
     OUTPOST_TRY(int at, schema_version());
-    if (at == kSchemaVersion) return ok();
-    if (at > kSchemaVersion) return newer_than_this_hub(at);
+    if (at == kPostgresSchemaVersion) return ok();
+    if (at > kPostgresSchemaVersion) return newer_than_this_hub(at);
     auto r = [&]() -> Result<void> {
       OUTPOST_TRY_VOID(exec("BEGIN"));
       OUTPOST_TRY_VOID(exec(kSchemaLock));
@@ -373,7 +373,7 @@ class PostgresStore final : public Store {
       // that met a lost connection would go on in a new session, outside this transaction.
       OUTPOST_TRY(auto v, run("SELECT coalesce(max(version), 0)::bigint FROM schema_migrations", Params()));
       const int locked_at = static_cast<int>(int_at(v.get(), 0, 0));
-      if (locked_at > kSchemaVersion) return newer_than_this_hub(locked_at);
+      if (locked_at > kPostgresSchemaVersion) return newer_than_this_hub(locked_at);
       for (const auto& m : kMigrations) {
         if (m.version <= locked_at) continue;
         auto applied = exec(m.sql);
@@ -595,7 +595,7 @@ class PostgresStore final : public Store {
 
   static Result<void> newer_than_this_hub(int at) {
     return fail(errc::unsupported, "the database is at schema v" + std::to_string(at) + ", newer than this hub's v" +
-                                       std::to_string(kSchemaVersion) + ": run a hub at least as new as the one that wrote it");
+                                       std::to_string(kPostgresSchemaVersion) + ": run a hub at least as new as the one that wrote it");
   }
 
   // One statement with parameters, results in binary.

@@ -17,6 +17,15 @@ Result<void> check_rows_follow(uint64_t expect_acked, const std::vector<RecordRo
   return ok();
 }
 
+std::vector<Result<void>> Store::commit_group(const std::vector<const CommitItem*>& items) {
+  std::vector<Result<void>> out;
+  out.reserve(items.size());
+  for (const CommitItem* c : items) {
+    out.push_back(c->enrol ? enroll(*c->enrol) : commit_records(c->node_id, c->expect_acked, c->rows, c->last_clock, c->also));
+  }
+  return out;
+}
+
 Result<std::unique_ptr<Store>> open_store(const std::string& database) {
   if (is_postgres_uri(database)) return open_postgres_store(database);
   return open_sqlite_store(database);

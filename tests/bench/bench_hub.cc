@@ -12,6 +12,13 @@
 //                              latency p50/p99, hub peak RSS; S is the hub's store: sqlite, or
 //                              postgres (a server of the benchmark's own, tests/support/
 //                              postgres_server.h, fsync on as in production: its CPU and memory too)
+//   BM_hub_ingest_steady/S/K/R K nodes, enrolled and connected first, each send a batch of 100
+//                              records every K*100/R s at a phase of their own (the fleet offers R
+//                              records/s): upload latency p50/p99 from when each batch was due,
+//                              the rate achieved, the hub's CPU
+//                              (Every simulated node sends the same records, times included: the
+//                              hub's time indexes get each time a thousand times, a harder insert
+//                              pattern than a fleet's.)
 //   BM_publish_latency/P       P nodes long-poll GET /v1/bundle; a bundle is published: time from
 //                              the publish request until each poller has the new bundle (p50, p99, max)
 //
@@ -27,6 +34,7 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/json.hpp>
@@ -34,6 +42,8 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <random>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -46,6 +56,7 @@
 #include "outpost/offline_cache/audit_frames.h"
 #include "outpost/offline_cache/audit_log.h"
 #include "outpost/offline_cache/trust.h"
+#include "metrics_text.h"
 #include "postgres_server.h"
 #include "soft_tpm.h"
 #include "sync/hub_client.h"
@@ -197,6 +208,18 @@ std::unique_ptr<offline_cache::AuditLog> make_log(const fs::path& dir, const tes
   return std::move(*log);
 }
 
+// A node log's frames cut into uploads, each ending in a checkpoint.
+std::vector<std::string> upload_batches(const offline_cache::AuditLog& log) {
+  std::vector<std::string> batches(1);
+  OUTPOST_CHECK(offline_cache::read_audit_frames(log.dir(), 1, log.last_seq(), [&](const offline_cache::AuditFrame& f) {
+    batches.back().append(as_chars(f.frame));
+    if (f.kind == offline_cache::RecordKind::checkpoint) batches.emplace_back();
+    return true;
+  }).has_value(), "read frames");
+  if (batches.back().empty()) batches.pop_back();
+  return batches;
+}
+
 void BM_backlog_sync(benchmark::State& state) {
   const uint64_t n = static_cast<uint64_t>(scaled(state.range(0), 20000));
   for (auto _ : state) {
@@ -235,14 +258,17 @@ void BM_backlog_sync(benchmark::State& state) {
 
 asio::awaitable<void> upload_node(asio::io_context& io, const sync::HubEndpoint& ep, std::shared_ptr<tls::Context> tls,
                                   std::string identity, std::string node_id, const std::vector<std::string>& batches,
-                                  std::vector<double>& latencies_ms, int& failures) {
+                                  std::vector<double>& latencies_ms, int& failures, std::vector<double>* enrol_ms = nullptr) {
   sync::HubConnection c(io.get_executor(), ep, tls);
   sync::HubRequest enrol("POST", "/v1/enroll", std::move(identity));  // named: it lives across the suspension
+  const auto connecting = Clock::now();
   auto e = co_await c.request(std::move(enrol));
   if (!e || e->status != 200) {
     ++failures;
     co_return;
   }
+  // The TLS handshake and the enrolment.
+  if (enrol_ms) enrol_ms->push_back(std::chrono::duration<double, std::milli>(Clock::now() - connecting).count());
   for (const auto& b : batches) {
     const auto t0 = Clock::now();
     sync::HubRequest req("POST", "/v1/nodes/" + node_id + "/records", b, "application/octet-stream");
@@ -301,6 +327,20 @@ int64_t server_pss_kb(pid_t postmaster) {
 // postgres_two: two hub instances on one database, the nodes split between them.
 enum class HubStore { sqlite, postgres, postgres_two };
 
+// The PostgreSQL server a benchmark's hub stores in (fsync on, as in production); false (the
+// benchmark skipped) when it cannot start.
+bool start_postgres(benchmark::State& state, std::unique_ptr<testing::PostgresServer>& postgres, std::string& database) {
+  auto started = testing::PostgresServer::start({.fsync = true, .parent = bench_base()});
+  if (!started) {
+    state.SkipWithError(("PostgreSQL: " + started.error().message()).c_str());
+    return false;
+  }
+  postgres = std::move(*started);
+  OUTPOST_CHECK(postgres->create_database("outpost").has_value(), "create the hub's database");
+  database = postgres->uri("outpost");
+  return true;
+}
+
 void BM_hub_ingest(benchmark::State& state, HubStore store) {
   const int64_t nodes = scaled(state.range(0), 20);
   const uint64_t per_node = static_cast<uint64_t>(scaled(state.range(1), 200));
@@ -308,29 +348,14 @@ void BM_hub_ingest(benchmark::State& state, HubStore store) {
     // Declared before the hub, so that it stops after it.
     std::unique_ptr<testing::PostgresServer> postgres;
     std::string database;
-    if (store != HubStore::sqlite) {
-      auto started = testing::PostgresServer::start({.fsync = true, .parent = bench_base()});
-      if (!started) {
-        state.SkipWithError(("PostgreSQL: " + started.error().message()).c_str());
-        break;
-      }
-      postgres = std::move(*started);
-      OUTPOST_CHECK(postgres->create_database("outpost").has_value(), "create the hub's database");
-      database = postgres->uri("outpost");
-    }
+    if (store != HubStore::sqlite && !start_postgres(state, postgres, database)) break;
     std::vector<std::unique_ptr<HubProcess>> hubs;
     hubs.push_back(std::make_unique<HubProcess>("ingest-a", database));
     if (store == HubStore::postgres_two) hubs.push_back(std::make_unique<HubProcess>("ingest-b", database));
     HubProcess& hub = *hubs.front();
     testing::SoftAk ak;  // one software AK for every simulated node: the hub's work per node is the same
     auto log = make_log(hub.dir / "node-log", ak, per_node - per_node / 100, 99);
-    std::vector<std::string> batches(1);
-    OUTPOST_CHECK(offline_cache::read_audit_frames(log->dir(), 1, log->last_seq(), [&](const offline_cache::AuditFrame& f) {
-      batches.back().append(as_chars(f.frame));
-      if (f.kind == offline_cache::RecordKind::checkpoint) batches.emplace_back();
-      return true;
-    }).has_value(), "read frames");
-    if (batches.back().empty()) batches.pop_back();
+    const std::vector<std::string> batches = upload_batches(*log);
     std::vector<attestation::NodeIdentity> ids;
     for (int64_t i = 0; i < nodes; ++i) ids.push_back(testing::soft_identity(ak.pub()));
     std::vector<std::shared_ptr<tls::Context>> tls;  // one per instance: each has a key of its own here
@@ -340,12 +365,13 @@ void BM_hub_ingest(benchmark::State& state, HubStore store) {
       tls.push_back(*t);
     }
     asio::io_context io;
-    std::vector<double> latencies;
+    std::vector<double> latencies, enrolments;
     int failures = 0;
     const auto t0 = Clock::now();
     for (size_t i = 0; i < ids.size(); ++i) {
       const size_t at = i % hubs.size();
-      asio::co_spawn(io, upload_node(io, hubs[at]->endpoint, tls[at], ids[i].to_json(), ids[i].node_id, batches, latencies, failures),
+      asio::co_spawn(io, upload_node(io, hubs[at]->endpoint, tls[at], ids[i].to_json(), ids[i].node_id, batches, latencies, failures,
+                                      &enrolments),
                      asio::detached);
     }
     io.run();
@@ -356,10 +382,19 @@ void BM_hub_ingest(benchmark::State& state, HubStore store) {
     state.counters["records"] = records;
     state.counters["records_per_s"] = records / secs;
     percentiles(state, latencies, "upload_");
+    percentiles(state, enrolments, "connect_enrol_");
     double cpu = 0, rss = 0;
     for (const auto& h : hubs) {
       cpu += h->cpu_seconds();
       rss = std::max(rss, static_cast<double>(h->peak_rss_kb()) / 1024.0);
+    }
+    // SQLite's group commit: uploads and enrolments stored per transaction (one flush each).
+    if (store == HubStore::sqlite) {
+      auto m = sync::hub_request_blocking(hub.as("operator"), {"GET", "/metrics"});
+      if (m && m->status == 200) {
+        const double commits = testing::metric_value(m->body, "outpost_hub_group_commits_total");
+        if (commits > 0) state.counters["writes_per_commit"] = testing::metric_value(m->body, "outpost_hub_group_commit_items_total") / commits;
+      }
     }
     state.counters["hub_peak_rss_MB"] = rss;  // of the largest instance
     state.counters["hub_cpu_s"] = cpu;        // of all instances
@@ -368,6 +403,96 @@ void BM_hub_ingest(benchmark::State& state, HubStore store) {
       state.counters["postgres_cpu_s"] = server_cpu_seconds(postgres->pid());
       state.counters["postgres_pss_MB"] = static_cast<double>(server_pss_kb(postgres->pid())) / 1024.0;
     }
+  }
+}
+
+// A fleet in steady state: each node already enrolled and connected sends a batch every
+// `period`, at a phase of its own, at the times it is due whatever the hub's answers.
+struct SteadyRun {
+  explicit SteadyRun(asio::io_context& io) : go(io, Clock::time_point::max()) {}
+  asio::steady_timer go;  // cancelled when the last node has enrolled: the run starts
+  size_t enrolled = 0, nodes = 0;
+  Clock::time_point start;
+  std::vector<double> latencies_ms;  // from when each batch was due, so a slow hub's queue counts
+  Clock::time_point last_answer;
+  int failures = 0;
+  std::function<void()> on_start;  // when the run starts (the hub's CPU is read from then)
+};
+
+asio::awaitable<void> steady_node(asio::io_context& io, const sync::HubEndpoint& ep, std::shared_ptr<tls::Context> tls,
+                                  std::string identity, std::string node_id, const std::vector<std::string>& batches,
+                                  std::chrono::milliseconds period, std::chrono::milliseconds phase, SteadyRun& run) {
+  sync::HubConnection c(io.get_executor(), ep, tls);
+  sync::HubRequest enrol("POST", "/v1/enroll", std::move(identity));
+  auto e = co_await c.request(std::move(enrol));
+  if (!e || e->status != 200) ++run.failures;
+  if (++run.enrolled == run.nodes) {
+    run.start = Clock::now() + std::chrono::milliseconds(200);
+    if (run.on_start) run.on_start();
+    run.go.cancel();
+  } else {
+    boost::system::error_code ignored;
+    co_await run.go.async_wait(asio::redirect_error(asio::use_awaitable, ignored));
+  }
+  if (!e || e->status != 200) co_return;
+  asio::steady_timer due(io);
+  for (size_t i = 0; i < batches.size(); ++i) {
+    const auto at = run.start + phase + period * static_cast<int64_t>(i);
+    due.expires_at(at);
+    co_await due.async_wait(asio::use_awaitable);
+    sync::HubRequest req("POST", "/v1/nodes/" + node_id + "/records", batches[i], "application/octet-stream");
+    req.timeout = std::chrono::minutes(5);
+    auto r = co_await c.request(std::move(req));
+    if (!r || r->status != 200) {
+      ++run.failures;
+      co_return;
+    }
+    run.last_answer = std::max(run.last_answer, Clock::now());
+    run.latencies_ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - at).count());
+  }
+}
+
+// BM_hub_ingest_steady (above): 4 batches a node.
+void BM_hub_ingest_steady(benchmark::State& state, HubStore store) {
+  const int64_t nodes = scaled(state.range(0), 20);
+  const double offered = static_cast<double>(scaled(state.range(1), 2000));  // small: a batch a second
+  const auto period = std::chrono::milliseconds(static_cast<int64_t>(static_cast<double>(nodes) * 100.0 / offered * 1000.0));
+  for (auto _ : state) {
+    std::unique_ptr<testing::PostgresServer> postgres;
+    std::string database;
+    if (store != HubStore::sqlite && !start_postgres(state, postgres, database)) break;
+    HubProcess hub("steady", database);
+    testing::SoftAk ak;
+    auto log = make_log(hub.dir / "node-log", ak, 396, 99);
+    const std::vector<std::string> batches = upload_batches(*log);
+    auto tls = sync::HubConnection::make_tls(hub.endpoint);
+    OUTPOST_CHECK(tls.has_value(), "tls");
+    asio::io_context io;
+    SteadyRun run(io);
+    run.nodes = static_cast<size_t>(nodes);
+    std::mt19937_64 rng(7);
+    std::uniform_int_distribution<int64_t> phase_ms(0, period.count() - 1);
+    for (int64_t i = 0; i < nodes; ++i) {
+      auto id = testing::soft_identity(ak.pub());
+      asio::co_spawn(io, steady_node(io, hub.endpoint, *tls, id.to_json(), id.node_id, batches, period,
+                                     std::chrono::milliseconds(phase_ms(rng)), run),
+                     asio::detached);
+    }
+    double cpu_at_start = 0;
+    run.on_start = [&] { cpu_at_start = hub.cpu_seconds(); };
+    io.run();
+    if (run.latencies_ms.empty()) {
+      state.SkipWithError("no upload was answered");
+      break;
+    }
+    const double secs = std::chrono::duration<double>(run.last_answer - run.start).count();
+    state.SetIterationTime(secs);
+    if (run.failures) state.SkipWithError((std::to_string(run.failures) + " uploads failed").c_str());
+    const double records = static_cast<double>(run.latencies_ms.size()) * 100.0;
+    state.counters["offered_records_per_s"] = offered;
+    state.counters["records_per_s"] = records / secs;
+    percentiles(state, run.latencies_ms, "upload_");
+    state.counters["hub_cpu_s"] = hub.cpu_seconds() - cpu_at_start;  // the uploads' part: enrolments came before
   }
 }
 
@@ -507,6 +632,8 @@ BENCHMARK(BM_backlog_sync)->Args({100000, 100})->Args({100000, 1000})->Args({100
 BENCHMARK_CAPTURE(BM_hub_ingest, sqlite, HubStore::sqlite)->Args({1000, 200})->UseManualTime()->Iterations(1)->Unit(benchmark::kMillisecond);
 BENCHMARK_CAPTURE(BM_hub_ingest, postgres, HubStore::postgres)->Args({1000, 200})->UseManualTime()->Iterations(1)->Unit(benchmark::kMillisecond);
 BENCHMARK_CAPTURE(BM_hub_ingest, postgres_two, HubStore::postgres_two)->Args({1000, 200})->UseManualTime()->Iterations(1)->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_hub_ingest_steady, sqlite, HubStore::sqlite)->Args({1000, 20000})->Args({1000, 30000})->UseManualTime()->Iterations(1)->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_hub_ingest_steady, postgres, HubStore::postgres)->Args({1000, 20000})->Args({1000, 30000})->UseManualTime()->Iterations(1)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_console)->Arg(1000)->UseManualTime()->Iterations(1)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_publish_latency)->Arg(1)->Arg(100)->Arg(1000)->UseManualTime()->Iterations(1)->Unit(benchmark::kMillisecond);
 

@@ -9,6 +9,7 @@
 #include <filesystem>
 
 #include "bundle_factory.h"
+#include "hub_under_test.h"
 #include "outpost/attestation/quote_files.h"
 #include "outpost/base/files.h"
 #include "outpost/hub/hub.h"
@@ -28,40 +29,6 @@ namespace {
 
 using testing::value_of;
 
-// `n` decisions by `agent`, every third one denied, and a checkpoint quoted by `ak` at the end:
-// the frames, as the node's log holds them.
-std::string node_records(const fs::path& dir, const testing::SoftAk& ak, const std::string& agent, int n,
-                         const std::string& markup = "") {
-  offline_cache::AuditLogOptions o;
-  auto log = value_of(offline_cache::AuditLog::open(dir, o));
-  for (int i = 1; i <= n; ++i) {
-    offline_cache::AuditEntry e;
-    e.kind = offline_cache::RecordKind::decision;
-    e.event = "decision";
-    e.agent = agent;
-    e.bundle_version = 1;
-    const bool allow = i % 3 != 0;
-    e.detail = json::serialize(json::object{{"kind", "decision"}, {"agent", agent}, {"server", "fs"},
-                                            {"tool", (allow ? "read_file" : "write_file") + markup}, {"allow", allow},
-                                            {"verdict", allow ? "allow" : "deny"},
-                                            {"reason", (allow ? "reads are allowed" : "writes outside /srv/out are denied") + markup}});
-    REQUIRE(log->append(e).has_value());
-  }
-  attestation::PcrBank bank;
-  bank.values[23] = Bytes(32, 0);
-  const attestation::PcrValues pcrs{bank};
-  auto [seq, head] = log->head();
-  auto q = ak.quote(offline_cache::checkpoint_qualifying_data(seq, head), pcrs, {5000, 1, 0, true});
-  REQUIRE(log->append_checkpoint(seq, head, q, attestation::encode_pcrs_tpm2tools(pcrs)).has_value());
-  REQUIRE(log->wait_durable(log->last_seq()).has_value());
-  std::string frames;
-  REQUIRE(offline_cache::read_audit_frames(dir, 1, log->last_seq(), [&](const offline_cache::AuditFrame& f) {
-    frames.append(as_chars(f.frame));
-    return true;
-  }));
-  return frames;
-}
-
 }  // namespace
 
 TEST_CASE("the hub console in headless Chromium: sign-in, the seeded fleet, a node's timeline, rollout, a decision search", "[console]") {
@@ -80,21 +47,9 @@ TEST_CASE("the hub console in headless Chromium: sign-in, the seeded fleet, a no
   std::vector<testing::SoftAk> aks(3);
   std::vector<attestation::NodeIdentity> nodes;
   for (const auto& ak : aks) nodes.push_back(testing::soft_identity(ak.pub()));
-  std::string yaml = value_of(read_text_file(init.config));
-  yaml.replace(yaml.find("127.0.0.1:8443"), 14, "127.0.0.1:0");
-  testing::write_text(init.config, yaml + "activation: off\nfleets:\n  default: lab\n  assign:\n    " + nodes[2].node_id + ": retail-eu\n");
-  const fs::path port_file = dir / "port";
-  testing::Background hub({OUTPOST_HUB_BIN, "--config", init.config.string(), "--port-file", port_file.string()}, dir / "hub.log");
-  REQUIRE(testing::eventually([&] { return file_exists(port_file); }, 20));
-  sync::HubEndpoint at;
-  at.host = "127.0.0.1";
-  at.port = static_cast<uint16_t>(std::stoi(value_of(read_text_file(port_file))));
-  at.pin_sha256 = init.pin_sha256;
-  auto as = [&](const char* role) {
-    sync::HubEndpoint e = at;
-    e.bearer_token = value_of(read_text_file(dir / "hub" / (std::string(role) + ".token"))).substr(0, 64);
-    return e;
-  };
+  testing::HubUnderTest hub(init, dir.path(), "activation: off\nfleets:\n  default: lab\n  assign:\n    " + nodes[2].node_id + ": retail-eu\n");
+  const sync::HubEndpoint& at = hub.at();
+  auto as = [&](const char* role) { return hub.as(role); };
   auto request = [&dir](const sync::HubEndpoint& e, sync::HubRequest req) {
     auto r = sync::hub_request_blocking(e, std::move(req));
     INFO((r ? r->body : r.error().message()));
@@ -110,7 +65,7 @@ TEST_CASE("the hub console in headless Chromium: sign-in, the seeded fleet, a no
   const std::vector<std::string> agents = {"reporter", markup, "inventory"};
   for (size_t i = 0; i < nodes.size(); ++i) {
     REQUIRE(request(at, {"POST", "/v1/enroll", nodes[i].to_json()}).status == 200);
-    const std::string frames = node_records(dir / ("log-" + std::to_string(i)), aks[i], agents[i], 12, i == 1 ? markup : "");
+    const std::string frames = value_of(testing::signed_decisions(dir / ("log-" + std::to_string(i)), aks[i], agents[i], 12, i == 1 ? markup : ""));
     auto up = request(at, {"POST", "/v1/nodes/" + nodes[i].node_id + "/records", frames, "application/vnd.outpost.audit-frames"});
     REQUIRE(up.status == 200);
     REQUIRE(json::parse(up.body).at("stored").to_number<uint64_t>() == 13);
@@ -229,14 +184,10 @@ TEST_CASE("the hub console in headless Chromium: sign-in, the seeded fleet, a no
   const std::string poll = "/v1/bundle?node=" + nodes[0].node_id;
   CHECK(request(at, {"GET", poll}).status == 401);
   CHECK(hub.stop() == 0);
-  testing::write_text(init.config, value_of(read_text_file(init.config)) + "node_tokens: optional\n");
-  fs::remove(port_file);
-  testing::Background upgrading({OUTPOST_HUB_BIN, "--config", init.config.string(), "--port-file", port_file.string()}, dir / "hub2.log");
-  REQUIRE(testing::eventually([&] { return file_exists(port_file); }, 20));
-  at.port = static_cast<uint16_t>(std::stoi(value_of(read_text_file(port_file))));
-  CHECK(request(at, {"GET", poll}).status == 200);
+  testing::HubUnderTest upgrading(init, dir.path(), "node_tokens: optional\n", "hub2");
+  CHECK(request(upgrading.at(), {"GET", poll}).status == 200);
   sync::HubRequest wrong{"GET", poll};
   wrong.headers["X-Outpost-Node-Token"] = std::string(64, '0');
-  CHECK(request(at, wrong).status == 401);
+  CHECK(request(upgrading.at(), wrong).status == 401);
   CHECK(upgrading.stop() == 0);
 }

@@ -20,8 +20,10 @@
 #include "outpost/hub/store.h"
 #include "outpost/offline_cache/trust.h"
 #include "bundle_factory.h"
+#include "hub_under_test.h"
 #include "soft_tpm.h"
 #include "sync/hub_client.h"
+#include "metrics_text.h"
 #include "postgres_server.h"
 #include "test_support.h"
 
@@ -52,12 +54,14 @@ class Backend {
  public:
   virtual ~Backend() = default;
   virtual std::string database() const = 0;  // what hub.yaml's `database:` would say
+  virtual int schema_version() const = 0;     // the one a store opened here is brought to
   std::unique_ptr<Store> open() const { return value_of(hub::open_store(database())); }
 };
 
 class SqliteBackend final : public Backend {
  public:
   std::string database() const override { return (dir_ / "hub.db").string(); }
+  int schema_version() const override { return hub::kSqliteSchemaVersion; }
 
  private:
   testing::TempDir dir_;
@@ -74,6 +78,7 @@ class PostgresBackend final : public Backend {
  public:
   PostgresBackend() : name_("store_case_" + std::to_string(++count_)) { require_ok(postgres().create_database(name_)); }
   std::string database() const override { return postgres().uri(name_); }
+  int schema_version() const override { return hub::kPostgresSchemaVersion; }
   const std::string& name() const { return name_; }
 
  private:
@@ -250,6 +255,72 @@ STORE_CASE("a commit that fails part way writes nothing and the store goes on wo
   require_ok(store->commit_records("n", 10, records(11, 10), clock_at(300)));
   CHECK(value_of(store->node("n"))->acked_seq == 20);
   CHECK(scan(*store, "n", 1).size() == 20);
+}
+
+STORE_CASE("commit_group: each upload and enrolment committed or refused on its own, one result each, in order", group_case) {
+  auto store = backend.open();
+  require_ok(store->enroll(node_row("a")));
+  require_ok(store->enroll(node_row("b")));
+  auto upload = [](const std::string& id, uint64_t expect, std::vector<RecordRow> rows, uint64_t clock_ms) {
+    Store::CommitItem c;
+    c.node_id = id;
+    c.expect_acked = expect;
+    c.rows = std::move(rows);
+    c.last_clock = clock_at(clock_ms);
+    c.also.contact_ms = static_cast<int64_t>(clock_ms);
+    return c;
+  };
+  auto enrol = [](const std::string& id) {
+    Store::CommitItem c;
+    c.enrol = node_row(id);
+    return c;
+  };
+  auto twice = records(1, 10);
+  twice[5].seq = twice[4].seq;  // fails at its insert, after the rows before it went in
+  const std::vector<Store::CommitItem> items = {
+      upload("a", 0, records(1, 10), 100),
+      upload("a", 0, records(1, 5, 9), 200),  // verified against acked 0 too: the one before moved it
+      enrol("c"),
+      upload("c", 0, records(1, 3), 300),  // enrolled earlier in the same group
+      enrol("a"),                          // enrolled already
+      upload("b", 0, twice, 400),
+      upload("b", 0, records(5, 3), 500),  // rows that do not follow acked 0
+      upload("nobody", 0, records(1, 2), 600),
+      upload("b", 0, records(1, 4), 700),
+  };
+  std::vector<const Store::CommitItem*> group;
+  for (const auto& i : items) group.push_back(&i);
+  const auto results = store->commit_group(group);
+  REQUIRE(results.size() == items.size());
+  require_ok(results[0]);
+  require_error(results[1], errc::already_exists);
+  require_ok(results[2]);
+  require_ok(results[3]);
+  require_error(results[4], errc::already_exists);
+  REQUIRE_FALSE(results[5].has_value());
+  require_error(results[6], errc::invalid_argument);
+  require_error(results[7], errc::not_found);
+  require_ok(results[8]);
+
+  auto reopened = backend.open();  // what was committed, as another connection sees it
+  auto a = value_of(reopened->node("a"));
+  CHECK(a->acked_seq == 10);
+  CHECK(*a->last_clock == clock_at(100));
+  CHECK(a->last_contact_ms == 100);
+  CHECK(value_of(reopened->node("a"))->ak_pem == node_row("a").ak_pem);
+  auto stored = scan(*reopened, "a", 1);
+  REQUIRE(stored.size() == 10);
+  for (size_t i = 0; i < stored.size(); ++i) CHECK(same_record(stored[i], records(1, 10)[i]));
+  CHECK(value_of(reopened->node("c"))->acked_seq == 3);
+  CHECK(scan(*reopened, "c", 1).size() == 3);
+  auto b = value_of(reopened->node("b"));
+  CHECK(b->acked_seq == 4);  // only the last upload: the failed ones left nothing
+  CHECK(*b->last_clock == clock_at(700));
+  stored = scan(*reopened, "b", 1);
+  REQUIRE(stored.size() == 4);
+  for (size_t i = 0; i < stored.size(); ++i) CHECK(same_record(stored[i], records(1, 4)[i]));
+  CHECK_FALSE(value_of(reopened->node("nobody")).has_value());
+  CHECK(store->commit_group({}).empty());
 }
 
 STORE_CASE("scan_records goes in order from from_seq, across pages, and stops when told", scan_case) {
@@ -507,7 +578,7 @@ STORE_CASE("search: decisions by node, agent, tool, verdict and time, newest fir
 
 STORE_CASE("fleets: a node enrols into one and is moved to another; an unknown node is not_found", fleets_case) {
   auto store = backend.open();
-  CHECK(value_of(store->schema_version()) == hub::kSchemaVersion);
+  CHECK(value_of(store->schema_version()) == backend.schema_version());
   NodeRow lab = node_row("n-lab");
   lab.fleet = "lab";
   require_ok(store->enroll(lab));
@@ -564,6 +635,9 @@ TEST_CASE("hub.yaml's credentials and fleets: what init writes loads; malformed 
   }
   CHECK_FALSE(value_of(with("node_tokens: optional\n")).node_tokens_required);
   CHECK(value_of(with("ingest_threads: 3\n")).ingest_threads == 3);
+  CHECK(value_of(with("")).ingest_queue == 256);
+  CHECK(value_of(with("ingest_queue: 8\n")).ingest_queue == 8);
+  CHECK_FALSE(with("ingest_queue: 0\n").has_value());
   CHECK_FALSE(with("node_tokens: sometimes\n").has_value());
   CHECK(hub::valid_fleet_name("retail-eu.1_b"));
   CHECK_FALSE(hub::valid_fleet_name(""));
@@ -795,19 +869,36 @@ TEST_CASE("sqlite: a database from before schema versions is migrated keeping it
   SqliteBackend backend;
   std::string v1 = kNodesV1;
   v1.replace(v1.find("bytea"), 5, "BLOB");  // SQLite's spelling; the rest SQLite takes as it is
-  sqlite_exec(backend.database(), v1 + "; " + kNodeV1Row);
+  // Its records, in the table as v1 made it (keyed by node and sequence, WITHOUT ROWID): v4
+  // moves them into a rowid table.
+  std::string rows =
+      "CREATE TABLE records (node_id TEXT NOT NULL, seq INTEGER NOT NULL, time_ms INTEGER NOT NULL, kind INTEGER NOT NULL, "
+      "hash BLOB NOT NULL, frame BLOB NOT NULL, PRIMARY KEY (node_id, seq)) WITHOUT ROWID; "
+      "CREATE INDEX records_time ON records (node_id, time_ms)";
+  const auto held = records(1, 7);
+  for (const auto& r : held) {
+    rows += "; INSERT INTO records VALUES ('old', " + std::to_string(r.seq) + ", " + std::to_string(r.time_ms) + ", " +
+            std::to_string(r.kind) + ", X'" + hex_encode(r.hash) + "', X'" + hex_encode(r.frame) + "')";
+  }
+  sqlite_exec(backend.database(), v1 + "; " + kNodeV1Row + "; " + rows);
   {
     auto store = backend.open();
-    CHECK(value_of(store->schema_version()) == hub::kSchemaVersion);
+    CHECK(value_of(store->schema_version()) == backend.schema_version());
     auto old = value_of(store->node("old"));
     REQUIRE(old.has_value());
     CHECK(old->acked_seq == 7);
     CHECK(old->fleet == "");
+    auto kept = scan(*store, "old", 1);
+    REQUIRE(kept.size() == held.size());
+    for (size_t i = 0; i < kept.size(); ++i) CHECK(same_record(kept[i], held[i]));
+    CHECK(value_of(store->first_seq_at("old", held[3].time_ms)) == held[3].seq);  // the time index made again
     require_ok(store->set_fleet("old", "lab"));
     require_ok(store->commit_records("old", 7, records(8, 3), clock_at(1)));  // the other tables were made
+    require_error(store->commit_records("old", 7, records(8, 3), clock_at(1)), errc::already_exists);
+    CHECK(scan(*store, "old", 1).size() == 10);
   }
   CHECK(value_of(backend.open()->node("old"))->fleet == "lab");  // opened again: nothing to do
-  sqlite_exec(backend.database(), "PRAGMA user_version = " + std::to_string(hub::kSchemaVersion + 1));
+  sqlite_exec(backend.database(), "PRAGMA user_version = " + std::to_string(backend.schema_version() + 1));
   refused_as_newer(backend);
 }
 
@@ -822,7 +913,7 @@ TEST_CASE("postgres: a database from before schema versions is migrated keeping 
   }
   {
     auto store = backend.open();
-    CHECK(value_of(store->schema_version()) == hub::kSchemaVersion);
+    CHECK(value_of(store->schema_version()) == backend.schema_version());
     auto old = value_of(store->node("old"));
     REQUIRE(old.has_value());
     CHECK(old->acked_seq == 7);
@@ -832,7 +923,7 @@ TEST_CASE("postgres: a database from before schema versions is migrated keeping 
   CHECK(value_of(postgres().query(backend.name(), "SELECT string_agg(version::text || ' ' || what, ', ' ORDER BY version) FROM schema_migrations")) ==
         "1 the tables, 2 nodes.fleet, 3 search columns");
   value_of(postgres().query(backend.name(), "INSERT INTO schema_migrations (version, what) VALUES (" +
-                                                std::to_string(hub::kSchemaVersion + 1) + ", 'from a newer hub')"));
+                                                std::to_string(backend.schema_version() + 1) + ", 'from a newer hub')"));
   refused_as_newer(backend);
 }
 
@@ -925,4 +1016,61 @@ TEST_CASE("postgres: two hub instances on one database: a publish on one wakes a
   INFO("publish on a to the answer on b: " << took.count() << " ms");
   CHECK(took < std::chrono::seconds(15));
   for (auto& h : hubs) CHECK(h->stop() == 0);
+}
+
+// ---- one SQLite hub under concurrent uploads ------------------------------------------------
+
+// With one place in the queue, six uploads sent at once: each past the first waits (at least
+// one does, as each takes milliseconds to verify), none is refused, and the enrolments and
+// uploads all go through the commit thread.
+TEST_CASE("sqlite: uploads past the ingest queue wait their turn rather than being refused, and are stored through the commit thread", "[store][sqlite]") {
+  testing::TempDir dir;
+  EcPrivateKey iam = value_of(EcPrivateKey::generate());
+  testing::write_text(dir / "trust.json", value_of(offline_cache::TrustRoot::create({iam.public_key()}, 1)).to_json());
+  auto init = value_of(hub::init_hub_dir(dir / "hub", {}, dir / "trust.json"));
+  // One upload at a time in the queue: every other one must wait for its place.
+  testing::HubUnderTest hub(init, dir.path(), "activation: off\ningest_queue: 1\n");
+  const sync::HubEndpoint& at = hub.at();
+
+  constexpr int kNodes = 6, kRecords = 3000;  // large enough that each is still being verified when the next arrives
+  std::vector<testing::SoftAk> aks(kNodes);
+  std::vector<attestation::NodeIdentity> nodes;
+  std::vector<std::string> bodies;
+  for (int i = 0; i < kNodes; ++i) {
+    nodes.push_back(testing::soft_identity(aks[i].pub()));
+    auto enrolled = sync::hub_request_blocking(at, {"POST", "/v1/enroll", nodes.back().to_json()});
+    REQUIRE(enrolled.has_value());
+    REQUIRE(enrolled->status == 200);
+    bodies.push_back(value_of(testing::signed_decisions(dir / ("log-" + std::to_string(i)), aks[i], "agent", kRecords)));
+  }
+  std::latch go(kNodes);
+  std::vector<Result<sync::HubResponse>> answers(kNodes, fail(errc::io, "not sent"));
+  std::vector<std::thread> senders;
+  for (int i = 0; i < kNodes; ++i) {
+    senders.emplace_back([&, i] {
+      go.arrive_and_wait();
+      sync::HubRequest up("POST", "/v1/nodes/" + nodes[i].node_id + "/records", bodies[i], "application/vnd.outpost.audit-frames");
+      up.timeout = std::chrono::seconds(60);
+      answers[i] = sync::hub_request_blocking(at, std::move(up));
+    });
+  }
+  for (auto& t : senders) t.join();
+  for (int i = 0; i < kNodes; ++i) {
+    INFO("node " << i << ": " << (answers[i] ? answers[i]->body : answers[i].error().message()));
+    REQUIRE(answers[i].has_value());
+    CHECK(answers[i]->status == 200);
+    if (answers[i]->status == 200) CHECK(boost::json::parse(answers[i]->body).at("stored").to_number<int>() == kRecords + 1);
+  }
+  auto m = sync::hub_request_blocking(hub.as("operator"), {"GET", "/metrics"});
+  REQUIRE(m.has_value());
+  auto metric = [&](const std::string& name) { return testing::metric_value(m->body, name, -1); };
+  INFO(m->body);
+  CHECK(metric("outpost_hub_ingest_waits_total") >= 1);
+  // The six enrolments and six uploads went through the commit thread's groups.
+  CHECK(metric("outpost_hub_group_commit_items_total") == 2 * kNodes);
+  CHECK(metric("outpost_hub_group_commits_total") >= 1);
+  CHECK(metric("outpost_hub_group_commits_total") <= 2 * kNodes);
+  auto store = value_of(hub::open_store((dir / "hub" / "hub.db").string()));
+  for (const auto& n : nodes) CHECK(value_of(store->node(n.node_id))->acked_seq == kRecords + 1);
+  CHECK(hub.stop() == 0);
 }

@@ -2,10 +2,14 @@
 
 #include <tss2/tss2_mu.h>
 
+#include <boost/json.hpp>
 #include <cstring>
 
+#include "outpost/attestation/quote_files.h"
 #include "outpost/attestation/verifier.h"
 #include "outpost/base/check.h"
+#include "outpost/offline_cache/audit_frames.h"
+#include "outpost/offline_cache/audit_log.h"
 
 namespace outpost::testing {
 namespace {
@@ -126,6 +130,38 @@ attestation::NodeIdentity soft_identity(const EcPublicKey& ak, const std::string
   if (name) id.ak_name = *name;
   id.provisioned_at = "2026-01-01T00:00:00Z";
   return id;
+}
+
+Result<std::string> signed_decisions(const std::filesystem::path& dir, const SoftAk& ak, const std::string& agent, int n,
+                                     const std::string& markup) {
+  namespace json = boost::json;
+  OUTPOST_TRY(auto log, offline_cache::AuditLog::open(dir, offline_cache::AuditLogOptions{}));
+  for (int i = 1; i <= n; ++i) {
+    offline_cache::AuditEntry e;
+    e.kind = offline_cache::RecordKind::decision;
+    e.event = "decision";
+    e.agent = agent;
+    e.bundle_version = 1;
+    const bool allow = i % 3 != 0;
+    e.detail = json::serialize(json::object{{"kind", "decision"}, {"agent", agent}, {"server", "fs"},
+                                            {"tool", (allow ? "read_file" : "write_file") + markup}, {"allow", allow},
+                                            {"verdict", allow ? "allow" : "deny"},
+                                            {"reason", (allow ? "reads are allowed" : "writes outside /srv/out are denied") + markup}});
+    OUTPOST_TRY_VOID(log->append(e));
+  }
+  attestation::PcrBank bank;
+  bank.values[23] = Bytes(32, 0);
+  const attestation::PcrValues pcrs{bank};
+  auto [seq, head] = log->head();
+  auto q = ak.quote(offline_cache::checkpoint_qualifying_data(seq, head), pcrs, {5000, 1, 0, true});
+  OUTPOST_TRY_VOID(log->append_checkpoint(seq, head, q, attestation::encode_pcrs_tpm2tools(pcrs)));
+  OUTPOST_TRY_VOID(log->wait_durable(log->last_seq()));
+  std::string frames;
+  OUTPOST_TRY_VOID(offline_cache::read_audit_frames(dir, 1, log->last_seq(), [&](const offline_cache::AuditFrame& f) {
+    frames.append(as_chars(f.frame));
+    return true;
+  }));
+  return frames;
 }
 
 }  // namespace outpost::testing

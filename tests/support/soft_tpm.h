@@ -4,6 +4,7 @@
 // behaviour matters the tests use swtpm instead.
 #pragma once
 
+#include <filesystem>
 #include <string>
 
 #include "outpost/attestation/node.h"
@@ -34,5 +35,11 @@ class SoftAk {
 
 // A node identity (node.json) whose node id derives from a fresh software EK, with `ak` as AK.
 attestation::NodeIdentity soft_identity(const EcPublicKey& ak, const std::string& board = "sim");
+
+// `n` decisions by `agent` (every third denied; `markup` appended to their tools and reasons)
+// in a node log made in `dir`, then a checkpoint quoted by `ak`: the frames as the log holds
+// them, the body of a records upload.
+Result<std::string> signed_decisions(const std::filesystem::path& dir, const SoftAk& ak, const std::string& agent, int n,
+                                     const std::string& markup = "");
 
 }  // namespace outpost::testing

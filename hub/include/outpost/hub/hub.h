@@ -60,9 +60,11 @@ struct HubConfig {
   uint64_t max_upload_bytes = 64ull << 20;    // a records upload or an evidence state
   uint64_t max_pull_bytes = 512ull << 20;     // a responder's package; a larger range is refused (413)
   uint32_t max_connections = 4096;            // more wait in the listen backlog
-  // Threads that verify and store record uploads, off the event loop (each with a store
-  // connection of its own); default: the machine's cores.
+  // Threads that verify record uploads off the event loop, and with PostgreSQL store them
+  // (each with a store connection of its own); default: the machine's cores, at most 4.
   uint32_t ingest_threads = 0;
+  // Uploads verified or stored at once; more wait their turn (up to 20 s, then 503).
+  uint32_t ingest_queue = 256;
   std::filesystem::path source_file;
 };
 

@@ -108,6 +108,21 @@ class Store {
                               const std::optional<attestation::ClockInfo>& last_clock) {
     return commit_records(node_id, expect_acked, rows, last_clock, CommitAlso{});
   }
+  // One upload's commit_records, or one enrol, for commit_group.
+  struct CommitItem {
+    std::optional<NodeRow> enrol;  // when set, the item is enroll(*enrol) and the rest unused
+    std::string node_id;
+    uint64_t expect_acked = 0;
+    std::vector<RecordRow> rows;
+    std::optional<attestation::ClockInfo> last_clock;
+    CommitAlso also;
+  };
+  // Commits several uploads, each with commit_records' contract (or enroll's, for an
+  // enrolment), and returns one result per item, in order. An item refused (errc::already_exists, errc::not_found) leaves the others
+  // to commit; a failed transaction fails them all. SQLite does them in one transaction, a
+  // savepoint each: one write of the pages they share and one flush for all (group commit).
+  // Other backends commit them one by one.
+  virtual std::vector<Result<void>> commit_group(const std::vector<const CommitItem*>& items);
   virtual Result<std::optional<Digest>> record_hash(const std::string& node_id, uint64_t seq) = 0;
   // Records with seq >= from_seq in order, to `each` (false stops).
   virtual Result<void> scan_records(const std::string& node_id, uint64_t from_seq,
@@ -134,7 +149,7 @@ class Store {
   virtual Result<void> add_alert(const AlertRow& alert) = 0;
   virtual Result<std::vector<AlertRow>> alerts(const std::string& node_id) = 0;
 
-  // The schema version the database is at (kSchemaVersion once opened).
+  // The schema version the database is at (k*SchemaVersion, its backend's, once opened).
   virtual Result<int> schema_version() = 0;
 
   // Wake-ups across hub instances on one database (PostgreSQL LISTEN/NOTIFY): notify(node)
@@ -160,14 +175,21 @@ class Store {
 //   3  records' search columns (agent, event, subject, verdict, reason) and an index on time;
 //      nodes' last_attested_ms, bundle_version, durable_seq (records stored before v3 keep ""
 //      in the search columns: a node's page still reads them from their frames)
-inline constexpr int kSchemaVersion = 3;
+//   4  SQLite only: records in a rowid table, UNIQUE (node_id, seq) beside it
+// Each backend counts its own, so a change to one does not make the other's database look
+// newer to instances not yet upgraded.
+inline constexpr int kSqliteSchemaVersion = 4;
+inline constexpr int kPostgresSchemaVersion = 3;
 
 // SQLite in WAL mode with synchronous=FULL: a commit the hub acknowledged survives power loss
 // (the node deletes what the hub acknowledged).
 // For backends' commit_records: the rows must start right after expect_acked.
 Result<void> check_rows_follow(uint64_t expect_acked, const std::vector<RecordRow>& rows);
 
-Result<std::unique_ptr<Store>> open_sqlite_store(const std::filesystem::path& file);
+// `cache_kib`: the connection's page cache (0: SQLite's default, 2 MiB), and when set, temp
+// storage in memory. The hub's committer takes a larger one: a group's dirty pages must fit,
+// or SQLite spills them mid-transaction.
+Result<std::unique_ptr<Store>> open_sqlite_store(const std::filesystem::path& file, int64_t cache_kib = 0);
 
 // PostgreSQL through libpq; `conninfo` is a libpq connection string or a postgresql:// URI. One
 // connection per Store (the hub is single-threaded); a lost connection is re-established on the
