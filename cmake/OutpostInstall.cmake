@@ -24,6 +24,18 @@ install(TARGETS outpost outpostd RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
 install(FILES ${OUTPOST_HOOKS_DIR}/systemd/outpost.sysusers.conf DESTINATION lib/sysusers.d RENAME outpost.conf)
 install(FILES ${OUTPOST_HOOKS_DIR}/systemd/outpost.tmpfiles.conf DESTINATION lib/tmpfiles.d RENAME outpost.conf)
 install(FILES ${PROJECT_SOURCE_DIR}/docs/install.md ${PROJECT_SOURCE_DIR}/docs/daemon.md DESTINATION ${CMAKE_INSTALL_DOCDIR})
+# The notices of the libraries linked in statically (docs/dependencies.md, "Linked in"), from
+# their Debian -dev packages (Boost's packages share one file).
+install(FILES /usr/share/doc/libflatbuffers-dev/copyright DESTINATION ${CMAKE_INSTALL_DOCDIR}/linked
+  RENAME flatbuffers.copyright)
+if(OUTPOST_STATIC_DEPS)
+  foreach(pkg mbedtls:libmbedtls-dev boost:libboost-json1.81-dev yaml-cpp:libyaml-cpp-dev re2:libre2-dev)
+    string(REPLACE ":" ";" parts ${pkg})
+    list(GET parts 0 name)
+    list(GET parts 1 dev)
+    install(FILES /usr/share/doc/${dev}/copyright DESTINATION ${CMAKE_INSTALL_DOCDIR}/linked RENAME ${name}.copyright)
+  endforeach()
+endif()
 
 # The unit and the hook name installed paths. They are configured when installing, against the
 # prefix in force then (`cmake --install --prefix P`, or CPack's /usr), not the configured one,

@@ -30,13 +30,16 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 calls=${1:-2000}
 rounds=${2:-3}
 # BENCH_PROFILE=1: also perf record over outpostd during each outpost run (kept in
-# build/bench-mcp-profile; read with perf report -i build/bench-mcp-profile/LABEL.perf.data).
+# build-lean/bench-mcp-profile; read with perf report -i build-lean/bench-mcp-profile/LABEL.perf.data).
 if [[ -n ${BENCH_PROFILE:-} ]]; then "$root/scripts/setup.sh" linux-perf >/dev/null; else "$root/scripts/setup.sh" >/dev/null; fi
-mkdir -p "$root/build"
-OUTPOST_BUILD_TARGETS="outpost outpostd mcp_pump" "$root/scripts/build.sh" "$root/build" >/dev/null
-outpost=$root/build/runtime/outpost
-outpostd=$root/build/runtime/outpostd
-pump=$root/build/tests/bench/mcp_pump
+# outpostd as a node runs it: its own tree, optimised at link time (OUTPOST_LTO), with the
+# static libraries of every non-sanitized build (docs/dependencies.md, "Linked in").
+lean=$root/build-lean
+mkdir -p "$lean"
+OUTPOST_BUILD_TARGETS="outpost outpostd mcp_pump" "$root/scripts/build.sh" "$lean" -DOUTPOST_LTO=ON >/dev/null
+outpost=$lean/runtime/outpost
+outpostd=$lean/runtime/outpostd
+pump=$lean/tests/bench/mcp_pump
 e2e=$root/tests/e2e
 everything=$e2e/node_modules/@modelcontextprotocol/server-everything/dist/index.js
 node=$(readlink -f "$(command -v node)")
@@ -54,8 +57,8 @@ cleanup() {
   if [[ -n ${http_pid:-} ]]; then kill "$http_pid" 2>/dev/null || true; wait "$http_pid" 2>/dev/null || true; fi
   if [[ -n ${modern_pid:-} ]]; then kill "$modern_pid" 2>/dev/null || true; wait "$modern_pid" 2>/dev/null || true; fi
   if [[ -d $work/profile ]]; then
-    rm -rf "$root/build/bench-mcp-profile"
-    cp -r "$work/profile" "$root/build/bench-mcp-profile"
+    rm -rf "$lean/bench-mcp-profile"
+    cp -r "$work/profile" "$lean/bench-mcp-profile"
   fi
   "$root/scripts/swtpm.sh" stop "$work/tpm" >/dev/null
   rm -rf "$work"

@@ -8,7 +8,6 @@ namespace outpost::broker {
 
 namespace {
 
-constexpr size_t kMaxKeptArgs = 1024;
 // A denial whose key (tool name, reason, rule ids) is longer than this is counted in the
 // overflow entry: the table must stay small whatever the agent names its tools.
 constexpr size_t kMaxCoalescedKeyBytes = 4096;
@@ -53,39 +52,74 @@ uint8_t SessionState::max_sensitivity() const {
   return max_sensitivity_;
 }
 
+std::string_view SessionState::intern_locked(std::string_view name) {
+  auto it = names_.find(name);
+  if (it == names_.end()) it = names_.emplace(std::string(name), 0).first;
+  ++it->second;
+  return it->first;  // a node's key: stays where it is while the entry lives
+}
+
+void SessionState::release_locked(std::string_view name) {
+  auto it = names_.find(name);
+  if (it != names_.end() && --it->second == 0) names_.erase(it);
+}
+
+void SessionState::forget_locked(const Event& e) {
+  release_locked(e.server);
+  release_locked(e.tool);
+}
+
+policy::SessionEvent SessionState::view_of(const Event& e) {
+  return policy::SessionEvent{e.server, e.tool, e.time, e.sensitivity, e.args.is_null() ? nullptr : &e.args,
+                              e.args_incomplete};
+}
+
 void SessionState::rebuild_view_locked() {
   view_start_ = 0;
   history_view_.clear();
-  for (const auto& h : history_) {
-    history_view_.push_back(
-        policy::SessionEvent{h.server, h.tool, h.time, h.sensitivity, h.args.is_null() ? nullptr : &h.args});
-  }
+  for (const auto& h : history_) history_view_.push_back(view_of(h));
 }
 
 void SessionState::remember_locked(std::string_view server, std::string_view tool, int64_t time,
                                    uint8_t sensitivity, const boost::json::value* args) {
-  max_sensitivity_ = std::max(max_sensitivity_, sensitivity);
-  // Arguments are kept for window-limit totals, but only small ones: a session of large writes
-  // must not hold every payload it sent.
-  boost::json::value kept;
-  if (args != nullptr && args->is_object() && args->as_object().size() <= 16) {
-    size_t approx = 0;
-    for (const auto& kv : args->as_object()) {
-      approx += kv.key().size() + (kv.value().is_string() ? kv.value().get_string().size() : 16);
-    }
-    if (approx <= kMaxKeptArgs) kept = *args;
+  // Of the arguments only their numbers, where they were: all a window total can read. Keeping
+  // the strings would cost a session of writes its payloads; keeping nothing of large calls
+  // (as before 2026-12-08) let padding hide an amount from a spending cap.
+  Event e;
+  e.time = time;
+  e.sensitivity = sensitivity;
+  if (args != nullptr) e.args = policy::history_numbers(*args, e.args_incomplete);
+  e.server = intern_locked(server);
+  try {
+    e.tool = intern_locked(tool);
+  } catch (...) {
+    release_locked(e.server);
+    throw;
   }
-  history_.push_back(Event{std::string(server), std::string(tool), time, sensitivity, std::move(kept)});
-  // deque::push_back keeps references to the other elements valid: append the one new view.
-  const Event& e = history_.back();
-  history_view_.push_back(policy::SessionEvent{e.server, e.tool, e.time, e.sensitivity, e.args.is_null() ? nullptr : &e.args});
+  try {
+    history_.push_back(std::move(e));  // on failure the deque and `e` are as they were
+  } catch (...) {
+    forget_locked(e);
+    throw;
+  }
+  try {
+    // deque::push_back keeps references to the other elements valid: append the one new view.
+    history_view_.push_back(view_of(history_.back()));
+  } catch (...) {
+    forget_locked(history_.back());
+    history_.pop_back();
+    throw;
+  }
+  max_sensitivity_ = std::max(max_sensitivity_, sensitivity);
   if (history_.size() > limits_.max_history) {
     // Drop the oldest call, unless it is the most sensitive one: then the next oldest, so a
     // long session cannot wash out its taint.
     if (history_.front().sensitivity == max_sensitivity_ && max_sensitivity_ > 0) {
+      forget_locked(history_[1]);
       history_.erase(history_.begin() + 1);
       rebuild_view_locked();
     } else {
+      forget_locked(history_.front());
       history_.pop_front();  // references to the rest stay valid
       ++view_start_;         // the view's dead prefix is cut in bulk below, O(1) amortised
     }

@@ -79,7 +79,7 @@ class SessionState {
     std::span<const policy::SessionEvent> history() const;
     // The most sensitive data the agent has received so far.
     uint8_t max_sensitivity() const;
-    // Remembers a call that went out; its arguments are kept only when small (window totals).
+    // Remembers a call that went out, with the numbers of its arguments (for window totals).
     void remember(std::string_view server, std::string_view tool, int64_t time, uint8_t sensitivity,
                   const boost::json::value* args);
     // Releases the lock early; nothing else may be called afterwards.
@@ -113,14 +113,25 @@ class SessionState {
   const Limits& limits() const { return limits_; }
 
  private:
+  // One remembered call: 64 bytes, and its arguments' numbers when it had any.
   struct Event {
-    std::string server, tool;
+    std::string_view server, tool;  // keys of names_
     int64_t time = 0;
     uint8_t sensitivity = 0;
-    boost::json::value args;
+    bool args_incomplete = false;
+    boost::json::value args;  // only the numbers (policy::history_numbers), or null
+  };
+  // A hash that finds a std::string key by a string_view, without making a string.
+  struct NameHash {
+    using is_transparent = void;
+    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
   };
   void remember_locked(std::string_view server, std::string_view tool, int64_t time, uint8_t sensitivity,
                        const boost::json::value* args);
+  std::string_view intern_locked(std::string_view name);
+  void release_locked(std::string_view name);
+  void forget_locked(const Event& e);
+  static policy::SessionEvent view_of(const Event& e);
   void rebuild_view_locked();
 
   const Limits limits_;
@@ -128,6 +139,9 @@ class SessionState {
 
   mutable std::mutex history_mu_;
   std::deque<Event> history_;                       // deque: appends keep the others' addresses
+  // The server and tool names the history holds, each once, with how many events name it. A
+  // session's calls name a handful of tools thousands of times.
+  std::unordered_map<std::string, size_t, NameHash, std::equal_to<>> names_;
   std::vector<policy::SessionEvent> history_view_;  // [view_start_, end) mirrors history_
   size_t view_start_ = 0;
   uint8_t max_sensitivity_ = 0;

@@ -7,7 +7,10 @@
 
 #include <algorithm>
 #include <array>
+#include <map>
+#include <memory>
 #include <tuple>
+#include <type_traits>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -145,6 +148,191 @@ class Compiler {
   std::unordered_map<std::string, int> id_lines_;  // rule and flow rule ids → line
 };
 
+// ---- Packing ---------------------------------------------------------------------------------
+
+// Packs a BundleT as fb::Bundle::Pack would, except that every string and every list of strings
+// is written once and referred to wherever it recurs. A 10,000-rule bundle names the same
+// agents, tools and argument pointers over and over; the object API's Pack writes each anew,
+// which was a third of the buffer that outpostd holds in memory for as long as the bundle is in
+// force (docs/benchmarks.md, "outpostd's memory"). Readers see the same bundle: FlatBuffers
+// offsets may point at any object already written. Absent vs empty follows the generated code
+// (an optional string or a list that is empty is left out). A field added to the schema must
+// be added here too: the signature checks above stop the build until it is, and
+// [policy-compiler] packs a bundle with every field set both ways and compares the two.
+// The field lists PooledPacker writes: the generated CreateX takes one parameter per field, so
+// a field added to the schema changes its signature and stops the build here, on any ABI,
+// until PooledPacker packs it too.
+namespace packed_fields {
+using Str = flatbuffers::Offset<flatbuffers::String>;
+using Strs = flatbuffers::Offset<flatbuffers::Vector<Str>>;
+template <typename T>
+using Table = flatbuffers::Offset<T>;
+template <typename T>
+using Tables = flatbuffers::Offset<flatbuffers::Vector<flatbuffers::Offset<T>>>;
+template <typename T>
+using Scalars = flatbuffers::Offset<flatbuffers::Vector<T>>;
+#define OUTPOST_PACKS(X, ...)                                                                          \
+  using X##Fields = flatbuffers::Offset<fb::X> (*)(flatbuffers::FlatBufferBuilder&, __VA_ARGS__);      \
+  static_assert(std::is_same_v<decltype(static_cast<X##Fields>(&fb::Create##X)), X##Fields>,           \
+                "fb::" #X " gained a field: pack it in PooledPacker")
+OUTPOST_PACKS(Destination, Str, Str, Scalars<uint16_t>);
+OUTPOST_PACKS(Tool, Str, Str, fb::ToolKind, uint8_t, Tables<fb::Destination>, Str);
+OUTPOST_PACKS(Agent, Str, Scalars<uint8_t>, Strs, uint8_t, uint32_t, Strs);
+OUTPOST_PACKS(ArgConstraint, Str, fb::ArgOp, Strs, double, double, uint32_t, bool);
+OUTPOST_PACKS(TimeWindow, uint8_t, uint16_t, uint16_t);
+OUTPOST_PACKS(RateLimit, fb::RateScope, uint32_t, uint32_t);
+OUTPOST_PACKS(Rule, Str, fb::Effect, bool, Strs, Strs, Strs, Tables<fb::ArgConstraint>, Tables<fb::Destination>, bool, uint8_t, Tables<fb::TimeWindow>, Table<fb::RateLimit>, uint32_t, Str);
+OUTPOST_PACKS(FlowRule, Str, fb::FlowKind, Strs, Strs, uint8_t, Tables<fb::Destination>, Str, uint32_t, uint32_t, double, Str, Str);
+OUTPOST_PACKS(ByteBudget, uint64_t, uint32_t);
+OUTPOST_PACKS(HeaderInjection, Str, Str, Str);
+OUTPOST_PACKS(EgressRule, Str, fb::Effect, bool, Strs, Strs, fb::EgressKind, Tables<fb::Destination>, bool, uint8_t, Tables<fb::TimeWindow>, Table<fb::RateLimit>, Table<fb::ByteBudget>, Table<fb::HeaderInjection>, Str);
+OUTPOST_PACKS(Scope, Strs, Strs, Strs);
+OUTPOST_PACKS(Bundle, uint64_t, int64_t, int64_t, int64_t, uint64_t, Table<fb::Scope>, Tables<fb::Agent>, Tables<fb::Tool>, Tables<fb::Rule>, Tables<fb::FlowRule>, Strs, fb::OnExpiry, Tables<fb::Rule>, Scalars<uint8_t>, Str, uint32_t, Tables<fb::EgressRule>);
+#undef OUTPOST_PACKS
+}  // namespace packed_fields
+
+class PooledPacker {
+ public:
+  using Str = flatbuffers::Offset<flatbuffers::String>;
+  using StrVec = flatbuffers::Offset<flatbuffers::Vector<Str>>;
+
+  Bytes pack(const fb::BundleT& b) {
+    fbb_.Finish(bundle(b));
+    return Bytes(fbb_.GetBufferPointer(), fbb_.GetBufferPointer() + fbb_.GetSize());
+  }
+
+ private:
+  Str str(const std::string& s) { return fbb_.CreateSharedString(s); }
+  Str opt_str(const std::string& s) { return s.empty() ? Str() : str(s); }
+  StrVec strs(const std::vector<std::string>& v) {
+    if (v.empty()) return StrVec();
+    auto [it, fresh] = lists_.try_emplace(v);
+    if (fresh) {
+      std::vector<Str> items;
+      items.reserve(v.size());
+      for (const auto& s : v) items.push_back(str(s));
+      it->second = fbb_.CreateVector(items);
+    }
+    return it->second;
+  }
+  template <typename T, typename Fn>
+  auto tables(const std::vector<std::unique_ptr<T>>& v, Fn&& each) -> flatbuffers::Offset<flatbuffers::Vector<decltype(each(*v[0]))>> {
+    if (v.empty()) return {};
+    std::vector<decltype(each(*v[0]))> items;
+    items.reserve(v.size());
+    for (const auto& t : v) items.push_back(each(*t));
+    return fbb_.CreateVector(items);
+  }
+  template <typename T>
+  flatbuffers::Offset<flatbuffers::Vector<T>> scalars(const std::vector<T>& v) {
+    return v.empty() ? flatbuffers::Offset<flatbuffers::Vector<T>>() : fbb_.CreateVector(v);
+  }
+
+  flatbuffers::Offset<fb::Destination> destination(const fb::DestinationT& d) {
+    auto host = opt_str(d.host);
+    auto cidr = opt_str(d.cidr);
+    auto ports = scalars(d.ports);
+    return fb::CreateDestination(fbb_, host, cidr, ports);
+  }
+  flatbuffers::Offset<fb::Tool> tool(const fb::ToolT& t) {
+    auto server = str(t.server);
+    auto name = str(t.name);
+    auto dests = tables(t.destinations, [this](const fb::DestinationT& d) { return destination(d); });
+    auto command = opt_str(t.command);
+    return fb::CreateTool(fbb_, server, name, t.kind, t.output_sensitivity, dests, command);
+  }
+  flatbuffers::Offset<fb::Agent> agent(const fb::AgentT& a) {
+    auto name = str(a.name);
+    auto measurement = scalars(a.measurement);
+    auto tools = strs(a.tools);
+    auto tasks = strs(a.tasks);
+    return fb::CreateAgent(fbb_, name, measurement, tools, a.clearance, a.credential_ttl, tasks);
+  }
+  flatbuffers::Offset<fb::ArgConstraint> arg(const fb::ArgConstraintT& c) {
+    auto pointer = str(c.pointer);
+    auto values = strs(c.values);
+    return fb::CreateArgConstraint(fbb_, pointer, c.op, values, c.min, c.max, c.max_length, c.optional);
+  }
+  flatbuffers::Offset<fb::TimeWindow> window(const fb::TimeWindowT& w) {
+    return fb::CreateTimeWindow(fbb_, w.days, w.start_minute, w.end_minute);
+  }
+  flatbuffers::Offset<fb::RateLimit> rate(const std::unique_ptr<fb::RateLimitT>& r) {
+    return r ? fb::CreateRateLimit(fbb_, r->scope, r->count, r->window) : flatbuffers::Offset<fb::RateLimit>();
+  }
+  flatbuffers::Offset<fb::Rule> rule(const fb::RuleT& r) {
+    auto id = str(r.id);
+    auto agents = strs(r.agents);
+    auto tools = strs(r.tools);
+    auto tasks = strs(r.tasks);
+    auto args = tables(r.args, [this](const fb::ArgConstraintT& c) { return arg(c); });
+    auto dests = tables(r.destinations, [this](const fb::DestinationT& d) { return destination(d); });
+    auto windows = tables(r.time_windows, [this](const fb::TimeWindowT& w) { return window(w); });
+    auto rl = rate(r.rate);
+    auto reason = opt_str(r.reason);
+    return fb::CreateRule(fbb_, id, r.effect, r.shadow, agents, tools, tasks, args, dests, r.within_clearance,
+                          r.max_sensitivity, windows, rl, r.credential_ttl, reason);
+  }
+  flatbuffers::Offset<fb::FlowRule> flow(const fb::FlowRuleT& f) {
+    auto id = str(f.id);
+    auto agents = strs(f.agents);
+    auto tools = strs(f.tools);
+    auto trusted = tables(f.trusted, [this](const fb::DestinationT& d) { return destination(d); });
+    auto approval = opt_str(f.approval_tool);
+    auto pointer = opt_str(f.total_pointer);
+    auto reason = opt_str(f.reason);
+    return fb::CreateFlowRule(fbb_, id, f.kind, agents, tools, f.min_sensitivity, trusted, approval, f.window,
+                              f.max_count, f.max_total, pointer, reason);
+  }
+  flatbuffers::Offset<fb::EgressRule> egress(const fb::EgressRuleT& e) {
+    auto id = str(e.id);
+    auto agents = strs(e.agents);
+    auto tasks = strs(e.tasks);
+    auto dests = tables(e.destinations, [this](const fb::DestinationT& d) { return destination(d); });
+    auto windows = tables(e.time_windows, [this](const fb::TimeWindowT& w) { return window(w); });
+    auto rl = rate(e.rate);
+    auto budget = e.budget ? fb::CreateByteBudget(fbb_, e.budget->bytes, e.budget->window) : flatbuffers::Offset<fb::ByteBudget>();
+    flatbuffers::Offset<fb::HeaderInjection> inject;
+    if (e.inject) {
+      auto header = opt_str(e.inject->header);
+      auto secret = opt_str(e.inject->secret);
+      auto prefix = opt_str(e.inject->prefix);
+      inject = fb::CreateHeaderInjection(fbb_, header, secret, prefix);
+    }
+    auto reason = opt_str(e.reason);
+    return fb::CreateEgressRule(fbb_, id, e.effect, e.shadow, agents, tasks, e.kind, dests, e.within_clearance,
+                                e.max_sensitivity, windows, rl, budget, inject, reason);
+  }
+  flatbuffers::Offset<fb::Bundle> bundle(const fb::BundleT& b) {
+    flatbuffers::Offset<fb::Scope> scope;
+    if (b.scope) {
+      auto fleets = strs(b.scope->fleets);
+      auto boards = strs(b.scope->boards);
+      auto nodes = strs(b.scope->nodes);
+      scope = fb::CreateScope(fbb_, fleets, boards, nodes);
+    }
+    auto agents = tables(b.agents, [this](const fb::AgentT& a) { return agent(a); });
+    auto tools = tables(b.tools, [this](const fb::ToolT& t) { return tool(t); });
+    auto rules = tables(b.rules, [this](const fb::RuleT& r) { return rule(r); });
+    auto flows = tables(b.flow_rules, [this](const fb::FlowRuleT& f) { return flow(f); });
+    auto revoked = strs(b.revoked_agents);
+    auto safe_set = tables(b.safe_set, [this](const fb::RuleT& r) { return rule(r); });
+    auto source = scalars(b.source_sha256);
+    auto issuer = opt_str(b.issuer);
+    auto egress_rules = tables(b.egress, [this](const fb::EgressRuleT& e) { return egress(e); });
+    return fb::CreateBundle(fbb_, b.version, b.issued_at, b.not_before, b.not_after, b.max_offline, scope, agents, tools,
+                            rules, flows, revoked, b.on_expiry, safe_set, source, issuer, b.min_reader, egress_rules);
+  }
+
+  flatbuffers::FlatBufferBuilder fbb_{1u << 16};
+  std::map<std::vector<std::string>, StrVec> lists_;
+};
+
+}  // namespace
+
+Bytes pack_bundle(const fb::BundleT& bundle) { return PooledPacker().pack(bundle); }
+
+namespace {
+
 // ---- Top level ------------------------------------------------------------------------------
 
 Result<CompiledPolicy> Compiler::run(std::string_view yaml) {
@@ -153,10 +341,8 @@ Result<CompiledPolicy> Compiler::run(std::string_view yaml) {
   const Digest digest = sha256(yaml);
   bundle_.source_sha256.assign(digest.begin(), digest.end());
 
-  flatbuffers::FlatBufferBuilder fbb(std::min<size_t>(yaml.size() * 2 + 1024, size_t{1} << 20));
-  fbb.Finish(fb::Bundle::Pack(fbb, &bundle_));
   CompiledPolicy out;
-  out.payload.assign(fbb.GetBufferPointer(), fbb.GetBufferPointer() + fbb.GetSize());
+  out.payload = pack_bundle(bundle_);
   // In source order: the overlap checks run after the rules they compare.
   std::stable_sort(warnings_.begin(), warnings_.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
   for (auto& [line, text] : warnings_) out.warnings.push_back(std::move(text));

@@ -18,6 +18,10 @@
 #include "outpost/base/bytes.h"
 #include "outpost/base/result.h"
 
+namespace outpost::fb {
+struct BundleT;
+}
+
 namespace outpost::policy {
 
 struct CompileOptions {
@@ -37,5 +41,10 @@ inline constexpr size_t kMaxPolicySourceBytes = 16u << 20;
 Result<CompiledPolicy> compile_policy(std::string_view yaml, std::string_view source_name,
                                       const CompileOptions& options);
 Result<CompiledPolicy> compile_policy_file(const std::filesystem::path& path, const CompileOptions& options);
+
+// The compiler's packing: a finished Bundle buffer with every string and list of strings
+// written once, however often the bundle repeats it (an agent's name in 10,000 rules). The
+// same bundle to every reader as fb::Bundle::Pack's, and about a third smaller for a large one.
+Bytes pack_bundle(const fb::BundleT& bundle);
 
 }  // namespace outpost::policy

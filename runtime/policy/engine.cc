@@ -682,7 +682,11 @@ bool Engine::Impl::flow_denies(const Flow& f, const Request& req, const Tool& to
         ToolName n(e.server, e.tool);
         if (!any_glob_or_empty(f.tools, n.view)) continue;
         ++count;
-        if (const auto* v = resolve(e.args, f.total_pointer); v && as_number(*v, d)) total += d;
+        if (const auto* v = resolve(e.args, f.total_pointer); v && as_number(*v, d)) {
+          total += d;  // a kept number is where it was: exact
+        } else if (f.max_total > 0 && e.args_incomplete) {
+          return true;  // the amount may be among the numbers not kept: the total cannot be known
+        }
       }
       if (f.max_count > 0 && count > f.max_count) return true;
       if (f.max_total > 0 && total > f.max_total) return true;
@@ -1328,6 +1332,87 @@ bool RateLimiter::try_acquire(uint32_t rule, std::string_view key, int64_t now, 
   if (limit == 0 || victim == nullptr) return false;
   *victim = Impl::Slot{h, start, 1};
   return true;
+}
+
+// ---- What the session history keeps of a call's arguments ----
+
+namespace {
+
+bool holds_number(const boost::json::value& v, size_t depth) {
+  switch (v.kind()) {
+    case boost::json::kind::int64:
+    case boost::json::kind::uint64:
+    case boost::json::kind::double_:
+      return true;
+    case boost::json::kind::object:
+      if (depth == 0) return true;  // too deep to look further: assume it does
+      for (const auto& kv : v.get_object()) {
+        if (holds_number(kv.value(), depth - 1)) return true;
+      }
+      return false;
+    case boost::json::kind::array:
+      if (depth == 0) return true;
+      for (const auto& x : v.get_array()) {
+        if (holds_number(x, depth - 1)) return true;
+      }
+      return false;
+    default:
+      return false;
+  }
+}
+
+boost::json::value numbers_of(const boost::json::value& v, size_t depth, size_t& budget, bool& incomplete) {
+  switch (v.kind()) {
+    case boost::json::kind::int64:
+    case boost::json::kind::uint64:
+    case boost::json::kind::double_:
+      if (budget == 0) {
+        incomplete = true;
+        return nullptr;
+      }
+      --budget;
+      return v;
+    case boost::json::kind::object: {
+      if (depth == 0) {
+        // Past kHistoryDepth: a document nested deeper than rules read loses nothing unless
+        // it holds numbers there (looked for a further 64 levels, past which it is assumed).
+        if (holds_number(v, 64)) incomplete = true;
+        return nullptr;
+      }
+      boost::json::object out;
+      for (const auto& kv : v.get_object()) {
+        boost::json::value n = numbers_of(kv.value(), depth - 1, budget, incomplete);
+        if (!n.is_null()) out.emplace(kv.key(), std::move(n));
+      }
+      if (out.empty()) return nullptr;
+      return out;
+    }
+    case boost::json::kind::array: {
+      if (depth == 0) {
+        if (holds_number(v, 64)) incomplete = true;
+        return nullptr;
+      }
+      boost::json::array out;
+      const auto& in = v.get_array();
+      for (size_t i = 0; i < in.size(); ++i) {
+        boost::json::value n = numbers_of(in[i], depth - 1, budget, incomplete);
+        if (n.is_null()) continue;
+        out.resize(i);  // nulls hold the places of what had no number
+        out.push_back(std::move(n));
+      }
+      if (out.empty()) return nullptr;
+      return out;
+    }
+    default:
+      return nullptr;
+  }
+}
+
+}  // namespace
+
+boost::json::value history_numbers(const boost::json::value& args, bool& incomplete) {
+  size_t budget = kHistoryNumbers;
+  return numbers_of(args, kHistoryDepth, budget, incomplete);
 }
 
 }  // namespace outpost::policy

@@ -40,8 +40,20 @@ struct SessionEvent {
   std::string_view tool;
   int64_t time = 0;
   uint8_t sensitivity = 0;                   // label of the data the call returned
-  const boost::json::value* args = nullptr;  // its arguments (for window totals)
+  const boost::json::value* args = nullptr;  // its arguments (for window totals); may hold only their numbers
+  // Some numbers of its arguments were not kept (history_numbers): a window total whose
+  // pointer finds no number in `args` cannot be known, and the window rule denies.
+  bool args_incomplete = false;
 };
+
+// What the broker keeps of a call's arguments in the session history: their numbers, where
+// they were (objects keep the members that hold numbers, arrays their indices, with null where
+// no number was), since a window total reads nothing else. At most kHistoryNumbers numbers,
+// kHistoryDepth levels deep; null when there is no number. `incomplete` is set when a number
+// was left out.
+inline constexpr size_t kHistoryNumbers = 64;
+inline constexpr size_t kHistoryDepth = 16;
+boost::json::value history_numbers(const boost::json::value& args, bool& incomplete);
 
 struct Request {
   std::string_view agent;

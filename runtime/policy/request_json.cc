@@ -53,7 +53,11 @@ Result<void> parse_history(const json::object& o, int64_t now, std::deque<std::s
     if (auto s = eo.find("sensitivity"); s != eo.end()) {
       OUTPOST_TRY(ev.sensitivity, parse_sensitivity(s->value()));
     }
-    if (auto a = eo.find("arguments"); a != eo.end()) ev.args = &values.emplace_back(a->value());
+    // What outpostd would have kept of them (history_numbers), so that the CLI decides as it does.
+    if (auto a = eo.find("arguments"); a != eo.end()) {
+      json::value kept = history_numbers(a->value(), ev.args_incomplete);
+      if (!kept.is_null()) ev.args = &values.emplace_back(std::move(kept));
+    }
     history.push_back(ev);
   }
   return {};

@@ -256,7 +256,7 @@ case $mode in
     dpkg-deb --contents "$deb" >"$work/contents.txt"
     for f in ./usr/bin/outpost ./usr/bin/outpostd ./usr/lib/systemd/system/outpostd.service \
       ./usr/libexec/outpost/outpost-prestart ./usr/lib/sysusers.d/outpost.conf ./usr/lib/tmpfiles.d/outpost.conf \
-      ./etc/outpost/outpostd.yaml ./usr/share/doc/outpost/install.md; do
+      ./etc/outpost/outpostd.yaml ./usr/share/doc/outpost/install.md ./usr/share/doc/outpost/linked/flatbuffers.copyright; do
       grep -q " $f\$" "$work/contents.txt" || fail "the package lacks $f"
     done
     awk '$2 != "root/root" { bad = 1; print } END { exit bad }' "$work/contents.txt" || fail "files not owned by root/root"

@@ -497,11 +497,11 @@ TEST_CASE("broker taint follows the agent to a new connection and to another ser
   CHECK(goes_out(alone, "fetch", R"({"url":"https://docs.example.org/x"})"));
 }
 
-TEST_CASE("broker counts calls made under an earlier bundle in a new spending limit", "[broker]") {
-  // The same tool under two bundles: the first sets no total, the second caps /amount at 100
-  // an hour. A cap pushed mid-session must count what the agent spent just before it arrived,
-  // so the history keeps calls' (small) arguments whatever the bundle in force.
-  const std::string head = R"(
+namespace {
+
+// A payment tool the agent may call; `capped` adds a cap of 100 on /amount an hour.
+std::shared_ptr<const policy::Engine> pay_engine(int version, bool capped) {
+  std::string source = "version: " + std::to_string(version) + R"(
 issuer: test
 valid: {not_before: 2026-01-01T00:00:00Z, not_after: 2099-01-01T00:00:00Z, max_offline: 72h}
 tools:
@@ -511,10 +511,21 @@ agents:
 rules:
   - {id: pay, effect: allow, agents: [coder], tools: ["pay/*"]}
 )";
-  auto before = compile_engine(("version: 5\n" + head).c_str());
-  auto capped = compile_engine(("version: 6\n" + head +
-                                "flow_rules:\n  - {id: spend, kind: window_limit, tools: [pay/send], window: 1h, max_total: 100, "
-                                "total_pointer: /amount}\n").c_str());
+  if (capped) {
+    source += "flow_rules:\n  - {id: spend, kind: window_limit, tools: [pay/send], window: 1h, max_total: 100, "
+              "total_pointer: /amount}\n";
+  }
+  return compile_engine(source.c_str());
+}
+
+}  // namespace
+
+TEST_CASE("broker counts calls made under an earlier bundle in a new spending limit", "[broker]") {
+  // The same tool under two bundles: the first sets no total, the second caps /amount at 100
+  // an hour. A cap pushed mid-session must count what the agent spent just before it arrived,
+  // so the history keeps calls' numbers whatever the bundle in force.
+  auto before = pay_engine(5, false);
+  auto capped = pay_engine(6, true);
   auto state = std::make_shared<broker::SessionState>();
   Sink sink;
   {
@@ -525,6 +536,109 @@ rules:
   CHECK(goes_out(pay, "send", R"({"amount":40})"));
   CHECK_FALSE(goes_out(pay, "send", R"({"amount":1})"));
   CHECK(sink.records.back().rules == std::vector<std::string>{"spend"});
+}
+
+TEST_CASE("broker history keeps the numbers of a call's arguments, and padding hides none", "[broker]") {
+  auto state = std::make_shared<broker::SessionState>();
+  {
+    auto locked = state->lock();
+    const json::value args = json::parse(
+        R"({"amount":40,"memo":")" + std::string(4096, 'x') +
+        R"(","lines":[{"n":1},"skip",{"n":2,"sku":"a"}],"flag":true,"deep":{"a":{"b":7}},"none":{"s":"t"}})");
+    locked.remember("pay", "send", 100, 0, &args);
+    const json::value words = json::parse(R"({"message":"hello"})");
+    locked.remember("pay", "send", 101, 0, &words);
+    locked.remember("pay", "send", 102, 0, nullptr);
+    json::object many;
+    for (int i = 0; i < 65; ++i) many["k" + std::to_string(i)] = i;
+    const json::value crowded = many;
+    locked.remember("pay", "send", 103, 0, &crowded);
+    auto h = locked.history();
+    REQUIRE(h.size() == 4);
+    REQUIRE(h[0].args != nullptr);
+    CHECK(*h[0].args == json::parse(R"({"amount":40,"lines":[{"n":1},null,{"n":2}],"deep":{"a":{"b":7}}})"));
+    CHECK_FALSE(h[0].args_incomplete);
+    CHECK(h[1].args == nullptr);  // no numbers: nothing kept
+    CHECK_FALSE(h[1].args_incomplete);
+    CHECK(h[2].args == nullptr);
+    CHECK(h[3].args_incomplete);  // 65 numbers: 64 kept, and the call marked
+    CHECK(h[3].args->as_object().size() == 64);
+    CHECK(h[0].server == "pay");
+    CHECK(h[3].tool == "send");
+  }
+
+  // Through the broker: a 2 KiB memo beside the amount once made the call's arguments too large
+  // to keep, and the amount escaped the cap. Now it counts.
+  auto capped = pay_engine(6, true);
+  Sink sink;
+  auto fresh = std::make_shared<broker::SessionState>();
+  auto pay = connection(sink, fresh, "pay", capped);
+  CHECK(goes_out(pay, "send", R"({"amount":90,"memo":")" + std::string(2048, 'm') + R"("})"));
+  CHECK_FALSE(goes_out(pay, "send", R"({"amount":20})"));
+  CHECK(sink.records.back().rules == std::vector<std::string>{"spend"});
+  // A call whose amount came after 64 other numbers was not fully kept: the window's total is
+  // unknown, and the next call is denied.
+  std::string big = "{";
+  for (int i = 0; i < 70; ++i) big += "\"n" + std::to_string(i) + "\":" + std::to_string(i) + ",";
+  big += R"("amount":1})";
+  auto other = std::make_shared<broker::SessionState>();
+  auto pay2 = connection(sink, other, "pay", capped);
+  CHECK(goes_out(pay2, "send", big));
+  CHECK_FALSE(goes_out(pay2, "send", R"({"amount":1})"));
+  CHECK(sink.records.back().verdict == "flow_denied");
+  // When its amount was among the numbers kept, the total is exact and the call goes on.
+  std::string early = R"({"amount":1)";
+  for (int i = 0; i < 70; ++i) early += ",\"n" + std::to_string(i) + "\":" + std::to_string(i);
+  early += "}";
+  auto third = std::make_shared<broker::SessionState>();
+  auto pay3 = connection(sink, third, "pay", capped);
+  CHECK(goes_out(pay3, "send", early));
+  CHECK(goes_out(pay3, "send", R"({"amount":1})"));
+  // A document nested past 16 levels with no number down there loses nothing.
+  std::string deep = R"({"amount":1,"doc":)";
+  for (int i = 0; i < 20; ++i) deep += R"({"a":)";
+  deep += R"("leaf")";
+  for (int i = 0; i < 20; ++i) deep += "}";
+  deep += "}";
+  auto fourth = std::make_shared<broker::SessionState>();
+  {
+    auto locked = fourth->lock();
+    const json::value v = json::parse(deep);
+    locked.remember("pay", "send", 1, 0, &v);
+    CHECK_FALSE(locked.history()[0].args_incomplete);
+    CHECK(*locked.history()[0].args == json::parse(R"({"amount":1})"));
+  }
+}
+
+TEST_CASE("broker history names stay valid as old calls are dropped", "[broker]") {
+  // Names are held once per state, counted by the events naming them: dropping the last call
+  // of a tool frees its name, never one a kept call still reads (AddressSanitizer checks).
+  auto state = std::make_shared<broker::SessionState>(broker::SessionState::Limits{.max_history = 3});
+  auto locked = state->lock();
+  locked.remember("vault", "read", 1, 2, nullptr);  // the most sensitive: kept
+  for (int i = 0; i < 20; ++i) locked.remember("srv" + std::to_string(i % 4), "tool" + std::to_string(i), 10 + i, 0, nullptr);
+  auto h = locked.history();
+  REQUIRE(h.size() == 3);
+  CHECK(h[0].server == "vault");
+  CHECK(h[0].tool == "read");
+  CHECK(h[1].server == "srv2");
+  CHECK(h[1].tool == "tool18");
+  CHECK(h[2].server == "srv3");
+  CHECK(h[2].tool == "tool19");
+  locked.unlock();
+
+  // With no sensitive call, the oldest goes first: names shared with kept calls stay.
+  auto plain = std::make_shared<broker::SessionState>(broker::SessionState::Limits{.max_history = 3});
+  auto l2 = plain->lock();
+  for (int i = 0; i < 10; ++i) l2.remember("srv", "tool" + std::to_string(i % 2), i, 0, nullptr);
+  l2.remember("other", "tool0", 10, 0, nullptr);
+  auto h2 = l2.history();
+  REQUIRE(h2.size() == 3);
+  CHECK(h2[0].server == "srv");
+  CHECK(h2[0].tool == "tool0");
+  CHECK(h2[1].tool == "tool1");
+  CHECK(h2[2].server == "other");
+  CHECK(h2[2].tool == "tool0");
 }
 
 TEST_CASE("broker keeps the most sensitive call when the shared history is full", "[broker]") {

@@ -2,6 +2,7 @@
 
 #include <catch2/catch.hpp>
 #include <filesystem>
+#include <memory>
 #include <string>
 
 #include "outpost/base/crypto.h"
@@ -513,4 +514,208 @@ TEST_CASE("rules with no effect on deny and revoked agents still declared warn",
   const fb::Bundle& b = *decode(r->payload);
   CHECK(b.revoked_agents()->size() == 2);
   CHECK(b.rules()->Get(1)->rate()->scope() == fb::RateScope::Tool);
+}
+
+namespace {
+
+// fb::Bundle::Pack of a bundle: the object API's own packing, every string written anew.
+Bytes pack_plainly(const fb::BundleT& b) {
+  flatbuffers::FlatBufferBuilder fbb;
+  fbb.Finish(fb::Bundle::Pack(fbb, &b));
+  return Bytes(fbb.GetBufferPointer(), fbb.GetBufferPointer() + fbb.GetSize());
+}
+
+std::unique_ptr<fb::DestinationT> destination(const std::string& host, const std::string& cidr, uint16_t port) {
+  auto d = std::make_unique<fb::DestinationT>();
+  d->host = host;
+  d->cidr = cidr;
+  d->ports = {port, 443};
+  return d;
+}
+
+std::unique_ptr<fb::TimeWindowT> window() {
+  auto w = std::make_unique<fb::TimeWindowT>();
+  w->days = 0x1f;
+  w->start_minute = 480;
+  w->end_minute = 1080;
+  return w;
+}
+
+std::unique_ptr<fb::RateLimitT> rate() {
+  auto r = std::make_unique<fb::RateLimitT>();
+  r->scope = fb::RateScope::Task;
+  r->count = 7;
+  r->window = 60;
+  return r;
+}
+
+// A rule with every field set, naming the same agents, tools and pointer as its siblings.
+std::unique_ptr<fb::RuleT> full_rule(int i) {
+  auto r = std::make_unique<fb::RuleT>();
+  r->id = "rule-" + std::to_string(i);
+  r->effect = fb::Effect::Allow;
+  r->shadow = i % 2 == 1;
+  r->agents = {"coder", "viewer"};
+  r->tools = {"fs/read_file"};
+  r->tasks = {"build-*"};
+  auto a = std::make_unique<fb::ArgConstraintT>();
+  a->pointer = "/path";
+  a->op = fb::ArgOp::Range;
+  a->values = {"/srv/" + std::to_string(i % 3), "/tmp"};
+  a->min = -1.5;
+  a->max = 99;
+  a->max_length = 4096;
+  a->optional = true;
+  r->args.push_back(std::move(a));
+  r->destinations.push_back(destination("api.example.com", "", 8443));
+  r->destinations.push_back(destination("", "10.0.0.0/8", 22));
+  r->within_clearance = true;
+  r->max_sensitivity = 3;
+  r->time_windows.push_back(window());
+  r->rate = rate();
+  r->credential_ttl = 120;
+  r->reason = "workspace reads";
+  return r;
+}
+
+fb::BundleT full_bundle() {
+  fb::BundleT b;
+  b.version = 42;
+  b.issued_at = 1'789'000'000;
+  b.not_before = 1'790'000'000;
+  b.not_after = 1'800'000'000;
+  b.max_offline = 72 * 3600;
+  b.scope = std::make_unique<fb::ScopeT>();
+  b.scope->fleets = {"east"};
+  b.scope->boards = {"sim", "rpi4"};
+  b.scope->nodes = {"east"};  // the same list as fleets: written once
+  for (const char* name : {"coder", "viewer"}) {
+    auto a = std::make_unique<fb::AgentT>();
+    a->name = name;
+    a->measurement.assign(32, 0xab);
+    a->tools = {"fs/*"};
+    a->clearance = 2;
+    a->credential_ttl = 300;
+    a->tasks = {"build-*", "review"};
+    b.agents.push_back(std::move(a));
+  }
+  auto t = std::make_unique<fb::ToolT>();
+  t->server = "fs";
+  t->name = "read_file";
+  t->kind = fb::ToolKind::LocalCommand;
+  t->output_sensitivity = 2;
+  t->destinations.push_back(destination("api.example.com", "", 8443));
+  t->command = "/usr/bin/cat";
+  b.tools.push_back(std::move(t));
+  for (int i = 0; i < 3; ++i) b.rules.push_back(full_rule(i));
+  auto f = std::make_unique<fb::FlowRuleT>();
+  f->id = "spend";
+  f->kind = fb::FlowKind::WindowLimit;
+  f->agents = {"coder", "viewer"};
+  f->tools = {"fs/read_file"};
+  f->min_sensitivity = 2;
+  f->trusted.push_back(destination("api.example.com", "", 8443));
+  f->approval_tool = "fs/approve";
+  f->window = 3600;
+  f->max_count = 10;
+  f->max_total = 500;
+  f->total_pointer = "/amount";
+  f->reason = "workspace reads";
+  b.flow_rules.push_back(std::move(f));
+  b.revoked_agents = {"old"};
+  b.on_expiry = fb::OnExpiry::SafeSet;
+  b.safe_set.push_back(full_rule(9));
+  b.source_sha256.assign(32, 0x5a);
+  b.issuer = "iam";
+  b.min_reader = 2;
+  auto e = std::make_unique<fb::EgressRuleT>();
+  e->id = "model";
+  e->effect = fb::Effect::Allow;
+  e->shadow = true;
+  e->agents = {"coder", "viewer"};
+  e->tasks = {"review"};
+  e->kind = fb::EgressKind::Model;
+  e->destinations.push_back(destination("api.example.com", "", 8443));
+  e->within_clearance = true;
+  e->max_sensitivity = 1;
+  e->time_windows.push_back(window());
+  e->rate = rate();
+  e->budget = std::make_unique<fb::ByteBudgetT>();
+  e->budget->bytes = 1 << 20;
+  e->budget->window = 60;
+  e->inject = std::make_unique<fb::HeaderInjectionT>();
+  e->inject->header = "Authorization";
+  e->inject->secret = "model-key";
+  e->inject->prefix = "Bearer ";
+  e->reason = "the model";
+  // A second egress rule whose shadow and within_clearance differ: a swap of the two would show.
+  auto e2 = std::make_unique<fb::EgressRuleT>(*e);
+  e2->id = "model-2";
+  e2->shadow = false;
+  e2->within_clearance = true;
+  e2->effect = fb::Effect::Deny;
+  b.egress.push_back(std::move(e));
+  b.egress.push_back(std::move(e2));
+  return b;
+}
+
+}  // namespace
+
+TEST_CASE("the compiler's packing writes each string once and loses no field", "[policy-compiler]") {
+  const fb::BundleT original = full_bundle();
+  const Bytes plain = pack_plainly(original);
+  const Bytes pooled = pack_bundle(original);
+  // Every field comes back: unpacked and packed again the object API's way, the pooled buffer
+  // gives the same bytes as the original object does.
+  const fb::Bundle* read = decode(pooled);
+  fb::BundleT back;
+  read->UnPackTo(&back);
+  CHECK(pack_plainly(back) == plain);
+  CHECK(pooled.size() < plain.size());
+  // Repeated strings are one object: the three rules' agent lists are the same vector.
+  REQUIRE(read->rules()->size() == 3);
+  CHECK(read->rules()->Get(0)->agents() == read->rules()->Get(2)->agents());
+  CHECK(read->rules()->Get(0)->id() != read->rules()->Get(1)->id());
+  CHECK(read->rules()->Get(0)->args()->Get(0)->pointer() == read->rules()->Get(1)->args()->Get(0)->pointer());
+  CHECK(read->scope()->fleets() == read->scope()->nodes());
+  // Empty optional strings and lists stay absent, as the object API leaves them.
+  fb::BundleT sparse;
+  sparse.version = 1;
+  auto r = std::make_unique<fb::RuleT>();
+  r->id = "only";
+  sparse.rules.push_back(std::move(r));
+  const Bytes sparse_pooled = pack_bundle(sparse);
+  const fb::Bundle* s = decode(sparse_pooled);
+  CHECK(s->rules()->Get(0)->reason() == nullptr);
+  CHECK(s->rules()->Get(0)->agents() == nullptr);
+  CHECK(s->issuer() == nullptr);
+  CHECK(s->scope() == nullptr);
+  CHECK(sparse_pooled == pack_plainly(sparse));
+}
+
+TEST_CASE("a large bundle's repeated names cost nothing after the first", "[policy-compiler]") {
+  std::string yaml = R"(version: 1
+valid: {not_before: 2026-11-01T00:00:00Z, not_after: 2027-02-01T00:00:00Z, max_offline: 72h}
+tools:
+  - {server: fs, name: read_file}
+agents:
+  - {name: coder, tools: ["fs/*"]}
+rules:
+)";
+  for (int i = 0; i < 500; ++i) {
+    yaml += "  - {id: r" + std::to_string(i) +
+            ", effect: allow, agents: [coder], tools: [fs/read_file], args: [{pointer: /path, prefix: [/data/" +
+            std::to_string(i) + "/]}]}\n";
+  }
+  auto c = compile(yaml);
+  REQUIRE(c.has_value());
+  const fb::Bundle* b = decode(c->payload);
+  fb::BundleT object;
+  b->UnPackTo(&object);
+  const Bytes plain = pack_plainly(object);
+  INFO("pooled " << c->payload.size() << " bytes, plain " << plain.size());
+  CHECK(c->payload.size() * 10 < plain.size() * 7);  // the names and pointer were about a third
+  REQUIRE(b->rules()->size() == 500);
+  CHECK(b->rules()->Get(0)->agents() == b->rules()->Get(499)->agents());
+  CHECK(rule_by_id(*b, "r499")->args()->Get(0)->values()->Get(0)->str() == "/data/499/");
 }
