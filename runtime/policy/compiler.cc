@@ -197,7 +197,7 @@ class PooledPacker {
   using StrVec = flatbuffers::Offset<flatbuffers::Vector<Str>>;
 
   Bytes pack(const fb::BundleT& b) {
-    fbb_.Finish(bundle(b));
+    fbb_.Finish(table(b));
     return Bytes(fbb_.GetBufferPointer(), fbb_.GetBufferPointer() + fbb_.GetSize());
   }
 
@@ -215,112 +215,121 @@ class PooledPacker {
     }
     return it->second;
   }
-  template <typename T, typename Fn>
-  auto tables(const std::vector<std::unique_ptr<T>>& v, Fn&& each) -> flatbuffers::Offset<flatbuffers::Vector<decltype(each(*v[0]))>> {
-    if (v.empty()) return {};
-    std::vector<decltype(each(*v[0]))> items;
-    items.reserve(v.size());
-    for (const auto& t : v) items.push_back(each(*t));
-    return fbb_.CreateVector(items);
-  }
-  template <typename T>
-  flatbuffers::Offset<flatbuffers::Vector<T>> scalars(const std::vector<T>& v) {
-    return v.empty() ? flatbuffers::Offset<flatbuffers::Vector<T>>() : fbb_.CreateVector(v);
-  }
-
-  flatbuffers::Offset<fb::Destination> destination(const fb::DestinationT& d) {
+  flatbuffers::Offset<fb::Destination> table(const fb::DestinationT& d) {
     auto host = opt_str(d.host);
     auto cidr = opt_str(d.cidr);
     auto ports = scalars(d.ports);
     return fb::CreateDestination(fbb_, host, cidr, ports);
   }
-  flatbuffers::Offset<fb::Tool> tool(const fb::ToolT& t) {
+  flatbuffers::Offset<fb::Tool> table(const fb::ToolT& t) {
     auto server = str(t.server);
     auto name = str(t.name);
-    auto dests = tables(t.destinations, [this](const fb::DestinationT& d) { return destination(d); });
+    auto dests = tables(t.destinations);
     auto command = opt_str(t.command);
     return fb::CreateTool(fbb_, server, name, t.kind, t.output_sensitivity, dests, command);
   }
-  flatbuffers::Offset<fb::Agent> agent(const fb::AgentT& a) {
+  flatbuffers::Offset<fb::Agent> table(const fb::AgentT& a) {
     auto name = str(a.name);
     auto measurement = scalars(a.measurement);
     auto tools = strs(a.tools);
     auto tasks = strs(a.tasks);
     return fb::CreateAgent(fbb_, name, measurement, tools, a.clearance, a.credential_ttl, tasks);
   }
-  flatbuffers::Offset<fb::ArgConstraint> arg(const fb::ArgConstraintT& c) {
+  flatbuffers::Offset<fb::ArgConstraint> table(const fb::ArgConstraintT& c) {
     auto pointer = str(c.pointer);
     auto values = strs(c.values);
     return fb::CreateArgConstraint(fbb_, pointer, c.op, values, c.min, c.max, c.max_length, c.optional);
   }
-  flatbuffers::Offset<fb::TimeWindow> window(const fb::TimeWindowT& w) {
+  flatbuffers::Offset<fb::TimeWindow> table(const fb::TimeWindowT& w) {
     return fb::CreateTimeWindow(fbb_, w.days, w.start_minute, w.end_minute);
   }
-  flatbuffers::Offset<fb::RateLimit> rate(const std::unique_ptr<fb::RateLimitT>& r) {
-    return r ? fb::CreateRateLimit(fbb_, r->scope, r->count, r->window) : flatbuffers::Offset<fb::RateLimit>();
+  flatbuffers::Offset<fb::RateLimit> table(const fb::RateLimitT& r) {
+    return fb::CreateRateLimit(fbb_, r.scope, r.count, r.window);
   }
-  flatbuffers::Offset<fb::Rule> rule(const fb::RuleT& r) {
+  flatbuffers::Offset<fb::ByteBudget> table(const fb::ByteBudgetT& b) {
+    return fb::CreateByteBudget(fbb_, b.bytes, b.window);
+  }
+  flatbuffers::Offset<fb::HeaderInjection> table(const fb::HeaderInjectionT& h) {
+    auto header = opt_str(h.header);
+    auto secret = opt_str(h.secret);
+    auto prefix = opt_str(h.prefix);
+    return fb::CreateHeaderInjection(fbb_, header, secret, prefix);
+  }
+  flatbuffers::Offset<fb::Scope> table(const fb::ScopeT& sc) {
+    auto fleets = strs(sc.fleets);
+    auto boards = strs(sc.boards);
+    auto nodes = strs(sc.nodes);
+    return fb::CreateScope(fbb_, fleets, boards, nodes);
+  }
+  flatbuffers::Offset<fb::Rule> table(const fb::RuleT& r) {
     auto id = str(r.id);
     auto agents = strs(r.agents);
     auto tools = strs(r.tools);
     auto tasks = strs(r.tasks);
-    auto args = tables(r.args, [this](const fb::ArgConstraintT& c) { return arg(c); });
-    auto dests = tables(r.destinations, [this](const fb::DestinationT& d) { return destination(d); });
-    auto windows = tables(r.time_windows, [this](const fb::TimeWindowT& w) { return window(w); });
-    auto rl = rate(r.rate);
+    auto args = tables(r.args);
+    auto dests = tables(r.destinations);
+    auto windows = tables(r.time_windows);
+    auto rl = optional(r.rate);
     auto reason = opt_str(r.reason);
     return fb::CreateRule(fbb_, id, r.effect, r.shadow, agents, tools, tasks, args, dests, r.within_clearance,
                           r.max_sensitivity, windows, rl, r.credential_ttl, reason);
   }
-  flatbuffers::Offset<fb::FlowRule> flow(const fb::FlowRuleT& f) {
+  flatbuffers::Offset<fb::FlowRule> table(const fb::FlowRuleT& f) {
     auto id = str(f.id);
     auto agents = strs(f.agents);
     auto tools = strs(f.tools);
-    auto trusted = tables(f.trusted, [this](const fb::DestinationT& d) { return destination(d); });
+    auto trusted = tables(f.trusted);
     auto approval = opt_str(f.approval_tool);
     auto pointer = opt_str(f.total_pointer);
     auto reason = opt_str(f.reason);
     return fb::CreateFlowRule(fbb_, id, f.kind, agents, tools, f.min_sensitivity, trusted, approval, f.window,
                               f.max_count, f.max_total, pointer, reason);
   }
-  flatbuffers::Offset<fb::EgressRule> egress(const fb::EgressRuleT& e) {
+  flatbuffers::Offset<fb::EgressRule> table(const fb::EgressRuleT& e) {
     auto id = str(e.id);
     auto agents = strs(e.agents);
     auto tasks = strs(e.tasks);
-    auto dests = tables(e.destinations, [this](const fb::DestinationT& d) { return destination(d); });
-    auto windows = tables(e.time_windows, [this](const fb::TimeWindowT& w) { return window(w); });
-    auto rl = rate(e.rate);
-    auto budget = e.budget ? fb::CreateByteBudget(fbb_, e.budget->bytes, e.budget->window) : flatbuffers::Offset<fb::ByteBudget>();
-    flatbuffers::Offset<fb::HeaderInjection> inject;
-    if (e.inject) {
-      auto header = opt_str(e.inject->header);
-      auto secret = opt_str(e.inject->secret);
-      auto prefix = opt_str(e.inject->prefix);
-      inject = fb::CreateHeaderInjection(fbb_, header, secret, prefix);
-    }
+    auto dests = tables(e.destinations);
+    auto windows = tables(e.time_windows);
+    auto rl = optional(e.rate);
+    auto budget = optional(e.budget);
+    auto inject = optional(e.inject);
     auto reason = opt_str(e.reason);
     return fb::CreateEgressRule(fbb_, id, e.effect, e.shadow, agents, tasks, e.kind, dests, e.within_clearance,
                                 e.max_sensitivity, windows, rl, budget, inject, reason);
   }
-  flatbuffers::Offset<fb::Bundle> bundle(const fb::BundleT& b) {
-    flatbuffers::Offset<fb::Scope> scope;
-    if (b.scope) {
-      auto fleets = strs(b.scope->fleets);
-      auto boards = strs(b.scope->boards);
-      auto nodes = strs(b.scope->nodes);
-      scope = fb::CreateScope(fbb_, fleets, boards, nodes);
-    }
-    auto agents = tables(b.agents, [this](const fb::AgentT& a) { return agent(a); });
-    auto tools = tables(b.tools, [this](const fb::ToolT& t) { return tool(t); });
-    auto rules = tables(b.rules, [this](const fb::RuleT& r) { return rule(r); });
-    auto flows = tables(b.flow_rules, [this](const fb::FlowRuleT& f) { return flow(f); });
+  flatbuffers::Offset<fb::Bundle> table(const fb::BundleT& b) {
+    auto scope = optional(b.scope);
+    auto agents = tables(b.agents);
+    auto tools = tables(b.tools);
+    auto rules = tables(b.rules);
+    auto flows = tables(b.flow_rules);
     auto revoked = strs(b.revoked_agents);
-    auto safe_set = tables(b.safe_set, [this](const fb::RuleT& r) { return rule(r); });
+    auto safe_set = tables(b.safe_set);
     auto source = scalars(b.source_sha256);
     auto issuer = opt_str(b.issuer);
-    auto egress_rules = tables(b.egress, [this](const fb::EgressRuleT& e) { return egress(e); });
+    auto egress = tables(b.egress);
     return fb::CreateBundle(fbb_, b.version, b.issued_at, b.not_before, b.not_after, b.max_offline, scope, agents, tools,
-                            rules, flows, revoked, b.on_expiry, safe_set, source, issuer, b.min_reader, egress_rules);
+                            rules, flows, revoked, b.on_expiry, safe_set, source, issuer, b.min_reader, egress);
+  }
+
+  // Lists of tables, and optional ones, each packed by table() for its object type (declared
+  // above: a trailing return type sees only what precedes it).
+  template <typename T>
+  auto tables(const std::vector<std::unique_ptr<T>>& v) -> flatbuffers::Offset<flatbuffers::Vector<decltype(table(*v[0]))>> {
+    if (v.empty()) return {};
+    std::vector<decltype(table(*v[0]))> items;
+    items.reserve(v.size());
+    for (const auto& t : v) items.push_back(table(*t));
+    return fbb_.CreateVector(items);
+  }
+  template <typename T>
+  auto optional(const std::unique_ptr<T>& t) -> decltype(table(*t)) {
+    return t ? table(*t) : decltype(table(*t))();
+  }
+  template <typename T>
+  flatbuffers::Offset<flatbuffers::Vector<T>> scalars(const std::vector<T>& v) {
+    return v.empty() ? flatbuffers::Offset<flatbuffers::Vector<T>>() : fbb_.CreateVector(v);
   }
 
   flatbuffers::FlatBufferBuilder fbb_{1u << 16};

@@ -1339,19 +1339,18 @@ bool RateLimiter::try_acquire(uint32_t rule, std::string_view key, int64_t now, 
 namespace {
 
 bool holds_number(const boost::json::value& v, size_t depth) {
+  if (depth == 0 && v.is_structured()) return true;  // too deep to look further: assume it does
   switch (v.kind()) {
     case boost::json::kind::int64:
     case boost::json::kind::uint64:
     case boost::json::kind::double_:
       return true;
     case boost::json::kind::object:
-      if (depth == 0) return true;  // too deep to look further: assume it does
       for (const auto& kv : v.get_object()) {
         if (holds_number(kv.value(), depth - 1)) return true;
       }
       return false;
     case boost::json::kind::array:
-      if (depth == 0) return true;
       for (const auto& x : v.get_array()) {
         if (holds_number(x, depth - 1)) return true;
       }
@@ -1362,6 +1361,12 @@ bool holds_number(const boost::json::value& v, size_t depth) {
 }
 
 boost::json::value numbers_of(const boost::json::value& v, size_t depth, size_t& budget, bool& incomplete) {
+  if (depth == 0 && v.is_structured()) {
+    // Past kHistoryDepth: a document nested deeper than rules read loses nothing unless it
+    // holds numbers there (looked for a further 64 levels, past which it is assumed).
+    if (holds_number(v, 64)) incomplete = true;
+    return nullptr;
+  }
   switch (v.kind()) {
     case boost::json::kind::int64:
     case boost::json::kind::uint64:
@@ -1373,12 +1378,6 @@ boost::json::value numbers_of(const boost::json::value& v, size_t depth, size_t&
       --budget;
       return v;
     case boost::json::kind::object: {
-      if (depth == 0) {
-        // Past kHistoryDepth: a document nested deeper than rules read loses nothing unless
-        // it holds numbers there (looked for a further 64 levels, past which it is assumed).
-        if (holds_number(v, 64)) incomplete = true;
-        return nullptr;
-      }
       boost::json::object out;
       for (const auto& kv : v.get_object()) {
         boost::json::value n = numbers_of(kv.value(), depth - 1, budget, incomplete);
@@ -1388,10 +1387,6 @@ boost::json::value numbers_of(const boost::json::value& v, size_t depth, size_t&
       return out;
     }
     case boost::json::kind::array: {
-      if (depth == 0) {
-        if (holds_number(v, 64)) incomplete = true;
-        return nullptr;
-      }
       boost::json::array out;
       const auto& in = v.get_array();
       for (size_t i = 0; i < in.size(); ++i) {
